@@ -1,0 +1,60 @@
+/* cffi declarations: a preprocessor-free copy of the prototypes in takane/takane.h.
+ * The generated wrapper includes the real header, so a prototype that drifts from it
+ * fails to compile. Keep the order and spelling of the header. */
+#define TAKANE_ABI_VERSION 1
+#define TAKANE_MAX_K 2147483647
+
+typedef enum takane_status {
+    TAKANE_OK = 0,
+    TAKANE_ERR_NULL_POINTER = 1,
+    TAKANE_ERR_NEGATIVE_DIMENSION = 2,
+    TAKANE_ERR_K_TOO_LARGE = 3,
+    TAKANE_ERR_BAD_STRIDE = 4,
+    TAKANE_ERR_NAN = 5,
+    TAKANE_ERR_PADDING_BITS = 6,
+    TAKANE_ERR_ISA_UNKNOWN = 7,
+    TAKANE_ERR_ISA_UNSUPPORTED = 8,
+    TAKANE_ERR_ENV_ISA = 9,
+    TAKANE_ERR_OUT_OF_MEMORY = 10,
+    TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
+    TAKANE_ERR_BAD_THREADS = 12
+} takane_status;
+
+typedef enum takane_isa {
+    TAKANE_ISA_AUTO = -1,
+    TAKANE_ISA_SCALAR = 0,
+    TAKANE_ISA_AVX2 = 1,
+    TAKANE_ISA_AVX512 = 2,
+    TAKANE_ISA_NEON = 3
+} takane_isa;
+
+unsigned takane_abi_version(void);
+const char *takane_version_string(void);
+const char *takane_status_string(takane_status status);
+
+uint32_t takane_isa_compiled(void);
+uint32_t takane_isa_supported(void);
+takane_isa takane_isa_active(void);
+takane_status takane_isa_force(takane_isa isa);
+takane_isa takane_isa_last_used(void);
+const char *takane_isa_name(takane_isa isa);
+takane_status takane_isa_from_name(const char *name, takane_isa *isa_out);
+
+takane_status takane_pack_f32(int64_t rows, int64_t k,
+                              const float *x, int64_t x_row_stride,
+                              const float *threshold, int64_t threshold_len,
+                              uint64_t *bits, int64_t bits_row_stride);
+takane_status takane_check_padding(int64_t rows, int64_t k,
+                                   const uint64_t *bits, int64_t row_stride);
+
+takane_status takane_binary_matmul(int64_t m, int64_t n, int64_t k,
+                                   const uint64_t *x, int64_t x_row_stride,
+                                   const uint64_t *w, int64_t w_row_stride,
+                                   int32_t *y, int64_t y_row_stride,
+                                   int32_t threads);
+takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k,
+                                       const float *x, int64_t x_row_stride,
+                                       const float *threshold, int64_t threshold_len,
+                                       const uint64_t *w, int64_t w_row_stride,
+                                       int32_t *y, int64_t y_row_stride,
+                                       int32_t threads);

@@ -1,0 +1,155 @@
+/*
+ * takane/takane.h — the only public header of libtakane_kernels.
+ *
+ * A CPU kernel library for 1-bit (±1) matrix products. Values are packed 64 to a
+ * uint64 word in the canonical format:
+ *   - polarity: bit 1 means +1, bit 0 means -1; a real v with threshold t becomes +1
+ *     iff v >= t (so -0.0 >= 0 gives +1); NaN has no sign and is an error;
+ *   - order: element k of a row is bit (k % 64) of word (k / 64), LSB first;
+ *   - a row of K elements takes ceil(K / 64) words; padding bits (positions >= K in
+ *     the last word) are always 0. Functions reading packed data reject non-zero
+ *     padding with TAKANE_ERR_PADDING_BITS.
+ * The product of two packed rows a, w is dot(a, w) = K - 2 * popcount(a XOR w).
+ *
+ * Conventions of every entry point:
+ *   - Entry points that can fail return a takane_status; pure queries that cannot fail
+ *     return their value. Nothing aborts, prints, or sets errno.
+ *   - Dimensions are int64_t and must be >= 0; zero-size dimensions are valid no-ops.
+ *     Pointers may be NULL only when the data they describe is empty.
+ *   - Strides are in ELEMENTS of the pointed-to type (never bytes); the name says which
+ *     dimension they step. An input row stride may be 0 (every row reads the same data);
+ *     an output row stride must not make rows overlap.
+ *   - All entry points are thread-safe; concurrent calls on shared inputs are allowed.
+ *     CPU detection runs once, lazily, on first use.
+ *   - `threads`: 0 means the default (env TAKANE_NUM_THREADS, else the CPUs available to
+ *     the process); n >= 1 caps the worker threads at n. Negative is an error.
+ *
+ * ABI policy: takane_status and takane_isa values are pinned; new values are only ever
+ * appended. TAKANE_ABI_VERSION changes when an existing prototype or meaning changes.
+ */
+#ifndef TAKANE_TAKANE_H
+#define TAKANE_TAKANE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TAKANE_VERSION_MAJOR 0
+#define TAKANE_VERSION_MINOR 1
+#define TAKANE_VERSION_PATCH 0
+#define TAKANE_VERSION_STRING "0.1.0"
+/* Compare with takane_abi_version() at run time to catch a header/library mismatch. */
+#define TAKANE_ABI_VERSION 1
+
+/* Largest supported K (elements per row): dot products lie in [-K, K] and are
+ * returned as int32, so K may not exceed INT32_MAX. */
+#define TAKANE_MAX_K 2147483647
+
+#if defined(TAKANE_BUILDING_LIBRARY) && defined(__GNUC__)
+#define TAKANE_API __attribute__((visibility("default")))
+#else
+#define TAKANE_API
+#endif
+
+typedef enum takane_status {
+    TAKANE_OK = 0,
+    TAKANE_ERR_NULL_POINTER = 1,       /* a non-empty operand was passed as NULL */
+    TAKANE_ERR_NEGATIVE_DIMENSION = 2, /* m, n, k or rows < 0 */
+    TAKANE_ERR_K_TOO_LARGE = 3,        /* k > TAKANE_MAX_K */
+    TAKANE_ERR_BAD_STRIDE = 4,         /* negative stride, or overlapping output rows */
+    TAKANE_ERR_NAN = 5,                /* NaN in activations or thresholds */
+    TAKANE_ERR_PADDING_BITS = 6,       /* packed input has non-zero bits past K */
+    TAKANE_ERR_ISA_UNKNOWN = 7,        /* not a takane_isa value / name */
+    TAKANE_ERR_ISA_UNSUPPORTED = 8,    /* ISA not compiled in, or not usable on this CPU/OS */
+    TAKANE_ERR_ENV_ISA = 9,            /* env TAKANE_ISA names an unknown or unusable ISA;
+                                          compute calls fail until takane_isa_force() */
+    TAKANE_ERR_OUT_OF_MEMORY = 10,
+    TAKANE_ERR_BAD_THRESHOLD_LEN = 11, /* threshold_len is neither 1 nor k */
+    TAKANE_ERR_BAD_THREADS = 12        /* threads < 0 */
+} takane_status;
+
+typedef enum takane_isa {
+    TAKANE_ISA_AUTO = -1, /* for takane_isa_force(): back to the best supported ISA */
+    TAKANE_ISA_SCALAR = 0,
+    TAKANE_ISA_AVX2 = 1,   /* x86-64 AVX2 (+FMA, POPCNT) */
+    TAKANE_ISA_AVX512 = 2, /* x86-64 AVX-512 F+BW+VL+VPOPCNTDQ */
+    TAKANE_ISA_NEON = 3    /* aarch64 Advanced SIMD */
+} takane_isa;
+
+/* ---- version ------------------------------------------------------------------ */
+
+/* The library's TAKANE_ABI_VERSION. */
+TAKANE_API unsigned takane_abi_version(void);
+/* The library's TAKANE_VERSION_STRING, plus build notes, e.g. "0.1.0". Static storage. */
+TAKANE_API const char *takane_version_string(void);
+/* A static, human-readable description of a status ("unknown status" if out of range). */
+TAKANE_API const char *takane_status_string(takane_status status);
+
+/* ---- instruction sets ----------------------------------------------------------- */
+
+/* Bit (1u << isa) is set for every kernel set compiled into this library. */
+TAKANE_API uint32_t takane_isa_compiled(void);
+/* Bit (1u << isa) is set for every compiled kernel set this CPU and OS can run
+ * (CPUID feature bits and XCR0 register state via XGETBV). Scalar is always set. */
+TAKANE_API uint32_t takane_isa_supported(void);
+/* The ISA compute calls dispatch to now: the forced one, else env TAKANE_ISA if valid,
+ * else the best supported. */
+TAKANE_API takane_isa takane_isa_active(void);
+/* Force every later compute call (process-wide) to use `isa`; TAKANE_ISA_AUTO undoes it.
+ * TAKANE_ERR_ISA_UNKNOWN / TAKANE_ERR_ISA_UNSUPPORTED leave the state unchanged. */
+TAKANE_API takane_status takane_isa_force(takane_isa isa);
+/* The ISA the calling thread's most recent successful compute call ran on, or
+ * TAKANE_ISA_AUTO if it made none. For tests and diagnostics. */
+TAKANE_API takane_isa takane_isa_last_used(void);
+/* "scalar", "avx2", "avx512", "neon" ("auto" for TAKANE_ISA_AUTO), or NULL. Static storage. */
+TAKANE_API const char *takane_isa_name(takane_isa isa);
+/* Inverse of takane_isa_name (exact, lower case). TAKANE_ERR_ISA_UNKNOWN if no match. */
+TAKANE_API takane_status takane_isa_from_name(const char *name, takane_isa *isa_out);
+
+/* ---- packing ---------------------------------------------------------------------- */
+
+/* Binarize `rows` rows of k floats: bit = x[r][c] >= threshold, packed canonically into
+ * bits[r * bits_row_stride + 0 .. ceil(k/64)-1] (padding bits written as 0).
+ * threshold: NULL (all thresholds 0), threshold_len == 1 (one scalar), or
+ * threshold_len == k (per channel c). x_row_stride in floats, bits_row_stride in words
+ * (>= ceil(k/64) when rows > 1). A NaN in x or threshold gives TAKANE_ERR_NAN (the
+ * contents of bits are then unspecified). */
+TAKANE_API takane_status takane_pack_f32(int64_t rows, int64_t k,
+                                         const float *x, int64_t x_row_stride,
+                                         const float *threshold, int64_t threshold_len,
+                                         uint64_t *bits, int64_t bits_row_stride);
+
+/* TAKANE_OK if every row of a packed (rows, ceil(k/64)) array has zero padding bits,
+ * else TAKANE_ERR_PADDING_BITS. */
+TAKANE_API takane_status takane_check_padding(int64_t rows, int64_t k,
+                                              const uint64_t *bits, int64_t row_stride);
+
+/* ---- W1A1 matmul -------------------------------------------------------------------- */
+
+/* y[i][j] = dot(x_i, w_j) = k - 2 * popcount(x_i XOR w_j), exact, for i < m, j < n.
+ * x: m packed rows of ceil(k/64) words, row stride x_row_stride (words);
+ * w: n packed rows (the nn.Linear (N, K) layout), row stride w_row_stride (words);
+ * y: int32, row stride y_row_stride (elements, >= n when m > 1).
+ * k == 0 writes zeros. Non-zero padding in x or w gives TAKANE_ERR_PADDING_BITS. */
+TAKANE_API takane_status takane_binary_matmul(int64_t m, int64_t n, int64_t k,
+                                              const uint64_t *x, int64_t x_row_stride,
+                                              const uint64_t *w, int64_t w_row_stride,
+                                              int32_t *y, int64_t y_row_stride,
+                                              int32_t threads);
+
+/* As takane_binary_matmul, with real activations binarized on the fly exactly as
+ * takane_pack_f32 does (x: m rows of k floats, row stride x_row_stride floats). */
+TAKANE_API takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k,
+                                                  const float *x, int64_t x_row_stride,
+                                                  const float *threshold, int64_t threshold_len,
+                                                  const uint64_t *w, int64_t w_row_stride,
+                                                  int32_t *y, int64_t y_row_stride,
+                                                  int32_t threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TAKANE_TAKANE_H */

@@ -1,0 +1,38 @@
+/*
+ * matmul_scalar.c — portable W1A1 popcount tile, and the reference point for the SIMD sets.
+ *
+ * ISA and flags: none beyond the target's baseline (runs on any x86-64, aarch64, ...).
+ * Tile: MR=2 activation rows x NR=4 weight rows: each loaded word is used 2 or 4 times,
+ *   and 8 independent accumulators keep the integer pipes busy.
+ * Key operation: popcount via SWAR (3 shift/mask/add steps + 1 multiply, ~12 ops/word).
+ *   __builtin_popcountll would become a libgcc call (__popcountdi2) without -mpopcnt,
+ *   and -mpopcnt would make this file unusable on pre-Nehalem CPUs.
+ * Invariants relied on: row pointers are valid for kw words; padding bits are zero in
+ *   both operands, so XOR adds nothing past k.
+ */
+#include "../../src/internal.h"
+
+#define MR 2
+#define NR 4
+
+static inline uint64_t popcount64(uint64_t v) {
+    v = v - ((v >> 1) & UINT64_C(0x5555555555555555));
+    v = (v & UINT64_C(0x3333333333333333)) + ((v >> 2) & UINT64_C(0x3333333333333333));
+    v = (v + (v >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+    return (v * UINT64_C(0x0101010101010101)) >> 56;
+}
+
+static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, int64_t kw,
+                          uint64_t *pc) {
+    uint64_t acc[MR][NR] = {{0}};
+    for (int64_t q = 0; q < kw; q++) {
+        for (int i = 0; i < MR; i++) {
+            const uint64_t a = x[i][q];
+            for (int j = 0; j < NR; j++) acc[i][j] += popcount64(a ^ w[j][q]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) pc[i * NR + j] = acc[i][j];
+}
+
+const takane_matmul_ukernel takane_matmul_ukernel_scalar = {MR, NR, popcount_tile};

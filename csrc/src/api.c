@@ -1,0 +1,160 @@
+/*
+ * api.c — the public entry points: validate every argument, answer empty problems,
+ * pick the kernel set, run the framework. Nothing here aborts, prints or sets errno.
+ */
+#include <stddef.h>
+
+#include "internal.h"
+
+void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
+                              const uint64_t *x, int64_t xs, const uint64_t *w, int64_t ws,
+                              int32_t *y, int64_t ys);
+takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int64_t n,
+                                    int64_t k, const float *x, int64_t xs, const float *t,
+                                    int per_channel, const uint64_t *w, int64_t ws, int32_t *y,
+                                    int64_t ys);
+
+unsigned takane_abi_version(void) { return TAKANE_ABI_VERSION; }
+
+const char *takane_version_string(void) {
+#ifdef TAKANE_AVX512_EMULATION
+    return TAKANE_VERSION_STRING " (test build: avx512 kernels emulated with SIMDe)";
+#else
+    return TAKANE_VERSION_STRING;
+#endif
+}
+
+const char *takane_status_string(takane_status status) {
+    switch (status) {
+    case TAKANE_OK: return "ok";
+    case TAKANE_ERR_NULL_POINTER: return "a non-empty operand is a NULL pointer";
+    case TAKANE_ERR_NEGATIVE_DIMENSION: return "a dimension is negative";
+    case TAKANE_ERR_K_TOO_LARGE: return "k exceeds TAKANE_MAX_K (2147483647)";
+    case TAKANE_ERR_BAD_STRIDE: return "a stride is negative or makes output rows overlap";
+    case TAKANE_ERR_NAN: return "NaN in activations or thresholds (NaN has no sign)";
+    case TAKANE_ERR_PADDING_BITS: return "packed input has non-zero padding bits past k";
+    case TAKANE_ERR_ISA_UNKNOWN: return "unknown ISA";
+    case TAKANE_ERR_ISA_UNSUPPORTED: return "ISA not compiled in or not supported by this CPU/OS";
+    case TAKANE_ERR_ENV_ISA:
+        return "environment variable TAKANE_ISA names an unknown or unsupported ISA";
+    case TAKANE_ERR_OUT_OF_MEMORY: return "out of memory";
+    case TAKANE_ERR_BAD_THRESHOLD_LEN: return "threshold_len must be 1 or k";
+    case TAKANE_ERR_BAD_THREADS: return "threads must be >= 0";
+    }
+    return "unknown status";
+}
+
+takane_status takane_check_padding(int64_t rows, int64_t k, const uint64_t *bits,
+                                   int64_t row_stride) {
+    if (rows < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    if (rows == 0 || k % 64 == 0) return TAKANE_OK; /* no padding bits exist */
+    if (!bits) return TAKANE_ERR_NULL_POINTER;
+    const int64_t last = takane_words_for(k) - 1;
+    const uint64_t pad = ~takane_last_word_mask(k);
+    uint64_t seen = 0;
+    for (int64_t r = 0; r < rows; r++) seen |= bits[r * row_stride + last] & pad;
+    return seen ? TAKANE_ERR_PADDING_BITS : TAKANE_OK;
+}
+
+/* Shared checks of dims and threshold arguments. */
+static takane_status check_dims(int64_t a, int64_t b, int64_t k) {
+    if (a < 0 || b < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    return TAKANE_OK;
+}
+
+static takane_status check_threshold(int64_t k, const float *t, int64_t t_len) {
+    if (!t) return TAKANE_OK;
+    if (t_len != 1 && t_len != k) return TAKANE_ERR_BAD_THRESHOLD_LEN;
+    for (int64_t c = 0; c < t_len; c++)
+        if (t[c] != t[c]) return TAKANE_ERR_NAN;
+    return TAKANE_OK;
+}
+
+takane_status takane_pack_f32(int64_t rows, int64_t k, const float *x, int64_t x_row_stride,
+                              const float *threshold, int64_t threshold_len, uint64_t *bits,
+                              int64_t bits_row_stride) {
+    takane_status st = check_dims(rows, 0, k);
+    if (st != TAKANE_OK) return st;
+    const int64_t kw = takane_words_for(k);
+    if (x_row_stride < 0 || bits_row_stride < 0 || (rows > 1 && bits_row_stride < kw))
+        return TAKANE_ERR_BAD_STRIDE;
+    if ((st = check_threshold(k, threshold, threshold_len)) != TAKANE_OK) return st;
+    if (rows == 0 || k == 0) return TAKANE_OK;
+    if (!x || !bits) return TAKANE_ERR_NULL_POINTER;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    static const float zero = 0.0f;
+    const float *t = threshold ? threshold : &zero;
+    const int per_channel = threshold && threshold_len == k && k != 1;
+    for (int64_t r = 0; r < rows; r++)
+        if (ks->pack_row(x + r * x_row_stride, k, t, per_channel, bits + r * bits_row_stride))
+            return TAKANE_ERR_NAN;
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+/* Common validation of the two matmul entry points, up to (not including) x itself. */
+static takane_status check_matmul(int64_t m, int64_t n, int64_t k, const void *x,
+                                  int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
+                                  const int32_t *y, int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_dims(m, n, k);
+    if (st != TAKANE_OK) return st;
+    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    if (x_row_stride < 0 || w_row_stride < 0 || y_row_stride < 0 ||
+        (m > 1 && n > 0 && y_row_stride < n))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (m == 0 || n == 0) return TAKANE_OK;
+    if (!y || (k > 0 && (!x || !w))) return TAKANE_ERR_NULL_POINTER;
+    return takane_check_padding(n, k, w, w_row_stride);
+}
+
+/* k == 0: every dot product of empty rows is 0. */
+static void fill_zero(int64_t m, int64_t n, int32_t *y, int64_t ys) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) y[i * ys + j] = 0;
+}
+
+takane_status takane_binary_matmul(int64_t m, int64_t n, int64_t k, const uint64_t *x,
+                                   int64_t x_row_stride, const uint64_t *w,
+                                   int64_t w_row_stride, int32_t *y, int64_t y_row_stride,
+                                   int32_t threads) {
+    takane_status st = check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y,
+                                    y_row_stride, threads);
+    if (st != TAKANE_OK || m == 0 || n == 0) return st;
+    if ((st = takane_check_padding(m, k, x, x_row_stride)) != TAKANE_OK) return st;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    if (k == 0) fill_zero(m, n, y, y_row_stride);
+    else takane_matmul_packed_run(ks, m, n, k, x, x_row_stride, w, w_row_stride, y,
+                                  y_row_stride);
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k, const float *x,
+                                       int64_t x_row_stride, const float *threshold,
+                                       int64_t threshold_len, const uint64_t *w,
+                                       int64_t w_row_stride, int32_t *y, int64_t y_row_stride,
+                                       int32_t threads) {
+    takane_status st = check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y,
+                                    y_row_stride, threads);
+    if (st != TAKANE_OK) return st;
+    if ((st = check_threshold(k, threshold, threshold_len)) != TAKANE_OK) return st;
+    if (m == 0 || n == 0) return TAKANE_OK;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    if (k == 0) {
+        fill_zero(m, n, y, y_row_stride);
+    } else {
+        static const float zero = 0.0f;
+        const float *t = threshold ? threshold : &zero;
+        const int per_channel = threshold && threshold_len == k && k != 1;
+        st = takane_matmul_f32_run(ks, m, n, k, x, x_row_stride, t, per_channel, w,
+                                   w_row_stride, y, y_row_stride);
+        if (st != TAKANE_OK) return st;
+    }
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}

@@ -1,0 +1,187 @@
+/*
+ * dispatch.c — which kernel set runs: the registry, CPU/OS detection, env override,
+ * forcing. Compiled at the baseline ISA (no per-ISA flags), like every framework file.
+ *
+ * An ISA is usable when it was compiled in (TAKANE_HAVE_<ISA> from CMake) AND the CPU
+ * reports the features AND the OS saves the registers (XCR0 via XGETBV) — ruy's rule.
+ * Detection runs once under pthread_once; the active choice is one atomic int, so
+ * concurrent compute calls and takane_isa_force() never race on a torn value.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define TAKANE_X86 1
+#include <cpuid.h>
+#endif
+
+/* Registry: every compiled kernel set, best first. Tests and benchmarks iterate the
+ * same list through takane_isa_supported(). */
+#define KERNEL_SET(ISA, isa) {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa}
+static const takane_kernel_set registry[] = {
+#ifdef TAKANE_HAVE_AVX512
+    KERNEL_SET(AVX512, avx512),
+#endif
+#ifdef TAKANE_HAVE_AVX2
+    KERNEL_SET(AVX2, avx2),
+#endif
+    KERNEL_SET(SCALAR, scalar),
+};
+#define REGISTRY_LEN ((int)(sizeof registry / sizeof registry[0]))
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static uint32_t supported_mask;    /* written once inside init_once */
+static int best_index;             /* registry index of the best supported set */
+static int active_index;           /* atomic: registry index compute calls use */
+static int env_error;              /* atomic: 1 while env TAKANE_ISA is bad and not overridden */
+static __thread int last_used = TAKANE_ISA_AUTO;
+
+#ifdef TAKANE_X86
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    /* XGETBV with ECX=0, as raw bytes-free asm so this file needs no -mxsave. */
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static uint32_t detect_x86(void) {
+    uint32_t mask = 1u << TAKANE_ISA_SCALAR;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return mask;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1,
+              popcnt = (c >> 23) & 1;
+    if (!osxsave || !avx) return mask;
+    const uint64_t xcr0 = read_xcr0();
+    const int ymm_state = (xcr0 & 0x6) == 0x6;     /* SSE + AVX state */
+    const int zmm_state = (xcr0 & 0xe6) == 0xe6;   /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    if (__get_cpuid_max(0, 0) < 7) return mask;
+    __cpuid_count(7, 0, a, b, c, d);
+    const int avx2 = (b >> 5) & 1;
+    const int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+    const int vpopcntdq = (c >> 14) & 1;
+    if (ymm_state && avx2 && fma && popcnt) mask |= 1u << TAKANE_ISA_AVX2;
+    if (ymm_state && zmm_state && avx2 && fma && popcnt && avx512f && avx512bw && avx512vl &&
+        vpopcntdq)
+        mask |= 1u << TAKANE_ISA_AVX512;
+    return mask;
+}
+#endif
+
+static uint32_t detect(void) {
+    uint32_t mask = 1u << TAKANE_ISA_SCALAR;
+#ifdef TAKANE_X86
+    mask = detect_x86();
+#endif
+#if defined(__aarch64__)
+    mask |= 1u << TAKANE_ISA_NEON; /* Advanced SIMD is baseline on aarch64 */
+#endif
+#ifdef TAKANE_AVX512_EMULATION
+    /* Test-only build: the avx512 kernels were compiled against SIMDe's portable
+     * implementations of the intrinsics, so they run on any CPU. */
+    mask |= 1u << TAKANE_ISA_AVX512;
+#endif
+    return mask;
+}
+
+static int index_of(takane_isa isa) {
+    for (int i = 0; i < REGISTRY_LEN; i++)
+        if (registry[i].isa == isa) return i;
+    return -1;
+}
+
+static void init(void) {
+    const uint32_t hw = detect();
+    uint32_t usable = 0;
+    best_index = REGISTRY_LEN - 1; /* scalar, always last */
+    for (int i = REGISTRY_LEN - 1; i >= 0; i--) {
+        if (hw & (1u << registry[i].isa)) {
+            usable |= 1u << registry[i].isa;
+            best_index = i; /* walking from worst to best: the last hit is the best */
+        }
+    }
+    supported_mask = usable;
+    int active = best_index, bad_env = 0;
+    const char *env = getenv("TAKANE_ISA");
+    if (env && env[0] && strcmp(env, "auto") != 0) {
+        takane_isa want;
+        int idx = -1;
+        if (takane_isa_from_name(env, &want) == TAKANE_OK && (usable & (1u << want)))
+            idx = index_of(want);
+        if (idx >= 0) active = idx;
+        else bad_env = 1;
+    }
+    __atomic_store_n(&active_index, active, __ATOMIC_RELEASE);
+    __atomic_store_n(&env_error, bad_env, __ATOMIC_RELEASE);
+}
+
+static void ensure_init(void) { pthread_once(&init_once, init); }
+
+uint32_t takane_isa_compiled(void) {
+    uint32_t mask = 0;
+    for (int i = 0; i < REGISTRY_LEN; i++) mask |= 1u << registry[i].isa;
+    return mask;
+}
+
+uint32_t takane_isa_supported(void) {
+    ensure_init();
+    return supported_mask;
+}
+
+takane_isa takane_isa_active(void) {
+    ensure_init();
+    return registry[__atomic_load_n(&active_index, __ATOMIC_ACQUIRE)].isa;
+}
+
+takane_status takane_isa_force(takane_isa isa) {
+    ensure_init();
+    int idx;
+    if (isa == TAKANE_ISA_AUTO) {
+        idx = best_index;
+    } else {
+        if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
+        if (!(supported_mask & (1u << isa))) return TAKANE_ERR_ISA_UNSUPPORTED;
+        idx = index_of(isa);
+        if (idx < 0) return TAKANE_ERR_ISA_UNSUPPORTED;
+    }
+    __atomic_store_n(&active_index, idx, __ATOMIC_RELEASE);
+    __atomic_store_n(&env_error, 0, __ATOMIC_RELEASE);
+    return TAKANE_OK;
+}
+
+takane_isa takane_isa_last_used(void) { return (takane_isa)last_used; }
+
+void takane_note_used(takane_isa isa) { last_used = isa; }
+
+const char *takane_isa_name(takane_isa isa) {
+    switch (isa) {
+    case TAKANE_ISA_AUTO: return "auto";
+    case TAKANE_ISA_SCALAR: return "scalar";
+    case TAKANE_ISA_AVX2: return "avx2";
+    case TAKANE_ISA_AVX512: return "avx512";
+    case TAKANE_ISA_NEON: return "neon";
+    }
+    return NULL;
+}
+
+takane_status takane_isa_from_name(const char *name, takane_isa *isa_out) {
+    static const takane_isa all[] = {TAKANE_ISA_SCALAR, TAKANE_ISA_AVX2, TAKANE_ISA_AVX512,
+                                     TAKANE_ISA_NEON, TAKANE_ISA_AUTO};
+    if (!name || !isa_out) return TAKANE_ERR_NULL_POINTER;
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        if (strcmp(name, takane_isa_name(all[i])) == 0) {
+            *isa_out = all[i];
+            return TAKANE_OK;
+        }
+    }
+    return TAKANE_ERR_ISA_UNKNOWN;
+}
+
+takane_status takane_select_kernels(const takane_kernel_set **out) {
+    ensure_init();
+    if (__atomic_load_n(&env_error, __ATOMIC_ACQUIRE)) return TAKANE_ERR_ENV_ISA;
+    *out = &registry[__atomic_load_n(&active_index, __ATOMIC_ACQUIRE)];
+    return TAKANE_OK;
+}

@@ -1,0 +1,73 @@
+/*
+ * internal.h — what the portable framework and the per-ISA kernel files share.
+ *
+ * A kernel set is one ISA's microkernels. The framework (matmul.c, pack.c) owns loops,
+ * edges and validation; a microkernel computes one register tile and nothing else.
+ * The registry (dispatch.c) lists the compiled kernel sets, best first.
+ */
+#ifndef TAKANE_INTERNAL_H
+#define TAKANE_INTERNAL_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "takane/takane.h"
+
+/* Largest register tile any kernel set may declare (framework scratch is sized by it). */
+#define TAKANE_MAX_MR 8
+#define TAKANE_MAX_NR 8
+
+/*
+ * W1A1 microkernel: for i < mr, j < nr (the set's tile), computes
+ *   pc[i * nr + j] = popcount(x[i][0..kw) XOR w[j][0..kw))
+ * x[i] and w[j] are row pointers to kw packed words each (no alignment promised).
+ * The framework passes exactly mr/nr row pointers; on an edge tile it repeats the
+ * last valid row, so a kernel never sees a short tile. kw may be 0.
+ */
+typedef void (*takane_popcount_tile_fn)(const uint64_t *const *x, const uint64_t *const *w,
+                                        int64_t kw, uint64_t *pc);
+
+/*
+ * Pack microkernel: one row of k floats -> ceil(k/64) canonical words at out
+ * (padding bits 0). t points at one threshold (per_channel == 0) or k thresholds.
+ * Returns nonzero iff some (x, t) pair is unordered (a NaN on either side).
+ */
+typedef int (*takane_pack_row_fn)(const float *x, int64_t k, const float *t, int per_channel,
+                                  uint64_t *out);
+
+/* One op's microkernel as a matmul file exports it: the tile shape and the function. */
+typedef struct takane_matmul_ukernel {
+    int mr, nr; /* register tile, each <= TAKANE_MAX_MR / _NR */
+    takane_popcount_tile_fn popcount_tile;
+} takane_matmul_ukernel;
+
+/* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
+typedef struct takane_kernel_set {
+    takane_isa isa;
+    const takane_matmul_ukernel *matmul;
+    takane_pack_row_fn pack_row;
+} takane_kernel_set;
+
+/* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */
+#define TAKANE_DECLARE_ISA_KERNELS(isa)                                                    \
+    extern const takane_matmul_ukernel takane_matmul_ukernel_##isa;                        \
+    int takane_pack_row_##isa(const float *x, int64_t k, const float *t, int per_channel,  \
+                              uint64_t *out);
+TAKANE_DECLARE_ISA_KERNELS(scalar)
+TAKANE_DECLARE_ISA_KERNELS(avx2)
+TAKANE_DECLARE_ISA_KERNELS(avx512)
+
+/* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
+takane_status takane_select_kernels(const takane_kernel_set **out);
+/* dispatch.c: remember which ISA the calling thread's compute call ran on. */
+void takane_note_used(takane_isa isa);
+
+static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
+
+/* Mask of the valid bits in the last word of a k-element row (all ones if k % 64 == 0). */
+static inline uint64_t takane_last_word_mask(int64_t k) {
+    int r = (int)(k % 64);
+    return r ? ((UINT64_C(1) << r) - 1) : ~UINT64_C(0);
+}
+
+#endif /* TAKANE_INTERNAL_H */

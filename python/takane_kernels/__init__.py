@@ -1,0 +1,26 @@
+"""takane_kernels: bit-packed 1-bit (±1) matmul kernels for CPU inference.
+
+Weights that are ±1 are packed 64 to a uint64 word (bit 1 = +1, LSB first, zero
+padding); products are XOR + popcount in C, on the best instruction set this CPU has.
+"""
+
+from . import isa, reference
+from ._ops import binary_matmul, pack_bits, pack_weights, unpack_bits
+from ._paths import get_include, get_library
+from ._takane import ffi as _ffi, lib as _lib
+from ._weights import MAX_K, PackedWeights
+
+__version__ = "0.1.0"
+
+if _lib.takane_abi_version() != _lib.TAKANE_ABI_VERSION:  # pragma: no cover
+    raise ImportError("takane_kernels: C library ABI does not match the bindings")
+
+__all__ = [
+    "binary_matmul", "pack_bits", "unpack_bits", "pack_weights", "PackedWeights",
+    "isa", "reference", "get_include", "get_library", "MAX_K", "__version__", "version_info",
+]
+
+
+def version_info() -> str:
+    """The C library's version string (with build notes)."""
+    return _ffi.string(_lib.takane_version_string()).decode()

@@ -1,0 +1,229 @@
+"""The public ops: thin numpy wrappers that validate, convert, and call the C library.
+
+Threshold semantics (exact, whatever the dtypes): an element v becomes +1 iff v >= t as
+real numbers. Inputs exactly representable in float32 (float16/32, bool, 8/16-bit ints)
+go to the C kernels as float32 with each threshold rounded *up* to the nearest float32:
+for a float32 v, ``v >= t  <=>  v >= ceil_f32(t)``, so the comparison stays exact. Wider
+inputs (float64, 32/64-bit ints) are compared by numpy at their own precision and the
+boolean result is packed by the same C kernels (as 0/1 against 0.5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._takane import ffi, lib
+from ._weights import PackedWeights, check_k, check_packed, words_for
+from . import isa as _isa
+
+__all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul"]
+
+# dtypes whose every value is exactly a float32
+_EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16, np.uint16))
+_F32_INF = np.float32(np.inf)
+
+
+def _raise_status(status: int, context: str) -> None:
+    if status == lib.TAKANE_OK:
+        return
+    msg = ffi.string(lib.takane_status_string(status)).decode()
+    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError(f"{context}: {msg}")
+    if status == lib.TAKANE_ERR_ENV_ISA:
+        import os
+
+        raise ValueError(
+            f"{context}: TAKANE_ISA={os.environ.get('TAKANE_ISA')!r} is unknown or not supported "
+            f"here (supported: {', '.join(_isa.supported())}); unset it or call isa.force()"
+        )
+    raise ValueError(f"{context}: {msg}")
+
+
+def _check_threads(threads: object) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(min(threads, 2**31 - 1))
+
+
+def _as_real_array(x: object, name: str) -> np.ndarray:
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real (float, int or bool) array, got dtype {a.dtype}")
+    if a.ndim < 1:
+        raise ValueError(f"{name} must have at least 1 dimension (..., K), got shape {a.shape}")
+    return a
+
+
+def _threshold64(threshold: object, k: int) -> np.ndarray:
+    """Validated threshold as float64: shape () or (k,)."""
+    t = np.asarray(threshold)
+    if t.dtype.kind not in "fiub":
+        raise TypeError(f"threshold must be a real scalar or array, got dtype {t.dtype}")
+    if t.shape not in ((), (k,)):
+        raise ValueError(f"threshold must be a scalar or have shape ({k},) (one per input channel), got {t.shape}")
+    t = t.astype(np.float64)
+    if np.isnan(t).any():
+        raise ValueError("threshold contains NaN (NaN has no sign)")
+    return t
+
+
+def _ceil_f32(t64: np.ndarray) -> np.ndarray:
+    """Smallest float32 >= each value (exact threshold for float32 inputs)."""
+    with np.errstate(over="ignore"):
+        t32 = np.atleast_1d(t64.astype(np.float32))
+    low = t32.astype(np.float64) < np.atleast_1d(t64)
+    if low.any():
+        t32[low] = np.nextafter(t32[low], _F32_INF)
+    return np.ascontiguousarray(t32)
+
+
+_HALF = np.array([0.5], dtype=np.float32)
+
+
+def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
+    """(x as C-contiguous float32 2-D rows, float32 threshold array) for the C kernels."""
+    t64 = _threshold64(threshold, k)
+    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if x.dtype in _EXACT_IN_F32:
+        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(m, k)
+        return rows, _ceil_f32(t64)
+    # Wider dtypes: compare at their own precision here, pack the 0/1 result in C.
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        raise ValueError(f"{name} contains NaN (NaN has no sign)")
+    ge = np.greater_equal(x, t64)
+    return np.ascontiguousarray(ge, dtype=np.float32).reshape(m, k), _HALF
+
+
+def _check_out(out: object, shape: tuple, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.dtype != np.int32:
+        raise TypeError(f"{name} must have dtype int32, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def pack_bits(a: object, threshold: object = 0.0) -> np.ndarray:
+    """Binarize a real array (..., K) at ``threshold`` (scalar or (K,)) and pack it.
+
+    Returns canonical uint64 bits (..., ceil(K/64)): bit 1 iff ``a >= threshold``, LSB
+    first, zero padding. NaN raises ``ValueError``.
+    """
+    a = _as_real_array(a, "a")
+    k = a.shape[-1]
+    check_k(k, "a.shape[-1]")
+    w = words_for(k)
+    out = np.empty(a.shape[:-1] + (w,), dtype=np.uint64)
+    rows, t = _real_rows_for_c(a, threshold, k, "a")
+    m = rows.shape[0]
+    if m == 0 or k == 0:
+        return out
+    status = lib.takane_pack_f32(
+        m, k, ffi.from_buffer("float[]", rows), k, ffi.from_buffer("float[]", t), t.size,
+        ffi.from_buffer("uint64_t[]", out, require_writable=True), w,
+    )
+    _raise_status(status, "pack_bits: a")
+    return out
+
+
+def unpack_bits(bits: object, k: int, dtype: object = np.int8) -> np.ndarray:
+    """Canonical packed bits (..., ceil(k/64)) -> a ±1 array (..., k) of ``dtype``."""
+    k = check_k(k)
+    bits = check_packed(bits, k, "bits")
+    dt = np.dtype(dtype)
+    if dt.kind not in "if":
+        raise TypeError(f"dtype must be a signed integer or float dtype (to hold -1), got {dt}")
+    as_bytes = np.ascontiguousarray(bits, dtype="<u8").view(np.uint8)
+    b01 = np.unpackbits(as_bytes, axis=-1, count=k, bitorder="little")
+    return (b01.astype(dt) * 2 - 1).astype(dt, copy=False)
+
+
+def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = None) -> PackedWeights:
+    """Real weights (N, K) -> :class:`PackedWeights` (bit = ``w >= 0``).
+
+    ``scale``: ``"mean_abs"`` (per-row mean |w|, XNOR-Net's alpha), ``None``, or an (N,)
+    array. ``in_scale``: ``None`` or a (K,) array.
+    """
+    w = _as_real_array(w, "w")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
+    if w.dtype.kind == "f" and np.isnan(w).any():
+        raise ValueError("w contains NaN (NaN has no sign)")
+    if isinstance(scale, str):
+        if scale != "mean_abs":
+            raise ValueError(f"scale must be 'mean_abs', None or an (N,) array, got {scale!r}")
+        n, k = w.shape
+        scale = np.abs(w).mean(axis=1, dtype=np.float64) if k else np.zeros(n)
+    return PackedWeights(pack_bits(w), w.shape[1], scale=scale, in_scale=in_scale)
+
+
+def _resolve_weights(w: object, k: object) -> tuple[np.ndarray, int]:
+    if isinstance(w, PackedWeights):
+        if k is not None and check_k(k) != w.k:
+            raise ValueError(f"k={k} does not match the PackedWeights' k={w.k}")
+        return w.bits, w.k
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w must be a PackedWeights or a canonical uint64 array, got {type(w).__name__}")
+    if k is None:
+        raise ValueError("w is a raw packed array: pass k= (the unpacked row length)")
+    k = check_k(k)
+    check_packed(w, k, "w")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (N, ceil(K/64)), got shape {w.shape}")
+    return np.ascontiguousarray(w), k
+
+
+def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.ndarray:
+    """Exact ±1 products ``sign(x) @ sign(w).T`` as int32 (..., N) via XOR + popcount.
+
+    ``x``: real (..., K), binarized as ``x >= threshold`` (scalar or (K,)), or canonical
+    packed uint64 (..., ceil(K/64)). ``w``: a :class:`PackedWeights` or a canonical
+    uint64 (N, ceil(K/64)) array with ``k=``. Leading dims of x are kept.
+    """
+    wbits, k = _resolve_weights(w, k)
+    nthreads = _check_threads(threads)
+    n, kw = wbits.shape
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
+    packed = x.dtype == np.uint64
+    if packed:
+        if np.any(np.asarray(threshold) != 0):
+            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
+        check_packed(x, k, "x")
+    else:
+        x = _as_real_array(x, "x")
+        if x.shape[-1] != k:
+            raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+    shape = x.shape[:-1] + (n,)
+    y = np.empty(shape, dtype=np.int32) if out is None else _check_out(out, shape)
+    if out is not None and np.may_share_memory(out, x):
+        x = x.copy()  # the kernels read x while writing y: never let them alias
+    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    if m == 0 or n == 0:
+        return y
+    wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
+    yptr = ffi.from_buffer("int32_t[]", y, require_writable=True)
+    if packed:
+        xr = np.ascontiguousarray(x).reshape(m, kw)
+        status = lib.takane_binary_matmul(
+            m, n, k, ffi.from_buffer("uint64_t[]", xr) if kw else ffi.NULL, kw, wptr, kw, yptr, n, nthreads
+        )
+    else:
+        rows, t = _real_rows_for_c(x, threshold, k, "x")
+        status = lib.takane_binary_matmul_f32(
+            m, n, k, ffi.from_buffer("float[]", rows) if k else ffi.NULL, k,
+            ffi.from_buffer("float[]", t), t.size, wptr, kw, yptr, n, nthreads,
+        )
+    _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
+    return y

@@ -1,0 +1,169 @@
+"""PackedWeights: an immutable ±1 weight matrix in the canonical bit format, with scales.
+
+This is a container, shared by the C-backed ops and the reference: validation here only
+checks the format (shape, dtype, zero padding), it computes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+
+MAX_K = 2**31 - 1  # TAKANE_MAX_K: dot products are int32
+FORMAT_NAME = "takane_kernels.PackedWeights"
+FORMAT_VERSION = 1
+
+
+def words_for(k: int) -> int:
+    return (k + 63) // 64
+
+
+def check_k(k: object, name: str = "k") -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    k = int(k)
+    if k < 0 or k > MAX_K:
+        raise ValueError(f"{name}={k} is out of range [0, {MAX_K}]")
+    return k
+
+
+def padding_is_zero(bits: np.ndarray, k: int) -> bool:
+    """True if no row of canonical bits (..., ceil(k/64)) has a 1 at a position >= k."""
+    r = k % 64
+    if r == 0 or bits.size == 0:
+        return True
+    pad = np.uint64(~((1 << r) - 1) & 0xFFFFFFFFFFFFFFFF)
+    return not np.any(bits[..., -1] & pad)
+
+
+def check_packed(bits: object, k: int, name: str) -> np.ndarray:
+    """Validate a raw canonical packed array (..., ceil(k/64)) uint64; return it as is."""
+    if not isinstance(bits, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint64 array, got {type(bits).__name__}")
+    if bits.dtype != np.uint64:
+        raise TypeError(f"{name} must have dtype uint64 (canonical packed bits), got {bits.dtype}")
+    if bits.ndim < 1:
+        raise ValueError(f"{name} must have at least 1 dimension, got shape {bits.shape}")
+    if bits.shape[-1] != words_for(k):
+        raise ValueError(
+            f"{name} has shape {bits.shape}: its last dimension must be ceil(k/64) = "
+            f"{words_for(k)} words for k={k}"
+        )
+    if not padding_is_zero(bits, k):
+        raise ValueError(f"{name} has non-zero padding bits (bit positions >= k={k} in the last word)")
+    return bits
+
+
+def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | None:
+    if v is None:
+        return None
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
+    if a.shape != (length,):
+        raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
+    a = np.array(a, dtype=np.float32, order="C")  # owned copy
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    a.flags.writeable = False
+    return a
+
+
+class PackedWeights:
+    """±1 weights (N, K) packed 64 per uint64 word, plus optional float32 scales.
+
+    ``bits`` (N, ceil(K/64)) uint64 is canonical (bit 1 = +1, LSB first, zero padding);
+    ``scale`` (N,) is the per-output-row scale, ``in_scale`` (K,) the per-input-column
+    scale. Instances are immutable: the arrays are private read-only copies.
+    """
+
+    __slots__ = ("_bits", "_k", "_scale", "_in_scale")
+
+    def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None):
+        k = check_k(k)
+        bits = check_packed(bits, k, "bits")
+        if bits.ndim != 2:
+            raise ValueError(f"bits must be 2-D (N, ceil(K/64)), got shape {bits.shape}")
+        owned = np.array(bits, dtype=np.uint64, order="C")
+        owned.flags.writeable = False
+        self._bits = owned
+        self._k = k
+        self._scale = _check_vector(scale, owned.shape[0], "scale", "one per output row N")
+        self._in_scale = _check_vector(in_scale, k, "in_scale", "one per input column K")
+
+    bits = property(lambda self: self._bits, doc="(N, ceil(K/64)) uint64, read-only")
+    k = property(lambda self: self._k, doc="K, the number of inputs")
+    n = property(lambda self: self._bits.shape[0], doc="N, the number of outputs")
+    scale = property(lambda self: self._scale, doc="(N,) float32 per-row scale, or None")
+    in_scale = property(lambda self: self._in_scale, doc="(K,) float32 per-column scale, or None")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of bits plus scales."""
+        return sum(a.nbytes for a in (self._bits, self._scale, self._in_scale) if a is not None)
+
+    def __repr__(self) -> str:
+        return (
+            f"PackedWeights(n={self.n}, k={self.k}, scale={'yes' if self._scale is not None else 'None'}, "
+            f"in_scale={'yes' if self._in_scale is not None else 'None'}, nbytes={self.nbytes})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackedWeights):
+            return NotImplemented
+
+        def same(a, b):
+            return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+        return (
+            self._k == other._k
+            and np.array_equal(self._bits, other._bits)
+            and same(self._scale, other._scale)
+            and same(self._in_scale, other._in_scale)
+        )
+
+    __hash__ = None  # mutable-looking arrays inside; equality is by value
+
+    # ---- persistence ------------------------------------------------------------------
+    # Format (version 1): an uncompressed .npz (no pickles) with the arrays
+    #   format (str), format_version (int64), k (int64), bits (N, W) uint64,
+    #   and optionally scale (N,) float32, in_scale (K,) float32.
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` (an .npz file; numpy may append ``.npz`` if missing)."""
+        arrays = {
+            "format": np.array(FORMAT_NAME),
+            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+            "k": np.array(self._k, dtype=np.int64),
+            "bits": self._bits,
+        }
+        if self._scale is not None:
+            arrays["scale"] = self._scale
+        if self._in_scale is not None:
+            arrays["in_scale"] = self._in_scale
+        np.savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PackedWeights":
+        """Read a file written by :meth:`save`, validating everything."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {name: z[name] for name in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise ValueError(f"{os.fspath(path)!r} is not a readable PackedWeights file: {e}") from e
+        if not isinstance(data, dict) or str(data.get("format", "")) != FORMAT_NAME:
+            raise ValueError(f"{os.fspath(path)!r} is not a PackedWeights file (format tag missing)")
+        version = data.get("format_version")
+        if version is None or version.shape != () or int(version) != FORMAT_VERSION:
+            raise ValueError(
+                f"{os.fspath(path)!r}: unsupported PackedWeights format version {version!r} "
+                f"(this library reads version {FORMAT_VERSION})"
+            )
+        for key in ("k", "bits"):
+            if key not in data:
+                raise ValueError(f"{os.fspath(path)!r}: missing array {key!r}")
+        k = data["k"]
+        if k.shape != () or k.dtype.kind not in "iu":
+            raise ValueError(f"{os.fspath(path)!r}: k must be an integer scalar")
+        return cls(data["bits"], int(k), scale=data.get("scale"), in_scale=data.get("in_scale"))

@@ -1,0 +1,85 @@
+"""Which instruction set the kernels run on: query, and force for tests/benchmarks.
+
+An ISA is *supported* when it was compiled into the library and this CPU and OS can run
+it (CPUID + XGETBV). The environment variable ``TAKANE_ISA=scalar|avx2|avx512|neon`` is
+read once, on first use; naming an unknown or unsupported ISA makes compute calls raise
+until :func:`force` is called. Forcing is process-wide (it is not per thread).
+"""
+
+from __future__ import annotations
+
+from ._takane import ffi, lib
+
+#: ISA names indexed by their ``takane_isa`` value.
+NAMES = ("scalar", "avx2", "avx512", "neon")
+
+__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force"]
+
+
+def _from_mask(mask: int) -> list[str]:
+    # Best first, the order the dispatcher prefers them in.
+    order = ("avx512", "avx2", "neon", "scalar")
+    return [name for name in order if mask & (1 << NAMES.index(name))]
+
+
+def compiled() -> list[str]:
+    """ISAs whose kernels were compiled into this build, best first."""
+    return _from_mask(lib.takane_isa_compiled())
+
+
+def supported() -> list[str]:
+    """Compiled ISAs this CPU and OS can run, best first (always includes ``"scalar"``)."""
+    return _from_mask(lib.takane_isa_supported())
+
+
+def active() -> str:
+    """The ISA compute calls dispatch to now."""
+    return NAMES[lib.takane_isa_active()]
+
+
+def last_used() -> str | None:
+    """The ISA the calling thread's most recent successful compute call ran on."""
+    isa = lib.takane_isa_last_used()
+    return None if isa == lib.TAKANE_ISA_AUTO else NAMES[isa]
+
+
+def _isa_value(name: str) -> int:
+    if not isinstance(name, str):
+        raise TypeError(f"ISA name must be a str, got {type(name).__name__}")
+    out = ffi.new("takane_isa *")
+    if lib.takane_isa_from_name(name.encode(), out) != lib.TAKANE_OK:
+        raise ValueError(f"unknown ISA {name!r}; known: {', '.join(NAMES)} or 'auto'")
+    return out[0]
+
+
+class force:
+    """Force the kernels onto one ISA (``"auto"`` returns to the best supported).
+
+    Takes effect immediately; used as a context manager it restores the previous ISA on
+    exit::
+
+        with takane_kernels.isa.force("scalar"):
+            y = takane_kernels.binary_matmul(x, w)
+    """
+
+    def __init__(self, name: str) -> None:
+        value = _isa_value(name)
+        self._previous = lib.takane_isa_active()
+        status = lib.takane_isa_force(value)
+        if status == lib.TAKANE_ERR_ISA_UNSUPPORTED:
+            raise ValueError(
+                f"ISA {name!r} is not supported here "
+                f"(compiled: {', '.join(compiled())}; supported: {', '.join(supported())})"
+            )
+        if status != lib.TAKANE_OK:  # pragma: no cover - every other status is unreachable
+            raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
+        self.name = active()
+
+    def __enter__(self) -> "force":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        lib.takane_isa_force(self._previous)
+
+    def __repr__(self) -> str:
+        return f"isa.force({self.name!r})"
