@@ -13,6 +13,38 @@
 #ifdef TAKANE_AVX512_EMULATION
 #define SIMDE_ENABLE_NATIVE_ALIASES
 #include <simde/x86/avx512.h>
+#include <stdint.h>
+
+/* Intrinsics SIMDe 0.7 (Debian 12) lacks, written from their documented semantics.
+ * Masked loads read only the selected lanes, like the hardware (no fault, no overread). */
+#ifndef __mmask8
+#define __mmask8 simde__mmask8
+#endif
+#ifndef __mmask16
+#define __mmask16 simde__mmask16
+#endif
+static inline __m512i takane_emu_maskz_loadu_epi64(__mmask8 k, const void *p) {
+    int64_t lane[8] = {0};
+    for (int i = 0; i < 8; i++)
+        if (k & (1u << i)) lane[i] = ((const int64_t *)p)[i];
+    return _mm512_loadu_si512(lane);
+}
+static inline __m512 takane_emu_maskz_loadu_ps(__mmask16 k, const float *p) {
+    float lane[16] = {0};
+    for (int i = 0; i < 16; i++)
+        if (k & (1u << i)) lane[i] = p[i];
+    return _mm512_loadu_ps(lane);
+}
+static inline int64_t takane_emu_reduce_add_epi64(__m512i v) {
+    int64_t lane[8], sum = 0;
+    _mm512_storeu_si512(lane, v);
+    for (int i = 0; i < 8; i++) sum += lane[i];
+    return sum;
+}
+#define _mm512_maskz_loadu_epi64 takane_emu_maskz_loadu_epi64
+#define _mm512_maskz_loadu_ps takane_emu_maskz_loadu_ps
+#define _mm512_reduce_add_epi64 takane_emu_reduce_add_epi64
+#define _mm512_mask_cmp_ps_mask(k, a, b, imm) ((__mmask16)((k) & _mm512_cmp_ps_mask((a), (b), (imm))))
 #else
 #include <immintrin.h>
 #endif
