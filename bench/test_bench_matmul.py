@@ -1,0 +1,98 @@
+"""W1A1 matmul benchmarks: one group per shape, members side by side (DESIGN §8).
+
+Members: takane per supported ISA (packed activations), takane on the best ISA with
+float activations (packing included), numpy float32 ``x @ w.T`` on the same ±1 data,
+and the reference oracle on the smaller shapes. Each member's result is checked once
+after timing against numpy's (exact: sums of ±1 in float32 are exact below 2**24).
+Compare ratios within one run; absolute times drift on shared machines.
+
+    python -m pytest bench --benchmark-only --benchmark-columns=median,iqr,rounds
+"""
+
+import numpy as np
+import pytest
+
+import takane_kernels as tk
+from takane_kernels import reference as ref
+from takane_kernels._shapes import BENCH_SHAPES
+
+REFERENCE_MAX_MACS = 2**30  # the oracle unpacks to float64: keep it to the smaller shapes
+REFERENCE_MAX_WEIGHTS = 2**22
+
+_data_cache = {}
+
+
+def data(shape):
+    if shape not in _data_cache:
+        m, n, k = shape
+        rng = np.random.default_rng(m * 7 + n * 3 + k)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        xs = np.where(x >= 0, 1, -1).astype(np.float32)
+        ws = np.where(w >= 0, 1, -1).astype(np.float32)
+        _data_cache.clear()  # hold one shape at a time
+        _data_cache[shape] = dict(x=x, xs=xs, ws=ws, pw=tk.pack_weights(w), xb=tk.pack_bits(x), expected=None)
+    return _data_cache[shape]
+
+
+def expected(d):
+    if d["expected"] is None:
+        d["expected"] = (d["xs"] @ d["ws"].T).astype(np.int32)
+    return d["expected"]
+
+
+def record(benchmark, shape, isa=None):
+    m, n, k = shape
+    benchmark.extra_info["shape"] = list(shape)
+    benchmark.extra_info["isa"] = isa
+    benchmark.extra_info["threads"] = 1 if isa else None
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and getattr(stats, "stats", None) is not None:
+        median = stats.stats.median
+        benchmark.extra_info["G_bitops_per_s"] = 2.0 * m * n * k / median / 1e9
+        benchmark.extra_info["weight_GB_per_s"] = n * ((k + 63) // 64) * 8 / median / 1e9
+
+
+SHAPE_IDS = [f"{m}x{n}x{k}" for m, n, k in BENCH_SHAPES]
+REFERENCE_SHAPES = [(m, n, k) for m, n, k in BENCH_SHAPES if m * n * k <= REFERENCE_MAX_MACS and n * k <= REFERENCE_MAX_WEIGHTS]
+
+
+@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("isa_name", tk.isa.supported())
+def test_takane_packed(benchmark, shape, isa_name):
+    benchmark.group = f"W1A1 matmul {shape}"
+    d = data(shape)
+    with tk.isa.force(isa_name):
+        y = benchmark(tk.binary_matmul, d["xb"], d["pw"], threads=1)
+        assert tk.isa.last_used() == isa_name
+    record(benchmark, shape, isa_name)
+    np.testing.assert_array_equal(y, expected(d))
+
+
+@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+def test_takane_float_activations(benchmark, shape):
+    benchmark.group = f"W1A1 matmul {shape}"
+    d = data(shape)
+    best = tk.isa.supported()[0]
+    with tk.isa.force(best):
+        y = benchmark(tk.binary_matmul, d["x"], d["pw"], threads=1)
+    record(benchmark, shape, best)
+    np.testing.assert_array_equal(y, expected(d))
+
+
+@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+def test_numpy_float32(benchmark, shape):
+    benchmark.group = f"W1A1 matmul {shape}"
+    d = data(shape)
+    y = benchmark(np.matmul, d["xs"], d["ws"].T)
+    record(benchmark, shape)
+    np.testing.assert_array_equal(y, expected(d))
+
+
+@pytest.mark.parametrize("shape", REFERENCE_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in REFERENCE_SHAPES])
+def test_reference(benchmark, shape):
+    benchmark.group = f"W1A1 matmul {shape}"
+    d = data(shape)
+    y = benchmark(ref.binary_matmul, d["xb"], d["pw"])
+    record(benchmark, shape)
+    np.testing.assert_array_equal(y, expected(d))
