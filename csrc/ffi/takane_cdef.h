@@ -58,3 +58,18 @@ takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k,
                                        const uint64_t *w, int64_t w_row_stride,
                                        int32_t *y, int64_t y_row_stride,
                                        int32_t threads);
+
+typedef struct takane_weights takane_weights;
+takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
+                                    int64_t w_row_stride, takane_weights **out);
+void takane_weights_free(takane_weights *weights);
+takane_status takane_weights_info(const takane_weights *weights, int64_t *n,
+                                  int64_t *k, int64_t *nbytes);
+takane_status takane_binary_matmul_prepacked(const takane_weights *weights, int64_t m,
+                                             const uint64_t *x, int64_t x_row_stride,
+                                             int32_t *y, int64_t y_row_stride,
+                                             int32_t threads);
+takane_status takane_binary_matmul_prepacked_f32(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t *y, int64_t y_row_stride,
+    int32_t threads);

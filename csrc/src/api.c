@@ -3,6 +3,8 @@
  * pick the kernel set, run the framework. Nothing here aborts, prints or sets errno.
  */
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -13,6 +15,11 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
                                     int64_t k, const float *x, int64_t xs, const float *t,
                                     int per_channel, const uint64_t *w, int64_t ws, int32_t *y,
                                     int64_t ys);
+
+takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const uint64_t *x, int64_t xs,
+                                          const float *xf, const float *t, int per_channel,
+                                          int32_t *y, int64_t ys, int threads);
 
 unsigned takane_abi_version(void) { return TAKANE_ABI_VERSION; }
 
@@ -154,6 +161,127 @@ takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k, const fl
         st = takane_matmul_f32_run(ks, m, n, k, x, x_row_stride, t, per_channel, w,
                                    w_row_stride, y, y_row_stride);
         if (st != TAKANE_OK) return st;
+    }
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+/* ---- prepacked weights ---------------------------------------------------------------- */
+
+takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
+                                    int64_t w_row_stride, takane_weights **out) {
+    if (!out) return TAKANE_ERR_NULL_POINTER;
+    *out = NULL;
+    takane_status st = check_dims(n, 0, k);
+    if (st != TAKANE_OK) return st;
+    const int64_t kw = takane_words_for(k);
+    if (w_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    if (n > 0 && kw > 0 && !w) return TAKANE_ERR_NULL_POINTER;
+    if ((st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
+    takane_weights *h = (takane_weights *)calloc(1, sizeof *h);
+    if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
+    h->n = n, h->k = k, h->kw = kw;
+    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    if (h->npanels > 0 && kw > 0) {
+        const double words = (double)h->npanels * (double)kw * TAKANE_PANEL_ROWS;
+        if (words * 8.0 > (double)SIZE_MAX / 2) {
+            free(h);
+            return TAKANE_ERR_OUT_OF_MEMORY;
+        }
+        /* 64-byte aligned so each panel word-group is one aligned 512-bit load */
+        const size_t bytes = ((size_t)words * 8 + 63) / 64 * 64;
+        h->panels = (uint64_t *)aligned_alloc(64, bytes);
+        if (!h->panels) {
+            free(h);
+            return TAKANE_ERR_OUT_OF_MEMORY;
+        }
+        /* panel p, word q, row r <- w[(p*8 + r) * stride + q]; rows >= n are zero */
+        for (int64_t p = 0; p < h->npanels; p++) {
+            uint64_t *panel = h->panels + p * kw * TAKANE_PANEL_ROWS;
+            for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
+                const int64_t row = p * TAKANE_PANEL_ROWS + r;
+                const uint64_t *src = row < n ? w + row * w_row_stride : NULL;
+                for (int64_t q = 0; q < kw; q++)
+                    panel[q * TAKANE_PANEL_ROWS + r] = src ? src[q] : 0;
+            }
+        }
+    }
+    *out = h;
+    return TAKANE_OK;
+}
+
+void takane_weights_free(takane_weights *weights) {
+    if (!weights) return;
+    free(weights->panels);
+    free(weights);
+}
+
+takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int64_t *k,
+                                  int64_t *nbytes) {
+    if (!weights) return TAKANE_ERR_NULL_POINTER;
+    if (n) *n = weights->n;
+    if (k) *k = weights->k;
+    if (nbytes) *nbytes = weights->npanels * weights->kw * TAKANE_PANEL_ROWS * 8;
+    return TAKANE_OK;
+}
+
+/* Shared front half of the two prepacked entry points. */
+static takane_status check_prepacked(const takane_weights *w, int64_t m, const void *x,
+                                     int64_t x_row_stride, const int32_t *y,
+                                     int64_t y_row_stride, int32_t threads) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (m < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    if (x_row_stride < 0 || y_row_stride < 0 || (m > 1 && w->n > 0 && y_row_stride < w->n))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (m == 0 || w->n == 0) return TAKANE_OK;
+    if (!y || (w->k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
+    return TAKANE_OK;
+}
+
+takane_status takane_binary_matmul_prepacked(const takane_weights *weights, int64_t m,
+                                             const uint64_t *x, int64_t x_row_stride, int32_t *y,
+                                             int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads);
+    if (st != TAKANE_OK || m == 0 || weights->n == 0) return st;
+    if ((st = takane_check_padding(m, weights->k, x, x_row_stride)) != TAKANE_OK) return st;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    if (weights->k == 0) {
+        fill_zero(m, weights->n, y, y_row_stride);
+    } else if (ks->matmul->panel_tile) {
+        st = takane_matmul_prepacked_run(ks, weights, m, x, x_row_stride, NULL, NULL, 0, y,
+                                         y_row_stride, threads);
+        if (st != TAKANE_OK) return st;
+    } else {
+        return TAKANE_ERR_ISA_UNSUPPORTED; /* every registered set has a panel kernel */
+    }
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+takane_status takane_binary_matmul_prepacked_f32(const takane_weights *weights, int64_t m,
+                                                 const float *x, int64_t x_row_stride,
+                                                 const float *threshold, int64_t threshold_len,
+                                                 int32_t *y, int64_t y_row_stride,
+                                                 int32_t threads) {
+    takane_status st = check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads);
+    if (st != TAKANE_OK) return st;
+    if ((st = check_threshold(weights->k, threshold, threshold_len)) != TAKANE_OK) return st;
+    if (m == 0 || weights->n == 0) return TAKANE_OK;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    if (weights->k == 0) {
+        fill_zero(m, weights->n, y, y_row_stride);
+    } else if (ks->matmul->panel_tile) {
+        static const float zero = 0.0f;
+        const float *t = threshold ? threshold : &zero;
+        const int per_channel = threshold && threshold_len == weights->k && weights->k != 1;
+        st = takane_matmul_prepacked_run(ks, weights, m, NULL, x_row_stride, x, t, per_channel,
+                                         y, y_row_stride, threads);
+        if (st != TAKANE_OK) return st;
+    } else {
+        return TAKANE_ERR_ISA_UNSUPPORTED;
     }
     takane_note_used(ks->isa);
     return TAKANE_OK;

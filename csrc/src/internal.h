@@ -35,10 +35,34 @@ typedef void (*takane_popcount_tile_fn)(const uint64_t *const *x, const uint64_t
 typedef int (*takane_pack_row_fn)(const float *x, int64_t k, const float *t, int per_channel,
                                   uint64_t *out);
 
-/* One op's microkernel as a matmul file exports it: the tile shape and the function. */
+/*
+ * Panel layout (the kernels' private re-tiling of packed weights, built once per weight
+ * matrix by takane_weights_create): rows are grouped in panels of TAKANE_PANEL_ROWS;
+ * panel p holds word q of its row r at panel[q * TAKANE_PANEL_ROWS + r], so one 512-bit
+ * (or two 256-bit) loads fetch word q of 8 rows, and an activation word broadcast
+ * against it gives 8 outputs in 8 lanes — no horizontal reductions. Rows past N in the
+ * last panel are zero (their results are computed and dropped).
+ */
+#define TAKANE_PANEL_ROWS 8
+
+/*
+ * W1A1 panel microkernel: for i < mr, j < np * TAKANE_PANEL_ROWS,
+ *   pc[i * ldc + j] = popcount(x[i][0..kw) XOR row j of panels[0..np))
+ * where panel p starts at panels + p * pstride (words). Requires 1 <= mr <= panel_mr and
+ * 1 <= np <= panel_np[mr]; kw >= 1. Counts are <= 64 * kw, and kw * 64 <= 2^31 + 63.
+ */
+typedef void (*takane_panel_tile_fn)(const uint64_t *const *x, int mr, const uint64_t *panels,
+                                     int64_t pstride, int np, int64_t kw, uint32_t *pc,
+                                     int ldc);
+
+/* One op's microkernel as a matmul file exports it: the tile shapes and the functions.
+ * panel_tile may be NULL: the framework then uses popcount_tile on canonical rows. */
 typedef struct takane_matmul_ukernel {
-    int mr, nr; /* register tile, each <= TAKANE_MAX_MR / _NR */
+    int mr, nr; /* popcount_tile's register tile, each <= TAKANE_MAX_MR / _NR */
     takane_popcount_tile_fn popcount_tile;
+    takane_panel_tile_fn panel_tile;
+    int panel_mr;                       /* largest mr panel_tile takes (<= TAKANE_MAX_MR) */
+    int panel_np[TAKANE_MAX_MR + 1];    /* largest np panel_tile takes for each mr */
 } takane_matmul_ukernel;
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
@@ -57,10 +81,24 @@ TAKANE_DECLARE_ISA_KERNELS(scalar)
 TAKANE_DECLARE_ISA_KERNELS(avx2)
 TAKANE_DECLARE_ISA_KERNELS(avx512)
 
+/* The prepacked weight handle: panels of TAKANE_PANEL_ROWS rows, see above. */
+struct takane_weights {
+    int64_t n, k, kw;  /* kw = ceil(k / 64) */
+    int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
+    uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
+};
+
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);
 /* dispatch.c: remember which ISA the calling thread's compute call ran on. */
 void takane_note_used(takane_isa isa);
+
+/* threads.c: run fn(ctx, t) for every t in [0, ntasks) on up to nthreads threads, the
+ * caller included; returns when all are done. Tasks must be independent. */
+typedef void (*takane_task_fn)(void *ctx, int64_t task);
+void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
+/* TAKANE_NUM_THREADS if set (>= 1), else the CPUs this process may run on. */
+int takane_default_threads(void);
 
 static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
 

@@ -63,3 +63,125 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
     free(buf);
     return TAKANE_OK;
 }
+
+/* ---- prepacked (panel) path ---------------------------------------------------------- */
+
+/* Work below this many bit-MACs (m*n*k) stays on the calling thread: waking a worker
+ * costs ~10-50 us, about what ~2^23 bit-MACs take on one core. */
+#define MIN_PARALLEL_BITMACS (1 << 23)
+/* Panels per L2 block: the block's weights (np * kw * 64 bytes) stay L2-resident while
+ * every activation tile of the task streams past them. */
+#define L2_BLOCK_BYTES (256 * 1024)
+/* Activation rows packed per step of the fused float path: the packed block
+ * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
+#define PACK_BLOCK_BYTES (64 * 1024)
+
+typedef struct gemm_job {
+    const takane_kernel_set *ks;
+    const takane_weights *w;
+    int64_t m;
+    const uint64_t *x; /* packed activations, or NULL for the float path */
+    int64_t xs;        /* row stride of x, or of xf on the float path (elements) */
+    const float *xf; /* float activations (float path) */
+    const float *t;
+    int per_channel;
+    int32_t *y;
+    int64_t ys;
+    int64_t m_chunk, p_chunk, p_tasks; /* the task grid */
+    int failed;                        /* atomic: a takane_status != OK, first one wins */
+} gemm_job;
+
+/* Rows [i_begin, i_end) x panels [p_begin, p_end); x points at packed row i_begin. */
+static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64_t i_begin,
+                       int64_t i_end, int64_t p_begin, int64_t p_end) {
+    const takane_weights *w = job->w;
+    const takane_matmul_ukernel *uk = job->ks->matmul;
+    const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS, n = w->n, k = w->k;
+    int64_t ncp = L2_BLOCK_BYTES / (kw * TAKANE_PANEL_ROWS * 8);
+    if (ncp < 1) ncp = 1;
+    const uint64_t *xr[TAKANE_MAX_MR];
+    enum { LDC = 8 * TAKANE_PANEL_ROWS }; /* panel_np is at most 8 */
+    uint32_t pc[TAKANE_MAX_MR * LDC];
+    for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
+        const int64_t je = min64(p_end, jb + ncp);
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += uk->panel_mr) {
+            const int mr = (int)min64(uk->panel_mr, i_end - i0);
+            for (int i = 0; i < mr; i++) xr[i] = x + (i0 - i_begin + i) * xs;
+            for (int64_t p = jb; p < je;) {
+                const int np = (int)min64(uk->panel_np[mr], je - p);
+                uk->panel_tile(xr, mr, w->panels + p * pstride, pstride, np, kw, pc, LDC);
+                const int64_t c0 = p * TAKANE_PANEL_ROWS;
+                const int64_t cols = min64((int64_t)np * TAKANE_PANEL_ROWS, n - c0);
+                for (int i = 0; i < mr; i++) {
+                    int32_t *yrow = job->y + (i0 + i) * job->ys + c0;
+                    for (int64_t j = 0; j < cols; j++)
+                        yrow[j] = (int32_t)(k - 2 * (int64_t)pc[i * LDC + j]);
+                }
+                p += np;
+            }
+        }
+    }
+}
+
+static void gemm_task(void *ctx, int64_t task) {
+    gemm_job *job = (gemm_job *)ctx;
+    const int64_t i_begin = (task / job->p_tasks) * job->m_chunk;
+    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
+    const int64_t p_begin = (task % job->p_tasks) * job->p_chunk;
+    const int64_t p_end = min64(job->w->npanels, p_begin + job->p_chunk);
+    if (i_begin >= i_end || p_begin >= p_end) return;
+    if (job->x) {
+        gemm_block(job, job->x + i_begin * job->xs, job->xs, i_begin, i_end, p_begin, p_end);
+        return;
+    }
+    /* Fused float path: binarize + pack a block of rows, multiply it, next block. */
+    const int64_t kw = job->w->kw, k = job->w->k;
+    int64_t rows = PACK_BLOCK_BYTES / (kw * 8);
+    rows = rows < 1 ? 1 : rows > 64 ? 64 : rows;
+    uint64_t *buf = (uint64_t *)malloc((size_t)(rows * kw) * sizeof(uint64_t));
+    if (!buf) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    for (int64_t r0 = i_begin; r0 < i_end; r0 += rows) {
+        const int64_t r1 = min64(i_end, r0 + rows);
+        for (int64_t r = r0; r < r1; r++) {
+            if (job->ks->pack_row(job->xf + r * job->xs, k, job->t, job->per_channel,
+                                  buf + (r - r0) * kw)) {
+                __atomic_store_n(&job->failed, TAKANE_ERR_NAN, __ATOMIC_RELAXED);
+                free(buf);
+                return;
+            }
+        }
+        gemm_block(job, buf, kw, r0, r1, p_begin, p_end);
+    }
+    free(buf);
+}
+
+takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const uint64_t *x, int64_t xs,
+                                          const float *xf, const float *t, int per_channel,
+                                          int32_t *y, int64_t ys, int threads) {
+    gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, 0, 0, 0, TAKANE_OK};
+    const int mr = ks->matmul->panel_mr;
+    const int64_t mtiles = (m + mr - 1) / mr, np = w->npanels;
+    int nthreads = threads > 0 ? threads : takane_default_threads();
+    if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
+    if (nthreads <= 1) {
+        job.m_chunk = m, job.p_chunk = np, job.p_tasks = 1;
+    } else if (mtiles >= 4 * (int64_t)nthreads) {
+        /* many activation rows: split rows, every task sweeps all weights */
+        const int64_t tasks = min64(mtiles, 4 * (int64_t)nthreads);
+        job.m_chunk = (mtiles + tasks - 1) / tasks * mr;
+        job.p_chunk = np, job.p_tasks = 1;
+    } else {
+        /* few rows (GEMV-like): split the weights, each task streams its share once */
+        const int64_t tasks = min64(np, 4 * (int64_t)nthreads);
+        job.p_chunk = (np + tasks - 1) / tasks;
+        job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
+        job.m_chunk = m;
+    }
+    const int64_t ntasks = ((m + job.m_chunk - 1) / job.m_chunk) * job.p_tasks;
+    takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    return (takane_status)job.failed;
+}

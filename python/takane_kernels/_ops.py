@@ -10,6 +10,8 @@ boolean result is packed by the same C kernels (as 0/1 against 0.5).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._takane import ffi, lib
@@ -87,7 +89,7 @@ _HALF = np.array([0.5], dtype=np.float32)
 def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
     """(x as C-contiguous float32 2-D rows, float32 threshold array) for the C kernels."""
     t64 = _threshold64(threshold, k)
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    m = math.prod(x.shape[:-1])
     if x.dtype in _EXACT_IN_F32:
         rows = np.ascontiguousarray(x, dtype=np.float32).reshape(m, k)
         return rows, _ceil_f32(t64)
@@ -166,11 +168,12 @@ def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = No
     return PackedWeights(pack_bits(w), w.shape[1], scale=scale, in_scale=in_scale)
 
 
-def _resolve_weights(w: object, k: object) -> tuple[np.ndarray, int]:
+def _resolve_weights(w: object, k: object):
+    """(canonical bits, k, prepacked handle or None)."""
     if isinstance(w, PackedWeights):
         if k is not None and check_k(k) != w.k:
             raise ValueError(f"k={k} does not match the PackedWeights' k={w.k}")
-        return w.bits, w.k
+        return w.bits, w.k, w._prepacked()
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w must be a PackedWeights or a canonical uint64 array, got {type(w).__name__}")
     if k is None:
@@ -179,17 +182,67 @@ def _resolve_weights(w: object, k: object) -> tuple[np.ndarray, int]:
     check_packed(w, k, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (N, ceil(K/64)), got shape {w.shape}")
-    return np.ascontiguousarray(w), k
+    return np.ascontiguousarray(w), k, None
+
+
+# numpy hands out these singleton dtype objects for its builtin types, so `is` compares
+_U64 = np.dtype(np.uint64)
+_F32 = np.dtype(np.float32)
+
+
+_from_buffer = ffi.from_buffer
+_prepacked_u64 = lib.takane_binary_matmul_prepacked
+_prepacked_f32 = lib.takane_binary_matmul_prepacked_f32
+_NULL = ffi.NULL
+
+
+def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold):
+    """The common call — PackedWeights, C-contiguous 1-D/2-D float32 or packed x, scalar
+    zero threshold, no out/threads — with the fewest Python steps (per-call overhead is
+    what a batch-1 decode loop pays). Returns None to defer to the general path, which
+    then also produces any error message."""
+    shape = x.shape
+    if len(shape) > 2 or threshold != 0 or threshold.__class__ not in (float, int) or not x.flags.c_contiguous:
+        return None
+    dt = x.dtype
+    bits = w.bits
+    n, kw = bits.shape
+    kx = shape[-1]
+    if dt is _F32:
+        if kx != w.k:
+            return None
+    elif dt is not _U64 or kx != kw:
+        return None
+    m = shape[0] if len(shape) == 2 else 1
+    if m == 0 or n == 0 or kx == 0:
+        return None  # empty problems: the general path handles them
+    y = np.empty((m, n) if len(shape) == 2 else (n,), dtype=np.int32)
+    if dt is _F32:  # threshold NULL: 0 for every channel
+        status = _prepacked_f32(w._prepacked(), m, _from_buffer("float[]", x), kx, _NULL, 0, _from_buffer("int32_t[]", y), n, 0)
+    else:
+        status = _prepacked_u64(w._prepacked(), m, _from_buffer("uint64_t[]", x), kx, _from_buffer("int32_t[]", y), n, 0)
+    if status:
+        if status == lib.TAKANE_ERR_PADDING_BITS:
+            check_packed(x, w.k, "x")  # raises, naming x
+        _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
+    return y
 
 
 def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.ndarray:
     """Exact ±1 products ``sign(x) @ sign(w).T`` as int32 (..., N) via XOR + popcount.
 
-    ``x``: real (..., K), binarized as ``x >= threshold`` (scalar or (K,)), or canonical
-    packed uint64 (..., ceil(K/64)). ``w``: a :class:`PackedWeights` or a canonical
+    ``x``: real (..., K), binarized as ``x >= threshold`` (scalar or (K,)) inside the
+    call, or canonical packed uint64 (..., ceil(K/64)). ``w``: a :class:`PackedWeights`
+    (fast path: re-tiled once for the kernels, kept with the object) or a canonical
     uint64 (N, ceil(K/64)) array with ``k=``. Leading dims of x are kept.
+    ``threads``: at most this many threads (default: env TAKANE_NUM_THREADS, else the
+    CPUs available); small problems run on the calling thread.
     """
-    wbits, k = _resolve_weights(w, k)
+    if out is None and threads is None and k is None and type(w) is PackedWeights and type(x) is np.ndarray:
+        y = _fast_matmul(x, w, threshold)
+        if y is not None:
+            return y
+    wbits, k, handle = _resolve_weights(w, k)
     nthreads = _check_threads(threads)
     n, kw = wbits.shape
     if not isinstance(x, np.ndarray):
@@ -209,21 +262,26 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     y = np.empty(shape, dtype=np.int32) if out is None else _check_out(out, shape)
     if out is not None and np.may_share_memory(out, x):
         x = x.copy()  # the kernels read x while writing y: never let them alias
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    m = math.prod(x.shape[:-1])
     if m == 0 or n == 0:
         return y
-    wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
     yptr = ffi.from_buffer("int32_t[]", y, require_writable=True)
     if packed:
         xr = np.ascontiguousarray(x).reshape(m, kw)
-        status = lib.takane_binary_matmul(
-            m, n, k, ffi.from_buffer("uint64_t[]", xr) if kw else ffi.NULL, kw, wptr, kw, yptr, n, nthreads
-        )
+        xptr = ffi.from_buffer("uint64_t[]", xr) if kw else ffi.NULL
+        if handle is not None:
+            status = lib.takane_binary_matmul_prepacked(handle, m, xptr, kw, yptr, n, nthreads)
+        else:
+            wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
+            status = lib.takane_binary_matmul(m, n, k, xptr, kw, wptr, kw, yptr, n, nthreads)
     else:
         rows, t = _real_rows_for_c(x, threshold, k, "x")
-        status = lib.takane_binary_matmul_f32(
-            m, n, k, ffi.from_buffer("float[]", rows) if k else ffi.NULL, k,
-            ffi.from_buffer("float[]", t), t.size, wptr, kw, yptr, n, nthreads,
-        )
+        xptr = ffi.from_buffer("float[]", rows) if k else ffi.NULL
+        tptr = ffi.from_buffer("float[]", t)
+        if handle is not None:
+            status = lib.takane_binary_matmul_prepacked_f32(handle, m, xptr, k, tptr, t.size, yptr, n, nthreads)
+        else:
+            wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
+            status = lib.takane_binary_matmul_f32(m, n, k, xptr, k, tptr, t.size, wptr, kw, yptr, n, nthreads)
     _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
     return y

@@ -7,6 +7,7 @@ checks the format (shape, dtype, zero padding), it computes nothing.
 from __future__ import annotations
 
 import os
+import threading
 import zipfile
 
 import numpy as np
@@ -14,6 +15,23 @@ import numpy as np
 MAX_K = 2**31 - 1  # TAKANE_MAX_K: dot products are int32
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 1
+
+
+_HANDLE_LOCK = threading.Lock()
+
+
+def _make_handle(bits: np.ndarray, k: int):
+    from ._takane import ffi, lib
+
+    out = ffi.new("takane_weights **")
+    n, kw = bits.shape
+    ptr = ffi.from_buffer("uint64_t[]", bits) if bits.size else ffi.NULL
+    status = lib.takane_weights_create(n, k, ptr, kw, out)
+    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError("takane_weights_create: out of memory")
+    if status != lib.TAKANE_OK:  # pragma: no cover - bits were validated above
+        raise ValueError(ffi.string(lib.takane_status_string(status)).decode())
+    return ffi.gc(out[0], lib.takane_weights_free)
 
 
 def words_for(k: int) -> int:
@@ -79,7 +97,7 @@ class PackedWeights:
     scale. Instances are immutable: the arrays are private read-only copies.
     """
 
-    __slots__ = ("_bits", "_k", "_scale", "_in_scale")
+    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_handle")
 
     def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None):
         k = check_k(k)
@@ -92,6 +110,17 @@ class PackedWeights:
         self._k = k
         self._scale = _check_vector(scale, owned.shape[0], "scale", "one per output row N")
         self._in_scale = _check_vector(in_scale, k, "in_scale", "one per input column K")
+        self._handle = None
+
+    def _prepacked(self):
+        """The C library's re-tiled copy of the bits (built once, on first use)."""
+        handle = self._handle
+        if handle is None:
+            with _HANDLE_LOCK:
+                if self._handle is None:
+                    self._handle = _make_handle(self._bits, self._k)
+                handle = self._handle
+        return handle
 
     bits = property(lambda self: self._bits, doc="(N, ceil(K/64)) uint64, read-only")
     k = property(lambda self: self._k, doc="K, the number of inputs")

@@ -148,6 +148,37 @@ TAKANE_API takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t 
                                                   int32_t *y, int64_t y_row_stride,
                                                   int32_t threads);
 
+/* ---- prepacked weights ---------------------------------------------------------------- */
+
+/* An immutable copy of a packed (n, k) weight matrix, re-tiled into the kernels' private
+ * layout once, so that every later product streams it at full speed. Thread-safe to
+ * share between concurrent calls. Costs about the same memory as the canonical bits. */
+typedef struct takane_weights takane_weights;
+
+/* Re-tile canonical weights w (n rows of ceil(k/64) words, row stride w_row_stride words)
+ * into a new handle at *out. Non-zero padding gives TAKANE_ERR_PADDING_BITS. n == 0 or
+ * k == 0 is valid. Free with takane_weights_free. */
+TAKANE_API takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
+                                               int64_t w_row_stride, takane_weights **out);
+/* Release a handle (NULL is a no-op). The caller must ensure no call still uses it. */
+TAKANE_API void takane_weights_free(takane_weights *weights);
+/* The handle's n, k and the bytes it holds (any out pointer may be NULL). */
+TAKANE_API takane_status takane_weights_info(const takane_weights *weights, int64_t *n,
+                                             int64_t *k, int64_t *nbytes);
+
+/* As takane_binary_matmul with the weights of a handle: y (m, n) int32. */
+TAKANE_API takane_status takane_binary_matmul_prepacked(const takane_weights *weights, int64_t m,
+                                                        const uint64_t *x, int64_t x_row_stride,
+                                                        int32_t *y, int64_t y_row_stride,
+                                                        int32_t threads);
+/* As takane_binary_matmul_f32 with the weights of a handle: activations (m, k) float32
+ * are binarized (threshold NULL / scalar / per channel) and packed block by block inside
+ * the call, feeding the kernels directly. */
+TAKANE_API takane_status takane_binary_matmul_prepacked_f32(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t *y, int64_t y_row_stride,
+    int32_t threads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -72,4 +72,89 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
         for (int j = 0; j < NR; j++) pc[i * NR + j] = hsum_epi64(acc[i][j]);
 }
 
-const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {MR, NR, popcount_tile};
+/*
+ * Panel tile: activation word broadcast (VPBROADCASTQ from memory, a load-port uop)
+ * against word q of 8 weight rows (two 256-bit loads); each 64-bit lane is one output,
+ * so the result needs no horizontal reduction. Byte counts (<= 8 per byte per word)
+ * accumulate with VPADDB for up to FLUSH = 31 words (31 * 8 = 248 < 256), then VPSADBW
+ * turns each lane's 8 byte counts into that lane's 64-bit sum. Per 256-bit XOR-popcount:
+ * VPXOR, 2 VPAND, VPSRLW, 2 VPSHUFB, 2 VPADDB = 8 ALU uops; the popcount work, not the
+ * loads, bounds the loop, so the tile only needs enough independent accumulators:
+ * (mr x np x 2 halves) = 8 of them in 16 ymm registers (+ np*2 panel loads, LUT, mask).
+ */
+#define FLUSH 31
+
+#define PANEL_TILE(MRC, NPC)                                                               \
+    static void panel_##MRC##x##NPC(const uint64_t *const *x, const uint64_t *panels,       \
+                                    int64_t pstride, int64_t kw, uint32_t *pc, int ldc) {   \
+        const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  \
+                                             0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4); \
+        const __m256i low4 = _mm256_set1_epi8(0x0f);                                        \
+        __m256i tot[MRC][NPC][2];                                                           \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) tot[i][p][0] = tot[i][p][1] = _mm256_setzero_si256(); \
+        for (int64_t q0 = 0; q0 < kw; q0 += FLUSH) {                                        \
+            const int64_t qe = q0 + FLUSH < kw ? q0 + FLUSH : kw;                           \
+            __m256i acc[MRC][NPC][2];                                                       \
+            for (int i = 0; i < MRC; i++)                                                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    acc[i][p][0] = acc[i][p][1] = _mm256_setzero_si256();                   \
+            for (int64_t q = q0; q < qe; q++) {                                             \
+                __m256i pw[NPC][2];                                                         \
+                for (int p = 0; p < NPC; p++) {                                             \
+                    const uint64_t *src = panels + p * pstride + q * TAKANE_PANEL_ROWS;    \
+                    pw[p][0] = _mm256_loadu_si256((const __m256i *)src);                    \
+                    pw[p][1] = _mm256_loadu_si256((const __m256i *)(src + 4));              \
+                }                                                                           \
+                for (int i = 0; i < MRC; i++) {                                             \
+                    const __m256i xb = _mm256_set1_epi64x((long long)x[i][q]);              \
+                    for (int p = 0; p < NPC; p++)                                           \
+                        for (int h = 0; h < 2; h++)                                         \
+                            acc[i][p][h] = _mm256_add_epi8(                                 \
+                                acc[i][p][h],                                               \
+                                popcount_bytes(_mm256_xor_si256(xb, pw[p][h]), lut, low4)); \
+                }                                                                           \
+            }                                                                               \
+            for (int i = 0; i < MRC; i++)                                                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    for (int h = 0; h < 2; h++)                                             \
+                        tot[i][p][h] = _mm256_add_epi64(                                    \
+                            tot[i][p][h], _mm256_sad_epu8(acc[i][p][h], _mm256_setzero_si256())); \
+        }                                                                                   \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++)                                                   \
+                for (int h = 0; h < 2; h++) {                                               \
+                    uint64_t lanes[4];                                                      \
+                    _mm256_storeu_si256((__m256i *)lanes, tot[i][p][h]);                    \
+                    for (int l = 0; l < 4; l++)                                             \
+                        pc[i * ldc + p * TAKANE_PANEL_ROWS + h * 4 + l] = (uint32_t)lanes[l]; \
+                }                                                                           \
+    }
+
+PANEL_TILE(1, 1)
+PANEL_TILE(1, 2)
+PANEL_TILE(1, 4)
+PANEL_TILE(2, 1)
+PANEL_TILE(2, 2)
+PANEL_TILE(3, 1)
+PANEL_TILE(4, 1)
+
+static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+                       int np, int64_t kw, uint32_t *pc, int ldc) {
+    switch (mr * 8 + np) {
+    case 1 * 8 + 1: panel_1x1(x, panels, pstride, kw, pc, ldc); break;
+    case 1 * 8 + 2: case 1 * 8 + 3: /* np 3 runs as 2 + 1 */
+        panel_1x2(x, panels, pstride, kw, pc, ldc);
+        if (np == 3) panel_1x1(x, panels + 2 * pstride, pstride, kw, pc + 2 * TAKANE_PANEL_ROWS, ldc);
+        break;
+    case 1 * 8 + 4: panel_1x4(x, panels, pstride, kw, pc, ldc); break;
+    case 2 * 8 + 1: panel_2x1(x, panels, pstride, kw, pc, ldc); break;
+    case 2 * 8 + 2: panel_2x2(x, panels, pstride, kw, pc, ldc); break;
+    case 3 * 8 + 1: panel_3x1(x, panels, pstride, kw, pc, ldc); break;
+    case 4 * 8 + 1: panel_4x1(x, panels, pstride, kw, pc, ldc); break;
+    }
+}
+
+const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {
+    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 2, 1, 1},
+};

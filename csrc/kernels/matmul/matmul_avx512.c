@@ -49,4 +49,73 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
         for (int j = 0; j < NR; j++) pc[i * NR + j] = (uint64_t)_mm512_reduce_add_epi64(acc[i][j]);
 }
 
-const takane_matmul_ukernel takane_matmul_ukernel_avx512 = {MR, NR, popcount_tile};
+/*
+ * Panel tile: one activation word broadcast (VPBROADCASTQ, folded into VPXORQ's
+ * {1to8} memory operand where the compiler can) against word q of 8 weight rows (one
+ * 512-bit load); each 64-bit lane is one output, so no horizontal reduction. Per
+ * 512-bit XOR-popcount: VPXORQ + VPOPCNTQ + VPADDQ, 3 uops, VPOPCNTQ-port bound.
+ * Up to 4 x 4 = 16 independent zmm accumulators cover VPOPCNTQ's 3-cycle latency; np
+ * panel loads serve mr broadcasts, so loads never bind.
+ */
+#define PANEL_TILE(MRC, NPC)                                                               \
+    static void panel_##MRC##x##NPC(const uint64_t *const *x, const uint64_t *panels,       \
+                                    int64_t pstride, int64_t kw, uint32_t *pc, int ldc) {   \
+        __m512i acc[MRC][NPC];                                                              \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) acc[i][p] = _mm512_setzero_si512();               \
+        for (int64_t q = 0; q < kw; q++) {                                                  \
+            __m512i pw[NPC];                                                                \
+            for (int p = 0; p < NPC; p++)                                                   \
+                pw[p] = _mm512_loadu_si512(                                                 \
+                    (const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));          \
+            for (int i = 0; i < MRC; i++) {                                                 \
+                const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    acc[i][p] = _mm512_add_epi64(                                           \
+                        acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) {                                                 \
+                uint64_t lanes[8];                                                          \
+                _mm512_storeu_si512((void *)lanes, acc[i][p]);                              \
+                for (int l = 0; l < 8; l++)                                                 \
+                    pc[i * ldc + p * TAKANE_PANEL_ROWS + l] = (uint32_t)lanes[l];           \
+            }                                                                               \
+    }
+
+#define PANEL_TILES_FOR_MR(MRC) PANEL_TILE(MRC, 1) PANEL_TILE(MRC, 2) PANEL_TILE(MRC, 4)
+PANEL_TILES_FOR_MR(1)
+PANEL_TILES_FOR_MR(2)
+PANEL_TILES_FOR_MR(3)
+PANEL_TILES_FOR_MR(4)
+
+typedef void (*fixed_tile_fn)(const uint64_t *const *, const uint64_t *, int64_t, int64_t,
+                              uint32_t *, int);
+static const fixed_tile_fn tiles[5][3] = {
+    {NULL, NULL, NULL},
+    {panel_1x1, panel_1x2, panel_1x4},
+    {panel_2x1, panel_2x2, panel_2x4},
+    {panel_3x1, panel_3x2, panel_3x4},
+    {panel_4x1, panel_4x2, panel_4x4},
+};
+
+static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+                       int np, int64_t kw, uint32_t *pc, int ldc) {
+    /* np in 1..4: 4 -> one 4-wide tile, 3 -> 2 + 1, 2, 1 */
+    if (np == 4) {
+        tiles[mr][2](x, panels, pstride, kw, pc, ldc);
+        return;
+    }
+    if (np >= 2) {
+        tiles[mr][1](x, panels, pstride, kw, pc, ldc);
+        panels += 2 * pstride;
+        pc += 2 * TAKANE_PANEL_ROWS;
+        np -= 2;
+    }
+    if (np == 1) tiles[mr][0](x, panels, pstride, kw, pc, ldc);
+}
+
+const takane_matmul_ukernel takane_matmul_ukernel_avx512 = {
+    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 4, 4, 4},
+};

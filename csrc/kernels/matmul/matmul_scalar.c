@@ -35,4 +35,24 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
         for (int j = 0; j < NR; j++) pc[i * NR + j] = acc[i][j];
 }
 
-const takane_matmul_ukernel takane_matmul_ukernel_scalar = {MR, NR, popcount_tile};
+/* Panel tile: mr rows x 8 panel rows at a time, words in panel order. */
+static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+                       int np, int64_t kw, uint32_t *pc, int ldc) {
+    for (int p = 0; p < np; p++) {
+        const uint64_t *panel = panels + p * pstride;
+        for (int i = 0; i < mr; i++) {
+            uint64_t acc[TAKANE_PANEL_ROWS] = {0};
+            for (int64_t q = 0; q < kw; q++) {
+                const uint64_t a = x[i][q];
+                for (int r = 0; r < TAKANE_PANEL_ROWS; r++)
+                    acc[r] += popcount64(a ^ panel[q * TAKANE_PANEL_ROWS + r]);
+            }
+            for (int r = 0; r < TAKANE_PANEL_ROWS; r++)
+                pc[i * ldc + p * TAKANE_PANEL_ROWS + r] = (uint32_t)acc[r];
+        }
+    }
+}
+
+const takane_matmul_ukernel takane_matmul_ukernel_scalar = {
+    MR, NR, popcount_tile, panel_tile, 2, {0, 1, 1},
+};

@@ -1,0 +1,140 @@
+/*
+ * threads.c — the library's own small thread pool (no OpenMP: libgomp hangs in a
+ * fork()ed child that uses it after the parent did).
+ *
+ * Model: one job at a time. A call that finds the pool busy (another thread's job is
+ * running) runs its tasks on the calling thread instead of waiting, so concurrent callers
+ * never deadlock and never queue behind each other. Workers are created lazily, up to
+ * the largest count asked for, and sleep on a condition variable between jobs.
+ *
+ * fork(): the prepare handler takes both locks (so no job is mid-flight), the parent
+ * releases them, and the child releases them and forgets the workers — they do not
+ * exist in the child — so the child recreates its own pool on first use.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define MAX_WORKERS 63
+
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* held by the job owner */
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the fields below */
+static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;
+static int n_workers;            /* created and alive */
+static unsigned long start_generation[MAX_WORKERS]; /* generation when worker i was made */
+static unsigned long generation; /* bumped once per job */
+static int job_workers;          /* workers that take part in the current job */
+static int job_active;           /* participating workers not finished yet */
+static takane_task_fn job_fn;
+static void *job_ctx;
+static int64_t job_ntasks;
+static int64_t job_next; /* atomic: next task index to take */
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void run_tasks(takane_task_fn fn, void *ctx, int64_t ntasks) {
+    for (;;) {
+        const int64_t t = __atomic_fetch_add(&job_next, 1, __ATOMIC_RELAXED);
+        if (t >= ntasks) return;
+        fn(ctx, t);
+    }
+}
+
+static void *worker_main(void *arg) {
+    const int index = (int)(intptr_t)arg;
+    pthread_mutex_lock(&pool_lock);
+    /* Not the current value: the job that created this worker may already have bumped
+     * it, and that job counts on this worker taking part. */
+    unsigned long seen = start_generation[index];
+    for (;;) {
+        while (generation == seen) pthread_cond_wait(&work_cv, &pool_lock);
+        seen = generation;
+        if (index >= job_workers) continue; /* not needed for this job */
+        takane_task_fn fn = job_fn;
+        void *ctx = job_ctx;
+        const int64_t ntasks = job_ntasks;
+        pthread_mutex_unlock(&pool_lock);
+        run_tasks(fn, ctx, ntasks);
+        pthread_mutex_lock(&pool_lock);
+        if (--job_active == 0) pthread_cond_signal(&done_cv);
+    }
+    return NULL;
+}
+
+static void atfork_prepare(void) {
+    pthread_mutex_lock(&run_lock);
+    pthread_mutex_lock(&pool_lock);
+}
+static void atfork_parent(void) {
+    pthread_mutex_unlock(&pool_lock);
+    pthread_mutex_unlock(&run_lock);
+}
+static void atfork_child(void) {
+    n_workers = 0; /* the workers were not copied into this process */
+    job_workers = job_active = 0;
+    pthread_mutex_unlock(&pool_lock);
+    pthread_mutex_unlock(&run_lock);
+}
+static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
+
+int takane_default_threads(void) {
+    static int cached; /* 0 = not computed yet; benign race: every thread computes the same */
+    int n = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (n > 0) return n;
+    const char *env = getenv("TAKANE_NUM_THREADS");
+    if (env && *env) {
+        char *end;
+        const long v = strtol(env, &end, 10);
+        if (*end == '\0' && v >= 1) n = v > MAX_WORKERS + 1 ? MAX_WORKERS + 1 : (int)v;
+    }
+    if (n <= 0) {
+        cpu_set_t set;
+        n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+        if (n < 1) n = 1;
+        if (n > MAX_WORKERS + 1) n = MAX_WORKERS + 1;
+    }
+    __atomic_store_n(&cached, n, __ATOMIC_RELAXED);
+    return n;
+}
+
+void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx) {
+    if (nthreads > ntasks) nthreads = (int)ntasks;
+    if (nthreads > MAX_WORKERS + 1) nthreads = MAX_WORKERS + 1;
+    if (nthreads <= 1 || pthread_mutex_trylock(&run_lock) != 0) {
+        for (int64_t t = 0; t < ntasks; t++) fn(ctx, t); /* serial, or pool busy */
+        return;
+    }
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&pool_lock);
+    while (n_workers < nthreads - 1) {
+        pthread_t tid;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        start_generation[n_workers] = generation;
+        const int ok = pthread_create(&tid, &attr, worker_main, (void *)(intptr_t)n_workers) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) break; /* run with the workers we have */
+        n_workers++;
+    }
+    job_workers = nthreads - 1 < n_workers ? nthreads - 1 : n_workers;
+    job_active = job_workers;
+    job_fn = fn;
+    job_ctx = ctx;
+    job_ntasks = ntasks;
+    __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
+    generation++;
+    pthread_cond_broadcast(&work_cv);
+    pthread_mutex_unlock(&pool_lock);
+
+    run_tasks(fn, ctx, ntasks); /* the caller works too */
+
+    pthread_mutex_lock(&pool_lock);
+    while (job_active > 0) pthread_cond_wait(&done_cv, &pool_lock);
+    pthread_mutex_unlock(&pool_lock);
+    pthread_mutex_unlock(&run_lock);
+}
