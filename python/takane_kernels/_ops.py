@@ -202,7 +202,7 @@ def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold):
     what a batch-1 decode loop pays). Returns None to defer to the general path, which
     then also produces any error message."""
     shape = x.shape
-    if len(shape) > 2 or threshold != 0 or threshold.__class__ not in (float, int) or not x.flags.c_contiguous:
+    if len(shape) > 2 or threshold.__class__ not in (float, int) or threshold != 0 or not x.flags.c_contiguous:
         return None
     dt = x.dtype
     bits = w.bits
