@@ -56,6 +56,7 @@ typedef struct takane_kernel_set {
 TAKANE_DECLARE_ISA_KERNELS(scalar)
 TAKANE_DECLARE_ISA_KERNELS(avx2)
 TAKANE_DECLARE_ISA_KERNELS(avx512)
+TAKANE_DECLARE_ISA_KERNELS(neon)
 
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);
