@@ -125,7 +125,7 @@ case " $objs " in *" matmul_neon.c.o "*) ;; *) echo "neon kernels not built" >&2
 case "$objs" in *avx*) echo "x86 kernels built for aarch64" >&2; exit 1 ;; esac
 
 step "C kernel tests under qemu-aarch64 (ctest, CMAKE_CROSSCOMPILING_EMULATOR)"
-ctest --test-dir "$OUT/cmake" --output-on-failure -V | grep -E '^[0-9]+: |tests passed|Failed'
+ctest --test-dir "$OUT/cmake" --output-on-failure -V | grep -E '^[0-9]+: |tests passed|Failed|FAILED|Exception'
 
 step "assemble the package"
 rm -rf "$PKG"
