@@ -1,6 +1,8 @@
 """ISA detection, forcing, the env override, and the version/path helpers."""
 
 import os
+import platform
+import shlex
 import subprocess
 import sys
 
@@ -11,16 +13,19 @@ import takane_kernels as tk
 
 from conftest import assert_ran
 
+X86 = ("x86_64", "AMD64")
+ARM64 = ("aarch64", "arm64")
+
 
 def test_compiled_supported_active_are_consistent():
     compiled, supported = tk.isa.compiled(), tk.isa.supported()
     assert "scalar" in supported
     assert set(supported) <= set(compiled)
     assert tk.isa.active() in supported
-    import platform
-
-    if platform.machine() in ("x86_64", "AMD64"):
+    if platform.machine() in X86:
         assert {"scalar", "avx2", "avx512"} <= set(compiled)
+    elif platform.machine() in ARM64:
+        assert compiled == ["neon", "scalar"]  # no x86 kernel file is built for aarch64
 
 
 def test_default_isa_is_the_expected_one():
@@ -34,6 +39,23 @@ def test_default_isa_is_the_expected_one():
 
 
 def test_supported_matches_cpu_flags():
+    if platform.machine() in ARM64:
+        # Advanced SIMD is baseline on aarch64: neon is always supported, with no run-time
+        # check. Natively /proc/cpuinfo lists it as "asimd"; under qemu-user the file is
+        # the x86 host's (no "Features" line), so there the CPU cannot be compared.
+        assert tk.isa.supported() == ["neon", "scalar"]
+        try:
+            cpuinfo = open("/proc/cpuinfo").read()
+        except OSError:
+            return
+        features = [line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                    if line.startswith("Features")]
+        for cpu_features in features:
+            assert "asimd" in cpu_features
+        return
+    if platform.machine() not in X86:
+        assert tk.isa.supported() == ["scalar"]  # no SIMD kernel set for this architecture
+        return
     try:
         flags = set(open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split(":")[1].split())
     except (OSError, IndexError):
@@ -69,9 +91,17 @@ def test_force_auto():
 
 
 def _run(code, **env):
+    """Run code in a child interpreter, without the parent's TAKANE_ISA.
+
+    Under user-mode emulation (.ci/aarch64.sh runs the suite with qemu-aarch64 and no
+    binfmt_misc registration) the host kernel cannot exec the aarch64 sys.executable:
+    TAKANE_TEST_EMULATOR names the command to run it with, e.g. "qemu-aarch64" (the
+    child inherits QEMU_LD_PREFIX from the environment).
+    """
     full = {k: v for k, v in os.environ.items() if k != "TAKANE_ISA"}
     full.update(env)
-    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=300)
+    cmd = shlex.split(os.environ.get("TAKANE_TEST_EMULATOR", "")) + [sys.executable, "-c", code]
+    return subprocess.run(cmd, env=full, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("name", tk.isa.supported())

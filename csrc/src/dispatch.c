@@ -28,6 +28,9 @@ static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX2
     KERNEL_SET(AVX2, avx2),
 #endif
+#ifdef TAKANE_HAVE_NEON
+    KERNEL_SET(NEON, neon),
+#endif
     KERNEL_SET(SCALAR, scalar),
 };
 #define REGISTRY_LEN ((int)(sizeof registry / sizeof registry[0]))

@@ -80,6 +80,7 @@ typedef struct takane_kernel_set {
 TAKANE_DECLARE_ISA_KERNELS(scalar)
 TAKANE_DECLARE_ISA_KERNELS(avx2)
 TAKANE_DECLARE_ISA_KERNELS(avx512)
+TAKANE_DECLARE_ISA_KERNELS(neon)
 
 /* The prepacked weight handle: panels of TAKANE_PANEL_ROWS rows, see above. */
 struct takane_weights {
