@@ -59,6 +59,9 @@ takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k,
                                        int32_t *y, int64_t y_row_stride,
                                        int32_t threads);
 
+int32_t takane_default_threads(void);
+takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_per_second);
+
 typedef struct takane_weights takane_weights;
 takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
                                     int64_t w_row_stride, takane_weights **out);

@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -186,5 +187,46 @@ takane_status takane_select_kernels(const takane_kernel_set **out) {
     ensure_init();
     if (__atomic_load_n(&env_error, __ATOMIC_ACQUIRE)) return TAKANE_ERR_ENV_ISA;
     *out = &registry[__atomic_load_n(&active_index, __ATOMIC_ACQUIRE)];
+    return TAKANE_OK;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_per_second) {
+    if (!bitmacs_per_second) return TAKANE_ERR_NULL_POINTER;
+    ensure_init();
+    int idx;
+    if (isa == TAKANE_ISA_AUTO) {
+        idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
+    } else {
+        if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
+        if (!(supported_mask & (1u << isa)) || (idx = index_of(isa)) < 0)
+            return TAKANE_ERR_ISA_UNSUPPORTED;
+    }
+    const takane_matmul_ukernel *uk = registry[idx].matmul;
+    if (!uk->probe) return TAKANE_ERR_ISA_UNSUPPORTED;
+    if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */
+    if (seconds > 10) seconds = 10;
+    /* Grow the round count until one run lasts >= 1/5 of the budget, then keep the best
+     * rate of repeated runs (the least disturbed by other load on a shared machine). */
+    uint64_t iters = 1024, sink = 0;
+    double best = 0, t_start = now_seconds();
+    for (;;) {
+        const double t0 = now_seconds();
+        const uint64_t bits = uk->probe(iters, &sink);
+        const double dt = now_seconds() - t0;
+        if (dt > 0 && dt >= seconds / 5) {
+            const double rate = (double)bits / dt;
+            if (rate > best) best = rate;
+        } else if (iters < (UINT64_C(1) << 40)) {
+            iters *= 2;
+        }
+        if (now_seconds() - t_start >= seconds && best > 0) break;
+    }
+    *bitmacs_per_second = best;
     return TAKANE_OK;
 }

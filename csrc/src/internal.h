@@ -63,6 +63,11 @@ typedef struct takane_matmul_ukernel {
     takane_panel_tile_fn panel_tile;
     int panel_mr;                       /* largest mr panel_tile takes (<= TAKANE_MAX_MR) */
     int panel_np[TAKANE_MAX_MR + 1];    /* largest np panel_tile takes for each mr */
+    /* Peak probe (may be NULL): a register-resident XOR + popcount loop of `iters`
+     * rounds with enough independent chains to saturate the popcount units, the
+     * same instruction sequence the kernels use; returns the bits it XOR-popcounted.
+     * The result is kept live through *sink so the loop cannot be removed. */
+    uint64_t (*probe)(uint64_t iters, uint64_t *sink);
 } takane_matmul_ukernel;
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
@@ -98,8 +103,6 @@ void takane_note_used(takane_isa isa);
  * caller included; returns when all are done. Tasks must be independent. */
 typedef void (*takane_task_fn)(void *ctx, int64_t task);
 void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
-/* TAKANE_NUM_THREADS if set (>= 1), else the CPUs this process may run on. */
-int takane_default_threads(void);
 
 static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
 

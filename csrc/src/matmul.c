@@ -181,7 +181,23 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
         job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
         job.m_chunk = m;
     }
+    uint64_t *packed = NULL;
+    if (!x && job.p_tasks > 1) {
+        /* Weights are split across tasks and every task needs all (few) rows: pack them
+         * once here rather than once per task. m < 4 * nthreads * mr rows: small. */
+        const int64_t kw = w->kw;
+        packed = (uint64_t *)malloc((size_t)(m * kw) * sizeof(uint64_t));
+        if (!packed) return TAKANE_ERR_OUT_OF_MEMORY;
+        for (int64_t r = 0; r < m; r++) {
+            if (ks->pack_row(xf + r * xs, w->k, t, per_channel, packed + r * kw)) {
+                free(packed);
+                return TAKANE_ERR_NAN;
+            }
+        }
+        job.x = packed, job.xs = kw;
+    }
     const int64_t ntasks = ((m + job.m_chunk - 1) / job.m_chunk) * job.p_tasks;
     takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    free(packed);
     return (takane_status)job.failed;
 }

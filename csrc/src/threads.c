@@ -81,7 +81,7 @@ static void atfork_child(void) {
 }
 static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
 
-int takane_default_threads(void) {
+int32_t takane_default_threads(void) {
     static int cached; /* 0 = not computed yet; benign race: every thread computes the same */
     int n = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (n > 0) return n;

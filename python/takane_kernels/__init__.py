@@ -18,7 +18,14 @@ if _lib.takane_abi_version() != _lib.TAKANE_ABI_VERSION:  # pragma: no cover
 __all__ = [
     "binary_matmul", "pack_bits", "unpack_bits", "pack_weights", "PackedWeights",
     "isa", "reference", "get_include", "get_library", "MAX_K", "__version__", "version_info",
+    "default_threads",
 ]
+
+
+def default_threads() -> int:
+    """Threads a call may use when ``threads=None``: env TAKANE_NUM_THREADS (read once),
+    else the CPUs available to this process. Small problems still run on one thread."""
+    return int(_lib.takane_default_threads())
 
 
 def version_info() -> str:

@@ -23,6 +23,9 @@ __all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul"]
 # dtypes whose every value is exactly a float32
 _EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16, np.uint16))
 _F32_INF = np.float32(np.inf)
+# numpy hands out these singleton dtype objects for its builtin types, so `is` compares
+_U64 = np.dtype(np.uint64)
+_F32 = np.dtype(np.float32)
 
 
 def _raise_status(status: int, context: str) -> None:
@@ -84,16 +87,30 @@ def _ceil_f32(t64: np.ndarray) -> np.ndarray:
 
 
 _HALF = np.array([0.5], dtype=np.float32)
+_ZERO = np.array([0.0], dtype=np.float32)
+
+
+def _scalar_threshold_f32(t: float) -> np.ndarray:
+    """ceil_f32 of one Python scalar, without numpy array machinery (hot path)."""
+    if t == 0:
+        return _ZERO
+    if t != t:
+        raise ValueError("threshold contains NaN (NaN has no sign)")
+    return _ceil_f32(np.asarray(float(t)))
 
 
 def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
     """(x as C-contiguous float32 2-D rows, float32 threshold array) for the C kernels."""
-    t64 = _threshold64(threshold, k)
     m = math.prod(x.shape[:-1])
     if x.dtype in _EXACT_IN_F32:
-        rows = np.ascontiguousarray(x, dtype=np.float32).reshape(m, k)
-        return rows, _ceil_f32(t64)
+        if threshold.__class__ in (float, int):
+            t32 = _scalar_threshold_f32(threshold)
+        else:
+            t32 = _ceil_f32(_threshold64(threshold, k))
+        rows = x if x.dtype is _F32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
+        return rows.reshape(m, k), t32
     # Wider dtypes: compare at their own precision here, pack the 0/1 result in C.
+    t64 = _threshold64(threshold, k)
     if x.dtype.kind == "f" and np.isnan(x).any():
         raise ValueError(f"{name} contains NaN (NaN has no sign)")
     ge = np.greater_equal(x, t64)
@@ -185,9 +202,6 @@ def _resolve_weights(w: object, k: object):
     return np.ascontiguousarray(w), k, None
 
 
-# numpy hands out these singleton dtype objects for its builtin types, so `is` compares
-_U64 = np.dtype(np.uint64)
-_F32 = np.dtype(np.float32)
 
 
 _from_buffer = ffi.from_buffer

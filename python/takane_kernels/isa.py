@@ -13,7 +13,7 @@ from ._takane import ffi, lib
 #: ISA names indexed by their ``takane_isa`` value.
 NAMES = ("scalar", "avx2", "avx512", "neon")
 
-__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force"]
+__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force", "peak"]
 
 
 def _from_mask(mask: int) -> list[str]:
@@ -83,3 +83,17 @@ class force:
 
     def __repr__(self) -> str:
         return f"isa.force({self.name!r})"
+
+
+def peak(name: str | None = None, seconds: float = 0.2) -> float:
+    """Measured XOR+popcount peak of ISA ``name`` (default: the active one) on one core,
+    in bit-MACs per second: a register-resident loop of the kernels' own instruction
+    sequence, best of repeated runs over about ``seconds``. Benchmarks divide by it."""
+    value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
+    out = ffi.new("double *")
+    status = lib.takane_probe_peak(value, float(seconds), out)
+    if status == lib.TAKANE_ERR_ISA_UNSUPPORTED:
+        raise ValueError(f"ISA {name!r} is not supported here (supported: {', '.join(supported())})")
+    if status != lib.TAKANE_OK:  # pragma: no cover
+        raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
+    return float(out[0])

@@ -148,6 +148,20 @@ TAKANE_API takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t 
                                                   int32_t *y, int64_t y_row_stride,
                                                   int32_t threads);
 
+/* The thread count a call with threads == 0 may use: env TAKANE_NUM_THREADS (read once,
+ * on first use) if it is a number >= 1, else the CPUs this process may run on. */
+TAKANE_API int32_t takane_default_threads(void);
+
+/* ---- peak probe ------------------------------------------------------------------------ */
+
+/* Measure this CPU's XOR+popcount throughput on `isa` (TAKANE_ISA_AUTO: the active one)
+ * with a register-resident loop of the instruction sequence its kernels use, for about
+ * `seconds` (clamped to [0.001, 10]) on the calling thread. *bitmacs_per_second receives
+ * the rate in bit-MACs per second (one bit XOR-popcounted = one bit-MAC), the ceiling a
+ * kernel on that ISA can approach; benchmarks report efficiency against it. */
+TAKANE_API takane_status takane_probe_peak(takane_isa isa, double seconds,
+                                           double *bitmacs_per_second);
+
 /* ---- prepacked weights ---------------------------------------------------------------- */
 
 /* An immutable copy of a packed (n, k) weight matrix, re-tiled into the kernels' private

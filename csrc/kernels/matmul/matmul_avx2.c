@@ -155,6 +155,31 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
     }
 }
 
+/* Peak probe: 8 independent chains of VPXOR + nibble-LUT popcount + VPADDB (the panel
+ * kernel's sequence), flushed with VPSADBW every 31 rounds; registers only. */
+static uint64_t probe(uint64_t iters, uint64_t *sink) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i v[8], tot = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) v[c] = _mm256_set1_epi64x((long long)(0x9e3779b97f4a7c15ull * (c + 1)));
+    const __m256i key = _mm256_set1_epi64x((long long)*sink | 1);
+    for (uint64_t it = 0; it < iters; it += FLUSH) {
+        __m256i acc[8];
+        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_si256();
+        for (int r = 0; r < FLUSH; r++) {
+            for (int c = 0; c < 8; c++) {
+                v[c] = _mm256_xor_si256(v[c], key);
+                __asm__ volatile("" : "+x"(v[c])); /* opaque: no folding of the chain */
+                acc[c] = _mm256_add_epi8(acc[c], popcount_bytes(v[c], lut, low4));
+            }
+        }
+        for (int c = 0; c < 8; c++) tot = _mm256_add_epi64(tot, _mm256_sad_epu8(acc[c], _mm256_setzero_si256()));
+    }
+    *sink = hsum_epi64(tot);
+    return ((iters + FLUSH - 1) / FLUSH) * FLUSH * 8 * 256;
+}
+
 const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {
-    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 2, 1, 1},
+    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 2, 1, 1}, probe,
 };

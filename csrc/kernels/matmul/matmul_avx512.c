@@ -116,6 +116,29 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
     if (np == 1) tiles[mr][0](x, panels, pstride, kw, pc, ldc);
 }
 
+/* Peak probe: 12 independent chains of VPXORQ + VPOPCNTQ + VPADDQ; registers only. */
+static uint64_t probe(uint64_t iters, uint64_t *sink) {
+    enum { CHAINS = 12 };
+    __m512i v[CHAINS], acc[CHAINS];
+    const __m512i key = _mm512_set1_epi64((long long)*sink | 1);
+    for (int c = 0; c < CHAINS; c++) {
+        v[c] = _mm512_set1_epi64((long long)(0x9e3779b97f4a7c15ull * (c + 1)));
+        acc[c] = _mm512_setzero_si512();
+    }
+    for (uint64_t it = 0; it < iters; it++)
+        for (int c = 0; c < CHAINS; c++) {
+            v[c] = _mm512_xor_si512(v[c], key);
+#ifndef TAKANE_AVX512_EMULATION
+            __asm__ volatile("" : "+v"(v[c])); /* opaque: no folding of the chain */
+#endif
+            acc[c] = _mm512_add_epi64(acc[c], _mm512_popcnt_epi64(v[c]));
+        }
+    uint64_t total = 0;
+    for (int c = 0; c < CHAINS; c++) total += (uint64_t)_mm512_reduce_add_epi64(acc[c]);
+    *sink = total;
+    return iters * CHAINS * 512;
+}
+
 const takane_matmul_ukernel takane_matmul_ukernel_avx512 = {
-    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 4, 4, 4},
+    MR, NR, popcount_tile, panel_tile, 4, {0, 4, 4, 4, 4}, probe,
 };

@@ -1,0 +1,114 @@
+"""The prepacked path's blocking and threads: tile and block edges, both work splits,
+concurrent callers, fork() after threaded use, TAKANE_NUM_THREADS."""
+
+import concurrent.futures
+import multiprocessing
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import takane_kernels as tk
+from takane_kernels import reference as ref
+
+from conftest import assert_ran
+
+
+
+def problem(m, n, k, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    return x, w
+
+
+# (m, n, k): big enough (m*n*k >= 2**23) that threads=2 really splits the work.
+SPLITS = [
+    (64, 520, 4097),  # many rows: split over rows; k > 31 words: AVX2 byte-count flushes
+    (5, 4093, 2049),  # few rows: split over weight panels; n not a multiple of the panel
+    (1, 8191, 1025),  # GEMV
+    (33, 1000, 4097),  # n past one L2 block of panels at this k
+]
+
+
+@pytest.mark.parametrize("shape", SPLITS, ids=[f"{m}x{n}x{k}" for m, n, k in SPLITS])
+def test_threads_and_blocks_match_reference(on_isa, isa_name, shape):
+    m, n, k = shape
+    x, w = problem(m, n, k, seed=m + n + k)
+    pw = tk.pack_weights(w)
+    expected = ref.binary_matmul(x, ref.pack_weights(w))
+    xb = tk.pack_bits(x)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(tk.binary_matmul(xb, pw, threads=threads), expected, err_msg=f"packed t={threads}")
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(tk.binary_matmul(x, pw, threads=threads), expected, err_msg=f"float t={threads}")
+        assert_ran(isa_name)
+    # the canonical-rows path (raw weights) agrees too
+    np.testing.assert_array_equal(tk.binary_matmul(xb, pw.bits, k=k), expected)
+
+
+def test_concurrent_callers_share_weights(on_isa, isa_name):
+    x, w = problem(48, 700, 2049, seed=1)
+    pw = tk.pack_weights(w)
+    xs = [x[i::4] for i in range(4)] * 2  # 8 calls, 4 distinct inputs
+    serial = [tk.binary_matmul(xi, pw, threads=1) for xi in xs]
+
+    def call(i):
+        with tk.isa.force(isa_name):  # force is process-wide: re-assert inside the thread
+            return tk.binary_matmul(xs[i], pw, threads=2), tk.isa.last_used()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(8)))
+    for (y, used), expected in zip(results, serial):
+        np.testing.assert_array_equal(y, expected)
+        assert used == isa_name
+
+
+def _child_matmul(args):
+    x, bits, k, isa_name = args
+    with tk.isa.force(isa_name):
+        return tk.binary_matmul(x, tk.PackedWeights(bits, k), threads=2)
+
+
+def test_fork_after_threaded_use_does_not_hang(on_isa, isa_name):
+    x, w = problem(40, 600, 1025, seed=2)
+    pw = tk.pack_weights(w)
+    expected = tk.binary_matmul(x, pw, threads=2)  # the parent's pool now has workers
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_child_matmul, ((x, pw.bits, pw.k, isa_name),))
+        y = result.get(timeout=120)  # a hang fails here instead of blocking forever
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_num_threads_env_and_default():
+    assert tk.default_threads() >= 1
+    code = "import takane_kernels as tk; print(tk.default_threads())"
+    emulator = shlex.split(os.environ.get("TAKANE_TEST_EMULATOR", ""))
+    for value, expected in (("3", "3"), ("1", "1")):
+        env = dict(os.environ, TAKANE_NUM_THREADS=value)
+        r = subprocess.run(emulator + [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == expected
+    env = dict(os.environ, TAKANE_NUM_THREADS="junk")
+    r = subprocess.run(emulator + [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and int(r.stdout) == len(os.sched_getaffinity(0))
+
+
+def test_prepacked_handle_is_reused_and_sized():
+    pw = tk.pack_weights(np.ones((20, 130)))
+    h = pw._prepacked()
+    assert pw._prepacked() is h
+    n, k, nbytes = tk._ffi.new("int64_t *"), tk._ffi.new("int64_t *"), tk._ffi.new("int64_t *")
+    assert tk._lib.takane_weights_info(h, n, k, nbytes) == 0
+    assert (n[0], k[0], nbytes[0]) == (20, 130, 3 * 3 * 8 * 8)  # 3 panels x 3 words x 8 rows
+
+
+def test_peak_probe():
+    for name in tk.isa.supported():
+        assert tk.isa.peak(name, seconds=0.01) > 1e8  # any CPU XOR-popcounts > 0.1 G bits/s
+    with pytest.raises(ValueError, match="unknown ISA"):
+        tk.isa.peak("sse9")
