@@ -75,6 +75,7 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
 /* Activation rows packed per step of the fused float path: the packed block
  * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
 #define PACK_BLOCK_BYTES (64 * 1024)
+#define TASKS_PER_THREAD 4
 
 typedef struct gemm_job {
     const takane_kernel_set *ks;
@@ -167,20 +168,24 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
     const int64_t mtiles = (m + mr - 1) / mr, np = w->npanels;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
-    if (nthreads <= 1) {
-        job.m_chunk = m, job.p_chunk = np, job.p_tasks = 1;
-    } else if (mtiles >= 4 * (int64_t)nthreads) {
-        /* many activation rows: split rows, every task sweeps all weights */
-        const int64_t tasks = min64(mtiles, 4 * (int64_t)nthreads);
-        job.m_chunk = (mtiles + tasks - 1) / tasks * mr;
-        job.p_chunk = np, job.p_tasks = 1;
+    /* Task grid: TASKS_PER_THREAD tasks per thread so that a late-starting worker costs
+     * little imbalance. Prefer splitting the weights (each core then keeps its own share
+     * in its L2, and rows are packed/loaded once per task); add a split over rows only
+     * when there are too few panels. Float activations with many rows split over rows
+     * only, so each row is binarized and packed exactly once, by the task that owns it. */
+    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TASKS_PER_THREAD : 1;
+    if (want == 1) {
+        job.m_chunk = m, job.p_chunk = np;
+    } else if (!x && mtiles >= want) {
+        job.m_chunk = (mtiles + want - 1) / want * mr, job.p_chunk = np;
     } else {
-        /* few rows (GEMV-like): split the weights, each task streams its share once */
-        const int64_t tasks = min64(np, 4 * (int64_t)nthreads);
-        job.p_chunk = (np + tasks - 1) / tasks;
-        job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
-        job.m_chunk = m;
+        job.p_chunk = (np + want - 1) / want;
+        const int64_t p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
+        int64_t m_tasks = x ? (want + p_tasks - 1) / p_tasks : 1;
+        if (m_tasks > mtiles) m_tasks = mtiles;
+        job.m_chunk = (mtiles + m_tasks - 1) / m_tasks * mr;
     }
+    job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
     uint64_t *packed = NULL;
     if (!x && job.p_tasks > 1) {
         /* Weights are split across tasks and every task needs all (few) rows: pack them

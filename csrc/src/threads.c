@@ -2,6 +2,12 @@
  * threads.c — the library's own small thread pool (no OpenMP: libgomp hangs in a
  * fork()ed child that uses it after the parent did).
  *
+ * Waking a sleeping thread costs tens of microseconds — as much as a whole batch-1 GEMV
+ * — so workers (and the caller waiting for them) spin for SPIN_NS before sleeping:
+ * back-to-back calls, the common case in a decode loop or a network's layers, then hand
+ * work over in well under a microsecond. Idle workers sleep; they burn at most SPIN_NS
+ * of CPU after each job.
+ *
  * Model: one job at a time. A call that finds the pool busy (another thread's job is
  * running) runs its tasks on the calling thread instead of waiting, so concurrent callers
  * never deadlock and never queue behind each other. Workers are created lazily, up to
@@ -15,10 +21,36 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "internal.h"
 
 #define MAX_WORKERS 63
+#define SPIN_NS 200000 /* 0.2 ms */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Spin while (*word == value) == equal, for at most SPIN_NS. The caller re-checks
+ * under the lock afterwards: spinning only shortens the wait, it decides nothing. */
+static void spin_while(const unsigned long *word, unsigned long value, int equal) {
+    const int64_t deadline = now_ns() + SPIN_NS;
+    for (unsigned i = 0; (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value) == equal; i++) {
+        cpu_relax();
+        if ((i & 63) == 63 && now_ns() > deadline) return;
+    }
+}
 
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* held by the job owner */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the fields below */
@@ -28,7 +60,7 @@ static int n_workers;            /* created and alive */
 static unsigned long start_generation[MAX_WORKERS]; /* generation when worker i was made */
 static unsigned long generation; /* bumped once per job */
 static int job_workers;          /* workers that take part in the current job */
-static int job_active;           /* participating workers not finished yet */
+static unsigned long job_active; /* participating workers not finished yet (atomic reads) */
 static takane_task_fn job_fn;
 static void *job_ctx;
 static int64_t job_ntasks;
@@ -51,6 +83,11 @@ static void *worker_main(void *arg) {
      * it, and that job counts on this worker taking part. */
     unsigned long seen = start_generation[index];
     for (;;) {
+        if (generation == seen) {
+            pthread_mutex_unlock(&pool_lock);
+            spin_while(&generation, seen, 1); /* until a new job is posted */
+            pthread_mutex_lock(&pool_lock);
+        }
         while (generation == seen) pthread_cond_wait(&work_cv, &pool_lock);
         seen = generation;
         if (index >= job_workers) continue; /* not needed for this job */
@@ -60,7 +97,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&pool_lock);
         run_tasks(fn, ctx, ntasks);
         pthread_mutex_lock(&pool_lock);
-        if (--job_active == 0) pthread_cond_signal(&done_cv);
+        if (__atomic_sub_fetch(&job_active, 1, __ATOMIC_RELEASE) == 0) pthread_cond_signal(&done_cv);
     }
     return NULL;
 }
@@ -122,19 +159,20 @@ void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *
         n_workers++;
     }
     job_workers = nthreads - 1 < n_workers ? nthreads - 1 : n_workers;
-    job_active = job_workers;
+    __atomic_store_n(&job_active, (unsigned long)job_workers, __ATOMIC_RELAXED);
     job_fn = fn;
     job_ctx = ctx;
     job_ntasks = ntasks;
     __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
-    generation++;
+    __atomic_store_n(&generation, generation + 1, __ATOMIC_RELEASE); /* spinners see it */
     pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&pool_lock);
 
     run_tasks(fn, ctx, ntasks); /* the caller works too */
 
+    spin_while(&job_active, 0, 0); /* until every participating worker is done */
     pthread_mutex_lock(&pool_lock);
-    while (job_active > 0) pthread_cond_wait(&done_cv, &pool_lock);
+    while (__atomic_load_n(&job_active, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&done_cv, &pool_lock);
     pthread_mutex_unlock(&pool_lock);
     pthread_mutex_unlock(&run_lock);
 }

@@ -3,14 +3,17 @@
 1. version, ISAs compiled / supported / active;
 2. a self-check of every supported ISA against ``takane_kernels.reference`` (exact) on
    every test K and tile-edge M, N — exits 1 if any result differs;
-3. a timing table: takane (per ISA, packed and float activations) vs numpy float32
-   ``x @ w.T`` on the same ±1 data, medians of several runs, speedups side by side.
+3. a timing table over the benchmark shapes: takane on the best ISA (1 thread and the
+   default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
+   the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
+   % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
+import json
 import sys
 import time
 
@@ -46,7 +49,7 @@ def self_check() -> bool:
 
 
 def median_time(fn, repeat: int, budget_s: float) -> float:
-    fn()  # warm up (page faults, caches, lazy init)
+    fn()  # warm up (page faults, caches, lazy init, thread pool start)
     times = []
     start = time.perf_counter()
     for _ in range(repeat):
@@ -59,16 +62,18 @@ def median_time(fn, repeat: int, budget_s: float) -> float:
 
 
 def fmt_time(s: float) -> str:
-    return f"{s * 1e3:9.3f} ms" if s >= 1e-3 else f"{s * 1e6:9.1f} us"
+    return f"{s * 1e3:.3f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} us"
 
 
-def timing(shapes, repeat: int) -> None:
+def measure(shapes, repeat: int, budget_s: float, threads_list) -> dict:
+    """Time takane (best ISA, each thread count), numpy float32 and installed peers side
+    by side on each shape; every member's result is checked against numpy's."""
+    from takane_kernels import _peers
+
+    isa_name = tk.isa.active()
+    peak = tk.isa.peak(isa_name, seconds=0.3)
     rng = np.random.default_rng(0)
-    print(f"\nTiming: median of up to {repeat} runs; takane runs on 1 thread, numpy uses its BLAS "
-          f"({os.cpu_count()} CPUs). bit-ops = 2*M*N*K.")
-    header = f"  {'shape (M,N,K)':18s} {'member':34s} {'time':>12s} {'G bit-ops/s':>12s} {'vs numpy f32':>13s}"
-    print(header)
-    print("  " + "-" * (len(header) - 2))
+    rows = []
     for m, n, k in shapes:
         x = rng.standard_normal((m, k)).astype(np.float32)
         w = rng.standard_normal((n, k)).astype(np.float32)
@@ -76,39 +81,118 @@ def timing(shapes, repeat: int) -> None:
         ws = np.where(w >= 0, 1, -1).astype(np.float32)
         pw = tk.pack_weights(w)
         xb = tk.pack_bits(x)
-        ops = 2.0 * m * n * k
-        t_np = median_time(lambda: xs @ ws.T, repeat, 3.0)
         expected = xs @ ws.T  # exact: sums of ±1 below 2**24
-        rows = [("numpy float32 x @ w.T", t_np)]
-        for name in tk.isa.supported():
-            with tk.isa.force(name):
-                y = tk.binary_matmul(xb, pw)
-                assert np.array_equal(y, expected), f"{name}: result differs from numpy"
-                rows.append((f"takane {name} (packed x)", median_time(lambda: tk.binary_matmul(xb, pw), repeat, 3.0)))
-                if name == tk.isa.supported()[0]:
-                    rows.append((f"takane {name} (float x, packs too)",
-                                 median_time(lambda: tk.binary_matmul(x, pw), repeat, 3.0)))
+        bitmacs = float(m) * n * k
+        rec = {"shape": [m, n, k], "isa": isa_name, "peak_bitmacs_per_s_1core": peak}
+        rec["numpy_f32_s"] = median_time(lambda: xs @ ws.T, repeat, budget_s)
+        for threads in threads_list:
+            y = tk.binary_matmul(xb, pw, threads=threads)
+            assert np.array_equal(y, expected), "takane result differs from numpy"
+            t = median_time(lambda: tk.binary_matmul(xb, pw, threads=threads), repeat, budget_s)
+            tf = median_time(lambda: tk.binary_matmul(x, pw, threads=threads), repeat, budget_s)
+            rec[f"takane_t{threads}_s"] = t
+            rec[f"takane_t{threads}_float_x_s"] = tf
+            rec[f"takane_t{threads}_pct_peak"] = 100.0 * bitmacs / t / (peak * threads)
+        for name, (run, to_dot) in _peers.available(xb, pw.bits, k).items():
+            assert np.array_equal(to_dot(run()), expected), f"{name} result differs"
+            rec[f"{name}_s"] = median_time(run, repeat, budget_s)
+        rec["bitmacs"] = bitmacs
+        rows.append(rec)
+    return {"isa": isa_name, "peak_bitmacs_per_s_1core": peak, "threads": list(threads_list), "results": rows}
+
+
+def print_table(report: dict) -> None:
+    peak = report["peak_bitmacs_per_s_1core"]
+    print(f"\nTiming on {report['isa']} (median of repeated runs; measured 1-core XOR+popcount peak "
+          f"{peak / 1e9:.0f} G bit-MACs/s). Packed activations unless noted; numpy float32 runs "
+          f"x @ w.T on the same ±1 data with its own BLAS threads.")
+    peers = [p for p in ("numkong", "faiss") if any(f"{p}_s" in r for r in report["results"])]
+    head = f"  {'shape (M,N,K)':17s} {'thr':>3s} {'takane':>11s} {'G bMAC/s':>9s} {'% peak':>7s} {'float x':>11s} {'numpy f32':>11s} {'vs numpy':>9s}"
+    for p in peers:
+        head += f" {p:>11s} {'vs ' + p:>11s}"
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for r in report["results"]:
+        m, n, k = r["shape"]
         label = f"({m},{n},{k})"
-        for member, t in rows:
-            print(f"  {label:18s} {member:34s} {fmt_time(t):>12s} {ops / t / 1e9:12.1f} {t_np / t:12.1f}x")
+        for threads in report["threads"]:
+            t = r[f"takane_t{threads}_s"]
+            line = (f"  {label:17s} {threads:3d} {fmt_time(t):>11s} {r['bitmacs'] / t / 1e9:9.0f} "
+                    f"{r[f'takane_t{threads}_pct_peak']:6.0f}% {fmt_time(r[f'takane_t{threads}_float_x_s']):>11s} "
+                    f"{fmt_time(r['numpy_f32_s']):>11s} {r['numpy_f32_s'] / t:8.1f}x")
+            for p in peers:
+                tp = r.get(f"{p}_s")
+                line += f" {fmt_time(tp):>11s} {tp / t:10.2f}x" if tp else f" {'-':>11s} {'-':>11s}"
+            print(line)
             label = ""
+    if not peers:
+        print("  (peers: pip install 'takane-kernels[bench]' adds NumKong and faiss-cpu columns)")
+
+
+def plot(report: dict, path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'takane-kernels[bench]'")
+    res = report["results"]
+    labels = ["x".join(map(str, r["shape"])) for r in res]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / (len(report["threads"]) + 1)
+    xs = np.arange(len(res))
+    for i, threads in enumerate(report["threads"]):
+        ax.bar(xs + i * width, [r["bitmacs"] / r[f"takane_t{threads}_s"] / 1e9 for r in res], width,
+               label=f"takane {report['isa']}, {threads} thread{'s' if threads > 1 else ''}")
+    for name in ("numkong", "faiss"):
+        if all(f"{name}_s" in r for r in res):
+            i += 1
+            ax.bar(xs + i * width, [r["bitmacs"] / r[f"{name}_s"] / 1e9 for r in res], width, label=name)
+    ax.axhline(report["peak_bitmacs_per_s_1core"] / 1e9, color="k", ls="--", lw=1,
+               label="measured 1-core XOR+popcount peak")
+    ax.set_xticks(xs + width * (len(report["threads"]) - 1) / 2, labels, rotation=15)
+    ax.set_ylabel("G bit-MACs/s (M*N*K / time)")
+    ax.set_title("takane_kernels W1A1 matmul")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot written to {path}")
 
 
 def main(argv=None) -> int:
+    from takane_kernels._shapes import BENCH_SHAPES
+
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=15, help="timed runs per member (median)")
+    p.add_argument("--budget", type=float, default=0.6, help="seconds per member at most (>= 3 runs)")
     p.add_argument("--shape", type=int, nargs=3, action="append", metavar=("M", "N", "K"),
-                   help="time this shape (repeatable); default: GEMV, (64,4096,4096), 1024^3")
+                   help="time this shape (repeatable); default: the benchmark shapes")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="thread counts to time (default: 1 and the default thread count)")
     p.add_argument("--no-timing", action="store_true", help="only the self-check")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (no table)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw G bit-MACs/s per shape against the peak")
     args = p.parse_args(argv)
 
-    print(f"takane_kernels {tk.__version__} (C library {tk.version_info()}, ABI {tk._lib.takane_abi_version()})")
+    out = sys.stderr if args.json else sys.stdout
+    print(f"takane_kernels {tk.__version__} (C library {tk.version_info()}, ABI {tk._lib.takane_abi_version()})", file=out)
     print(f"ISAs: compiled {', '.join(tk.isa.compiled())}; supported here {', '.join(tk.isa.supported())}; "
-          f"active {tk.isa.active()}")
-    print("\nSelf-check against takane_kernels.reference (exact int32):")
-    ok = self_check()
+          f"active {tk.isa.active()}; default threads {tk.default_threads()}", file=out)
+    print("\nSelf-check against takane_kernels.reference (exact int32):", file=out)
+    with contextlib.redirect_stdout(out):
+        ok = self_check()
     if not args.no_timing:
-        timing(args.shape or [(1, 4096, 4096), (64, 4096, 4096), (1024, 1024, 1024)], args.repeat)
+        threads = args.threads or sorted({1, tk.default_threads()})
+        report = measure([tuple(s) for s in args.shape] if args.shape else BENCH_SHAPES, args.repeat, args.budget, threads)
+        report["self_check_ok"] = ok
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            print_table(report)
+        if args.plot:
+            with contextlib.redirect_stdout(out):
+                plot(report, args.plot)
     if not ok:
         print("\nSELF-CHECK FAILED", file=sys.stderr)
         return 1

@@ -267,7 +267,9 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     if packed:
         if np.any(np.asarray(threshold) != 0):
             raise ValueError("threshold applies to real x only; x is already packed (uint64)")
-        check_packed(x, k, "x")
+        if x.shape[-1] != kw:
+            check_packed(x, k, "x")  # raises: wrong number of words
+        # padding bits are checked by the C call (an O(rows) scan), named below on error
     else:
         x = _as_real_array(x, "x")
         if x.shape[-1] != k:
@@ -297,5 +299,8 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
         else:
             wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
             status = lib.takane_binary_matmul_f32(m, n, k, xptr, k, tptr, t.size, wptr, kw, yptr, n, nthreads)
+    if status == lib.TAKANE_ERR_PADDING_BITS:
+        check_packed(x, k, "x")  # raises if it is x's padding, else it was w's
+        check_packed(wbits, k, "w")
     _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
     return y

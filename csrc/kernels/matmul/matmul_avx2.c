@@ -121,14 +121,15 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
                         tot[i][p][h] = _mm256_add_epi64(                                    \
                             tot[i][p][h], _mm256_sad_epu8(acc[i][p][h], _mm256_setzero_si256())); \
         }                                                                                   \
+        /* counts < 2^32: keep the low dword of each lane, 8 outputs per 256-bit store */ \
+        const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);                \
         for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++)                                                   \
-                for (int h = 0; h < 2; h++) {                                               \
-                    uint64_t lanes[4];                                                      \
-                    _mm256_storeu_si256((__m256i *)lanes, tot[i][p][h]);                    \
-                    for (int l = 0; l < 4; l++)                                             \
-                        pc[i * ldc + p * TAKANE_PANEL_ROWS + h * 4 + l] = (uint32_t)lanes[l]; \
-                }                                                                           \
+            for (int p = 0; p < NPC; p++) {                                                 \
+                const __m256i lo = _mm256_permutevar8x32_epi32(tot[i][p][0], low_dwords);   \
+                const __m256i hi = _mm256_permutevar8x32_epi32(tot[i][p][1], low_dwords);   \
+                _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
+                                    _mm256_blend_epi32(lo, hi, 0xf0));                      \
+            }                                                                               \
     }
 
 PANEL_TILE(1, 1)

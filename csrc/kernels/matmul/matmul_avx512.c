@@ -75,13 +75,11 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
                         acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
             }                                                                               \
         }                                                                                   \
+        /* counts < 2^32: VPMOVQD narrows each lane to its low dword, 8 outputs stored */  \
         for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) {                                                 \
-                uint64_t lanes[8];                                                          \
-                _mm512_storeu_si512((void *)lanes, acc[i][p]);                              \
-                for (int l = 0; l < 8; l++)                                                 \
-                    pc[i * ldc + p * TAKANE_PANEL_ROWS + l] = (uint32_t)lanes[l];           \
-            }                                                                               \
+            for (int p = 0; p < NPC; p++)                                                   \
+                _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
+                                    _mm512_cvtepi64_epi32(acc[i][p]));                      \
     }
 
 #define PANEL_TILES_FOR_MR(MRC) PANEL_TILE(MRC, 1) PANEL_TILE(MRC, 2) PANEL_TILE(MRC, 4)
