@@ -1,9 +1,12 @@
 """W1A1 matmul benchmarks: one group per shape, members side by side (DESIGN §8).
 
-Members: takane per supported ISA (packed activations), takane on the best ISA with
-float activations (packing included), numpy float32 ``x @ w.T`` on the same ±1 data,
-and the reference oracle on the smaller shapes. Each member's result is checked once
-after timing against numpy's (exact: sums of ±1 in float32 are exact below 2**24).
+Members: takane per supported ISA on 1 thread (packed activations), takane on the best
+ISA with float activations (binarized and packed inside the call), takane on the best
+ISA with 2 threads, numpy float32 ``x @ w.T`` on the same ±1 data, the reference oracle
+on the smaller shapes, and NumKong / faiss-cpu when installed (extra ``bench``). Each
+member's result is checked once, after timing, against numpy's (exact: sums of ±1 in
+float32 are exact below 2**24). ``extra_info`` holds G bit-MACs/s (M*N*K per second),
+weight bytes/s and % of the measured 1-core XOR+popcount peak of the member's ISA.
 Compare ratios within one run; absolute times drift on shared machines.
 
     python -m pytest bench --benchmark-only --benchmark-columns=median,iqr,rounds
@@ -13,13 +16,22 @@ import numpy as np
 import pytest
 
 import takane_kernels as tk
+from takane_kernels import _peers
 from takane_kernels import reference as ref
 from takane_kernels._shapes import BENCH_SHAPES
 
 REFERENCE_MAX_MACS = 2**30  # the oracle unpacks to float64: keep it to the smaller shapes
 REFERENCE_MAX_WEIGHTS = 2**22
+BEST = tk.isa.supported()[0]
 
 _data_cache = {}
+_peaks = {}
+
+
+def peak(isa_name):
+    if isa_name not in _peaks:
+        _peaks[isa_name] = tk.isa.peak(isa_name, seconds=0.1)
+    return _peaks[isa_name]
 
 
 def data(shape):
@@ -41,23 +53,25 @@ def expected(d):
     return d["expected"]
 
 
-def record(benchmark, shape, isa=None):
+def record(benchmark, shape, isa=None, threads=None):
     m, n, k = shape
-    benchmark.extra_info["shape"] = list(shape)
-    benchmark.extra_info["isa"] = isa
-    benchmark.extra_info["threads"] = 1 if isa else None
+    info = benchmark.extra_info
+    info.update(shape=list(shape), isa=isa, threads=threads)
     stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:
+    if stats is not None and getattr(stats, "stats", None) is not None:  # None with --benchmark-disable
         median = stats.stats.median
-        benchmark.extra_info["G_bitops_per_s"] = 2.0 * m * n * k / median / 1e9
-        benchmark.extra_info["weight_GB_per_s"] = n * ((k + 63) // 64) * 8 / median / 1e9
+        info["G_bitmacs_per_s"] = m * n * k / median / 1e9
+        info["weight_GB_per_s"] = n * ((k + 63) // 64) * 8 / median / 1e9
+        if isa:
+            info["pct_of_peak"] = 100.0 * m * n * k / median / (peak(isa) * (threads or 1))
 
 
 SHAPE_IDS = [f"{m}x{n}x{k}" for m, n, k in BENCH_SHAPES]
 REFERENCE_SHAPES = [(m, n, k) for m, n, k in BENCH_SHAPES if m * n * k <= REFERENCE_MAX_MACS and n * k <= REFERENCE_MAX_WEIGHTS]
+shapes = pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
 
 
-@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+@shapes
 @pytest.mark.parametrize("isa_name", tk.isa.supported())
 def test_takane_packed(benchmark, shape, isa_name):
     benchmark.group = f"W1A1 matmul {shape}"
@@ -65,22 +79,31 @@ def test_takane_packed(benchmark, shape, isa_name):
     with tk.isa.force(isa_name):
         y = benchmark(tk.binary_matmul, d["xb"], d["pw"], threads=1)
         assert tk.isa.last_used() == isa_name
-    record(benchmark, shape, isa_name)
+    record(benchmark, shape, isa_name, 1)
     np.testing.assert_array_equal(y, expected(d))
 
 
-@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+@shapes
 def test_takane_float_activations(benchmark, shape):
     benchmark.group = f"W1A1 matmul {shape}"
     d = data(shape)
-    best = tk.isa.supported()[0]
-    with tk.isa.force(best):
+    with tk.isa.force(BEST):
         y = benchmark(tk.binary_matmul, d["x"], d["pw"], threads=1)
-    record(benchmark, shape, best)
+    record(benchmark, shape, BEST, 1)
     np.testing.assert_array_equal(y, expected(d))
 
 
-@pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+@shapes
+def test_takane_2_threads(benchmark, shape):
+    benchmark.group = f"W1A1 matmul {shape}"
+    d = data(shape)
+    with tk.isa.force(BEST):
+        y = benchmark(tk.binary_matmul, d["xb"], d["pw"], threads=2)
+    record(benchmark, shape, BEST, 2)
+    np.testing.assert_array_equal(y, expected(d))
+
+
+@shapes
 def test_numpy_float32(benchmark, shape):
     benchmark.group = f"W1A1 matmul {shape}"
     d = data(shape)
@@ -96,3 +119,17 @@ def test_reference(benchmark, shape):
     y = benchmark(ref.binary_matmul, d["xb"], d["pw"])
     record(benchmark, shape)
     np.testing.assert_array_equal(y, expected(d))
+
+
+@shapes
+@pytest.mark.parametrize("peer", sorted(_peers.PEERS))
+def test_peer(benchmark, shape, peer):
+    d = data(shape)
+    adapters = _peers.available(d["xb"], d["pw"].bits, shape[2])
+    if peer not in adapters:
+        pytest.skip(f"{peer} is not installed (pip install 'takane-kernels[bench]')")
+    benchmark.group = f"W1A1 matmul {shape}"
+    run, to_dot = adapters[peer]
+    h = benchmark(run)
+    record(benchmark, shape)
+    np.testing.assert_array_equal(to_dot(h), expected(d))

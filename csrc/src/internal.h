@@ -44,6 +44,8 @@ typedef int (*takane_pack_row_fn)(const float *x, int64_t k, const float *t, int
  * last panel are zero (their results are computed and dropped).
  */
 #define TAKANE_PANEL_ROWS 8
+/* Largest panel_np a kernel may declare (the framework's count buffer is sized by it). */
+#define TAKANE_MAX_PANEL_NP 64
 
 /*
  * W1A1 panel microkernel: for i < mr, j < np * TAKANE_PANEL_ROWS,

@@ -101,7 +101,7 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     int64_t ncp = L2_BLOCK_BYTES / (kw * TAKANE_PANEL_ROWS * 8);
     if (ncp < 1) ncp = 1;
     const uint64_t *xr[TAKANE_MAX_MR];
-    enum { LDC = 8 * TAKANE_PANEL_ROWS }; /* panel_np is at most 8 */
+    enum { LDC = TAKANE_MAX_PANEL_NP * TAKANE_PANEL_ROWS };
     uint32_t pc[TAKANE_MAX_MR * LDC];
     for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
         const int64_t je = min64(p_end, jb + ncp);
