@@ -71,3 +71,15 @@ def test_load_rejects_corrupt_files(tmp_path):
         tk.PackedWeights.load(tmp_path / "pad.npz")
     with pytest.raises(ValueError, match="not a readable"):
         tk.PackedWeights.load(tmp_path / "missing.npz")
+
+
+def test_pickle_and_copy_keep_values_not_the_c_handle():
+    import copy
+    import pickle
+
+    pw = make(in_scale=np.linspace(1, 2, 70))
+    x = np.random.default_rng(0).standard_normal((3, 70))
+    y = tk.binary_matmul(x, pw)  # builds the prepacked handle
+    for clone in (pickle.loads(pickle.dumps(pw)), copy.copy(pw), copy.deepcopy(pw)):
+        assert clone == pw
+        np.testing.assert_array_equal(tk.binary_matmul(x, clone), y)

@@ -89,6 +89,10 @@ def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | 
     return a
 
 
+def _rebuild(bits, k, scale, in_scale):
+    return PackedWeights(bits, k, scale=scale, in_scale=in_scale)
+
+
 class PackedWeights:
     """±1 weights (N, K) packed 64 per uint64 word, plus optional float32 scales.
 
@@ -154,6 +158,10 @@ class PackedWeights:
         )
 
     __hash__ = None  # mutable-looking arrays inside; equality is by value
+
+    def __reduce__(self):
+        # pickle/copy the arrays only: the C handle is a cache, rebuilt on first use
+        return (_rebuild, (self._bits, self._k, self._scale, self._in_scale))
 
     # ---- persistence ------------------------------------------------------------------
     # Format (version 1): an uncompressed .npz (no pickles) with the arrays
