@@ -1,8 +1,11 @@
 /*
- * matmul_avx2.c — W1A1 popcount tile for x86-64 AVX2.
+ * matmul_avx2.c — W1A1 microkernels for x86-64 AVX2.
  *
  * ISA and flags: AVX2 + FMA + POPCNT (-mavx2 -mfma -mpopcnt), Haswell and later;
  *   only this file and the other *_avx2.c files get them.
+ * Three pieces: the panel tiles (prepacked weights, the fast path; comments at
+ *   PANEL_TILE and SPLIT_TILE below), the peak probe, and the canonical-rows tile for
+ *   raw uint64 weights, described here.
  * Tile: MR=2 activation rows x NR=4 weight rows, 256 bits (4 words) per step: 6 loads
  *   feed 8 XOR+popcounts, and the 8 accumulators are independent chains.
  * Key instructions: AVX2 has no vector popcount, so bytes are counted with the nibble
@@ -140,6 +143,74 @@ PANEL_TILE(2, 2)
 PANEL_TILE(3, 1)
 PANEL_TILE(4, 1)
 
+/*
+ * Split-nibble tile, for mr >= 2. XOR commutes with the nibble split:
+ *   (a ^ b) & 0x0f = (a & 0x0f) ^ (b & 0x0f),  ((a ^ b) >> 4) & 0x0f = likewise,
+ * so the AND / shift / AND work moves from every (row, panel) pair to each operand once:
+ * the activation words arrive pre-split (xs[i][0][q] low nibbles, xs[i][1][q] high, made
+ * once per call), a panel word-group is split once per load, and a pair costs VPXOR x2,
+ * VPSHUFB x2, VPADDB x2 = 6 ALU uops instead of 8. Accumulators as in PANEL_TILE.
+ */
+#define SPLIT_TILE(MRC, NPC)                                                               \
+    static inline __attribute__((always_inline)) void split_##MRC##x##NPC(                 \
+        const uint64_t *xs, int64_t xs_stride, const uint64_t *panels, int64_t pstride,     \
+        int64_t kw, uint32_t *pc, int ldc) {                                                \
+        const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  \
+                                             0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4); \
+        const __m256i low4 = _mm256_set1_epi8(0x0f);                                        \
+        __m256i tot[MRC][NPC][2];                                                           \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) tot[i][p][0] = tot[i][p][1] = _mm256_setzero_si256(); \
+        for (int64_t q0 = 0; q0 < kw; q0 += FLUSH) {                                        \
+            const int64_t qe = q0 + FLUSH < kw ? q0 + FLUSH : kw;                           \
+            __m256i acc[MRC][NPC][2];                                                       \
+            for (int i = 0; i < MRC; i++)                                                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    acc[i][p][0] = acc[i][p][1] = _mm256_setzero_si256();                   \
+            for (int64_t q = q0; q < qe; q++) {                                             \
+                __m256i plo[NPC][2], phi[NPC][2];                                           \
+                for (int p = 0; p < NPC; p++)                                               \
+                    for (int h = 0; h < 2; h++) {                                           \
+                        const __m256i v = _mm256_loadu_si256(                               \
+                            (const __m256i *)(panels + p * pstride + q * TAKANE_PANEL_ROWS + 4 * h)); \
+                        plo[p][h] = _mm256_and_si256(v, low4);                              \
+                        phi[p][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);        \
+                    }                                                                       \
+                for (int i = 0; i < MRC; i++) {                                             \
+                    const __m256i xl = _mm256_set1_epi64x((long long)xs[i * xs_stride + q]); \
+                    const __m256i xh = _mm256_set1_epi64x((long long)xs[i * xs_stride + kw + q]); \
+                    for (int p = 0; p < NPC; p++)                                           \
+                        for (int h = 0; h < 2; h++) {                                       \
+                            const __m256i cl = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xl, plo[p][h])); \
+                            const __m256i ch = _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh, phi[p][h])); \
+                            acc[i][p][h] = _mm256_add_epi8(acc[i][p][h], _mm256_add_epi8(cl, ch)); \
+                        }                                                                   \
+                }                                                                           \
+            }                                                                               \
+            for (int i = 0; i < MRC; i++)                                                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    for (int h = 0; h < 2; h++)                                             \
+                        tot[i][p][h] = _mm256_add_epi64(                                    \
+                            tot[i][p][h], _mm256_sad_epu8(acc[i][p][h], _mm256_setzero_si256())); \
+        }                                                                                   \
+        const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);                \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) {                                                 \
+                const __m256i lo = _mm256_permutevar8x32_epi32(tot[i][p][0], low_dwords);   \
+                const __m256i hi = _mm256_permutevar8x32_epi32(tot[i][p][1], low_dwords);   \
+                _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
+                                    _mm256_blend_epi32(lo, hi, 0xf0));                      \
+            }                                                                               \
+    }
+
+SPLIT_TILE(2, 1)
+SPLIT_TILE(3, 1)
+SPLIT_TILE(4, 1)
+
+/* Activation rows split once per call: up to 4 rows x (low, high) x SPLIT_MAX_KW words
+ * on the stack (32 KiB); longer rows use the plain tiles. */
+#define SPLIT_MAX_KW 512
+
 /* One call covers np panels (up to panel_np = 64, a whole slice of an L2 block): the
  * loop over fixed-shape tiles lives here, with the tiles inlined, so a call's fixed
  * cost is paid once per 64 panels and not once per 4x8 outputs. Per mr the widest
@@ -147,6 +218,33 @@ PANEL_TILE(4, 1)
 static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
                        int np, int64_t kw, uint32_t *pc, int ldc) {
     int p = 0;
+    if (mr >= 2 && kw <= SPLIT_MAX_KW) {
+        uint64_t xs[4 * 2 * SPLIT_MAX_KW];
+        const __m256i low4 = _mm256_set1_epi8(0x0f);
+        for (int i = 0; i < mr; i++) {
+            uint64_t *lo = xs + i * 2 * kw, *hi = lo + kw;
+            int64_t q = 0;
+            for (; q + 4 <= kw; q += 4) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(x[i] + q));
+                _mm256_storeu_si256((__m256i *)(lo + q), _mm256_and_si256(v, low4));
+                _mm256_storeu_si256((__m256i *)(hi + q), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+            }
+            for (; q < kw; q++) { /* the last 1..3 words of a row */
+                lo[q] = x[i][q] & 0x0f0f0f0f0f0f0f0full;
+                hi[q] = (x[i][q] >> 4) & 0x0f0f0f0f0f0f0f0full;
+            }
+        }
+#define SSTEP(MRC)                                                                         \
+    split_##MRC##x1(xs, 2 * kw, panels + p * pstride, pstride, kw, pc + p * TAKANE_PANEL_ROWS, ldc); \
+    p += 1
+        switch (mr) {
+        case 2: while (p < np) { SSTEP(2); } break;
+        case 3: while (p < np) { SSTEP(3); } break;
+        default: while (p < np) { SSTEP(4); } break;
+        }
+#undef SSTEP
+        return;
+    }
 #define STEP(MRC, NPC)                                                                     \
     panel_##MRC##x##NPC(x, panels + p * pstride, pstride, kw, pc + p * TAKANE_PANEL_ROWS, ldc); \
     p += NPC
@@ -170,31 +268,38 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
 #undef STEP
 }
 
-/* Peak probe: 8 independent chains of VPADDQ + nibble-LUT popcount + VPADDB (the panel
- * kernel's sequence, with the XOR's place taken by an add), flushed with VPSADBW every
- * 31 rounds; registers only. */
+/* Peak probe: the split-nibble pair sequence (the best the kernels run) with operands in
+ * registers: per 256 bits two VPADDQ (in the two VPXORs' place: an XOR with a constant
+ * would repeat every 2 rounds and could be folded), two VPSHUFB, two VPADDB. CHAINS
+ * independent chains x 3 registers + LUT + key fit the 16 ymm registers with no spills
+ * (8 chains would spill and measure the stack, not the ALUs); flushed with VPSADBW
+ * every 31 rounds. */
 static uint64_t probe(uint64_t iters, uint64_t *sink) {
+    enum { CHAINS = 4 };
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
                                          1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256i v[8], tot = _mm256_setzero_si256();
-    for (int c = 0; c < 8; c++) v[c] = _mm256_set1_epi64x((long long)(0x9e3779b97f4a7c15ull * (c + 1)));
-    const __m256i key = _mm256_set1_epi64x((long long)*sink | 1);
+    __m256i vl[CHAINS], vh[CHAINS], tot = _mm256_setzero_si256();
+    for (int c = 0; c < CHAINS; c++) {
+        vl[c] = _mm256_set1_epi64x((long long)(0x0e0d070b0f03090aull * (c + 1)));
+        vh[c] = _mm256_set1_epi64x((long long)(0x0306090c0f020508ull * (c + 1)));
+    }
+    const __m256i key = _mm256_set1_epi64x((long long)(*sink | 1));
     for (uint64_t it = 0; it < iters; it += FLUSH) {
-        __m256i acc[8];
-        for (int c = 0; c < 8; c++) acc[c] = _mm256_setzero_si256();
+        __m256i acc[CHAINS];
+        for (int c = 0; c < CHAINS; c++) acc[c] = _mm256_setzero_si256();
         for (int r = 0; r < FLUSH; r++) {
-            for (int c = 0; c < 8; c++) {
-                /* an add keeps each chain's value new (an XOR with a constant would
-                 * repeat every 2 rounds and could be folded); same port class as VPXOR */
-                v[c] = _mm256_add_epi64(v[c], key);
-                acc[c] = _mm256_add_epi8(acc[c], popcount_bytes(v[c], lut, low4));
+            for (int c = 0; c < CHAINS; c++) {
+                vl[c] = _mm256_add_epi64(vl[c], key);
+                vh[c] = _mm256_add_epi64(vh[c], key);
+                acc[c] = _mm256_add_epi8(acc[c], _mm256_add_epi8(_mm256_shuffle_epi8(lut, vl[c]),
+                                                                 _mm256_shuffle_epi8(lut, vh[c])));
             }
         }
-        for (int c = 0; c < 8; c++) tot = _mm256_add_epi64(tot, _mm256_sad_epu8(acc[c], _mm256_setzero_si256()));
+        for (int c = 0; c < CHAINS; c++)
+            tot = _mm256_add_epi64(tot, _mm256_sad_epu8(acc[c], _mm256_setzero_si256()));
     }
     *sink = hsum_epi64(tot);
-    return ((iters + FLUSH - 1) / FLUSH) * FLUSH * 8 * 256;
+    return ((iters + FLUSH - 1) / FLUSH) * FLUSH * CHAINS * 256;
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {
