@@ -154,3 +154,17 @@ def test_scale_is_ignored_by_binary_matmul(isa_name):
     b = tk.binary_matmul(x, tk.pack_weights(w, scale=None))
     np.testing.assert_array_equal(a, b)
     assert_ran(isa_name)
+
+
+@pytest.mark.parametrize("k", (32767, 32768, 32833, 40000))
+def test_long_rows(isa_name, k):
+    """Rows past 512 words take the AVX2 kernel's non-split tiles and many byte-count
+    flushes; every M remainder of the 4-row tile and a partial panel."""
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((7, k)).astype(np.float32)
+    w = rng.standard_normal((19, k)).astype(np.float32)
+    pw = tk.pack_weights(w)
+    expected = ref.binary_matmul(x, ref.pack_weights(w))
+    for m in (1, 2, 3, 4, 5, 7):
+        np.testing.assert_array_equal(tk.binary_matmul(x[:m], pw), expected[:m])
+        assert_ran(isa_name)
