@@ -66,70 +66,41 @@ def record(benchmark, shape, isa=None, threads=None):
             info["pct_of_peak"] = 100.0 * m * n * k / median / (peak(isa) * (threads or 1))
 
 
-SHAPE_IDS = [f"{m}x{n}x{k}" for m, n, k in BENCH_SHAPES]
-REFERENCE_SHAPES = [(m, n, k) for m, n, k in BENCH_SHAPES if m * n * k <= REFERENCE_MAX_MACS and n * k <= REFERENCE_MAX_WEIGHTS]
-shapes = pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
+def _members(shape):
+    m, n, k = shape
+    out = [f"takane-{isa}" for isa in tk.isa.supported()] + ["takane-float-x", "takane-2-threads", "numpy-f32"]
+    if m * n * k <= REFERENCE_MAX_MACS and n * k <= REFERENCE_MAX_WEIGHTS:
+        out.append("reference")
+    return out + [f"peer-{p}" for p in sorted(_peers.PEERS)]
 
 
-@shapes
-@pytest.mark.parametrize("isa_name", tk.isa.supported())
-def test_takane_packed(benchmark, shape, isa_name):
+# One test, (shape, member) pairs in shape-major order: a group's members run back to
+# back, so the ratios inside a group are measured under the same machine load.
+CASES = [(shape, member) for shape in BENCH_SHAPES for member in _members(shape)]
+
+
+@pytest.mark.parametrize("shape,member", CASES, ids=[f"{m}x{n}x{k}-{mem}" for (m, n, k), mem in CASES])
+def test_matmul(benchmark, shape, member):
     benchmark.group = f"W1A1 matmul {shape}"
     d = data(shape)
-    with tk.isa.force(isa_name):
-        y = benchmark(tk.binary_matmul, d["xb"], d["pw"], threads=1)
-        assert tk.isa.last_used() == isa_name
-    record(benchmark, shape, isa_name, 1)
+    isa, threads = None, None
+    if member.startswith("peer-"):
+        adapters = _peers.available(d["xb"], d["pw"].bits, shape[2])
+        name = member[len("peer-"):]
+        if name not in adapters:
+            pytest.skip(f"{name} is not installed (pip install 'takane-kernels[bench]')")
+        run, to_dot = adapters[name]
+        y = to_dot(benchmark(run))
+    elif member == "numpy-f32":
+        y = benchmark(np.matmul, d["xs"], d["ws"].T)
+    elif member == "reference":
+        y = benchmark(ref.binary_matmul, d["xb"], d["pw"])
+    else:
+        isa = member[len("takane-"):] if member.startswith("takane-") and member[7:] in tk.isa.NAMES else BEST
+        threads = 2 if member == "takane-2-threads" else 1
+        x = d["x"] if member == "takane-float-x" else d["xb"]
+        with tk.isa.force(isa):
+            y = benchmark(tk.binary_matmul, x, d["pw"], threads=threads)
+            assert tk.isa.last_used() == isa
+    record(benchmark, shape, isa, threads)
     np.testing.assert_array_equal(y, expected(d))
-
-
-@shapes
-def test_takane_float_activations(benchmark, shape):
-    benchmark.group = f"W1A1 matmul {shape}"
-    d = data(shape)
-    with tk.isa.force(BEST):
-        y = benchmark(tk.binary_matmul, d["x"], d["pw"], threads=1)
-    record(benchmark, shape, BEST, 1)
-    np.testing.assert_array_equal(y, expected(d))
-
-
-@shapes
-def test_takane_2_threads(benchmark, shape):
-    benchmark.group = f"W1A1 matmul {shape}"
-    d = data(shape)
-    with tk.isa.force(BEST):
-        y = benchmark(tk.binary_matmul, d["xb"], d["pw"], threads=2)
-    record(benchmark, shape, BEST, 2)
-    np.testing.assert_array_equal(y, expected(d))
-
-
-@shapes
-def test_numpy_float32(benchmark, shape):
-    benchmark.group = f"W1A1 matmul {shape}"
-    d = data(shape)
-    y = benchmark(np.matmul, d["xs"], d["ws"].T)
-    record(benchmark, shape)
-    np.testing.assert_array_equal(y, expected(d))
-
-
-@pytest.mark.parametrize("shape", REFERENCE_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in REFERENCE_SHAPES])
-def test_reference(benchmark, shape):
-    benchmark.group = f"W1A1 matmul {shape}"
-    d = data(shape)
-    y = benchmark(ref.binary_matmul, d["xb"], d["pw"])
-    record(benchmark, shape)
-    np.testing.assert_array_equal(y, expected(d))
-
-
-@shapes
-@pytest.mark.parametrize("peer", sorted(_peers.PEERS))
-def test_peer(benchmark, shape, peer):
-    d = data(shape)
-    adapters = _peers.available(d["xb"], d["pw"].bits, shape[2])
-    if peer not in adapters:
-        pytest.skip(f"{peer} is not installed (pip install 'takane-kernels[bench]')")
-    benchmark.group = f"W1A1 matmul {shape}"
-    run, to_dot = adapters[peer]
-    h = benchmark(run)
-    record(benchmark, shape)
-    np.testing.assert_array_equal(to_dot(h), expected(d))
