@@ -12,6 +12,14 @@
  *     infinities, signed zeros and x == t ties are not (and pack as the plain rule says);
  *   - a K of over a million bits, so the neon kernel crosses several u16 accumulation
  *     blocks, with every bit different (the worst case for accumulator overflow).
+ *   - prepacked weights (takane_weights_create / _info / _free and both
+ *     takane_binary_matmul_prepacked entry points) on scalar and every SIMD set, exact
+ *     against the plain rule: M in the same grid and N at every panel (8 rows) and
+ *     panel-count (1..4 + 1) edge, threads=1 and threads=2, an output row
+ *     stride wider than n whose extra columns must stay untouched; guard pages on the
+ *     weights read by create, on x, on the thresholds and on y; shapes big enough that
+ *     threads=2 really splits rows and panels; over a million bits and exactly one u16
+ *     block (2048 words) and one word more, all bits different.
  * On aarch64 neon must be supported and be the default pick: the test fails rather than
  * pass by comparing scalar with itself. Exit status 0 iff every check passed.
  */
@@ -28,9 +36,15 @@
 static const int64_t TEST_K[] = {1, 63, 64, 65, 127, 128, 129, 511, 513, 4097};
 /* Tiles are 2x4 (scalar, avx2) and 4x4 (neon, avx512), at most 8x8: cover each edge. */
 static const int64_t TEST_MN[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 16, 17};
+/* Prepacked N: panels of 8 weight rows, panel tiles of 1..4 panels (up to 32 columns):
+ * every panel edge and every panel-count edge up to 4 panels + 1. (M uses TEST_MN: panel
+ * tiles have 1..4 rows.) */
+static const int64_t TEST_N_PANEL[] = {0, 1, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33};
 #define N_K (sizeof TEST_K / sizeof TEST_K[0])
 #define N_MN (sizeof TEST_MN / sizeof TEST_MN[0])
-#define BIG 17 /* largest TEST_MN */
+#define N_N_PANEL (sizeof TEST_N_PANEL / sizeof TEST_N_PANEL[0])
+#define BIG 17    /* largest TEST_MN */
+#define WROWS 33  /* largest TEST_N_PANEL: weight rows made per K */
 
 static long checks, failures;
 
@@ -134,6 +148,86 @@ static void *guarded_alloc(size_t bytes, guarded *g) {
 }
 static void guarded_free(guarded *g) { munmap(g->base, g->len); }
 
+/* ---- prepacked-weight helpers -------------------------------------------------------- */
+
+#define CANARY 0x5a5a5a5a /* int32 written around outputs: a kernel must never touch it */
+
+/* Create a handle for n rows and check what takane_weights_info reports about it. */
+static takane_weights *make_weights(int64_t n, int64_t k, const uint64_t *w, int64_t ws) {
+    takane_weights *h = NULL;
+    takane_status st = takane_weights_create(n, k, w, ws, &h);
+    CHECK(st == TAKANE_OK && h, "weights_create n=%lld k=%lld: %s", (long long)n, (long long)k,
+          takane_status_string(st));
+    if (!h) return NULL;
+    int64_t hn = -1, hk = -1, bytes = -1;
+    st = takane_weights_info(h, &hn, &hk, &bytes);
+    /* panels of 8 rows, n rounded up, each row ceil(k/64) words */
+    const int64_t want_bytes = (n + 7) / 8 * 8 * words_for(k) * 8;
+    CHECK(st == TAKANE_OK && hn == n && hk == k && bytes == want_bytes,
+          "weights_info n=%lld k=%lld: got n=%lld k=%lld nbytes=%lld (want %lld)", (long long)n,
+          (long long)k, (long long)hn, (long long)hk, (long long)bytes, (long long)want_bytes);
+    CHECK(takane_weights_info(h, NULL, NULL, NULL) == TAKANE_OK, "weights_info with NULL outs");
+    return h;
+}
+
+/* One prepacked product of m rows into y (row stride ys >= n, prefilled with CANARY),
+ * compared with ref (row stride ref_s) and the canary columns n..ys-1. fused: x is float
+ * (t per channel, length k) instead of packed xb. */
+static void run_prepacked(const takane_weights *h, takane_isa isa, int fused, int threads,
+                          int64_t m, int64_t n, int64_t k, const float *x, int64_t xs,
+                          const float *t, const uint64_t *xb, int64_t xbs, int32_t *y,
+                          int64_t ys, const int32_t *ref, int64_t ref_s, const char *what) {
+    for (int64_t e = 0; e < m * ys; e++) y[e] = CANARY;
+    force(isa);
+    takane_status st =
+        fused ? takane_binary_matmul_prepacked_f32(h, m, x, xs, t, k, y, ys, threads)
+              : takane_binary_matmul_prepacked(h, m, xb, xbs, y, ys, threads);
+    CHECK(st == TAKANE_OK, "%s %s prepacked m=%lld n=%lld k=%lld fused=%d threads=%d: %s", what,
+          name(isa), (long long)m, (long long)n, (long long)k, fused, threads,
+          takane_status_string(st));
+    if (m && n)
+        CHECK(takane_isa_last_used() == isa, "%s prepacked: %s did not run (ran %s)", what,
+              name(isa), name(takane_isa_last_used()));
+    int64_t bad = 0, first = -1;
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < ys; j++) {
+            const int32_t want = j < n ? ref[i * ref_s + j] : CANARY;
+            if (y[i * ys + j] != want && bad++ == 0) first = i * ys + j;
+        }
+    CHECK(bad == 0,
+          "%s %s prepacked m=%lld n=%lld k=%lld fused=%d threads=%d: %lld wrong, first (%lld,%lld) "
+          "= %d, want %d",
+          what, name(isa), (long long)m, (long long)n, (long long)k, fused, threads, (long long)bad,
+          (long long)(first < 0 ? 0 : first / ys), (long long)(first < 0 ? 0 : first % ys),
+          first < 0 ? 0 : y[first],
+          first < 0 ? 0 : (first % ys < n ? ref[first / ys * ref_s + first % ys] : CANARY));
+}
+
+/* The shape grid on the prepacked path: M in TEST_MN x N in TEST_N_PANEL, both entry
+ * points, threads 1 and 2,
+ * on every set in `all` (scalar included), exact against the plain rule `ref`. */
+static void check_prepacked_grid(int64_t k, const float *x, const float *t, const uint64_t *xb,
+                                 const uint64_t *wb, const int32_t *ref, const takane_isa *all,
+                                 int n_all) {
+    const int64_t kw = words_for(k), ys = WROWS + 3; /* 3+ canary columns on every row */
+    int32_t *y = xmalloc(sizeof(int32_t) * (size_t)(BIG * ys));
+    for (size_t b = 0; b < N_N_PANEL; b++) {
+        const int64_t n = TEST_N_PANEL[b];
+        takane_weights *h = make_weights(n, k, wb, kw);
+        if (!h) continue;
+        for (size_t a = 0; a < N_MN; a++) {
+            const int64_t m = TEST_MN[a];
+            for (int s = 0; s < n_all; s++)
+                for (int fused = 0; fused < 2; fused++)
+                    for (int threads = 1; threads <= 2; threads++)
+                        run_prepacked(h, all[s], fused, threads, m, n, k, x, k, t, xb, kw, y,
+                                      ys, ref, WROWS, "grid");
+        }
+        takane_weights_free(h);
+    }
+    free(y);
+}
+
 /* ---- the checks ---------------------------------------------------------------------- */
 
 /* The shape grid at one K: every set in isas[] against scalar, scalar against plain. */
@@ -141,21 +235,21 @@ static void check_grid(int64_t k, const takane_isa *isas, int n_isas) {
     const int64_t kw = words_for(k);
     float *t = xmalloc(sizeof(float) * (size_t)k);
     float *x = xmalloc(sizeof(float) * (size_t)(BIG * k));
-    float *w = xmalloc(sizeof(float) * (size_t)(BIG * k));
+    float *w = xmalloc(sizeof(float) * (size_t)(WROWS * k));
     for (int64_t c = 0; c < k; c++) t[c] = special_or(uniform(-0.5f, 0.5f));
     fill_x(x, BIG * k, t, k);
-    fill_x(w, BIG * k, NULL, k);
+    fill_x(w, WROWS * k, NULL, k);
     uint64_t *xb = xmalloc(sizeof(uint64_t) * (size_t)(BIG * kw)); /* per-channel t */
     uint64_t *xb1 = xmalloc(sizeof(uint64_t) * (size_t)(BIG * kw)); /* scalar t[0] */
-    uint64_t *wb = xmalloc(sizeof(uint64_t) * (size_t)(BIG * kw)); /* default 0 */
+    uint64_t *wb = xmalloc(sizeof(uint64_t) * (size_t)(WROWS * kw)); /* default 0 */
     for (int r = 0; r < BIG; r++) {
         plain_pack(x + r * k, k, t, k, xb + r * kw);
         plain_pack(x + r * k, k, t, 1, xb1 + r * kw);
-        plain_pack(w + r * k, k, NULL, 0, wb + r * kw);
     }
-    int32_t *ref = xmalloc(sizeof(int32_t) * BIG * BIG);
+    for (int r = 0; r < WROWS; r++) plain_pack(w + r * k, k, NULL, 0, wb + r * kw);
+    int32_t *ref = xmalloc(sizeof(int32_t) * BIG * WROWS); /* row stride WROWS */
     for (int i = 0; i < BIG; i++)
-        for (int j = 0; j < BIG; j++) ref[i * BIG + j] = plain_dot(xb + i * kw, wb + j * kw, k);
+        for (int j = 0; j < WROWS; j++) ref[i * WROWS + j] = plain_dot(xb + i * kw, wb + j * kw, k);
 
     /* Packing: all BIG rows, three threshold forms. Scalar against plain, SIMD against scalar. */
     uint64_t *scalar_bits[3], *bits = xmalloc(sizeof(uint64_t) * (size_t)(BIG * kw));
@@ -198,10 +292,10 @@ static void check_grid(int64_t k, const takane_isa *isas, int n_isas) {
                 if (m && n) CHECK(takane_isa_last_used() == TAKANE_ISA_SCALAR, "scalar did not run");
                 for (int64_t i = 0; i < m; i++)
                     for (int64_t j = 0; j < n; j++)
-                        CHECK(ys[i * n + j] == ref[i * BIG + j],
+                        CHECK(ys[i * n + j] == ref[i * WROWS + j],
                               "scalar != plain at (%lld,%lld): m=%lld n=%lld k=%lld fused=%d: %d vs %d",
                               (long long)i, (long long)j, (long long)m, (long long)n, (long long)k,
-                              fused, ys[i * n + j], ref[i * BIG + j]);
+                              fused, ys[i * n + j], ref[i * WROWS + j]);
                 for (int s = 0; s < n_isas; s++) {
                     force(isas[s]);
                     memset(yi, 0x5a, sizeof(int32_t) * BIG * BIG);
@@ -218,6 +312,11 @@ static void check_grid(int64_t k, const takane_isa *isas, int n_isas) {
             }
         }
     }
+    /* The same grid through prepacked weights, scalar included. */
+    takane_isa all[4] = {TAKANE_ISA_SCALAR};
+    for (int s = 0; s < n_isas; s++) all[s + 1] = isas[s];
+    check_prepacked_grid(k, x, t, xb, wb, ref, all, n_isas + 1);
+
     for (int f = 0; f < 3; f++) free(scalar_bits[f]);
     free(bits), free(ys), free(yi), free(ref), free(xb), free(xb1), free(wb);
     free(x), free(w), free(t);
@@ -258,6 +357,17 @@ static void check_guard_pages(int64_t k, takane_isa isa) {
             CHECK(st == TAKANE_OK && y[i * N + j] == plain_dot(xb + i * kw, wb + j * kw, k),
                   "%s guarded fused matmul k=%lld (%d,%d)", name(isa), (long long)k, i, j);
     CHECK(takane_isa_last_used() == isa, "%s did not run", name(isa));
+    /* Prepacked: create reads the weights up to their guard page; x, the thresholds and
+     * y (no spare columns: row stride N) end at theirs. M = 5 crosses every panel_mr. */
+    int32_t ref[M * N];
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) ref[i * N + j] = plain_dot(xb + i * kw, wb + j * kw, k);
+    takane_weights *h = make_weights(N, k, wb, kw);
+    for (int fused = 0; h && fused < 2; fused++)
+        for (int threads = 1; threads <= 2; threads++)
+            run_prepacked(h, isa, fused, threads, M, N, k, x, k, t, xb, kw, y, N, ref, N,
+                          "guarded");
+    takane_weights_free(h);
     free(wf);
     guarded_free(&gx), guarded_free(&gt), guarded_free(&gbits);
     guarded_free(&gxb), guarded_free(&gwb), guarded_free(&gy);
@@ -299,15 +409,19 @@ static void check_nan(int64_t k, takane_isa isa) {
 }
 
 /* Over a million bits with every bit different: the largest popcounts a row can have,
- * past several of the neon kernel's 2048-step u16 blocks; both kw parities. */
+ * past several of the neon kernels' 2048-step u16 blocks; both kw parities; and exactly
+ * one block of the panel kernel (2048 words). N = 11 spans two weight panels. The
+ * prepacked path runs on scalar and every SIMD set against the (anchored) scalar rows. */
 static void check_large_k(const takane_isa *isas, int n_isas) {
-    enum { M = 5, N = 6 };
-    const int64_t ks[] = {(INT64_C(1) << 20) + 1, (INT64_C(1) << 20) + 65};
-    for (size_t a = 0; a < 2; a++) {
+    enum { M = 5, N = 11 };
+    const int64_t ks[] = {INT64_C(2048) * 64, (INT64_C(1) << 20) + 1, (INT64_C(1) << 20) + 65};
+    takane_isa all[4] = {TAKANE_ISA_SCALAR};
+    for (int s = 0; s < n_isas; s++) all[s + 1] = isas[s];
+    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
         const int64_t k = ks[a], kw = words_for(k);
         uint64_t *xb = xmalloc(sizeof(uint64_t) * (size_t)(M * kw));
         uint64_t *wb = xmalloc(sizeof(uint64_t) * (size_t)(N * kw));
-        int32_t ys[M * N], yi[M * N];
+        int32_t ys[M * N], yi[M * N], yp[M * (N + 1)];
         for (int pattern = 0; pattern < 2; pattern++) {
             /* pattern 0: x all +1, w all -1 -> every product is -k; 1: random bits */
             for (int64_t q = 0; q < M * kw; q++) xb[q] = pattern ? next_u64() : ~UINT64_C(0);
@@ -331,9 +445,99 @@ static void check_large_k(const takane_isa *isas, int n_isas) {
                 CHECK(memcmp(yi, ys, sizeof ys) == 0, "%s large k=%lld pattern %d differs from scalar",
                       name(isas[s]), (long long)k, pattern);
             }
+            takane_weights *h = make_weights(N, k, wb, kw);
+            for (int s = 0; h && s < n_isas + 1; s++)
+                for (int threads = 1; threads <= 2; threads++)
+                    run_prepacked(h, all[s], 0, threads, M, N, k, NULL, 0, NULL, xb, kw, yp,
+                                  N + 1, ys, N, "large k");
+            takane_weights_free(h);
         }
         free(xb), free(wb);
     }
+}
+
+/* Shapes with m*n*k above the library's serial cutoff (2^23 bit-MACs), so threads=2
+ * really runs two threads: many rows (the rows are split; 67 rows cross every panel_mr)
+ * and few rows (the panels are split; 203 rows = 25 panels + 3). Row strides wider than
+ * the rows, with garbage in the gaps, for x (packed and float), the weights and y. */
+static void check_prepacked_threads(const takane_isa *all, int n_all) {
+    const int64_t shapes[][3] = {{67, 75, 2049}, {5, 203, 8300}};
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int64_t m = shapes[c][0], n = shapes[c][1], k = shapes[c][2], kw = words_for(k);
+        const int64_t xs = k + 1, xbs = kw + 2, ws = kw + 1, ys = n + 1;
+        float *x = xmalloc(sizeof(float) * (size_t)(m * xs));
+        float *t = xmalloc(sizeof(float) * (size_t)k), *wf = xmalloc(sizeof(float) * (size_t)k);
+        uint64_t *xb = xmalloc(sizeof(uint64_t) * (size_t)(m * xbs));
+        uint64_t *wb = xmalloc(sizeof(uint64_t) * (size_t)(n * ws));
+        int32_t *ref = xmalloc(sizeof(int32_t) * (size_t)(m * n));
+        int32_t *y = xmalloc(sizeof(int32_t) * (size_t)(m * ys));
+        for (int64_t c2 = 0; c2 < k; c2++) t[c2] = uniform(-0.5f, 0.5f);
+        for (int64_t e = 0; e < m * xs; e++) x[e] = uniform(-2.0f, 2.0f); /* gaps included */
+        for (int64_t e = 0; e < m * xbs; e++) xb[e] = next_u64();           /* the gaps stay */
+        for (int64_t e = 0; e < n * ws; e++) wb[e] = next_u64();
+        for (int64_t i = 0; i < m; i++) plain_pack(x + i * xs, k, t, k, xb + i * xbs);
+        for (int64_t j = 0; j < n; j++) {
+            fill_x(wf, k, NULL, k);
+            plain_pack(wf, k, NULL, 0, wb + j * ws);
+        }
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                ref[i * n + j] = plain_dot(xb + i * xbs, wb + j * ws, k);
+        takane_weights *h = make_weights(n, k, wb, ws);
+        for (int s = 0; h && s < n_all; s++)
+            for (int fused = 0; fused < 2; fused++)
+                for (int threads = 1; threads <= 2; threads++)
+                    run_prepacked(h, all[s], fused, threads, m, n, k, x, xs, t, xb, xbs, y, ys,
+                                  ref, n, "threads");
+        takane_weights_free(h);
+        free(x), free(t), free(wf), free(xb), free(wb), free(ref), free(y);
+    }
+}
+
+/* The handle's edges: bad padding and NULLs are refused, k == 0 gives zeros, n == 0
+ * and m == 0 are no-ops, and padding in x is refused on every set. */
+static void check_prepacked_edges(const takane_isa *all, int n_all) {
+    const int64_t k = 65, kw = 2;
+    uint64_t w[2 * 2] = {1, 1, 2, UINT64_C(1) << 1}; /* row 1's last word: bit 65 is padding */
+    takane_weights *h = (takane_weights *)&h;       /* must be reset to NULL on failure */
+    CHECK(takane_weights_create(2, k, w, kw, &h) == TAKANE_ERR_PADDING_BITS && h == NULL,
+          "weights_create accepted padding bits");
+    CHECK(takane_weights_create(2, k, w, kw, NULL) == TAKANE_ERR_NULL_POINTER,
+          "weights_create with out == NULL");
+    CHECK(takane_weights_info(NULL, NULL, NULL, NULL) == TAKANE_ERR_NULL_POINTER,
+          "weights_info(NULL)");
+    takane_weights_free(NULL); /* a no-op */
+    w[3] = 1;                  /* padding clear now */
+    h = make_weights(2, k, w, kw);
+    uint64_t xb[2] = {3, UINT64_C(1) << 2}; /* bit 66: padding */
+    int32_t y[2] = {CANARY, CANARY};
+    for (int s = 0; h && s < n_all; s++) {
+        force(all[s]);
+        CHECK(takane_binary_matmul_prepacked(h, 1, xb, kw, y, 2, 1) == TAKANE_ERR_PADDING_BITS,
+              "%s prepacked accepted padding in x", name(all[s]));
+        CHECK(takane_binary_matmul_prepacked(h, 0, NULL, kw, NULL, 2, 1) == TAKANE_OK,
+              "%s prepacked m=0", name(all[s]));
+        CHECK(y[0] == CANARY && y[1] == CANARY, "%s prepacked wrote on error", name(all[s]));
+    }
+    takane_weights_free(h);
+    /* n == 0: a valid empty handle; k == 0: every dot product is 0. */
+    h = make_weights(0, k, NULL, kw);
+    CHECK(!h || takane_binary_matmul_prepacked(h, 1, xb, kw, y, 0, 1) == TAKANE_OK, "n=0 handle");
+    takane_weights_free(h);
+    h = make_weights(2, 0, NULL, 0);
+    const float xf[1] = {0.0f};
+    for (int s = 0; h && s < n_all; s++) {
+        force(all[s]);
+        y[0] = y[1] = CANARY;
+        CHECK(takane_binary_matmul_prepacked(h, 1, xb, 0, y, 2, 1) == TAKANE_OK && y[0] == 0 &&
+                  y[1] == 0,
+              "%s prepacked k=0", name(all[s]));
+        y[0] = y[1] = CANARY;
+        CHECK(takane_binary_matmul_prepacked_f32(h, 1, xf, 0, NULL, 0, y, 2, 1) == TAKANE_OK &&
+                  y[0] == 0 && y[1] == 0,
+              "%s prepacked_f32 k=0", name(all[s]));
+    }
+    takane_weights_free(h);
 }
 
 int main(void) {
@@ -365,6 +569,10 @@ int main(void) {
         }
     }
     check_large_k(isas, n_isas);
+    takane_isa all[4] = {TAKANE_ISA_SCALAR};
+    for (int s = 0; s < n_isas; s++) all[s + 1] = isas[s];
+    check_prepacked_threads(all, n_isas + 1);
+    check_prepacked_edges(all, n_isas + 1);
     force(TAKANE_ISA_AUTO);
 
     printf("%ld checks, %ld failed\n", checks, failures);
