@@ -20,7 +20,9 @@
 
 /* Registry: every compiled kernel set, best first. Tests and benchmarks iterate the
  * same list through takane_isa_supported(). */
-#define KERNEL_SET(ISA, isa) {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa}
+#define KERNEL_SET(ISA, isa)                                                               \
+    {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
+     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa}
 static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX512
     KERNEL_SET(AVX512, avx512),
