@@ -34,7 +34,8 @@ def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | No
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     if a.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        a = np.ascontiguousarray(a, dtype=np.float32)
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite (after rounding to float32)")
     return a

@@ -119,7 +119,8 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None):
     x = np.asarray(x)
     xbits = x if x.dtype == np.uint64 else pack_bits(x, threshold)
     batch = xbits.shape[:-1]
-    y = matmul_unpacked(xbits.reshape(-1, xbits.shape[-1]), wbits, k).reshape(batch + (wbits.shape[0],))
+    rows = xbits.reshape(int(np.prod(batch, dtype=np.int64)), xbits.shape[-1])  # (-1, 0) is ambiguous
+    y = matmul_unpacked(rows, wbits, k).reshape(batch + (wbits.shape[0],))
     if out is not None:
         out[...] = y
         return out
