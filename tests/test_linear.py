@@ -12,8 +12,9 @@ from conftest import assert_ran, plain_matmul
 
 pytestmark = pytest.mark.usefixtures("on_isa")
 
-# rows at and around the C epilogue's switch to integer thresholds (8 rows), tile edges
-TEST_M = (0, 1, 2, 3, 5, 7, 8, 9, 17, 33)
+# rows at and around tile edges, the C epilogue's switch to integer thresholds (32 rows)
+# and its 64-row blocks
+TEST_M = (0, 1, 2, 3, 5, 7, 8, 9, 17, 31, 32, 33, 65)
 
 
 def dyadic(rng, shape):
@@ -51,7 +52,7 @@ def test_float_output_grid_exact(isa_name, k):
 
 @pytest.mark.parametrize("k", TEST_K)
 def test_bits_output_grid_exact(isa_name, k):
-    """Both C paths (float compare below 8 rows, integer thresholds from 8 rows) against
+    """Both C paths (float compare below 32 rows, integer thresholds from 32) against
     pack_bits of the reference float result, with signed/zero scales and thresholds
     placed exactly on attained values (the >= boundary)."""
     rng = np.random.default_rng(1000 + k)
@@ -107,7 +108,7 @@ def test_rounding_boundaries_of_the_float_expression(isa_name):
     """Large k and scales whose products round: the integer path must reproduce the float
     rounding of ((float)d * s) + b, not the real-number crossing (t - b) / s."""
     rng = np.random.default_rng(5)
-    k, n, m = 4097, 96, 24
+    k, n, m = 4097, 96, 40  # >= 32 rows: the integer path
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = rng.standard_normal((n, k))
     scale = (rng.standard_normal(n) * 1e-3).astype(np.float32)
@@ -125,7 +126,7 @@ def test_rounding_boundaries_of_the_float_expression(isa_name):
 @pytest.mark.parametrize("k", (1, 63, 64, 65, 513, 4097))
 def test_activation_scale_exact_on_dyadic_inputs(isa_name, k):
     rng = np.random.default_rng(k + 7)
-    x = dyadic(rng, (13, k))
+    x = dyadic(rng, (70, k))
     w = rng.standard_normal((21, k))
     pw = tk.pack_weights(w)
     bias = rng.standard_normal(21)
@@ -133,7 +134,7 @@ def test_activation_scale_exact_on_dyadic_inputs(isa_name, k):
     np.testing.assert_array_equal(tk.binary_linear(x, pw, bias=bias, activation_scale=True), expected)
     assert_ran(isa_name)
     t = rng.standard_normal(21)
-    for m in (3, 13):  # both C row counts (below and above the integer-path switch)
+    for m in (3, 70):  # one block of rows, and two (blocks are 64 rows)
         np.testing.assert_array_equal(
             tk.binary_linear(x[:m], pw, bias=bias, activation_scale=True, out_threshold=t),
             ref.binary_linear(x[:m], pw, bias=bias, activation_scale=True, out_threshold=t),

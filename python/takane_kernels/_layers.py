@@ -26,7 +26,8 @@ def _require_weights(w: object, op: str) -> PackedWeights:
 
 
 def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | None:
-    """None, or a finite float32 C-contiguous (length,) copy/view of v."""
+    """None, or v as a float32 C-contiguous (length,) array. Finiteness is checked by the
+    C library (TAKANE_ERR_NOT_FINITE), which is cheaper than a numpy pass per call."""
     if v is None:
         return None
     a = np.asarray(v)
@@ -34,11 +35,35 @@ def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | No
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     if a.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    with np.errstate(over="ignore"):  # overflow to inf is reported just below
-        a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite (after rounding to float32)")
-    return a
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    with np.errstate(over="ignore"):  # overflow to inf: the C library reports it
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _out_threshold_f32(t: object, n: int) -> np.ndarray:
+    """out_threshold as float32 (1,) or (n,), each value rounded *up* to float32: for a
+    float32 y, y >= t  <=>  y >= ceil_f32(t), so the comparison stays exact. A NaN in
+    a float32 array is left to the C library (TAKANE_ERR_NAN)."""
+    if isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape in ((), (n,)):
+        return np.ascontiguousarray(t).reshape(-1)  # already float32: nothing to round
+    if isinstance(t, float):  # Python and numpy float64 scalars
+        if t != t:
+            raise ValueError("out_threshold contains NaN (NaN has no sign)")
+        with np.errstate(over="ignore"):
+            f = np.float32(t)
+        if float(f) < t:
+            f = np.nextafter(f, np.float32(np.inf))
+        return np.array([f], dtype=np.float32)
+    t64 = np.asarray(t)
+    if t64.dtype.kind not in "fiub":
+        raise TypeError(f"out_threshold must be a real scalar or array, got dtype {t64.dtype}")
+    if t64.shape not in ((), (n,)):
+        raise ValueError(f"out_threshold must be a scalar or have shape ({n},) (one per output channel), got {t64.shape}")
+    t64 = t64.astype(np.float64)
+    if np.isnan(t64).any():
+        raise ValueError("out_threshold contains NaN (NaN has no sign)")
+    return _ceil_f32(t64)
 
 
 def _out_array(out: object, shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -122,18 +147,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     if out_threshold is None:
         shape, dtype, t_out = x.shape[:-1] + (n,), np.dtype(np.float32), None
     else:
-        t64 = np.asarray(out_threshold)
-        if t64.dtype.kind not in "fiub":
-            raise TypeError(f"out_threshold must be a real scalar or array, got dtype {t64.dtype}")
-        if t64.shape not in ((), (n,)):
-            raise ValueError(
-                f"out_threshold must be a scalar or have shape ({n},) (one per output channel), got {t64.shape}"
-            )
-        t64 = t64.astype(np.float64)
-        if np.isnan(t64).any():
-            raise ValueError("out_threshold contains NaN (NaN has no sign)")
-        # y is float32: y >= t  <=>  y >= (t rounded up to float32), exactly
-        t_out = _ceil_f32(t64)
+        t_out = _out_threshold_f32(out_threshold, n)
         shape, dtype = x.shape[:-1] + (words_for(n),), np.dtype(np.uint64)
     y = _out_array(out, shape, dtype)
     if out is not None and np.may_share_memory(out, x):
@@ -181,7 +195,11 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
                                                        kw, sptr, bptr, ffi.from_buffer("float[]", t_out), t_out.size,
                                                        yptr, ylen, nthreads)
     if status == lib.TAKANE_ERR_NOT_FINITE:
+        if bias32 is not None and not np.all(np.isfinite(bias32)):
+            raise ValueError("bias must be finite (after rounding to float32)")
         raise ValueError(f"{op}: x has an infinite value, so its mean |x| (activation_scale) is not finite")
+    if status == lib.TAKANE_ERR_NAN and t_out is not None and np.isnan(t_out).any():
+        raise ValueError("out_threshold contains NaN (NaN has no sign)")
     _raise_status(status, f"{op}: x" if status == lib.TAKANE_ERR_NAN else op)
     return y
 
@@ -228,6 +246,8 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
         _ptr("float[]", w.scale), _ptr("float[]", bias32), ffi.from_buffer("float[]", y, require_writable=True),
         n, nthreads,
     )
+    if status == lib.TAKANE_ERR_NOT_FINITE:  # scales are finite by construction: the bias
+        raise ValueError("bias must be finite (after rounding to float32)")
     _raise_status(status, op)
     return y
 
