@@ -20,8 +20,8 @@
  *   loaded from 16 weight bits) costs one instruction per 16 row-weights instead of
  *   about one per 21 here, before its horizontal reductions; measure both on Ice Lake or
  *   Zen 4 before tuning further.
- * Edges: the last 1..3 words of a row are read with VPMASKMOVQ (no overread, zeros);
- *   activations are zero past k, so columns past k add ±0.
+ * Edges: the last 1..3 words of a row are read with a zero-masked VMOVDQU64 (no
+ *   overread, zeros); activations are zero past k, so columns past k add ±0.
  * Float error: one float32 summation tree per output over the k signed activations, so
  *   the any-order bound of takane.h applies.
  * Invariants: xs holds ceil(k/64)*64 floats, zero past k; weight padding bits are zero.
@@ -89,11 +89,12 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
             hi[j] = _mm256_loadu_si256((const __m256i *)(w[8 + j] + w0));
         }
     } else {
-        const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(kw - w0),
-                                             _mm256_setr_epi64x(0, 1, 2, 3));
+        /* zero-masked 512-bit loads of the 1..3 remaining words (fault-suppressed, and
+         * in the SIMDe build the shim reads only the selected lanes) */
+        const __mmask8 m = (__mmask8)((1u << (kw - w0)) - 1);
         for (int j = 0; j < 8; j++) {
-            lo[j] = _mm256_maskload_epi64((const long long *)(w[j] + w0), m);
-            hi[j] = _mm256_maskload_epi64((const long long *)(w[8 + j] + w0), m);
+            lo[j] = _mm512_castsi512_si256(_mm512_maskz_loadu_epi64(m, w[j] + w0));
+            hi[j] = _mm512_castsi512_si256(_mm512_maskz_loadu_epi64(m, w[8 + j] + w0));
         }
     }
     transpose8(lo);
