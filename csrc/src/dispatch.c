@@ -19,7 +19,8 @@
 #endif
 
 /* Registry: every compiled kernel set, best first. Tests and benchmarks iterate the
- * same list through takane_isa_supported(). */
+ * same list through takane_isa_supported(). A set without its own layer kernels can use
+ * the portable ones (&takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar). */
 #define KERNEL_SET(ISA, isa)                                                               \
     {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
      &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa}

@@ -69,9 +69,9 @@ typedef struct takane_linear_ukernel {
 
 /*
  * W1A-float microkernels (csrc/kernels/wfloat/wfloat_<isa>.c), used by wfloat.c.
- * A kernel turns one activation row xs (k floats, in_scale already applied) into a
- * kernel-specific table of table_len(k) floats, then a panel call computes, for i < mr
- * (1 <= mr <= the set's mr) and j < nr,
+ * A kernel turns one activation row xs (in_scale already applied; ceil(k/64)*64 floats,
+ * zero past k) into a kernel-specific table of table_len(k) floats, then a panel call
+ * computes, for i < mr (1 <= mr <= the set's mr) and j < nr,
  *   sums[i * nr + j] = sum_c xs_i[c] * (bit c of w[j] ? +1 : -1)
  * in float32, any order (the documented error bound holds for every summation tree).
  * w holds exactly nr row pointers to ceil(k/64) canonical words each (the framework

@@ -107,9 +107,10 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``out_threshold`` (a scalar or one per output channel, shape (N,)) returns instead
     the canonical packed bits of ``y >= out_threshold`` — shape (..., ceil(N/64)) uint64,
     ready to be the next binary layer's packed input. The comparison is exact (as
-    ``pack_bits(y, out_threshold)`` would make it); without ``beta`` it runs on the integer
-    dot products against per-column integer thresholds derived in C from that same float
-    expression (a negative scale flips the comparison), so no float is formed per element.
+    ``pack_bits(y, out_threshold)`` would make it); without ``beta`` and from 32 rows on,
+    it runs on the integer dot products against per-column integer thresholds derived in
+    C from that same float expression (a negative scale flips the comparison), so no float
+    is formed per element; either way the bits are the same.
 
     ``x``: real (..., K) (binarized at ``threshold``, scalar or (K,), as in
     :func:`binary_matmul`) or canonical packed uint64 (..., ceil(K/64)) — then
