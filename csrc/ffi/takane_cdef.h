@@ -17,7 +17,8 @@ typedef enum takane_status {
     TAKANE_ERR_ENV_ISA = 9,
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
-    TAKANE_ERR_BAD_THREADS = 12
+    TAKANE_ERR_BAD_THREADS = 12,
+    TAKANE_ERR_NOT_FINITE = 13
 } takane_status;
 
 typedef enum takane_isa {
@@ -76,3 +77,46 @@ takane_status takane_binary_matmul_prepacked_f32(
     const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
     const float *threshold, int64_t threshold_len, int32_t *y, int64_t y_row_stride,
     int32_t threads);
+takane_status takane_binary_linear(int64_t m, int64_t n, int64_t k,
+                                   const uint64_t *x, int64_t x_row_stride,
+                                   const uint64_t *w, int64_t w_row_stride,
+                                   const float *scale, const float *bias,
+                                   const float *row_scale,
+                                   float *y, int64_t y_row_stride,
+                                   int32_t threads);
+takane_status takane_binary_linear_f32(int64_t m, int64_t n, int64_t k,
+                                       const float *x, int64_t x_row_stride,
+                                       const float *threshold, int64_t threshold_len,
+                                       int32_t activation_scale,
+                                       const uint64_t *w, int64_t w_row_stride,
+                                       const float *scale, const float *bias,
+                                       float *y, int64_t y_row_stride,
+                                       int32_t threads);
+takane_status takane_binary_linear_bits(int64_t m, int64_t n, int64_t k,
+                                        const uint64_t *x, int64_t x_row_stride,
+                                        const uint64_t *w, int64_t w_row_stride,
+                                        const float *scale, const float *bias,
+                                        const float *row_scale,
+                                        const float *out_threshold,
+                                        int64_t out_threshold_len,
+                                        uint64_t *y, int64_t y_row_stride,
+                                        int32_t threads);
+takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int64_t k,
+                                            const float *x, int64_t x_row_stride,
+                                            const float *threshold,
+                                            int64_t threshold_len,
+                                            int32_t activation_scale,
+                                            const uint64_t *w, int64_t w_row_stride,
+                                            const float *scale, const float *bias,
+                                            const float *out_threshold,
+                                            int64_t out_threshold_len,
+                                            uint64_t *y, int64_t y_row_stride,
+                                            int32_t threads);
+
+takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k,
+                                          const float *x, int64_t x_row_stride,
+                                          const uint64_t *w, int64_t w_row_stride,
+                                          const float *in_scale, const float *scale,
+                                          const float *bias,
+                                          float *y, int64_t y_row_stride,
+                                          int32_t threads);

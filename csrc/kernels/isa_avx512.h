@@ -41,6 +41,25 @@ static inline int64_t takane_emu_reduce_add_epi64(__m512i v) {
     for (int i = 0; i < 8; i++) sum += lane[i];
     return sum;
 }
+/* Conversions used by the layer kernels (linear_avx512.c): float -> double is exact;
+ * int32 -> float rounds to nearest even, as (float) does in C and the hardware does
+ * under the default MXCSR rounding. */
+static inline __m512d takane_emu_cvtps_pd(__m256 a) {
+    float in[8];
+    double lane[8];
+    _mm256_storeu_ps(in, a);
+    for (int i = 0; i < 8; i++) lane[i] = (double)in[i];
+    return _mm512_loadu_pd(lane);
+}
+static inline __m512 takane_emu_cvtepi32_ps(__m512i a) {
+    int32_t in[16];
+    float lane[16];
+    _mm512_storeu_si512(in, a);
+    for (int i = 0; i < 16; i++) lane[i] = (float)in[i];
+    return _mm512_loadu_ps(lane);
+}
+#define _mm512_cvtps_pd takane_emu_cvtps_pd
+#define _mm512_cvtepi32_ps takane_emu_cvtepi32_ps
 #define _mm512_maskz_loadu_epi64 takane_emu_maskz_loadu_epi64
 #define _mm512_maskz_loadu_ps takane_emu_maskz_loadu_ps
 #define _mm512_reduce_add_epi64 takane_emu_reduce_add_epi64

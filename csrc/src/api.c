@@ -47,6 +47,7 @@ const char *takane_status_string(takane_status status) {
     case TAKANE_ERR_OUT_OF_MEMORY: return "out of memory";
     case TAKANE_ERR_BAD_THRESHOLD_LEN: return "threshold_len must be 1 or k";
     case TAKANE_ERR_BAD_THREADS: return "threads must be >= 0";
+    case TAKANE_ERR_NOT_FINITE: return "a scale, bias or mean |x| activation scale is NaN or infinite";
     }
     return "unknown status";
 }

@@ -20,8 +20,11 @@
 #endif
 
 /* Registry: every compiled kernel set, best first. Tests and benchmarks iterate the
- * same list through takane_isa_supported(). */
-#define KERNEL_SET(ISA, isa) {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa}
+ * same list through takane_isa_supported(). A set without its own layer kernels can use
+ * the portable ones (&takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar). */
+#define KERNEL_SET(ISA, isa)                                                               \
+    {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
+     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa}
 static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX512
     KERNEL_SET(AVX512, avx512),
@@ -30,7 +33,9 @@ static const takane_kernel_set registry[] = {
     KERNEL_SET(AVX2, avx2),
 #endif
 #ifdef TAKANE_HAVE_NEON
-    KERNEL_SET(NEON, neon),
+    /* no NEON layer kernels yet: the portable ones, correct on any CPU */
+    {TAKANE_ISA_NEON, &takane_matmul_ukernel_neon, takane_pack_row_neon,
+     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar},
 #endif
     KERNEL_SET(SCALAR, scalar),
 };

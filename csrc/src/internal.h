@@ -72,11 +72,57 @@ typedef struct takane_matmul_ukernel {
     uint64_t (*probe)(uint64_t iters, uint64_t *sink);
 } takane_matmul_ukernel;
 
+/*
+ * W1A1 layer microkernels (csrc/kernels/linear/linear_<isa>.c), used by linear.c.
+ * Epilogue value of column j: v_j = ((float)d[j] * s[j]) * beta + b[j], each step rounded
+ * to float32 (these files are built with -ffp-contract=off); s == NULL, beta == NULL or
+ * b == NULL drops that step. Bit outputs write ceil(n/64) words with zero padding bits.
+ */
+typedef struct takane_linear_ukernel {
+    /* As takane_pack_row_fn; if abs_sum != NULL, also *abs_sum = sum |x[c]| over the row,
+     * accumulated in double in the same pass. Returns nonzero iff a NaN was seen. */
+    int (*pack_row)(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
+                    double *abs_sum);
+    /* y[j] = v_j for j < n. */
+    void (*affine_row)(const int32_t *d, int64_t n, const float *s, const float *beta,
+                       const float *b, float *y);
+    /* bit j of out = (v_j >= t[j]) if t_per_col else (v_j >= t[0]). */
+    void (*affine_bits_row)(const int32_t *d, int64_t n, const float *s, const float *beta,
+                            const float *b, const float *t, int t_per_col, uint64_t *out);
+    /* bit j of out = (d[j] > tint[j]) XOR bit j of flip (flip: ceil(n/64) words). */
+    void (*int_bits_row)(const int32_t *d, int64_t n, const int32_t *tint, const uint64_t *flip,
+                         uint64_t *out);
+} takane_linear_ukernel;
+
+/* Largest W1A-float tile any kernel set may declare (framework scratch is sized by it). */
+#define TAKANE_WFLOAT_MAX_MR 4
+#define TAKANE_WFLOAT_MAX_NR 16
+
+/*
+ * W1A-float microkernels (csrc/kernels/wfloat/wfloat_<isa>.c), used by wfloat.c.
+ * A kernel turns one activation row xs (in_scale already applied; ceil(k/64)*64 floats,
+ * zero past k) into a kernel-specific table of table_len(k) floats, then a panel call
+ * computes, for i < mr (1 <= mr <= the set's mr) and j < nr,
+ *   sums[i * nr + j] = sum_c xs_i[c] * (bit c of w[j] ? +1 : -1)
+ * in float32, any order (the documented error bound holds for every summation tree).
+ * w holds exactly nr row pointers to ceil(k/64) canonical words each (the framework
+ * repeats the last valid row on an edge panel); padding bits are zero.
+ */
+typedef struct takane_wfloat_ukernel {
+    int mr, nr;
+    int64_t (*table_len)(int64_t k);
+    void (*build_table)(const float *xs, int64_t k, float *table);
+    void (*panel)(const float *const *tables, int mr, const uint64_t *const *w, int64_t k,
+                  float *sums);
+} takane_wfloat_ukernel;
+
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
 typedef struct takane_kernel_set {
     takane_isa isa;
     const takane_matmul_ukernel *matmul;
     takane_pack_row_fn pack_row;
+    const takane_linear_ukernel *linear;
+    const takane_wfloat_ukernel *wfloat;
 } takane_kernel_set;
 
 /* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */
@@ -95,6 +141,14 @@ struct takane_weights {
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
 };
+
+/* The layer kernels (binary_linear, W1A-float) of each ISA. */
+#define TAKANE_DECLARE_LAYER_KERNELS(isa)                                                  \
+    extern const takane_linear_ukernel takane_linear_ukernel_##isa;                        \
+    extern const takane_wfloat_ukernel takane_wfloat_ukernel_##isa;
+TAKANE_DECLARE_LAYER_KERNELS(scalar)
+TAKANE_DECLARE_LAYER_KERNELS(avx2)
+TAKANE_DECLARE_LAYER_KERNELS(avx512)
 
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);

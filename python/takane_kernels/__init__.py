@@ -9,6 +9,9 @@ from ._ops import binary_matmul, pack_bits, pack_weights, unpack_bits
 from ._paths import get_include, get_library
 from ._takane import ffi as _ffi, lib as _lib
 from ._weights import MAX_K, PackedWeights
+from ._layers import binary_linear, binary_weight_matmul
+from ._adaptive import AdaptiveThreshold
+from ._interop import flip_polarity, from_packbits, to_packbits
 
 __version__ = "0.1.0"
 
@@ -19,6 +22,8 @@ __all__ = [
     "binary_matmul", "pack_bits", "unpack_bits", "pack_weights", "PackedWeights",
     "isa", "reference", "get_include", "get_library", "MAX_K", "__version__", "version_info",
     "default_threads",
+    "binary_linear", "binary_weight_matmul", "AdaptiveThreshold",
+    "from_packbits", "to_packbits", "flip_polarity",
 ]
 
 

@@ -169,8 +169,14 @@ def unpack_bits(bits: object, k: int, dtype: object = np.int8) -> np.ndarray:
 def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = None) -> PackedWeights:
     """Real weights (N, K) -> :class:`PackedWeights` (bit = ``w >= 0``).
 
-    ``scale``: ``"mean_abs"`` (per-row mean |w|, XNOR-Net's alpha), ``None``, or an (N,)
-    array. ``in_scale``: ``None`` or a (K,) array.
+    ``scale``: ``"mean_abs"`` (per-row mean |w|, XNOR-Net's alpha), ``"onebit"``, ``None``,
+    or an (N,) array. ``in_scale``: ``None`` or a (K,) array.
+
+    ``"onebit"`` is OneBit's initialisation (sign-value-independent decomposition):
+    ``|W| ≈ scale ⊗ in_scale``, the rank-1 factorisation from the first singular triplet
+    (σ, u, v) of |W|, split evenly as ``scale = √σ·u``, ``in_scale = √σ·v`` (both ≥ 0), so
+    that ``W ≈ sign(W) ⊙ (scale ⊗ in_scale)`` — the W1A-float layer of
+    :func:`binary_weight_matmul`. ``in_scale`` must then be left ``None``.
     """
     w = _as_real_array(w, "w")
     if w.ndim != 2:
@@ -178,11 +184,58 @@ def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = No
     if w.dtype.kind == "f" and np.isnan(w).any():
         raise ValueError("w contains NaN (NaN has no sign)")
     if isinstance(scale, str):
-        if scale != "mean_abs":
-            raise ValueError(f"scale must be 'mean_abs', None or an (N,) array, got {scale!r}")
         n, k = w.shape
-        scale = np.abs(w).mean(axis=1, dtype=np.float64) if k else np.zeros(n)
+        if scale == "mean_abs":
+            scale = np.abs(w).mean(axis=1, dtype=np.float64) if k else np.zeros(n)
+        elif scale == "onebit":
+            if in_scale is not None:
+                raise ValueError("scale='onebit' computes in_scale too: leave in_scale=None")
+            scale, in_scale = _onebit_factors(w)
+        else:
+            raise ValueError(f"scale must be 'mean_abs', 'onebit', None or an (N,) array, got {scale!r}")
     return PackedWeights(pack_bits(w), w.shape[1], scale=scale, in_scale=in_scale)
+
+
+def _onebit_factors(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(√σ·u, √σ·v) for the first singular triplet (σ, u, v) of |w|, by power iteration.
+
+    |w| is non-negative, so its first singular vectors can be taken non-negative
+    (Perron-Frobenius) and power iteration on |w|ᵀ|w| from the positive all-ones start
+    converges to them, at rate (σ2/σ1)² per step: a handful of steps for real weight
+    matrices, whose |W| is dominated by its mean. Products are float64, taken over row
+    blocks so a large float32 matrix is never copied whole. Stops when v moves by less
+    than 1e-12 (or after 1000 steps: with σ1 ≈ σ2 any vector of that subspace is an
+    equally good rank-1 factor).
+    """
+    if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
+        raise ValueError("w must be finite for scale='onebit'")
+    n, k = w.shape
+    a = np.abs(w) if w.dtype.kind == "f" else np.abs(w.astype(np.float64))
+    if n == 0 or k == 0 or not a.any():
+        return np.zeros(n), np.zeros(k)
+    block = max(1, 2**22 // k)  # rows per float64 block: 32 MiB at most
+
+    def matvec(v):  # |w| @ v
+        return np.concatenate([a[i:i + block].astype(np.float64) @ v for i in range(0, n, block)])
+
+    def rmatvec(u):  # |w|.T @ u
+        return sum(a[i:i + block].astype(np.float64).T @ u[i:i + block] for i in range(0, n, block))
+
+    v = np.full(k, 1.0 / np.sqrt(k))
+    for _ in range(1000):
+        u = matvec(v)
+        u /= np.linalg.norm(u)
+        v_new = rmatvec(u)
+        sigma = float(np.linalg.norm(v_new))
+        v_new /= sigma
+        moved = float(np.linalg.norm(v_new - v))
+        v = v_new
+        if moved <= 1e-12:
+            break
+    u = matvec(v) / sigma  # u consistent with the final v (|w| v = σ u)
+    root = np.sqrt(sigma)
+    # entries are >= 0 up to rounding: clip the tiny negatives rounding can leave
+    return np.maximum(root * u, 0.0), np.maximum(root * v, 0.0)
 
 
 def _resolve_weights(w: object, k: object):

@@ -164,11 +164,19 @@ class PackedWeights:
         return (_rebuild, (self._bits, self._k, self._scale, self._in_scale))
 
     # ---- persistence ------------------------------------------------------------------
-    # Format (version 1): an uncompressed .npz (no pickles) with the arrays
-    #   format (str), format_version (int64), k (int64), bits (N, W) uint64,
-    #   and optionally scale (N,) float32, in_scale (K,) float32.
+    # On-disk format, version 1: an uncompressed .npz (a zip of .npy files, no pickles)
+    # holding exactly these arrays, and nothing else:
+    #   format          0-d str   "takane_kernels.PackedWeights"
+    #   format_version  0-d int64 1
+    #   k               0-d int64 K (0 <= K <= 2**31 - 1)
+    #   bits            (N, ceil(K/64)) uint64, canonical (bit 1 = +1, LSB first, zero padding)
+    #   scale           (N,) float32, finite — only if the weights have a per-row scale
+    #   in_scale        (K,) float32, finite — only if they have a per-column scale
+    # The zip's CRC-32 per member catches corruption; a truncated file loses the zip's
+    # central directory (it is at the end). save() writes a temporary file next to the
+    # target and renames it into place, so a crash never leaves a half-written file.
     def save(self, path: str | os.PathLike) -> None:
-        """Write to ``path`` (an .npz file; numpy may append ``.npz`` if missing)."""
+        """Write to ``path`` exactly (no extension is added), atomically."""
         arrays = {
             "format": np.array(FORMAT_NAME),
             "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
@@ -179,28 +187,53 @@ class PackedWeights:
             arrays["scale"] = self._scale
         if self._in_scale is not None:
             arrays["in_scale"] = self._in_scale
-        np.savez(path, **arrays)
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedWeights":
-        """Read a file written by :meth:`save`, validating everything."""
+        """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
+        name = repr(os.fspath(path))
         try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {name: z[name] for name in z.files}
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz archive (a single .npy array?)")
+            with z:
+                data = {key: z[key] for key in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable PackedWeights file: {e}") from e
-        if not isinstance(data, dict) or str(data.get("format", "")) != FORMAT_NAME:
-            raise ValueError(f"{os.fspath(path)!r} is not a PackedWeights file (format tag missing)")
+            raise ValueError(f"{name} is not a readable PackedWeights file: {e}") from e
+        tag = data.get("format")
+        if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
+            raise ValueError(f"{name} is not a PackedWeights file (format tag missing)")
         version = data.get("format_version")
-        if version is None or version.shape != () or int(version) != FORMAT_VERSION:
+        if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
             raise ValueError(
-                f"{os.fspath(path)!r}: unsupported PackedWeights format version {version!r} "
+                f"{name}: unsupported PackedWeights format version {version!r} "
                 f"(this library reads version {FORMAT_VERSION})"
             )
+        allowed = {"format", "format_version", "k", "bits", "scale", "in_scale"}
         for key in ("k", "bits"):
             if key not in data:
-                raise ValueError(f"{os.fspath(path)!r}: missing array {key!r}")
+                raise ValueError(f"{name}: missing array {key!r}")
+        if set(data) - allowed:
+            raise ValueError(f"{name}: unexpected arrays {sorted(set(data) - allowed)} in a version-1 file")
         k = data["k"]
         if k.shape != () or k.dtype.kind not in "iu":
-            raise ValueError(f"{os.fspath(path)!r}: k must be an integer scalar")
-        return cls(data["bits"], int(k), scale=data.get("scale"), in_scale=data.get("in_scale"))
+            raise ValueError(f"{name}: k must be an integer scalar")
+        bits = data["bits"]
+        if bits.dtype != np.uint64 or bits.ndim != 2:
+            raise ValueError(f"{name}: bits must be a 2-D uint64 array, got {bits.dtype} {bits.shape}")
+        for key in ("scale", "in_scale"):
+            if key in data and data[key].dtype != np.float32:
+                raise ValueError(f"{name}: {key} must be float32, got {data[key].dtype}")
+        try:
+            return cls(bits, int(k), scale=data.get("scale"), in_scale=data.get("in_scale"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: invalid PackedWeights data: {e}") from e

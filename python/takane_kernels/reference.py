@@ -17,6 +17,7 @@ from ._weights import PackedWeights
 __all__ = [
     "pack_bits", "unpack_bits", "pack_weights", "binary_matmul",
     "matmul_unpacked", "matmul_popcount", "PackedWeights",
+    "binary_linear", "binary_weight_matmul", "binary_weight_matmul_error_bound", "AdaptiveThreshold",
 ]
 
 
@@ -68,10 +69,27 @@ def pack_weights(w, *, scale="mean_abs", in_scale=None):
     if w.ndim != 2:
         raise ValueError("w must be 2-D")
     if isinstance(scale, str):
-        if scale != "mean_abs":
+        if scale == "mean_abs":
+            scale = np.abs(w.astype(np.float64)).mean(axis=1) if w.shape[1] else np.zeros(w.shape[0])
+        elif scale == "onebit":
+            if in_scale is not None:
+                raise ValueError("onebit computes in_scale")
+            scale, in_scale = _onebit_svd(w)
+        else:
             raise ValueError(scale)
-        scale = np.abs(w.astype(np.float64)).mean(axis=1) if w.shape[1] else np.zeros(w.shape[0])
     return PackedWeights(pack_bits(w), w.shape[1], scale=scale, in_scale=in_scale)
+
+
+def _onebit_svd(w):
+    """OneBit's SVID: first singular triplet of |W| by LAPACK's full SVD, split as √σ."""
+    a = np.abs(w.astype(np.float64))
+    if a.size == 0 or not a.any():
+        return np.zeros(w.shape[0]), np.zeros(w.shape[1])
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    u0, v0 = u[:, 0], vt[0]
+    if u0.sum() < 0:  # the singular pair is defined up to a common sign: take it >= 0
+        u0, v0 = -u0, -v0
+    return np.sqrt(s[0]) * u0, np.sqrt(s[0]) * v0
 
 
 def matmul_unpacked(xbits, wbits, k):
@@ -101,8 +119,103 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None):
     x = np.asarray(x)
     xbits = x if x.dtype == np.uint64 else pack_bits(x, threshold)
     batch = xbits.shape[:-1]
-    y = matmul_unpacked(xbits.reshape(-1, xbits.shape[-1]), wbits, k).reshape(batch + (wbits.shape[0],))
+    rows = xbits.reshape(int(np.prod(batch, dtype=np.int64)), xbits.shape[-1])  # (-1, 0) is ambiguous
+    y = matmul_unpacked(rows, wbits, k).reshape(batch + (wbits.shape[0],))
     if out is not None:
         out[...] = y
         return out
     return y
+
+
+def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out_threshold=None, out=None,
+                  threads=None):
+    """The W1A1 layer, spelled out in numpy float32 steps (see takane_kernels.binary_linear).
+
+    y = ((float32(d) * scale) * beta) + bias, one float32 rounding per step, with
+    d = sign(x) @ sign(w).T exact and beta = float32(mean |x| in float64); with
+    out_threshold, the canonical bits of y >= out_threshold (compared exactly).
+    """
+    x = np.asarray(x)
+    d = binary_matmul(x, w, threshold=threshold)
+    y = d.astype(np.float32)
+    if w.scale is not None:
+        y = y * w.scale.astype(np.float32)
+    if activation_scale:
+        if x.dtype == np.uint64:
+            raise ValueError("activation_scale needs real x")
+        k = x.shape[-1]
+        beta = np.abs(x.astype(np.float64)).sum(axis=-1) / k if k else np.zeros(x.shape[:-1])
+        y = y * beta.astype(np.float32)[..., None]
+    if bias is not None:
+        y = y + np.asarray(bias).astype(np.float32)
+    result = y if out_threshold is None else pack_bits(y, out_threshold)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None):
+    """((x * in_scale) @ sign(W).T) * scale + bias in float64 — the value the float32 op
+    approximates within binary_weight_matmul_error_bound (returned as float64)."""
+    x64 = np.asarray(x).astype(np.float64)
+    signs = unpack_bits(w.bits, w.k, np.float64)
+    if w.in_scale is not None:
+        x64 = x64 * w.in_scale.astype(np.float64)
+    y = x64 @ signs.T
+    if w.scale is not None:
+        y = y * w.scale.astype(np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias).astype(np.float64)
+    if out is not None:
+        out[...] = y
+        return out
+    return y
+
+
+def binary_weight_matmul_error_bound(x, w, bias=None):
+    """The documented bound on |binary_weight_matmul − exact| per output, float64 (..., N):
+    gamma(K + 3) * |scale[n]| * sum_k |x[k] * in_scale[k]| + gamma(2) * |bias[n]|, with
+    u = 2**-24 and gamma(j) = j u / (1 - j u)."""
+    u = 2.0**-24
+
+    def gamma(j):
+        return j * u / (1 - j * u)
+
+    x64 = np.asarray(x).astype(np.float64)
+    if w.in_scale is not None:
+        x64 = x64 * w.in_scale.astype(np.float64)
+    total = np.abs(x64).sum(axis=-1)[..., None]
+    s = np.ones(w.bits.shape[0]) if w.scale is None else np.abs(w.scale.astype(np.float64))
+    bound = gamma(w.k + 3) * total * s
+    if bias is not None:
+        bound = bound + gamma(2) * np.abs(np.asarray(bias).astype(np.float64))
+    return bound
+
+
+class AdaptiveThreshold:
+    """EMA of per-channel mean and population std, channel by channel with math.fsum."""
+
+    def __init__(self, channels, *, decay=0.99, std_factor=0.5, mean_factor=0.0):
+        self.channels = int(channels)
+        self.decay, self.std_factor, self.mean_factor = float(decay), float(std_factor), float(mean_factor)
+        self.mean = [0.0] * self.channels
+        self.std = [1.0] * self.channels
+
+    def update(self, batch):
+        import math
+
+        rows = np.asarray(batch).astype(np.float64).reshape(-1, self.channels)
+        n = rows.shape[0]
+        for c in range(self.channels):
+            col = [float(v) for v in rows[:, c]]
+            mu = math.fsum(col) / n
+            sd = math.sqrt(math.fsum((v - mu) ** 2 for v in col) / n)
+            self.mean[c] += (1.0 - self.decay) * (mu - self.mean[c])
+            self.std[c] += (1.0 - self.decay) * (sd - self.std[c])
+        return self
+
+    @property
+    def threshold(self):
+        return np.array([self.mean_factor * m + self.std_factor * s for m, s in zip(self.mean, self.std)])
+

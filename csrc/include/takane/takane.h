@@ -67,7 +67,8 @@ typedef enum takane_status {
                                           compute calls fail until takane_isa_force() */
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11, /* threshold_len is neither 1 nor k */
-    TAKANE_ERR_BAD_THREADS = 12        /* threads < 0 */
+    TAKANE_ERR_BAD_THREADS = 12,       /* threads < 0 */
+    TAKANE_ERR_NOT_FINITE = 13         /* a scale, bias or mean |x| is NaN or infinite */
 } takane_status;
 
 typedef enum takane_isa {
@@ -192,6 +193,87 @@ TAKANE_API takane_status takane_binary_matmul_prepacked_f32(
     const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
     const float *threshold, int64_t threshold_len, int32_t *y, int64_t y_row_stride,
     int32_t threads);
+/* ---- W1A1 layer: scales, bias, binarized output ------------------------------------ */
+
+/* With d[i][j] = dot(x_i, w_j) as takane_binary_matmul computes it, these write the float32
+ *   y[i][j] = ((float)d[i][j] * scale[j]) * beta[i] + bias[j]
+ * evaluated in exactly that order, each operation rounded to float32 (no fused
+ * multiply-add), so any numpy code doing the same float32 operations gets the same bits.
+ * A NULL scale, beta or bias drops its operation (it is not replaced by 1 or 0).
+ *   scale: n per-output-row scales (XNOR-Net's alpha), or NULL;
+ *   bias: n values, or NULL;
+ *   beta: takane_binary_linear*: row_scale, m values (row stride 1), or NULL;
+ *         takane_binary_linear_f32*: if activation_scale != 0, beta[i] = mean |x_i| over
+ *         the row's k floats, summed in double in the same pass that packs the row and
+ *         rounded once to float32 (k == 0 gives 0); else no beta.
+ * scale, bias and beta must be finite (else TAKANE_ERR_NOT_FINITE, also when an infinite
+ * activation makes mean |x| infinite). Activations are binarized as in takane_pack_f32.
+ * threads: as everywhere; these entry points currently run on the calling thread. */
+TAKANE_API takane_status takane_binary_linear(int64_t m, int64_t n, int64_t k,
+                                              const uint64_t *x, int64_t x_row_stride,
+                                              const uint64_t *w, int64_t w_row_stride,
+                                              const float *scale, const float *bias,
+                                              const float *row_scale,
+                                              float *y, int64_t y_row_stride,
+                                              int32_t threads);
+TAKANE_API takane_status takane_binary_linear_f32(int64_t m, int64_t n, int64_t k,
+                                                  const float *x, int64_t x_row_stride,
+                                                  const float *threshold, int64_t threshold_len,
+                                                  int32_t activation_scale,
+                                                  const uint64_t *w, int64_t w_row_stride,
+                                                  const float *scale, const float *bias,
+                                                  float *y, int64_t y_row_stride,
+                                                  int32_t threads);
+
+/* As above, but the output is binarized for the next binary layer: bit j of row i is
+ * y[i][j] >= out_threshold[j] (out_threshold_len == n) or >= out_threshold[0] (len 1),
+ * with y[i][j] the float32 value defined above, written canonically (ceil(n/64) words per
+ * row, padding bits 0, y_row_stride in words). Without beta the comparison runs on the
+ * integer dot products against per-column integer thresholds derived from that same float
+ * expression (a negative scale flips it), so the bits never depend on the path taken.
+ * A NaN out_threshold gives TAKANE_ERR_NAN; a length other than 1 or n gives
+ * TAKANE_ERR_BAD_THRESHOLD_LEN. */
+TAKANE_API takane_status takane_binary_linear_bits(int64_t m, int64_t n, int64_t k,
+                                                   const uint64_t *x, int64_t x_row_stride,
+                                                   const uint64_t *w, int64_t w_row_stride,
+                                                   const float *scale, const float *bias,
+                                                   const float *row_scale,
+                                                   const float *out_threshold,
+                                                   int64_t out_threshold_len,
+                                                   uint64_t *y, int64_t y_row_stride,
+                                                   int32_t threads);
+TAKANE_API takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int64_t k,
+                                                       const float *x, int64_t x_row_stride,
+                                                       const float *threshold,
+                                                       int64_t threshold_len,
+                                                       int32_t activation_scale,
+                                                       const uint64_t *w, int64_t w_row_stride,
+                                                       const float *scale, const float *bias,
+                                                       const float *out_threshold,
+                                                       int64_t out_threshold_len,
+                                                       uint64_t *y, int64_t y_row_stride,
+                                                       int32_t threads);
+
+/* ---- W1A-float: 1-bit weights, real activations (OneBit-style) ------------------------ */
+
+/* y[i][j] = (sum_c (x[i][c] * in_scale[c]) * sign(w_j)[c]) * scale[j] + bias[j]
+ * with sign(w_j)[c] = +1 for bit 1, -1 for bit 0; x: m rows of k floats (row stride
+ * x_row_stride floats); w: n packed rows; y: float32 (row stride y_row_stride floats).
+ * in_scale (k), scale (n) and bias (n) may each be NULL (the step is skipped) and must be
+ * finite (else TAKANE_ERR_NOT_FINITE). Activations follow IEEE arithmetic (NaN and
+ * infinities propagate). Accumulation is float32 in a kernel-specific order; for every
+ * kernel, barring overflow and underflow,
+ *   |y - exact| <= gamma(k + 2) * |scale[j]| * sum_c |x[i][c] * in_scale[c]| + u * |bias[j]|
+ * where u = 2^-24, gamma(n) = n u / (1 - n u), and "exact" is the real-number value of
+ * the formula on these float32 inputs. Non-zero padding in w gives TAKANE_ERR_PADDING_BITS.
+ * threads: as everywhere; this entry point currently runs on the calling thread. */
+TAKANE_API takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k,
+                                                     const float *x, int64_t x_row_stride,
+                                                     const uint64_t *w, int64_t w_row_stride,
+                                                     const float *in_scale, const float *scale,
+                                                     const float *bias,
+                                                     float *y, int64_t y_row_stride,
+                                                     int32_t threads);
 
 #ifdef __cplusplus
 }

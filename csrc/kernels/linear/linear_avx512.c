@@ -1,0 +1,121 @@
+/*
+ * linear_avx512.c — W1A1 layer microkernels for x86-64 AVX-512: packing that also sums
+ * |x| (beta = mean |x|), and binary_linear's epilogues.
+ *
+ * ISA and flags: AVX-512 F+BW+VL+VPOPCNTDQ (the flags of every *_avx512.c file) and
+ *   -ffp-contract=off, so the epilogue's multiply and add are never fused (the value is
+ *   rounded after each step, as the float32 numpy reference computes it).
+ * Step: 16 lanes. Packing: VCMPPS into a mask register IS 16 packed bits; a second
+ *   compare (UNORD_Q) catches NaN; |x| (VPANDD with 0x7fffffff) is widened by two
+ *   VCVTPS2PD into two double accumulators. Float epilogue: VCVTDQ2PS, VMULPS (scale),
+ *   VMULPS (beta), VADDPS (bias). Bit epilogues: VCMPPS GE_OQ into a mask, or on the
+ *   integer path VPCMPGTD against per-column integer thresholds; 4 masks make a word.
+ * Edges: packing reads its last partial group with a zero-masked load compared under the
+ *   same mask (no overread, zeros add 0 to the sum). The epilogues finish the last
+ *   n % 16 columns with scalar code computing the same float32 steps.
+ * Invariants: exactly ceil(k/64) / ceil(n/64) words written, padding bits 0.
+ */
+#include "../isa_avx512.h"
+
+#include "../../src/internal.h"
+
+static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
+                    double *abs_sum) {
+    const __m512 t_all = _mm512_set1_ps(t[0]);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512d sum0 = _mm512_setzero_pd(), sum1 = _mm512_setzero_pd();
+    __mmask16 nan = 0;
+    const int64_t kw = takane_words_for(k);
+    for (int64_t q = 0; q < kw; q++) {
+        uint64_t word = 0;
+        for (int g = 0; g < 4; g++) {
+            const int64_t c = q * 64 + g * 16;
+            if (c >= k) break;
+            const __mmask16 valid =
+                (c + 16 <= k) ? (__mmask16)0xffff : (__mmask16)((1u << (k - c)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(valid, x + c);
+            const __m512 th = per_channel ? _mm512_maskz_loadu_ps(valid, t + c) : t_all;
+            const __mmask16 ge = _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_GE_OQ);
+            nan |= _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_UNORD_Q);
+            word |= (uint64_t)ge << (g * 16);
+            if (abs_sum) {
+                const __m512d a = _mm512_castps_pd(
+                    _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask)));
+                sum0 = _mm512_add_pd(sum0, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_castpd512_pd256(a))));
+                sum1 = _mm512_add_pd(sum1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(a, 1))));
+            }
+        }
+        out[q] = word;
+    }
+    if (abs_sum) {
+        const __m512d s = _mm512_add_pd(sum0, sum1);
+        const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
+        const __m128d h2 = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+        *abs_sum = _mm_cvtsd_f64(_mm_add_sd(h2, _mm_unpackhi_pd(h2, h2)));
+    }
+    return nan != 0;
+}
+
+/* The epilogue value of 16 columns starting at j (see internal.h). Always inlined: a
+ * real call returning a zmm would change the ABI in the SIMDe-emulated test build. */
+static inline __attribute__((always_inline)) __m512 value16(const int32_t *d, const float *s, const float *beta, const float *b,
+                             int64_t j) {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(d + j)));
+    if (s) v = _mm512_mul_ps(v, _mm512_loadu_ps(s + j));
+    if (beta) v = _mm512_mul_ps(v, _mm512_set1_ps(*beta));
+    if (b) v = _mm512_add_ps(v, _mm512_loadu_ps(b + j));
+    return v;
+}
+
+static inline float value1(int32_t d, const float *s, const float *beta, const float *b,
+                           int64_t j) {
+    float v = (float)d;
+    if (s) v = v * s[j];
+    if (beta) v = v * *beta;
+    if (b) v = v + b[j];
+    return v;
+}
+
+static void affine_row(const int32_t *d, int64_t n, const float *s, const float *beta,
+                       const float *b, float *y) {
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, value16(d, s, beta, b, j));
+    for (; j < n; j++) y[j] = value1(d[j], s, beta, b, j);
+}
+
+static void affine_bits_row(const int32_t *d, int64_t n, const float *s, const float *beta,
+                            const float *b, const float *t, int t_per_col, uint64_t *out) {
+    const __m512 t_all = _mm512_set1_ps(t[0]);
+    for (int64_t q = 0; q * 64 < n; q++) {
+        uint64_t word = 0;
+        int64_t j = q * 64;
+        const int64_t end = (n - j) < 64 ? n : j + 64;
+        for (; j + 16 <= end; j += 16) {
+            const __m512 th = t_per_col ? _mm512_loadu_ps(t + j) : t_all;
+            const __mmask16 ge = _mm512_cmp_ps_mask(value16(d, s, beta, b, j), th, _CMP_GE_OQ);
+            word |= (uint64_t)ge << (j - q * 64);
+        }
+        for (; j < end; j++)
+            word |= (uint64_t)(value1(d[j], s, beta, b, j) >= t[t_per_col ? j : 0]) << (j - q * 64);
+        out[q] = word;
+    }
+}
+
+static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const uint64_t *flip,
+                         uint64_t *out) {
+    for (int64_t q = 0; q * 64 < n; q++) {
+        uint64_t word = 0;
+        int64_t j = q * 64;
+        const int64_t end = (n - j) < 64 ? n : j + 64;
+        for (; j + 16 <= end; j += 16) {
+            const __mmask16 gt = _mm512_cmpgt_epi32_mask(_mm512_loadu_si512((const void *)(d + j)),
+                                                         _mm512_loadu_si512((const void *)(tint + j)));
+            word |= (uint64_t)gt << (j - q * 64);
+        }
+        for (; j < end; j++) word |= (uint64_t)(d[j] > tint[j]) << (j - q * 64);
+        out[q] = word ^ flip[q]; /* flip has zero padding bits, so the padding stays 0 */
+    }
+}
+
+const takane_linear_ukernel takane_linear_ukernel_avx512 = {pack_row, affine_row,
+                                                            affine_bits_row, int_bits_row};

@@ -1,0 +1,76 @@
+/*
+ * linear_scalar.c — W1A1 layer microkernels, portable: packing that also sums |x| (for
+ * XNOR-Net's activation scale beta = mean |x|), and binary_linear's epilogues.
+ *
+ * ISA and flags: baseline only, plus -ffp-contract=off (every *linear* file): the epilogue
+ *   value ((float)d * s) * beta + b must be rounded after each operation, exactly as the
+ *   numpy reference computes it, so a multiply-add may never be fused.
+ * Tile: one row at a time; the epilogues are O(n) per row against the O(n k / 64) matmul.
+ * Key operations: one compare per packed bit; |x| summed in double (a K-term float32 sum
+ *   would lose up to K/2^24 relative; in double the error stays far below float32's ulp).
+ * Invariants: writes exactly ceil(k/64) (pack) or ceil(n/64) (bit epilogues) words, with
+ *   padding bits 0; NaN is reported, never packed silently.
+ */
+#include "../../src/internal.h"
+
+static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
+                    double *abs_sum) {
+    int nan = 0;
+    double sum = 0.0;
+    const int64_t kw = takane_words_for(k);
+    for (int64_t q = 0; q < kw; q++) {
+        const int64_t base = q * 64;
+        const int nb = (k - base) < 64 ? (int)(k - base) : 64;
+        uint64_t word = 0;
+        for (int b = 0; b < nb; b++) {
+            const float v = x[base + b];
+            const float th = per_channel ? t[base + b] : t[0];
+            word |= (uint64_t)(v >= th) << b;
+            nan |= (v != v) | (th != th);
+            sum += (double)(v < 0 ? -v : v);
+        }
+        out[q] = word; /* bits >= nb stay 0: canonical padding */
+    }
+    if (abs_sum) *abs_sum = sum;
+    return nan;
+}
+
+static inline float value(int32_t d, const float *s, const float *beta, const float *b,
+                          int64_t j) {
+    float v = (float)d;
+    if (s) v = v * s[j];
+    if (beta) v = v * *beta;
+    if (b) v = v + b[j];
+    return v;
+}
+
+static void affine_row(const int32_t *d, int64_t n, const float *s, const float *beta,
+                       const float *b, float *y) {
+    for (int64_t j = 0; j < n; j++) y[j] = value(d[j], s, beta, b, j);
+}
+
+static void affine_bits_row(const int32_t *d, int64_t n, const float *s, const float *beta,
+                            const float *b, const float *t, int t_per_col, uint64_t *out) {
+    for (int64_t q = 0; q * 64 < n; q++) {
+        const int nb = (n - q * 64) < 64 ? (int)(n - q * 64) : 64;
+        uint64_t word = 0;
+        for (int i = 0; i < nb; i++) {
+            const int64_t j = q * 64 + i;
+            word |= (uint64_t)(value(d[j], s, beta, b, j) >= t[t_per_col ? j : 0]) << i;
+        }
+        out[q] = word;
+    }
+}
+
+static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const uint64_t *flip,
+                         uint64_t *out) {
+    for (int64_t q = 0; q * 64 < n; q++) {
+        const int nb = (n - q * 64) < 64 ? (int)(n - q * 64) : 64;
+        uint64_t word = 0;
+        for (int i = 0; i < nb; i++) word |= (uint64_t)(d[q * 64 + i] > tint[q * 64 + i]) << i;
+        out[q] = word ^ flip[q]; /* flip has zero padding bits, so the padding stays 0 */
+    }
+}
+
+const takane_linear_ukernel takane_linear_ukernel_scalar = {pack_row, affine_row,
+                                                            affine_bits_row, int_bits_row};

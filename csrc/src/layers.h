@@ -1,0 +1,42 @@
+/*
+ * layers.h — what the layer entry points (api_layers.c) and their frameworks (linear.c,
+ * wfloat.c) share. Private: not installed, not part of the ABI.
+ */
+#ifndef TAKANE_LAYERS_H
+#define TAKANE_LAYERS_H
+
+#include "internal.h"
+
+/* One validated binary_linear call (see takane.h for the meaning of each field). */
+typedef struct takane_linear_args {
+    int64_t m, n, k;
+    int float_x;                     /* activations are floats (xf) rather than bits (xb) */
+    const uint64_t *xb;              /* packed activations, row stride xbs words */
+    int64_t xbs;
+    const float *xf;                 /* float activations, row stride xfs floats */
+    int64_t xfs;
+    const float *t;                  /* binarization threshold(s) of xf, never NULL */
+    int per_channel;                 /* t has k entries (else 1) */
+    int activation_scale;            /* beta = mean |x| of each float row */
+    const float *row_scale;          /* or beta given per row (packed x), or NULL */
+    const uint64_t *w;               /* n packed weight rows, row stride ws words */
+    int64_t ws;
+    const float *scale, *bias;       /* n each, or NULL */
+    const float *out_t;              /* binarized output threshold(s), or NULL: float out */
+    int out_t_per_col;               /* out_t has n entries (else 1) */
+    float *y;                        /* float output, row stride ys floats */
+    uint64_t *yb;                    /* or bits output, row stride ys words */
+    int64_t ys;
+} takane_linear_args;
+
+/* linear.c: run a validated call with m, n > 0. */
+takane_status takane_linear_run(const takane_kernel_set *ks, const takane_linear_args *a);
+
+/* wfloat.c: y = ((x * in_scale) @ sign(w).T) * scale + bias for a validated call with
+ * m, n > 0 (in_scale, scale, bias may be NULL). */
+takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
+                                const float *x, int64_t xs, const uint64_t *w, int64_t ws,
+                                const float *in_scale, const float *scale, const float *bias,
+                                float *y, int64_t ys);
+
+#endif /* TAKANE_LAYERS_H */
