@@ -169,21 +169,20 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
     /* Task grid: TASKS_PER_THREAD tasks per thread so that a late-starting worker costs
-     * little imbalance. Prefer splitting the weights (each core then keeps its own share
-     * in its L2, and rows are packed/loaded once per task); add a split over rows only
-     * when there are too few panels. Float activations with many rows split over rows
-     * only, so each row is binarized and packed exactly once, by the task that owns it. */
+     * little imbalance. With enough row tiles, split rows only: every task sweeps all
+     * panels in L2 blocks with whole 64-panel kernel calls, and on the float path packs
+     * each row exactly once. Few rows (GEMV-like): split the weights, each task streams
+     * its share once (the rows are packed once, below). Splitting a small N into one
+     * panel per task was measured 2x slower than one thread on (3136, 64, 576): each
+     * call then covered one panel and re-prepared its rows. */
     const int64_t want = nthreads > 1 ? (int64_t)nthreads * TASKS_PER_THREAD : 1;
     if (want == 1) {
         job.m_chunk = m, job.p_chunk = np;
-    } else if (!x && mtiles >= want) {
+    } else if (mtiles >= want) {
         job.m_chunk = (mtiles + want - 1) / want * mr, job.p_chunk = np;
     } else {
         job.p_chunk = (np + want - 1) / want;
-        const int64_t p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
-        int64_t m_tasks = x ? (want + p_tasks - 1) / p_tasks : 1;
-        if (m_tasks > mtiles) m_tasks = mtiles;
-        job.m_chunk = (mtiles + m_tasks - 1) / m_tasks * mr;
+        job.m_chunk = m;
     }
     job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
     uint64_t *packed = NULL;

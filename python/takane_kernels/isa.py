@@ -87,8 +87,9 @@ class force:
 
 def peak(name: str | None = None, seconds: float = 0.2) -> float:
     """Measured XOR+popcount peak of ISA ``name`` (default: the active one) on one core,
-    in bit-MACs per second: a register-resident loop of the kernels' own instruction
-    sequence, best of repeated runs over about ``seconds``. Benchmarks divide by it."""
+    in bit-MACs per second: the higher of a register-resident loop of the kernels' own
+    instruction sequence and the panel microkernel on L1-resident data, best of repeated
+    runs over about ``seconds``. Benchmarks divide by it."""
     value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
     out = ffi.new("double *")
     status = lib.takane_probe_peak(value, float(seconds), out)

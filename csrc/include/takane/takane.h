@@ -156,10 +156,11 @@ TAKANE_API int32_t takane_default_threads(void);
 /* ---- peak probe ------------------------------------------------------------------------ */
 
 /* Measure this CPU's XOR+popcount throughput on `isa` (TAKANE_ISA_AUTO: the active one)
- * with a register-resident loop of the instruction sequence its kernels use, for about
- * `seconds` (clamped to [0.001, 10]) on the calling thread. *bitmacs_per_second receives
- * the rate in bit-MACs per second (one bit XOR-popcounted = one bit-MAC), the ceiling a
- * kernel on that ISA can approach; benchmarks report efficiency against it. */
+ * on the calling thread for about `seconds` (clamped to [0.001, 10]): the higher of a
+ * register-resident loop of the instruction sequence its kernels use and its panel
+ * microkernel on L1-resident operands. *bitmacs_per_second receives the rate in bit-MACs
+ * per second (one bit XOR-popcounted = one bit-MAC): the ceiling a product on that ISA
+ * can approach on one core; benchmarks report efficiency against it. */
 TAKANE_API takane_status takane_probe_peak(takane_isa isa, double seconds,
                                            double *bitmacs_per_second);
 
