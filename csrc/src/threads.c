@@ -112,9 +112,16 @@ static void atfork_parent(void) {
 }
 static void atfork_child(void) {
     n_workers = 0; /* the workers were not copied into this process */
-    job_workers = job_active = 0;
-    pthread_mutex_unlock(&pool_lock);
-    pthread_mutex_unlock(&run_lock);
+    job_workers = 0;
+    job_active = 0;
+    /* Fresh locks and condition variables: a parent worker asleep in pthread_cond_wait at
+     * fork time stays registered as a waiter in the copied condvar, and glibc's broadcast
+     * can then wait forever for that phantom waiter to leave. This thread is the only one
+     * in the child, so re-initialising is safe. */
+    pthread_mutex_init(&pool_lock, NULL);
+    pthread_mutex_init(&run_lock, NULL);
+    pthread_cond_init(&work_cv, NULL);
+    pthread_cond_init(&done_cv, NULL);
 }
 static void register_atfork(void) { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); }
 
