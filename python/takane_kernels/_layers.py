@@ -12,10 +12,10 @@ import numpy as np
 
 from ._ops import (
     _EXACT_IN_F32, _HALF, _as_real_array, _ceil_f32, _check_threads, _raise_status,
-    _real_rows_for_c,
+    _real_rows_for_c, _threshold64,
 )
 from ._takane import ffi, lib
-from ._weights import PackedWeights, check_packed, words_for
+from ._weights import PackedWeights, check_packed, real_vector, words_for
 
 __all__ = ["binary_linear", "binary_weight_matmul"]
 
@@ -30,11 +30,7 @@ def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | No
     C library (TAKANE_ERR_NOT_FINITE), which is cheaper than a numpy pass per call."""
     if v is None:
         return None
-    a = np.asarray(v)
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
-    if a.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
+    a = real_vector(v, length, name, what)
     if a.dtype == np.float32 and a.flags.c_contiguous:
         return a
     with np.errstate(over="ignore"):  # overflow to inf: the C library reports it
@@ -55,15 +51,7 @@ def _out_threshold_f32(t: object, n: int) -> np.ndarray:
         if float(f) < t:
             f = np.nextafter(f, np.float32(np.inf))
         return np.array([f], dtype=np.float32)
-    t64 = np.asarray(t)
-    if t64.dtype.kind not in "fiub":
-        raise TypeError(f"out_threshold must be a real scalar or array, got dtype {t64.dtype}")
-    if t64.shape not in ((), (n,)):
-        raise ValueError(f"out_threshold must be a scalar or have shape ({n},) (one per output channel), got {t64.shape}")
-    t64 = t64.astype(np.float64)
-    if np.isnan(t64).any():
-        raise ValueError("out_threshold contains NaN (NaN has no sign)")
-    return _ceil_f32(t64)
+    return _ceil_f32(_threshold64(t, n, "out_threshold", "output channel"))
 
 
 def _out_array(out: object, shape: tuple, dtype: np.dtype) -> np.ndarray:

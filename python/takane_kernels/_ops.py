@@ -63,16 +63,16 @@ def _as_real_array(x: object, name: str) -> np.ndarray:
     return a
 
 
-def _threshold64(threshold: object, k: int) -> np.ndarray:
-    """Validated threshold as float64: shape () or (k,)."""
+def _threshold64(threshold: object, k: int, name: str = "threshold", per: str = "input channel") -> np.ndarray:
+    """Validated threshold as float64: shape () or (k,) (one per `per`)."""
     t = np.asarray(threshold)
     if t.dtype.kind not in "fiub":
-        raise TypeError(f"threshold must be a real scalar or array, got dtype {t.dtype}")
+        raise TypeError(f"{name} must be a real scalar or array, got dtype {t.dtype}")
     if t.shape not in ((), (k,)):
-        raise ValueError(f"threshold must be a scalar or have shape ({k},) (one per input channel), got {t.shape}")
+        raise ValueError(f"{name} must be a scalar or have shape ({k},) (one per {per}), got {t.shape}")
     t = t.astype(np.float64)
     if np.isnan(t).any():
-        raise ValueError("threshold contains NaN (NaN has no sign)")
+        raise ValueError(f"{name} contains NaN (NaN has no sign)")
     return t
 
 

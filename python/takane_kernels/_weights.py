@@ -74,15 +74,20 @@ def check_packed(bits: object, k: int, name: str) -> np.ndarray:
     return bits
 
 
-def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | None:
-    if v is None:
-        return None
+def real_vector(v: object, length: int, name: str, what: str) -> np.ndarray:
+    """v as an array of a real dtype and shape (length,), else TypeError/ValueError."""
     a = np.asarray(v)
     if a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
     if a.shape != (length,):
         raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    a = np.array(a, dtype=np.float32, order="C")  # owned copy
+    return a
+
+
+def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | None:
+    if v is None:
+        return None
+    a = np.array(real_vector(v, length, name, what), dtype=np.float32, order="C")  # owned copy
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{name} must be finite")
     a.flags.writeable = False

@@ -87,6 +87,15 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
  */
 #define FLUSH 31
 
+/* A panel's 8 counts (two vectors of four 64-bit lane sums, each < 2^32) as 8 uint32:
+ * keep the low dword of each lane, one 256-bit store. */
+static inline void store_counts(const __m256i tot[2], uint32_t *dst) {
+    const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m256i lo = _mm256_permutevar8x32_epi32(tot[0], low_dwords);
+    const __m256i hi = _mm256_permutevar8x32_epi32(tot[1], low_dwords);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_blend_epi32(lo, hi, 0xf0));
+}
+
 #define PANEL_TILE(MRC, NPC)                                                               \
     static inline __attribute__((always_inline)) void panel_##MRC##x##NPC(const uint64_t *const *x, const uint64_t *panels,       \
                                     int64_t pstride, int64_t kw, uint32_t *pc, int ldc) {   \
@@ -124,15 +133,9 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
                         tot[i][p][h] = _mm256_add_epi64(                                    \
                             tot[i][p][h], _mm256_sad_epu8(acc[i][p][h], _mm256_setzero_si256())); \
         }                                                                                   \
-        /* counts < 2^32: keep the low dword of each lane, 8 outputs per 256-bit store */ \
-        const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);                \
         for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) {                                                 \
-                const __m256i lo = _mm256_permutevar8x32_epi32(tot[i][p][0], low_dwords);   \
-                const __m256i hi = _mm256_permutevar8x32_epi32(tot[i][p][1], low_dwords);   \
-                _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
-                                    _mm256_blend_epi32(lo, hi, 0xf0));                      \
-            }                                                                               \
+            for (int p = 0; p < NPC; p++)                                                   \
+                store_counts(tot[i][p], pc + i * ldc + p * TAKANE_PANEL_ROWS);              \
     }
 
 PANEL_TILE(1, 1)
@@ -193,14 +196,9 @@ PANEL_TILE(4, 1)
                         tot[i][p][h] = _mm256_add_epi64(                                    \
                             tot[i][p][h], _mm256_sad_epu8(acc[i][p][h], _mm256_setzero_si256())); \
         }                                                                                   \
-        const __m256i low_dwords = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);                \
         for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) {                                                 \
-                const __m256i lo = _mm256_permutevar8x32_epi32(tot[i][p][0], low_dwords);   \
-                const __m256i hi = _mm256_permutevar8x32_epi32(tot[i][p][1], low_dwords);   \
-                _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
-                                    _mm256_blend_epi32(lo, hi, 0xf0));                      \
-            }                                                                               \
+            for (int p = 0; p < NPC; p++)                                                   \
+                store_counts(tot[i][p], pc + i * ldc + p * TAKANE_PANEL_ROWS);              \
     }
 
 SPLIT_TILE(2, 1)
