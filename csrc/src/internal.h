@@ -114,6 +114,15 @@ typedef struct takane_wfloat_ukernel {
     void (*build_table)(const float *xs, int64_t k, float *table);
     void (*panel)(const float *const *tables, int mr, const uint64_t *const *w, int64_t k,
                   float *sums);
+    /* Prepacked variant (NULL if the set has none; the framework then copies rows out of
+     * the panels for `panel`): the nr weight rows are those of nr / TAKANE_PANEL_ROWS
+     * consecutive panels of a takane_weights handle, panel t at panels + t * pstride
+     * words (pstride 0 repeats a panel: the framework's edge case), and only words
+     * [q0, q1) of each row are used, against the matching part of each (whole-row) table.
+     * Adds, for i < mr and j < nr, that part's sum to acc[i * nr + j] (one float32 add
+     * per element per call). Requires nr % TAKANE_PANEL_ROWS == 0, 0 <= q0 < q1 <= kw. */
+    void (*panel_packed)(const float *const *tables, int mr, const uint64_t *panels,
+                         int64_t pstride, int64_t q0, int64_t q1, float *acc);
 } takane_wfloat_ukernel;
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
@@ -159,6 +168,21 @@ void takane_note_used(takane_isa isa);
  * caller included; returns when all are done. Tasks must be independent. */
 typedef void (*takane_task_fn)(void *ctx, int64_t task);
 void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
+
+/* matmul.c: the W1A1 frameworks (validated calls with m, n, k > 0; see matmul.c).
+ * Canonical rows, single-threaded: */
+void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
+                              const uint64_t *x, int64_t xs, const uint64_t *w, int64_t ws,
+                              int32_t *y, int64_t ys);
+takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int64_t n,
+                                    int64_t k, const float *x, int64_t xs, const float *t,
+                                    int per_channel, const uint64_t *w, int64_t ws, int32_t *y,
+                                    int64_t ys);
+/* A prepacked handle, threaded: packed x (xf NULL) or float x binarized against t. */
+takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const uint64_t *x, int64_t xs,
+                                          const float *xf, const float *t, int per_channel,
+                                          int32_t *y, int64_t ys, int threads);
 
 static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
 

@@ -1,8 +1,9 @@
 /*
  * linear.c — the W1A1 layer framework (binary_linear): blocks of rows are packed (float
- * activations, with beta = mean |x| summed in the same pass), multiplied by
- * takane_matmul_packed_run into a small int32 scratch, and finished per row by the kernel
- * set's fused epilogue (scale, beta, bias; float32 or binarized canonical output).
+ * activations, with beta = mean |x| summed in the same pass), multiplied by the W1A1
+ * framework (takane_matmul_prepacked_run on a handle's panels, threaded; else
+ * takane_matmul_packed_run on canonical rows) into a small int32 scratch, and finished
+ * per row by the kernel set's fused epilogue (scale, beta, bias; float32 or binarized canonical output).
  * Baseline ISA; compiled with -ffp-contract=off like the epilogue kernels, so the float
  * expression ((float)d * s) * beta + b used to derive integer thresholds here is rounded
  * exactly as the kernels and the numpy reference round it.
@@ -16,10 +17,6 @@
 #include <string.h>
 
 #include "layers.h"
-
-void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
-                              const uint64_t *x, int64_t xs, const uint64_t *w, int64_t ws,
-                              int32_t *y, int64_t ys);
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -138,8 +135,15 @@ takane_status takane_linear_run(const takane_kernel_set *ks, const takane_linear
         }
         if (float_x && k == 0 && a->activation_scale) /* mean of no values: 0 */
             for (int64_t r = 0; r < rows; r++) beta[r] = 0.0f;
-        if (k == 0) memset(d, 0, (size_t)(rows * n) * sizeof(int32_t));
-        else takane_matmul_packed_run(ks, rows, n, k, xr, xrs, a->w, a->ws, d, n);
+        if (k == 0) {
+            memset(d, 0, (size_t)(rows * n) * sizeof(int32_t));
+        } else if (a->pw) {
+            st = takane_matmul_prepacked_run(ks, a->pw, rows, xr, xrs, NULL, NULL, 0, d, n,
+                                             a->threads);
+            if (st != TAKANE_OK) goto done;
+        } else {
+            takane_matmul_packed_run(ks, rows, n, k, xr, xrs, a->w, a->ws, d, n);
+        }
         for (int64_t r = 0; r < rows; r++) {
             const float *br = a->activation_scale ? beta + r
                               : a->row_scale      ? a->row_scale + r0 + r
