@@ -113,12 +113,24 @@ def test_wfloat_same_bits_for_every_thread_count(isa_name, m, n, k):
     assert np.all(err <= ref.binary_weight_matmul_error_bound(x, pw))
 
 
-@pytest.mark.parametrize("m,n,k", THREADED)
+# above the W1A1 framework's parallel cut-off (2**23 bit-MACs): few rows split the
+# weights (tasks then own whole 64-column output words: n = 1000 ends mid-word), many
+# rows split rows; 64 rows also take the integer-threshold epilogue (>= 32 rows)
+LINEAR_THREADED = [(2, 1000, 4500), (64, 300, 500)]
+
+
+@pytest.mark.parametrize("m,n,k", LINEAR_THREADED)
 def test_linear_same_bits_for_every_thread_count(isa_name, m, n, k):
     rng = np.random.default_rng(m + 1)
     x = rng.standard_normal((m, k)).astype(np.float32)
     pw = tk.pack_weights(rng.standard_normal((n, k)), scale="mean_abs")
-    expected = ref.binary_linear(x, pw, activation_scale=True)
-    for threads in (1, 2, 3, 8):
-        np.testing.assert_array_equal(tk.binary_linear(x, pw, activation_scale=True, threads=threads), expected)
-        assert_ran(isa_name)
+    bias = rng.standard_normal(n).astype(np.float32)
+    t_col = (rng.standard_normal(n) * 20).astype(np.float32)
+    cases = [dict(activation_scale=True), dict(bias=bias), dict(bias=bias, out_threshold=t_col),
+             dict(bias=bias, out_threshold=t_col, activation_scale=True), dict(out_threshold=1.5)]
+    for kw in cases:
+        expected = ref.binary_linear(x, pw, **kw)
+        for threads in (1, 2, 3, 8):
+            y = tk.binary_linear(x, pw, threads=threads, **kw)
+            np.testing.assert_array_equal(y, expected, err_msg=f"{kw} threads={threads}")
+            assert_ran(isa_name)

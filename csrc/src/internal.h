@@ -183,6 +183,17 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
                                           int64_t m, const uint64_t *x, int64_t xs,
                                           const float *xf, const float *t, int per_channel,
                                           int32_t *y, int64_t ys, int threads);
+/* The same with an epilogue: epi(ctx, r0, r1, c0, c1) is called, on the thread that
+ * computed them, once rows [r0, r1) x columns [c0, c1) of y are final; every (row,
+ * column) is covered by exactly one call, c0 is a multiple of 64 and c1 is one or n, so
+ * calls never share a 64-column word. Calls run concurrently (on disjoint blocks). */
+typedef void (*takane_epilogue_fn)(void *ctx, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
+takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
+                                              const takane_weights *w, int64_t m,
+                                              const uint64_t *x, int64_t xs, const float *xf,
+                                              const float *t, int per_channel, int32_t *y,
+                                              int64_t ys, int threads, takane_epilogue_fn epi,
+                                              void *epi_ctx);
 
 static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
 

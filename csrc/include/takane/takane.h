@@ -258,7 +258,8 @@ TAKANE_API takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int
 
 /* As the four entry points above, with the weights (and n, k) of a prepacked handle:
  * the same values and bits, from the panel kernels, on up to `threads` threads (the
- * matrix products; activation packing and the epilogue run on the calling thread). */
+ * products and the epilogue, fused per cache block; float activations are packed on
+ * the calling thread, 64 rows at a time). */
 TAKANE_API takane_status takane_binary_linear_prepacked(
     const takane_weights *weights, int64_t m, const uint64_t *x, int64_t x_row_stride,
     const float *scale, const float *bias, const float *row_scale, float *y,
