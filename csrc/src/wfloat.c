@@ -101,6 +101,10 @@ static void unpanel(const takane_weights *w, int64_t j0, int nr, uint64_t *rows,
                     const uint64_t **ptrs) {
     const int64_t kw = w->kw;
     for (int j = 0; j < nr; j++) {
+        if (kw == 0) { /* k == 0: no panels (NULL), kernels read nothing */
+            ptrs[j] = NULL;
+            continue;
+        }
         const int64_t row = min64(j0 + j, w->n - 1);
         const uint64_t *src = w->panels + (row / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS +
                               row % TAKANE_PANEL_ROWS;
@@ -139,12 +143,13 @@ static void wf_task(void *ctx, int64_t task) {
     for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
         const int mi = (int)min64(mr, i_end - i0);
         for (int i = 0; i < mi; i++) {
+            tp[i] = tables + i * tlen;
+            if (k == 0) continue; /* x may be NULL; empty tables, every sum is 0 */
             const float *row = job->x + (i0 + i) * job->xs;
             if (job->in_scale)
                 for (int64_t c = 0; c < k; c++) xbuf[c] = row[c] * job->in_scale[c];
             else
                 memcpy(xbuf, row, (size_t)k * sizeof(float));
-            tp[i] = tables + i * tlen;
             uk->build_table(xbuf, k, tables + i * tlen);
         }
         if (packed) {
