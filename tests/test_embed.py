@@ -12,6 +12,7 @@ import os
 import pathlib
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,18 +84,23 @@ def test_soname_carries_the_abi_version():
 
 
 def test_paths_and_command_line():
-    r = _run([sys.executable, "-m", "takane_kernels", "--cflags", "--libs"])
+    py = shlex.split(os.environ.get("TAKANE_TEST_EMULATOR", "")) + [sys.executable, "-m", "takane_kernels"]
+    r = _run(py + ["--cflags", "--libs"])
     lib = tk.get_library_dir()
     assert r.stdout.split() == [f"-I{tk.get_include()}", f"-L{lib}", "-ltakane_kernels", f"-Wl,-rpath,{lib}"]
-    r = _run([sys.executable, "-m", "takane_kernels", "--cmake-dir"])
+    r = _run(py + ["--cmake-dir"])
     assert r.stdout.strip() == tk.get_cmake_dir()
-    r = _run([sys.executable, "-m", "takane_kernels", "--pkgconfig-dir", "--library"])
+    r = _run(py + ["--pkgconfig-dir", "--library"])
     assert r.stdout.split() == [tk.get_pkgconfig_dir(), tk.get_library()]
 
 
 def test_cmake_root_entry_point():
     """scikit-build-core sets <name>_ROOT from cmake.root entry points; ours names the
     package directory, under which find_package finds lib/cmake/takane_kernels."""
+    try:
+        importlib.metadata.distribution("takane-kernels")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("takane_kernels is on the path without pip metadata (.ci/aarch64.sh assembles it by hand)")
     eps = importlib.metadata.entry_points(group="cmake.root")
     ep = [e for e in eps if e.name == "takane_kernels"]
     assert len(ep) == 1 and ep[0].value == "takane_kernels"
