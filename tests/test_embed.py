@@ -276,3 +276,17 @@ def test_moved_install_tree_still_builds(tmp_path):
     readelf = _tool("readelf")
     dynamic = _run([readelf, "-d", str(exe)]).stdout
     assert str(moved) in dynamic and str(PKG) not in dynamic, dynamic
+
+
+def test_every_public_function_is_documented():
+    """Each block of prototypes (separated by blank lines) in the installed header starts
+    with a comment, so no entry point is declared without its contract."""
+    text = (PKG / "include" / "takane" / "takane.h").read_text()
+    undocumented = []
+    for block in re.split(r"\n\s*\n", text):
+        first = block.find("TAKANE_API ")
+        if first < 0 or block.lstrip().startswith("#"):
+            continue
+        if "/*" not in block[:first]:
+            undocumented += re.findall(r"TAKANE_API[^;(]*?\b(takane_\w+)\s*\(", block)
+    assert not undocumented, f"prototypes without a comment block above them: {undocumented}"

@@ -7,6 +7,8 @@ a missing torch is an error instead, so these tests cannot silently not run.
 from __future__ import annotations
 
 import os
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -202,3 +204,14 @@ def test_errors():
         BinaryLinear(m.weights, bias=torch.zeros(3))
     with pytest.raises(ValueError, match="NaN"):
         m(torch.full((1, 64), float("nan")))
+
+
+def test_readme_torch_example_runs(tmp_path, monkeypatch):
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not next to tests/ (installed-package run)")
+    blocks = re.findall(r"```python torch\n(.*?)```", readme.read_text(), flags=re.S)
+    assert len(blocks) == 1, "README's 'Use from PyTorch' example (```python torch) is missing"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], str(readme), "exec"), {})
+    assert tk.PackedWeights.load(tmp_path / "layer.npz").n == 256
