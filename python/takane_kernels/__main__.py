@@ -7,6 +7,10 @@
    default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
    the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
    % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``.
+
+For embedders, ``--cflags``, ``--libs``, ``--cmake-dir``, ``--pkgconfig-dir``,
+``--includedir``, ``--libdir`` and ``--library`` print the paths of the C library
+installed in the package and exit (see README, "Use from C").
 """
 
 from __future__ import annotations
