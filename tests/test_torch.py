@@ -183,6 +183,25 @@ def test_packed_weights_round_trip(tmp_path):
     assert torch.equal(m(x), m2(x))
 
 
+def test_state_dict_round_trip(tmp_path):
+    for mode in ("w1a1", "w1a_float"):
+        m = BinaryLinear.from_linear(_linear(130, 33, seed=4), mode=mode)
+        torch.save(m.state_dict(), tmp_path / "m.pt")
+        state = torch.load(tmp_path / "m.pt", weights_only=True)
+        assert set(state) == {"bias", "_extra_state"}
+        other = BinaryLinear.from_linear(_linear(130, 33, seed=5), mode=mode)  # different weights
+        x = _x((4, 130))
+        assert not torch.equal(other(x), m(x))
+        other.load_state_dict(state)
+        assert other.weights == m.weights
+        assert torch.equal(other(x), m(x))
+    wrong = BinaryLinear.from_linear(_linear(130, 34), mode="w1a_float")
+    with pytest.raises(ValueError, match="34"):
+        wrong.load_state_dict(state)
+    with pytest.raises(ValueError, match="mode"):
+        BinaryLinear.from_linear(_linear(130, 33), mode="w1a1").load_state_dict(state)
+
+
 def test_errors():
     lin = _linear(64, 8)
     m = BinaryLinear.from_linear(lin)

@@ -6,7 +6,9 @@ float32). Nothing is converted per call: the packed weights (and their re-tiled 
 built once on first use) stay with the module, a contiguous CPU float32 input reaches the
 kernels as a numpy view of the tensor's memory (``Tensor.numpy()`` shares it), and the
 result is written straight into a new tensor's memory (``out=``). Inference only: no
-autograd (inputs that require grad are detached), CPU tensors only.
+autograd (inputs that require grad are detached), CPU tensors only. ``state_dict()`` holds
+the bias and the packed weights (as ``_extra_state``), so ``torch.save`` / ``torch.load``
+(also with ``weights_only=True``) and ``load_state_dict`` work as for any module.
 
 Modes (``y`` has shape ``(..., out_features)``, float32):
 
@@ -128,6 +130,33 @@ class BinaryLinear(nn.Module):
         else:
             tk.binary_weight_matmul(xn, self.weights, bias=bias, out=y.numpy(), threads=self.threads)
         return y
+
+    # state_dict() carries the packed weights as "_extra_state": plain tensors and ints,
+    # so torch.load(..., weights_only=True) reads it back.
+    def get_extra_state(self) -> dict:
+        w = self.weights
+        return {
+            "format": "takane_kernels.BinaryLinear", "version": 1, "mode": self.mode, "k": w.k,
+            "bits": torch.from_numpy(w.bits.view(np.int64).copy()),  # uint64 bit patterns
+            "scale": None if w.scale is None else torch.from_numpy(w.scale.copy()),
+            "in_scale": None if w.in_scale is None else torch.from_numpy(w.in_scale.copy()),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != "takane_kernels.BinaryLinear":
+            raise ValueError("not a takane_kernels.BinaryLinear state")
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported BinaryLinear state version {state.get('version')!r}")
+        if state["mode"] != self.mode:
+            raise ValueError(f"state is for mode {state['mode']!r}, this module is {self.mode!r}")
+        bits = state["bits"].detach().cpu().numpy().view(np.uint64)
+        opt = {key: None if state[key] is None else state[key].detach().cpu().numpy()
+               for key in ("scale", "in_scale")}
+        weights = tk.PackedWeights(bits, int(state["k"]), **opt)  # validates the format
+        if (weights.n, weights.k) != (self.out_features, self.in_features):
+            raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
+                             f"({self.out_features}, {self.in_features})")
+        self.weights = weights
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode!r}, "
