@@ -290,3 +290,25 @@ def test_every_public_function_is_documented():
         if "/*" not in block[:first]:
             undocumented += re.findall(r"TAKANE_API[^;(]*?\b(takane_\w+)\s*\(", block)
     assert not undocumented, f"prototypes without a comment block above them: {undocumented}"
+
+
+# Each computing op of the Python API and the C entry points it is built on: embedders get
+# the same kernels. (pack_weights' scales, unpack_bits, the packbits converters and
+# AdaptiveThreshold are numpy on top of these.)
+PYTHON_OPS_IN_C = {
+    "pack_bits": ["takane_pack_f32"],
+    "pack_weights": ["takane_pack_f32", "takane_weights_create", "takane_weights_free"],
+    "binary_matmul": ["takane_binary_matmul", "takane_binary_matmul_f32",
+                      "takane_binary_matmul_prepacked", "takane_binary_matmul_prepacked_f32"],
+    "binary_linear": ["takane_binary_linear", "takane_binary_linear_f32",
+                      "takane_binary_linear_bits", "takane_binary_linear_f32_bits"],
+    "binary_weight_matmul": ["takane_binary_weight_matmul"],
+}
+
+
+def test_every_python_op_has_its_c_entry_points():
+    funcs = set(header_functions((PKG / "include" / "takane" / "takane.h").read_text()))
+    for op, entry_points in PYTHON_OPS_IN_C.items():
+        assert callable(getattr(tk, op))
+        missing = [f for f in entry_points if f not in funcs]
+        assert not missing, f"tk.{op}: no C entry point {missing} in takane.h"
