@@ -326,3 +326,22 @@ def test_every_python_op_has_its_c_entry_points():
         assert callable(getattr(tk, op))
         missing = [f for f in entry_points if f not in funcs]
         assert not missing, f"tk.{op}: no C entry point {missing} in takane.h"
+
+
+def test_example_catches_a_header_library_mismatch(tmp_path):
+    """Compiled against a header that claims another ABI, the example refuses to run:
+    takane_abi_version() (the library's) differs from the header's TAKANE_ABI_VERSION."""
+    cc, _ = _toolchain()
+    inc = tmp_path / "include"
+    shutil.copytree(PKG / "include", inc)
+    h = inc / "takane" / "takane.h"
+    text, n = re.subn(rf"#define TAKANE_ABI_VERSION {ABI}\b", f"#define TAKANE_ABI_VERSION {ABI + 1}", h.read_text())
+    assert n == 1
+    h.write_text(text)
+    exe = tmp_path / "mismatch"
+    lib = tk.get_library_dir()
+    _run([cc, f"-I{inc}", str(_repo_file(EXAMPLE / "example.c")), f"-L{lib}", "-ltakane_kernels",
+          f"-Wl,-rpath,{lib}", "-o", str(exe)])
+    r = subprocess.run(EMULATOR + [str(exe)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"ABI mismatch: header {ABI + 1}, library {ABI}" in r.stderr
