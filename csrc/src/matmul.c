@@ -75,7 +75,6 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
 /* Activation rows packed per step of the fused float path: the packed block
  * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
 #define PACK_BLOCK_BYTES (64 * 1024)
-#define TASKS_PER_THREAD 4
 /* Panels per 64 output columns: the epilogue's unit (a binarized output word). */
 #define EPI_PANELS (64 / TAKANE_PANEL_ROWS)
 
@@ -185,29 +184,12 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
                                               int64_t ys, int threads, takane_epilogue_fn epi,
                                               void *epi_ctx) {
     gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, epi, epi_ctx, 0, 0, 0, TAKANE_OK};
-    const int mr = ks->matmul->panel_mr;
-    const int64_t mtiles = (m + mr - 1) / mr, np = w->npanels;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
-    /* Task grid: TASKS_PER_THREAD tasks per thread so that a late-starting worker costs
-     * little imbalance. With enough row tiles, split rows only: every task sweeps all
-     * panels in L2 blocks with whole 64-panel kernel calls, and on the float path packs
-     * each row exactly once. Few rows (GEMV-like): split the weights, each task streams
-     * its share once (the rows are packed once, below). Splitting a small N into one
-     * panel per task was measured 2x slower than one thread on (3136, 64, 576): each
-     * call then covered one panel and re-prepared its rows. */
-    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TASKS_PER_THREAD : 1;
-    if (want == 1) {
-        job.m_chunk = m, job.p_chunk = np;
-    } else if (mtiles >= want) {
-        job.m_chunk = (mtiles + want - 1) / want * mr, job.p_chunk = np;
-    } else {
-        job.p_chunk = (np + want - 1) / want;
-        if (epi) /* tasks own whole 64-column words of the epilogue's output */
-            job.p_chunk = (job.p_chunk + EPI_PANELS - 1) / EPI_PANELS * EPI_PANELS;
-        job.m_chunk = m;
-    }
-    job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
+    /* with an epilogue, tasks own whole 64-column words of its output */
+    const takane_grid grid = takane_plan_grid(nthreads, m, ks->matmul->panel_mr, w->npanels,
+                                              epi ? EPI_PANELS : 1);
+    job.m_chunk = grid.m_chunk, job.p_chunk = grid.p_chunk, job.p_tasks = grid.p_tasks;
     uint64_t *packed = NULL;
     if (!x && job.p_tasks > 1) {
         /* Weights are split across tasks and every task needs all (few) rows: pack them
@@ -223,8 +205,7 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
         }
         job.x = packed, job.xs = kw;
     }
-    const int64_t ntasks = ((m + job.m_chunk - 1) / job.m_chunk) * job.p_tasks;
-    takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    takane_parallel_run(nthreads, grid.ntasks, gemm_task, &job);
     free(packed);
     return (takane_status)job.failed;
 }

@@ -80,7 +80,6 @@ takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t 
 /* Below this many float MACs (m*n*k) the call stays on the calling thread: waking a
  * worker costs ~10-50 us, about what 2^20 table MACs take on one core. */
 #define MIN_PARALLEL_MACS (1 << 20)
-#define TASKS_PER_THREAD 4
 
 typedef struct wf_job {
     const takane_kernel_set *ks;
@@ -204,22 +203,13 @@ takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const tak
     const takane_wfloat_ukernel *uk = ks->wfloat;
     const int mr = uk->mr, nr = uk->nr;
     wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, y, ys, 0, 0, 0, TAKANE_OK};
-    const int64_t mtiles = (m + mr - 1) / mr, ngroups = (w->n + nr - 1) / nr;
+    const int64_t ngroups = (w->n + nr - 1) / nr;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_MACS) nthreads = 1;
-    /* Task grid as in the W1A1 framework: enough row tiles -> split rows (each task
-     * builds its own rows' tables once); else split the weight rows, and each task
-     * builds the (few) rows' tables itself, which costs O(k) against O(k * n / tasks). */
-    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TASKS_PER_THREAD : 1;
-    if (want == 1) {
-        job.m_chunk = m, job.g_chunk = ngroups;
-    } else if (mtiles >= want) {
-        job.m_chunk = (mtiles + want - 1) / want * mr, job.g_chunk = ngroups;
-    } else {
-        job.m_chunk = m, job.g_chunk = (ngroups + want - 1) / want;
-    }
-    job.g_tasks = (ngroups + job.g_chunk - 1) / job.g_chunk;
-    const int64_t ntasks = ((m + job.m_chunk - 1) / job.m_chunk) * job.g_tasks;
-    takane_parallel_run(nthreads, ntasks, wf_task, &job);
+    /* when the weights are split, each task builds the (few) rows' tables itself:
+     * O(k) against O(k * n / tasks) */
+    const takane_grid grid = takane_plan_grid(nthreads, m, mr, ngroups, 1);
+    job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    takane_parallel_run(nthreads, grid.ntasks, wf_task, &job);
     return (takane_status)job.failed;
 }
