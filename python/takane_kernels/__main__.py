@@ -7,6 +7,9 @@
    default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
    the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
    % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``.
+
+``python -m takane_kernels demo [--seeds 5 --epochs 60 --out DIR]`` instead trains and
+measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
 """
 
 from __future__ import annotations
@@ -164,6 +167,11 @@ def plot(report: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the accuracy demo has its own flags (python -m takane_kernels demo --help)
+        from takane_kernels._demo import main as demo_main
+
+        return demo_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
