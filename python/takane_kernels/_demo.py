@@ -34,6 +34,7 @@ Needs scikit-learn (and matplotlib for the chart): ``pip install "takane-kernels
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -397,6 +398,47 @@ def median_time(fn, budget_s=0.25, repeat=200):
 
 # ---- the experiment ----------------------------------------------------------------------
 
+def _one_blas_thread():
+    """Training multiplies small matrices: BLAS threads only add overhead (and spin on a
+    shared machine). threadpoolctl comes with scikit-learn; without it, nothing changes."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def _train_seed(seed, chosen, xtr, ytr, xte, yte, epochs, ft_epochs, lr_fp, lr_bin, acc, agree, checks, models, log):
+    fp32 = None
+    for v in chosen:
+        rng = np.random.default_rng(1000 * seed + 17)
+        t0 = time.perf_counter()
+        if v.source == "train":
+            net = train(Net(v, rng), xtr, ytr, epochs, lr_fp if v.kind == "fp32" else lr_bin, rng)
+            calibrate(net, xtr)
+            if v.kind == "fp32":
+                fp32 = net
+        elif v.source == "finetune":
+            net = Net(v, rng)
+            for name in ("W", "b", "g", "beta", "rm", "rv"):
+                setattr(net, name, [a.copy() for a in getattr(fp32, name)])
+            for w in net.W:
+                np.clip(w, -1, 1, out=w)
+            net = train(net, xtr, ytr, ft_epochs, lr_fp, rng)
+        else:
+            net = None
+        model = build_model(net, v, fp32)
+        pred = model.forward(xte).argmax(1)
+        acc[v.key].append(float((pred == yte).mean()))
+        checks[v.key] = model.check_reference(xte)
+        # the same weights as a plain numpy float model (training graph, inference mode)
+        if net is not None and v.kind != "int8":
+            agree[v.key].append(float((net.forward(xte)[0].argmax(1) == pred).mean()))
+        if seed == 0:
+            models[v.key] = model
+        log(f"  seed {seed} {v.key:20s} test accuracy {acc[v.key][-1]:.4f}  ({time.perf_counter() - t0:.1f} s)")
+
+
 def run(seeds=5, epochs=60, ft_epochs=None, lr_fp=3e-3, lr_bin=1e-2, variants=None, timing=True, time_budget=0.25,
         log=print, return_models=False):
     """Train and evaluate the variants; the report (JSON-able), and with ``return_models``
@@ -412,35 +454,10 @@ def run(seeds=5, epochs=60, ft_epochs=None, lr_fp=3e-3, lr_bin=1e-2, variants=No
     agree = {v.key: [] for v in chosen}
     checks, models = {}, {}
     t_start = time.perf_counter()
-    for seed in range(seeds):
-        fp32 = None
-        for v in chosen:
-            rng = np.random.default_rng(1000 * seed + 17)
-            t0 = time.perf_counter()
-            if v.source == "train":
-                net = train(Net(v, rng), xtr, ytr, epochs, lr_fp if v.kind == "fp32" else lr_bin, rng)
-                calibrate(net, xtr)
-                if v.kind == "fp32":
-                    fp32 = net
-            elif v.source == "finetune":
-                net = Net(v, rng)
-                for name in ("W", "b", "g", "beta", "rm", "rv"):
-                    setattr(net, name, [a.copy() for a in getattr(fp32, name)])
-                for w in net.W:
-                    np.clip(w, -1, 1, out=w)
-                net = train(net, xtr, ytr, ft_epochs, lr_fp, rng)
-            else:
-                net = None
-            model = build_model(net, v, fp32)
-            pred = model.forward(xte).argmax(1)
-            acc[v.key].append(float((pred == yte).mean()))
-            checks[v.key] = model.check_reference(xte)
-            # the same weights as a plain numpy float model (training graph, inference mode)
-            if net is not None and v.kind != "int8":
-                agree[v.key].append(float((net.forward(xte)[0].argmax(1) == pred).mean()))
-            if seed == 0:
-                models[v.key] = model
-            log(f"  seed {seed} {v.key:20s} test accuracy {acc[v.key][-1]:.4f}  ({time.perf_counter() - t0:.1f} s)")
+    with _one_blas_thread():
+        for seed in range(seeds):
+            _train_seed(seed, chosen, xtr, ytr, xte, yte, epochs, ft_epochs, lr_fp, lr_bin, acc, agree, checks,
+                        models, log)
     rows = []
     fp_mean = np.mean(acc["fp32"]) if "fp32" in acc else float("nan")
     fp_bytes = models["fp32"].weight_bytes() if "fp32" in models else None
