@@ -14,7 +14,8 @@ and evaluated on the held-out quarter in several precisions:
   original rule) or at mean + 0.5 * std (``centred``, ``mean_factor=1``); the thresholds
   are updated every training step and used by the forward pass (the same rule in
   training and inference). Batch norm precedes each binarization (folded into the
-  layer's scale and bias at inference); the ``nobn`` ablations drop it (plain biases).
+  layer's scale and bias at inference); the ``nobn`` ablations drop it (plain biases),
+  the ``nonorm`` ones drop the biases too (nothing but the threshold shifts the sign).
 - ``w1af_*``: every layer's weights ±1, activations real (ReLU): post-training from the
   FP32 model with per-row alpha or OneBit's per-row x per-column scales, and OneBit
   with a short fine-tune;
@@ -61,6 +62,7 @@ class Variant:
     weights: str = "float"  # "float", "mean_abs", "onebit"
     threshold: str = "zero"  # "zero", "adaptive", "centred" (W1A1 only)
     bn: bool = True
+    hidden_bias: bool = True  # without batch norm: learned biases before each sign (else fixed 0)
     source: str = "train"  # "train" (from scratch), "ptq" (from fp32), "finetune" (from fp32)
     ablation: bool = False
 
@@ -78,6 +80,12 @@ VARIANTS = [
     Variant("w1a1_adaptive_nobn", "W1A1 adaptive, no batch norm", "w1a1", "mean_abs", "adaptive", bn=False, ablation=True),
     Variant("w1a1_centred_nobn", "W1A1 centred adaptive, no batch norm", "w1a1", "mean_abs", "centred", bn=False,
             ablation=True),
+    Variant("w1a1_naive_nonorm", "W1A1 naive sign, no batch norm, no bias", "w1a1", "mean_abs", "zero", bn=False,
+            hidden_bias=False, ablation=True),
+    Variant("w1a1_adaptive_nonorm", "W1A1 adaptive, no batch norm, no bias", "w1a1", "mean_abs", "adaptive",
+            bn=False, hidden_bias=False, ablation=True),
+    Variant("w1a1_centred_nonorm", "W1A1 centred adaptive, no batch norm, no bias", "w1a1", "mean_abs", "centred",
+            bn=False, hidden_bias=False, ablation=True),
 ]
 
 
@@ -149,7 +157,7 @@ class Net:
     def params(self):
         ps = [("W", i) for i in range(self.depth)] + [("b", self.depth - 1)]
         for i in range(self.depth - 1):
-            ps += [("g", i), ("beta", i)] if self.v.bn else [("b", i)]
+            ps += [("g", i), ("beta", i)] if self.v.bn else [("b", i)] if self.v.hidden_bias else []
         return ps
 
     def weff(self, i):
@@ -456,8 +464,7 @@ def run(seeds=5, epochs=60, ft_epochs=None, lr_fp=3e-3, lr_bin=1e-2, variants=No
     ft_epochs = max(1, epochs // 4) if ft_epochs is None else ft_epochs
     chosen = [v for v in VARIANTS if variants is None or v.key in variants]
     keys = {v.key for v in chosen}
-    if keys & {"w1af_ptq_alpha", "w1af_ptq_onebit", "w1af_ft_onebit", "int8"}:
-        keys.add("fp32")
+    keys.add("fp32")  # the reference every row is relative to (and the source of the post-training rows)
     chosen = [v for v in VARIANTS if v.key in keys]
     acc = {v.key: [] for v in chosen}
     agree = {v.key: [] for v in chosen}
@@ -535,8 +542,11 @@ def markdown(report) -> str:
         "Every binary variant binarizes the weights of all three layers (first and last included); W1A1 "
         "variants binarize both hidden activations, the first layer reads real pixels and the last layer "
         "gives float logits. Batch norm (folded at inference) precedes each binarization except in the "
-        "*no batch norm* ablations (italic). Weight bytes: bits + float32 scales (`PackedWeights.nbytes`); "
-        "per-channel biases and thresholds (522 floats) not counted. Latency: whole network forward, "
+        "*no batch norm* ablations (italic; a learned bias instead, or nothing). Straight-through estimator "
+        "(gradient where |x − t| ≤ 1; weights: where |w| ≤ 1, latent weights clipped to [−1, 1]); W1A1 "
+        "thresholds updated by `AdaptiveThreshold.update` at every training step and used by that step. "
+        "Weight bytes: bits + float32 scales (`PackedWeights.nbytes`; int8: 1 byte per weight + a float32 "
+        "per row); per-channel biases (522 floats) and thresholds (512) not counted. Latency: whole network forward, "
         f"median, our kernels ({m['isa']}; the layer ops run on the calling thread) against the FP32 "
         "network in numpy float32 limited to one BLAS thread, measured alternately in one run; int8 is evaluated "
         "dequantized in numpy (not timed). Inference of every binary variant checked against "
