@@ -188,8 +188,9 @@ def _rank1(a, v):
 
 
 class Net:
-    """64 -> 256 -> 256 -> 10. Hidden layers: linear (no bias when batch-normed) -> BN ->
-    activation (ReLU, or sign at a threshold); last layer linear with bias."""
+    """Three layers of SHAPES[arch] (the conv net's are matmuls on im2col patches). Hidden
+    layers: linear (no bias when batch-normed) -> BN -> activation (ReLU, or sign at a
+    threshold); last layer linear with bias."""
 
     def __init__(self, v: Variant, rng):
         self.v = v
@@ -655,7 +656,7 @@ def plot(report, path):
                              gridspec_kw={"width_ratios": [3, 2] if timed else [1]})
     ax = axes[0, 0]
     ys = np.arange(len(rows))[::-1]
-    colors = ["#555555" if r["key"] == "fp32" else "#c44e52" if r["kind"] == "w1a1" else
+    colors = ["#555555" if r["kind"] == "fp32" else "#c44e52" if r["kind"] == "w1a1" else
               "#4c72b0" if r["kind"] == "w1af" else "#8c8c8c" for r in rows]
     acc = np.array([100 * r["acc_mean"] for r in rows])
     std = np.array([100 * r["acc_std"] for r in rows])
@@ -669,7 +670,7 @@ def plot(report, path):
     ax.set_yticks(ys, [r["label"] for r in rows], fontsize=8)
     ax.set_xlim(0, 125)
     ax.set_xlabel(f"test accuracy, mean ± std over {report['meta']['seeds']} seeds (hatched: ablations)")
-    ax.set_title("1-bit MLP on sklearn digits, inference on takane_kernels", fontsize=10)
+    ax.set_title("1-bit MLP and conv net on sklearn digits, inference on takane_kernels", fontsize=10)
     if timed:
         ax2 = axes[0, 1]
         for j, (b, lab) in enumerate((("t1", "batch 1"), ("t256", "batch 256"))):
