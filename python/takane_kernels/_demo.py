@@ -1,9 +1,9 @@
 """``python -m takane_kernels demo``: the 1-bit accuracy table, measured on real data.
 
-A small MLP (64 -> 256 -> 256 -> 10), and a small conv net, are trained in plain numpy on scikit-learn's
-handwritten digits (``sklearn.datasets.load_digits``: 1797 8x8 images, shipped with the
-package, no download), one fixed stratified train/test split (75/25, ``random_state=0``),
-and evaluated on the held-out quarter in several precisions:
+A small MLP (64 -> 256 -> 256 -> 10) and a small conv net are trained in plain numpy on
+scikit-learn's handwritten digits (``sklearn.datasets.load_digits``: 1797 8x8 images,
+shipped with the package, no download), one fixed stratified train/test split (75/25,
+``random_state=0``), and evaluated on the held-out quarter in several precisions:
 
 - ``fp32``: float32 weights, batch norm + ReLU (the 100% reference);
 - ``w1a1_*``: every layer's weights ±1 with a per-row alpha = mean|w| (XNOR-Net), hidden
@@ -619,7 +619,9 @@ def markdown(report) -> str:
     out.append(
         f"Digits (sklearn `load_digits`), {m['train']} train / {m['test']} test images (fixed stratified split), "
         f"MLP 64→256→256→10, {_n(m['epochs'], 'epoch')} from scratch (OneBit fine-tune: {_n(m['ft_epochs'], 'epoch')} "
-        f"from the FP32 model), Adam, batch {m['batch']}, {_n(m['seeds'], 'seed')} (initialisation and batch order). "
+        f"from the FP32 model), Adam (learning rate {m['lr_fp32']:g} for FP32 and the fine-tune, {m['lr_binary']:g} for "
+        f"binary training from scratch; cosine decay), batch {m['batch']}, {_n(m['seeds'], 'seed')} (initialisation "
+        "and batch order). "
         "Every binary variant binarizes the weights of all three layers (first and last included: 8-bit "
         "or float first/last layers, the usual BNN practice, would cost more bytes); W1A1 "
         "variants binarize both hidden activations, the first layer reads real pixels and the last layer "
