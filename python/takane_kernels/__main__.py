@@ -11,6 +11,9 @@
 For embedders, ``--cflags``, ``--libs``, ``--cmake-dir``, ``--pkgconfig-dir``,
 ``--includedir``, ``--libdir`` and ``--library`` print the paths of the C library
 installed in the package and exit (see README, "Use from C").
+
+``python -m takane_kernels demo [--seeds 5 --epochs 60 --out DIR]`` instead trains and
+measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
 """
 
 from __future__ import annotations
@@ -189,6 +192,11 @@ def _embed_value(flag: str) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the accuracy demo has its own flags (python -m takane_kernels demo --help)
+        from takane_kernels._demo import main as demo_main
+
+        return demo_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
