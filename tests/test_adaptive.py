@@ -139,3 +139,27 @@ def test_thresholds_plug_into_packing_and_layers(isa_name):
         assert_ran(isa_name)
         np.testing.assert_array_equal(tk.binary_linear(x, pw, threshold=t), ref.binary_linear(x, pw, threshold=t))
         assert_ran(isa_name)
+
+
+def test_threshold_f32_gives_the_same_bits_as_threshold(isa_name):
+    """threshold_f32 = ceil_f32(threshold): for float32 activations, including values on
+    both float32 neighbours of every threshold, the bits are those of the float64 rule."""
+    rng = np.random.default_rng(4)
+    k = 200
+    at = tk.AdaptiveThreshold(k, decay=0.7)
+    at.update(rng.standard_normal((32, k)) * 3 + 0.1)
+    t, t32 = at.threshold, at.threshold_f32
+    assert t32.dtype == np.float32 and t32.shape == (k,)
+    assert np.all(t32.astype(np.float64) >= t) and np.all(np.nextafter(t32, -np.inf).astype(np.float64) < t)
+    x = rng.standard_normal((6, k)).astype(np.float32) * 3
+    x[0], x[1] = t32, np.nextafter(t32, -np.inf)  # just at and just below each threshold
+    pw = tk.pack_weights(rng.standard_normal((9, k)))
+    with tk.isa.force(isa_name):
+        np.testing.assert_array_equal(tk.pack_bits(x, t32), ref.pack_bits(x, t))
+        np.testing.assert_array_equal(tk.binary_linear(x, pw, threshold=t32), ref.binary_linear(x, pw, threshold=t))
+        assert_ran(isa_name)
+    # and float32 threshold arrays still reject NaN
+    bad = t32.copy()
+    bad[3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tk.binary_matmul(x, pw, threshold=bad)

@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from ._ops import _ceil_f32
+
 __all__ = ["AdaptiveThreshold"]
 
 _HYPER = ("decay", "std_factor", "mean_factor")
@@ -77,6 +79,17 @@ class AdaptiveThreshold:
     def threshold(self) -> np.ndarray:
         """``mean_factor * mean + std_factor * std``, float64 (channels,) (a new array)."""
         return self._mean_factor * self._mean + self._std_factor * self._std
+
+    @property
+    def threshold_f32(self) -> np.ndarray:
+        """``threshold`` rounded *up* to float32, (channels,) float32 (a new array).
+
+        For float32 (or narrower) activations ``v >= t`` exactly when
+        ``v >= threshold_f32``, so it gives the same bits as ``threshold`` while sparing
+        every call the rounding pass (a few microseconds at batch 1): compute it once after
+        calibration and pass it as ``threshold=``. (float64 activations are compared at
+        their own precision: give them ``threshold``.)"""
+        return _ceil_f32(self.threshold)
 
     def update(self, batch: object) -> "AdaptiveThreshold":
         """Fold one calibration batch (..., channels) into the running statistics."""

@@ -461,9 +461,10 @@ def build_model(net: Net, v: Variant, fp32_net: Net | None = None) -> Model:
         if v.kind == "w1a1" and i < src.depth - 1:
             thresholds.append(src.at[i].threshold if src.at is not None else 0.0)
     if v.kind == "w1a1" and src.at is not None:
-        # layer 2's output threshold as the smallest float32 >= each float64 value: for a
-        # float32 y the comparison y >= t is the same, and a float32 array skips a conversion
-        thresholds[1] = _ceil_f32(np.asarray(thresholds[1], dtype=np.float64))
+        # both thresholds as the smallest float32 >= each float64 value (threshold_f32): the
+        # values compared (layer 1's output, layer 2's y) are float32, so y >= t is the same,
+        # and a float32 array skips a rounding pass per call
+        thresholds = [_ceil_f32(np.asarray(t, dtype=np.float64)) for t in thresholds]
         if v.arch == "conv":  # layer 2 reads 3x3 patches, (tap, channel): one threshold per channel, 9 times
             thresholds[0] = np.tile(thresholds[0], 9)
     return Model(v.kind, layers, thresholds, v.arch)

@@ -8,6 +8,8 @@ error bound.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._ops import (
@@ -141,7 +143,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     y = _out_array(out, shape, dtype)
     if out is not None and np.may_share_memory(out, x):
         x = x.copy()  # the kernels read x while writing y: never let them alias
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    m = math.prod(x.shape[:-1])
     if m == 0 or n == 0:
         return y
     ylen = shape[-1]
@@ -226,7 +228,7 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     bias32 = _vector_f32(bias, n, "bias", "one per output channel N")
     shape = x.shape[:-1] + (n,)
     y = _out_array(out, shape, np.dtype(np.float32))
-    m = int(np.prod(x.shape[:-1], dtype=np.int64))
+    m = math.prod(x.shape[:-1])
     if m == 0 or n == 0:
         return y
     rows = np.ascontiguousarray(x, dtype=np.float32).reshape(m, k)

@@ -105,6 +105,12 @@ def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
     if x.dtype in _EXACT_IN_F32:
         if threshold.__class__ in (float, int):
             t32 = _scalar_threshold_f32(threshold)
+        elif (threshold.__class__ is np.ndarray and threshold.dtype is _F32
+              and threshold.shape in ((k,), ())):
+            # float32 thresholds are their own ceil_f32: no rounding pass per call
+            if np.isnan(threshold).any():
+                raise ValueError("threshold contains NaN (NaN has no sign)")
+            t32 = np.ascontiguousarray(threshold).reshape(-1)
         else:
             t32 = _ceil_f32(_threshold64(threshold, k))
         rows = x if x.dtype is _F32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
