@@ -125,11 +125,13 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
     packed = x.dtype == np.uint64
     if packed:
-        if np.any(np.asarray(threshold) != 0):
+        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
             raise ValueError("threshold applies to real x only; x is already packed (uint64)")
         if activation_scale:
             raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
-        check_packed(x, k, "x")
+        if x.shape[-1] != kw:
+            check_packed(x, k, "x")  # raises: wrong number of words
+        # padding bits are checked by the C call (an O(rows) scan), named below on error
     else:
         x = _as_real_array(x, "x")
         if x.shape[-1] != k:
@@ -187,6 +189,8 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
                                                                  int(activation_scale), sptr, bptr,
                                                                  ffi.from_buffer("float[]", t_out), t_out.size,
                                                                  yptr, ylen, nthreads)
+    if status == lib.TAKANE_ERR_PADDING_BITS and packed:
+        check_packed(x, k, "x")  # raises, naming x (the handle's padding was checked at creation)
     if status == lib.TAKANE_ERR_NOT_FINITE:
         if bias32 is not None and not np.all(np.isfinite(bias32)):
             raise ValueError("bias must be finite (after rounding to float32)")
