@@ -12,14 +12,16 @@
  * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 VPSRLD shared by the MR
  *   rows, then per row 8 VPERMPS (table from memory) + 8 VADDPS as a tree: 64 row-weights
  *   per VPERMPS, against 24 for AVX2's 8-entry tables, and half the table bytes per
- *   column. Lane r's chunks come from two 8x8 32-bit transposes (rows 0-7, rows 8-15)
- *   joined with VINSERTI64X4.
- * Choice: no AVX-512 hardware was available to measure on; this is the AVX2 kernel that
- *   was measured best (3.8x faster than k-lane masked sign selects at (1,4096,4096)) with
- *   twice the lanes and twice the group width. A masked-add kernel (VADDPS under a k-mask
- *   loaded from 16 weight bits) costs one instruction per 16 row-weights instead of
- *   about one per 21 here, before its horizontal reductions; measure both on Ice Lake or
- *   Zen 4 before tuning further.
+ *   column. On canonical rows, lane r's chunks come from two 8x8 32-bit transposes
+ *   (rows 0-7, rows 8-15) joined with VINSERTI64X4; on prepacked panels, from two
+ *   VPERMT2D per word (panel_packed, below).
+ * Choice (measured on a Zen 4 with AVX-512, 1 thread, (1,4096,4096), min of 15 runs,
+ *   alternating processes): this kernel 211-220 us on the prepacked path. A variant
+ *   with 5-column groups through 32-entry VPERMT2PS tables (13 lookups per 64 columns
+ *   instead of 16) was slower, 258-304 us: its second table load per lookup and the
+ *   larger tables cost more than the saved lookups. Microbenchmarks here: VPERMPS zmm
+ *   throughput is about half of VPADDD zmm, and a VPSRLD + VPERMPS + VADDPS triple costs
+ *   the same as VPERMPS alone, so the kernel is VPERMPS-bound (~70% of that bound).
  * Edges: the last 1..3 words of a row are read with a zero-masked VMOVDQU64 (no
  *   overread, zeros); activations are zero past k, so columns past k add ±0.
  * Float error: one float32 summation tree per output over the k signed activations, so
