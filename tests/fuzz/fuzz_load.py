@@ -21,11 +21,7 @@ import tempfile
 
 import numpy as np
 
-_DIR = tempfile.mkdtemp(prefix="takane-fuzz-load-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-_PATH = os.path.join(_DIR, "w.npz")
-
-
-def check_load_bytes(data: bytes, path: str = _PATH) -> str:
+def check_load_bytes(data: bytes, path: str) -> str:
     """Load ``data`` as a file; return "ok" or "rejected", raise on a contract violation."""
     import takane_kernels as tk
 
@@ -85,8 +81,11 @@ def main(argv: list[str]) -> None:
 
     atheris.instrument_all()  # coverage of the loader, numpy's .npy/.npz readers, zipfile
 
+    tmp = tempfile.mkdtemp(prefix="takane-fuzz-load-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    path = os.path.join(tmp, "w.npz")
+
     def one_input(data: bytes) -> None:
-        check_load_bytes(data)
+        check_load_bytes(data, path)
 
     atheris.Setup(argv, one_input)
     atheris.Fuzz()
