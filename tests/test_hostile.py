@@ -517,3 +517,28 @@ def test_threads_far_beyond_cores(on_isa, isa_name):
     for bad in (True, 2.0, "2"):
         with pytest.raises(TypeError, match="threads"):
             tk.binary_matmul(x, pw, threads=bad)
+
+
+def test_readme_bad_input_table_names_existing_tests():
+    """Every row of the README's "Bad input" table names at least one test, and every
+    test it names exists (file and function)."""
+    import ast
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = os.path.join(root, "README.md")
+    if not os.path.exists(readme):  # an installed-package run without the source tree
+        pytest.fail("README.md not found next to tests/")
+    text = open(readme, encoding="utf-8").read()
+    section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| bad input")]
+    assert len(rows) >= 20
+    defined: dict[str, set] = {}
+    for row in rows:
+        names = re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", row.rsplit("|", 2)[-2])
+        assert names, f"row without a test: {row}"
+        for path, func in names:
+            if path not in defined:
+                tree = ast.parse(open(os.path.join(root, path), encoding="utf-8").read())
+                defined[path] = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+            assert func in defined[path], f"{path}::{func} (README bad-input table) does not exist"

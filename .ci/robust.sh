@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Robustness jobs (issue #7), run by .ci/run as three steps; each fails on any report.
+#   bash .ci/robust.sh asan              C core + cffi extension built with
+#        -fsanitize=address,undefined -fno-sanitize-recover=undefined, the WHOLE test
+#        suite with the ASan runtime preloaded (DESIGN §7). Zero reports is checked
+#        mechanically: the extension must contain ASan instrumentation, pytest must exit
+#        0 (UBSan aborts on its first report), and the log must hold no sanitizer report.
+#   bash .ci/robust.sh valgrind          memcheck on the plain build (.venv), scalar and
+#        AVX2 kernels (valgrind 3.19 has no AVX-512 and hides it from CPUID, so the
+#        library picks avx2 by itself), suppressions limited to CPython / ld.so frames
+#        (tests/valgrind-python.supp), --error-exitcode and a grep of the per-process
+#        logs. Subset (valgrind is ~30-50x slower; ~2.5 min here): see VALGRIND_TESTS.
+#   bash .ci/robust.sh fuzz [SECONDS]    libFuzzer target for the raw packed-array C
+#        entry points (clang, ASan+UBSan) and the atheris target for PackedWeights.load,
+#        SECONDS each (default 20), after replaying every saved crash input. Prints
+#        executions and time. Longer local runs: bash .ci/robust.sh fuzz 600
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Valgrind subset, both ISAs each: the hostile inputs (minus the two tests that stream
+# 2**31-bit rows or 2**32-element products: minutes under valgrind, and covered by the
+# asan job), the packed bit format, the layer ops on their tile-edge grids, the
+# concurrency and fork tests, and the property tests (hypothesis "emulated" profile).
+VALGRIND_TESTS=(tests/test_hostile.py tests/test_bitformat.py tests/test_linear.py
+  tests/test_wfloat.py tests/test_threads.py tests/test_properties.py)
+VALGRIND_DESELECT="not test_k_at_max_exact and not test_dimension_products_past_32_bits and not test_threads_and_blocks_match_reference"
+
+apt_need() { # install Debian packages for missing commands/files: "cmd-or-path:package" ...
+  local need=()
+  for spec in "$@"; do
+    local what=${spec%%:*} pkg=${spec##*:}
+    if [[ $what == /* ]]; then [ -e "$what" ] || need+=("$pkg"); else command -v "$what" >/dev/null || need+=("$pkg"); fi
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+venv() { # the plain build of the README test command (.ci/run step 1), made if missing
+  [ -x .venv/bin/python ] || { python3 -m venv .venv && .venv/bin/pip install -q ".[test]"; }
+}
+
+case "${1:-}" in
+asan)
+  python3 -m venv .venv-asan
+  san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+  .venv-asan/bin/pip install -q ".[test]" -C build-dir=build/asan -C cmake.build-type=RelWithDebInfo \
+    -C "cmake.define.CMAKE_C_FLAGS=$san" \
+    -C "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" \
+    -C "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address,undefined"
+  ext=$(.venv-asan/bin/python -c "import importlib.util as u; print(u.find_spec('takane_kernels._takane').origin)" 2>/dev/null || true)
+  [ -n "$ext" ] || ext=$(ls .venv-asan/lib/python3*/site-packages/takane_kernels/_takane*.so)
+  nm "$ext" | grep -q __asan_report_load8 || { echo "extension $ext is not ASan-instrumented"; exit 1; }
+  nm "$ext" | grep -q __ubsan_handle || { echo "extension $ext is not UBSan-instrumented"; exit 1; }
+  mkdir -p build/asan
+  log=build/asan/pytest.log
+  # allocator_may_return_null: tests ask for impossible sizes (2**61 bytes) on purpose and
+  # expect TAKANE_ERR_OUT_OF_MEMORY / ValueError from a NULL malloc, not an ASan abort.
+  # Leak checking is off: CPython itself does not free everything at exit.
+  LD_PRELOAD=$(gcc -print-file-name=libasan.so) \
+    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    .venv-asan/bin/python -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$log"
+  if grep -nE "ERROR: AddressSanitizer|runtime error:|UndefinedBehaviorSanitizer|ERROR: LeakSanitizer" "$log"; then
+    echo "sanitizer reports found (above)"; exit 1
+  fi
+  echo "asan+ubsan: whole suite passed, 0 sanitizer reports"
+  ;;
+valgrind)
+  apt_need valgrind:valgrind
+  venv
+  rm -rf build/valgrind && mkdir -p build/valgrind
+  start=$SECONDS
+  rc=0
+  PYTHONMALLOC=malloc TAKANE_ISA=avx2 TAKANE_TEST_ISAS=avx2,scalar HYPOTHESIS_PROFILE=emulated \
+    valgrind --suppressions=tests/valgrind-python.supp --error-exitcode=99 --num-callers=30 \
+    --log-file=build/valgrind/memcheck.%p.log \
+    .venv/bin/python -m pytest "${VALGRIND_TESTS[@]}" -k "$VALGRIND_DESELECT" -q -p no:cacheprovider || rc=$?
+  echo "valgrind: $((SECONDS - start)) s, pytest/valgrind exit status $rc"
+  # every process valgrind followed (the interpreter, forked children) wrote a log
+  bad=$(grep -L "ERROR SUMMARY: 0 errors" build/valgrind/memcheck.*.log || true)
+  if [ "$rc" -ne 0 ] || [ -n "$bad" ]; then
+    for f in $bad; do echo "== $f"; cat "$f"; done
+    echo "valgrind: errors reported or tests failed"; exit 1
+  fi
+  echo "valgrind: $(ls build/valgrind/memcheck.*.log | wc -l) processes, 0 errors (scalar and avx2)"
+  ;;
+fuzz)
+  secs=${2:-20}
+  apt_need clang:clang /usr/lib/llvm-14/lib/clang/14.0.6/lib/linux/libclang_rt.fuzzer-x86_64.a:libclang-rt-14-dev
+  venv
+  .venv/bin/pip install -q atheris
+  CC=clang cmake -S tests/fuzz -B build/fuzz -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build/fuzz -j2 >/dev/null
+  mkdir -p build/fuzz/packed-corpus build/fuzz/load-corpus
+  # saved crash inputs first: each must now pass (libFuzzer runs file arguments once)
+  for f in tests/fuzz/packed_regressions/*; do
+    if [ -e "$f" ]; then build/fuzz/fuzz_packed "$f"; fi
+  done
+  .venv/bin/python tests/fuzz/fuzz_load.py tests/fuzz/load_regressions/* 2>&1 | tail -n 2
+  .venv/bin/python tests/fuzz/fuzz_load.py --make-seeds build/fuzz/load-corpus >/dev/null
+  (cd build/fuzz && ./fuzz_packed -max_total_time="$secs" -print_final_stats=1 packed-corpus 2>&1 |
+    grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|check failed")
+  (cd build/fuzz && ../../.venv/bin/python ../../tests/fuzz/fuzz_load.py -max_total_time="$secs" \
+    -print_final_stats=1 load-corpus 2>&1 |
+    grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|Error|Traceback")
+  if ls build/fuzz/crash-* build/fuzz/timeout-* build/fuzz/oom-* 2>/dev/null; then
+    echo "fuzz: crash inputs above (copy them to tests/fuzz/*_regressions/ with a fix)"; exit 1
+  fi
+  echo "fuzz: no crashes ($secs s per target)"
+  ;;
+*)
+  echo "usage: $0 asan|valgrind|fuzz [seconds]" >&2; exit 2 ;;
+esac
