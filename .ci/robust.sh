@@ -64,9 +64,10 @@ asan)
     -C "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-fsanitize=address,undefined"
   ext=$(.venv-asan/bin/python -c "import importlib.util as u; print(u.find_spec('takane_kernels._takane').origin)" 2>/dev/null || true)
   [ -n "$ext" ] || ext=$(ls .venv-asan/lib/python3*/site-packages/takane_kernels/_takane*.so)
-  nm "$ext" | grep -q __asan_report_load8 || { echo "extension $ext is not ASan-instrumented"; exit 1; }
-  nm "$ext" | grep -q __ubsan_handle || { echo "extension $ext is not UBSan-instrumented"; exit 1; }
   mkdir -p build/asan
+  nm "$ext" > build/asan/ext-symbols.txt  # (not piped into grep -q: SIGPIPE + pipefail)
+  grep -q __asan_report_load8 build/asan/ext-symbols.txt || { echo "$ext is not ASan-instrumented"; exit 1; }
+  grep -q __ubsan_handle build/asan/ext-symbols.txt || { echo "$ext is not UBSan-instrumented"; exit 1; }
   log=build/asan/pytest.log
   # allocator_may_return_null: tests ask for impossible sizes (2**61 bytes) on purpose and
   # expect TAKANE_ERR_OUT_OF_MEMORY / ValueError from a NULL malloc, not an ASan abort.
