@@ -56,6 +56,7 @@ asan)
   # kernels are compiled against SIMDe (as in the emulated step) so they run too.
   emu=()
   if ! grep -qw avx512_vpopcntdq /proc/cpuinfo || [ -n "${TAKANE_ASAN_EMULATE_AVX512:-}" ]; then
+    apt_need /usr/include/simde/x86/avx512.h:libsimde-dev
     emu=(-C cmake.define.TAKANE_AVX512_EMULATION=ON); echo "asan: avx512 kernels emulated with SIMDe"
   fi
   .venv-asan/bin/pip install -q ".[test]" -C build-dir=build/asan "${emu[@]}" -C cmake.build-type=RelWithDebInfo \
