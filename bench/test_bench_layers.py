@@ -1,7 +1,7 @@
 """Layer benchmarks: one group per op and shape, members side by side (DESIGN §8).
 
 W1A-float (``binary_weight_matmul``, OneBit-style weights): takane per supported ISA on
-one thread, against numpy float32 ``x @ w.T + bias`` with the unpacked float weights
+one thread (and the best ISA on the default thread count), against numpy float32 ``x @ w.T + bias`` with the unpacked float weights
 ``sign(W) * scale ⊗ in_scale`` (the same layer in float32; numpy uses its BLAS threads).
 ``extra_info`` records the bytes of the packed layer (bits + scales + bias) next to
 float32's. Each takane result is checked against the float64 oracle within the
@@ -77,7 +77,10 @@ def check_within_bound(y, d, rows=4):
 # Members of a group run back to back (shape is the outer parameter): on a shared machine
 # the ratios inside a group are what can be compared.
 
+THREADS = tk.default_threads()
 WFLOAT_MEMBERS = ["numpy float32 x @ w.T + bias"] + [f"takane {name}" for name in tk.isa.supported()]
+if THREADS > 1:
+    WFLOAT_MEMBERS.append(f"takane {BEST} {THREADS} threads")
 
 
 @pytest.mark.parametrize("member", WFLOAT_MEMBERS)
@@ -96,11 +99,13 @@ def test_wfloat(benchmark, shape, member):
         exact = ref.binary_weight_matmul(d["x"][:4], d["pw"], bias=d["bias"])
         np.testing.assert_allclose(y[:4], exact, rtol=1e-3, atol=1e-3 * np.abs(exact).max())
         return
-    isa_name = member.split()[-1]
+    threads = THREADS if member.endswith("threads") else 1
+    isa_name = member.split()[1]
     with tk.isa.force(isa_name):
-        y = benchmark(tk.binary_weight_matmul, d["x"], d["pw"], bias=d["bias"], threads=1)
+        y = benchmark(tk.binary_weight_matmul, d["x"], d["pw"], bias=d["bias"], threads=threads)
         assert tk.isa.last_used() == isa_name
     record(benchmark, shape, isa_name, **layer_bytes)
+    benchmark.extra_info["threads"] = threads
     check_within_bound(y, d)
 
 

@@ -112,6 +112,29 @@ takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int64_t k,
                                             int64_t out_threshold_len,
                                             uint64_t *y, int64_t y_row_stride,
                                             int32_t threads);
+takane_status takane_binary_linear_prepacked(const takane_weights *weights, int64_t m,
+                                             const uint64_t *x, int64_t x_row_stride,
+                                             const float *scale, const float *bias,
+                                             const float *row_scale, float *y,
+                                             int64_t y_row_stride, int32_t threads);
+takane_status takane_binary_linear_prepacked_f32(const takane_weights *weights, int64_t m,
+                                                 const float *x, int64_t x_row_stride,
+                                                 const float *threshold, int64_t threshold_len,
+                                                 int32_t activation_scale, const float *scale,
+                                                 const float *bias, float *y,
+                                                 int64_t y_row_stride, int32_t threads);
+takane_status takane_binary_linear_prepacked_bits(const takane_weights *weights, int64_t m,
+                                                  const uint64_t *x, int64_t x_row_stride,
+                                                  const float *scale, const float *bias,
+                                                  const float *row_scale,
+                                                  const float *out_threshold,
+                                                  int64_t out_threshold_len, uint64_t *y,
+                                                  int64_t y_row_stride, int32_t threads);
+takane_status takane_binary_linear_prepacked_f32_bits(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t activation_scale, const float *scale,
+    const float *bias, const float *out_threshold, int64_t out_threshold_len, uint64_t *y,
+    int64_t y_row_stride, int32_t threads);
 
 takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k,
                                           const float *x, int64_t x_row_stride,
@@ -120,3 +143,8 @@ takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k,
                                           const float *bias,
                                           float *y, int64_t y_row_stride,
                                           int32_t threads);
+takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weights, int64_t m,
+                                                    const float *x, int64_t x_row_stride,
+                                                    const float *in_scale, const float *scale,
+                                                    const float *bias, float *y,
+                                                    int64_t y_row_stride, int32_t threads);

@@ -8,18 +8,6 @@
 
 #include "internal.h"
 
-void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
-                              const uint64_t *x, int64_t xs, const uint64_t *w, int64_t ws,
-                              int32_t *y, int64_t ys);
-takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int64_t n,
-                                    int64_t k, const float *x, int64_t xs, const float *t,
-                                    int per_channel, const uint64_t *w, int64_t ws, int32_t *y,
-                                    int64_t ys);
-
-takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
-                                          int64_t m, const uint64_t *x, int64_t xs,
-                                          const float *xf, const float *t, int per_channel,
-                                          int32_t *y, int64_t ys, int threads);
 
 unsigned takane_abi_version(void) { return TAKANE_ABI_VERSION; }
 

@@ -38,7 +38,8 @@ static takane_status check_threshold(const float *t, int64_t len, int64_t full, 
  * (nothing to compute, nothing else was checked beyond dims and strides).
  */
 static takane_status check_linear(int64_t m, int64_t n, int64_t k, const void *x,
-                                  int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
+                                  int64_t x_row_stride, const takane_weights *pw,
+                                  const uint64_t *w, int64_t w_row_stride,
                                   const float *scale, const float *bias, const void *y,
                                   int64_t y_row_stride, int64_t y_len, int32_t threads,
                                   int *empty) {
@@ -49,8 +50,9 @@ static takane_status check_linear(int64_t m, int64_t n, int64_t k, const void *x
         return TAKANE_ERR_BAD_STRIDE;
     *empty = m == 0 || n == 0;
     if (*empty) return TAKANE_OK;
-    if (!y || (k > 0 && (!x || !w))) return TAKANE_ERR_NULL_POINTER;
-    if ((st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
+    if (!y || (k > 0 && (!x || (!pw && !w)))) return TAKANE_ERR_NULL_POINTER;
+    /* a handle's padding was checked when it was created */
+    if (!pw && (st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
     if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
     return check_finite(bias, n);
 }
@@ -66,15 +68,17 @@ static takane_status run_linear(takane_linear_args *a) {
 
 static const float zero_threshold = 0.0f;
 
-/* Packed activations: validate x, row_scale and build the arguments. */
-static takane_status linear_packed(int64_t m, int64_t n, int64_t k, const uint64_t *x,
-                                   int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
+/* Packed activations: validate x, row_scale and build the arguments. With a handle pw,
+ * n and k are the handle's and w is unused. */
+static takane_status linear_packed(const takane_weights *pw, int64_t m, int64_t n, int64_t k,
+                                   const uint64_t *x, int64_t x_row_stride, const uint64_t *w,
+                                   int64_t w_row_stride,
                                    const float *scale, const float *bias, const float *row_scale,
                                    int bits, const float *out_t, int64_t out_t_len, float *y,
                                    uint64_t *yb, int64_t y_row_stride, int32_t threads) {
     const int64_t y_len = bits ? takane_words_for(n) : n;
     int empty;
-    takane_status st = check_linear(m, n, k, x, x_row_stride, w, w_row_stride, scale, bias,
+    takane_status st = check_linear(m, n, k, x, x_row_stride, pw, w, w_row_stride, scale, bias,
                                     bits ? (const void *)yb : (const void *)y, y_row_stride,
                                     y_len, threads, &empty);
     if (st != TAKANE_OK || empty) return st;
@@ -86,15 +90,16 @@ static takane_status linear_packed(int64_t m, int64_t n, int64_t k, const uint64
     a.xb = x, a.xbs = x_row_stride;
     a.t = &zero_threshold;
     a.row_scale = row_scale;
-    a.w = w, a.ws = w_row_stride;
+    a.w = w, a.ws = w_row_stride, a.pw = pw, a.threads = threads;
     a.scale = scale, a.bias = bias;
     a.out_t = bits ? out_t : NULL, a.out_t_per_col = out_t_len == n && n != 1;
     a.y = y, a.yb = yb, a.ys = y_row_stride;
     return run_linear(&a);
 }
 
-/* Float activations: validate threshold and build the arguments. */
-static takane_status linear_f32(int64_t m, int64_t n, int64_t k, const float *x,
+/* Float activations: validate threshold and build the arguments (pw: as linear_packed). */
+static takane_status linear_f32(const takane_weights *pw, int64_t m, int64_t n, int64_t k,
+                                const float *x,
                                 int64_t x_row_stride, const float *threshold,
                                 int64_t threshold_len, int32_t activation_scale,
                                 const uint64_t *w, int64_t w_row_stride, const float *scale,
@@ -103,7 +108,7 @@ static takane_status linear_f32(int64_t m, int64_t n, int64_t k, const float *x,
                                 int32_t threads) {
     const int64_t y_len = bits ? takane_words_for(n) : n;
     int empty;
-    takane_status st = check_linear(m, n, k, x, x_row_stride, w, w_row_stride, scale, bias,
+    takane_status st = check_linear(m, n, k, x, x_row_stride, pw, w, w_row_stride, scale, bias,
                                     bits ? (const void *)yb : (const void *)y, y_row_stride,
                                     y_len, threads, &empty);
     if (st != TAKANE_OK) return st;
@@ -117,7 +122,7 @@ static takane_status linear_f32(int64_t m, int64_t n, int64_t k, const float *x,
     a.t = threshold ? threshold : &zero_threshold;
     a.per_channel = threshold && threshold_len == k && k != 1;
     a.activation_scale = activation_scale != 0;
-    a.w = w, a.ws = w_row_stride;
+    a.w = w, a.ws = w_row_stride, a.pw = pw, a.threads = threads;
     a.scale = scale, a.bias = bias;
     a.out_t = bits ? out_t : NULL, a.out_t_per_col = out_t_len == n && n != 1;
     a.y = y, a.yb = yb, a.ys = y_row_stride;
@@ -128,7 +133,7 @@ takane_status takane_binary_linear(int64_t m, int64_t n, int64_t k, const uint64
                                    int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
                                    const float *scale, const float *bias, const float *row_scale,
                                    float *y, int64_t y_row_stride, int32_t threads) {
-    return linear_packed(m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 0,
+    return linear_packed(NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 0,
                          NULL, 0, y, NULL, y_row_stride, threads);
 }
 
@@ -138,7 +143,7 @@ takane_status takane_binary_linear_f32(int64_t m, int64_t n, int64_t k, const fl
                                        const uint64_t *w, int64_t w_row_stride,
                                        const float *scale, const float *bias, float *y,
                                        int64_t y_row_stride, int32_t threads) {
-    return linear_f32(m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
+    return linear_f32(NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
                       w_row_stride, scale, bias, 0, NULL, 0, y, NULL, y_row_stride, threads);
 }
 
@@ -148,7 +153,7 @@ takane_status takane_binary_linear_bits(int64_t m, int64_t n, int64_t k, const u
                                         const float *bias, const float *row_scale,
                                         const float *out_threshold, int64_t out_threshold_len,
                                         uint64_t *y, int64_t y_row_stride, int32_t threads) {
-    return linear_packed(m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 1,
+    return linear_packed(NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 1,
                          out_threshold, out_threshold_len, NULL, y, y_row_stride, threads);
 }
 
@@ -160,7 +165,7 @@ takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int64_t k, con
                                             const float *out_threshold,
                                             int64_t out_threshold_len, uint64_t *y,
                                             int64_t y_row_stride, int32_t threads) {
-    return linear_f32(m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
+    return linear_f32(NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
                       w_row_stride, scale, bias, 1, out_threshold, out_threshold_len, NULL, y,
                       y_row_stride, threads);
 }
@@ -185,6 +190,89 @@ takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k, const
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
     st = takane_wfloat_run(ks, m, n, k, x, x_row_stride, w, w_row_stride, in_scale, scale, bias,
                            y, y_row_stride);
+    if (st != TAKANE_OK) return st;
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+/* ---- prepacked weights ---------------------------------------------------------------- */
+
+/* NULL handle / negative m: the errors the handle-less entry points give for them. */
+static takane_status check_handle(const takane_weights *w, int64_t m) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    return m < 0 ? TAKANE_ERR_NEGATIVE_DIMENSION : TAKANE_OK;
+}
+
+takane_status takane_binary_linear_prepacked(const takane_weights *weights, int64_t m,
+                                             const uint64_t *x, int64_t x_row_stride,
+                                             const float *scale, const float *bias,
+                                             const float *row_scale, float *y,
+                                             int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    return linear_packed(weights, m, weights->n, weights->k, x, x_row_stride, NULL, 0, scale,
+                         bias, row_scale, 0, NULL, 0, y, NULL, y_row_stride, threads);
+}
+
+takane_status takane_binary_linear_prepacked_f32(const takane_weights *weights, int64_t m,
+                                                 const float *x, int64_t x_row_stride,
+                                                 const float *threshold, int64_t threshold_len,
+                                                 int32_t activation_scale, const float *scale,
+                                                 const float *bias, float *y,
+                                                 int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    return linear_f32(weights, m, weights->n, weights->k, x, x_row_stride, threshold,
+                      threshold_len, activation_scale, NULL, 0, scale, bias, 0, NULL, 0, y,
+                      NULL, y_row_stride, threads);
+}
+
+takane_status takane_binary_linear_prepacked_bits(const takane_weights *weights, int64_t m,
+                                                  const uint64_t *x, int64_t x_row_stride,
+                                                  const float *scale, const float *bias,
+                                                  const float *row_scale,
+                                                  const float *out_threshold,
+                                                  int64_t out_threshold_len, uint64_t *y,
+                                                  int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    return linear_packed(weights, m, weights->n, weights->k, x, x_row_stride, NULL, 0, scale,
+                         bias, row_scale, 1, out_threshold, out_threshold_len, NULL, y,
+                         y_row_stride, threads);
+}
+
+takane_status takane_binary_linear_prepacked_f32_bits(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t activation_scale, const float *scale,
+    const float *bias, const float *out_threshold, int64_t out_threshold_len, uint64_t *y,
+    int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    return linear_f32(weights, m, weights->n, weights->k, x, x_row_stride, threshold,
+                      threshold_len, activation_scale, NULL, 0, scale, bias, 1, out_threshold,
+                      out_threshold_len, NULL, y, y_row_stride, threads);
+}
+
+takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weights, int64_t m,
+                                                    const float *x, int64_t x_row_stride,
+                                                    const float *in_scale, const float *scale,
+                                                    const float *bias, float *y,
+                                                    int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    const int64_t n = weights->n, k = weights->k;
+    if ((st = check_dims(m, n, k, threads)) != TAKANE_OK) return st;
+    if (x_row_stride < 0 || y_row_stride < 0 || (m > 1 && n > 0 && y_row_stride < n))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (m == 0 || n == 0) return TAKANE_OK;
+    if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
+    if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
+    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
+    if ((st = check_finite(bias, n)) != TAKANE_OK) return st;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale, bias, y,
+                                     y_row_stride, threads);
     if (st != TAKANE_OK) return st;
     takane_note_used(ks->isa);
     return TAKANE_OK;

@@ -114,6 +114,15 @@ typedef struct takane_wfloat_ukernel {
     void (*build_table)(const float *xs, int64_t k, float *table);
     void (*panel)(const float *const *tables, int mr, const uint64_t *const *w, int64_t k,
                   float *sums);
+    /* Prepacked variant (NULL if the set has none; the framework then copies rows out of
+     * the panels for `panel`): the nr weight rows are those of nr / TAKANE_PANEL_ROWS
+     * consecutive panels of a takane_weights handle, panel t at panels + t * pstride
+     * words (pstride 0 repeats a panel: the framework's edge case), and only words
+     * [q0, q1) of each row are used, against the matching part of each (whole-row) table.
+     * Adds, for i < mr and j < nr, that part's sum to acc[i * nr + j] (one float32 add
+     * per element per call). Requires nr % TAKANE_PANEL_ROWS == 0, 0 <= q0 < q1 <= kw. */
+    void (*panel_packed)(const float *const *tables, int mr, const uint64_t *panels,
+                         int64_t pstride, int64_t q0, int64_t q1, float *acc);
 } takane_wfloat_ukernel;
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
@@ -159,6 +168,66 @@ void takane_note_used(takane_isa isa);
  * caller included; returns when all are done. Tasks must be independent. */
 typedef void (*takane_task_fn)(void *ctx, int64_t task);
 void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
+
+/* matmul.c: the W1A1 frameworks (validated calls with m, n, k > 0; see matmul.c).
+ * Canonical rows, single-threaded: */
+void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
+                              const uint64_t *x, int64_t xs, const uint64_t *w, int64_t ws,
+                              int32_t *y, int64_t ys);
+takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int64_t n,
+                                    int64_t k, const float *x, int64_t xs, const float *t,
+                                    int per_channel, const uint64_t *w, int64_t ws, int32_t *y,
+                                    int64_t ys);
+/* A prepacked handle, threaded: packed x (xf NULL) or float x binarized against t. */
+takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const uint64_t *x, int64_t xs,
+                                          const float *xf, const float *t, int per_channel,
+                                          int32_t *y, int64_t ys, int threads);
+/* The same with an epilogue: epi(ctx, r0, r1, c0, c1) is called, on the thread that
+ * computed them, once rows [r0, r1) x columns [c0, c1) of y are final; every (row,
+ * column) is covered by exactly one call, c0 is a multiple of 64 and c1 is one or n, so
+ * calls never share a 64-column word. Calls run concurrently (on disjoint blocks). */
+typedef void (*takane_epilogue_fn)(void *ctx, int64_t r0, int64_t r1, int64_t c0, int64_t c1);
+takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
+                                              const takane_weights *w, int64_t m,
+                                              const uint64_t *x, int64_t xs, const float *xf,
+                                              const float *t, int per_channel, int32_t *y,
+                                              int64_t ys, int threads, takane_epilogue_fn epi,
+                                              void *epi_ctx);
+
+/* The task grid of the threaded frameworks: rows in chunks of m_chunk (a multiple of the
+ * row tile mr), weight blocks (panels or panel groups) in chunks of p_chunk (a multiple
+ * of p_align); task t covers row chunk t / p_tasks and block chunk t % p_tasks. With
+ * nthreads > 1 it aims at TAKANE_TASKS_PER_THREAD tasks per thread, so that a late
+ * worker costs little imbalance: enough row tiles -> split rows only (every task sweeps
+ * all weights, each row is prepared once); few rows (GEMV-like) -> split the weights,
+ * each task streams its share once. Splitting a small N into one panel per task was
+ * measured 2x slower than one thread on (3136, 64, 576) (each call then covered one
+ * panel and re-prepared its rows). */
+#define TAKANE_TASKS_PER_THREAD 4
+typedef struct takane_grid {
+    int64_t m_chunk, p_chunk, p_tasks, ntasks;
+} takane_grid;
+
+static inline takane_grid takane_plan_grid(int nthreads, int64_t m, int mr, int64_t nblocks,
+                                           int64_t p_align) {
+    takane_grid g;
+    const int64_t mtiles = (m + mr - 1) / mr;
+    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
+    if (want == 1) {
+        g.m_chunk = m, g.p_chunk = nblocks;
+    } else if (mtiles >= want) {
+        g.m_chunk = (mtiles + want - 1) / want * mr, g.p_chunk = nblocks;
+    } else {
+        g.m_chunk = m, g.p_chunk = (nblocks + want - 1) / want;
+        g.p_chunk = (g.p_chunk + p_align - 1) / p_align * p_align;
+    }
+    if (g.p_chunk < 1) g.p_chunk = 1;
+    if (g.m_chunk < 1) g.m_chunk = 1;
+    g.p_tasks = (nblocks + g.p_chunk - 1) / g.p_chunk;
+    g.ntasks = ((m + g.m_chunk - 1) / g.m_chunk) * g.p_tasks;
+    return g;
+}
 
 static inline int64_t takane_words_for(int64_t k) { return (k + 63) / 64; }
 

@@ -21,6 +21,8 @@ typedef struct takane_linear_args {
     const float *row_scale;          /* or beta given per row (packed x), or NULL */
     const uint64_t *w;               /* n packed weight rows, row stride ws words */
     int64_t ws;
+    const takane_weights *pw;        /* or a prepacked handle (then w is unused) */
+    int threads;                     /* as the entry point's threads (0 = default) */
     const float *scale, *bias;       /* n each, or NULL */
     const float *out_t;              /* binarized output threshold(s), or NULL: float out */
     int out_t_per_col;               /* out_t has n entries (else 1) */
@@ -38,5 +40,13 @@ takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t 
                                 const float *x, int64_t xs, const uint64_t *w, int64_t ws,
                                 const float *in_scale, const float *scale, const float *bias,
                                 float *y, int64_t ys);
+
+/* wfloat.c: the same for a prepacked handle (m, n > 0), on up to `threads` threads
+ * (0 = default), K-blocked so that the lookup tables stay in L1. */
+takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const float *x, int64_t xs,
+                                          const float *in_scale, const float *scale,
+                                          const float *bias, float *y, int64_t ys,
+                                          int threads);
 
 #endif /* TAKANE_LAYERS_H */

@@ -75,7 +75,8 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
 /* Activation rows packed per step of the fused float path: the packed block
  * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
 #define PACK_BLOCK_BYTES (64 * 1024)
-#define TASKS_PER_THREAD 4
+/* Panels per 64 output columns: the epilogue's unit (a binarized output word). */
+#define EPI_PANELS (64 / TAKANE_PANEL_ROWS)
 
 typedef struct gemm_job {
     const takane_kernel_set *ks;
@@ -88,6 +89,8 @@ typedef struct gemm_job {
     int per_channel;
     int32_t *y;
     int64_t ys;
+    takane_epilogue_fn epi; /* or NULL */
+    void *epi_ctx;
     int64_t m_chunk, p_chunk, p_tasks; /* the task grid */
     int failed;                        /* atomic: a takane_status != OK, first one wins */
 } gemm_job;
@@ -100,6 +103,8 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS, n = w->n, k = w->k;
     int64_t ncp = L2_BLOCK_BYTES / (kw * TAKANE_PANEL_ROWS * 8);
     if (ncp < 1) ncp = 1;
+    /* With an epilogue, blocks cover whole 64-column words (p_begin is aligned too) */
+    if (job->epi) ncp = ncp < EPI_PANELS ? EPI_PANELS : ncp / EPI_PANELS * EPI_PANELS;
     const uint64_t *xr[TAKANE_MAX_MR];
     enum { LDC = TAKANE_MAX_PANEL_NP * TAKANE_PANEL_ROWS };
     uint32_t pc[TAKANE_MAX_MR * LDC];
@@ -121,6 +126,11 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
                 p += np;
             }
         }
+        /* The block's columns are final for every row of the task: finish them while
+         * they are still in cache, on this thread. */
+        if (job->epi)
+            job->epi(job->epi_ctx, i_begin, i_end, jb * TAKANE_PANEL_ROWS,
+                     min64(n, je * TAKANE_PANEL_ROWS));
     }
 }
 
@@ -163,28 +173,23 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
                                           int64_t m, const uint64_t *x, int64_t xs,
                                           const float *xf, const float *t, int per_channel,
                                           int32_t *y, int64_t ys, int threads) {
-    gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, 0, 0, 0, TAKANE_OK};
-    const int mr = ks->matmul->panel_mr;
-    const int64_t mtiles = (m + mr - 1) / mr, np = w->npanels;
+    return takane_matmul_prepacked_run_epi(ks, w, m, x, xs, xf, t, per_channel, y, ys, threads,
+                                           NULL, NULL);
+}
+
+takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
+                                              const takane_weights *w, int64_t m,
+                                              const uint64_t *x, int64_t xs, const float *xf,
+                                              const float *t, int per_channel, int32_t *y,
+                                              int64_t ys, int threads, takane_epilogue_fn epi,
+                                              void *epi_ctx) {
+    gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, epi, epi_ctx, 0, 0, 0, TAKANE_OK};
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
-    /* Task grid: TASKS_PER_THREAD tasks per thread so that a late-starting worker costs
-     * little imbalance. With enough row tiles, split rows only: every task sweeps all
-     * panels in L2 blocks with whole 64-panel kernel calls, and on the float path packs
-     * each row exactly once. Few rows (GEMV-like): split the weights, each task streams
-     * its share once (the rows are packed once, below). Splitting a small N into one
-     * panel per task was measured 2x slower than one thread on (3136, 64, 576): each
-     * call then covered one panel and re-prepared its rows. */
-    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TASKS_PER_THREAD : 1;
-    if (want == 1) {
-        job.m_chunk = m, job.p_chunk = np;
-    } else if (mtiles >= want) {
-        job.m_chunk = (mtiles + want - 1) / want * mr, job.p_chunk = np;
-    } else {
-        job.p_chunk = (np + want - 1) / want;
-        job.m_chunk = m;
-    }
-    job.p_tasks = (np + job.p_chunk - 1) / job.p_chunk;
+    /* with an epilogue, tasks own whole 64-column words of its output */
+    const takane_grid grid = takane_plan_grid(nthreads, m, ks->matmul->panel_mr, w->npanels,
+                                              epi ? EPI_PANELS : 1);
+    job.m_chunk = grid.m_chunk, job.p_chunk = grid.p_chunk, job.p_tasks = grid.p_tasks;
     uint64_t *packed = NULL;
     if (!x && job.p_tasks > 1) {
         /* Weights are split across tasks and every task needs all (few) rows: pack them
@@ -200,8 +205,7 @@ takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const tak
         }
         job.x = packed, job.xs = kw;
     }
-    const int64_t ntasks = ((m + job.m_chunk - 1) / job.m_chunk) * job.p_tasks;
-    takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    takane_parallel_run(nthreads, grid.ntasks, gemm_task, &job);
     free(packed);
     return (takane_status)job.failed;
 }

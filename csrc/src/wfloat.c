@@ -70,3 +70,146 @@ takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t 
     free(tables);
     return TAKANE_OK;
 }
+
+/* ---- prepacked (panel) path ---------------------------------------------------------- */
+
+/* Table bytes kept L1-resident per K block: every weight panel of the block looks its
+ * activation groups up in the same tables, so they must not be evicted by the panels
+ * streaming past (a whole 4096-column table is 64 KiB per row on AVX-512). */
+#define TABLE_BLOCK_BYTES (16 * 1024)
+/* Below this many float MACs (m*n*k) the call stays on the calling thread: waking a
+ * worker costs ~10-50 us, about what 2^20 table MACs take on one core. */
+#define MIN_PARALLEL_MACS (1 << 20)
+
+typedef struct wf_job {
+    const takane_kernel_set *ks;
+    const takane_weights *w;
+    int64_t m;
+    const float *x;
+    int64_t xs;
+    const float *in_scale, *scale, *bias;
+    float *y;
+    int64_t ys;
+    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = groups of nr weight rows */
+    int failed;                        /* atomic: a takane_status != OK, first one wins */
+} wf_job;
+
+/* Rows j0 .. j0+nr-1 of the handle, copied out of the panels into canonical rows
+ * (rows past n repeat row n-1, as the canonical framework does). */
+static void unpanel(const takane_weights *w, int64_t j0, int nr, uint64_t *rows,
+                    const uint64_t **ptrs) {
+    const int64_t kw = w->kw;
+    for (int j = 0; j < nr; j++) {
+        if (kw == 0) { /* k == 0: no panels (NULL), kernels read nothing */
+            ptrs[j] = NULL;
+            continue;
+        }
+        const int64_t row = min64(j0 + j, w->n - 1);
+        const uint64_t *src = w->panels + (row / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS +
+                              row % TAKANE_PANEL_ROWS;
+        for (int64_t q = 0; q < kw; q++) rows[j * kw + q] = src[q * TAKANE_PANEL_ROWS];
+        ptrs[j] = rows + j * kw;
+    }
+}
+
+static void wf_task(void *ctx, int64_t task) {
+    wf_job *job = (wf_job *)ctx;
+    const takane_wfloat_ukernel *uk = job->ks->wfloat;
+    const takane_weights *w = job->w;
+    const int mr = uk->mr, nr = uk->nr;
+    const int64_t n = w->n, k = w->k, kw = w->kw, kpad = kw * 64;
+    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
+    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
+    const int64_t ngroups = (n + nr - 1) / nr;
+    const int64_t g_begin = (task % job->g_tasks) * job->g_chunk;
+    const int64_t g_end = min64(ngroups, g_begin + job->g_chunk);
+    if (i_begin >= i_end || g_begin >= g_end) return;
+    const int64_t tlen = uk->table_len(k), gcount = g_end - g_begin;
+    const int packed = uk->panel_packed != NULL;
+    /* acc: group g's mr x nr sums at acc + (g - g_begin) * mr * nr */
+    /* +1: never a zero-size allocation (k == 0: empty tables, every sum 0) */
+    float *xbuf = (float *)calloc((size_t)kpad + 1, sizeof(float)); /* zero past k, always */
+    float *tables = (float *)malloc(((size_t)(mr * tlen) + 1) * sizeof(float));
+    float *acc = (float *)malloc((size_t)(gcount * mr * nr) * sizeof(float));
+    uint64_t *rows = packed ? NULL : (uint64_t *)malloc(((size_t)(nr * kw) + 1) * sizeof(uint64_t));
+    if (!xbuf || !tables || !acc || (!packed && !rows)) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        goto done;
+    }
+    const float *tp[TAKANE_WFLOAT_MAX_MR];
+    const uint64_t *wr[TAKANE_WFLOAT_MAX_NR];
+    const int64_t pstride = kw * TAKANE_PANEL_ROWS, ppg = nr / TAKANE_PANEL_ROWS;
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
+        const int mi = (int)min64(mr, i_end - i0);
+        for (int i = 0; i < mi; i++) {
+            tp[i] = tables + i * tlen;
+            if (k == 0) continue; /* x may be NULL; empty tables, every sum is 0 */
+            const float *row = job->x + (i0 + i) * job->xs;
+            if (job->in_scale)
+                for (int64_t c = 0; c < k; c++) xbuf[c] = row[c] * job->in_scale[c];
+            else
+                memcpy(xbuf, row, (size_t)k * sizeof(float));
+            uk->build_table(xbuf, k, tables + i * tlen);
+        }
+        if (packed) {
+            /* K blocks outermost: a block's tables stay in L1 while all panels pass. The
+             * block size depends on the set's mr only, never on mi or the thread split,
+             * so a row's summation order (and result) is the same in any batch. */
+            const int64_t word_bytes = uk->table_len(64) * (int64_t)sizeof(float) * mr;
+            const int64_t kc = word_bytes >= TABLE_BLOCK_BYTES ? 1 : TABLE_BLOCK_BYTES / word_bytes;
+            memset(acc, 0, (size_t)(gcount * mr * nr) * sizeof(float));
+            for (int64_t q0 = 0; q0 < kw; q0 += kc) {
+                const int64_t q1 = min64(kw, q0 + kc);
+                for (int64_t g = g_begin; g < g_end; g++) {
+                    const int64_t p = g * ppg;
+                    /* the last group may lack its second panel: repeat the first */
+                    const int64_t ps = p + 1 < w->npanels ? pstride : 0;
+                    uk->panel_packed(tp, mi, w->panels + p * pstride, ps, q0, q1,
+                                     acc + (g - g_begin) * mr * nr);
+                }
+            }
+        } else {
+            for (int64_t g = g_begin; g < g_end; g++) {
+                unpanel(w, g * nr, nr, rows, wr);
+                uk->panel(tp, mi, wr, k, acc + (g - g_begin) * mr * nr);
+            }
+        }
+        for (int i = 0; i < mi; i++) {
+            float *yrow = job->y + (i0 + i) * job->ys;
+            for (int64_t g = g_begin; g < g_end; g++) {
+                const float *sums = acc + (g - g_begin) * mr * nr + i * nr;
+                const int64_t j0 = g * nr, nj = min64(nr, n - j0);
+                for (int64_t j = 0; j < nj; j++) {
+                    float v = sums[j];
+                    if (job->scale) v = v * job->scale[j0 + j];
+                    if (job->bias) v = v + job->bias[j0 + j];
+                    yrow[j0 + j] = v;
+                }
+            }
+        }
+    }
+done:
+    free(xbuf);
+    free(tables);
+    free(acc);
+    free(rows);
+}
+
+takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                          int64_t m, const float *x, int64_t xs,
+                                          const float *in_scale, const float *scale,
+                                          const float *bias, float *y, int64_t ys,
+                                          int threads) {
+    const takane_wfloat_ukernel *uk = ks->wfloat;
+    const int mr = uk->mr, nr = uk->nr;
+    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, y, ys, 0, 0, 0, TAKANE_OK};
+    const int64_t ngroups = (w->n + nr - 1) / nr;
+    int nthreads = threads > 0 ? threads : takane_default_threads();
+    if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    /* when the weights are split, each task builds the (few) rows' tables itself:
+     * O(k) against O(k * n / tasks) */
+    const takane_grid grid = takane_plan_grid(nthreads, m, mr, ngroups, 1);
+    job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    takane_parallel_run(nthreads, grid.ntasks, wf_task, &job);
+    return (takane_status)job.failed;
+}

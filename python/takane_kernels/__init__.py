@@ -6,7 +6,7 @@ padding); products are XOR + popcount in C, on the best instruction set this CPU
 
 from . import isa, reference
 from ._ops import binary_matmul, pack_bits, pack_weights, unpack_bits
-from ._paths import get_include, get_library
+from ._paths import get_cmake_dir, get_include, get_library, get_library_dir, get_pkgconfig_dir
 from ._takane import ffi as _ffi, lib as _lib
 from ._weights import MAX_K, PackedWeights
 from ._layers import binary_linear, binary_weight_matmul
@@ -20,7 +20,8 @@ if _lib.takane_abi_version() != _lib.TAKANE_ABI_VERSION:  # pragma: no cover
 
 __all__ = [
     "binary_matmul", "pack_bits", "unpack_bits", "pack_weights", "PackedWeights",
-    "isa", "reference", "get_include", "get_library", "MAX_K", "__version__", "version_info",
+    "isa", "reference", "get_include", "get_library", "get_library_dir", "get_cmake_dir",
+    "get_pkgconfig_dir", "MAX_K", "__version__", "version_info",
     "default_threads",
     "binary_linear", "binary_weight_matmul", "AdaptiveThreshold",
     "from_packbits", "to_packbits", "flip_polarity",

@@ -7,6 +7,13 @@
    default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
    the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
    % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``.
+
+For embedders, ``--cflags``, ``--libs``, ``--cmake-dir``, ``--pkgconfig-dir``,
+``--includedir``, ``--libdir`` and ``--library`` print the paths of the C library
+installed in the package and exit (see README, "Use from C").
+
+``python -m takane_kernels demo [--seeds 5 --epochs 60 --out DIR]`` instead trains and
+measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
 """
 
 from __future__ import annotations
@@ -163,7 +170,33 @@ def plot(report: dict, path: str) -> None:
     print(f"\nplot written to {path}")
 
 
+_EMBED_FLAGS = [
+    ("--cflags", "compiler flags for takane/takane.h (-I...)"),
+    ("--libs", "linker flags for libtakane_kernels (-L... -ltakane_kernels, rpath)"),
+    ("--cmake-dir", "directory for -Dtakane_kernels_DIR= (find_package)"),
+    ("--pkgconfig-dir", "directory to add to PKG_CONFIG_PATH (takane_kernels.pc)"),
+    ("--includedir", "the include directory"),
+    ("--libdir", "the directory of the shared library"),
+    ("--library", "the shared library file (its SONAME), to dlopen or link by path"),
+]
+
+
+def _embed_value(flag: str) -> str:
+    from takane_kernels import _paths
+
+    return {
+        "--cflags": _paths.cflags, "--libs": _paths.libs, "--cmake-dir": _paths.get_cmake_dir,
+        "--pkgconfig-dir": _paths.get_pkgconfig_dir, "--includedir": _paths.get_include,
+        "--libdir": _paths.get_library_dir, "--library": _paths.get_library,
+    }[flag]()
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # the accuracy demo has its own flags (python -m takane_kernels demo --help)
+        from takane_kernels._demo import main as demo_main
+
+        return demo_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
@@ -176,7 +209,14 @@ def main(argv=None) -> int:
     p.add_argument("--no-timing", action="store_true", help="only the self-check")
     p.add_argument("--json", action="store_true", help="print the results as JSON (no table)")
     p.add_argument("--plot", metavar="FILE.png", help="draw G bit-MACs/s per shape against the peak")
+    emb = p.add_argument_group("embedding (print and exit; several print on one line, in this order)")
+    for flag, what in _EMBED_FLAGS:
+        emb.add_argument(flag, action="store_true", help=what)
     args = p.parse_args(argv)
+    embed = [_embed_value(flag) for flag, _ in _EMBED_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
+    if embed:
+        print(" ".join(embed))
+        return 0
 
     out = sys.stderr if args.json else sys.stdout
     print(f"takane_kernels {tk.__version__} (C library {tk.version_info()}, ABI {tk._lib.takane_abi_version()})", file=out)

@@ -106,7 +106,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     :func:`binary_matmul`) or canonical packed uint64 (..., ceil(K/64)) — then
     ``activation_scale`` is not available. ``w``: a :class:`PackedWeights` without
     ``in_scale`` (that is the W1A-float format: see :func:`binary_weight_matmul`).
-    ``threads``: validated; the layer currently runs on the calling thread.
+    ``threads``: how many threads may share the matrix product (None = the default).
     """
     op = "binary_linear"
     w = _require_weights(w, op)
@@ -147,7 +147,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     if m == 0 or n == 0:
         return y
     ylen = shape[-1]
-    wptr = _ptr("uint64_t[]", w.bits)
+    handle = w._prepacked()  # the panel layout, built once per PackedWeights
     sptr = _ptr("float[]", w.scale)
     bptr = _ptr("float[]", bias32)
     yptr = ffi.from_buffer("float[]" if t_out is None else "uint64_t[]", y, require_writable=True)
@@ -172,19 +172,21 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
         xptr, rsptr = _ptr("uint64_t[]", xr), _ptr("float[]", row_scale)
         if t_out is None:
-            status = lib.takane_binary_linear(m, n, k, xptr, kw, wptr, kw, sptr, bptr, rsptr, yptr, ylen, nthreads)
+            status = lib.takane_binary_linear_prepacked(handle, m, xptr, kw, sptr, bptr, rsptr, yptr, ylen, nthreads)
         else:
-            status = lib.takane_binary_linear_bits(m, n, k, xptr, kw, wptr, kw, sptr, bptr, rsptr,
-                                                   ffi.from_buffer("float[]", t_out), t_out.size, yptr, ylen, nthreads)
+            status = lib.takane_binary_linear_prepacked_bits(handle, m, xptr, kw, sptr, bptr, rsptr,
+                                                             ffi.from_buffer("float[]", t_out), t_out.size, yptr, ylen,
+                                                             nthreads)
     else:
         xptr, tptr = _ptr("float[]", rows), ffi.from_buffer("float[]", t)
         if t_out is None:
-            status = lib.takane_binary_linear_f32(m, n, k, xptr, k, tptr, t.size, int(activation_scale), wptr, kw,
-                                                  sptr, bptr, yptr, ylen, nthreads)
+            status = lib.takane_binary_linear_prepacked_f32(handle, m, xptr, k, tptr, t.size, int(activation_scale),
+                                                            sptr, bptr, yptr, ylen, nthreads)
         else:
-            status = lib.takane_binary_linear_f32_bits(m, n, k, xptr, k, tptr, t.size, int(activation_scale), wptr,
-                                                       kw, sptr, bptr, ffi.from_buffer("float[]", t_out), t_out.size,
-                                                       yptr, ylen, nthreads)
+            status = lib.takane_binary_linear_prepacked_f32_bits(handle, m, xptr, k, tptr, t.size,
+                                                                 int(activation_scale), sptr, bptr,
+                                                                 ffi.from_buffer("float[]", t_out), t_out.size,
+                                                                 yptr, ylen, nthreads)
     if status == lib.TAKANE_ERR_NOT_FINITE:
         if bias32 is not None and not np.all(np.isfinite(bias32)):
             raise ValueError("bias must be finite (after rounding to float32)")
@@ -214,7 +216,7 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     float32 scales (``reference.binary_weight_matmul`` computes it in float64, and
     ``reference.binary_weight_matmul_error_bound`` this bound). When every partial sum
     is exactly representable (e.g. small-integer x, power-of-two scales) y is exact.
-    ``threads``: validated; the op currently runs on the calling thread.
+    ``threads``: how many threads may share the work (None = the default).
     """
     op = "binary_weight_matmul"
     w = _require_weights(w, op)
@@ -232,10 +234,9 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
     if out is not None and np.may_share_memory(out, rows):
         rows = rows.copy()  # the kernels read x while writing y: never let them alias
-    status = lib.takane_binary_weight_matmul(
-        m, n, k, _ptr("float[]", rows), k, _ptr("uint64_t[]", w.bits), kw, _ptr("float[]", w.in_scale),
-        _ptr("float[]", w.scale), _ptr("float[]", bias32), ffi.from_buffer("float[]", y, require_writable=True),
-        n, nthreads,
+    status = lib.takane_binary_weight_matmul_prepacked(
+        w._prepacked(), m, _ptr("float[]", rows), k, _ptr("float[]", w.in_scale), _ptr("float[]", w.scale),
+        _ptr("float[]", bias32), ffi.from_buffer("float[]", y, require_writable=True), n, nthreads,
     )
     if status == lib.TAKANE_ERR_NOT_FINITE:  # scales are finite by construction: the bias
         raise ValueError("bias must be finite (after rounding to float32)")

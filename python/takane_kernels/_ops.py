@@ -266,11 +266,12 @@ _prepacked_f32 = lib.takane_binary_matmul_prepacked_f32
 _NULL = ffi.NULL
 
 
-def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold):
+def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold, nthreads: int):
     """The common call — PackedWeights, C-contiguous 1-D/2-D float32 or packed x, scalar
-    zero threshold, no out/threads — with the fewest Python steps (per-call overhead is
-    what a batch-1 decode loop pays). Returns None to defer to the general path, which
-    then also produces any error message."""
+    zero threshold, no out, threads None or a plain int >= 1 (nthreads: 0 or that int)
+    — with the fewest Python steps (per-call overhead is what a batch-1 decode loop
+    pays). Returns None to defer to the general path, which then also produces any
+    error message."""
     shape = x.shape
     if len(shape) > 2 or threshold.__class__ not in (float, int) or threshold != 0 or not x.flags.c_contiguous or not x.flags.aligned:
         return None
@@ -288,9 +289,9 @@ def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold):
         return None  # empty problems: the general path handles them
     y = np.empty((m, n) if len(shape) == 2 else (n,), dtype=np.int32)
     if dt is _F32:  # threshold NULL: 0 for every channel
-        status = _prepacked_f32(w._prepacked(), m, _from_buffer("float[]", x), kx, _NULL, 0, _from_buffer("int32_t[]", y), n, 0)
+        status = _prepacked_f32(w._prepacked(), m, _from_buffer("float[]", x), kx, _NULL, 0, _from_buffer("int32_t[]", y), n, nthreads)
     else:
-        status = _prepacked_u64(w._prepacked(), m, _from_buffer("uint64_t[]", x), kx, _from_buffer("int32_t[]", y), n, 0)
+        status = _prepacked_u64(w._prepacked(), m, _from_buffer("uint64_t[]", x), kx, _from_buffer("int32_t[]", y), n, nthreads)
     if status:
         if status == lib.TAKANE_ERR_PADDING_BITS:
             check_packed(x, w.k, "x")  # raises, naming x
@@ -308,8 +309,13 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     ``threads``: at most this many threads (default: env TAKANE_NUM_THREADS, else the
     CPUs available); small problems run on the calling thread.
     """
-    if out is None and threads is None and k is None and type(w) is PackedWeights and type(x) is np.ndarray:
-        y = _fast_matmul(x, w, threshold)
+    if out is None and k is None and type(w) is PackedWeights and type(x) is np.ndarray:
+        if threads is None:
+            y = _fast_matmul(x, w, threshold, 0)
+        elif threads.__class__ is int and 1 <= threads < 2**31:
+            y = _fast_matmul(x, w, threshold, threads)
+        else:
+            y = None  # the general path validates threads
         if y is not None:
             return y
     wbits, k, handle = _resolve_weights(w, k)

@@ -211,7 +211,8 @@ TAKANE_API takane_status takane_binary_matmul_prepacked_f32(
  *         rounded once to float32 (k == 0 gives 0); else no beta.
  * scale, bias and beta must be finite (else TAKANE_ERR_NOT_FINITE, also when an infinite
  * activation makes mean |x| infinite). Activations are binarized as in takane_pack_f32.
- * threads: as everywhere; these entry points currently run on the calling thread. */
+ * threads: validated; these canonical-row entry points run on the calling thread (the
+ * _prepacked variants below are the threaded fast path). */
 TAKANE_API takane_status takane_binary_linear(int64_t m, int64_t n, int64_t k,
                                               const uint64_t *x, int64_t x_row_stride,
                                               const uint64_t *w, int64_t w_row_stride,
@@ -257,6 +258,29 @@ TAKANE_API takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int
                                                        uint64_t *y, int64_t y_row_stride,
                                                        int32_t threads);
 
+/* As the four entry points above, with the weights (and n, k) of a prepacked handle:
+ * the same values and bits, from the panel kernels, on up to `threads` threads (the
+ * products and the epilogue, fused per cache block; float activations are packed on
+ * the calling thread, 64 rows at a time). */
+TAKANE_API takane_status takane_binary_linear_prepacked(
+    const takane_weights *weights, int64_t m, const uint64_t *x, int64_t x_row_stride,
+    const float *scale, const float *bias, const float *row_scale, float *y,
+    int64_t y_row_stride, int32_t threads);
+TAKANE_API takane_status takane_binary_linear_prepacked_f32(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t activation_scale,
+    const float *scale, const float *bias, float *y, int64_t y_row_stride, int32_t threads);
+TAKANE_API takane_status takane_binary_linear_prepacked_bits(
+    const takane_weights *weights, int64_t m, const uint64_t *x, int64_t x_row_stride,
+    const float *scale, const float *bias, const float *row_scale,
+    const float *out_threshold, int64_t out_threshold_len, uint64_t *y,
+    int64_t y_row_stride, int32_t threads);
+TAKANE_API takane_status takane_binary_linear_prepacked_f32_bits(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *threshold, int64_t threshold_len, int32_t activation_scale,
+    const float *scale, const float *bias, const float *out_threshold,
+    int64_t out_threshold_len, uint64_t *y, int64_t y_row_stride, int32_t threads);
+
 /* ---- W1A-float: 1-bit weights, real activations (OneBit-style) ------------------------ */
 
 /* y[i][j] = (sum_c (x[i][c] * in_scale[c]) * sign(w_j)[c]) * scale[j] + bias[j]
@@ -269,7 +293,8 @@ TAKANE_API takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int
  *   |y - exact| <= gamma(k + 2) * |scale[j]| * sum_c |x[i][c] * in_scale[c]| + u * |bias[j]|
  * where u = 2^-24, gamma(n) = n u / (1 - n u), and "exact" is the real-number value of
  * the formula on these float32 inputs. Non-zero padding in w gives TAKANE_ERR_PADDING_BITS.
- * threads: as everywhere; this entry point currently runs on the calling thread. */
+ * threads: validated; this canonical-row entry point runs on the calling thread
+ * (takane_binary_weight_matmul_prepacked below is the threaded fast path). */
 TAKANE_API takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k,
                                                      const float *x, int64_t x_row_stride,
                                                      const uint64_t *w, int64_t w_row_stride,
@@ -277,6 +302,14 @@ TAKANE_API takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64
                                                      const float *bias,
                                                      float *y, int64_t y_row_stride,
                                                      int32_t threads);
+
+/* As takane_binary_weight_matmul with the weights (and n, k) of a prepacked handle, on
+ * up to `threads` threads; same error bound (the summation order differs: K is blocked
+ * so that the lookup tables stay in L1). The fast path for repeated products. */
+TAKANE_API takane_status takane_binary_weight_matmul_prepacked(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *bias, float *y,
+    int64_t y_row_stride, int32_t threads);
 
 #ifdef __cplusplus
 }

@@ -157,5 +157,68 @@ static void panel(const float *const *tables, int mr, const uint64_t *const *w, 
     }
 }
 
+/*
+ * Prepacked panels (NR = 8 = one panel): the two 256-bit loads of word q hold, in 32-bit
+ * lanes, chunks 2q and 2q+1 of rows 0-3 and of rows 4-7; one VSHUFPS each (imm 0x88,
+ * 0xDD) gathers chunk 2q (2q+1) of all 8 rows, in lane order rows 0,1,4,5 | 2,3,6,7.
+ * The row order is the same for every chunk, so the accumulators are put back in row
+ * order once per call (VPERMQ swapping the middle 64-bit pairs), not per chunk.
+ */
+static inline __m256i chunk_of(__m256i a, __m256i b, int odd) {
+    const __m256 fa = _mm256_castsi256_ps(a), fb = _mm256_castsi256_ps(b);
+    return _mm256_castps_si256(odd ? _mm256_shuffle_ps(fa, fb, 0xDD) : _mm256_shuffle_ps(fa, fb, 0x88));
+}
+
+#define DEFINE_PANEL_PACKED(ROWS)                                                          \
+    static void panel_packed_##ROWS(const float *const *tables, const uint64_t *p,         \
+                                    int64_t q0, int64_t q1, float *acc_out) {              \
+        __m256 acc[ROWS];                                                                  \
+        for (int i = 0; i < ROWS; i++) acc[i] = _mm256_setzero_ps();                       \
+        for (int64_t q = q0; q < q1; q++) {                                                \
+            const __m256i a = _mm256_load_si256((const __m256i *)(p + q * TAKANE_PANEL_ROWS)); \
+            const __m256i b =                                                              \
+                _mm256_load_si256((const __m256i *)(p + q * TAKANE_PANEL_ROWS + 4));       \
+            for (int h = 0; h < 2; h++) {                                                  \
+                const __m256i r = chunk_of(a, b, h);                                       \
+                __m256i idx[GROUPS];                                                       \
+                idx[0] = r;                                                                \
+                idx[1] = _mm256_srli_epi32(r, 3);                                          \
+                idx[2] = _mm256_srli_epi32(r, 6);                                          \
+                idx[3] = _mm256_srli_epi32(r, 9);                                          \
+                idx[4] = _mm256_srli_epi32(r, 12);                                         \
+                idx[5] = _mm256_srli_epi32(r, 15);                                         \
+                idx[6] = _mm256_srli_epi32(r, 18);                                         \
+                idx[7] = _mm256_srli_epi32(r, 21);                                         \
+                idx[8] = _mm256_srli_epi32(r, 24);                                         \
+                idx[9] = _mm256_srli_epi32(r, 27);                                         \
+                idx[10] = _mm256_srli_epi32(r, 30);                                        \
+                for (int i = 0; i < ROWS; i++)                                             \
+                    acc[i] = _mm256_add_ps(                                                \
+                        acc[i], chunk_sum(tables[i] + (2 * q + h) * CHUNK_FLOATS, idx));   \
+            }                                                                              \
+        }                                                                                  \
+        for (int i = 0; i < ROWS; i++) {                                                   \
+            const __m256 rows = _mm256_castpd_ps(                                          \
+                _mm256_permute4x64_pd(_mm256_castps_pd(acc[i]), 0xD8));                    \
+            _mm256_storeu_ps(acc_out + i * NR,                                             \
+                             _mm256_add_ps(_mm256_loadu_ps(acc_out + i * NR), rows));      \
+        }                                                                                  \
+    }
+DEFINE_PANEL_PACKED(1)
+DEFINE_PANEL_PACKED(2)
+DEFINE_PANEL_PACKED(3)
+DEFINE_PANEL_PACKED(4)
+
+static void panel_packed(const float *const *tables, int mr, const uint64_t *panels,
+                         int64_t pstride, int64_t q0, int64_t q1, float *acc) {
+    (void)pstride; /* NR is one panel */
+    switch (mr) {
+    case 1: panel_packed_1(tables, panels, q0, q1, acc); break;
+    case 2: panel_packed_2(tables, panels, q0, q1, acc); break;
+    case 3: panel_packed_3(tables, panels, q0, q1, acc); break;
+    default: panel_packed_4(tables, panels, q0, q1, acc); break;
+    }
+}
+
 const takane_wfloat_ukernel takane_wfloat_ukernel_avx2 = {MR, NR, table_len, build_table,
-                                                          panel};
+                                                          panel, panel_packed};

@@ -1,0 +1,236 @@
+"""takane_kernels.torch: BinaryLinear against the reference, zero-copy, errors.
+
+Skipped (with the reason) when PyTorch is not installed; with TAKANE_REQUIRE_TORCH=1 (CI)
+a missing torch is an error instead, so these tests cannot silently not run.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+if os.environ.get("TAKANE_REQUIRE_TORCH") == "1":
+    import torch  # noqa: F401 - must be importable in CI
+else:
+    pytest.importorskip("torch", reason="PyTorch is not installed (optional extra 'torch'; "
+                        "CPU build: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import takane_kernels as tk  # noqa: E402
+from takane_kernels import reference as ref  # noqa: E402
+from takane_kernels.torch import BinaryLinear  # noqa: E402
+
+from conftest import assert_ran  # noqa: E402
+
+
+def _linear(k, n, bias=True, seed=0):
+    torch.manual_seed(seed)
+    lin = nn.Linear(k, n, bias=bias)
+    return lin
+
+
+def _x(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+def _signs(t):
+    return torch.where(t >= 0, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (63, 65), (129, 64), (513, 130)])
+def test_w1a1_bit_exact(on_isa, k, n):
+    lin = _linear(k, n)
+    m = BinaryLinear.from_linear(lin, mode="w1a1")
+    x = _x((33, k))
+    y = m(x)
+    assert_ran(on_isa)
+    assert isinstance(y, torch.Tensor) and y.dtype == torch.float32 and y.shape == (33, n)
+    w = lin.weight.detach().numpy()
+    expected = ref.binary_linear(x.numpy(), ref.pack_weights(w), bias=lin.bias.detach().numpy())
+    assert np.array_equal(y.numpy(), expected)
+    # and the plain torch formula: sign(x) @ sign(W).T * mean|W| + bias (all float32 steps;
+    # a ±1 dot product is exact in float32 for these K)
+    alpha = lin.weight.detach().abs().mean(dim=1)
+    plain = (_signs(x) @ _signs(lin.weight.detach()).T) * alpha + lin.bias.detach()
+    torch.testing.assert_close(y, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_w1a1_threshold_activation_scale_no_bias(on_isa):
+    k, n = 200, 70
+    lin = _linear(k, n, bias=False)
+    at = tk.AdaptiveThreshold(k)
+    x = _x((4, 9, k))  # leading batch dims are kept
+    at.update(x.reshape(-1, k).numpy())
+    m = BinaryLinear.from_linear(lin, mode="w1a1", threshold=torch.from_numpy(at.threshold),
+                                 activation_scale=True, scale=None)
+    y = m(x)
+    assert_ran(on_isa)
+    assert y.shape == (4, 9, n)
+    pw = ref.pack_weights(lin.weight.detach().numpy(), scale=None)
+    expected = ref.binary_linear(x.numpy(), pw, threshold=at.threshold, activation_scale=True)
+    assert np.array_equal(y.numpy(), expected)
+
+
+@pytest.mark.parametrize("scale", ["onebit", "mean_abs"])
+def test_w1a_float_within_bound(on_isa, scale):
+    k, n = 300, 97
+    lin = _linear(k, n)
+    m = BinaryLinear.from_linear(lin, mode="w1a_float", scale=scale)
+    x = _x((17, k))
+    y = m(x)
+    assert_ran(on_isa)
+    assert y.shape == (17, n) and y.dtype == torch.float32
+    pw = ref.pack_weights(lin.weight.detach().numpy(), scale=scale)
+    assert (pw.in_scale is not None) == (scale == "onebit")
+    b = lin.bias.detach().numpy()
+    exact = ref.binary_weight_matmul(x.numpy(), pw, bias=b)
+    bound = ref.binary_weight_matmul_error_bound(x.numpy(), pw, bias=b)
+    assert (np.abs(y.numpy() - exact) <= bound).all()
+    # the plain torch formula in float64: ((x * in_scale) @ sign(W).T) * scale + bias
+    xs = x.double() * (torch.tensor(pw.in_scale, dtype=torch.float64) if pw.in_scale is not None else 1.0)
+    plain = (xs @ _signs(lin.weight.detach()).double().T) * torch.tensor(pw.scale, dtype=torch.float64) + lin.bias.detach().double()
+    assert (torch.abs(y.double() - plain) <= torch.from_numpy(bound).double() * 1.01 + 1e-30).all()
+
+
+def test_default_scales_follow_the_mode():
+    lin = _linear(64, 8)
+    assert BinaryLinear.from_linear(lin, mode="w1a1").weights.in_scale is None
+    assert BinaryLinear.from_linear(lin, mode="w1a_float").weights.in_scale is not None  # onebit
+    m = BinaryLinear.from_linear(lin, mode="w1a1")
+    assert m.in_features == 64 and m.out_features == 8
+    assert "mode='w1a1'" in repr(m) and "packed_bytes=" in repr(m)
+    assert m.weights.nbytes < lin.weight.numel() * 4 / 4  # bits + scales, far below float32
+
+
+def test_zero_copy_weights_inputs_outputs(monkeypatch):
+    """Weights stay one PackedWeights (never re-packed per call); the kernels get a numpy
+    view of the input tensor's memory and write into the output tensor's memory."""
+    lin = _linear(128, 40)
+    for mode, op in (("w1a1", "binary_linear"), ("w1a_float", "binary_weight_matmul")):
+        m = BinaryLinear.from_linear(lin, mode=mode)
+        seen = []
+        real = getattr(tk, op)
+
+        def spy(x, w, **kw):
+            seen.append((x, w, kw["out"]))
+            return real(x, w, **kw)
+
+        monkeypatch.setattr(tk, op, spy)
+        monkeypatch.setattr(tk, "pack_weights", lambda *a, **k: pytest.fail("re-packed in forward"))
+        x = _x((5, 128))
+        y1 = m(x)
+        y2 = m(x)
+        monkeypatch.undo()
+        assert len(seen) == 2
+        for (xn, w, out), y in zip(seen, (y1, y2)):
+            assert w is m.weights
+            assert xn.__array_interface__["data"][0] == x.data_ptr()
+            assert out.__array_interface__["data"][0] == y.data_ptr()
+        assert torch.equal(y1, y2)
+
+
+def test_input_conversions():
+    lin = _linear(96, 20)
+    m = BinaryLinear.from_linear(lin, mode="w1a1")
+    x = _x((6, 96))
+    y = m(x)
+    assert torch.equal(m(x.double()), y)  # float64 viewed, compared at its own precision
+    assert torch.equal(m(x.T.contiguous().T), y)  # non-contiguous: one copy
+    xg = x.clone().requires_grad_(True)
+    yg = m(xg)
+    assert torch.equal(yg, y) and not yg.requires_grad
+    with torch.inference_mode():
+        assert torch.equal(m(x), y)
+    assert torch.equal(m(x[0]), y[0])  # 1-D input gives 1-D output
+    assert m(torch.empty(0, 96)).shape == (0, 20)
+    bf = x.to(torch.bfloat16)
+    assert torch.equal(m(bf), m(bf.float()))
+    mf = BinaryLinear.from_linear(lin, mode="w1a_float")
+    torch.testing.assert_close(mf(x.half()), mf(x.half().float()))
+
+
+def test_in_a_sequential_model_and_threads():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    x = _x((8, 256))
+    packed = nn.Sequential(BinaryLinear.from_linear(model[0], mode="w1a_float"), nn.ReLU(),
+                           BinaryLinear.from_linear(model[2], mode="w1a_float", threads=1))
+    y = packed(x)
+    h = ref.binary_weight_matmul(x.numpy(), ref.pack_weights(model[0].weight.detach().numpy(), scale="onebit"),
+                                 bias=model[0].bias.detach().numpy())
+    h = np.maximum(h, 0)
+    pw2 = ref.pack_weights(model[2].weight.detach().numpy(), scale="onebit")
+    b2 = model[2].bias.detach().numpy()
+    bound = ref.binary_weight_matmul_error_bound(h, pw2, bias=b2)
+    # the first layer's rounding feeds the second: allow its bound propagated loosely
+    assert y.shape == (8, 10)
+    assert np.allclose(y.numpy(), ref.binary_weight_matmul(h, pw2, bias=b2), rtol=1e-4, atol=1e-4 + bound.max())
+
+
+def test_packed_weights_round_trip(tmp_path):
+    lin = _linear(70, 12)
+    m = BinaryLinear.from_linear(lin, mode="w1a1")
+    m.weights.save(tmp_path / "w.npz")
+    m2 = BinaryLinear(tk.PackedWeights.load(tmp_path / "w.npz"), "w1a1", bias=m.bias)
+    x = _x((3, 70))
+    assert torch.equal(m(x), m2(x))
+
+
+def test_state_dict_round_trip(tmp_path):
+    for mode in ("w1a1", "w1a_float"):
+        m = BinaryLinear.from_linear(_linear(130, 33, seed=4), mode=mode)
+        torch.save(m.state_dict(), tmp_path / "m.pt")
+        state = torch.load(tmp_path / "m.pt", weights_only=True)
+        assert set(state) == {"bias", "_extra_state"}
+        other = BinaryLinear.from_linear(_linear(130, 33, seed=5), mode=mode)  # different weights
+        x = _x((4, 130))
+        assert not torch.equal(other(x), m(x))
+        other.load_state_dict(state)
+        assert other.weights == m.weights
+        assert torch.equal(other(x), m(x))
+    wrong = BinaryLinear.from_linear(_linear(130, 34), mode="w1a_float")
+    with pytest.raises(ValueError, match="34"):
+        wrong.load_state_dict(state)
+    with pytest.raises(ValueError, match="mode"):
+        BinaryLinear.from_linear(_linear(130, 33), mode="w1a1").load_state_dict(state)
+
+
+def test_errors():
+    lin = _linear(64, 8)
+    m = BinaryLinear.from_linear(lin)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 64\)"):
+        m(torch.zeros(2, 63))
+    with pytest.raises(ValueError, match="CPU"):
+        m(torch.zeros(2, 64, device="meta"))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        m(np.zeros((2, 64), np.float32))
+    with pytest.raises(ValueError, match="mode"):
+        BinaryLinear.from_linear(lin, mode="w2a2")
+    with pytest.raises(TypeError, match="nn.Linear"):
+        BinaryLinear.from_linear(nn.Conv1d(1, 1, 1))
+    with pytest.raises(ValueError, match="w1a_float"):
+        BinaryLinear.from_linear(lin, mode="w1a1", scale="onebit")  # in_scale: not W1A1
+    with pytest.raises(ValueError, match="apply to mode .w1a1. only"):
+        BinaryLinear.from_linear(lin, mode="w1a_float", threshold=0.5)
+    with pytest.raises(ValueError, match="bias"):
+        BinaryLinear(m.weights, bias=torch.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        m(torch.full((1, 64), float("nan")))
+
+
+def test_readme_torch_example_runs(tmp_path, monkeypatch):
+    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not next to tests/ (installed-package run)")
+    blocks = re.findall(r"```python torch\n(.*?)```", readme.read_text(), flags=re.S)
+    assert len(blocks) == 1, "README's 'Use from PyTorch' example (```python torch) is missing"
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], str(readme), "exec"), {})
+    assert tk.PackedWeights.load(tmp_path / "layer.npz").n == 256
