@@ -90,10 +90,14 @@ valgrind)
   rm -rf build/valgrind && mkdir -p build/valgrind
   start=$SECONDS
   rc=0
+  # --fair-sched=yes: valgrind runs one thread at a time, and the pool's workers spin
+  # briefly (threads.c) before sleeping; with the default scheduler a spinning thread
+  # keeps the CPU for whole timeslices and the 8-thread tests crawl.
   PYTHONMALLOC=malloc TAKANE_ISA=avx2 TAKANE_TEST_ISAS=avx2,scalar HYPOTHESIS_PROFILE=emulated \
     valgrind --suppressions=tests/valgrind-python.supp --error-exitcode=99 --num-callers=30 \
-    --log-file=build/valgrind/memcheck.%p.log \
-    .venv/bin/python -m pytest "${VALGRIND_TESTS[@]}" -k "$VALGRIND_DESELECT" -q -p no:cacheprovider || rc=$?
+    --fair-sched=yes --log-file=build/valgrind/memcheck.%p.log \
+    .venv/bin/python -m pytest "${VALGRIND_TESTS[@]}" -k "$VALGRIND_DESELECT" -q -p no:cacheprovider \
+    --durations=12 || rc=$?
   echo "valgrind: $((SECONDS - start)) s, pytest/valgrind exit status $rc"
   # Every process valgrind followed wrote a log: the interpreter (exit status above),
   # forked workers, and forks that exec'd a program (not followed past the exec). Any
