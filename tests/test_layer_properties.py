@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 import takane_kernels as tk
 from takane_kernels import reference as ref
 
-from conftest import assert_ran
+from conftest import assert_ran, count_example
 
 DTYPES = [np.float32, np.float16, np.float64, np.int8, np.int32, np.uint8, np.bool_]
 KS = st.one_of(st.integers(0, 200), st.sampled_from([255, 256, 257, 511, 512, 513, 1025]))
@@ -49,6 +49,7 @@ def linear_problems(draw):
 @given(linear_problems())
 def test_binary_linear_property(isa_name, problem):
     x, pw, kw = problem
+    count_example(isa_name)
     with tk.isa.force(isa_name):
         y = tk.binary_linear(x, pw, **kw)
         if y.size:
@@ -82,6 +83,7 @@ def wfloat_problems(draw):
 @given(wfloat_problems())
 def test_binary_weight_matmul_property(isa_name, problem):
     x, pw, bias, integer = problem
+    count_example(isa_name)
     with tk.isa.force(isa_name):
         y = tk.binary_weight_matmul(x, pw, bias=bias)
         if y.size:

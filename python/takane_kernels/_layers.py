@@ -33,10 +33,10 @@ def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | No
     if v is None:
         return None
     a = real_vector(v, length, name, what)
-    if a.dtype == np.float32 and a.flags.c_contiguous:
+    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned:
         return a
     with np.errstate(over="ignore"):  # overflow to inf: the C library reports it
-        return np.ascontiguousarray(a, dtype=np.float32)
+        return np.require(a, np.float32, "CA")  # C-contiguous and aligned
 
 
 def _out_threshold_f32(t: object, n: int) -> np.ndarray:
@@ -44,7 +44,7 @@ def _out_threshold_f32(t: object, n: int) -> np.ndarray:
     float32 y, y >= t  <=>  y >= ceil_f32(t), so the comparison stays exact. A NaN in
     a float32 array is left to the C library (TAKANE_ERR_NAN)."""
     if isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape in ((), (n,)):
-        return np.ascontiguousarray(t).reshape(-1)  # already float32: nothing to round
+        return np.require(t, requirements="CA").reshape(-1)  # already float32: nothing to round
     if isinstance(t, float):  # Python and numpy float64 scalars
         if t != t:
             raise ValueError("out_threshold contains NaN (NaN has no sign)")
@@ -67,6 +67,8 @@ def _out_array(out: object, shape: tuple, dtype: np.dtype) -> np.ndarray:
         raise ValueError(f"out has shape {out.shape}, expected {shape}")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
+    if not out.flags.aligned:
+        raise ValueError("out is not aligned to its dtype (the C kernels write it in place)")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
     return out
@@ -171,7 +173,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
                               f"{op}: x")
             x, packed = packed_rows, True
     if packed:
-        xr = np.ascontiguousarray(x).reshape(m, kw)
+        xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
         xptr, rsptr = _ptr("uint64_t[]", xr), _ptr("float[]", row_scale)
         if t_out is None:
             status = lib.takane_binary_linear_prepacked(handle, m, xptr, kw, sptr, bptr, rsptr, yptr, ylen, nthreads)
@@ -235,7 +237,7 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     m = math.prod(x.shape[:-1])
     if m == 0 or n == 0:
         return y
-    rows = np.ascontiguousarray(x, dtype=np.float32).reshape(m, k)
+    rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
     if out is not None and np.may_share_memory(out, rows):
         rows = rows.copy()  # the kernels read x while writing y: never let them alias
     status = lib.takane_binary_weight_matmul_prepacked(

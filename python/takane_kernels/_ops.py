@@ -113,7 +113,8 @@ def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
             t32 = np.ascontiguousarray(threshold).reshape(-1)
         else:
             t32 = _ceil_f32(_threshold64(threshold, k))
-        rows = x if x.dtype is _F32 and x.flags.c_contiguous else np.ascontiguousarray(x, dtype=np.float32)
+        # C reads float32 rows: C-contiguous and aligned (a misaligned view is copied)
+        rows = x if x.dtype is _F32 and x.flags.c_contiguous and x.flags.aligned else np.require(x, np.float32, "CA")
         return rows.reshape(m, k), t32
     # Wider dtypes: compare at their own precision here, pack the 0/1 result in C.
     t64 = _threshold64(threshold, k)
@@ -132,6 +133,8 @@ def _check_out(out: object, shape: tuple, name: str = "out") -> np.ndarray:
         raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
     if not out.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+    if not out.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its dtype (the C kernels write it in place)")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
     return out
@@ -258,7 +261,7 @@ def _resolve_weights(w: object, k: object):
     check_packed(w, k, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (N, ceil(K/64)), got shape {w.shape}")
-    return np.ascontiguousarray(w), k, None
+    return np.require(w, requirements="CA"), k, None  # C-contiguous and aligned
 
 
 
@@ -276,7 +279,7 @@ def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold, nthreads: int):
     pays). Returns None to defer to the general path, which then also produces any
     error message."""
     shape = x.shape
-    if len(shape) > 2 or threshold.__class__ not in (float, int) or threshold != 0 or not x.flags.c_contiguous:
+    if len(shape) > 2 or threshold.__class__ not in (float, int) or threshold != 0 or not x.flags.c_contiguous or not x.flags.aligned:
         return None
     dt = x.dtype
     bits = w.bits
@@ -348,7 +351,7 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
         return y
     yptr = ffi.from_buffer("int32_t[]", y, require_writable=True)
     if packed:
-        xr = np.ascontiguousarray(x).reshape(m, kw)
+        xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
         xptr = ffi.from_buffer("uint64_t[]", xr) if kw else ffi.NULL
         if handle is not None:
             status = lib.takane_binary_matmul_prepacked(handle, m, xptr, kw, yptr, n, nthreads)

@@ -206,14 +206,30 @@ class PackedWeights:
     def load(cls, path: str | os.PathLike) -> "PackedWeights":
         """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
         name = repr(os.fspath(path))
+        allowed = {"format", "format_version", "k", "bits", "scale", "in_scale"}
         try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":  # never hand np.load a bare .npy (it would read it whole)
+                    raise ValueError("not an .npz archive (no zip header; a single .npy array?)")
             z = np.load(path, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise ValueError("not an .npz archive (a single .npy array?)")
             with z:
+                # save() writes stored (uncompressed) members only: memory stays bounded
+                # by the file's size (no decompression bombs), and unknown arrays are
+                # rejected before anything is read
+                packed = [i.filename for i in z.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                if packed:
+                    raise ValueError(f"compressed members {packed} (PackedWeights files are uncompressed)")
+                if set(z.files) - allowed:
+                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a version-1 file")
                 data = {key: z[key] for key in z.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-            raise ValueError(f"{name} is not a readable PackedWeights file: {e}") from e
+            raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
+            if raw:  # NpzFile hands back the bytes of a member that is not a .npy array
+                raise ValueError(f"members {raw} are not .npy arrays")
+        except Exception as e:  # noqa: BLE001 - zipfile/numpy raise many types on hostile bytes
+            # (NotImplementedError for an unknown zip version or method, RuntimeError for an
+            # encrypted member, MemoryError/OverflowError for absurd .npy headers, ...):
+            # every one of them means a corrupt file, which the contract reports as ValueError
+            raise ValueError(f"{name} is not a readable PackedWeights file: {type(e).__name__}: {e}") from e
         tag = data.get("format")
         if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
             raise ValueError(f"{name} is not a PackedWeights file (format tag missing)")
@@ -223,7 +239,6 @@ class PackedWeights:
                 f"{name}: unsupported PackedWeights format version {version!r} "
                 f"(this library reads version {FORMAT_VERSION})"
             )
-        allowed = {"format", "format_version", "k", "bits", "scale", "in_scale"}
         for key in ("k", "bits"):
             if key not in data:
                 raise ValueError(f"{name}: missing array {key!r}")

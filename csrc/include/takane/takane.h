@@ -15,7 +15,9 @@
  *   - Entry points that can fail return a takane_status; pure queries that cannot fail
  *     return their value. Nothing aborts, prints, or sets errno.
  *   - Dimensions are int64_t and must be >= 0; zero-size dimensions are valid no-ops.
- *     Pointers may be NULL only when the data they describe is empty.
+ *     Pointers may be NULL only when the data they describe is empty, and must be
+ *     aligned to their element type (4 bytes for float / int32_t, 8 for uint64_t), as C
+ *     requires; the Python wrappers copy misaligned numpy views before calling.
  *   - Strides are in ELEMENTS of the pointed-to type (never bytes); the name says which
  *     dimension they step. An input row stride may be 0 (every row reads the same data);
  *     an output row stride must not make rows overlap.

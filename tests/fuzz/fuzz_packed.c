@@ -1,0 +1,270 @@
+/*
+ * fuzz_packed.c — libFuzzer target for the C entry points that take raw, untrusted
+ * packed arrays: takane_check_padding, takane_binary_matmul, takane_weights_create +
+ * takane_binary_matmul_prepacked, takane_pack_f32 / takane_binary_matmul_f32 (raw float
+ * bits: NaN, infinities, signed zeros, subnormals) and takane_binary_linear_bits.
+ *
+ * The input decides the dimensions, the row strides (0 = every row is the same data,
+ * or padded rows), the ISA (any supported one), the thread count, and the contents of
+ * x and w, padding bits included. Every result is checked against a plain C model:
+ *   - the status must be exactly what the model predicts (TAKANE_ERR_PADDING_BITS iff
+ *     some row read has a 1 past k; TAKANE_ERR_NAN iff a float read is NaN);
+ *   - on TAKANE_OK every int32 must equal k - 2 * popcount(x XOR w) and packed bits
+ *     must equal the plain v >= t rule with zero padding;
+ *   - output slack (the stride gap and a tail) must stay untouched.
+ * A mismatch calls abort(), which libFuzzer reports as a crash with the input saved.
+ * Built with -fsanitize=fuzzer,address,undefined (tests/fuzz/CMakeLists.txt), so any
+ * out-of-bounds read or write, or undefined behaviour, is a crash too.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "takane/takane.h"
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        if (!(cond)) {                                                           \
+            fprintf(stderr, "fuzz_packed: check failed at line %d: %s\n", __LINE__, #cond); \
+            abort();                                                             \
+        }                                                                        \
+    } while (0)
+
+/* A cursor over the fuzzer's bytes: reads past the end yield zeros. */
+typedef struct {
+    const uint8_t *p;
+    size_t n;
+} cursor;
+
+static uint64_t take(cursor *c, int bytes) {
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) {
+        uint64_t b = 0;
+        if (c->n) b = *c->p++, c->n--;
+        v |= b << (8 * i);
+    }
+    return v;
+}
+
+static int64_t words_for(int64_t k) { return (k + 63) / 64; }
+
+static uint64_t pad_mask(int64_t k) { /* the padding bits of a row's last word */
+    return k % 64 ? ~((UINT64_C(1) << (k % 64)) - 1) : 0;
+}
+
+static int rows_have_padding(const uint64_t *a, int64_t rows, int64_t k, int64_t stride) {
+    if (k % 64 == 0) return 0;
+    for (int64_t r = 0; r < rows; r++)
+        if (a[r * stride + words_for(k) - 1] & pad_mask(k)) return 1;
+    return 0;
+}
+
+static int32_t plain_dot(const uint64_t *a, const uint64_t *b, int64_t k) {
+    int64_t pc = 0;
+    for (int64_t q = 0; q < words_for(k); q++) pc += __builtin_popcountll(a[q] ^ b[q]);
+    return (int32_t)(k - 2 * pc);
+}
+
+/* A row of `rows` strided rows, each `kw` words, filled from the fuzzer's bytes. */
+static uint64_t *take_rows(cursor *c, int64_t rows, int64_t kw, int64_t stride, size_t *len) {
+    size_t total = (size_t)((rows > 0 ? (rows - 1) * stride : 0) + kw);
+    *len = total;
+    uint64_t *a = (uint64_t *)malloc((total ? total : 1) * sizeof *a);
+    CHECK(a);
+    for (size_t i = 0; i < total; i++) a[i] = take(c, 8);
+    return a;
+}
+
+#define SENTINEL_I32 INT32_C(0x5A5A5A5A)
+#define SENTINEL_U64 UINT64_C(0xA5A5A5A5A5A5A5A5)
+
+static void fuzz_matmul(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
+    const int64_t kw = words_for(k);
+    const int64_t xs = (take(c, 1) % 3 == 0 && m > 0) ? 0 : kw + (int64_t)(take(c, 1) % 2);
+    const int64_t ws = (take(c, 1) % 3 == 0 && n > 0) ? 0 : kw + (int64_t)(take(c, 1) % 2);
+    const int64_t ys = n + (int64_t)(take(c, 1) % 3);
+    size_t xl, wl;
+    uint64_t *x = take_rows(c, m, kw, xs, &xl);
+    uint64_t *w = take_rows(c, n, kw, ws, &wl);
+    if (!(take(c, 1) & 3)) { /* mostly clean padding, sometimes the fuzzer's garbage */
+    } else {
+        for (int64_t r = 0; r < m && kw; r++) x[r * xs + kw - 1] &= ~pad_mask(k);
+        for (int64_t r = 0; r < n && kw; r++) w[r * ws + kw - 1] &= ~pad_mask(k);
+    }
+    const int dirty_x = m > 0 && n > 0 && rows_have_padding(x, m, k, xs);
+    const int dirty_w = m > 0 && n > 0 && rows_have_padding(w, n, k, ws);
+    const size_t yl = (size_t)(m * ys + 4);
+    int32_t *y = (int32_t *)malloc(yl * sizeof *y);
+    CHECK(y);
+
+    /* takane_check_padding agrees with the model */
+    CHECK(takane_check_padding(m, k, x, xs) ==
+          (rows_have_padding(x, m, k, xs) ? TAKANE_ERR_PADDING_BITS : TAKANE_OK));
+
+    /* canonical-rows path */
+    for (size_t i = 0; i < yl; i++) y[i] = SENTINEL_I32;
+    takane_status st = takane_binary_matmul(m, n, k, x, xs, w, ws, y, ys, threads);
+    if (dirty_x || dirty_w) {
+        CHECK(st == TAKANE_ERR_PADDING_BITS);
+    } else {
+        CHECK(st == TAKANE_OK);
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < ys; j++)
+                CHECK(y[i * ys + j] == (j < n ? plain_dot(x + i * xs, w + j * ws, k) : SENTINEL_I32));
+    }
+    for (size_t i = (size_t)(m * ys); i < yl; i++) CHECK(y[i] == SENTINEL_I32);
+
+    /* prepacked path: create validates w's padding whatever m is */
+    takane_weights *h = NULL;
+    st = takane_weights_create(n, k, w, ws, &h);
+    if (n > 0 && rows_have_padding(w, n, k, ws)) {
+        CHECK(st == TAKANE_ERR_PADDING_BITS && h == NULL);
+    } else {
+        CHECK(st == TAKANE_OK && h != NULL);
+        int64_t hn = -1, hk = -1;
+        CHECK(takane_weights_info(h, &hn, &hk, NULL) == TAKANE_OK && hn == n && hk == k);
+        for (size_t i = 0; i < yl; i++) y[i] = SENTINEL_I32;
+        st = takane_binary_matmul_prepacked(h, m, x, xs, y, ys, threads);
+        if (dirty_x) {
+            CHECK(st == TAKANE_ERR_PADDING_BITS);
+        } else {
+            CHECK(st == TAKANE_OK);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < ys; j++)
+                    CHECK(y[i * ys + j] ==
+                          (j < n ? plain_dot(x + i * xs, w + j * ws, k) : SENTINEL_I32));
+        }
+        for (size_t i = (size_t)(m * ys); i < yl; i++) CHECK(y[i] == SENTINEL_I32);
+        takane_weights_free(h);
+    }
+
+    /* binarized layer output: bits of d >= out_threshold (no scale/bias), canonical */
+    if (!dirty_x && !dirty_w) {
+        const int64_t nw = words_for(n), bs = nw + 1;
+        const float ot = (float)(int8_t)take(c, 1);
+        uint64_t *yb = (uint64_t *)malloc((size_t)(m * bs + 1) * sizeof *yb);
+        CHECK(yb);
+        for (int64_t i = 0; i < m * bs + 1; i++) yb[i] = SENTINEL_U64;
+        st = takane_binary_linear_bits(m, n, k, x, xs, w, ws, NULL, NULL, NULL, &ot, 1, yb, bs,
+                                       threads);
+        CHECK(st == TAKANE_OK);
+        for (int64_t i = 0; i < m && n > 0; i++) {
+            for (int64_t q = 0; q < nw; q++) {
+                uint64_t expect = 0;
+                for (int64_t j = q * 64; j < n && j < q * 64 + 64; j++)
+                    if ((float)plain_dot(x + i * xs, w + j * ws, k) >= ot)
+                        expect |= UINT64_C(1) << (j % 64);
+                CHECK(yb[i * bs + q] == expect);
+            }
+        }
+        free(yb);
+    }
+    free(x), free(w), free(y);
+}
+
+static int is_nan(float v) { return v != v; }
+
+static void fuzz_floats(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
+    const int64_t kw = words_for(k);
+    const int64_t xs = (take(c, 1) % 3 == 0 && m > 0) ? 0 : k + (int64_t)(take(c, 1) % 5);
+    const int mode = (int)(take(c, 1) % 3); /* 0: NULL threshold, 1: scalar, 2: per channel */
+    const int64_t tl = mode == 0 ? 0 : mode == 1 ? 1 : k;
+    const size_t xl = (size_t)((m > 0 ? (m - 1) * xs : 0) + k);
+    float *x = (float *)malloc((xl ? xl : 1) * sizeof *x);
+    float *t = (float *)malloc((size_t)(tl ? tl : 1) * sizeof *t);
+    CHECK(x && t);
+    /* raw float bits, but mostly small integers so ties with thresholds are common */
+    for (size_t i = 0; i < xl; i++) {
+        uint32_t b = (uint32_t)take(c, 1);
+        if (b & 0x80) {
+            uint32_t raw = (uint32_t)take(c, 4);
+            memcpy(&x[i], &raw, 4);
+        } else {
+            x[i] = (float)((int)(b & 0x7) - 4);
+        }
+    }
+    for (int64_t i = 0; i < tl; i++) t[i] = (float)((int)(take(c, 1) % 9) - 4);
+    int has_nan = 0;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t q = 0; q < k; q++) has_nan |= is_nan(x[r * xs + q]);
+    const float *tp = mode ? t : NULL;
+    const int64_t bs = kw + 1;
+    uint64_t *bits = (uint64_t *)malloc((size_t)(m * bs + 1) * sizeof *bits);
+    CHECK(bits);
+    for (int64_t i = 0; i < m * bs + 1; i++) bits[i] = SENTINEL_U64;
+    takane_status st = takane_pack_f32(m, k, x, xs, tp, tl, bits, bs);
+    if (has_nan && k > 0) {
+        CHECK(st == TAKANE_ERR_NAN);
+    } else {
+        CHECK(st == TAKANE_OK);
+        for (int64_t r = 0; r < m && k > 0; r++) {
+            for (int64_t q = 0; q < kw; q++) {
+                uint64_t expect = 0;
+                for (int64_t e = q * 64; e < k && e < q * 64 + 64; e++) {
+                    const float th = mode == 0 ? 0.0f : mode == 1 ? t[0] : t[e];
+                    if (x[r * xs + e] >= th) expect |= UINT64_C(1) << (e % 64);
+                }
+                CHECK(bits[r * bs + q] == expect);
+            }
+            CHECK(bits[r * bs + kw] == SENTINEL_U64);
+        }
+    }
+    CHECK(bits[m * bs] == SENTINEL_U64);
+
+    /* the fused path agrees with pack + plain dot against clean weights */
+    const int64_t ws = kw;
+    uint64_t *w = (uint64_t *)malloc((size_t)(n * ws + 1) * sizeof *w);
+    int32_t *y = (int32_t *)malloc((size_t)(m * n + 1) * sizeof *y);
+    CHECK(w && y);
+    for (int64_t i = 0; i < n * ws; i++) w[i] = take(c, 8);
+    for (int64_t j = 0; j < n && kw; j++) w[j * ws + kw - 1] &= ~pad_mask(k);
+    st = takane_binary_matmul_f32(m, n, k, x, xs, tp, tl, w, ws, y, n, threads);
+    if (m > 0 && n > 0 && k > 0 && has_nan) {
+        CHECK(st == TAKANE_ERR_NAN);
+    } else {
+        CHECK(st == TAKANE_OK);
+        if (k > 0)
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++)
+                    CHECK(y[i * n + j] == plain_dot(bits + i * bs, w + j * ws, k));
+    }
+    takane_weights *h = NULL;
+    CHECK(takane_weights_create(n, k, w, ws, &h) == TAKANE_OK);
+    st = takane_binary_matmul_prepacked_f32(h, m, x, xs, tp, tl, y, n, threads);
+    if (m > 0 && n > 0 && k > 0 && has_nan) {
+        CHECK(st == TAKANE_ERR_NAN);
+    } else {
+        CHECK(st == TAKANE_OK);
+        if (k > 0)
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++)
+                    CHECK(y[i * n + j] == plain_dot(bits + i * bs, w + j * ws, k));
+    }
+    takane_weights_free(h);
+    free(x), free(t), free(bits), free(w), free(y);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    cursor c = {data, size};
+    const uint32_t supported = takane_isa_supported();
+    int isas[8], nisa = 0;
+    for (int i = 0; i < 8; i++)
+        if (supported & (1u << i)) isas[nisa++] = i;
+    const int isa = isas[take(&c, 1) % (uint64_t)nisa];
+    CHECK(takane_isa_force((takane_isa)isa) == TAKANE_OK);
+    const int op = (int)(take(&c, 1) % 2);
+    const int64_t m = (int64_t)(take(&c, 1) % 19);
+    const int64_t n = (int64_t)(take(&c, 1) % 40);
+    const uint64_t kb = take(&c, 2);
+    /* K near word edges most of the time, anything up to 1100 otherwise */
+    int64_t k = (int64_t)((kb >> 2) % 6) * 64 + (int64_t)(kb % 3) - 1; /* 64a - 1 .. 64a + 1 */
+    if (kb & 0x8000) k = (int64_t)(kb % 1100);
+    if (k < 0) k = 0;
+    const int threads = (int)(take(&c, 1) % 4); /* 0 = default, 1..3 */
+    if (op == 0) fuzz_matmul(&c, m, n, k, threads);
+    else fuzz_floats(&c, m, n, k, threads);
+    CHECK(takane_isa_active() == (takane_isa)isa);
+    return 0;
+}
