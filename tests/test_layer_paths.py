@@ -134,3 +134,38 @@ def test_linear_same_bits_for_every_thread_count(isa_name, m, n, k):
             y = tk.binary_linear(x, pw, threads=threads, **kw)
             np.testing.assert_array_equal(y, expected, err_msg=f"{kw} threads={threads}")
             assert_ran(isa_name)
+
+
+def test_linear_fast_path_equals_general_path(isa_name):
+    """binary_linear's lean Python path (plain float32 / packed arrays) and the general
+    one (taken here because out= is given) call the same C entry points identically."""
+    rng = np.random.default_rng(21)
+    n, k = 70, 300
+    pw = tk.pack_weights(rng.standard_normal((n, k)))
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    t = rng.standard_normal(k).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    t_out = rng.standard_normal(n).astype(np.float32)
+    for xin, kw in ((x, dict(threshold=t, bias=bias)), (x[0], dict(activation_scale=True)),
+                    (x, dict(bias=bias, out_threshold=t_out)), (tk.pack_bits(x), dict(bias=bias)),
+                    (tk.pack_bits(x[1]), dict(out_threshold=t_out))):
+        fast = tk.binary_linear(xin, pw, **kw)
+        assert_ran(isa_name)
+        out = np.empty_like(fast)
+        general = tk.binary_linear(xin, pw, out=out, **kw)
+        assert general is out
+        np.testing.assert_array_equal(fast, general)
+        np.testing.assert_array_equal(fast, ref.binary_linear(xin, pw, **kw))
+    # errors found by the C call on the lean path still get the general path's messages
+    bad_t = t.copy()
+    bad_t[7] = np.nan
+    with pytest.raises(ValueError, match="threshold contains NaN"):
+        tk.binary_linear(x, pw, threshold=bad_t)
+    bad_bias = bias.copy()
+    bad_bias[3] = np.inf
+    with pytest.raises(ValueError, match="bias must be finite"):
+        tk.binary_linear(x, pw, bias=bad_bias)
+    bad_x = x.copy()
+    bad_x[2, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tk.binary_linear(bad_x, pw)

@@ -80,6 +80,84 @@ def _ptr(ctype: str, a: np.ndarray | None, writable: bool = False):
     return ffi.from_buffer(ctype, a, require_writable=writable)
 
 
+_F32 = np.dtype(np.float32)
+_U64 = np.dtype(np.uint64)
+_NULL = ffi.NULL
+_from_buffer = ffi.from_buffer
+
+
+def _plain_f32(v: object, length: int) -> bool:
+    """v is a float32 (length,) array the C library can read as it is."""
+    return (v.__class__ is np.ndarray and v.dtype is _F32 and v.shape == (length,)
+            and v.flags.c_contiguous and v.flags.aligned)
+
+
+def _fast_linear(x: np.ndarray, w: PackedWeights, threshold, bias, activation_scale, out_threshold,
+                 nthreads: int):
+    """binary_linear's common call with the fewest Python steps (a batch-1 network pays
+    this per layer): 1-D/2-D C-contiguous aligned float32 or packed x, threshold 0 or a
+    float32 (K,) array, bias None or float32 (N,), out_threshold None or float32 (N,),
+    activation_scale a bool, no out. Returns None to defer to the general path — also on
+    any error status, so that the general path produces the message (its checks run
+    first, the C call then repeats; errors are not the hot path)."""
+    shape = x.shape
+    if (len(shape) > 2 or not x.flags.c_contiguous or not x.flags.aligned or w.in_scale is not None
+            or activation_scale.__class__ is not bool):
+        return None
+    n, k = w.n, w.k
+    kw = (k + 63) >> 6
+    dt = x.dtype
+    if dt is _F32:
+        if shape[-1] != k:
+            return None
+        if threshold.__class__ in (float, int) and threshold == 0:
+            tptr, tlen = _NULL, 0
+        elif _plain_f32(threshold, k):
+            tptr, tlen = _from_buffer("float[]", threshold), k
+        else:
+            return None
+    elif dt is _U64:
+        if shape[-1] != kw or activation_scale or threshold.__class__ not in (float, int) or threshold != 0:
+            return None
+    else:
+        return None
+    if bias is not None and not _plain_f32(bias, n):
+        return None
+    if out_threshold is not None and not _plain_f32(out_threshold, n):
+        return None
+    m = shape[0] if len(shape) == 2 else 1
+    if m == 0 or n == 0 or k == 0:
+        return None
+    handle = w._prepacked()
+    sptr = _NULL if w.scale is None else _from_buffer("float[]", w.scale)
+    bptr = _NULL if bias is None else _from_buffer("float[]", bias)
+    if out_threshold is None:
+        ylen = n
+        y = np.empty((m, n) if len(shape) == 2 else (n,), dtype=np.float32)
+        yptr = _from_buffer("float[]", y)
+    else:
+        ylen = (n + 63) >> 6
+        y = np.empty((m, ylen) if len(shape) == 2 else (ylen,), dtype=np.uint64)
+        yptr = _from_buffer("uint64_t[]", y)
+        optr = _from_buffer("float[]", out_threshold)
+    if dt is _F32:
+        xptr = _from_buffer("float[]", x)
+        if out_threshold is None:
+            status = lib.takane_binary_linear_prepacked_f32(handle, m, xptr, k, tptr, tlen, activation_scale,
+                                                            sptr, bptr, yptr, ylen, nthreads)
+        else:
+            status = lib.takane_binary_linear_prepacked_f32_bits(handle, m, xptr, k, tptr, tlen, activation_scale,
+                                                                 sptr, bptr, optr, n, yptr, ylen, nthreads)
+    else:
+        xptr = _from_buffer("uint64_t[]", x)
+        if out_threshold is None:
+            status = lib.takane_binary_linear_prepacked(handle, m, xptr, kw, sptr, bptr, _NULL, yptr, ylen, nthreads)
+        else:
+            status = lib.takane_binary_linear_prepacked_bits(handle, m, xptr, kw, sptr, bptr, _NULL, optr, n, yptr,
+                                                             ylen, nthreads)
+    return y if status == 0 else None
+
+
 def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out_threshold=None,
                   out=None, threads=None) -> np.ndarray:
     """W1A1 layer: binarized activations times ±1 weights, scaled, biased — fused in C.
@@ -110,6 +188,15 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``in_scale`` (that is the W1A-float format: see :func:`binary_weight_matmul`).
     ``threads``: how many threads may share the matrix product (None = the default).
     """
+    if out is None and type(w) is PackedWeights and type(x) is np.ndarray:
+        if threads is None:
+            y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, 0)
+        elif threads.__class__ is int and 1 <= threads < 2**31:
+            y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, threads)
+        else:
+            y = None  # the general path validates threads
+        if y is not None:
+            return y
     op = "binary_linear"
     w = _require_weights(w, op)
     if w.in_scale is not None:
