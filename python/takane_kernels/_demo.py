@@ -382,8 +382,10 @@ class Model:
     def _in(self, i, a, batch):
         return layer_input(self.arch, i, a, batch)
 
-    def forward(self, x, lib=tk):
-        """Logits, float32. ``lib=reference`` runs the same network on the oracle."""
+    def forward(self, x, lib=tk, threads=None):
+        """Logits, float32. ``lib=reference`` runs the same network on the oracle;
+        ``threads`` caps the kernels' threads (our ops only)."""
+        kw = {} if threads is None else {"threads": threads}
         (w1, b1), (w2, b2), (w3, b3) = self.layers
         m = len(x)
         if self.kind in ("fp32", "int8"):
@@ -391,13 +393,13 @@ class Model:
             h = np.maximum(self._in(1, h, m) @ w2.T + b2, 0)
             return self._in(2, h, m) @ w3.T + b3
         if self.kind == "w1af":
-            h = np.maximum(lib.binary_weight_matmul(self._in(0, x, m), w1, bias=b1), 0)
-            h = np.maximum(lib.binary_weight_matmul(self._in(1, h, m), w2, bias=b2), 0)
-            return lib.binary_weight_matmul(self._in(2, h, m), w3, bias=b3)
+            h = np.maximum(lib.binary_weight_matmul(self._in(0, x, m), w1, bias=b1, **kw), 0)
+            h = np.maximum(lib.binary_weight_matmul(self._in(1, h, m), w2, bias=b2, **kw), 0)
+            return lib.binary_weight_matmul(self._in(2, h, m), w3, bias=b3, **kw)
         t1, t2 = self.thresholds
-        h = lib.binary_weight_matmul(self._in(0, x, m), w1, bias=b1)  # real pixels x 1-bit weights
-        bits = lib.binary_linear(self._in(1, h, m), w2, threshold=t1, bias=b2, out_threshold=t2)  # packed out
-        return lib.binary_linear(self._in(2, bits, m), w3, bias=b3)  # packed in, float logits
+        h = lib.binary_weight_matmul(self._in(0, x, m), w1, bias=b1, **kw)  # real pixels x 1-bit weights
+        bits = lib.binary_linear(self._in(1, h, m), w2, threshold=t1, bias=b2, out_threshold=t2, **kw)  # packed out
+        return lib.binary_linear(self._in(2, bits, m), w3, bias=b3, **kw)  # packed in, float logits
 
     def check_reference(self, x):
         """Each layer's kernel output vs the reference on the same input: W1A1 bit-exact,
@@ -568,15 +570,15 @@ def run(seeds=5, epochs=60, ft_epochs=None, conv_epochs=None, lr_fp=3e-3, lr_bin
         })
     if timing:
         x1, x256 = xte[:1], np.ascontiguousarray(np.resize(xte, (256, xte.shape[1])))
-        # One thread each: the layer ops run on the calling thread, and numpy's BLAS threads
-        # busy-wait on a shared machine. Rounds alternate the two, medians of medians.
+        # One thread each (threads=1 for our layer ops; numpy's BLAS threads busy-wait on a
+        # shared machine). Rounds alternate the two, medians of medians.
         with _one_blas_thread():
             for v, r in zip(chosen, rows):
                 mdl, fp = models[v.key], models[v.fp32_key]
                 if mdl.kind in ("w1a1", "w1af", "fp32"):
                     for b, xb in (("t1", x1), ("t256", x256)):
                         r[b], r["np_" + b] = side_by_side(
-                            [lambda: mdl.forward(xb), lambda: fp.forward(xb)], time_budget)
+                            [lambda: mdl.forward(xb, threads=1), lambda: fp.forward(xb)], time_budget)
     meta = {
         "seeds": seeds, "epochs": epochs, "ft_epochs": ft_epochs, "conv_epochs": conv_epochs, "lr_fp32": lr_fp,
         "lr_binary": lr_bin,
@@ -636,7 +638,7 @@ def markdown(report) -> str:
         f"as is), linear 2304→10; {_n(m['conv_epochs'], 'epoch')}; relative columns against the Conv FP32 row. "
         "Weight bytes: bits + float32 scales (`PackedWeights.nbytes`; int8: 1 byte per weight + a float32 "
         "per row); per-channel biases and thresholds not counted. Latency: whole network forward, "
-        f"median, our kernels ({m['isa']}; the layer ops run on the calling thread) against the FP32 "
+        f"median, our kernels ({m['isa']}; one thread) against the FP32 "
         "network in numpy float32 limited to one BLAS thread, measured alternately in one run; int8 is evaluated "
         "dequantized in numpy (not timed). Inference of every binary variant checked against "
         "`takane_kernels.reference` layer by layer: W1A1 bit-exact, float within its documented bound."
