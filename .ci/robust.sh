@@ -73,10 +73,18 @@ asan)
   # allocator_may_return_null: tests ask for impossible sizes (2**61 bytes) on purpose and
   # expect TAKANE_ERR_OUT_OF_MEMORY / ValueError from a NULL malloc, not an ASan abort.
   # Leak checking is off: CPython itself does not free everything at exit.
-  LD_PRELOAD=$(gcc -print-file-name=libasan.so) \
-    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1 \
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  # libstdc++ is preloaded with the runtime: otherwise ASan's __cxa_throw interceptor finds
+  # no real __cxa_throw and aborts the first C++ exception thrown by an extension
+  # (matplotlib's ft2font, imported by the demo test). Reports also go to files
+  # (log_path): pytest's fd capture would swallow them when the process aborts.
+  rm -f build/asan/report.*
+  LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so.6)" \
+    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:log_path=$PWD/build/asan/report \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$PWD/build/asan/report \
     .venv-asan/bin/python -m pytest tests -q -p no:cacheprovider 2>&1 | tee "$log"
+  if ls build/asan/report.* >/dev/null 2>&1; then
+    cat build/asan/report.*; echo "sanitizer reports found (above)"; exit 1
+  fi
   if grep -nE "ERROR: AddressSanitizer|runtime error:|UndefinedBehaviorSanitizer|ERROR: LeakSanitizer" "$log"; then
     echo "sanitizer reports found (above)"; exit 1
   fi

@@ -110,7 +110,7 @@ def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
             # float32 thresholds are their own ceil_f32: no rounding pass per call
             if np.isnan(threshold).any():
                 raise ValueError("threshold contains NaN (NaN has no sign)")
-            t32 = np.ascontiguousarray(threshold).reshape(-1)
+            t32 = np.require(threshold, requirements="CA").reshape(-1)  # C reads float*: aligned
         else:
             t32 = _ceil_f32(_threshold64(threshold, k))
         # C reads float32 rows: C-contiguous and aligned (a misaligned view is copied)

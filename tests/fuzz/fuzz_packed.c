@@ -166,6 +166,23 @@ static void fuzz_matmul(cursor *c, int64_t m, int64_t n, int64_t k, int threads)
 
 static int is_nan(float v) { return v != v; }
 
+
+/* A fused float-activation product's status and result: TAKANE_ERR_NAN iff a NaN met a
+ * non-empty product, else every y equals the plain dot of the packed rows. */
+static void check_fused(takane_status st, int has_nan, int64_t m, int64_t n, int64_t k,
+                        const uint64_t *bits, int64_t bs, const uint64_t *w, int64_t ws,
+                        const int32_t *y) {
+    if (m > 0 && n > 0 && k > 0 && has_nan) {
+        CHECK(st == TAKANE_ERR_NAN);
+        return;
+    }
+    CHECK(st == TAKANE_OK);
+    if (k > 0)
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++)
+                CHECK(y[i * n + j] == plain_dot(bits + i * bs, w + j * ws, k));
+}
+
 static void fuzz_floats(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
     const int64_t kw = words_for(k);
     const int64_t xs = (take(c, 1) % 3 == 0 && m > 0) ? 0 : k + (int64_t)(take(c, 1) % 5);
@@ -221,27 +238,11 @@ static void fuzz_floats(cursor *c, int64_t m, int64_t n, int64_t k, int threads)
     for (int64_t i = 0; i < n * ws; i++) w[i] = take(c, 8);
     for (int64_t j = 0; j < n && kw; j++) w[j * ws + kw - 1] &= ~pad_mask(k);
     st = takane_binary_matmul_f32(m, n, k, x, xs, tp, tl, w, ws, y, n, threads);
-    if (m > 0 && n > 0 && k > 0 && has_nan) {
-        CHECK(st == TAKANE_ERR_NAN);
-    } else {
-        CHECK(st == TAKANE_OK);
-        if (k > 0)
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t j = 0; j < n; j++)
-                    CHECK(y[i * n + j] == plain_dot(bits + i * bs, w + j * ws, k));
-    }
+    check_fused(st, has_nan, m, n, k, bits, bs, w, ws, y);
     takane_weights *h = NULL;
     CHECK(takane_weights_create(n, k, w, ws, &h) == TAKANE_OK);
     st = takane_binary_matmul_prepacked_f32(h, m, x, xs, tp, tl, y, n, threads);
-    if (m > 0 && n > 0 && k > 0 && has_nan) {
-        CHECK(st == TAKANE_ERR_NAN);
-    } else {
-        CHECK(st == TAKANE_OK);
-        if (k > 0)
-            for (int64_t i = 0; i < m; i++)
-                for (int64_t j = 0; j < n; j++)
-                    CHECK(y[i * n + j] == plain_dot(bits + i * bs, w + j * ws, k));
-    }
+    check_fused(st, has_nan, m, n, k, bits, bs, w, ws, y);
     takane_weights_free(h);
     free(x), free(t), free(bits), free(w), free(y);
 }
