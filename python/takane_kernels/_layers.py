@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from ._ops import (
-    _EXACT_IN_F32, _HALF, _as_real_array, _ceil_f32, _check_threads, _raise_status,
-    _real_rows_for_c, _threshold64,
+    _EXACT_IN_F32, _HALF, _as_real_array, _ceil_f32, _check_threads, _check_x, _plain_threads,
+    _raise_status, _real_rows_for_c, _threshold64,
 )
 from ._takane import ffi, lib
 from ._weights import PackedWeights, check_packed, real_vector, words_for
@@ -189,12 +189,8 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``threads``: how many threads may share the matrix product (None = the default).
     """
     if out is None and type(w) is PackedWeights and type(x) is np.ndarray:
-        if threads is None:
-            y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, 0)
-        elif threads.__class__ is int and 1 <= threads < 2**31:
-            y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, threads)
-        else:
-            y = None  # the general path validates threads
+        nthreads = _plain_threads(threads)
+        y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, nthreads) if nthreads >= 0 else None
         if y is not None:
             return y
     op = "binary_linear"
@@ -208,23 +204,9 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         raise TypeError(f"activation_scale must be a bool, got {type(activation_scale).__name__}")
     nthreads = _check_threads(threads)
     n, k, kw = w.n, w.k, words_for(w.k)
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
-    packed = x.dtype == np.uint64
-    if packed:
-        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
-            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
-        if activation_scale:
-            raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
-        if x.shape[-1] != kw:
-            check_packed(x, k, "x")  # raises: wrong number of words
-        # padding bits are checked by the C call (an O(rows) scan), named below on error
-    else:
-        x = _as_real_array(x, "x")
-        if x.shape[-1] != k:
-            raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+    x, packed = _check_x(x, threshold, k, kw)  # padding: the C call checks it, named below
+    if packed and activation_scale:
+        raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
     bias32 = _vector_f32(bias, n, "bias", "one per output channel N")
     if out_threshold is None:
         shape, dtype, t_out = x.shape[:-1] + (n,), np.dtype(np.float32), None
@@ -314,7 +296,7 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     op = "binary_weight_matmul"
     w = _require_weights(w, op)
     nthreads = _check_threads(threads)
-    n, k, kw = w.n, w.k, words_for(w.k)
+    n, k = w.n, w.k
     x = _as_real_array(x, "x")
     if x.shape[-1] != k:
         raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")

@@ -54,6 +54,33 @@ def _check_threads(threads: object) -> int:
     return int(min(threads, 2**31 - 1))
 
 
+def _plain_threads(threads: object) -> int:
+    """threads as the C argument when it needs no validation (None -> 0, a plain int in
+    [1, 2**31)), else -1: the general path then validates it and raises."""
+    if threads is None:
+        return 0
+    return threads if threads.__class__ is int and 1 <= threads < 2**31 else -1
+
+
+def _check_x(x: object, threshold: object, k: int, kw: int) -> tuple[np.ndarray, bool]:
+    """(x as an array, packed?): canonical packed uint64 (..., kw) — then the threshold
+    must be 0; its padding bits are checked by the C call — or real (..., k)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
+    if x.dtype == np.uint64:
+        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
+            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
+        if x.shape[-1] != kw:
+            check_packed(x, k, "x")  # raises: wrong number of words
+        return x, True
+    x = _as_real_array(x, "x")
+    if x.shape[-1] != k:
+        raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+    return x, False
+
+
 def _as_real_array(x: object, name: str) -> np.ndarray:
     a = x if isinstance(x, np.ndarray) else np.asarray(x)
     if a.dtype.kind not in "fiub":
@@ -316,32 +343,14 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     CPUs available); small problems run on the calling thread.
     """
     if out is None and k is None and type(w) is PackedWeights and type(x) is np.ndarray:
-        if threads is None:
-            y = _fast_matmul(x, w, threshold, 0)
-        elif threads.__class__ is int and 1 <= threads < 2**31:
-            y = _fast_matmul(x, w, threshold, threads)
-        else:
-            y = None  # the general path validates threads
+        nthreads = _plain_threads(threads)
+        y = _fast_matmul(x, w, threshold, nthreads) if nthreads >= 0 else None
         if y is not None:
             return y
     wbits, k, handle = _resolve_weights(w, k)
     nthreads = _check_threads(threads)
     n, kw = wbits.shape
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
-    packed = x.dtype == np.uint64
-    if packed:
-        if np.any(np.asarray(threshold) != 0):
-            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
-        if x.shape[-1] != kw:
-            check_packed(x, k, "x")  # raises: wrong number of words
-        # padding bits are checked by the C call (an O(rows) scan), named below on error
-    else:
-        x = _as_real_array(x, "x")
-        if x.shape[-1] != k:
-            raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+    x, packed = _check_x(x, threshold, k, kw)  # padding: the C call checks it, named below
     shape = x.shape[:-1] + (n,)
     y = np.empty(shape, dtype=np.int32) if out is None else _check_out(out, shape)
     if out is not None and np.may_share_memory(out, x):
