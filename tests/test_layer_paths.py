@@ -169,3 +169,35 @@ def test_linear_fast_path_equals_general_path(isa_name):
     bad_x[2, 5] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tk.binary_linear(bad_x, pw)
+
+
+def test_prepacked_layer_entry_points_validate_before_touching_memory():
+    """The C ABI's handle-taking layer entry points: NULL handle, negative m, negative
+    threads, short y strides and NULL buffers are errors, not crashes."""
+    pw = tk.pack_weights(np.ones((3, 70)))
+    h = pw._prepacked()
+    x = ffi.new("float[]", 2 * 70)
+    xb = ffi.new("uint64_t[]", 2 * 2)
+    y = ffi.new("float[]", 2 * 3)
+    yb = ffi.new("uint64_t[]", 2)
+    t = ffi.new("float[]", [0.0])
+    calls = {
+        "linear": lambda hh, m, yy, ys, thr: lib.takane_binary_linear_prepacked(hh, m, xb, 2, NULL, NULL, NULL, yy, ys, thr),
+        "linear_f32": lambda hh, m, yy, ys, thr: lib.takane_binary_linear_prepacked_f32(
+            hh, m, x, 70, NULL, 0, 0, NULL, NULL, yy, ys, thr),
+        "linear_bits": lambda hh, m, yy, ys, thr: lib.takane_binary_linear_prepacked_bits(
+            hh, m, xb, 2, NULL, NULL, NULL, t, 1, yb if yy != NULL else NULL, ys, thr),
+        "linear_f32_bits": lambda hh, m, yy, ys, thr: lib.takane_binary_linear_prepacked_f32_bits(
+            hh, m, x, 70, NULL, 0, 0, NULL, NULL, t, 1, yb if yy != NULL else NULL, ys, thr),
+        "weight_matmul": lambda hh, m, yy, ys, thr: lib.takane_binary_weight_matmul_prepacked(
+            hh, m, x, 70, NULL, NULL, NULL, yy, ys, thr),
+    }
+    for name, call in calls.items():
+        bits = name.endswith("bits")
+        ys = 1 if bits else 3
+        assert call(h, 2, y, ys, 1) == lib.TAKANE_OK, name
+        assert call(NULL, 2, y, ys, 1) == lib.TAKANE_ERR_NULL_POINTER, name
+        assert call(h, -1, y, ys, 1) == lib.TAKANE_ERR_NEGATIVE_DIMENSION, name
+        assert call(h, 2, y, ys, -1) == lib.TAKANE_ERR_BAD_THREADS, name
+        assert call(h, 2, y, ys - 1, 1) == lib.TAKANE_ERR_BAD_STRIDE, name
+        assert call(h, 2, NULL, ys, 1) == lib.TAKANE_ERR_NULL_POINTER, name
