@@ -18,8 +18,13 @@ typedef enum takane_status {
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
     TAKANE_ERR_BAD_THREADS = 12,
-    TAKANE_ERR_NOT_FINITE = 13
+    TAKANE_ERR_NOT_FINITE = 13,
+    TAKANE_ERR_BAD_GROUP_SIZE = 14,
+    TAKANE_ERR_BAD_ACTIVATIONS = 15
 } takane_status;
+
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1,
