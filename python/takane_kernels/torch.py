@@ -165,3 +165,7 @@ class BinaryLinear(nn.Module):
 
 def _is_zero(t) -> bool:
     return np.ndim(t) == 0 and float(t) == 0.0
+
+
+from ._torch_qat import QuantConv2d, QuantLinear, SignQuantizer, convert, linear_error_bound  # noqa: E402,F401
+__all__ += ["SignQuantizer", "QuantLinear", "QuantConv2d", "convert", "linear_error_bound"]  # quantization-aware training
