@@ -575,16 +575,19 @@ def test_end_to_end_w1a1_bit_exact(on_isa):
     model = _train(_mlp(6))
     converted = convert(model)
     assert model[0].training is False and isinstance(model[0], QuantLinear)  # the original is untouched
-    assert [type(m).__name__ for m in converted] == ["BinaryLinear", "BatchNorm1d", "BinaryLinear", "BatchNorm1d",
+    # the first BatchNorm folds into the next threshold; the second (before a ReLU) is kept
+    assert [type(m).__name__ for m in converted] == ["BinaryLinear", "Identity", "BinaryLinear", "BatchNorm1d",
                                                      "ReLU", "BinaryLinear"]
     x = _x((50, 96), seed=24)
     y = converted(x)
     assert_ran(on_isa)
     with torch.no_grad():
         assert torch.equal(y, model(x))
-    # and against the reference, layer by layer
+    # and against the reference, layer by layer (without the fold: the training model's steps)
+    unfolded = convert(model, fold_batchnorm=False)
+    assert torch.equal(unfolded(x), y)
     h = x
-    for q, b in zip(model, converted):
+    for q, b in zip(model, unfolded):
         if isinstance(q, QuantLinear):
             thr = q.input_quantizer.current_threshold().detach().numpy()
             h = torch.from_numpy(ref.binary_linear(h.numpy(), b.weights, threshold=thr, bias=q.bias.detach().numpy()))
@@ -618,6 +621,62 @@ def test_end_to_end_mixed_weight_only_and_w1a1(on_isa):
             assert torch.equal(y, model(x))
         else:  # pragma: no cover - depends on the data; allowed only at a near-tie
             assert ((h - t).abs()[flips] <= 1e-3).all()
+
+
+@pytest.mark.parametrize("scale", [None, "mean_abs"])
+def test_batchnorm_folded_into_the_next_threshold_bit_exact(on_isa, scale):
+    """QuantLinear -> BatchNorm1d -> QuantLinear (W1A1): the BatchNorm, scale and bias fold
+    into one integer threshold per channel; the next layer sees the very same bits, with
+    negative (rows inverted) and zero (constant bit) BatchNorm weights and near-ties."""
+    k, n = 7, 40
+    torch.manual_seed(13)
+    qa = QuantLinear(k, n, scale=scale, input_quantizer=SignQuantizer(k, threshold="fixed", value=0.1))
+    bn = nn.BatchNorm1d(n)
+    qb = QuantLinear(n, 5, input_quantizer=SignQuantizer(n, threshold="learned", value=0.05))
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(n))
+        bn.weight[:4] = 0.0  # constant bit whatever the dot product
+        bn.weight[4:16] = -bn.weight[4:16].abs()  # falling: the row's bits are inverted
+        bn.running_mean.copy_(torch.randint(-3, 4, (n,)).float() * 2 + 1)  # odd: attainable dot values
+        bn.running_var.uniform_(0.05, 4.0)
+        bn.bias.copy_(torch.randn(n) * 0.1)
+        qa.bias.zero_()
+        qa.bias[20:] = torch.randn(n - 20)
+    model = nn.Sequential(qa, bn, qb).eval()
+    folded = convert(model)
+    kept = convert(model, fold_batchnorm=False)
+    assert [type(m).__name__ for m in folded] == ["BinaryLinear", "Identity", "BinaryLinear"]
+    assert [type(m).__name__ for m in kept] == ["BinaryLinear", "BatchNorm1d", "BinaryLinear"]
+    assert folded[0].weights.scale is None and _np_all_integer(folded[0].bias)
+    plain_bits = tk.pack_bits(qa.weight.detach().numpy())
+    inverted = (folded[0].weights.bits != plain_bits).any(axis=1)
+    positive = (bn.weight > 0).numpy()
+    assert inverted[4:16].any() and not inverted[positive].any() and not inverted[:4].any()
+    g = torch.Generator().manual_seed(14)
+    x = torch.where(torch.rand(3000, k, generator=g) < 0.5, -1.0, 1.0) + 0.1  # every dot value, many times
+    with torch.no_grad():
+        expect_bits = qb.input_quantizer(bn(qa(x))) > 0
+        y_train = model(x)
+    h = folded[0](x)
+    assert_ran(on_isa)
+    assert torch.equal(h >= 0, expect_bits)
+    thr = qa.input_quantizer.current_threshold().numpy()
+    assert np.array_equal(h.numpy(), ref.binary_linear(x.numpy(), folded[0].weights, threshold=thr,
+                                                       bias=folded[0].bias.numpy()))
+    assert torch.equal(folded(x), y_train) and torch.equal(kept(x), y_train)
+    assert torch.equal(folded(x[:1]), y_train[:1])
+    # the fold's premise: these eval-mode ops give each element the same value wherever it
+    # sits in the batch (so evaluating all dot values at once is what a forward computes)
+    d = torch.arange(-k, k + 1, 2, dtype=torch.float32)[:, None].expand(-1, n).contiguous()
+    with torch.no_grad():
+        whole = bn(qa._epilogue(d))
+        assert torch.equal(torch.cat([bn(qa._epilogue(row[None])) for row in d]), whole)
+        assert torch.equal(bn(qa._epilogue(d.flip(0))).flip(0), whole)
+
+
+def _np_all_integer(t):
+    a = t.numpy()
+    return bool(np.all(a == np.round(a)))
 
 
 def test_state_dicts_round_trip(tmp_path):

@@ -456,7 +456,7 @@ def _binary_linear_cls():
     return tkt.BinaryLinear, tkt.MODES
 
 
-def _convert_linear(q: QuantLinear, activations: str, threads) -> nn.Module:
+def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None) -> nn.Module:
     BinaryLinear, modes = _binary_linear_cls()
     w = q.weight.detach().to("cpu", torch.float32).numpy()
     if np.isnan(w).any():
@@ -479,8 +479,9 @@ def _convert_linear(q: QuantLinear, activations: str, threads) -> nn.Module:
     if iq is not None and q.scale in (None, "mean_abs"):
         # W1A1: the kernel binarizes at the same float32 thresholds (x >= t) and computes
         # (float32(dot) * scale) + bias, the forward's ops exactly.
-        thr = iq.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
-        return BinaryLinear(weights, "w1a1", bias=q.bias, threshold=thr, threads=threads)
+        if threshold is None:
+            threshold = iq.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+        return BinaryLinear(weights, "w1a1", bias=q.bias, threshold=threshold, threads=threads)
     mode = "w1a_float" if activations == "float32" else "w1a8"
     if mode not in modes:
         raise ValueError("convert: activations='q8_0' needs BinaryLinear mode 'w1a8', which this "
@@ -502,19 +503,100 @@ def _convert_conv(q: QuantConv2d, activations: str, threads) -> nn.Module:
     raise NotImplementedError("convert: QuantConv2d -> BinaryConv2d is not wired up yet")  # pragma: no cover
 
 
-def _convert(module: nn.Module, activations: str, threads) -> nn.Module:
+def _is_w1a1(q) -> bool:
+    """A QuantLinear that converts to a plain W1A1 BinaryLinear."""
+    return (isinstance(q, QuantLinear) and isinstance(q.input_quantizer, SignQuantizer)
+            and q.input_quantizer.channel_dim == -1 and q.scale in (None, "mean_abs"))
+
+
+_FOLD_MAX_K = 2**24 - 2  # dot - T stays an exact float32 integer: |dot - T| <= 2K + 2 < 2**25, even
+
+
+def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads) -> nn.Module | None:
+    """``qa`` (W1A1) → ``bn`` → ``qb``'s SignQuantizer, as one W1A1 layer whose output is
+    ``dot' - T`` (an exact float32 integer) and which ``qb`` then binarizes at 0.
+
+    The dot product of ±1 vectors of length K only takes the K + 1 values
+    ``-K, -K + 2, ..., K``. For each, the training model's own eval-mode modules (``qa``'s
+    epilogue, ``bn``, ``qb``'s quantizer — every op elementwise per channel) give the bit the
+    next layer sees; per channel that bit is monotone in the dot (every float op here is
+    monotone), so it is ``dot >= T`` (or, for a negative slope, ``dot <= T``: the row's
+    weight bits are inverted, ``-dot >= -T``). The folded layer therefore feeds ``qb`` the
+    very bits the training model computes, ties and float rounding included, with scale and
+    BatchNorm gone. Returns None (no fold) when an assumption fails: BatchNorm without
+    running statistics, K too large, non-finite values or a non-monotone bit pattern.
+    """
+    BinaryLinear, _ = _binary_linear_cls()
+    if not (isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats and bn.running_mean is not None
+            and bn.num_features == qa.out_features and _is_w1a1(qb) and qb.in_features == qa.out_features
+            and not bn.training and not qa.training and not qb.training):
+        return None
+    k, n = qa.in_features, qa.out_features
+    if k > _FOLD_MAX_K or n == 0:
+        return None
+    d = torch.arange(-k, k + 1, 2, dtype=torch.float32)  # the K + 1 possible dot products
+    rows = max(1, 2**22 // n)
+    bits_seen = []
+    with torch.no_grad():
+        for i in range(0, k + 1, rows):
+            z = qb.input_quantizer(bn(qa._epilogue(d[i:i + rows, None].expand(-1, n).contiguous())))
+            if torch.isnan(z).any():
+                return None
+            bits_seen.append(z > 0)
+    v = torch.cat(bits_seen)  # (K + 1, N): the next layer's bit for each dot value
+    rising = (v[1:] >= v[:-1]).all(dim=0)
+    falling = (v[1:] <= v[:-1]).all(dim=0)
+    if not bool((rising | falling).all()):
+        return None
+    idx = torch.arange(k + 1)
+    first = torch.where(v, idx[:, None], k + 1).min(dim=0).values  # k + 1: never
+    last = torch.where(v, idx[:, None], -1).max(dim=0).values
+    flip = ~rising  # strictly falling somewhere: bit = dot <= d[last]
+    t_rise = (-k + 2 * first).to(torch.float32)  # bit = dot >= t_rise (k + 2: never)
+    t_fall = (-k + 2 * last).to(torch.float32)
+    bias = torch.where(flip, t_fall, -t_rise)  # output dot - t_rise, or -dot + t_fall
+    w = qa.weight.detach().to("cpu", torch.float32).numpy()
+    if np.isnan(w).any():
+        return None
+    bits = tk.pack_bits(w)
+    f = flip.numpy()
+    if f.any():  # invert those rows' bits (not the sign of w: -0.0 would still pack as +1)
+        ones = tk.pack_bits(np.ones((1, k), np.float32))[0]
+        bits[f] = bits[f] ^ ones
+    thr = qa.input_quantizer.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+    return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=thr, threads=threads)
+
+
+def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Module:
     if isinstance(module, QuantLinear):
         return _convert_linear(module, activations, threads)
     if isinstance(module, QuantConv2d):
         return _convert_conv(module, activations, threads)
-    for name, child in list(module.named_children()):
-        new = _convert(child, activations, threads)
+    names = list(module._modules)
+    zero_threshold = set()  # QuantLinears whose input now arrives as dot - T: binarize at 0
+    for i, name in enumerate(names):
+        child = module._modules[name]
+        if child is None:
+            continue
+        if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and _is_w1a1(child):
+            bn, nxt = module._modules[names[i + 1]], module._modules[names[i + 2]]
+            folded = _fold_batchnorm(child, bn, nxt, threads)
+            if folded is not None:
+                module._modules[name] = folded
+                module._modules[names[i + 1]] = nn.Identity()
+                zero_threshold.add(names[i + 2])
+                continue
+        if name in zero_threshold:
+            new = _convert_linear(child, activations, threads, threshold=0.0)
+        else:
+            new = _convert(child, activations, threads, fold)
         if new is not child:
-            setattr(module, name, new)
+            module._modules[name] = new
     return module
 
 
-def convert(model: nn.Module, *, activations: str = "float32", threads: int | None = None) -> nn.Module:
+def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: bool = True,
+            threads: int | None = None) -> nn.Module:
     """A copy of ``model`` for inference on the kernels, in eval mode (``model`` is unchanged).
 
     Every :class:`QuantLinear` becomes a :class:`~takane_kernels.torch.BinaryLinear`:
@@ -530,8 +612,15 @@ def convert(model: nn.Module, *, activations: str = "float32", threads: int | No
       exact) followed by a ``"w1a_float"`` layer (the W1A1 kernel has no per-input or group
       scales), within the same bound.
 
-    Everything else (BatchNorm, activations, a standalone SignQuantizer, ...) is kept as is,
-    so its eval output is unchanged; a BatchNorm after a W1A1 layer sees bit-identical inputs.
+    In an ``nn.Sequential``, a W1A1 ``QuantLinear`` → ``BatchNorm1d`` → W1A1 ``QuantLinear``
+    run is folded (``fold_batchnorm=True``): the BatchNorm, the first layer's scale and bias and
+    the second layer's threshold become one integer threshold per channel (the first layer
+    outputs ``dot - T``, the BatchNorm becomes ``nn.Identity``, the second binarizes at 0),
+    computed from the training model's own eval-mode ops for every possible dot product, so
+    the bits the second layer sees — and the model's outputs — are unchanged, bit for bit.
+    Everything else (other BatchNorms, activations, a standalone SignQuantizer, ...) is kept
+    as is, so its eval output is unchanged; a BatchNorm after a W1A1 layer sees bit-identical
+    inputs.
     ``QuantConv2d`` needs ``BinaryConv2d`` (DESIGN §10) and raises ``NotImplementedError``
     until that exists.
     """
@@ -539,8 +628,8 @@ def convert(model: nn.Module, *, activations: str = "float32", threads: int | No
         raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
-    model = copy.deepcopy(model).cpu()
-    return _convert(model, activations, threads).eval()
+    model = copy.deepcopy(model).cpu().eval()  # folding evaluates the eval-mode ops
+    return _convert(model, activations, threads, bool(fold_batchnorm)).eval()
 
 
 def linear_error_bound(x, layer: nn.Module) -> np.ndarray:
