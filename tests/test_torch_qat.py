@@ -674,6 +674,29 @@ def test_batchnorm_folded_into_the_next_threshold_bit_exact(on_isa, scale):
         assert torch.equal(bn(qa._epilogue(d.flip(0))).flip(0), whole)
 
 
+def test_batchnorm_folds_chain(on_isa):
+    """Two folds in a row: the middle layer gets its input as dot - T (threshold 0) and
+    outputs dot - T' for the next."""
+    torch.manual_seed(15)
+    model = nn.Sequential(QuantLinear(40, 30, input_quantizer=SignQuantizer(40)), nn.BatchNorm1d(30),
+                          QuantLinear(30, 20, input_quantizer=SignQuantizer(30, mean_factor=1.0)), nn.BatchNorm1d(20),
+                          QuantLinear(20, 6, scale=None, input_quantizer=SignQuantizer(20)))
+    g = torch.Generator().manual_seed(16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        model(torch.randn(64, 40, generator=g)).square().mean().backward()
+        opt.step()
+    model.eval()
+    folded = convert(model)
+    assert [type(m).__name__ for m in folded] == ["BinaryLinear", "Identity", "BinaryLinear", "Identity", "BinaryLinear"]
+    assert folded[2].threshold == 0.0 and folded[4].threshold == 0.0
+    x = torch.randn(500, 40, generator=g)
+    y = folded(x)
+    assert_ran(on_isa)
+    with torch.no_grad():
+        assert torch.equal(y, model(x))
+
+
 def _np_all_integer(t):
     a = t.numpy()
     return bool(np.all(a == np.round(a)))

@@ -512,7 +512,7 @@ def _is_w1a1(q) -> bool:
 _FOLD_MAX_K = 2**24 - 2  # dot - T stays an exact float32 integer: |dot - T| <= 2K + 2 < 2**25, even
 
 
-def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads) -> nn.Module | None:
+def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads, threshold=None) -> nn.Module | None:
     """``qa`` (W1A1) → ``bn`` → ``qb``'s SignQuantizer, as one W1A1 layer whose output is
     ``dot' - T`` (an exact float32 integer) and which ``qb`` then binarizes at 0.
 
@@ -523,7 +523,8 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     monotone), so it is ``dot >= T`` (or, for a negative slope, ``dot <= T``: the row's
     weight bits are inverted, ``-dot >= -T``). The folded layer therefore feeds ``qb`` the
     very bits the training model computes, ties and float rounding included, with scale and
-    BatchNorm gone. Returns None (no fold) when an assumption fails: BatchNorm without
+    BatchNorm gone. ``threshold`` overrides ``qa``'s input threshold (0 when ``qa`` itself
+    follows a fold). Returns None (no fold) when an assumption fails: BatchNorm without
     running statistics, K too large, non-finite values or a non-monotone bit pattern.
     """
     BinaryLinear, _ = _binary_linear_cls()
@@ -563,8 +564,9 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     if f.any():  # invert those rows' bits (not the sign of w: -0.0 would still pack as +1)
         ones = tk.pack_bits(np.ones((1, k), np.float32))[0]
         bits[f] = bits[f] ^ ones
-    thr = qa.input_quantizer.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
-    return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=thr, threads=threads)
+    if threshold is None:
+        threshold = qa.input_quantizer.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+    return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=threshold, threads=threads)
 
 
 def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Module:
@@ -580,7 +582,7 @@ def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Mod
             continue
         if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and _is_w1a1(child):
             bn, nxt = module._modules[names[i + 1]], module._modules[names[i + 2]]
-            folded = _fold_batchnorm(child, bn, nxt, threads)
+            folded = _fold_batchnorm(child, bn, nxt, threads, 0.0 if name in zero_threshold else None)
             if folded is not None:
                 module._modules[name] = folded
                 module._modules[names[i + 1]] = nn.Identity()
