@@ -719,6 +719,27 @@ def test_state_dicts_round_trip(tmp_path):
     assert torch.equal(other(x), converted(x))
 
 
+def test_binary_linear_state_carries_the_threshold():
+    """A converted W1A1 layer's thresholds are part of its state; a state without them (saved
+    before they were) keeps the module's own; a bad one is refused."""
+    q = QuantLinear(50, 7, input_quantizer=_trained_quantizer(50, seed=17)).eval()
+    b = convert(q)
+    state = b.state_dict()
+    assert state["_extra_state"]["threshold"].shape == (50,)
+    other = BinaryLinear.from_linear(nn.Linear(50, 7), mode="w1a1", threshold=0.0)
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.threshold, b.threshold)
+    x = _x((5, 50), seed=28)
+    assert torch.equal(other(x), b(x))
+    old = dict(state, _extra_state={k: v for k, v in state["_extra_state"].items() if k != "threshold"})
+    kept = BinaryLinear.from_linear(nn.Linear(50, 7), mode="w1a1", threshold=0.25)
+    kept.load_state_dict(old)
+    assert kept.threshold == 0.25
+    bad = dict(state, _extra_state=dict(state["_extra_state"], threshold=torch.zeros(49, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="threshold"):
+        kept.load_state_dict(bad)
+
+
 def test_torch_compile_of_a_converted_model():
     """torch.compile (inductor) runs a converted model and gives the eager outputs.
 
