@@ -348,6 +348,8 @@ def test_quant_linear_scales():
             QuantLinear(200, 12, **kwargs)
     with pytest.raises(TypeError, match="input_quantizer"):
         QuantLinear(8, 2, input_quantizer="sign")
+    with pytest.raises(ValueError, match="in_features >= 1"):
+        QuantLinear(0, 2, scale="group", group_size=64)
     with pytest.raises(ValueError, match=r"expected \(\.\.\., 200\)"):
         none(torch.zeros(3, 199))
 
@@ -423,6 +425,25 @@ def _trained_quantizer(k, seed, **kw):
     for x in _batches(k, 3, seed=seed):
         q(x)
     return q.eval()
+
+
+def test_convert_degenerate_shapes_and_leading_dims(on_isa):
+    for k, n in [(0, 3), (3, 0)]:
+        q = QuantLinear(k, n).eval()
+        b = convert(q)
+        x = _x((4, k), seed=29)
+        with torch.no_grad():
+            assert torch.equal(b(x), q(x)) and b(x).shape == (4, n)
+    q = QuantLinear(8, 3, input_quantizer=SignQuantizer(8))
+    x = _x((2, 5, 8), seed=30)
+    q(x)  # statistics over both leading dims
+    q.eval()
+    b = convert(q)
+    with torch.no_grad():
+        assert torch.equal(b(x), q(x)) and b(x).shape == (2, 5, 3)
+        assert torch.equal(b(x[0, 0]), q(x[0, 0])) and b(x[0, 0]).shape == (3,)
+        assert b(torch.empty(0, 8)).shape == q(torch.empty(0, 8)).shape == (0, 3)
+    assert_ran(on_isa)
 
 
 @pytest.mark.parametrize("k,n", [(1, 1), (63, 65), (129, 64), (300, 33)])

@@ -298,6 +298,8 @@ class QuantLinear(nn.Linear):
         if group_size is not None:
             from ._weights import check_group_size
             group_size = check_group_size(group_size)
+            if in_features < 1:
+                raise ValueError("scale='group' needs in_features >= 1")
         self.scale = scale
         self.group_size = group_size
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
@@ -341,8 +343,8 @@ class QuantLinear(nn.Linear):
 
     def row_scale(self) -> torch.Tensor | None:
         """The (N,) output scale the forward applies (None for none)."""
-        if self.scale == "mean_abs":
-            return self.weight.abs().mean(dim=1)
+        if self.scale == "mean_abs":  # K = 0: 0, as pack_weights (the mean of nothing is NaN)
+            return self.weight.abs().mean(dim=1) if self.in_features else self.weight.new_zeros(self.out_features)
         if self.scale == "onebit":
             return self.weight_scale
         return None
