@@ -33,7 +33,9 @@ from takane_kernels import reference as ref  # noqa: E402
 from takane_kernels.torch import (BinaryLinear, QuantConv2d, QuantLinear, SignQuantizer,  # noqa: E402
                                   convert, linear_error_bound)
 
-from conftest import assert_ran  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
+
+from conftest import assert_ran, count_example  # noqa: E402
 
 
 # ---- the seed's module, re-typed from its description (issue 16) ---------------------------
@@ -616,6 +618,53 @@ def test_end_to_end_w1a1_bit_exact(on_isa):
             with torch.no_grad():
                 h = q(h)
     assert torch.equal(y, h)
+
+
+@st.composite
+def w1a1_models(draw):
+    """Random W1A1 stacks: widths around the word edges, every threshold kind, scales,
+    BatchNorms (folded or not, negative and zero weights), inputs with exact ties."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    torch.manual_seed(seed)
+    widths = [draw(st.sampled_from([1, 2, 7, 63, 64, 65, 129])) for _ in range(draw(st.integers(2, 4)))]
+    layers = []
+    for i, (k, n) in enumerate(zip(widths, widths[1:])):
+        kind = draw(st.sampled_from(THRESHOLD_KINDS_T))
+        q = SignQuantizer(k, threshold=kind, value=draw(st.sampled_from([0.0, 0.3, -0.7])),
+                          mean_factor=draw(st.sampled_from([0.0, 1.0])))
+        layers.append(QuantLinear(k, n, draw(st.booleans()), scale=draw(st.sampled_from([None, "mean_abs"])),
+                                  input_quantizer=q))
+        if i + 2 < len(widths) and draw(st.booleans()):
+            bn = nn.BatchNorm1d(n)
+            with torch.no_grad():
+                bn.weight.copy_(torch.randn(n) * (torch.rand(n) > 0.2))
+                bn.bias.copy_(torch.randn(n))
+                bn.running_mean.copy_(torch.randn(n) * 3)
+                bn.running_var.uniform_(0.01, 9.0)
+            layers.append(bn)
+    model = nn.Sequential(*layers)
+    model.train()
+    g = torch.Generator().manual_seed(seed)
+    model(torch.randn(8, widths[0], generator=g) * 2)  # the adaptive quantizers see a batch
+    model.eval()
+    x = torch.randn(draw(st.integers(1, 9)), widths[0], generator=g) * 2
+    x[0] = model[0].input_quantizer.current_threshold().detach()  # exact ties
+    return model, x, draw(st.booleans())
+
+
+THRESHOLD_KINDS_T = ("adaptive", "fixed", "learned")
+
+
+@given(w1a1_models())
+def test_convert_w1a1_property(isa_name, problem):
+    model, x, fold = problem
+    count_example(isa_name)
+    converted = convert(model, fold_batchnorm=fold)
+    with tk.isa.force(isa_name):
+        y = converted(x)
+        assert_ran(isa_name)
+    with torch.no_grad():
+        assert torch.equal(y, model(x))
 
 
 def test_end_to_end_mixed_weight_only_and_w1a1(on_isa):

@@ -190,7 +190,7 @@ class SignQuantizer(nn.Module):
         self._check_input(x)
         cd = self.channel_dim % x.ndim
         dims = [d for d in range(x.ndim) if d != cd]
-        samples = math.prod(x.shape[d] for d in dims)
+        samples = x.numel() // x.shape[cd]  # (no generator: dynamo traces this without a break)
         if samples <= self.ddof:
             raise ValueError(f"update_ema: a batch of shape {tuple(x.shape)} has {samples} sample(s) per "
                              f"channel; the std with ddof={self.ddof} needs more than {self.ddof}")
