@@ -414,6 +414,8 @@ def test_quant_conv2d_errors_and_no_scale():
         QuantConv2d(3, 2, 3, pad_value=2)
     with pytest.raises(ValueError, match="scale must be one of"):
         QuantConv2d(3, 2, 3, scale="onebit")
+    with pytest.raises(ValueError, match="channel_dim=1"):
+        QuantConv2d(3, 2, 3, input_quantizer=SignQuantizer(3))
     if hasattr(tkt, "BinaryConv2d"):
         pytest.fail("BinaryConv2d exists now: wire QuantConv2d into convert() and test it here")
     with pytest.raises(NotImplementedError, match="BinaryConv2d"):

@@ -410,6 +410,8 @@ class QuantConv2d(nn.Conv2d):
         self.pad_value = int(pad_value)
         self.weight_ste = _check_ste(weight_ste, "weight_ste")
         self.input_quantizer = _check_input_quantizer(input_quantizer)
+        if isinstance(input_quantizer, SignQuantizer) and input_quantizer.channel_dim != 1:
+            raise ValueError("QuantConv2d's SignQuantizer must have channel_dim=1 (NCHW)")
 
     def explicit_padding(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) taps added around the image."""
