@@ -416,8 +416,8 @@ def test_quant_conv2d_errors_and_no_scale():
         QuantConv2d(3, 2, 3, scale="onebit")
     with pytest.raises(ValueError, match="channel_dim=1"):
         QuantConv2d(3, 2, 3, input_quantizer=SignQuantizer(3))
-    if hasattr(tkt, "BinaryConv2d"):
-        pytest.fail("BinaryConv2d exists now: wire QuantConv2d into convert() and test it here")
+    # the remaining piece: QuantConv2d -> BinaryConv2d (DESIGN §10) once that module exists;
+    # until it is wired up, convert says so rather than returning an unconverted layer
     with pytest.raises(NotImplementedError, match="BinaryConv2d"):
         convert(nn.Sequential(c))
 
@@ -817,14 +817,14 @@ def test_torch_compile_of_a_converted_model():
 
     BinaryLinear calls the kernels through numpy/cffi, which dynamo must not trace: its
     forward is ``torch.compiler.disable``d, one graph break per layer, the modules between
-    them compiled. With the convolution work's torch.library custom ops (it adds
-    BinaryConv2d with them) the whole model must compile with ``fullgraph=True``."""
+    them compiled. Once BinaryLinear runs through torch.library custom ops instead (the
+    convolution work adds them) the whole model must compile with ``fullgraph=True``."""
     model = _train(_mlp(11))
     converted = convert(model)
     x = _x((8, 96), seed=27)
     eager = converted(x)
     torch._dynamo.reset()
-    fullgraph = hasattr(tkt, "BinaryConv2d")
+    fullgraph = not getattr(BinaryLinear.forward, "_torchdynamo_disable", False)
     compiled = torch.compile(converted, fullgraph=fullgraph)
     assert torch.equal(compiled(x), eager)
     assert torch.equal(compiled(x[:3]), eager[:3])  # another batch size: a recompile or a dynamic graph

@@ -504,7 +504,8 @@ def _convert_conv(q: QuantConv2d, activations: str, threads) -> nn.Module:
     if not hasattr(tkt, "BinaryConv2d"):
         raise NotImplementedError("convert: QuantConv2d needs takane_kernels.torch.BinaryConv2d "
                                   "(the convolution work), which this build does not have")
-    raise NotImplementedError("convert: QuantConv2d -> BinaryConv2d is not wired up yet")  # pragma: no cover
+    raise NotImplementedError("convert: QuantConv2d -> BinaryConv2d is not wired up yet (the remaining "
+                              "piece of issue 16)")
 
 
 def _is_w1a1(q) -> bool:
