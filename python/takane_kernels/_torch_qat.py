@@ -630,6 +630,9 @@ def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: b
     inputs.
     ``QuantConv2d`` needs ``BinaryConv2d`` (DESIGN §10) and raises ``NotImplementedError``
     until that exists.
+
+    The guarantees are for float32 models (PyTorch's default; the kernels compute in float32):
+    a model trained in another dtype converts with its parameters rounded to float32.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
