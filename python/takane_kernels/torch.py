@@ -118,6 +118,9 @@ class BinaryLinear(nn.Module):
         return cls(weights, mode, bias=linear.bias, threshold=threshold,
                    activation_scale=activation_scale, threads=threads)
 
+    # dynamo must not trace into the numpy/cffi call (it fails building a guard on the cffi
+    # lib object): under torch.compile each BinaryLinear is one graph break, run eagerly
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = _as_numpy(x)
         if xn.ndim < 1 or xn.shape[-1] != self.in_features:
@@ -140,6 +143,9 @@ class BinaryLinear(nn.Module):
             "bits": torch.from_numpy(w.bits.view(np.int64).copy()),  # uint64 bit patterns
             "scale": None if w.scale is None else torch.from_numpy(w.scale.copy()),
             "in_scale": None if w.in_scale is None else torch.from_numpy(w.in_scale.copy()),
+            # the activation threshold is part of what a W1A1 layer computes (e.g. a trained
+            # SignQuantizer's): float64, a 0-d scalar or (K,); optional when loading
+            "threshold": torch.as_tensor(np.asarray(self.threshold, dtype=np.float64)).clone(),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -156,6 +162,11 @@ class BinaryLinear(nn.Module):
         if (weights.n, weights.k) != (self.out_features, self.in_features):
             raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
                              f"({self.out_features}, {self.in_features})")
+        if state.get("threshold") is not None:
+            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
+            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (weights.k,)) or not np.all(np.isfinite(t)):
+                raise ValueError(f"state's threshold must be finite, a scalar or ({weights.k},), got shape {t.shape}")
+            self.threshold = float(t) if t.ndim == 0 else t
         self.weights = weights
 
     def extra_repr(self) -> str:
@@ -165,3 +176,7 @@ class BinaryLinear(nn.Module):
 
 def _is_zero(t) -> bool:
     return np.ndim(t) == 0 and float(t) == 0.0
+
+
+from ._torch_qat import QuantConv2d, QuantLinear, SignQuantizer, convert, linear_error_bound  # noqa: E402,F401
+__all__ += ["SignQuantizer", "QuantLinear", "QuantConv2d", "convert", "linear_error_bound"]  # quantization-aware training
