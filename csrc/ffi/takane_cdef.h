@@ -3,6 +3,8 @@
  * fails to compile. Keep the order and spelling of the header. */
 #define TAKANE_ABI_VERSION 1
 #define TAKANE_MAX_K 2147483647
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_status {
     TAKANE_OK = 0,
@@ -18,7 +20,9 @@ typedef enum takane_status {
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
     TAKANE_ERR_BAD_THREADS = 12,
-    TAKANE_ERR_NOT_FINITE = 13
+    TAKANE_ERR_NOT_FINITE = 13,
+    TAKANE_ERR_BAD_GROUP_SIZE = 14,
+    TAKANE_ERR_BAD_ACTIVATIONS = 15
 } takane_status;
 
 typedef enum takane_isa {
@@ -148,3 +152,13 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
                                                     const float *in_scale, const float *scale,
                                                     const float *bias, float *y,
                                                     int64_t y_row_stride, int32_t threads);
+
+takane_status takane_binary_weight_matmul_ex(
+    int64_t m, int64_t n, int64_t k, const float *x, int64_t x_row_stride, const uint64_t *w,
+    int64_t w_row_stride, const float *in_scale, const float *scale, const float *group_scale,
+    int64_t group_size, const float *bias, int32_t activations, float *y, int64_t y_row_stride,
+    int32_t threads);
+takane_status takane_binary_weight_matmul_prepacked_ex(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);

@@ -125,6 +125,36 @@ typedef struct takane_wfloat_ukernel {
                          int64_t pstride, int64_t q0, int64_t q1, float *acc);
 } takane_wfloat_ukernel;
 
+/* Largest W1A8 tile any kernel set may declare (framework scratch is sized by it). */
+#define TAKANE_Q8_MAX_MR 4
+#define TAKANE_Q8_MAX_NP 4
+
+/*
+ * W1A8 (Q8_0 activations) microkernels (csrc/kernels/wq8/wq8_<isa>.c), used by wq8.c.
+ * The framework quantizes each activation row (wq8.c: exactly llama.cpp's Q8_0) into
+ *   q: kw*64 int8 (zero past k), and per 32-column block b < 2*kw: d[b] the fp16-rounded
+ *   scale as float (0 for padding blocks) and nq[b] = -sum_{c in b} q[c] (int32);
+ * the kernel turns q into a kernel-specific table of table_len(kw) bytes (build_table;
+ * 64-byte aligned), then one `panels` call computes, for i < mr activation rows, the
+ * rows j < np * TAKANE_PANEL_ROWS of np consecutive panels (panel t at
+ * panels + t * pstride words) and every group g of gw words (words [g*gw, min(kw,
+ * (g+1)*gw)); gw = kw when there are no group scales):
+ *   part[(i * ldp + g) * NP * TAKANE_PANEL_ROWS + j] = sum_{blocks b of group g} d[b] * S_b,
+ *   S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b],
+ * with S_b exact (int32) and the float sum in any order (one fl(d * S) or FMA per block,
+ * then adds). Requires 1 <= mr <= the set's mr, 1 <= np <= the set's np, kw >= 1,
+ * ldp >= ceil(kw / gw), NP the set's np (whatever np this call has). Rows past N in a
+ * panel are zero bits (their sums are dropped).
+ */
+typedef struct takane_q8_ukernel {
+    int mr, np;
+    int64_t (*table_len)(int64_t kw);
+    void (*build_table)(const int8_t *q, int64_t kw, void *table);
+    void (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                   int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
+                   int64_t gw, float *part, int64_t ldp);
+} takane_q8_ukernel;
+
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
 typedef struct takane_kernel_set {
     takane_isa isa;
@@ -132,6 +162,7 @@ typedef struct takane_kernel_set {
     takane_pack_row_fn pack_row;
     const takane_linear_ukernel *linear;
     const takane_wfloat_ukernel *wfloat;
+    const takane_q8_ukernel *q8;
 } takane_kernel_set;
 
 /* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */
@@ -154,10 +185,12 @@ struct takane_weights {
 /* The layer kernels (binary_linear, W1A-float) of each ISA. */
 #define TAKANE_DECLARE_LAYER_KERNELS(isa)                                                  \
     extern const takane_linear_ukernel takane_linear_ukernel_##isa;                        \
-    extern const takane_wfloat_ukernel takane_wfloat_ukernel_##isa;
+    extern const takane_wfloat_ukernel takane_wfloat_ukernel_##isa;                        \
+    extern const takane_q8_ukernel takane_q8_ukernel_##isa;
 TAKANE_DECLARE_LAYER_KERNELS(scalar)
 TAKANE_DECLARE_LAYER_KERNELS(avx2)
 TAKANE_DECLARE_LAYER_KERNELS(avx512)
+extern const takane_q8_ukernel takane_q8_ukernel_neon;
 
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);

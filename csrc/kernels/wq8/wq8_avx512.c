@@ -1,0 +1,170 @@
+/*
+ * wq8_avx512.c — W1A8 microkernels for x86-64 AVX-512: Q8_0 activations against packed ±1
+ * weights, exact int8 block sums through in-register byte lookup tables (T-MAC's idea).
+ *
+ * ISA and flags: AVX-512 F+BW+VL+VPOPCNTDQ+VBMI+VNNI (the flags of every *_avx512.c file;
+ *   the avx512 level requires VBMI and VNNI since this kernel).
+ * Idea: split each activation q (int8) as q = 16 qh + ql with ql = q & 15 in [0, 15] and
+ *   qh = q >> 4 (arithmetic) in [-8, 7]. For a nibble of 4 weight bits, the set-bit sums
+ *   of ql (<= 60) and qh ([-32, 28]) fit a byte, so one VPERMT2B (a 128-byte table, 7-bit
+ *   index) looks up 64 nibbles = 256 weight-activation products of one plane at once.
+ * Layout (no re-tiling: the handle's panels): one aligned 64-byte load of word q of a panel
+ *   holds 8 rows x 64 columns; its 32-bit lane 2r+h is block h (columns 32h..32h+31) of
+ *   row r, byte i of that lane is columns 32h+8i..+7. The lookup index of a byte's low
+ *   (high) nibble is nibble | i << 4 | h << 6, one VPTERNLOGD with a constant (after a
+ *   VPSRLW for the high nibble); per word and activation row there are 4 tables (low/high
+ *   nibble x ql/qh plane) of 128 bytes: entry [h][i][e] = sum over bits b set in e of the
+ *   plane at column 32h + 8i (+4 for the high nibble) + b.
+ * Sums: per byte, Pl = lo_ql + hi_ql <= 120 (u8) and Ph = lo_qh + hi_qh in [-64, 56] (s8);
+ *   then VPDPBUSD twice folds the 4 bytes of a lane into the exact block sum
+ *   S = 2 P - Q = nq + sum 2 Pl + sum 32 Ph (nq = -Q starts the accumulator), and
+ *   VCVTDQ2PS + VFMADD231PS add d * S into a float accumulator per (row, block parity).
+ *   At a group's end the two parities of each row are added and stored (VPERMPS).
+ * Tile: MR <= 2 activation rows x NP <= 4 panels (32 weight rows). The M = 1 (decode)
+ *   variant streams 4 panels side by side with software prefetch; the M = 2 variant
+ *   computes each word's indices once for both rows.
+ * Cost per word, 8 rows, one activation row: 4 VPERMT2B + 2 VPADDB + 2 VPDPBUSD + CVT +
+ *   FMA (+ 3 index ops shared by the rows) for 512 products.
+ * Float error: one FMA per block, then adds (the framework's bound, wq8.c).
+ * Invariants: q holds kw*64 values (zero past k); panels are 64-byte aligned; panel rows
+ *   past N are zero bits.
+ */
+#include "../isa_avx512.h"
+
+#include <string.h>
+
+#include "../../src/internal.h"
+
+#define MR 2
+#define NP 4
+#define WORD_TABLE 512 /* bytes of table per word and activation row */
+#define PREFETCH_WORDS 8
+
+static int64_t table_len(int64_t kw) { return kw * WORD_TABLE; }
+
+/* Tables of one activation row (see the header comment), built with masked VPERMB:
+ * output byte 16 i + e of the (h, nibble-half) vector gathers column 32h + 8i + 4 half + b
+ * of the plane for every b set in e. */
+static void build_table(const int8_t *q, int64_t kw, void *table) {
+    uint8_t *t = (uint8_t *)table;
+    /* base[b] byte j = 8 * (j / 16) + b; masks: bit j set iff bit b of (j % 16) is */
+    __m512i base[4];
+    for (int b = 0; b < 4; b++) {
+        uint8_t v[64];
+        for (int j = 0; j < 64; j++) v[j] = (uint8_t)(8 * (j / 16) + b);
+        base[b] = _mm512_loadu_si512(v);
+    }
+    const __mmask64 bm[4] = {0xAAAAAAAAAAAAAAAAull, 0xCCCCCCCCCCCCCCCCull,
+                             0xF0F0F0F0F0F0F0F0ull, 0xFF00FF00FF00FF00ull};
+    const __m512i low4 = _mm512_set1_epi8(15), eight = _mm512_set1_epi8(8);
+    for (int64_t w = 0; w < kw; w++) {
+        const __m512i x = _mm512_loadu_si512((const void *)(q + w * 64));
+        const __m512i ql = _mm512_and_si512(x, low4);
+        /* qh = sign-extended high nibble: ((x >> 4) & 15) ^ 8) - 8 */
+        const __m512i hn = _mm512_and_si512(_mm512_srli_epi16(x, 4), low4);
+        const __m512i qh = _mm512_sub_epi8(_mm512_xor_si512(hn, eight), eight);
+        uint8_t *tw = t + w * WORD_TABLE;
+        for (int half = 0; half < 2; half++)
+            for (int plane = 0; plane < 2; plane++) {
+                const __m512i src = plane ? qh : ql;
+                for (int h = 0; h < 2; h++) {
+                    const __m512i off = _mm512_set1_epi8((char)(32 * h + 4 * half));
+                    __m512i acc = _mm512_setzero_si512();
+                    for (int b = 0; b < 4; b++)
+                        acc = _mm512_add_epi8(acc, _mm512_maskz_permutexvar_epi8(
+                                                       bm[b], _mm512_add_epi8(base[b], off), src));
+                    /* table (half, plane) = 128 bytes: h = 0 then h = 1 */
+                    _mm512_storeu_si512((void *)(tw + (half * 2 + plane) * 128 + h * 64), acc);
+                }
+            }
+    }
+}
+
+/* ROWS activation rows x PANS panels over all words, groups of gw words. */
+#define DEFINE_TILE(ROWS, PANS)                                                            \
+    static void tile_##ROWS##_##PANS(const void *const *tables, const float *const *d,     \
+                                     const int32_t *const *nq, const uint64_t *pan,        \
+                                     int64_t pstride, int64_t kw, int64_t gw, float *part, \
+                                     int64_t ldp) {                                        \
+        uint8_t pv[64];                                                                    \
+        for (int j = 0; j < 64; j++) pv[j] = (uint8_t)((((j >> 2) & 1) << 6) | ((j & 3) << 4)); \
+        const __m512i pos = _mm512_loadu_si512(pv);                                        \
+        const __m512i low4 = _mm512_set1_epi8(15);                                         \
+        const __m512i two = _mm512_set1_epi8(2), c32 = _mm512_set1_epi8(32);               \
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8,   \
+                                               10, 12, 14);                                \
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
+        for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {                          \
+            const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;                                \
+            __m512 acc[ROWS][PANS];                                                        \
+            for (int i = 0; i < ROWS; i++)                                                 \
+                for (int p = 0; p < PANS; p++) acc[i][p] = _mm512_setzero_ps();            \
+            for (int64_t q = g0; q < g1; q++) {                                            \
+                __m512i il[PANS], ih[PANS];                                                \
+                for (int p = 0; p < PANS; p++) {                                           \
+                    const uint64_t *wp = pan + p * pstride + q * TAKANE_PANEL_ROWS;        \
+                    _mm_prefetch((const char *)(wp + PREFETCH_WORDS * TAKANE_PANEL_ROWS),  \
+                                 _MM_HINT_T0);                                             \
+                    const __m512i w = _mm512_load_si512((const void *)wp);                 \
+                    /* (w & 15) | pos */                                                   \
+                    il[p] = _mm512_ternarylogic_epi32(w, low4, pos, 0xEA);                 \
+                    ih[p] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), low4, pos, 0xEA); \
+                }                                                                          \
+                for (int i = 0; i < ROWS; i++) {                                           \
+                    const uint8_t *t = (const uint8_t *)tables[i] + q * WORD_TABLE;        \
+                    const __m512i lla = _mm512_load_si512((const void *)t);                \
+                    const __m512i llb = _mm512_load_si512((const void *)(t + 64));         \
+                    const __m512i lha = _mm512_load_si512((const void *)(t + 128));        \
+                    const __m512i lhb = _mm512_load_si512((const void *)(t + 192));        \
+                    const __m512i hla = _mm512_load_si512((const void *)(t + 256));        \
+                    const __m512i hlb = _mm512_load_si512((const void *)(t + 320));        \
+                    const __m512i hha = _mm512_load_si512((const void *)(t + 384));        \
+                    const __m512i hhb = _mm512_load_si512((const void *)(t + 448));        \
+                    int64_t nq2, d2;                                                       \
+                    memcpy(&nq2, nq[i] + 2 * q, 8);                                        \
+                    memcpy(&d2, d[i] + 2 * q, 8);                                          \
+                    const __m512i nqv = _mm512_set1_epi64(nq2);                            \
+                    const __m512 dv = _mm512_castsi512_ps(_mm512_set1_epi64(d2));          \
+                    for (int p = 0; p < PANS; p++) {                                       \
+                        const __m512i pl =                                                 \
+                            _mm512_add_epi8(_mm512_permutex2var_epi8(lla, il[p], llb),     \
+                                            _mm512_permutex2var_epi8(hla, ih[p], hlb));    \
+                        const __m512i ph =                                                 \
+                            _mm512_add_epi8(_mm512_permutex2var_epi8(lha, il[p], lhb),     \
+                                            _mm512_permutex2var_epi8(hha, ih[p], hhb));    \
+                        __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                     \
+                        s = _mm512_dpbusd_epi32(s, c32, ph);                               \
+                        acc[i][p] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(s), acc[i][p]); \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+            for (int i = 0; i < ROWS; i++)                                                 \
+                for (int p = 0; p < PANS; p++) {                                           \
+                    const __m512 sum = _mm512_add_ps(_mm512_permutexvar_ps(even, acc[i][p]), \
+                                                     _mm512_permutexvar_ps(odd, acc[i][p])); \
+                    _mm256_storeu_ps(part + (i * ldp + grp) * NP * TAKANE_PANEL_ROWS +   \
+                                         p * TAKANE_PANEL_ROWS,                            \
+                                     _mm512_castps512_ps256(sum));                         \
+                }                                                                          \
+        }                                                                                  \
+    }
+DEFINE_TILE(1, 1)
+DEFINE_TILE(1, 2)
+DEFINE_TILE(1, 3)
+DEFINE_TILE(1, 4)
+DEFINE_TILE(2, 1)
+DEFINE_TILE(2, 2)
+DEFINE_TILE(2, 3)
+DEFINE_TILE(2, 4)
+
+static void panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
+                   float *part, int64_t ldp) {
+    typedef void (*tile_fn)(const void *const *, const float *const *, const int32_t *const *,
+                            const uint64_t *, int64_t, int64_t, int64_t, float *, int64_t);
+    static const tile_fn tiles[MR][NP] = {{tile_1_1, tile_1_2, tile_1_3, tile_1_4},
+                                          {tile_2_1, tile_2_2, tile_2_3, tile_2_4}};
+    tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, part, ldp);
+}
+
+const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR, NP, table_len, build_table, panels};
