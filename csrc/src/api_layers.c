@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "layers.h"
 
@@ -15,11 +16,21 @@ static takane_status check_dims(int64_t m, int64_t n, int64_t k, int32_t threads
     return TAKANE_OK;
 }
 
-/* TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. */
+/* TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. Branch-free
+ * over chunks (the exponent bits all ones means inf or NaN), so the compiler vectorizes
+ * it: group scales are N * K / G floats per call. */
 static takane_status check_finite(const float *v, int64_t len) {
-    if (v)
-        for (int64_t i = 0; i < len; i++)
-            if (!isfinite(v[i])) return TAKANE_ERR_NOT_FINITE;
+    if (!v) return TAKANE_OK;
+    for (int64_t i = 0; i < len; i += 4096) {
+        const int64_t end = len - i < 4096 ? len : i + 4096;
+        uint32_t bad = 0;
+        for (int64_t j = i; j < end; j++) {
+            uint32_t u;
+            memcpy(&u, v + j, sizeof u);
+            bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+        }
+        if (bad) return TAKANE_ERR_NOT_FINITE;
+    }
     return TAKANE_OK;
 }
 
@@ -299,10 +310,8 @@ static takane_status check_ex(int64_t m, int64_t n, int64_t k, const float *x,
     if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
     if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
     if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
-    if (group_scale) {
-        const int64_t ng = (k + group_size - 1) / group_size;
-        if ((st = check_finite(group_scale, n * ng)) != TAKANE_OK) return st;
-    }
+    /* group scales are checked while they are read (wq8.c, wfloat.c): a separate pass
+     * over N * K / G floats cost ~10% of a GEMV */
     return check_finite(bias, n);
 }
 

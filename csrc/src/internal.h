@@ -131,29 +131,43 @@ typedef struct takane_wfloat_ukernel {
 
 /*
  * W1A8 (Q8_0 activations) microkernels (csrc/kernels/wq8/wq8_<isa>.c), used by wq8.c.
- * The framework quantizes each activation row (wq8.c: exactly llama.cpp's Q8_0) into
- *   q: kw*64 int8 (zero past k), and per 32-column block b < 2*kw: d[b] the fp16-rounded
- *   scale as float (0 for padding blocks) and nq[b] = -sum_{c in b} q[c] (int32);
- * the kernel turns q into a kernel-specific table of table_len(kw) bytes (build_table;
- * 64-byte aligned), then one `panels` call computes, for i < mr activation rows, the
- * rows j < np * TAKANE_PANEL_ROWS of np consecutive panels (panel t at
- * panels + t * pstride words) and every group g of gw words (words [g*gw, min(kw,
- * (g+1)*gw)); gw = kw when there are no group scales):
- *   part[(i * ldp + g) * NP * TAKANE_PANEL_ROWS + j] = sum_{blocks b of group g} d[b] * S_b,
- *   S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b],
- * with S_b exact (int32) and the float sum in any order (one fl(d * S) or FMA per block,
- * then adds). Requires 1 <= mr <= the set's mr, 1 <= np <= the set's np, kw >= 1,
- * ldp >= ceil(kw / gw), NP the set's np (whatever np this call has). Rows past N in a
- * panel are zero bits (their sums are dropped).
+ * quantize_row: one row of k floats x (times in_scale[c] if in_scale != NULL, each product
+ *   rounded to float32) into Q8_0 exactly as llama.cpp's quantize_row_q8_0_ref (see
+ *   takane.h): q (kw*64 int8, zero past k), and per 32-column block b < 2*kw: d[b] = the
+ *   block scale rounded to fp16, as float (0 for blocks past k), nq[b] = -sum_{c in b} q[c].
+ *   Returns TAKANE_ERR_NAN / TAKANE_ERR_NOT_FINITE for a NaN / infinite product (then the
+ *   outputs are unspecified). Every set's quantizer gives the same bits (tested).
+ * build_table: q of one row into a kernel-specific table of table_len(kw) bytes (the
+ *   framework aligns it to 64 bytes).
+ * panels: for i < mr activation rows and the rows j < np * TAKANE_PANEL_ROWS of np
+ *   consecutive panels (panel t at panels + t * pstride words), over the groups g of gw
+ *   words (words [g*gw, min(kw, (g+1)*gw)); gw = kw without group scales):
+ *     out[i * NP * TAKANE_PANEL_ROWS + j] = sum_g gs[j * ldg + g] * sum_{blocks b in g} d[b] * S_b
+ *     S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b]
+ *   with NP the set's np, S_b exact (int32), gs the group scales of the run's first row
+ *   (NULL: every factor is 1), and the float sum in any order with at most two roundings
+ *   per product (fl(fl(d * g) * S) or fl(d * S) * g) and one per add or FMA. Rows
+ *   j >= nrows (past N) must not read gs (their results are dropped). Returns nonzero iff
+ *   a group scale it read is NaN or infinite. Requires 1 <= mr <= the set's mr,
+ *   1 <= np <= the set's np, kw >= 1, 1 <= nrows.
  */
 typedef struct takane_q8_ukernel {
     int mr, np;
+    takane_status (*quantize_row)(const float *x, const float *in_scale, int64_t k,
+                                  int64_t kw, int8_t *q, float *d, int32_t *nq);
     int64_t (*table_len)(int64_t kw);
     void (*build_table)(const int8_t *q, int64_t kw, void *table);
-    void (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
-                   int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
-                   int64_t gw, float *part, int64_t ldp);
+    int (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                  int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
+                  int64_t gw, const float *gs, int64_t ldg, int64_t nrows, float *out);
 } takane_q8_ukernel;
+
+/* wq8.c: the portable Q8_0 quantizer (the quantize_row of the scalar set). */
+takane_status takane_q8_quantize_row_portable(const float *x, const float *in_scale, int64_t k,
+                                              int64_t kw, int8_t *q, float *d, int32_t *nq);
+/* wq8.c: float32(fp16(f)) for f >= 0: round to nearest even, subnormals kept, f >= 65520
+ * (and NaN) -> +inf. Shared by every quantizer so the block scales agree bit for bit. */
+float takane_round_fp16(float f);
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
 typedef struct takane_kernel_set {

@@ -25,6 +25,7 @@
  * padding zero, in_scale/scale/bias finite). Scratch is O(mr * k) on the canonical path,
  * O(mr * (k + n)) per task on the prepacked one, independent of m.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,13 +127,16 @@ static void unpanel(const takane_weights *w, int64_t j0, int nr, uint64_t *rows,
     }
 }
 
-/* acc[i * nr + j] += tmp[i * nr + j] * group_scale[row j0 + j][grp] for the rows < n. */
-static void add_group(const wf_job *job, const float *tmp, int mi, int nr, int64_t j0,
+/* acc[i * nr + j] += tmp[i * nr + j] * group_scale[row j0 + j][grp] for the rows < n.
+ * The group scales are checked here, as they are read (TAKANE_ERR_NOT_FINITE). */
+static void add_group(wf_job *job, const float *tmp, int mi, int nr, int64_t j0,
                       int64_t grp, float *acc) {
     const int64_t nj = min64(nr, job->w->n - j0);
-    for (int i = 0; i < mi; i++)
-        for (int64_t j = 0; j < nj; j++)
-            acc[i * nr + j] = acc[i * nr + j] + tmp[i * nr + j] * job->gs[(j0 + j) * job->ngk + grp];
+    for (int64_t j = 0; j < nj; j++) {
+        const float g = job->gs[(j0 + j) * job->ngk + grp];
+        if (!isfinite(g)) __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+        for (int i = 0; i < mi; i++) acc[i * nr + j] = acc[i * nr + j] + tmp[i * nr + j] * g;
+    }
 }
 
 static void wf_task(void *ctx, int64_t task) {

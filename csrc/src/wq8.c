@@ -15,13 +15,14 @@
  *     so each weight word is loaded once per mr rows — M = 1 streams every panel once,
  *     sequentially (np concurrent streams); the M > 1 tile reuses each loaded word across
  *     mr activation rows.
- *  3. The epilogue per output: y = fl(fl(sum_g fl(g[n][grp] * part[grp])) * scale) + bias,
- *     groups summed in order (no group scales: one group, y = part * scale + bias).
+ *  3. The kernel applies the group scales (sum_g g * group sum, see internal.h); the
+ *     epilogue per output is y = fl(fl(v * scale) + bias).
  * Scratch lives in thread-local buffers that only grow (freed at thread exit), so a
  * decode loop allocates nothing after its first call.
  *
  * Float error: a block's d * S is one rounding (or an FMA), a group's blocks are summed
- * (<= its blocks - 1 adds), then one multiply by g, ngroups - 1 adds, scale, bias: every
+ * (<= its blocks - 1 adds), then one multiply by g and ngroups - 1 adds (or FMAs), scale,
+ * bias: every
  * term passes through at most nb + 4 roundings (blocks per group + groups <= nb + 1),
  * which is the documented gamma(nb + 4) bound (takane.h).
  */
@@ -43,7 +44,7 @@ typedef struct scratch {
 
 static pthread_key_t scratch_key;
 static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-/* slot 0: the calling thread's quantized rows; slot 1: a task's tables and partial sums */
+/* slot 0: the calling thread's quantized rows; slot 1: a task's tables */
 static __thread scratch tls_scratch[2];
 
 static void scratch_release(void *unused) {
@@ -75,7 +76,7 @@ static void *scratch_get(int slot, size_t bytes) {
 /* ---- quantization (llama.cpp quantize_row_q8_0_ref, float32 arithmetic) ------------- */
 
 /* float32(fp16(f)) for f >= 0, round to nearest even, subnormals kept, >= 65520 -> inf. */
-static float round_fp16(float f) {
+float takane_round_fp16(float f) {
     if (!(f < 65520.0f)) return INFINITY;
     if (f < 0x1p-14f) {
         /* subnormal half: a multiple of 2^-24; f * 2^24 < 2^10 is exact, and adding and
@@ -103,8 +104,8 @@ static inline int32_t round_away(float v) {
 
 /* One row: xs = x * in_scale (float32), quantized block by block. Returns TAKANE_ERR_NAN
  * or TAKANE_ERR_NOT_FINITE for a NaN / infinite xs. */
-static takane_status quantize_row(const float *x, const float *in_scale, int64_t k, int64_t kw,
-                                  int8_t *q, float *d, int32_t *nq) {
+takane_status takane_q8_quantize_row_portable(const float *x, const float *in_scale, int64_t k,
+                                              int64_t kw, int8_t *q, float *d, int32_t *nq) {
     float xs[32];
     const int64_t nb = 2 * kw;
     for (int64_t b = 0; b < nb; b++) {
@@ -132,7 +133,7 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
             q[c0 + c] = (int8_t)v;
             sum += v;
         }
-        d[b] = round_fp16(dd);
+        d[b] = takane_round_fp16(dd);
         nq[b] = -sum;
     }
     return TAKANE_OK;
@@ -168,15 +169,13 @@ static void q8_task(void *ctx, int64_t task) {
     const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
     if (i_begin >= i_end || r_begin >= r_end) return;
     const int64_t tlen = (uk->table_len(kw) + 63) / 64 * 64;
-    const int64_t ldp = job->ngroups;
-    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
-    const size_t part_bytes = (size_t)(mr * prows * ldp) * sizeof(float);
-    char *buf = (char *)scratch_get(1, (size_t)(mr * tlen) + part_bytes);
+    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS, ng = job->ngroups;
+    char *buf = (char *)scratch_get(1, (size_t)(mr * tlen));
     if (!buf) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
     }
-    float *part = (float *)(buf + mr * tlen);
+    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
     const void *tp[TAKANE_Q8_MAX_MR];
     const float *dp[TAKANE_Q8_MAX_MR];
     const int32_t *qp[TAKANE_Q8_MAX_MR];
@@ -191,23 +190,18 @@ static void q8_task(void *ctx, int64_t task) {
         for (int64_t r = r_begin; r < r_end; r++) {
             const int64_t p0 = r * np;
             const int npi = (int)min64(np, w->npanels - p0);
-            uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw, job->gw, part,
-                       ldp);
             const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
             const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, n - j0);
+            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw,
+                           job->gw, job->gs ? job->gs + j0 * ng : NULL, ng, nj, out)) {
+                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+                return;
+            }
             for (int i = 0; i < mi; i++) {
                 float *yrow = job->y + (i0 + i) * job->ys + j0;
-                const float *pi = part + (int64_t)i * ldp * prows;
+                const float *oi = out + i * prows;
                 for (int64_t j = 0; j < nj; j++) {
-                    const float *pj = pi + j; /* group t at pj[t * prows] */
-                    float v;
-                    if (job->gs) {
-                        const float *g = job->gs + (j0 + j) * job->ngroups;
-                        v = pj[0] * g[0];
-                        for (int64_t t = 1; t < job->ngroups; t++) v = v + pj[t * prows] * g[t];
-                    } else {
-                        v = pj[0];
-                    }
+                    float v = oi[j];
                     if (job->scale) v = v * job->scale[j0 + j];
                     if (job->bias) v = v + job->bias[j0 + j];
                     yrow[j] = v;
@@ -246,8 +240,8 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     float *d = (float *)(buf + qbytes);
     int32_t *nq = (int32_t *)(buf + qbytes + dbytes);
     for (int64_t i = 0; i < m; i++) {
-        takane_status st = quantize_row(x + i * xs, in_scale, k, kw, q + i * kw * 64,
-                                        d + i * 2 * kw, nq + i * 2 * kw);
+        takane_status st = uk->quantize_row(x + i * xs, in_scale, k, kw, q + i * kw * 64,
+                                            d + i * 2 * kw, nq + i * 2 * kw);
         if (st != TAKANE_OK) return st;
     }
     q8_job job;

@@ -326,7 +326,8 @@ TAKANE_API takane_status takane_binary_weight_matmul_prepacked(
  * group_scale: NULL (no groups; then group_size must be 0) or n rows of
  * ceil(k / group_size) floats, row stride ceil(k / group_size), with group_size a positive
  * multiple of 64 (else TAKANE_ERR_BAD_GROUP_SIZE). in_scale, scale, group_scale and bias may
- * each be NULL (factor 1 / no bias) and must be finite (else TAKANE_ERR_NOT_FINITE).
+ * each be NULL (factor 1 / no bias) and must be finite (else TAKANE_ERR_NOT_FINITE; group
+ * scales are checked as the kernels read them, so then y may be partly written).
  * activations (else TAKANE_ERR_BAD_ACTIVATIONS):
  *   TAKANE_ACTIVATIONS_F32: as takane_binary_weight_matmul; float32 accumulation in a
  *     kernel-specific order, |y - exact| <= gamma(k + 4) * |scale[j]| *

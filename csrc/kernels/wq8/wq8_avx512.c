@@ -18,8 +18,9 @@
  * Sums: per byte, Pl = lo_ql + hi_ql <= 120 (u8) and Ph = lo_qh + hi_qh in [-64, 56] (s8);
  *   then VPDPBUSD twice folds the 4 bytes of a lane into the exact block sum
  *   S = 2 P - Q = nq + sum 2 Pl + sum 32 Ph (nq = -Q starts the accumulator), and
- *   VCVTDQ2PS + VFMADD231PS add d * S into a float accumulator per (row, block parity).
- *   At a group's end the two parities of each row are added and stored (VPERMPS).
+ *   VCVTDQ2PS + VFMADD231PS add d * S (with group scales fl(d * g) * S) into a float
+ *   accumulator per (row, block parity); at the end the two parities of each row are added
+ *   (VPERMPS). Rounding: fl(d * g), then one FMA per block, then one add.
  * Tile: MR <= 2 activation rows x NP <= 4 panels (32 weight rows). The M = 1 (decode)
  *   variant streams 4 panels side by side with software prefetch; the M = 2 variant
  *   computes each word's indices once for both rows.
@@ -80,25 +81,108 @@ static void build_table(const int8_t *q, int64_t kw, void *table) {
     }
 }
 
-/* ROWS activation rows x PANS panels over all words, groups of gw words. */
+/* The Q8_0 quantizer (internal.h), 32 columns per step: the same float32 operations as
+ * the portable one — product with in_scale, |x|, max, amax / 127, 1 / d, x * id, then
+ * round half away from zero as truncate-and-compare on the exact remainder. Built with
+ * -ffp-contract=off, so x * id - trunc(x * id) is never fused. */
+static takane_status quantize_row(const float *x, const float *in_scale, int64_t k, int64_t kw,
+                                  int8_t *q, float *d, int32_t *nq) {
+    const __m512 half = _mm512_set1_ps(0.5f), mhalf = _mm512_set1_ps(-0.5f);
+    const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);
+    const __m512i one = _mm512_set1_epi32(1);
+    const int64_t nb = 2 * kw;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t c0 = b * 32;
+        const int64_t len = c0 >= k ? 0 : (k - c0 < 32 ? k - c0 : 32);
+        const __mmask16 m0 = (__mmask16)(len >= 16 ? 0xFFFF : (1u << len) - 1);
+        const __mmask16 m1 = (__mmask16)(len >= 32 ? 0xFFFF : len <= 16 ? 0 : (1u << (len - 16)) - 1);
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, x + c0), v1 = _mm512_maskz_loadu_ps(m1, x + c0 + 16);
+        if (in_scale) {
+            v0 = _mm512_mul_ps(v0, _mm512_maskz_loadu_ps(m0, in_scale + c0));
+            v1 = _mm512_mul_ps(v1, _mm512_maskz_loadu_ps(m1, in_scale + c0 + 16));
+        }
+        const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+        /* NaN or inf: not (|v| <= FLT_MAX) */
+        if (_mm512_cmp_ps_mask(a0, fmax, _CMP_NLE_UQ) | _mm512_cmp_ps_mask(a1, fmax, _CMP_NLE_UQ)) {
+            const __mmask16 n0 = _mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q);
+            const __mmask16 n1 = _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q);
+            return (n0 | n1) ? TAKANE_ERR_NAN : TAKANE_ERR_NOT_FINITE;
+        }
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+        const float dd = amax / 127.0f;
+        const __m512 id = _mm512_set1_ps(dd != 0.0f ? 1.0f / dd : 0.0f);
+        __m512i r[2];
+        for (int h = 0; h < 2; h++) {
+            const __m512 v = _mm512_mul_ps(h ? v1 : v0, id);
+            const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m512 f = _mm512_sub_ps(v, t);
+            __m512i ti = _mm512_cvttps_epi32(t);
+            ti = _mm512_mask_add_epi32(ti, _mm512_cmp_ps_mask(f, half, _CMP_GE_OQ), ti, one);
+            ti = _mm512_mask_sub_epi32(ti, _mm512_cmp_ps_mask(f, mhalf, _CMP_LE_OQ), ti, one);
+            r[h] = ti;
+        }
+        _mm_storeu_si128((__m128i *)(q + c0), _mm512_cvtepi32_epi8(r[0]));
+        _mm_storeu_si128((__m128i *)(q + c0 + 16), _mm512_cvtepi32_epi8(r[1]));
+        d[b] = takane_round_fp16(dd);
+        nq[b] = -_mm512_reduce_add_epi32(_mm512_add_epi32(r[0], r[1]));
+    }
+    return TAKANE_OK;
+}
+
+/* Group scales of rows r0..r0+7 (rows >= nrows repeat row nrows-1), groups grp..grp+7
+ * (those >= ng read as 0), transposed into out[t * ostride + r] for t < 8. Returns a mask,
+ * nonzero iff one of them is NaN or infinite. */
+static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, int64_t nrows,
+                                    int64_t grp, int64_t ng, float *out, int64_t ostride) {
+    const __mmask8 m = (__mmask8)(ng - grp >= 8 ? 0xFF : (1u << (ng - grp)) - 1);
+    __m256 v[8];
+    __mmask8 bad = 0;
+    const __m256 fmax = _mm256_set1_ps(3.4028234663852886e38f);
+    for (int r = 0; r < 8; r++) {
+        const int64_t row = r0 + r < nrows ? r0 + r : nrows - 1;
+        v[r] = _mm256_maskz_loadu_ps(m, gs + row * ldg + grp);
+        bad |= _mm256_cmp_ps_mask(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[r]), fmax, _CMP_NLE_UQ);
+    }
+    float t[8][8];
+    for (int r = 0; r < 8; r++) _mm256_storeu_ps(t[r], v[r]);
+    for (int g = 0; g < 8; g++)
+        for (int r = 0; r < 8; r++) out[g * ostride + r] = t[r][g];
+    return bad;
+}
+
+/* ROWS activation rows x PANS panels over all words, groups of gw words. With group
+ * scales, lanes 2r and 2r+1 of a group's scale vector hold row r's scale (transposed 8
+ * groups at a time), folded into the block scales: acc += fl(d * g) * S. */
 #define DEFINE_TILE(ROWS, PANS)                                                            \
-    static void tile_##ROWS##_##PANS(const void *const *tables, const float *const *d,     \
+    static int tile_##ROWS##_##PANS(const void *const *tables, const float *const *d,     \
                                      const int32_t *const *nq, const uint64_t *pan,        \
-                                     int64_t pstride, int64_t kw, int64_t gw, float *part, \
-                                     int64_t ldp) {                                        \
+                                     int64_t pstride, int64_t kw, int64_t gw,              \
+                                     const float *gs, int64_t ldg, int64_t nrows,          \
+                                     float *out) {                                         \
         uint8_t pv[64];                                                                    \
         for (int j = 0; j < 64; j++) pv[j] = (uint8_t)((((j >> 2) & 1) << 6) | ((j & 3) << 4)); \
         const __m512i pos = _mm512_loadu_si512(pv);                                        \
         const __m512i low4 = _mm512_set1_epi8(15);                                         \
         const __m512i two = _mm512_set1_epi8(2), c32 = _mm512_set1_epi8(32);               \
-        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8,   \
-                                               10, 12, 14);                                \
-        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
+        /* lane 2r+h of a group's scale vector = row r's scale */                         \
+        const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7); \
+        __m512 acc[ROWS][PANS];                                                            \
+        for (int i = 0; i < ROWS; i++)                                                     \
+            for (int p = 0; p < PANS; p++) acc[i][p] = _mm512_setzero_ps();                \
+        /* the scales of 8 groups at a time, transposed: gblk[group % 8][p][row] */       \
+        float gblk[8][PANS][8];                                                            \
+        __mmask8 bad = 0;                                                                  \
         for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {                          \
             const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;                                \
-            __m512 acc[ROWS][PANS];                                                        \
-            for (int i = 0; i < ROWS; i++)                                                 \
-                for (int p = 0; p < PANS; p++) acc[i][p] = _mm512_setzero_ps();            \
+            if (gs && grp % 8 == 0)                                                        \
+                for (int p = 0; p < PANS; p++)                                             \
+                    bad |= load_scales8(gs, ldg, p * 8, nrows, grp, (kw + gw - 1) / gw,    \
+                                        &gblk[0][p][0], PANS * 8);                         \
+            __m512 gz[PANS];                                                               \
+            for (int p = 0; p < PANS; p++)                                                 \
+                gz[p] = gs ? _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(            \
+                                 _mm256_loadu_ps(&gblk[grp % 8][p][0])))                   \
+                           : _mm512_set1_ps(1.0f);                                         \
             for (int64_t q = g0; q < g1; q++) {                                            \
                 __m512i il[PANS], ih[PANS];                                                \
                 for (int p = 0; p < PANS; p++) {                                           \
@@ -134,19 +218,24 @@ static void build_table(const int8_t *q, int64_t kw, void *table) {
                                             _mm512_permutex2var_epi8(hha, ih[p], hhb));    \
                         __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                     \
                         s = _mm512_dpbusd_epi32(s, c32, ph);                               \
-                        acc[i][p] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(s), acc[i][p]); \
+                        const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;              \
+                        acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]); \
                     }                                                                      \
                 }                                                                          \
             }                                                                              \
-            for (int i = 0; i < ROWS; i++)                                                 \
-                for (int p = 0; p < PANS; p++) {                                           \
-                    const __m512 sum = _mm512_add_ps(_mm512_permutexvar_ps(even, acc[i][p]), \
-                                                     _mm512_permutexvar_ps(odd, acc[i][p])); \
-                    _mm256_storeu_ps(part + (i * ldp + grp) * NP * TAKANE_PANEL_ROWS +   \
-                                         p * TAKANE_PANEL_ROWS,                            \
-                                     _mm512_castps512_ps256(sum));                         \
-                }                                                                          \
         }                                                                                  \
+        /* lanes 2r and 2r+1 (the two block parities) of row r */                          \
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8,   \
+                                               10, 12, 14);                                \
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
+        for (int i = 0; i < ROWS; i++)                                                     \
+            for (int p = 0; p < PANS; p++) {                                               \
+                const __m512 sum = _mm512_add_ps(_mm512_permutexvar_ps(even, acc[i][p]),   \
+                                                 _mm512_permutexvar_ps(odd, acc[i][p]));   \
+                _mm256_storeu_ps(out + (i * NP + p) * TAKANE_PANEL_ROWS,                   \
+                                 _mm512_castps512_ps256(sum));                             \
+            }                                                                              \
+        return bad != 0;                                                                   \
     }
 DEFINE_TILE(1, 1)
 DEFINE_TILE(1, 2)
@@ -157,14 +246,16 @@ DEFINE_TILE(2, 2)
 DEFINE_TILE(2, 3)
 DEFINE_TILE(2, 4)
 
-static void panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
-                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                   float *part, int64_t ldp) {
-    typedef void (*tile_fn)(const void *const *, const float *const *, const int32_t *const *,
-                            const uint64_t *, int64_t, int64_t, int64_t, float *, int64_t);
+static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                  int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
+                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+    typedef int (*tile_fn)(const void *const *, const float *const *, const int32_t *const *,
+                           const uint64_t *, int64_t, int64_t, int64_t, const float *, int64_t,
+                           int64_t, float *);
     static const tile_fn tiles[MR][NP] = {{tile_1_1, tile_1_2, tile_1_3, tile_1_4},
                                           {tile_2_1, tile_2_2, tile_2_3, tile_2_4}};
-    tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, part, ldp);
+    return tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, gs, ldg, nrows, out);
 }
 
-const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR, NP, table_len, build_table, panels};
+const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR, NP, quantize_row, table_len,
+                                                    build_table, panels};

@@ -10,6 +10,8 @@
  * Float: per block, acc += d * (float)S (one rounding each; exact S), summed per group.
  * Invariants: q holds kw*64 values (zero past k); panel rows past N are zero bits.
  */
+#include <math.h>
+
 #include "../../src/internal.h"
 
 #define MR 1
@@ -27,17 +29,20 @@ static void build_table(const int8_t *q, int64_t kw, void *table) {
     }
 }
 
-static void panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
-                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                   float *part, int64_t ldp) {
-    (void)mr, (void)np, (void)pstride, (void)ldp; /* MR = NP = 1 */
+static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                  int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
+                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+    int bad = 0;
+    (void)mr, (void)np, (void)pstride; /* MR = NP = 1 */
     const int16_t *t = (const int16_t *)tables[0];
     const float *dd = d[0];
     const int32_t *nqq = nq[0];
     for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
+        const float *g = gs ? gs + (r < nrows ? r : nrows - 1) * ldg : NULL;
+        float total = 0.0f;
         for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {
             const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;
-            float acc = 0.0f;
+            float acc = 0.0f; /* the group's sum, then scaled once: fewer roundings */
             for (int64_t q = g0; q < g1; q++) {
                 const uint64_t word = pan[q * TAKANE_PANEL_ROWS + r];
                 for (int h = 0; h < 2; h++) {
@@ -46,12 +51,19 @@ static void panels(const void *const *tables, const float *const *d, const int32
                     int32_t p = 0;
                     for (int c = 0; c < 8; c++) p += tb[c * 16 + ((bits >> (4 * c)) & 15)];
                     const int64_t b = 2 * q + h;
-                    acc += dd[b] * (float)(2 * p + nqq[b]);
+                    acc = acc + dd[b] * (float)(2 * p + nqq[b]);
                 }
             }
-            part[grp * TAKANE_PANEL_ROWS + r] = acc; /* i = 0, np = 1 */
+            if (g) { /* else there is one group */
+                bad |= !(fabsf(g[grp]) <= 3.4028234663852886e38f);
+                acc = total + acc * g[grp];
+            }
+            total = acc;
         }
+        out[r] = total; /* i = 0, np = 1 */
     }
+    return bad;
 }
 
-const takane_q8_ukernel WQ8_NAME = {MR, NP, table_len, build_table, panels};
+const takane_q8_ukernel WQ8_NAME = {MR, NP, takane_q8_quantize_row_portable, table_len,
+                                    build_table, panels};
