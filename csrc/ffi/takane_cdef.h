@@ -3,8 +3,6 @@
  * fails to compile. Keep the order and spelling of the header. */
 #define TAKANE_ABI_VERSION 1
 #define TAKANE_MAX_K 2147483647
-#define TAKANE_ACTIVATIONS_F32 0
-#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_status {
     TAKANE_OK = 0,
@@ -24,6 +22,9 @@ typedef enum takane_status {
     TAKANE_ERR_BAD_GROUP_SIZE = 14,
     TAKANE_ERR_BAD_ACTIVATIONS = 15
 } takane_status;
+
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1,

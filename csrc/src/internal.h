@@ -135,8 +135,9 @@ typedef struct takane_wfloat_ukernel {
  *   rounded to float32) into Q8_0 exactly as llama.cpp's quantize_row_q8_0_ref (see
  *   takane.h): q (kw*64 int8, zero past k), and per 32-column block b < 2*kw: d[b] = the
  *   block scale rounded to fp16, as float (0 for blocks past k), nq[b] = -sum_{c in b} q[c].
- *   Returns TAKANE_ERR_NAN / TAKANE_ERR_NOT_FINITE for a NaN / infinite product (then the
- *   outputs are unspecified). Every set's quantizer gives the same bits (tested).
+ *   Returns TAKANE_ERR_NAN / TAKANE_ERR_NOT_FINITE for a NaN / infinite product or a block
+ *   scale that rounds to an infinite fp16 (then the outputs are unspecified). Every set's
+ *   quantizer gives the same bits (tested).
  * build_table: q of one row into a kernel-specific table of table_len(kw) bytes (the
  *   framework aligns it to 64 bytes).
  * panels: for i < mr activation rows and the rows j < np * TAKANE_PANEL_ROWS of np

@@ -134,6 +134,7 @@ takane_status takane_q8_quantize_row_portable(const float *x, const float *in_sc
             sum += v;
         }
         d[b] = takane_round_fp16(dd);
+        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* amax > 127 * 65504 + ... */
         nq[b] = -sum;
     }
     return TAKANE_OK;

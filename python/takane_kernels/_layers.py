@@ -102,7 +102,7 @@ def _fast_linear(x: np.ndarray, w: PackedWeights, threshold, bias, activation_sc
     first, the C call then repeats; errors are not the hot path)."""
     shape = x.shape
     if (len(shape) > 2 or not x.flags.c_contiguous or not x.flags.aligned or w.in_scale is not None
-            or activation_scale.__class__ is not bool):
+            or w.group_scale is not None or activation_scale.__class__ is not bool):
         return None
     n, k = w.n, w.k
     kw = (k + 63) >> 6
@@ -199,6 +199,11 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         raise ValueError(
             f"{op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
             "binarized activations; use binary_weight_matmul for OneBit-style weights"
+        )
+    if w.group_scale is not None:
+        raise ValueError(
+            f"{op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
+            "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')"
         )
     if not isinstance(activation_scale, (bool, np.bool_)):
         raise TypeError(f"activation_scale must be a bool, got {type(activation_scale).__name__}")
@@ -297,8 +302,9 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     rounded to float16; a partial last block is zero-padded), the integer block sums
     S_b = Σ q·sign(W) are exact, and ``y = scale · Σ_b d_b · g[n, 32b // G] · S_b + bias``
     is accumulated in float32 within γ(nb + 4) · |scale[n]| · Σ_b |d_b · g · S_b| + γ(2)·|bias[n]|
-    (nb = ceil(K/32)). NaN or ±inf in x (or an x * in_scale that overflows) is a
-    ``ValueError`` with "q8_0": no block scale can be formed.
+    (nb = ceil(K/32)). NaN or ±inf in x, an x * in_scale that overflows, or a block whose
+    max |x| / 127 overflows float16 (|x| > 127 · 65504) is a ``ValueError`` with "q8_0":
+    no block scale can be formed.
 
     ``exact`` is the real-number value of the formula on the float32 inputs (and, for
     "q8_0", on q and d): ``reference.binary_weight_matmul(..., activations=)`` computes it
@@ -325,11 +331,9 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
     if out is not None and np.may_share_memory(out, rows):
         rows = rows.copy()  # the kernels read x while writing y: never let them alias
-    group_scale = getattr(w, "group_scale", None)
-    group_size = getattr(w, "group_size", None) if group_scale is not None else None
-    gs32 = None
-    if group_scale is not None:
-        gs32 = np.require(group_scale, np.float32, "CA")
+    group_scale = w.group_scale  # (N, ceil(K/G)) float32, finite, or None
+    group_size = w.group_size if group_scale is not None else None
+    gs32 = None if group_scale is None else np.require(group_scale, np.float32, "CA")
     status = lib.takane_binary_weight_matmul_prepacked_ex(
         w._prepacked(), m, _ptr("float[]", rows), k, _ptr("float[]", w.in_scale), _ptr("float[]", w.scale),
         _ptr("float[]", gs32), group_size or 0, _ptr("float[]", bias32), mode,
@@ -340,8 +344,9 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
         if bias32 is not None and not np.isfinite(bias32).all():
             raise ValueError("bias must be finite (after rounding to float32)")
         raise ValueError(
-            f"{op}: x contains NaN or ±inf (or x * in_scale overflows float32): "
-            "activations='q8_0' cannot form a block scale"
+            f"{op}: x contains NaN or ±inf, x * in_scale overflows float32, or a block's "
+            "max |x| / 127 overflows fp16 (|x| > 127 * 65504): activations='q8_0' cannot form "
+            "a block scale"
         )
     _raise_status(status, op)
     return y

@@ -71,14 +71,15 @@ typedef enum takane_status {
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11, /* threshold_len is neither 1 nor k */
     TAKANE_ERR_BAD_THREADS = 12,       /* threads < 0 */
     TAKANE_ERR_NOT_FINITE = 13,        /* a scale, bias or mean |x| is NaN or infinite */
-    TAKANE_ERR_BAD_GROUP_SIZE = 14,    /* group_size not a positive multiple of 64, or k not a
-                                          multiple of a block format's size (Q1_0: 128) */
-    TAKANE_ERR_BAD_ACTIVATIONS = 15    /* unknown activations mode */
+    TAKANE_ERR_BAD_GROUP_SIZE = 14,    /* group_size not a positive multiple of 64, or k not
+                                          a multiple of a block format's size (Q1_0: 128) */
+    TAKANE_ERR_BAD_ACTIVATIONS = 15    /* not a TAKANE_ACTIVATIONS_* mode */
 } takane_status;
 
-/* Activation modes of the *_ex weight-matmul entry points. */
-#define TAKANE_ACTIVATIONS_F32 0  /* float32 activations (W1A-float) */
-#define TAKANE_ACTIVATIONS_Q8_0 1 /* activations quantized per call to llama.cpp's Q8_0 (W1A8) */
+/* Activation modes of the 1-bit-weight LLM entry points: real float32 activations, or
+ * activations quantized per block of 32 to int8 with an fp16 scale (llama.cpp's Q8_0). */
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1, /* for takane_isa_force(): back to the best supported ISA */
@@ -337,14 +338,16 @@ TAKANE_API takane_status takane_binary_weight_matmul_prepacked(
  *     zero-padded) exactly as llama.cpp's quantize_row_q8_0_ref: amax = max |xs| of the
  *     block, d = amax / 127 (float32), q[c] = roundf(xs[c] * (d ? 1/d : 0)) (float32
  *     product, ties away from zero), and the block scale used afterwards is dh = d rounded
- *     to float16 (round to nearest even; d >= 65520 becomes +inf, as in llama.cpp). Then
+ *     to float16 (round to nearest even, subnormals kept). Then
  *       y[i][j] = scale[j] * sum_b dh_b * group_scale[j][32 b / G] * S_b + bias[j],
  *       S_b = sum_{c in block b} q[c] * sign(w_j)[c]   (exact integers),
  *     accumulated in float32 in a kernel-specific order: |y - exact| <= gamma(nb + 4) *
  *     |scale[j]| * sum_b |dh_b * group_scale[j][32 b / G] * S_b| + gamma(2) * |bias[j]|,
- *     nb = ceil(k / 32). A NaN in x gives TAKANE_ERR_NAN and an infinite xs (an infinite
- *     x, or x * in_scale overflowing) TAKANE_ERR_NOT_FINITE: no block scale exists. The
- *     activations are quantized before any output is written, so y is untouched then.
+ *     nb = ceil(k / 32). A NaN in x gives TAKANE_ERR_NAN; an infinite xs (an infinite
+ *     x, or x * in_scale overflowing) or a block scale beyond fp16 (dh rounds to inf:
+ *     max |xs| of a block > 127 * 65504, about 8.3e6) gives TAKANE_ERR_NOT_FINITE — llama.cpp
+ *     would compute with an infinite scale. The activations are quantized before any
+ *     output is written, so y is untouched on these errors.
  * u = 2^-24, gamma(n) = n u / (1 - n u); "exact" is the real-number value of the formula
  * on these float32 inputs (for Q8_0: on q and dh). Non-zero padding in w gives
  * TAKANE_ERR_PADDING_BITS. This canonical-row entry point packs the rows into a temporary

@@ -32,6 +32,7 @@
  */
 #include "../isa_avx512.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "../../src/internal.h"
@@ -124,6 +125,7 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
         _mm_storeu_si128((__m128i *)(q + c0), _mm512_cvtepi32_epi8(r[0]));
         _mm_storeu_si128((__m128i *)(q + c0 + 16), _mm512_cvtepi32_epi8(r[1]));
         d[b] = takane_round_fp16(dd);
+        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* the scale overflows fp16 */
         nq[b] = -_mm512_reduce_add_epi32(_mm512_add_epi32(r[0], r[1]));
     }
     return TAKANE_OK;
