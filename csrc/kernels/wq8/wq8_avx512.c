@@ -40,7 +40,7 @@
 #define MR 2
 #define NP 4
 #define WORD_TABLE 512 /* bytes of table per word and activation row */
-#define PREFETCH_WORDS 8
+#define PREFETCH_WORDS 8 /* L1 prefetch distance within a panel (512 bytes) */
 
 static int64_t table_len(int64_t kw) { return kw * WORD_TABLE; }
 
@@ -161,6 +161,10 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
                                      int64_t pstride, int64_t kw, int64_t gw,              \
                                      const float *gs, int64_t ldg, int64_t nrows,          \
                                      float *out) {                                         \
+        const uint64_t *next = pan + PANS * pstride;                                       \
+        /* the next run's group scales (contiguous rows), one line per word into L2 */     \
+        const char *gnext = gs ? (const char *)(gs + PANS * TAKANE_PANEL_ROWS * ldg) : NULL; \
+        const int64_t gbytes = PANS * TAKANE_PANEL_ROWS * ldg * (int64_t)sizeof(float);    \
         uint8_t pv[64];                                                                    \
         for (int j = 0; j < 64; j++) pv[j] = (uint8_t)((((j >> 2) & 1) << 6) | ((j & 3) << 4)); \
         const __m512i pos = _mm512_loadu_si512(pv);                                        \
@@ -186,11 +190,16 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
                                  _mm256_loadu_ps(&gblk[grp % 8][p][0])))                   \
                            : _mm512_set1_ps(1.0f);                                         \
             for (int64_t q = g0; q < g1; q++) {                                            \
+                if (gnext && q * 64 < gbytes) _mm_prefetch(gnext + q * 64, _MM_HINT_T1);   \
                 __m512i il[PANS], ih[PANS];                                                \
                 for (int p = 0; p < PANS; p++) {                                           \
                     const uint64_t *wp = pan + p * pstride + q * TAKANE_PANEL_ROWS;        \
                     _mm_prefetch((const char *)(wp + PREFETCH_WORDS * TAKANE_PANEL_ROWS),  \
                                  _MM_HINT_T0);                                             \
+                    /* the next run (contiguous after this one) into L2, at the rate this  \
+                     * run is consumed: one run ahead, 64 bytes per panel and word */      \
+                    _mm_prefetch((const char *)(next + (q * PANS + p) * TAKANE_PANEL_ROWS), \
+                                 _MM_HINT_T1);                                             \
                     const __m512i w = _mm512_load_si512((const void *)wp);                 \
                     /* (w & 15) | pos */                                                   \
                     il[p] = _mm512_ternarylogic_epi32(w, low4, pos, 0xEA);                 \
