@@ -123,6 +123,15 @@ typedef struct takane_wfloat_ukernel {
      * per element per call). Requires nr % TAKANE_PANEL_ROWS == 0, 0 <= q0 < q1 <= kw. */
     void (*panel_packed)(const float *const *tables, int mr, const uint64_t *panels,
                          int64_t pstride, int64_t q0, int64_t q1, float *acc);
+    /* panel_packed with group scales (NULL if the set has none: the framework then calls
+     * panel_packed once per group): words [q0, q1) with q0 a multiple of gw cover whole
+     * groups of gw words (the last may end at q1 = kw); for i < mr, j < nr,
+     *   acc[i * nr + j] += sum_g gs[j * ldg + g] * (sum over group g's words)
+     * (g the group index q / gw; one rounding per group product and add or FMA). Rows
+     * j >= nrows must not read gs. Returns nonzero iff a scale read is NaN or infinite. */
+    int (*panel_packed_groups)(const float *const *tables, int mr, const uint64_t *panels,
+                               int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
+                               const float *gs, int64_t ldg, int64_t nrows, float *acc);
 } takane_wfloat_ukernel;
 
 /* Largest W1A8 tile any kernel set may declare (framework scratch is sized by it). */

@@ -206,6 +206,16 @@ static void wf_task(void *ctx, int64_t task) {
                     for (int64_t g = g_begin; g < g_end; g++) {
                         const int64_t p = g * ppg;
                         const int64_t ps = p + 1 < w->npanels ? pstride : 0;
+                        if (uk->panel_packed_groups) { /* the groups inside the kernel */
+                            const int64_t j0 = g * nr;
+                            if (uk->panel_packed_groups(tp, mi, w->panels + p * pstride, ps, q0,
+                                                        q1, gw, job->gs + j0 * job->ngk, job->ngk,
+                                                        min64(nr, n - j0),
+                                                        acc + (g - g_begin) * mr * nr))
+                                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE,
+                                                 __ATOMIC_RELAXED);
+                            continue;
+                        }
                         for (int64_t a = q0; a < q1; a += gw) {
                             memset(tmp, 0, sizeof tmp);
                             uk->panel_packed(tp, mi, w->panels + p * pstride, ps, a,
