@@ -210,8 +210,10 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
     __m256i lo[8], hi[8];
     for (int r = 0; r < 8; r++) {
         const int64_t r0 = r < nrows ? r : nrows - 1, r1 = r + 8 < nrows ? r + 8 : nrows - 1;
-        lo[r] = _mm256_castps_si256(_mm256_maskz_loadu_ps(m, gs + r0 * ldg + g0));
-        hi[r] = _mm256_castps_si256(_mm256_maskz_loadu_ps(m, gs + r1 * ldg + g0));
+        lo[r] = _mm256_castps_si256(
+            _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + r0 * ldg + g0)));
+        hi[r] = _mm256_castps_si256(
+            _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + r1 * ldg + g0)));
     }
     transpose8(lo);
     transpose8(hi);

@@ -142,7 +142,8 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
     const __m256 fmax = _mm256_set1_ps(3.4028234663852886e38f);
     for (int r = 0; r < 8; r++) {
         const int64_t row = r0 + r < nrows ? r0 + r : nrows - 1;
-        v[r] = _mm256_maskz_loadu_ps(m, gs + row * ldg + grp);
+        /* a 512-bit masked load: the same lanes, and SIMDe has no 256-bit one */
+        v[r] = _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + row * ldg + grp));
         bad |= _mm256_cmp_ps_mask(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[r]), fmax, _CMP_NLE_UQ);
     }
     float t[8][8];
