@@ -63,9 +63,6 @@ static inline __m512 takane_emu_cvtepi32_ps(__m512i a) {
 #ifndef __mmask64
 #define __mmask64 simde__mmask64
 #endif
-#ifndef _MM_FROUND_NO_EXC
-#define _MM_FROUND_NO_EXC SIMDE_MM_FROUND_NO_EXC
-#endif
 static inline float takane_emu_reduce_max_ps(__m512 v) {
     float lane[16], m;
     _mm512_storeu_ps(lane, v);

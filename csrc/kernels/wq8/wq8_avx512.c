@@ -115,9 +115,9 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
         __m512i r[2];
         for (int h = 0; h < 2; h++) {
             const __m512 v = _mm512_mul_ps(h ? v1 : v0, id);
-            const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-            const __m512 f = _mm512_sub_ps(v, t);
-            __m512i ti = _mm512_cvttps_epi32(t);
+            /* truncate (|v| <= 127.00003: exact through int32 and back) */
+            __m512i ti = _mm512_cvttps_epi32(v);
+            const __m512 f = _mm512_sub_ps(v, _mm512_cvtepi32_ps(ti));
             ti = _mm512_mask_add_epi32(ti, _mm512_cmp_ps_mask(f, half, _CMP_GE_OQ), ti, one);
             ti = _mm512_mask_sub_epi32(ti, _mm512_cmp_ps_mask(f, mhalf, _CMP_LE_OQ), ti, one);
             r[h] = ti;
