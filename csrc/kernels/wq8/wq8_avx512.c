@@ -131,26 +131,45 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
     return TAKANE_OK;
 }
 
+/* 8x8 transpose of 32-bit elements: r[i] lane j <-> r[j] lane i. */
+static inline void transpose8(__m256i r[8]) {
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
 /* Group scales of rows r0..r0+7 (rows >= nrows repeat row nrows-1), groups grp..grp+7
  * (those >= ng read as 0), transposed into out[t * ostride + r] for t < 8. Returns a mask,
  * nonzero iff one of them is NaN or infinite. */
 static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, int64_t nrows,
                                     int64_t grp, int64_t ng, float *out, int64_t ostride) {
-    const __mmask8 m = (__mmask8)(ng - grp >= 8 ? 0xFF : (1u << (ng - grp)) - 1);
-    __m256 v[8];
-    __mmask8 bad = 0;
-    const __m256 fmax = _mm256_set1_ps(3.4028234663852886e38f);
+    const __mmask16 m = (__mmask16)(ng - grp >= 8 ? 0xFF : (1u << (ng - grp)) - 1);
+    const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);
+    __m256i v[8];
+    __mmask16 bad = 0;
     for (int r = 0; r < 8; r++) {
         const int64_t row = r0 + r < nrows ? r0 + r : nrows - 1;
         /* a 512-bit masked load: the same lanes, and SIMDe has no 256-bit one */
-        v[r] = _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + row * ldg + grp));
-        bad |= _mm256_cmp_ps_mask(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[r]), fmax, _CMP_NLE_UQ);
+        const __m512 g = _mm512_maskz_loadu_ps(m, gs + row * ldg + grp);
+        bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);
+        v[r] = _mm256_castps_si256(_mm512_castps512_ps256(g));
     }
-    float t[8][8];
-    for (int r = 0; r < 8; r++) _mm256_storeu_ps(t[r], v[r]);
-    for (int g = 0; g < 8; g++)
-        for (int r = 0; r < 8; r++) out[g * ostride + r] = t[r][g];
-    return bad;
+    transpose8(v);
+    for (int t = 0; t < 8; t++) _mm256_storeu_si256((__m256i *)(out + t * ostride), v[t]);
+    return (__mmask8)bad;
 }
 
 /* ROWS activation rows x PANS panels over all words, groups of gw words. With group
