@@ -316,3 +316,17 @@ def test_c_statuses():
     assert lib.takane_binary_weight_matmul_ex(
         0, 0, 0, ffi.NULL, 0, ffi.NULL, 0, ffi.NULL, ffi.NULL, ffi.NULL, 0, ffi.NULL, 1, ffi.NULL, 0,
         0) == lib.TAKANE_OK
+
+
+def test_c_impossible_batch_is_out_of_memory():
+    """m rows whose quantized copy cannot exist (stride-0 x, 1-row buffers): an error
+    before anything is read past the first row or written, never a wrapped size."""
+    pw = tk.PackedWeights(tk.pack_bits(np.ones((3, 64))), 64)
+    x = np.ones(64, np.float32)
+    y = np.full(3, 5.0, np.float32)
+    for m in (2**40, 2**58, 2**62):
+        st = lib.takane_binary_weight_matmul_prepacked_ex(
+            pw._prepacked(), m, ffi.from_buffer("float[]", x), 0, ffi.NULL, ffi.NULL, ffi.NULL, 0,
+            ffi.NULL, lib.TAKANE_ACTIVATIONS_Q8_0, ffi.from_buffer("float[]", y), 3, 1)
+        assert st == lib.TAKANE_ERR_OUT_OF_MEMORY
+        assert np.all(y == 5.0)

@@ -28,6 +28,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -232,7 +233,9 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
             }
         return TAKANE_OK;
     }
-    /* quantized rows: q, then d, then nq (each row 64 bytes + 2*kw*8 bytes) */
+    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes);
+     * a size that does not fit is out of memory, never a wrapped product */
+    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 2) / ((uint64_t)kw * 80)) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t qbytes = (size_t)m * (size_t)kw * 64;
     const size_t dbytes = (size_t)m * (size_t)kw * 2 * sizeof(float);
     char *buf = (char *)scratch_get(0, qbytes + 2 * dbytes);
