@@ -167,14 +167,18 @@ static void panel(const float *const *tables, int mr, const uint64_t *const *w, 
  */
 #define DEFINE_PANEL_PACKED(ROWS)                                                          \
     static void panel_packed_##ROWS(const float *const *tables, const uint64_t *p0,        \
-                                    const uint64_t *p1, int64_t q0, int64_t q1,            \
-                                    float *acc_out) {                                      \
+                                    const uint64_t *p1, int64_t pstride, int64_t q0,       \
+                                    int64_t q1, float *acc_out) {                          \
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,  \
                                                24, 26, 28, 30);                            \
         const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
         __m512 acc[ROWS];                                                                  \
         for (int i = 0; i < ROWS; i++) acc[i] = _mm512_setzero_ps();                       \
         for (int64_t q = q0; q < q1; q++) {                                                \
+            /* the same words of the next panel pair: the framework's next call (GEMV    \
+             * from DRAM: one call ahead hides the latency the strided order exposes) */  \
+            _mm_prefetch((const char *)(p0 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
+            _mm_prefetch((const char *)(p1 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
             const __m512i a = _mm512_load_si512((const void *)(p0 + q * TAKANE_PANEL_ROWS)); \
             const __m512i b = _mm512_load_si512((const void *)(p1 + q * TAKANE_PANEL_ROWS)); \
             for (int h = 0; h < 2; h++) {                                                  \
@@ -226,9 +230,9 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
  * with one FMA. */
 #define DEFINE_PANEL_GROUPS(ROWS)                                                          \
     static int panel_groups_##ROWS(const float *const *tables, const uint64_t *p0,         \
-                                   const uint64_t *p1, int64_t q0, int64_t q1, int64_t gw, \
-                                   const float *gs, int64_t ldg, int64_t nrows,            \
-                                   float *acc_out) {                                       \
+                                   const uint64_t *p1, int64_t pstride, int64_t q0,        \
+                                   int64_t q1, int64_t gw, const float *gs, int64_t ldg,   \
+                                   int64_t nrows, float *acc_out) {                        \
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,  \
                                                24, 26, 28, 30);                            \
         const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
@@ -242,6 +246,8 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
             __m512 acc[ROWS];                                                              \
             for (int i = 0; i < ROWS; i++) acc[i] = _mm512_setzero_ps();                   \
             for (int64_t q = a; q < b; q++) {                                              \
+                _mm_prefetch((const char *)(p0 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(p1 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
                 const __m512i wa = _mm512_load_si512((const void *)(p0 + q * TAKANE_PANEL_ROWS)); \
                 const __m512i wb = _mm512_load_si512((const void *)(p1 + q * TAKANE_PANEL_ROWS)); \
                 for (int h = 0; h < 2; h++) {                                              \
@@ -279,10 +285,10 @@ static int panel_packed_groups(const float *const *tables, int mr, const uint64_
                                const float *gs, int64_t ldg, int64_t nrows, float *acc) {
     const uint64_t *p1 = panels + pstride;
     switch (mr) {
-    case 1: return panel_groups_1(tables, panels, p1, q0, q1, gw, gs, ldg, nrows, acc);
-    case 2: return panel_groups_2(tables, panels, p1, q0, q1, gw, gs, ldg, nrows, acc);
-    case 3: return panel_groups_3(tables, panels, p1, q0, q1, gw, gs, ldg, nrows, acc);
-    default: return panel_groups_4(tables, panels, p1, q0, q1, gw, gs, ldg, nrows, acc);
+    case 1: return panel_groups_1(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    case 2: return panel_groups_2(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    case 3: return panel_groups_3(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    default: return panel_groups_4(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
     }
 }
 
@@ -290,10 +296,10 @@ static void panel_packed(const float *const *tables, int mr, const uint64_t *pan
                          int64_t pstride, int64_t q0, int64_t q1, float *acc) {
     const uint64_t *p1 = panels + pstride;
     switch (mr) {
-    case 1: panel_packed_1(tables, panels, p1, q0, q1, acc); break;
-    case 2: panel_packed_2(tables, panels, p1, q0, q1, acc); break;
-    case 3: panel_packed_3(tables, panels, p1, q0, q1, acc); break;
-    default: panel_packed_4(tables, panels, p1, q0, q1, acc); break;
+    case 1: panel_packed_1(tables, panels, p1, pstride, q0, q1, acc); break;
+    case 2: panel_packed_2(tables, panels, p1, pstride, q0, q1, acc); break;
+    case 3: panel_packed_3(tables, panels, p1, pstride, q0, q1, acc); break;
+    default: panel_packed_4(tables, panels, p1, pstride, q0, q1, acc); break;
     }
 }
 
