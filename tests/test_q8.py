@@ -135,8 +135,9 @@ def test_quantization_matches_the_rounding_rule(isa_name):
 def test_fp16_block_scales(isa_name):
     """Block scales are rounded to fp16 (nearest even), subnormal fp16 kept, and a scale
     that flushes to 0 zeroes its block; results match the oracle exactly on one block."""
-    k = 32 * 5
+    k = 32 * 6
     x = np.zeros(k, np.float32)
+    x[160:192] = np.float32(1e-41)           # float32 subnormal: 1/d overflows to inf
     x[0:32] = np.float32(1.2345678)          # a d that fp16 rounds
     x[32:64] = np.float32(127 * 2.0**-20)    # d = 2^-20: an fp16 subnormal
     x[64:96] = np.float32(1e-9)              # d rounds to fp16 zero: the block vanishes
@@ -148,7 +149,7 @@ def test_fp16_block_scales(isa_name):
     assert_ran(isa_name)
     check(y, x, pw, None, "q8_0", "fp16 scales")
     _, d = ref.quantize_q8_0(x[None])
-    assert d[0, 2] == 0 and d[0, 3] == 0 and 0 < d[0, 1] < 2.0**-14
+    assert d[0, 2] == 0 and d[0, 3] == 0 and d[0, 5] == 0 and 0 < d[0, 1] < 2.0**-14
 
 
 def test_batch_and_thread_invariant(isa_name):

@@ -128,14 +128,18 @@ takane_status takane_q8_quantize_row_portable(const float *x, const float *in_sc
         }
         const float dd = amax / 127.0f;
         const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        d[b] = takane_round_fp16(dd);
+        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* amax > 127 * 65504 + ... */
+        /* a scale that rounds to fp16 zero (d <= 2^-25) zeroes the block's contribution
+         * whatever q is: q is stored as 0 (as the reference reports it), which also keeps
+         * x * id finite (1/d overflows below 2^-128) */
+        const int live = d[b] != 0.0f;
         int32_t sum = 0;
         for (int c = 0; c < 32; c++) {
-            const int32_t v = c < len ? round_away(xs[c] * id) : 0;
+            const int32_t v = live && c < len ? round_away(xs[c] * id) : 0;
             q[c0 + c] = (int8_t)v;
             sum += v;
         }
-        d[b] = takane_round_fp16(dd);
-        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* amax > 127 * 65504 + ... */
         nq[b] = -sum;
     }
     return TAKANE_OK;

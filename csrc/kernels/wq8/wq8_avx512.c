@@ -111,7 +111,10 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
         }
         const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
         const float dd = amax / 127.0f;
-        const __m512 id = _mm512_set1_ps(dd != 0.0f ? 1.0f / dd : 0.0f);
+        d[b] = takane_round_fp16(dd);
+        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* the scale overflows fp16 */
+        /* a scale that rounds to fp16 zero: the block contributes 0, q = 0 (see wq8.c) */
+        const __m512 id = _mm512_set1_ps(d[b] != 0.0f ? 1.0f / dd : 0.0f);
         __m512i r[2];
         for (int h = 0; h < 2; h++) {
             const __m512 v = _mm512_mul_ps(h ? v1 : v0, id);
@@ -124,8 +127,6 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
         }
         _mm_storeu_si128((__m128i *)(q + c0), _mm512_cvtepi32_epi8(r[0]));
         _mm_storeu_si128((__m128i *)(q + c0 + 16), _mm512_cvtepi32_epi8(r[1]));
-        d[b] = takane_round_fp16(dd);
-        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* the scale overflows fp16 */
         nq[b] = -_mm512_reduce_add_epi32(_mm512_add_epi32(r[0], r[1]));
     }
     return TAKANE_OK;
