@@ -142,4 +142,11 @@ env -u TAKANE_ISA TAKANE_EXPECT_ISA=neon HYPOTHESIS_PROFILE=ci \
   "${PY_A64[@]}" -m pytest tests -q -p no:cacheprovider \
   --ignore=tests/test_demo.py --ignore=tests/test_torch.py --ignore=tests/test_torch_qat.py # training / torch: native runs only
 
+step "W1A8 on plain NEON: tests/test_q8.py under qemu-aarch64 -cpu cortex-a53 (no SDOT)"
+# the default qemu CPU reports the dot-product extension, so the suite above ran the SDOT
+# kernel; an ARMv8.0 core makes wq8_neon.c take its AND + SADDLP path
+env -u TAKANE_ISA TAKANE_EXPECT_ISA=neon HYPOTHESIS_PROFILE=emulated QEMU_CPU=cortex-a53 \
+  TAKANE_TEST_EMULATOR=qemu-aarch64 \
+  "${PY_A64[@]}" -m pytest tests/test_q8.py -q -p no:cacheprovider
+
 step "passed in $((SECONDS - start)) s"

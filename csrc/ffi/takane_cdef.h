@@ -153,3 +153,13 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
                                                     const float *in_scale, const float *scale,
                                                     const float *bias, float *y,
                                                     int64_t y_row_stride, int32_t threads);
+
+takane_status takane_binary_weight_matmul_ex(
+    int64_t m, int64_t n, int64_t k, const float *x, int64_t x_row_stride, const uint64_t *w,
+    int64_t w_row_stride, const float *in_scale, const float *scale, const float *group_scale,
+    int64_t group_size, const float *bias, int32_t activations, float *y, int64_t y_row_stride,
+    int32_t threads);
+takane_status takane_binary_weight_matmul_prepacked_ex(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);

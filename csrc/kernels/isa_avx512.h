@@ -2,7 +2,7 @@
  * isa_avx512.h — the one include for *_avx512.c files.
  *
  * Normal builds compile those files with -mavx512f -mavx512bw -mavx512vl
- * -mavx512vpopcntdq and use the real intrinsics. The test-only CMake option
+ * -mavx512vpopcntdq -mavx512vbmi -mavx512vnni and use the real intrinsics. The test-only CMake option
  * TAKANE_AVX512_EMULATION compiles the same source against SIMDe's portable
  * implementations of the same intrinsics (Debian libsimde-dev), so the kernels' logic —
  * tiles, masks, tails — is checked against the oracle on machines without AVX-512.
@@ -58,6 +58,42 @@ static inline __m512 takane_emu_cvtepi32_ps(__m512i a) {
     for (int i = 0; i < 16; i++) lane[i] = (float)in[i];
     return _mm512_loadu_ps(lane);
 }
+/* Used by the W1A8 kernel (wq8_avx512.c). VCVTTPS2DQ truncates toward zero and VPMOVDB
+ * keeps the low byte of each lane; the kernel only feeds them values in int8 range. */
+#ifndef __mmask64
+#define __mmask64 simde__mmask64
+#endif
+static inline float takane_emu_reduce_max_ps(__m512 v) {
+    float lane[16], m;
+    _mm512_storeu_ps(lane, v);
+    m = lane[0];
+    for (int i = 1; i < 16; i++) m = lane[i] > m ? lane[i] : m;
+    return m;
+}
+static inline int32_t takane_emu_reduce_add_epi32(__m512i v) {
+    int32_t lane[16], sum = 0;
+    _mm512_storeu_si512(lane, v);
+    for (int i = 0; i < 16; i++) sum += lane[i];
+    return sum;
+}
+static inline __m512i takane_emu_cvttps_epi32(__m512 a) {
+    float in[16];
+    int32_t lane[16];
+    _mm512_storeu_ps(in, a);
+    for (int i = 0; i < 16; i++) lane[i] = (int32_t)in[i];
+    return _mm512_loadu_si512(lane);
+}
+static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
+    int32_t in[16];
+    int8_t lane[16];
+    _mm512_storeu_si512(in, a);
+    for (int i = 0; i < 16; i++) lane[i] = (int8_t)(uint8_t)(uint32_t)in[i];
+    return _mm_loadu_si128((const __m128i *)lane);
+}
+#define _mm512_reduce_max_ps takane_emu_reduce_max_ps
+#define _mm512_reduce_add_epi32 takane_emu_reduce_add_epi32
+#define _mm512_cvttps_epi32 takane_emu_cvttps_epi32
+#define _mm512_cvtepi32_epi8 takane_emu_cvtepi32_epi8
 #define _mm512_cvtps_pd takane_emu_cvtps_pd
 #define _mm512_cvtepi32_ps takane_emu_cvtepi32_ps
 #define _mm512_maskz_loadu_epi64 takane_emu_maskz_loadu_epi64

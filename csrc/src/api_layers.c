@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "layers.h"
 
@@ -15,11 +16,21 @@ static takane_status check_dims(int64_t m, int64_t n, int64_t k, int32_t threads
     return TAKANE_OK;
 }
 
-/* TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. */
+/* TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. Branch-free
+ * over chunks (the exponent bits all ones means inf or NaN), so the compiler vectorizes
+ * it: group scales are N * K / G floats per call. */
 static takane_status check_finite(const float *v, int64_t len) {
-    if (v)
-        for (int64_t i = 0; i < len; i++)
-            if (!isfinite(v[i])) return TAKANE_ERR_NOT_FINITE;
+    if (!v) return TAKANE_OK;
+    for (int64_t i = 0; i < len; i += 4096) {
+        const int64_t end = len - i < 4096 ? len : i + 4096;
+        uint32_t bad = 0;
+        for (int64_t j = i; j < end; j++) {
+            uint32_t u;
+            memcpy(&u, v + j, sizeof u);
+            bad |= (uint32_t)((u & 0x7F800000u) == 0x7F800000u);
+        }
+        if (bad) return TAKANE_ERR_NOT_FINITE;
+    }
     return TAKANE_OK;
 }
 
@@ -271,9 +282,91 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
     if ((st = check_finite(bias, n)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale, bias, y,
-                                     y_row_stride, threads);
+    st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale, NULL, 0,
+                                     bias, y, y_row_stride, threads);
     if (st != TAKANE_OK) return st;
     takane_note_used(ks->isa);
     return TAKANE_OK;
+}
+
+/* ---- group scales and Q8_0 activations (the *_ex entry points) ------------------------ */
+
+/* Everything but the weights: dims, strides, NULLs, group size, finiteness, mode. */
+static takane_status check_ex(int64_t m, int64_t n, int64_t k, const float *x,
+                              int64_t x_row_stride, const float *in_scale, const float *scale,
+                              const float *group_scale, int64_t group_size, const float *bias,
+                              int32_t activations, const float *y, int64_t y_row_stride,
+                              int32_t threads, int *empty) {
+    takane_status st = check_dims(m, n, k, threads);
+    if (st != TAKANE_OK) return st;
+    if (x_row_stride < 0 || y_row_stride < 0 || (m > 1 && n > 0 && y_row_stride < n))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (activations != TAKANE_ACTIVATIONS_F32 && activations != TAKANE_ACTIVATIONS_Q8_0)
+        return TAKANE_ERR_BAD_ACTIVATIONS;
+    if (group_scale ? (group_size <= 0 || group_size % 64 != 0) : group_size != 0)
+        return TAKANE_ERR_BAD_GROUP_SIZE;
+    *empty = m == 0 || n == 0;
+    if (*empty) return TAKANE_OK;
+    if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
+    if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
+    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
+    /* group scales are checked while they are read (wq8.c, wfloat.c): a separate pass
+     * over N * K / G floats cost ~10% of a GEMV */
+    return check_finite(bias, n);
+}
+
+static takane_status run_ex(const takane_weights *w, int64_t m, const float *x,
+                            int64_t x_row_stride, const float *in_scale, const float *scale,
+                            const float *group_scale, int64_t group_size, const float *bias,
+                            int32_t activations, float *y, int64_t y_row_stride,
+                            int32_t threads) {
+    const takane_kernel_set *ks;
+    takane_status st = takane_select_kernels(&ks);
+    if (st != TAKANE_OK) return st;
+    if (activations == TAKANE_ACTIVATIONS_Q8_0)
+        st = takane_wq8_prepacked_run(ks, w, m, x, x_row_stride, in_scale, scale, group_scale,
+                                      group_size, bias, y, y_row_stride, threads);
+    else
+        st = takane_wfloat_prepacked_run(ks, w, m, x, x_row_stride, in_scale, scale,
+                                         group_scale, group_size, bias, y, y_row_stride,
+                                         threads);
+    if (st != TAKANE_OK) return st;
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+takane_status takane_binary_weight_matmul_ex(int64_t m, int64_t n, int64_t k, const float *x,
+                                             int64_t x_row_stride, const uint64_t *w,
+                                             int64_t w_row_stride, const float *in_scale,
+                                             const float *scale, const float *group_scale,
+                                             int64_t group_size, const float *bias,
+                                             int32_t activations, float *y,
+                                             int64_t y_row_stride, int32_t threads) {
+    int empty;
+    takane_status st = check_ex(m, n, k, x, x_row_stride, in_scale, scale, group_scale,
+                                group_size, bias, activations, y, y_row_stride, threads, &empty);
+    if (st != TAKANE_OK) return st;
+    if (w_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    if (empty) return TAKANE_OK;
+    if (k > 0 && !w) return TAKANE_ERR_NULL_POINTER;
+    takane_weights *h;
+    if ((st = takane_weights_create(n, k, w, w_row_stride, &h)) != TAKANE_OK) return st;
+    st = run_ex(h, m, x, x_row_stride, in_scale, scale, group_scale, group_size, bias,
+                activations, y, y_row_stride, threads);
+    takane_weights_free(h);
+    return st;
+}
+
+takane_status takane_binary_weight_matmul_prepacked_ex(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads) {
+    takane_status st = check_handle(weights, m);
+    if (st != TAKANE_OK) return st;
+    int empty;
+    st = check_ex(m, weights->n, weights->k, x, x_row_stride, in_scale, scale, group_scale,
+                  group_size, bias, activations, y, y_row_stride, threads, &empty);
+    if (st != TAKANE_OK || empty) return st;
+    return run_ex(weights, m, x, x_row_stride, in_scale, scale, group_scale, group_size, bias,
+                  activations, y, y_row_stride, threads);
 }

@@ -24,7 +24,7 @@
  * the portable ones (&takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar). */
 #define KERNEL_SET(ISA, isa)                                                               \
     {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
-     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa}
+     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa, &takane_q8_ukernel_##isa}
 static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX512
     KERNEL_SET(AVX512, avx512),
@@ -35,7 +35,7 @@ static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_NEON
     /* no NEON layer kernels yet: the portable ones, correct on any CPU */
     {TAKANE_ISA_NEON, &takane_matmul_ukernel_neon, takane_pack_row_neon,
-     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar},
+     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon},
 #endif
     KERNEL_SET(SCALAR, scalar),
 };
@@ -71,9 +71,11 @@ static uint32_t detect_x86(void) {
     const int avx2 = (b >> 5) & 1;
     const int avx512f = (b >> 16) & 1, avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
     const int vpopcntdq = (c >> 14) & 1;
+    /* VBMI (byte permutes) and VNNI (VPDPBUSD): the W1A8 kernel (wq8_avx512.c) */
+    const int vbmi = (c >> 1) & 1, vnni = (c >> 11) & 1;
     if (ymm_state && avx2 && fma && popcnt) mask |= 1u << TAKANE_ISA_AVX2;
     if (ymm_state && zmm_state && avx2 && fma && popcnt && avx512f && avx512bw && avx512vl &&
-        vpopcntdq)
+        vpopcntdq && vbmi && vnni)
         mask |= 1u << TAKANE_ISA_AVX512;
     return mask;
 }

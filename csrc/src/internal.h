@@ -123,7 +123,61 @@ typedef struct takane_wfloat_ukernel {
      * per element per call). Requires nr % TAKANE_PANEL_ROWS == 0, 0 <= q0 < q1 <= kw. */
     void (*panel_packed)(const float *const *tables, int mr, const uint64_t *panels,
                          int64_t pstride, int64_t q0, int64_t q1, float *acc);
+    /* panel_packed with group scales (NULL if the set has none: the framework then calls
+     * panel_packed once per group): words [q0, q1) with q0 a multiple of gw cover whole
+     * groups of gw words (the last may end at q1 = kw); for i < mr, j < nr,
+     *   acc[i * nr + j] += sum_g gs[j * ldg + g] * (sum over group g's words)
+     * (g the group index q / gw; one rounding per group product and add or FMA). Rows
+     * j >= nrows must not read gs. Returns nonzero iff a scale read is NaN or infinite. */
+    int (*panel_packed_groups)(const float *const *tables, int mr, const uint64_t *panels,
+                               int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
+                               const float *gs, int64_t ldg, int64_t nrows, float *acc);
 } takane_wfloat_ukernel;
+
+/* Largest W1A8 tile any kernel set may declare (framework scratch is sized by it). */
+#define TAKANE_Q8_MAX_MR 4
+#define TAKANE_Q8_MAX_NP 4
+
+/*
+ * W1A8 (Q8_0 activations) microkernels (csrc/kernels/wq8/wq8_<isa>.c), used by wq8.c.
+ * quantize_row: one row of k floats x (times in_scale[c] if in_scale != NULL, each product
+ *   rounded to float32) into Q8_0 exactly as llama.cpp's quantize_row_q8_0_ref (see
+ *   takane.h): q (kw*64 int8, zero past k), and per 32-column block b < 2*kw: d[b] = the
+ *   block scale rounded to fp16, as float (0 for blocks past k), nq[b] = -sum_{c in b} q[c].
+ *   Returns TAKANE_ERR_NAN / TAKANE_ERR_NOT_FINITE for a NaN / infinite product or a block
+ *   scale that rounds to an infinite fp16 (then the outputs are unspecified). Every set's
+ *   quantizer gives the same bits (tested).
+ * build_table: q of one row into a kernel-specific table of table_len(kw) bytes (the
+ *   framework aligns it to 64 bytes).
+ * panels: for i < mr activation rows and the rows j < np * TAKANE_PANEL_ROWS of np
+ *   consecutive panels (panel t at panels + t * pstride words), over the groups g of gw
+ *   words (words [g*gw, min(kw, (g+1)*gw)); gw = kw without group scales):
+ *     out[i * NP * TAKANE_PANEL_ROWS + j] = sum_g gs[j * ldg + g] * sum_{blocks b in g} d[b] * S_b
+ *     S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b]
+ *   with NP the set's np, S_b exact (int32), gs the group scales of the run's first row
+ *   (NULL: every factor is 1), and the float sum in any order with at most two roundings
+ *   per product (fl(fl(d * g) * S) or fl(d * S) * g) and one per add or FMA. Rows
+ *   j >= nrows (past N) must not read gs (their results are dropped). Returns nonzero iff
+ *   a group scale it read is NaN or infinite. Requires 1 <= mr <= the set's mr,
+ *   1 <= np <= the set's np, kw >= 1, 1 <= nrows.
+ */
+typedef struct takane_q8_ukernel {
+    int mr, np;
+    takane_status (*quantize_row)(const float *x, const float *in_scale, int64_t k,
+                                  int64_t kw, int8_t *q, float *d, int32_t *nq);
+    int64_t (*table_len)(int64_t kw);
+    void (*build_table)(const int8_t *q, int64_t kw, void *table);
+    int (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
+                  int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
+                  int64_t gw, const float *gs, int64_t ldg, int64_t nrows, float *out);
+} takane_q8_ukernel;
+
+/* wq8.c: the portable Q8_0 quantizer (the quantize_row of the scalar set). */
+takane_status takane_q8_quantize_row_portable(const float *x, const float *in_scale, int64_t k,
+                                              int64_t kw, int8_t *q, float *d, int32_t *nq);
+/* wq8.c: float32(fp16(f)) for f >= 0: round to nearest even, subnormals kept, f >= 65520
+ * (and NaN) -> +inf. Shared by every quantizer so the block scales agree bit for bit. */
+float takane_round_fp16(float f);
 
 /* A kernel set is one ISA's microkernels for every op, assembled in dispatch.c. */
 typedef struct takane_kernel_set {
@@ -132,6 +186,7 @@ typedef struct takane_kernel_set {
     takane_pack_row_fn pack_row;
     const takane_linear_ukernel *linear;
     const takane_wfloat_ukernel *wfloat;
+    const takane_q8_ukernel *q8;
 } takane_kernel_set;
 
 /* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */
@@ -154,10 +209,12 @@ struct takane_weights {
 /* The layer kernels (binary_linear, W1A-float) of each ISA. */
 #define TAKANE_DECLARE_LAYER_KERNELS(isa)                                                  \
     extern const takane_linear_ukernel takane_linear_ukernel_##isa;                        \
-    extern const takane_wfloat_ukernel takane_wfloat_ukernel_##isa;
+    extern const takane_wfloat_ukernel takane_wfloat_ukernel_##isa;                        \
+    extern const takane_q8_ukernel takane_q8_ukernel_##isa;
 TAKANE_DECLARE_LAYER_KERNELS(scalar)
 TAKANE_DECLARE_LAYER_KERNELS(avx2)
 TAKANE_DECLARE_LAYER_KERNELS(avx512)
+extern const takane_q8_ukernel takane_q8_ukernel_neon;
 
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);

@@ -42,11 +42,23 @@ takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t 
                                 float *y, int64_t ys);
 
 /* wfloat.c: the same for a prepacked handle (m, n > 0), on up to `threads` threads
- * (0 = default), K-blocked so that the lookup tables stay in L1. */
+ * (0 = default), K-blocked so that the lookup tables stay in L1; with group scales
+ * (group_scale (n, ceil(k / group_size)), group_size a positive multiple of 64; or NULL
+ * and 0) each group's sum is multiplied by its scale before the groups are added. */
 takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
                                           int64_t m, const float *x, int64_t xs,
                                           const float *in_scale, const float *scale,
+                                          const float *group_scale, int64_t group_size,
                                           const float *bias, float *y, int64_t ys,
                                           int threads);
+
+/* wq8.c: the Q8_0-activation product for a prepacked handle (m, n > 0; validated
+ * arguments as above), on up to `threads` threads. TAKANE_ERR_NAN / _NOT_FINITE for a
+ * non-finite x * in_scale (checked before any output is written). */
+takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                       int64_t m, const float *x, int64_t xs,
+                                       const float *in_scale, const float *scale,
+                                       const float *group_scale, int64_t group_size,
+                                       const float *bias, float *y, int64_t ys, int threads);
 
 #endif /* TAKANE_LAYERS_H */

@@ -25,6 +25,7 @@
  * padding zero, in_scale/scale/bias finite). Scratch is O(mr * k) on the canonical path,
  * O(mr * (k + n)) per task on the prepacked one, independent of m.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,6 +101,8 @@ typedef struct wf_job {
     const float *x;
     int64_t xs;
     const float *in_scale, *scale, *bias;
+    const float *gs;                   /* group scales (n, ngk) or NULL */
+    int64_t gw, ngk;                   /* words per group, groups per row */
     float *y;
     int64_t ys;
     int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = groups of nr weight rows */
@@ -121,6 +124,18 @@ static void unpanel(const takane_weights *w, int64_t j0, int nr, uint64_t *rows,
                               row % TAKANE_PANEL_ROWS;
         for (int64_t q = 0; q < kw; q++) rows[j * kw + q] = src[q * TAKANE_PANEL_ROWS];
         ptrs[j] = rows + j * kw;
+    }
+}
+
+/* acc[i * nr + j] += tmp[i * nr + j] * group_scale[row j0 + j][grp] for the rows < n.
+ * The group scales are checked here, as they are read (TAKANE_ERR_NOT_FINITE). */
+static void add_group(wf_job *job, const float *tmp, int mi, int nr, int64_t j0,
+                      int64_t grp, float *acc) {
+    const int64_t nj = min64(nr, job->w->n - j0);
+    for (int64_t j = 0; j < nj; j++) {
+        const float g = job->gs[(j0 + j) * job->ngk + grp];
+        if (!isfinite(g)) __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+        for (int i = 0; i < mi; i++) acc[i * nr + j] = acc[i * nr + j] + tmp[i * nr + j] * g;
     }
 }
 
@@ -150,6 +165,7 @@ static void wf_task(void *ctx, int64_t task) {
     }
     const float *tp[TAKANE_WFLOAT_MAX_MR];
     const uint64_t *wr[TAKANE_WFLOAT_MAX_NR];
+    float tmp[TAKANE_WFLOAT_MAX_MR * TAKANE_WFLOAT_MAX_NR]; /* one scale group's sums */
     const int64_t pstride = kw * TAKANE_PANEL_ROWS, ppg = nr / TAKANE_PANEL_ROWS;
     for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
         const int mi = (int)min64(mr, i_end - i0);
@@ -170,20 +186,71 @@ static void wf_task(void *ctx, int64_t task) {
             const int64_t word_bytes = uk->table_len(64) * (int64_t)sizeof(float) * mr;
             const int64_t kc = word_bytes >= TABLE_BLOCK_BYTES ? 1 : TABLE_BLOCK_BYTES / word_bytes;
             memset(acc, 0, (size_t)(gcount * mr * nr) * sizeof(float));
-            for (int64_t q0 = 0; q0 < kw; q0 += kc) {
-                const int64_t q1 = min64(kw, q0 + kc);
-                for (int64_t g = g_begin; g < g_end; g++) {
-                    const int64_t p = g * ppg;
-                    /* the last group may lack its second panel: repeat the first */
-                    const int64_t ps = p + 1 < w->npanels ? pstride : 0;
-                    uk->panel_packed(tp, mi, w->panels + p * pstride, ps, q0, q1,
-                                     acc + (g - g_begin) * mr * nr);
+            if (!job->gs) {
+                for (int64_t q0 = 0; q0 < kw; q0 += kc) {
+                    const int64_t q1 = min64(kw, q0 + kc);
+                    for (int64_t g = g_begin; g < g_end; g++) {
+                        const int64_t p = g * ppg;
+                        /* the last group may lack its second panel: repeat the first */
+                        const int64_t ps = p + 1 < w->npanels ? pstride : 0;
+                        uk->panel_packed(tp, mi, w->panels + p * pstride, ps, q0, q1,
+                                         acc + (g - g_begin) * mr * nr);
+                    }
+                }
+            } else {
+                /* With group scales the whole of K per call: measured on a Zen 4 with
+                 * G = 128, 1 thread, 4096x4096, against K blocks of whole groups: warm
+                 * GEMV 340 -> 270 us, M = 64 16.5 -> 14 ms, cold GEMV 550 -> 415 us (one
+                 * table per row stays in L2; the panels stream instead of being visited
+                 * 1 KB at a time). Without group kernels (panel_packed per group) the
+                 * groups are formed alone in tmp: acc = fl(acc + fl(tmp * g)). */
+                const int64_t gw = job->gw, kcb = uk->panel_packed_groups ? kw : (kc >= gw ? kc / gw * gw : gw);
+                for (int64_t q0 = 0; q0 < kw; q0 += kcb) {
+                    const int64_t q1 = min64(kw, q0 + kcb);
+                    for (int64_t g = g_begin; g < g_end; g++) {
+                        const int64_t p = g * ppg;
+                        const int64_t ps = p + 1 < w->npanels ? pstride : 0;
+                        if (uk->panel_packed_groups) { /* the groups inside the kernel */
+                            const int64_t j0 = g * nr;
+                            if (uk->panel_packed_groups(tp, mi, w->panels + p * pstride, ps, q0,
+                                                        q1, gw, job->gs + j0 * job->ngk, job->ngk,
+                                                        min64(nr, n - j0),
+                                                        acc + (g - g_begin) * mr * nr))
+                                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE,
+                                                 __ATOMIC_RELAXED);
+                            continue;
+                        }
+                        for (int64_t a = q0; a < q1; a += gw) {
+                            memset(tmp, 0, sizeof tmp);
+                            uk->panel_packed(tp, mi, w->panels + p * pstride, ps, a,
+                                             min64(q1, a + gw), tmp);
+                            add_group(job, tmp, mi, nr, g * nr, a / gw,
+                                      acc + (g - g_begin) * mr * nr);
+                        }
+                    }
                 }
             }
         } else {
             for (int64_t g = g_begin; g < g_end; g++) {
                 unpanel(w, g * nr, nr, rows, wr);
-                uk->panel(tp, mi, wr, k, acc + (g - g_begin) * mr * nr);
+                if (!job->gs) {
+                    uk->panel(tp, mi, wr, k, acc + (g - g_begin) * mr * nr);
+                    continue;
+                }
+                /* one kernel call per scale group, on the group's words of each row and
+                 * the matching part of each table (tables are table_len(64) per word) */
+                const int64_t gw = job->gw, tword = uk->table_len(64);
+                float *ag = acc + (g - g_begin) * mr * nr;
+                memset(ag, 0, (size_t)(mr * nr) * sizeof(float));
+                for (int64_t a = 0; a < kw; a += gw) {
+                    const int64_t b = min64(kw, a + gw);
+                    const float *tg[TAKANE_WFLOAT_MAX_MR];
+                    const uint64_t *wg[TAKANE_WFLOAT_MAX_NR];
+                    for (int i = 0; i < mi; i++) tg[i] = tp[i] + a * tword;
+                    for (int j = 0; j < nr; j++) wg[j] = wr[j] + a;
+                    uk->panel(tg, mi, wg, (b - a) * 64, tmp);
+                    add_group(job, tmp, mi, nr, g * nr, a / gw, ag);
+                }
             }
         }
         for (int i = 0; i < mi; i++) {
@@ -210,11 +277,15 @@ done:
 takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
                                           int64_t m, const float *x, int64_t xs,
                                           const float *in_scale, const float *scale,
+                                          const float *group_scale, int64_t group_size,
                                           const float *bias, float *y, int64_t ys,
                                           int threads) {
     const takane_wfloat_ukernel *uk = ks->wfloat;
     const int mr = uk->mr, nr = uk->nr;
-    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, y, ys, 0, 0, 0, TAKANE_OK};
+    const int64_t gw = group_scale ? group_size / 64 : 1;
+    const float *gs = group_scale && w->kw > 0 ? group_scale : NULL;
+    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, (w->kw + gw - 1) / gw,
+                  y, ys, 0, 0, 0, TAKANE_OK};
     const int64_t ngroups = (w->n + nr - 1) / nr;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_MACS) nthreads = 1;

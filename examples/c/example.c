@@ -1,6 +1,7 @@
 /*
  * takane_kernels from C: pack weights and activations, run the W1A1 matmul, and check it
- * against a naive loop over the ±1 values. Exit status 0 when everything matches.
+ * against a naive loop over the ±1 values; then the W1A8 layer (Q8_0 activations, group
+ * scales) against the float product. Exit status 0 when everything matches.
  *
  * With CMake: see CMakeLists.txt next to this file. With pkg-config, in one line:
  *   cc example.c $(PKG_CONFIG_PATH=$(python -m takane_kernels --pkgconfig-dir) \
@@ -72,7 +73,30 @@ int main(void) {
             mismatches += (y[i][j] != d) + (y_f32[i][j] != d);
         }
 
-    /* 5. Errors are statuses, never crashes: a negative dimension is reported. */
+    /* 5. W1A8, the 1-bit LLM layer: the same weights against the float activations
+     *    quantized inside the call to llama.cpp's Q8_0 (int8 per block of 32, fp16 block
+     *    scale), with a group scale per 64 weights. Q8_0 rounds each activation by up to
+     *    half a step (max |x| of its block / 254), so compare with that tolerance. */
+    enum { G = 64, NG = (K + G - 1) / G };
+    static float gscale[N][NG], y8[M][N];
+    for (int j = 0; j < N; j++)
+        for (int g = 0; g < NG; g++) gscale[j][g] = 0.5f;
+    if (check(takane_binary_weight_matmul_ex(M, N, K, &x[0][0], K, &wbits[0][0], KW, NULL, NULL,
+                                             &gscale[0][0], G, NULL, TAKANE_ACTIVATIONS_Q8_0,
+                                             &y8[0][0], N, 0),
+              "takane_binary_weight_matmul_ex"))
+        return 1;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double exact = 0, tol = 1e-4;
+            for (int c = 0; c < K; c++) {
+                exact += 0.5 * x[i][c] * (w[j][c] >= 0.0f ? 1 : -1);
+                tol += 0.5 * (1.0 / 254 + 1.0 / 1024); /* |x| <= 1: half a step, fp16 scale */
+            }
+            mismatches += !(y8[i][j] - exact <= tol && exact - y8[i][j] <= tol);
+        }
+
+    /* 6. Errors are statuses, never crashes: a negative dimension is reported. */
     if (takane_binary_matmul(-1, N, K, NULL, KW, NULL, KW, NULL, N, 0) !=
         TAKANE_ERR_NEGATIVE_DIMENSION) {
         fprintf(stderr, "expected TAKANE_ERR_NEGATIVE_DIMENSION\n");

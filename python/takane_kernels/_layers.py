@@ -277,31 +277,46 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     return y
 
 
-def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarray:
-    """W1A-float (OneBit-style) layer: real activations times ±1 weights with two scales.
+_ACTIVATIONS = {"float32": 0, "q8_0": 1}  # TAKANE_ACTIVATIONS_F32 / _Q8_0
 
-    ``y = ((x * w.in_scale) @ sign(W).T) * w.scale + bias`` as float32 (..., N), where
-    ``sign(W)`` is the ±1 matrix in ``w.bits`` and ``w.in_scale`` (K,) / ``w.scale`` (N,)
-    are skipped when ``None`` (``pack_weights(w, scale="onebit")`` sets both). ``x`` is
+
+def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, threads=None) -> np.ndarray:
+    """W1A-float / W1A8 layer: real activations times ±1 weights with row, column and group scales.
+
+    ``y = ((x * w.in_scale) @ (sign(W) * w.group_scale).T) * w.scale + bias`` as float32
+    (..., N), where ``sign(W)`` is the ±1 matrix in ``w.bits``, ``w.in_scale`` (K,) /
+    ``w.scale`` (N,) are skipped when ``None`` (``pack_weights(w, scale="onebit")`` sets
+    both) and ``w.group_scale`` (N, ceil(K/G)) multiplies column k of row n by
+    ``group_scale[n, k // w.group_size]`` (``pack_weights(w, group_size=G)``). ``x`` is
     real (..., K): float32, or float16/float64/int/bool converted to float32 first.
-    NaN and infinities in x propagate as in IEEE arithmetic.
 
-    Accumulation is float32 (lookup tables over groups of activations, in a
-    kernel-specific order). Error bound, for every kernel, barring overflow/underflow:
-    with u = 2⁻²⁴ and γ(j) = j·u / (1 − j·u),
+    ``activations="float32"``: accumulation is float32 (lookup tables over groups of
+    activations, in a kernel-specific order); NaN and infinities in x propagate as in IEEE
+    arithmetic. Error bound, for every kernel, barring overflow/underflow: with u = 2⁻²⁴
+    and γ(j) = j·u / (1 − j·u),
 
-        |y[i, n] − exact[i, n]| <= γ(K + 3) · |scale[n]| · Σ_k |x[i, k] · in_scale[k]| + γ(2) · |bias[n]|
+        |y[i, n] − exact[i, n]| <= γ(K + 4) · |scale[n]| · Σ_k |xs[i, k] · g[n, k // G]| + γ(2) · |bias[n]|
 
-    where ``exact`` is the real-number value of the formula on x as given and the stored
-    float32 scales (``reference.binary_weight_matmul`` computes it in float64, and
-    ``reference.binary_weight_matmul_error_bound`` this bound). When every partial sum
-    is exactly representable (e.g. small-integer x, power-of-two scales) y is exact.
-    ``threads``: how many threads may share the work (None = the default).
+    with ``xs = x * in_scale``. ``activations="q8_0"`` (W1A8): each row of xs is quantized
+    in blocks of 32 exactly as llama.cpp's ``quantize_row_q8_0_ref`` (int8 q, block scale d
+    rounded to float16; a partial last block is zero-padded), the integer block sums
+    S_b = Σ q·sign(W) are exact, and ``y = scale · Σ_b d_b · g[n, 32b // G] · S_b + bias``
+    is accumulated in float32 within γ(nb + 4) · |scale[n]| · Σ_b |d_b · g · S_b| + γ(2)·|bias[n]|
+    (nb = ceil(K/32)). NaN or ±inf in x, an x * in_scale that overflows, or a block whose
+    max |x| / 127 overflows float16 (|x| > 127 · 65504) is a ``ValueError`` with "q8_0":
+    no block scale can be formed.
+
+    ``exact`` is the real-number value of the formula on the float32 inputs (and, for
+    "q8_0", on q and d): ``reference.binary_weight_matmul(..., activations=)`` computes it
+    in float64 and ``reference.binary_weight_matmul_error_bound`` this bound. When every
+    partial sum is exactly representable (e.g. small-integer x, power-of-two scales) y is
+    exact. ``threads``: how many threads may share the work (None = the default).
     """
     op = "binary_weight_matmul"
     w = _require_weights(w, op)
-    if w.group_scale is not None:  # the group-scale kernels land with the q8_0 work (issue 12)
-        raise ValueError(f"{op}: group scales are not supported by this build yet")
+    mode = _ACTIVATIONS.get(activations) if isinstance(activations, str) else None
+    if mode is None:
+        raise ValueError(f"{op}: activations must be 'float32' or 'q8_0', got {activations!r}")
     nthreads = _check_threads(threads)
     n, k = w.n, w.k
     x = _as_real_array(x, "x")
@@ -316,12 +331,22 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
     if out is not None and np.may_share_memory(out, rows):
         rows = rows.copy()  # the kernels read x while writing y: never let them alias
-    status = lib.takane_binary_weight_matmul_prepacked(
+    group_scale = w.group_scale  # (N, ceil(K/G)) float32, finite, or None
+    group_size = w.group_size if group_scale is not None else None
+    gs32 = None if group_scale is None else np.require(group_scale, np.float32, "CA")
+    status = lib.takane_binary_weight_matmul_prepacked_ex(
         w._prepacked(), m, _ptr("float[]", rows), k, _ptr("float[]", w.in_scale), _ptr("float[]", w.scale),
-        _ptr("float[]", bias32), ffi.from_buffer("float[]", y, require_writable=True), n, nthreads,
+        _ptr("float[]", gs32), group_size or 0, _ptr("float[]", bias32), mode,
+        ffi.from_buffer("float[]", y, require_writable=True), n, nthreads,
     )
-    if status == lib.TAKANE_ERR_NOT_FINITE:  # scales are finite by construction: the bias
-        raise ValueError("bias must be finite (after rounding to float32)")
+    if status == lib.TAKANE_ERR_NOT_FINITE or status == lib.TAKANE_ERR_NAN:
+        # scales are finite by construction: the bias, or (q8_0) x * in_scale
+        if bias32 is not None and not np.isfinite(bias32).all():
+            raise ValueError("bias must be finite (after rounding to float32)")
+        raise ValueError(
+            f"{op}: x contains NaN or ±inf, x * in_scale overflows float32, or a block's "
+            "max |x| / 127 overflows fp16 (|x| > 127 * 65504): activations='q8_0' cannot form "
+            "a block scale"
+        )
     _raise_status(status, op)
     return y
-

@@ -540,6 +540,70 @@ static void check_prepacked_edges(const takane_isa *all, int n_all) {
     takane_weights_free(h);
 }
 
+/* W1A8 (takane_binary_weight_matmul_prepacked_ex, Q8_0 activations) on every ISA against a
+ * plain model, on inputs where every float step is exact: each 32-column block has
+ * max |x| = 127 * 2^-3 (so d = 2^-3, an fp16 value, and x * (1/d) is exact), the other
+ * values are halves (ties: away from zero), near-halves and integers times 2^-3, and the
+ * group scales are powers of two. Then y = sum_b d * g * S_b exactly, so every ISA must
+ * give the model's value bit for bit (a single q off by one would show). */
+static void check_wq8_exact(const takane_isa *all, int n_all) {
+    static const int64_t ks[] = {1, 31, 32, 33, 64, 65, 100, 200, 513};
+    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
+        const int64_t k = ks[a], kw = words_for(k), m = 3, n = 37;
+        for (int grouped = 0; grouped < 2; grouped++) {
+            const int64_t gsize = grouped ? 64 : 0, ng = grouped ? (k + 63) / 64 : 0;
+            float *x = xmalloc((size_t)(m * k) * sizeof *x);
+            float *g = xmalloc((size_t)(n * ng + 1) * sizeof *g);
+            uint64_t *w = xmalloc((size_t)(n * kw) * sizeof *w);
+            float *y = xmalloc((size_t)(m * n) * sizeof *y);
+            double *model = xmalloc((size_t)(m * n) * sizeof *model);
+            static const float frac[4] = {0.5f, -0.5f, 0.49999997f, 0.0f};
+            for (int64_t i = 0; i < m * k; i++) {
+                const int64_t c = i % k;
+                float v = (float)((int)(next_u64() % 253) - 126) + frac[next_u64() % 4];
+                if (v > 126.5f) v = 126.5f;
+                if (v < -126.5f) v = -126.5f;
+                if (c % 32 == 0) v = (next_u64() & 1) ? 127.0f : -127.0f;
+                x[i] = v * 0.125f;
+            }
+            for (int64_t i = 0; i < n * ng; i++) g[i] = (float)(1 << (next_u64() % 3)) * 0.5f;
+            for (int64_t i = 0; i < n * kw; i++) w[i] = next_u64();
+            for (int64_t j = 0; j < n && kw; j++) w[j * kw + kw - 1] &= k % 64 ? (UINT64_C(1) << (k % 64)) - 1 : ~UINT64_C(0);
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) {
+                    double acc = 0;
+                    for (int64_t b = 0; b * 32 < k; b++) {
+                        int64_t s = 0;
+                        for (int64_t c = b * 32; c < k && c < b * 32 + 32; c++) {
+                            const double v = x[i * k + c] * 8.0; /* exact */
+                            const int64_t q = (int64_t)(v < 0 ? -floor(-v + 0.5) : floor(v + 0.5));
+                            s += bit(w + j * kw, c) ? q : -q;
+                        }
+                        acc += 0.125 * (grouped ? g[j * ng + b * 32 / 64] : 1.0) * (double)s;
+                    }
+                    model[i * n + j] = acc;
+                }
+            takane_weights *h = make_weights(n, k, w, kw);
+            for (int s = 0; s < n_all; s++) {
+                force(all[s]);
+                const takane_status st = takane_binary_weight_matmul_prepacked_ex(
+                    h, m, x, k, NULL, NULL, grouped ? g : NULL, gsize, NULL,
+                    TAKANE_ACTIVATIONS_Q8_0, y, n, 2);
+                CHECK(st == TAKANE_OK, "wq8 %s k=%ld: %s", name(all[s]), (long)k,
+                      takane_status_string(st));
+                CHECK(takane_isa_last_used() == all[s], "wq8 ran %s, not %s",
+                      name(takane_isa_last_used()), name(all[s]));
+                int bad = 0;
+                for (int64_t i = 0; i < m * n; i++) bad += (double)y[i] != model[i];
+                CHECK(bad == 0, "wq8 %s k=%ld grouped=%d: %d outputs differ from the exact model",
+                      name(all[s]), (long)k, grouped, bad);
+            }
+            takane_weights_free(h);
+            free(x), free(g), free(w), free(y), free(model);
+        }
+    }
+}
+
 int main(void) {
     const uint32_t supported = takane_isa_supported();
     /* The SIMD sets to compare with scalar, best first. */
@@ -573,6 +637,7 @@ int main(void) {
     for (int s = 0; s < n_isas; s++) all[s + 1] = isas[s];
     check_prepacked_threads(all, n_isas + 1);
     check_prepacked_edges(all, n_isas + 1);
+    check_wq8_exact(all, n_isas + 1);
     force(TAKANE_ISA_AUTO);
 
     printf("%ld checks, %ld failed\n", checks, failures);

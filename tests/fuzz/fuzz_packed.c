@@ -2,7 +2,10 @@
  * fuzz_packed.c — libFuzzer target for the C entry points that take raw, untrusted
  * packed arrays: takane_check_padding, takane_binary_matmul, takane_weights_create +
  * takane_binary_matmul_prepacked, takane_pack_f32 / takane_binary_matmul_f32 (raw float
- * bits: NaN, infinities, signed zeros, subnormals) and takane_binary_linear_bits.
+ * bits: NaN, infinities, signed zeros, subnormals), takane_binary_linear_bits, and the
+ * W1A-float / W1A8 entry points with group scales and an activations mode
+ * (takane_binary_weight_matmul_ex and _prepacked_ex: raw float bits in x and the group
+ * scales, any group_size and mode; results within the documented bound of a plain model).
  *
  * The input decides the dimensions, the row strides (0 = every row is the same data,
  * or padded rows), the ISA (any supported one), the thread count, and the contents of
@@ -247,6 +250,147 @@ static void fuzz_floats(cursor *c, int64_t m, int64_t n, int64_t k, int threads)
     free(x), free(t), free(bits), free(w), free(y);
 }
 
+/* float32(fp16(f)) for f >= 0, round to nearest even (the plainest spelling: scale to an
+ * integer multiple of the fp16 quantum, round in double, scale back). */
+static float plain_fp16(float f) {
+    if (f >= 65520.0f) return INFINITY;
+    int e;
+    frexp(f, &e);                      /* f = m * 2^e, m in [0.5, 1) */
+    const int qe = e - 11 < -24 ? -24 : e - 11; /* quantum 2^qe: 10 bits below the leading one */
+    return (float)(nearbyint(ldexp(f, -qe)) * ldexp(1.0, qe));
+}
+
+/* takane_binary_weight_matmul_ex and _prepacked_ex against a plain model. */
+static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
+    const int64_t kw = words_for(k), xs = k + (int64_t)(take(c, 1) % 3);
+    const uint64_t sel = take(c, 1);
+    const int32_t mode = sel % 8 == 7 ? (int32_t)(take(c, 1)) - 128 : (int32_t)(sel % 2);
+    static const int64_t sizes[] = {0, 64, 128, 192, 4096, 96, -64};
+    const int64_t gsize = sizes[take(c, 1) % 7];
+    const int with_gs = gsize != 0 && !(sel & 0x10);
+    const int64_t ng = gsize > 0 ? (k + gsize - 1) / gsize : 1;
+    const size_t xl = (size_t)((m > 0 ? (m - 1) * xs : 0) + k);
+    float *x = (float *)malloc((xl ? xl : 1) * sizeof *x);
+    float *g = (float *)malloc((size_t)(n * ng + 1) * sizeof *g);
+    uint64_t *w = (uint64_t *)malloc((size_t)(n * kw + 1) * sizeof *w);
+    float *y = (float *)malloc((size_t)(m * n + 1) * sizeof *y);
+    CHECK(x && g && w && y);
+    for (size_t i = 0; i < xl; i++) {
+        const uint32_t b = (uint32_t)take(c, 1);
+        if (b & 0x80) {
+            uint32_t raw = (uint32_t)take(c, 4);
+            memcpy(&x[i], &raw, 4);
+        } else {
+            x[i] = (float)((int)(b & 0x3f) - 32) * 0.5f; /* ties at .5 after scaling */
+        }
+    }
+    for (int64_t i = 0; i < n * ng; i++) {
+        const uint32_t b = (uint32_t)take(c, 1);
+        if (b == 0xff) {
+            uint32_t raw = (uint32_t)take(c, 4);
+            memcpy(&g[i], &raw, 4);
+        } else {
+            g[i] = (float)(b % 7 + 1) * 0.25f;
+        }
+    }
+    int padding = 0;
+    for (int64_t i = 0; i < n * kw; i++) w[i] = take(c, 8);
+    for (int64_t j = 0; j < n && kw; j++)
+        if (!(sel & 0x20)) w[j * kw + kw - 1] &= ~pad_mask(k);
+        else padding |= (w[j * kw + kw - 1] & pad_mask(k)) != 0;
+    /* the model's status */
+    const int empty = m == 0 || n == 0;
+    takane_status want = TAKANE_OK;
+    int x_nan = 0, x_inf = 0, g_bad = 0;
+    if (mode != TAKANE_ACTIVATIONS_F32 && mode != TAKANE_ACTIVATIONS_Q8_0) want = TAKANE_ERR_BAD_ACTIVATIONS;
+    else if (with_gs ? (gsize <= 0 || gsize % 64) : gsize != 0) want = TAKANE_ERR_BAD_GROUP_SIZE;
+    if (want == TAKANE_OK && !empty && k > 0) {
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t b = 0; b * 32 < k; b++) {
+                float amax = 0.0f;
+                for (int64_t e = b * 32; e < k && e < b * 32 + 32; e++) {
+                    const float v = x[i * xs + e];
+                    x_nan |= v != v;
+                    x_inf |= isinf(v);
+                    if (fabsf(v) > amax) amax = fabsf(v);
+                }
+                x_inf |= !x_nan && !isinf(amax) && plain_fp16(amax / 127.0f) == INFINITY;
+            }
+        for (int64_t i = 0; with_gs && i < n * ng; i++) g_bad |= !isfinite(g[i]);
+    }
+    for (int prepacked = 0; prepacked < 2; prepacked++) {
+        for (int64_t i = 0; i < m * n + 1; i++) y[i] = -7.0f;
+        takane_status st;
+        if (prepacked) {
+            takane_weights *h = NULL;
+            for (int64_t j = 0; j < n && kw; j++) w[j * kw + kw - 1] &= ~pad_mask(k);
+            CHECK(takane_weights_create(n, k, w, kw, &h) == TAKANE_OK);
+            st = takane_binary_weight_matmul_prepacked_ex(h, m, x, xs, NULL, NULL, with_gs ? g : NULL,
+                                                          gsize, NULL, mode, y, n, threads);
+            takane_weights_free(h);
+            padding = 0;
+        } else {
+            st = takane_binary_weight_matmul_ex(m, n, k, x, xs, w, kw, NULL, NULL, with_gs ? g : NULL,
+                                                gsize, NULL, mode, y, n, threads);
+        }
+        CHECK(y[m * n] == -7.0f); /* nothing past the output */
+        if (want != TAKANE_OK) {
+            CHECK(st == want);
+            continue;
+        }
+        if (empty) {
+            CHECK(st == TAKANE_OK);
+            continue;
+        }
+        if (padding) {
+            CHECK(st == TAKANE_ERR_PADDING_BITS);
+            continue;
+        }
+        if (mode == TAKANE_ACTIVATIONS_Q8_0 && (x_nan || x_inf)) {
+            /* NaN -> _NAN, inf or an fp16-overflowing scale -> _NOT_FINITE; with both in
+             * x, whichever block comes first */
+            if (!x_inf) CHECK(st == TAKANE_ERR_NAN);
+            else if (!x_nan) CHECK(st == TAKANE_ERR_NOT_FINITE);
+            else CHECK(st == TAKANE_ERR_NAN || st == TAKANE_ERR_NOT_FINITE);
+            for (int64_t i = 0; i < m * n; i++) CHECK(y[i] == -7.0f); /* untouched */
+            continue;
+        }
+        if (g_bad) {
+            CHECK(st == TAKANE_ERR_NOT_FINITE);
+            continue;
+        }
+        CHECK(st == TAKANE_OK);
+        if (mode != TAKANE_ACTIVATIONS_Q8_0 || k == 0) continue; /* the float path: tests */
+        /* Q8_0: the plain quantizer and exact block sums, then the bound */
+        const double u = ldexp(1.0, -24);
+        const int64_t nb = (k + 31) / 32;
+        const double gam = (nb + 4) * u / (1 - (nb + 4) * u);
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double exact = 0, mag = 0;
+                for (int64_t b = 0; b < nb; b++) {
+                    float amax = 0.0f;
+                    for (int64_t e = b * 32; e < k && e < b * 32 + 32; e++)
+                        if (fabsf(x[i * xs + e]) > amax) amax = fabsf(x[i * xs + e]);
+                    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+                    int64_t s = 0;
+                    /* a scale that rounds to fp16 zero: the block contributes nothing */
+                    for (int64_t e = b * 32; plain_fp16(d) != 0.0f && e < k && e < b * 32 + 32; e++) {
+                        const float v = x[i * xs + e] * id;
+                        const double r = v < 0 ? -floor(-(double)v + 0.5) : floor((double)v + 0.5);
+                        const int bit = (int)((w[j * kw + e / 64] >> (e % 64)) & 1);
+                        s += bit ? (int64_t)r : -(int64_t)r;
+                    }
+                    const double term = (double)plain_fp16(d) * (with_gs ? g[j * ng + b * 32 / gsize] : 1.0) * (double)s;
+                    exact += term;
+                    mag += fabs(term);
+                }
+                CHECK(fabs((double)y[i * n + j] - exact) <= gam * mag);
+            }
+    }
+    free(x), free(g), free(w), free(y);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cursor c = {data, size};
     const uint32_t supported = takane_isa_supported();
@@ -255,7 +399,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (supported & (1u << i)) isas[nisa++] = i;
     const int isa = isas[take(&c, 1) % (uint64_t)nisa];
     CHECK(takane_isa_force((takane_isa)isa) == TAKANE_OK);
-    const int op = (int)(take(&c, 1) % 2);
+    const int op = (int)(take(&c, 1) % 3);
     const int64_t m = (int64_t)(take(&c, 1) % 19);
     const int64_t n = (int64_t)(take(&c, 1) % 40);
     const uint64_t kb = take(&c, 2);
@@ -265,7 +409,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (k < 0) k = 0;
     const int threads = (int)(take(&c, 1) % 4); /* 0 = default, 1..3 */
     if (op == 0) fuzz_matmul(&c, m, n, k, threads);
-    else fuzz_floats(&c, m, n, k, threads);
+    else if (op == 1) fuzz_floats(&c, m, n, k, threads);
+    else fuzz_wq8(&c, m, n, k, threads);
     CHECK(takane_isa_active() == (takane_isa)isa);
     return 0;
 }

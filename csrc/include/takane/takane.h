@@ -85,7 +85,7 @@ typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1, /* for takane_isa_force(): back to the best supported ISA */
     TAKANE_ISA_SCALAR = 0,
     TAKANE_ISA_AVX2 = 1,   /* x86-64 AVX2 (+FMA, POPCNT) */
-    TAKANE_ISA_AVX512 = 2, /* x86-64 AVX-512 F+BW+VL+VPOPCNTDQ */
+    TAKANE_ISA_AVX512 = 2, /* x86-64 AVX-512 F+BW+VL+VPOPCNTDQ+VBMI+VNNI */
     TAKANE_ISA_NEON = 3    /* aarch64 Advanced SIMD */
 } takane_isa;
 
@@ -318,6 +318,55 @@ TAKANE_API takane_status takane_binary_weight_matmul_prepacked(
     const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
     const float *in_scale, const float *scale, const float *bias, float *y,
     int64_t y_row_stride, int32_t threads);
+
+/* ---- 1-bit LLM layers: group scales and Q8_0 activations ----------------------------- */
+
+/* The W1A-float product with group scales and a choice of activation format:
+ *   y[i][j] = scale[j] * sum_c xs[i][c] * sign(w_j)[c] * group_scale[j][c / group_size]
+ *             + bias[j],     xs[i][c] = x[i][c] * in_scale[c] (rounded to float32).
+ * group_scale: NULL (no groups; then group_size must be 0) or n rows of
+ * ceil(k / group_size) floats, row stride ceil(k / group_size), with group_size a positive
+ * multiple of 64 (else TAKANE_ERR_BAD_GROUP_SIZE). in_scale, scale, group_scale and bias may
+ * each be NULL (factor 1 / no bias) and must be finite (else TAKANE_ERR_NOT_FINITE; group
+ * scales are checked as the kernels read them, so then y may be partly written).
+ * activations (else TAKANE_ERR_BAD_ACTIVATIONS):
+ *   TAKANE_ACTIVATIONS_F32: as takane_binary_weight_matmul; float32 accumulation in a
+ *     kernel-specific order, |y - exact| <= gamma(k + 4) * |scale[j]| *
+ *     sum_c |xs[i][c] * group_scale[j][c / G]| + gamma(2) * |bias[j]|.
+ *     NaN and infinities in x propagate (IEEE).
+ *   TAKANE_ACTIVATIONS_Q8_0: each row xs[i] is quantized in blocks of 32 (the last block
+ *     zero-padded) exactly as llama.cpp's quantize_row_q8_0_ref: amax = max |xs| of the
+ *     block, d = amax / 127 (float32), q[c] = roundf(xs[c] * (d ? 1/d : 0)) (float32
+ *     product, ties away from zero), and the block scale used afterwards is dh = d rounded
+ *     to float16 (round to nearest even, subnormals kept). Then
+ *       y[i][j] = scale[j] * sum_b dh_b * group_scale[j][32 b / G] * S_b + bias[j],
+ *       S_b = sum_{c in block b} q[c] * sign(w_j)[c]   (exact integers),
+ *     accumulated in float32 in a kernel-specific order: |y - exact| <= gamma(nb + 4) *
+ *     |scale[j]| * sum_b |dh_b * group_scale[j][32 b / G] * S_b| + gamma(2) * |bias[j]|,
+ *     nb = ceil(k / 32). A NaN in x gives TAKANE_ERR_NAN; an infinite xs (an infinite
+ *     x, or x * in_scale overflowing) or a block scale beyond fp16 (dh rounds to inf:
+ *     max |xs| of a block > 127 * 65504, about 8.3e6) gives TAKANE_ERR_NOT_FINITE — llama.cpp
+ *     would compute with an infinite scale. The activations are quantized before any
+ *     output is written, so y is untouched on these errors.
+ * u = 2^-24, gamma(n) = n u / (1 - n u); "exact" is the real-number value of the formula
+ * on these float32 inputs (for Q8_0: on q and dh). Non-zero padding in w gives
+ * TAKANE_ERR_PADDING_BITS. This canonical-row entry point packs the rows into a temporary
+ * prepacked handle (allocated per call) and runs takane_binary_weight_matmul_prepacked_ex
+ * on up to `threads` threads. */
+TAKANE_API takane_status takane_binary_weight_matmul_ex(
+    int64_t m, int64_t n, int64_t k, const float *x, int64_t x_row_stride, const uint64_t *w,
+    int64_t w_row_stride, const float *in_scale, const float *scale, const float *group_scale,
+    int64_t group_size, const float *bias, int32_t activations, float *y, int64_t y_row_stride,
+    int32_t threads);
+
+/* As takane_binary_weight_matmul_ex with the weights (and n, k) of a prepacked handle, on
+ * up to `threads` threads; same values, bounds and errors. The fast path: M = 1 (decode)
+ * streams the weights once, M > 1 (prefill) reuses each weight word across several rows;
+ * no allocation per call once a thread has served a call of the same size. */
+TAKANE_API takane_status takane_binary_weight_matmul_prepacked_ex(
+    const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
 
 #ifdef __cplusplus
 }

@@ -167,14 +167,18 @@ static void panel(const float *const *tables, int mr, const uint64_t *const *w, 
  */
 #define DEFINE_PANEL_PACKED(ROWS)                                                          \
     static void panel_packed_##ROWS(const float *const *tables, const uint64_t *p0,        \
-                                    const uint64_t *p1, int64_t q0, int64_t q1,            \
-                                    float *acc_out) {                                      \
+                                    const uint64_t *p1, int64_t pstride, int64_t q0,       \
+                                    int64_t q1, float *acc_out) {                          \
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,  \
                                                24, 26, 28, 30);                            \
         const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
         __m512 acc[ROWS];                                                                  \
         for (int i = 0; i < ROWS; i++) acc[i] = _mm512_setzero_ps();                       \
         for (int64_t q = q0; q < q1; q++) {                                                \
+            /* the same words of the next panel pair: the framework's next call (GEMV    \
+             * from DRAM: one call ahead hides the latency the strided order exposes) */  \
+            _mm_prefetch((const char *)(p0 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
+            _mm_prefetch((const char *)(p1 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
             const __m512i a = _mm512_load_si512((const void *)(p0 + q * TAKANE_PANEL_ROWS)); \
             const __m512i b = _mm512_load_si512((const void *)(p1 + q * TAKANE_PANEL_ROWS)); \
             for (int h = 0; h < 2; h++) {                                                  \
@@ -202,16 +206,102 @@ DEFINE_PANEL_PACKED(2)
 DEFINE_PANEL_PACKED(3)
 DEFINE_PANEL_PACKED(4)
 
+/* Group scales g0..g0+7 (those >= ldg read as 0) of 16 rows (rows >= nrows repeat row
+ * nrows-1; ldg = groups per row) into gv[t], lane r = row r: two 8x8 transposes. */
+static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, int64_t g0,
+                                 __m512 gv[8]) {
+    const __mmask8 m = (__mmask8)(ldg - g0 >= 8 ? 0xFF : (1u << (ldg - g0)) - 1);
+    __m256i lo[8], hi[8];
+    for (int r = 0; r < 8; r++) {
+        const int64_t r0 = r < nrows ? r : nrows - 1, r1 = r + 8 < nrows ? r + 8 : nrows - 1;
+        lo[r] = _mm256_castps_si256(
+            _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + r0 * ldg + g0)));
+        hi[r] = _mm256_castps_si256(
+            _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + r1 * ldg + g0)));
+    }
+    transpose8(lo);
+    transpose8(hi);
+    for (int t = 0; t < 8; t++)
+        gv[t] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo[t]), hi[t], 1));
+}
+
+/* panel_packed with group scales: each group's 16 row sums are formed alone, then
+ * multiplied by the 16 rows' scales (loaded and transposed 8 groups at a time) and added
+ * with one FMA. */
+#define DEFINE_PANEL_GROUPS(ROWS)                                                          \
+    static int panel_groups_##ROWS(const float *const *tables, const uint64_t *p0,         \
+                                   const uint64_t *p1, int64_t pstride, int64_t q0,        \
+                                   int64_t q1, int64_t gw, const float *gs, int64_t ldg,   \
+                                   int64_t nrows, float *acc_out) {                        \
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,  \
+                                               24, 26, 28, 30);                            \
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
+        __m512 gv[8]; /* scales of 8 consecutive groups, lane r = row r */                \
+        const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);                        \
+        __mmask16 bad = 0;                                                                 \
+        __m512 total[ROWS];                                                                \
+        for (int i = 0; i < ROWS; i++) total[i] = _mm512_loadu_ps(acc_out + i * NR);       \
+        for (int64_t a = q0; a < q1; a += gw) {                                            \
+            const int64_t b = a + gw < q1 ? a + gw : q1;                                   \
+            __m512 acc[ROWS];                                                              \
+            for (int i = 0; i < ROWS; i++) acc[i] = _mm512_setzero_ps();                   \
+            for (int64_t q = a; q < b; q++) {                                              \
+                _mm_prefetch((const char *)(p0 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
+                _mm_prefetch((const char *)(p1 + 2 * pstride + q * TAKANE_PANEL_ROWS), _MM_HINT_T0); \
+                const __m512i wa = _mm512_load_si512((const void *)(p0 + q * TAKANE_PANEL_ROWS)); \
+                const __m512i wb = _mm512_load_si512((const void *)(p1 + q * TAKANE_PANEL_ROWS)); \
+                for (int h = 0; h < 2; h++) {                                              \
+                    const __m512i r = _mm512_permutex2var_epi32(wa, h ? odd : even, wb);   \
+                    __m512i idx[GROUPS];                                                   \
+                    idx[0] = r;                                                            \
+                    idx[1] = _mm512_srli_epi32(r, 4);                                      \
+                    idx[2] = _mm512_srli_epi32(r, 8);                                      \
+                    idx[3] = _mm512_srli_epi32(r, 12);                                     \
+                    idx[4] = _mm512_srli_epi32(r, 16);                                     \
+                    idx[5] = _mm512_srli_epi32(r, 20);                                     \
+                    idx[6] = _mm512_srli_epi32(r, 24);                                     \
+                    idx[7] = _mm512_srli_epi32(r, 28);                                     \
+                    for (int i = 0; i < ROWS; i++)                                         \
+                        acc[i] = _mm512_add_ps(                                            \
+                            acc[i], chunk_sum(tables[i] + (2 * q + h) * CHUNK_FLOATS, idx)); \
+                }                                                                          \
+            }                                                                              \
+            const int64_t grp = a / gw;                                                    \
+            if (a == q0 || grp % 8 == 0) load_scales16(gs, ldg, nrows, grp - grp % 8, gv);  \
+            const __m512 g = gv[grp % 8];                                                  \
+            bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);                \
+            for (int i = 0; i < ROWS; i++) total[i] = _mm512_fmadd_ps(acc[i], g, total[i]); \
+        }                                                                                  \
+        for (int i = 0; i < ROWS; i++) _mm512_storeu_ps(acc_out + i * NR, total[i]);       \
+        return bad != 0;                                                                   \
+    }
+DEFINE_PANEL_GROUPS(1)
+DEFINE_PANEL_GROUPS(2)
+DEFINE_PANEL_GROUPS(3)
+DEFINE_PANEL_GROUPS(4)
+
+static int panel_packed_groups(const float *const *tables, int mr, const uint64_t *panels,
+                               int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
+                               const float *gs, int64_t ldg, int64_t nrows, float *acc) {
+    const uint64_t *p1 = panels + pstride;
+    switch (mr) {
+    case 1: return panel_groups_1(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    case 2: return panel_groups_2(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    case 3: return panel_groups_3(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    default: return panel_groups_4(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    }
+}
+
 static void panel_packed(const float *const *tables, int mr, const uint64_t *panels,
                          int64_t pstride, int64_t q0, int64_t q1, float *acc) {
     const uint64_t *p1 = panels + pstride;
     switch (mr) {
-    case 1: panel_packed_1(tables, panels, p1, q0, q1, acc); break;
-    case 2: panel_packed_2(tables, panels, p1, q0, q1, acc); break;
-    case 3: panel_packed_3(tables, panels, p1, q0, q1, acc); break;
-    default: panel_packed_4(tables, panels, p1, q0, q1, acc); break;
+    case 1: panel_packed_1(tables, panels, p1, pstride, q0, q1, acc); break;
+    case 2: panel_packed_2(tables, panels, p1, pstride, q0, q1, acc); break;
+    case 3: panel_packed_3(tables, panels, p1, pstride, q0, q1, acc); break;
+    default: panel_packed_4(tables, panels, p1, pstride, q0, q1, acc); break;
     }
 }
 
-const takane_wfloat_ukernel takane_wfloat_ukernel_avx512 = {MR, NR, table_len, build_table,
-                                                            panel, panel_packed};
+const takane_wfloat_ukernel takane_wfloat_ukernel_avx512 = {
+    MR, NR, table_len, build_table, panel, panel_packed, panel_packed_groups};

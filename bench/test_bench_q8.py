@@ -1,0 +1,203 @@
+"""1-bit LLM layer benchmarks: W1A8 (activations="q8_0") and W1A-float with group scales
+(G = 128), decode (GEMV) warm and cold, and prefill (M = 64, 256), against numpy float32
+(DESIGN §8, §9).
+
+Warm: the same call repeated (the weights stay in L2/L3). Cold (DESIGN §8): a stack of
+layers of the same shape whose weights (bits + group scales) total >= 256 MB is run
+back to back once per round — what decoding a model does — so every layer's weights come
+from DRAM. ``extra_info`` records GB/s of weight bytes and the percentage of the DRAM read
+bandwidth measured in the same session with the same thread count (a streaming read of a
+256 MB buffer: numpy sums of disjoint parts, one per thread).
+
+    python -m pytest bench/test_bench_q8.py --benchmark-only --benchmark-columns=median,iqr,rounds
+
+With --benchmark-disable (CI) every member runs once on a 16 MB stack, as a smoke test.
+"""
+
+import concurrent.futures
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+try:  # numpy's BLAS on one thread, for per-core ratios (threadpoolctl comes with scikit-learn)
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - then numpy runs on its default threads (recorded)
+    threadpool_limits = None
+
+import takane_kernels as tk
+from takane_kernels import reference as ref
+
+BEST = tk.isa.supported()[0]
+G = 128
+GEMV_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]  # (N, K): attention, MLP up, MLP down
+_cache = {}
+
+
+def cold_mb(config):
+    return 16 if config.getoption("benchmark_disable") else 256
+
+
+def random_layer(rng, n, k):
+    """A packed layer with group scales, straight from random words (no float matrix)."""
+    kw = -(-k // 64)
+    bits = rng.integers(0, 2**64, size=(n, kw), dtype=np.uint64)
+    if k % 64:
+        bits[:, -1] &= np.uint64((1 << (k % 64)) - 1)
+    gs = (0.5 + rng.random((n, -(-k // G)))).astype(np.float32)
+    pw = tk.PackedWeights(bits, k, group_scale=gs, group_size=G)
+    pw._prepacked()  # build the handle outside the timing
+    return pw
+
+
+def layer_bytes(pw):
+    return pw.bits.nbytes + pw.group_scale.nbytes
+
+
+def stack(n, k, mb):
+    key = ("stack", n, k, mb)
+    if key not in _cache:
+        rng = np.random.default_rng(n + k)
+        first = random_layer(rng, n, k)
+        count = max(2, -(-mb * 2**20 // layer_bytes(first)))
+        _cache[key] = [first] + [random_layer(rng, n, k) for _ in range(count - 1)]
+    return _cache[key]
+
+
+def dram_gbps(threads, mb=256):
+    """Streaming read bandwidth (GB/s) of a >= 256 MB buffer on `threads` threads: the
+    median of 5 rounds, each thread summing its own contiguous part (numpy releases the GIL)."""
+    key = ("dram", threads)
+    if key not in _cache:
+        buf = np.ones(mb * 2**20 // 8, dtype=np.int64)
+        parts = np.array_split(buf, threads)
+        times = []
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            for _ in range(6):
+                t = time.perf_counter()
+                list(pool.map(np.sum, parts))
+                times.append(time.perf_counter() - t)
+        _cache[key] = buf.nbytes / np.median(times[1:]) / 1e9
+    return _cache[key]
+
+
+def one_blas_thread():
+    return threadpool_limits(1) if threadpool_limits else contextlib.nullcontext()
+
+
+def record(benchmark, **info):
+    benchmark.extra_info.update(info)
+
+
+def per_round_seconds(benchmark):
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or getattr(stats, "stats", None) is None:
+        return None
+    return stats.stats.median
+
+
+def check(y, x, pw, activations):
+    expected = ref.binary_weight_matmul(x, pw, activations=activations)
+    bound = ref.binary_weight_matmul_error_bound(x, pw, activations=activations)
+    assert np.all(np.abs(y - expected) <= bound)
+
+
+THREADS = [1, 2] if tk.default_threads() > 1 else [1]
+GEMV_MEMBERS = [f"takane q8_0 {isa} 1 thread" for isa in tk.isa.supported()]
+GEMV_MEMBERS += [f"takane q8_0 {BEST} {t} threads" for t in THREADS if t > 1]
+GEMV_MEMBERS += [f"takane float32 {BEST} {t} thread{'s' if t > 1 else ''}" for t in THREADS]
+GEMV_MEMBERS += ["numpy float32 w @ x (1 thread)"]
+
+
+def parse(member):
+    parts = member.split()
+    return parts[1], parts[2], int(parts[3])
+
+
+@pytest.mark.parametrize("member", GEMV_MEMBERS)
+@pytest.mark.parametrize("shape", GEMV_SHAPES, ids=[f"1x{n}x{k}" for n, k in GEMV_SHAPES])
+def test_gemv_warm(benchmark, shape, member):
+    n, k = shape
+    benchmark.group = f"decode GEMV warm 1x{n}x{k} (G={G})"
+    pw = stack(n, k, 1)[0]
+    x = np.random.default_rng(1).standard_normal(k).astype(np.float32)
+    if member.startswith("numpy"):
+        wf = (ref.unpack_bits(pw.bits, k, np.float32)
+              * np.repeat(pw.group_scale, G, axis=1)[:, :k]).astype(np.float32)
+        with one_blas_thread():
+            benchmark(np.matmul, wf, x)
+        record(benchmark, weight_bytes=wf.nbytes, blas_threads=1 if threadpool_limits else "default")
+        return
+    activations, isa_name, threads = parse(member)
+    with tk.isa.force(isa_name):
+        y = benchmark(tk.binary_weight_matmul, x, pw, activations=activations, threads=threads)
+        assert tk.isa.last_used() == isa_name
+    check(y[:64], x, tk.PackedWeights(pw.bits[:64], k, group_scale=pw.group_scale[:64], group_size=G),
+          activations)
+    sec = per_round_seconds(benchmark)
+    record(benchmark, isa=isa_name, threads=threads, weight_bytes=layer_bytes(pw),
+           GBps=layer_bytes(pw) / sec / 1e9 if sec else None)
+
+
+COLD_MEMBERS = [f"takane {a} {BEST} {t} thread{'s' if t > 1 else ''}" for a in ("q8_0", "float32")
+                for t in THREADS]
+COLD_MEMBERS += [f"takane q8_0 {isa} 1 thread" for isa in tk.isa.supported()[1:]]
+
+
+@pytest.mark.parametrize("member", COLD_MEMBERS)
+@pytest.mark.parametrize("shape", GEMV_SHAPES, ids=[f"1x{n}x{k}" for n, k in GEMV_SHAPES])
+def test_gemv_cold(benchmark, request, shape, member):
+    """One round = every layer of a >= 256 MB stack once (weights from DRAM)."""
+    n, k = shape
+    benchmark.group = f"decode GEMV cold 1x{n}x{k} (G={G}, stack of >= {cold_mb(request.config)} MB)"
+    layers = stack(n, k, cold_mb(request.config))
+    x = np.random.default_rng(2).standard_normal(k).astype(np.float32)
+    activations, isa_name, threads = parse(member)
+    out = np.empty(n, np.float32)
+
+    def token():
+        for pw in layers:
+            tk.binary_weight_matmul(x, pw, activations=activations, out=out, threads=threads)
+
+    with tk.isa.force(isa_name):
+        benchmark.pedantic(token, rounds=1 if request.config.getoption("benchmark_disable") else 7,
+                           warmup_rounds=1)
+        assert tk.isa.last_used() == isa_name
+    total = sum(layer_bytes(pw) for pw in layers)
+    sec = per_round_seconds(benchmark)
+    dram = dram_gbps(threads)
+    gbps = total / sec / 1e9 if sec else None
+    record(benchmark, isa=isa_name, threads=threads, layers=len(layers), stack_bytes=total,
+           us_per_layer=sec / len(layers) * 1e6 if sec else None, GBps=gbps, dram_GBps=dram,
+           pct_of_dram=100 * gbps / dram if gbps else None)
+
+
+PREFILL_M = [64, 256]
+PREFILL_MEMBERS = ["numpy float32 x @ w.T (1 thread)"]
+PREFILL_MEMBERS += [f"takane q8_0 {BEST} {t} thread{'s' if t > 1 else ''}" for t in THREADS]
+PREFILL_MEMBERS += [f"takane float32 {BEST} 1 thread"]
+
+
+@pytest.mark.parametrize("member", PREFILL_MEMBERS)
+@pytest.mark.parametrize("m", PREFILL_M, ids=[f"{m}x4096x4096" for m in PREFILL_M])
+def test_prefill(benchmark, m, member):
+    n = k = 4096
+    benchmark.group = f"prefill {m}x{n}x{k} (G={G})"
+    pw = stack(n, k, 1)[0]
+    x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
+    if member.startswith("numpy"):
+        wf = (ref.unpack_bits(pw.bits, k, np.float32) * np.repeat(pw.group_scale, G, axis=1)).astype(np.float32)
+        with one_blas_thread():
+            benchmark(np.matmul, x, wf.T)
+        record(benchmark, blas_threads=1 if threadpool_limits else "default")
+    else:
+        activations, isa_name, threads = parse(member)
+        with tk.isa.force(isa_name):
+            y = benchmark(tk.binary_weight_matmul, x, pw, activations=activations, threads=threads)
+            assert tk.isa.last_used() == isa_name
+        check(y[:2, :64], x[:2], tk.PackedWeights(pw.bits[:64], k, group_scale=pw.group_scale[:64], group_size=G),
+              activations)
+        record(benchmark, isa=isa_name, threads=threads)
+    sec = per_round_seconds(benchmark)
+    record(benchmark, G_weight_MACs_per_s=m * n * k / sec / 1e9 if sec else None)

@@ -1,0 +1,269 @@
+/*
+ * wq8.c — the W1A8 framework (binary_weight_matmul with activations = Q8_0): 1-bit weights
+ * against activations quantized per call exactly as llama.cpp's quantize_row_q8_0_ref.
+ * Baseline ISA; all SIMD lives in csrc/kernels/wq8/. Compiled with -ffp-contract=off:
+ * the quantizer must round each float32 step exactly as the reference does.
+ *
+ * Steps of takane_wq8_prepacked_run:
+ *  1. On the calling thread, quantize every row of xs = x * in_scale into the caller's
+ *     thread-local scratch: q (kw*64 int8, zero past k), the fp16-rounded block scales
+ *     d (float, 2*kw, 0 for padding blocks) and nq = -sum q per block. NaN / inf are
+ *     reported here, before any output is written.
+ *  2. Tasks (takane_plan_grid: rows split for prefill, panels split for decode) build
+ *     their rows' tables (the kernel's build_table) in thread-local scratch, then walk
+ *     their panels np at a time: one kernel call per (mr rows, np panels) covers all of K,
+ *     so each weight word is loaded once per mr rows — M = 1 streams every panel once,
+ *     sequentially (np concurrent streams); the M > 1 tile reuses each loaded word across
+ *     mr activation rows.
+ *  3. The kernel applies the group scales (sum_g g * group sum, see internal.h); the
+ *     epilogue per output is y = fl(fl(v * scale) + bias).
+ * Scratch lives in thread-local buffers that only grow (freed at thread exit), so a
+ * decode loop allocates nothing after its first call.
+ *
+ * Float error: a block's d * S is one rounding (or an FMA), a group's blocks are summed
+ * (<= its blocks - 1 adds), then one multiply by g and ngroups - 1 adds (or FMAs), scale,
+ * bias: every
+ * term passes through at most nb + 4 roundings (blocks per group + groups <= nb + 1),
+ * which is the documented gamma(nb + 4) bound (takane.h).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* ---- thread-local scratch ------------------------------------------------------------ */
+
+typedef struct scratch {
+    void *p;
+    size_t cap;
+} scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+/* slot 0: the calling thread's quantized rows; slot 1: a task's tables */
+static __thread scratch tls_scratch[2];
+
+static void scratch_release(void *unused) {
+    (void)unused;
+    for (int i = 0; i < 2; i++) {
+        free(tls_scratch[i].p);
+        tls_scratch[i].p = NULL;
+        tls_scratch[i].cap = 0;
+    }
+}
+static void scratch_init(void) { (void)pthread_key_create(&scratch_key, scratch_release); }
+
+/* A 64-byte aligned buffer of at least `bytes`, kept for the thread's later calls. */
+static void *scratch_get(int slot, size_t bytes) {
+    scratch *s = &tls_scratch[slot];
+    if (s->cap >= bytes && s->p) return s->p;
+    pthread_once(&scratch_once, scratch_init);
+    free(s->p);
+    s->cap = 0;
+    const size_t rounded = (bytes + 63) / 64 * 64 + 64;
+    s->p = aligned_alloc(64, rounded);
+    if (!s->p) return NULL;
+    s->cap = rounded;
+    /* a non-NULL value makes the key's destructor run when this thread exits */
+    (void)pthread_setspecific(scratch_key, s);
+    return s->p;
+}
+
+/* ---- quantization (llama.cpp quantize_row_q8_0_ref, float32 arithmetic) ------------- */
+
+/* float32(fp16(f)) for f >= 0, round to nearest even, subnormals kept, >= 65520 -> inf. */
+float takane_round_fp16(float f) {
+    if (!(f < 65520.0f)) return INFINITY;
+    if (f < 0x1p-14f) {
+        /* subnormal half: a multiple of 2^-24; f * 2^24 < 2^10 is exact, and adding and
+         * removing 2^23 rounds it to an integer, nearest even (default rounding mode) */
+        volatile float t = f * 0x1p24f + 0x1p23f;
+        return (t - 0x1p23f) * 0x1p-24f;
+    }
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x0FFFu + ((u >> 13) & 1u); /* round the 23-bit mantissa to 10 bits, ties to even */
+    u &= ~0x1FFFu;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* roundf for |v| < 2^22: truncate, then step away from zero when the (exact) remainder is
+ * at least one half. Avoids the v + 0.5 trap (0.49999997f + 0.5f rounds up to 1). */
+static inline int32_t round_away(float v) {
+    int32_t t = (int32_t)v;
+    const float f = v - (float)t;
+    if (f >= 0.5f) t++;
+    else if (f <= -0.5f) t--;
+    return t;
+}
+
+/* One row: xs = x * in_scale (float32), quantized block by block. Returns TAKANE_ERR_NAN
+ * or TAKANE_ERR_NOT_FINITE for a NaN / infinite xs. */
+takane_status takane_q8_quantize_row_portable(const float *x, const float *in_scale, int64_t k,
+                                              int64_t kw, int8_t *q, float *d, int32_t *nq) {
+    float xs[32];
+    const int64_t nb = 2 * kw;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t c0 = b * 32;
+        const int len = c0 >= k ? 0 : (int)min64(32, k - c0);
+        float amax = 0.0f;
+        int bad = 0;
+        for (int c = 0; c < len; c++) {
+            const float v = in_scale ? x[c0 + c] * in_scale[c0 + c] : x[c0 + c];
+            xs[c] = v;
+            const float a = fabsf(v);
+            bad |= !(a <= 3.4028234663852886e38f); /* NaN or inf */
+            amax = a > amax ? a : amax;
+        }
+        if (bad) {
+            for (int c = 0; c < len; c++)
+                if (xs[c] != xs[c]) return TAKANE_ERR_NAN;
+            return TAKANE_ERR_NOT_FINITE;
+        }
+        const float dd = amax / 127.0f;
+        const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        d[b] = takane_round_fp16(dd);
+        if (d[b] == INFINITY) return TAKANE_ERR_NOT_FINITE; /* amax > 127 * 65504 + ... */
+        /* a scale that rounds to fp16 zero (d <= 2^-25) zeroes the block's contribution
+         * whatever q is: q is stored as 0 (as the reference reports it), which also keeps
+         * x * id finite (1/d overflows below 2^-128) */
+        const int live = d[b] != 0.0f;
+        int32_t sum = 0;
+        for (int c = 0; c < 32; c++) {
+            const int32_t v = live && c < len ? round_away(xs[c] * id) : 0;
+            q[c0 + c] = (int8_t)v;
+            sum += v;
+        }
+        nq[b] = -sum;
+    }
+    return TAKANE_OK;
+}
+
+/* ---- the threaded run ---------------------------------------------------------------- */
+
+typedef struct q8_job {
+    const takane_kernel_set *ks;
+    const takane_weights *w;
+    int64_t m;
+    const int8_t *q;        /* m rows of kw*64 */
+    const float *d;         /* m rows of 2*kw */
+    const int32_t *nq;      /* m rows of 2*kw */
+    const float *scale, *gs, *bias;
+    int64_t gw, ngroups;    /* words per group (kw without group scales), groups per row */
+    float *y;
+    int64_t ys;
+    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = runs of np panels */
+    int failed;                        /* atomic: first failing takane_status */
+} q8_job;
+
+static void q8_task(void *ctx, int64_t task) {
+    q8_job *job = (q8_job *)ctx;
+    const takane_q8_ukernel *uk = job->ks->q8;
+    const takane_weights *w = job->w;
+    const int mr = uk->mr, np = uk->np;
+    const int64_t n = w->n, kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t nruns = (w->npanels + np - 1) / np;
+    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
+    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
+    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
+    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
+    if (i_begin >= i_end || r_begin >= r_end) return;
+    const int64_t tlen = (uk->table_len(kw) + 63) / 64 * 64;
+    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS, ng = job->ngroups;
+    char *buf = (char *)scratch_get(1, (size_t)(mr * tlen));
+    if (!buf) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
+    const void *tp[TAKANE_Q8_MAX_MR];
+    const float *dp[TAKANE_Q8_MAX_MR];
+    const int32_t *qp[TAKANE_Q8_MAX_MR];
+    for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
+        const int mi = (int)min64(mr, i_end - i0);
+        for (int i = 0; i < mi; i++) {
+            uk->build_table(job->q + (i0 + i) * kw * 64, kw, buf + i * tlen);
+            tp[i] = buf + i * tlen;
+            dp[i] = job->d + (i0 + i) * 2 * kw;
+            qp[i] = job->nq + (i0 + i) * 2 * kw;
+        }
+        for (int64_t r = r_begin; r < r_end; r++) {
+            const int64_t p0 = r * np;
+            const int npi = (int)min64(np, w->npanels - p0);
+            const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
+            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, n - j0);
+            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw,
+                           job->gw, job->gs ? job->gs + j0 * ng : NULL, ng, nj, out)) {
+                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+                return;
+            }
+            for (int i = 0; i < mi; i++) {
+                float *yrow = job->y + (i0 + i) * job->ys + j0;
+                const float *oi = out + i * prows;
+                for (int64_t j = 0; j < nj; j++) {
+                    float v = oi[j];
+                    if (job->scale) v = v * job->scale[j0 + j];
+                    if (job->bias) v = v + job->bias[j0 + j];
+                    yrow[j] = v;
+                }
+            }
+        }
+    }
+}
+
+/* Below this many MACs the call stays on the calling thread (waking a worker costs more). */
+#define MIN_PARALLEL_MACS (1 << 20)
+
+takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
+                                       int64_t m, const float *x, int64_t xs,
+                                       const float *in_scale, const float *scale,
+                                       const float *group_scale, int64_t group_size,
+                                       const float *bias, float *y, int64_t ys, int threads) {
+    const takane_q8_ukernel *uk = ks->q8;
+    const int64_t n = w->n, k = w->k, kw = w->kw;
+    if (k == 0) { /* every sum is empty: y = 0 * scale + bias, as the float path gives */
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = 0; j < n; j++) {
+                float v = 0.0f;
+                if (scale) v = v * scale[j];
+                if (bias) v = v + bias[j];
+                y[i * ys + j] = v;
+            }
+        return TAKANE_OK;
+    }
+    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes);
+     * a size that does not fit is out of memory, never a wrapped product */
+    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 2) / ((uint64_t)kw * 80)) return TAKANE_ERR_OUT_OF_MEMORY;
+    const size_t qbytes = (size_t)m * (size_t)kw * 64;
+    const size_t dbytes = (size_t)m * (size_t)kw * 2 * sizeof(float);
+    char *buf = (char *)scratch_get(0, qbytes + 2 * dbytes);
+    if (!buf) return TAKANE_ERR_OUT_OF_MEMORY;
+    int8_t *q = (int8_t *)buf;
+    float *d = (float *)(buf + qbytes);
+    int32_t *nq = (int32_t *)(buf + qbytes + dbytes);
+    for (int64_t i = 0; i < m; i++) {
+        takane_status st = uk->quantize_row(x + i * xs, in_scale, k, kw, q + i * kw * 64,
+                                            d + i * 2 * kw, nq + i * 2 * kw);
+        if (st != TAKANE_OK) return st;
+    }
+    q8_job job;
+    memset(&job, 0, sizeof job);
+    job.ks = ks, job.w = w, job.m = m, job.q = q, job.d = d, job.nq = nq;
+    job.scale = scale, job.gs = group_scale, job.bias = bias, job.y = y, job.ys = ys;
+    job.gw = group_scale ? group_size / 64 : kw;
+    job.ngroups = (kw + job.gw - 1) / job.gw;
+    job.failed = TAKANE_OK;
+    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    int nthreads = threads > 0 ? threads : takane_default_threads();
+    if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
+    job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);
+    return (takane_status)job.failed;
+}
