@@ -18,7 +18,9 @@ typedef enum takane_status {
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
     TAKANE_ERR_BAD_THREADS = 12,
-    TAKANE_ERR_NOT_FINITE = 13
+    TAKANE_ERR_NOT_FINITE = 13,
+    TAKANE_ERR_BAD_GROUP_SIZE = 14,
+    TAKANE_ERR_BAD_ACTIVATIONS = 15
 } takane_status;
 
 typedef enum takane_isa {
@@ -148,3 +150,12 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
                                                     const float *in_scale, const float *scale,
                                                     const float *bias, float *y,
                                                     int64_t y_row_stride, int32_t threads);
+
+takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q,
+                                  int64_t q_row_stride, uint64_t *bits,
+                                  int64_t bits_row_stride, float *group_scale,
+                                  int64_t group_scale_row_stride);
+takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
+                                  int64_t bits_row_stride, const float *group_scale,
+                                  int64_t group_scale_row_stride, uint8_t *q,
+                                  int64_t q_row_stride);
