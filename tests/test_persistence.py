@@ -94,7 +94,7 @@ def good_arrays(pw):
     [
         ({"format": np.array("something.else")}, "format tag missing"),
         ({"format": np.array(["takane_kernels.PackedWeights"] * 2)}, "format tag missing"),
-        ({"format_version": np.int64(2)}, "format version"),
+        ({"format_version": np.int64(3)}, "format version"),
         ({"format_version": np.float64(1.0)}, "format version"),
         ({"k": np.float64(70)}, "k must be an integer"),
         ({"k": np.int64(129)}, "ceil"),

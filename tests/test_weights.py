@@ -61,9 +61,9 @@ def test_load_rejects_corrupt_files(tmp_path):
     np.savez(tmp_path / "other.npz", bits=pw.bits)
     with pytest.raises(ValueError, match="format tag missing"):
         tk.PackedWeights.load(tmp_path / "other.npz")
-    np.savez(tmp_path / "v2.npz", format=np.array("takane_kernels.PackedWeights"), format_version=2, k=70, bits=pw.bits)
+    np.savez(tmp_path / "v9.npz", format=np.array("takane_kernels.PackedWeights"), format_version=9, k=70, bits=pw.bits)
     with pytest.raises(ValueError, match="format version"):
-        tk.PackedWeights.load(tmp_path / "v2.npz")
+        tk.PackedWeights.load(tmp_path / "v9.npz")
     bad = pw.bits.copy()
     bad[0, -1] |= np.uint64(1) << np.uint64(63)
     np.savez(tmp_path / "pad.npz", format=np.array("takane_kernels.PackedWeights"), format_version=1, k=70, bits=bad)

@@ -23,6 +23,9 @@ typedef enum takane_status {
     TAKANE_ERR_BAD_ACTIVATIONS = 15
 } takane_status;
 
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
+
 typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1,
     TAKANE_ISA_SCALAR = 0,

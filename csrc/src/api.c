@@ -37,8 +37,8 @@ const char *takane_status_string(takane_status status) {
     case TAKANE_ERR_BAD_THREADS: return "threads must be >= 0";
     case TAKANE_ERR_NOT_FINITE: return "a scale, bias or mean |x| activation scale is NaN or infinite";
     case TAKANE_ERR_BAD_GROUP_SIZE:
-        return "group_size is not a positive multiple of 64, or k is not a multiple of the block size";
-    case TAKANE_ERR_BAD_ACTIVATIONS: return "unknown activations mode";
+        return "group_size must be a positive multiple of 64 (and k a multiple of the format's block)";
+    case TAKANE_ERR_BAD_ACTIVATIONS: return "unknown activations mode (TAKANE_ACTIVATIONS_*)";
     }
     return "unknown status";
 }

@@ -102,7 +102,7 @@ def _fast_linear(x: np.ndarray, w: PackedWeights, threshold, bias, activation_sc
     first, the C call then repeats; errors are not the hot path)."""
     shape = x.shape
     if (len(shape) > 2 or not x.flags.c_contiguous or not x.flags.aligned or w.in_scale is not None
-            or activation_scale.__class__ is not bool):
+            or w.group_scale is not None or activation_scale.__class__ is not bool):
         return None
     n, k = w.n, w.k
     kw = (k + 63) >> 6
@@ -200,6 +200,11 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
             f"{op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
             "binarized activations; use binary_weight_matmul for OneBit-style weights"
         )
+    if w.group_scale is not None:
+        raise ValueError(
+            f"{op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
+            "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')"
+        )
     if not isinstance(activation_scale, (bool, np.bool_)):
         raise TypeError(f"activation_scale must be a bool, got {type(activation_scale).__name__}")
     nthreads = _check_threads(threads)
@@ -295,6 +300,8 @@ def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None) -> np.ndarr
     """
     op = "binary_weight_matmul"
     w = _require_weights(w, op)
+    if w.group_scale is not None:  # the group-scale kernels land with the q8_0 work (issue 12)
+        raise ValueError(f"{op}: group scales are not supported by this build yet")
     nthreads = _check_threads(threads)
     n, k = w.n, w.k
     x = _as_real_array(x, "x")

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ._takane import ffi, lib
-from ._weights import PackedWeights, check_k, check_packed, words_for
+from ._weights import PackedWeights, check_group_size, check_k, check_packed, words_for
 from . import isa as _isa
 
 __all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul"]
@@ -202,11 +202,17 @@ def unpack_bits(bits: object, k: int, dtype: object = np.int8) -> np.ndarray:
     return (b01.astype(dt) * 2 - 1).astype(dt, copy=False)
 
 
-def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = None) -> PackedWeights:
+def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = None,
+                 group_size: int | None = None) -> PackedWeights:
     """Real weights (N, K) -> :class:`PackedWeights` (bit = ``w >= 0``).
 
     ``scale``: ``"mean_abs"`` (per-row mean |w|, XNOR-Net's alpha), ``"onebit"``, ``None``,
     or an (N,) array. ``in_scale``: ``None`` or a (K,) array.
+
+    ``group_size=G`` (a positive multiple of 64, typically 128 as in llama.cpp's Q1_0)
+    replaces the row scale by group scales: ``group_scale[n, g]`` is the mean |w| of row
+    n's columns ``[g*G, (g+1)*G)`` (a partial last group averages its real elements), and
+    ``scale`` must be ``"mean_abs"``.
 
     ``"onebit"`` is OneBit's initialisation (sign-value-independent decomposition):
     ``|W| ≈ scale ⊗ in_scale``, the rank-1 factorisation from the first singular triplet
@@ -219,6 +225,19 @@ def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = No
         raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
     if w.dtype.kind == "f" and np.isnan(w).any():
         raise ValueError("w contains NaN (NaN has no sign)")
+    if group_size is not None:
+        g = check_group_size(group_size)
+        if not (isinstance(scale, str) and scale == "mean_abs"):
+            raise ValueError(f"group_size computes group scales (mean |w| per group): scale must be "
+                             f"'mean_abs', got {scale!r}")
+        n, k = w.shape
+        ngroups = -(-k // g)
+        sums = np.zeros((n, ngroups))
+        for j in range(ngroups):  # float64 sums, one group of columns at a time
+            sums[:, j] = np.abs(w[:, j * g:(j + 1) * g].astype(np.float64)).sum(axis=1)
+        counts = np.minimum(g, k - np.arange(ngroups) * g)
+        return PackedWeights(pack_bits(w), k, in_scale=in_scale, group_scale=sums / counts,
+                             group_size=g)
     if isinstance(scale, str):
         n, k = w.shape
         if scale == "mean_abs":

@@ -14,7 +14,8 @@ import numpy as np
 
 MAX_K = 2**31 - 1  # TAKANE_MAX_K: dot products are int32
 FORMAT_NAME = "takane_kernels.PackedWeights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
+READ_VERSIONS = (1, 2)
 
 
 _HANDLE_LOCK = threading.Lock()
@@ -94,8 +95,39 @@ def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | 
     return a
 
 
-def _rebuild(bits, k, scale, in_scale):
-    return PackedWeights(bits, k, scale=scale, in_scale=in_scale)
+def check_group_size(group_size: object) -> int:
+    """A group size: a positive int, multiple of 64 (a group spans whole words)."""
+    if isinstance(group_size, (bool, np.bool_)) or not isinstance(group_size, (int, np.integer)):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    g = int(group_size)
+    if g <= 0 or g % 64 or g > MAX_K + 63:
+        raise ValueError(f"group_size={g} must be a positive multiple of 64")
+    return g
+
+
+def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[np.ndarray | None, int | None]:
+    if v is None and group_size is None:
+        return None, None
+    if v is None or group_size is None:
+        raise ValueError("group_scale and group_size come together: pass both or neither")
+    g = check_group_size(group_size)
+    a = np.asarray(v)
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"group_scale must be a real array, got dtype {a.dtype}")
+    shape = (n, -(-k // g))
+    if a.shape != shape:
+        raise ValueError(f"group_scale must have shape {shape} (N, ceil(K/group_size)) for "
+                         f"N={n}, K={k}, group_size={g}; got {a.shape}")
+    a = np.array(a, dtype=np.float32, order="C")  # owned copy
+    if not np.all(np.isfinite(a)):
+        raise ValueError("group_scale must be finite")
+    a.flags.writeable = False
+    return a, g
+
+
+def _rebuild(bits, k, scale, in_scale, group_scale=None, group_size=None):
+    return PackedWeights(bits, k, scale=scale, in_scale=in_scale, group_scale=group_scale,
+                         group_size=group_size)
 
 
 class PackedWeights:
@@ -103,12 +135,17 @@ class PackedWeights:
 
     ``bits`` (N, ceil(K/64)) uint64 is canonical (bit 1 = +1, LSB first, zero padding);
     ``scale`` (N,) is the per-output-row scale, ``in_scale`` (K,) the per-input-column
-    scale. Instances are immutable: the arrays are private read-only copies.
+    scale, ``group_scale`` (N, ceil(K/group_size)) one scale per row and group of
+    ``group_size`` consecutive columns (a positive multiple of 64; llama.cpp's Q1_0 uses
+    128). The effective weight is
+    ``sign(W)[n, k] * scale[n] * in_scale[k] * group_scale[n, k // group_size]``, each
+    factor 1 when absent. Instances are immutable: the arrays are private read-only copies.
     """
 
-    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_handle")
+    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle")
 
-    def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None):
+    def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None,
+                 group_scale: object = None, group_size: object = None):
         k = check_k(k)
         bits = check_packed(bits, k, "bits")
         if bits.ndim != 2:
@@ -119,6 +156,7 @@ class PackedWeights:
         self._k = k
         self._scale = _check_vector(scale, owned.shape[0], "scale", "one per output row N")
         self._in_scale = _check_vector(in_scale, k, "in_scale", "one per input column K")
+        self._group_scale, self._group_size = _check_group_scale(group_scale, owned.shape[0], k, group_size)
         self._handle = None
 
     def _prepacked(self):
@@ -136,16 +174,21 @@ class PackedWeights:
     n = property(lambda self: self._bits.shape[0], doc="N, the number of outputs")
     scale = property(lambda self: self._scale, doc="(N,) float32 per-row scale, or None")
     in_scale = property(lambda self: self._in_scale, doc="(K,) float32 per-column scale, or None")
+    group_scale = property(lambda self: self._group_scale,
+                           doc="(N, ceil(K/group_size)) float32 per-row-and-group scale, or None")
+    group_size = property(lambda self: self._group_size, doc="columns per group_scale entry, or None")
 
     @property
     def nbytes(self) -> int:
         """Bytes of bits plus scales."""
-        return sum(a.nbytes for a in (self._bits, self._scale, self._in_scale) if a is not None)
+        return sum(a.nbytes for a in (self._bits, self._scale, self._in_scale, self._group_scale)
+                   if a is not None)
 
     def __repr__(self) -> str:
         return (
             f"PackedWeights(n={self.n}, k={self.k}, scale={'yes' if self._scale is not None else 'None'}, "
-            f"in_scale={'yes' if self._in_scale is not None else 'None'}, nbytes={self.nbytes})"
+            f"in_scale={'yes' if self._in_scale is not None else 'None'}, "
+            f"group_size={self._group_size}, nbytes={self.nbytes})"
         )
 
     def __eq__(self, other: object) -> bool:
@@ -160,13 +203,16 @@ class PackedWeights:
             and np.array_equal(self._bits, other._bits)
             and same(self._scale, other._scale)
             and same(self._in_scale, other._in_scale)
+            and self._group_size == other._group_size
+            and same(self._group_scale, other._group_scale)
         )
 
     __hash__ = None  # mutable-looking arrays inside; equality is by value
 
     def __reduce__(self):
         # pickle/copy the arrays only: the C handle is a cache, rebuilt on first use
-        return (_rebuild, (self._bits, self._k, self._scale, self._in_scale))
+        return (_rebuild, (self._bits, self._k, self._scale, self._in_scale, self._group_scale,
+                           self._group_size))
 
     # ---- persistence ------------------------------------------------------------------
     # On-disk format, version 1: an uncompressed .npz (a zip of .npy files, no pickles)
@@ -177,14 +223,20 @@ class PackedWeights:
     #   bits            (N, ceil(K/64)) uint64, canonical (bit 1 = +1, LSB first, zero padding)
     #   scale           (N,) float32, finite — only if the weights have a per-row scale
     #   in_scale        (K,) float32, finite — only if they have a per-column scale
+    # Version 2 adds, together (and only version 2 may hold them):
+    #   group_size      0-d int64 G, a positive multiple of 64
+    #   group_scale     (N, ceil(K/G)) float32, finite
+    # save() writes version 2 only for weights with group scales, version 1 otherwise (a
+    # file an older reader can read stays readable by it); load() reads both.
     # The zip's CRC-32 per member catches corruption; a truncated file loses the zip's
     # central directory (it is at the end). save() writes a temporary file next to the
     # target and renames it into place, so a crash never leaves a half-written file.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
+        version = 2 if self._group_scale is not None else 1
         arrays = {
             "format": np.array(FORMAT_NAME),
-            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+            "format_version": np.array(version, dtype=np.int64),
             "k": np.array(self._k, dtype=np.int64),
             "bits": self._bits,
         }
@@ -192,6 +244,9 @@ class PackedWeights:
             arrays["scale"] = self._scale
         if self._in_scale is not None:
             arrays["in_scale"] = self._in_scale
+        if self._group_scale is not None:
+            arrays["group_size"] = np.array(self._group_size, dtype=np.int64)
+            arrays["group_scale"] = self._group_scale
         path = os.fspath(path)
         tmp = f"{path}.tmp{os.getpid()}"
         try:
@@ -206,7 +261,7 @@ class PackedWeights:
     def load(cls, path: str | os.PathLike) -> "PackedWeights":
         """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
         name = repr(os.fspath(path))
-        allowed = {"format", "format_version", "k", "bits", "scale", "in_scale"}
+        allowed = {"format", "format_version", "k", "bits", "scale", "in_scale", "group_size", "group_scale"}
         try:
             with open(path, "rb") as f:
                 if f.read(4) != b"PK\x03\x04":  # never hand np.load a bare .npy (it would read it whole)
@@ -220,7 +275,7 @@ class PackedWeights:
                 if packed:
                     raise ValueError(f"compressed members {packed} (PackedWeights files are uncompressed)")
                 if set(z.files) - allowed:
-                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a version-1 file")
+                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a PackedWeights file")
                 data = {key: z[key] for key in z.files}
             raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
             if raw:  # NpzFile hands back the bytes of a member that is not a .npy array
@@ -234,26 +289,37 @@ class PackedWeights:
         if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
             raise ValueError(f"{name} is not a PackedWeights file (format tag missing)")
         version = data.get("format_version")
-        if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) not in READ_VERSIONS:
             raise ValueError(
                 f"{name}: unsupported PackedWeights format version {version!r} "
-                f"(this library reads version {FORMAT_VERSION})"
+                f"(this library reads versions {', '.join(map(str, READ_VERSIONS))})"
             )
+        if int(version) == 1:
+            allowed = allowed - {"group_size", "group_scale"}
         for key in ("k", "bits"):
             if key not in data:
                 raise ValueError(f"{name}: missing array {key!r}")
         if set(data) - allowed:
-            raise ValueError(f"{name}: unexpected arrays {sorted(set(data) - allowed)} in a version-1 file")
+            raise ValueError(f"{name}: unexpected arrays {sorted(set(data) - allowed)} in a "
+                             f"version-{int(version)} file")
+        if int(version) == 2 and ("group_size" in data) != ("group_scale" in data):
+            raise ValueError(f"{name}: group_size and group_scale must come together")
         k = data["k"]
         if k.shape != () or k.dtype.kind not in "iu":
             raise ValueError(f"{name}: k must be an integer scalar")
         bits = data["bits"]
         if bits.dtype != np.uint64 or bits.ndim != 2:
             raise ValueError(f"{name}: bits must be a 2-D uint64 array, got {bits.dtype} {bits.shape}")
-        for key in ("scale", "in_scale"):
+        group_size = data.get("group_size")
+        if group_size is not None:
+            if group_size.shape != () or group_size.dtype.kind not in "iu":
+                raise ValueError(f"{name}: group_size must be an integer scalar")
+            group_size = int(group_size)
+        for key in ("scale", "in_scale", "group_scale"):
             if key in data and data[key].dtype != np.float32:
                 raise ValueError(f"{name}: {key} must be float32, got {data[key].dtype}")
         try:
-            return cls(bits, int(k), scale=data.get("scale"), in_scale=data.get("in_scale"))
+            return cls(bits, int(k), scale=data.get("scale"), in_scale=data.get("in_scale"),
+                       group_scale=data.get("group_scale"), group_size=group_size)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name}: invalid PackedWeights data: {e}") from e

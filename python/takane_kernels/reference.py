@@ -18,6 +18,7 @@ __all__ = [
     "pack_bits", "unpack_bits", "pack_weights", "binary_matmul",
     "matmul_unpacked", "matmul_popcount", "PackedWeights",
     "binary_linear", "binary_weight_matmul", "binary_weight_matmul_error_bound", "AdaptiveThreshold",
+    "quantize_q8_0",
 ]
 
 
@@ -64,10 +65,18 @@ def unpack_bits(bits, k, dtype=np.int8):
     return (b01.astype(np.int64) * 2 - 1).astype(dtype)
 
 
-def pack_weights(w, *, scale="mean_abs", in_scale=None):
+def pack_weights(w, *, scale="mean_abs", in_scale=None, group_size=None):
     w = _real(w, "w")
     if w.ndim != 2:
         raise ValueError("w must be 2-D")
+    if group_size is not None:
+        if scale != "mean_abs":
+            raise ValueError("group_size needs scale='mean_abs'")
+        n, k = w.shape
+        groups = [np.abs(w[:, c:c + group_size].astype(np.float64)).mean(axis=1)
+                  for c in range(0, k, group_size)]
+        g = np.stack(groups, axis=1) if groups else np.zeros((n, 0))
+        return PackedWeights(pack_bits(w), k, in_scale=in_scale, group_scale=g, group_size=group_size)
     if isinstance(scale, str):
         if scale == "mean_abs":
             scale = np.abs(w.astype(np.float64)).mean(axis=1) if w.shape[1] else np.zeros(w.shape[0])
@@ -155,42 +164,141 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     return result
 
 
-def binary_weight_matmul(x, w, *, bias=None, out=None, threads=None):
-    """((x * in_scale) @ sign(W).T) * scale + bias in float64 — the value the float32 op
-    approximates within binary_weight_matmul_error_bound (returned as float64)."""
-    x64 = np.asarray(x).astype(np.float64)
-    signs = unpack_bits(w.bits, w.k, np.float64)
+def quantize_q8_0(xs):
+    """llama.cpp's quantize_row_q8_0_ref on float32 rows (..., K), in float32 arithmetic.
+
+    Blocks of 32 along the last axis (a partial last block is zero-padded). Per block:
+    amax = max |x|, d = amax / 127 (float32 division), id = 1 / d (0 when d == 0), and
+    q = roundf(x * id) with the product rounded to float32 and ties rounded away from
+    zero (C's roundf; numpy's round is half-to-even, so it is spelled out in float64,
+    where |v| + 0.5 is exact). Returns (q (..., nb*32) int8, d (..., nb) float32) where d
+    is already rounded through fp16, the value the dot products use afterwards.
+    NaN or ±inf (no block scale can be formed) or a d beyond fp16's range -> ValueError.
+    When fp16(d) is 0 the block contributes nothing whatever q is; q is then reported 0.
+    """
+    xs = np.asarray(xs)
+    if xs.dtype != np.float32:
+        raise TypeError(f"quantize_q8_0 takes float32, got {xs.dtype}")
+    if not np.all(np.isfinite(xs)):
+        raise ValueError("q8_0 activations must be finite (NaN or inf: no block scale)")
+    k = xs.shape[-1]
+    nb = -(-k // 32)
+    padded = np.zeros(xs.shape[:-1] + (nb * 32,), dtype=np.float32)
+    padded[..., :k] = xs
+    blocks = padded.reshape(xs.shape[:-1] + (nb, 32))
+    amax = np.abs(blocks).max(axis=-1, initial=np.float32(0))
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+        v = (blocks * inv[..., None]).astype(np.float32)
+        d16 = d.astype(np.float16).astype(np.float32)
+    if not np.all(np.isfinite(d16)):
+        raise ValueError("q8_0: a block's scale max|x|/127 overflows fp16 (|x| > 127 * 65504)")
+    v64 = v.astype(np.float64)
+    q = np.where(np.isfinite(v64), np.sign(v64) * np.floor(np.abs(v64) + 0.5), 0.0)
+    q[d16 == 0] = 0
+    return q.astype(np.int8).reshape(xs.shape[:-1] + (nb * 32,)), d16
+
+
+def _activations(activations):
+    if activations not in ("float32", "q8_0"):
+        raise ValueError(f"activations must be 'float32' or 'q8_0', got {activations!r}")
+    return activations
+
+
+def _group_factor(w, cols):
+    """(N, len(cols)) float64: group_scale[n, col // G] for each column index, or ones."""
+    if w.group_scale is None:
+        return np.ones((w.bits.shape[0], len(cols)))
+    return w.group_scale.astype(np.float64)[:, np.asarray(cols) // w.group_size]
+
+
+def _q8_terms(x, w):
+    """(M, N, nb) float64 terms d_b * g[n, 32b // G] * S_b (exact products of exact
+    values: S_b is an integer sum) for rows x (M, K), and the scaled rows' blocks."""
+    xs = np.asarray(x).astype(np.float32)
     if w.in_scale is not None:
-        x64 = x64 * w.in_scale.astype(np.float64)
-    y = x64 @ signs.T
+        xs = (xs * w.in_scale.astype(np.float32)).astype(np.float32)
+    q, d = quantize_q8_0(xs)
+    nb = d.shape[-1]
+    signs = np.zeros((w.bits.shape[0], nb * 32))
+    signs[:, :w.k] = unpack_bits(w.bits, w.k, np.float64)
+    qb = q.astype(np.float64).reshape(-1, nb, 32)
+    sb = signs.reshape(-1, nb, 32)
+    s_int = np.einsum("mbk,nbk->mnb", qb, sb)  # |S_b| <= 32 * 127: exact in float64
+    g = _group_factor(w, np.arange(nb) * 32)
+    return d.reshape(-1, nb)[:, None, :] * g[None, :, :] * s_int
+
+
+def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, threads=None):
+    """The exact value (float64) that binary_weight_matmul approximates within
+    binary_weight_matmul_error_bound.
+
+    float32: ((x * in_scale) @ (sign(W) * group_scale).T) * scale + bias, all in float64.
+    q8_0: the rows x * in_scale (rounded to float32) quantized by quantize_q8_0, then
+    scale[n] * sum_b d_b * group_scale[n, 32b // G] * S_b + bias[n] with
+    S_b = sum over block b of q[k] * sign(W)[n, k] (exact integers), in float64."""
+    _activations(activations)
+    x = np.asarray(x)
+    batch = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
+    if activations == "q8_0":
+        y = _q8_terms(rows, w).sum(axis=-1) if rows.size else np.zeros((rows.shape[0], w.bits.shape[0]))
+    else:
+        x64 = rows.astype(np.float64)
+        signs = unpack_bits(w.bits, w.k, np.float64) * _group_factor(w, np.arange(w.k))
+        if w.in_scale is not None:
+            x64 = x64 * w.in_scale.astype(np.float64)
+        y = x64 @ signs.T
     if w.scale is not None:
         y = y * w.scale.astype(np.float64)
     if bias is not None:
         y = y + np.asarray(bias).astype(np.float64)
+    y = y.reshape(batch + (w.bits.shape[0],))
     if out is not None:
         out[...] = y
         return out
     return y
 
 
-def binary_weight_matmul_error_bound(x, w, bias=None):
-    """The documented bound on |binary_weight_matmul − exact| per output, float64 (..., N):
-    gamma(K + 3) * |scale[n]| * sum_k |x[k] * in_scale[k]| + gamma(2) * |bias[n]|, with
-    u = 2**-24 and gamma(j) = j u / (1 - j u)."""
+def binary_weight_matmul_error_bound(x, w, bias=None, activations="float32"):
+    """The documented bound on |binary_weight_matmul - exact| per output, float64 (..., N).
+
+    float32: gamma(K + 3) * |scale[n]| * sum_k |x[k] * in_scale[k]| + gamma(2) * |bias[n]|,
+             with group scales gamma(K + 4) * |scale[n]| * sum_k |x[k] * in_scale[k] * g[n, k // G]|
+             + gamma(2) * |bias[n]|
+    q8_0:    gamma(nb + 4) * |scale[n]| * sum_b |d_b * g[n, 32b // G] * S_b|
+             + gamma(2) * |bias[n]|   (nb = ceil(K / 32) blocks; the quantization itself
+             is exact, it is part of the definition of the exact value)
+    with u = 2**-24, gamma(j) = j u / (1 - j u), g = group_scale (1 when absent): every
+    product and sum of a kernel is one float32 rounding, in any order (K terms per row, a
+    group-scale and a row-scale product and the bias add; for q8_0 one term per block)."""
+    _activations(activations)
     u = 2.0**-24
 
     def gamma(j):
         return j * u / (1 - j * u)
 
-    x64 = np.asarray(x).astype(np.float64)
-    if w.in_scale is not None:
-        x64 = x64 * w.in_scale.astype(np.float64)
-    total = np.abs(x64).sum(axis=-1)[..., None]
-    s = np.ones(w.bits.shape[0]) if w.scale is None else np.abs(w.scale.astype(np.float64))
-    bound = gamma(w.k + 3) * total * s
+    x = np.asarray(x)
+    batch = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
+    n = w.bits.shape[0]
+    if activations == "q8_0":
+        nb = -(-w.k // 32)
+        total = np.abs(_q8_terms(rows, w)).sum(axis=-1) if rows.size else np.zeros((rows.shape[0], n))
+        bound = gamma(nb + 4) * total
+    else:
+        x64 = rows.astype(np.float64)
+        if w.in_scale is not None:
+            x64 = x64 * w.in_scale.astype(np.float64)
+        total = np.abs(x64) @ np.abs(_group_factor(w, np.arange(w.k))).T
+        # one more rounding (the group-scale product) when there are group scales
+        bound = gamma(w.k + (4 if w.group_scale is not None else 3)) * total
+    if w.scale is not None:
+        bound = bound * np.abs(w.scale.astype(np.float64))
     if bias is not None:
         bound = bound + gamma(2) * np.abs(np.asarray(bias).astype(np.float64))
-    return bound
+    return bound.reshape(batch + (n,))
 
 
 class AdaptiveThreshold:

@@ -71,10 +71,15 @@ typedef enum takane_status {
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11, /* threshold_len is neither 1 nor k */
     TAKANE_ERR_BAD_THREADS = 12,       /* threads < 0 */
     TAKANE_ERR_NOT_FINITE = 13,        /* a scale, bias or mean |x| is NaN or infinite */
-    TAKANE_ERR_BAD_GROUP_SIZE = 14,    /* group_size not a positive multiple of 64, or k not a
-                                          multiple of a block format's size (Q1_0: 128) */
-    TAKANE_ERR_BAD_ACTIVATIONS = 15    /* unknown activations mode */
+    TAKANE_ERR_BAD_GROUP_SIZE = 14,    /* group_size not a positive multiple of 64, or k not
+                                          a multiple of a block format's size (Q1_0: 128) */
+    TAKANE_ERR_BAD_ACTIVATIONS = 15    /* not a TAKANE_ACTIVATIONS_* mode */
 } takane_status;
+
+/* Activation modes of the 1-bit-weight LLM entry points: real float32 activations, or
+ * activations quantized per block of 32 to int8 with an fp16 scale (llama.cpp's Q8_0). */
+#define TAKANE_ACTIVATIONS_F32 0
+#define TAKANE_ACTIVATIONS_Q8_0 1
 
 typedef enum takane_isa {
     TAKANE_ISA_AUTO = -1, /* for takane_isa_force(): back to the best supported ISA */
