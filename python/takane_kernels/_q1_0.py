@@ -56,14 +56,14 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
             f"data has shape {data.shape}: expected (N, {nb * Q1_0_BLOCK_BYTES}) "
             f"(k/128 = {nb} blocks of {Q1_0_BLOCK_BYTES} bytes per row for k={k})"
         )
-    if data.strides[1] != 1 or data.strides[0] < 0:  # C reads rows of contiguous bytes
+    if not data.flags.c_contiguous:  # cffi hands C contiguous buffers only: one copy
         data = np.ascontiguousarray(data)
     n = data.shape[0]
     bits = np.empty((n, k // 64), dtype=np.uint64)
     gs = np.empty((n, nb), dtype=np.float32)
     if n and nb:
         st = lib.takane_q1_0_to_bits(
-            n, k, ffi.from_buffer("uint8_t[]", data), data.strides[0],
+            n, k, ffi.from_buffer("uint8_t[]", data), nb * Q1_0_BLOCK_BYTES,
             ffi.from_buffer("uint64_t[]", bits, require_writable=True), bits.shape[1],
             ffi.from_buffer("float[]", gs, require_writable=True), nb,
         )
@@ -87,7 +87,8 @@ def _block_scales(w: PackedWeights, nb: int) -> np.ndarray | None:
         g = np.repeat(w.group_scale, w.group_size // Q1_0_BLOCK, axis=1)[:, :nb]
     if w.scale is not None:  # fold the row scale in: one float32 product per block
         s = w.scale[:, None]
-        g = np.broadcast_to(s, (w.n, nb)) if g is None else g * s
+        with np.errstate(over="ignore"):  # an overflow to inf is reported by the C call
+            g = np.broadcast_to(s, (w.n, nb)) if g is None else g * s
     return None if g is None else np.ascontiguousarray(g, dtype=np.float32)
 
 

@@ -193,9 +193,15 @@ def _field_value(field):
     return value
 
 
-def load_metadata(path: str | os.PathLike) -> dict[str, object]:
-    """The key/value metadata of a GGUF file: str, int, float, bool, list of str, or numpy
-    arrays (arrays of numbers, in their GGUF type). A corrupt file -> ``ValueError``."""
+def load_metadata(path: str | os.PathLike, *, typed: bool = False) -> dict[str, object]:
+    """The key/value metadata of a GGUF file (``general.architecture`` included): str, int,
+    float, bool, list of str, or numpy arrays (arrays of numbers, in their GGUF type).
+
+    ``typed=True`` gives each value as ``(value, GGUFValueType)`` (for an array: the
+    element type), the form :func:`save` accepts, so ``save(p2, load(p), arch=...,
+    metadata=load_metadata(p, typed=True))`` rewrites a file with every type kept.
+    A corrupt file -> ``ValueError``.
+    """
     name = repr(os.fspath(path))
     reader = _open(path)
     try:
@@ -203,7 +209,13 @@ def load_metadata(path: str | os.PathLike) -> dict[str, object]:
         for key, field in reader.fields.items():
             if key.startswith("GGUF."):  # the reader's own header pseudo-fields
                 continue
-            out[key] = _field_value(field)
+            value = _field_value(field)
+            if typed:
+                vtype = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else field.types[0]
+                if field.types[0] == GGUFValueType.ARRAY and len(field.types) != 2:
+                    raise ValueError(f"metadata {key!r}: nested arrays are not supported")
+                value = (value.tolist() if isinstance(value, np.ndarray) else value, vtype)
+            out[key] = value
         return out
     except Exception as e:  # noqa: BLE001 - invalid UTF-8, nested arrays of mixed types, ...
         raise ValueError(f"{name}: unreadable metadata: {type(e).__name__}: {e}") from e
@@ -227,7 +239,9 @@ def _typed(key: str, value) -> tuple[object, GGUFValueType, GGUFValueType | None
     """(value, type, array element type) for the writer, see :func:`save`."""
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], GGUFValueType):
         v, t = value
-        if isinstance(v, (list, tuple, np.ndarray)) and t != GGUFValueType.ARRAY:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            if t == GGUFValueType.ARRAY:
+                raise ValueError(f"metadata {key!r}: give an array's element type, not ARRAY")
             items = v.tolist() if isinstance(v, np.ndarray) else list(v)
             if not items:
                 raise ValueError(f"metadata {key!r}: empty array")
@@ -300,7 +314,8 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
         if not isinstance(key, str) or not key:
             raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
         if key == "general.architecture":
-            if value != arch:
+            given = value[0] if isinstance(value, tuple) and len(value) == 2 else value
+            if given != arch:
                 raise ValueError(f"metadata general.architecture={value!r} disagrees with arch={arch!r}")
             continue
         kv.append((key, *_typed(key, value)))
