@@ -149,13 +149,15 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
 
     ``unsupported``: what to do with tensors of other types (Q4_0, BF16, ...):
     ``"error"`` (``ValueError`` naming the tensor and type) or ``"skip"`` (left out).
-    Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file -> ``ValueError``.
+    Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file (metadata
+    included: it is decoded and checked too) -> ``ValueError``.
     """
     if unsupported not in ("error", "skip"):
         raise ValueError(f"unsupported must be 'error' or 'skip', got {unsupported!r}")
     name = repr(os.fspath(path))
     reader = _open(path)
     try:
+        _metadata(reader, name, False)  # a file whose metadata does not decode is corrupt
         _check_tensors(reader, name)
         out: dict[str, PackedWeights | np.ndarray] = {}
         for t in reader.tensors:
@@ -193,17 +195,7 @@ def _field_value(field):
     return value
 
 
-def load_metadata(path: str | os.PathLike, *, typed: bool = False) -> dict[str, object]:
-    """The key/value metadata of a GGUF file (``general.architecture`` included): str, int,
-    float, bool, list of str, or numpy arrays (arrays of numbers, in their GGUF type).
-
-    ``typed=True`` gives each value as ``(value, GGUFValueType)`` (for an array: the
-    element type), the form :func:`save` accepts, so ``save(p2, load(p), arch=...,
-    metadata=load_metadata(p, typed=True))`` rewrites a file with every type kept.
-    A corrupt file -> ``ValueError``.
-    """
-    name = repr(os.fspath(path))
-    reader = _open(path)
+def _metadata(reader: _CheckedReader, name: str, typed: bool) -> dict[str, object]:
     try:
         out = {}
         for key, field in reader.fields.items():
@@ -219,6 +211,20 @@ def load_metadata(path: str | os.PathLike, *, typed: bool = False) -> dict[str, 
         return out
     except Exception as e:  # noqa: BLE001 - invalid UTF-8, nested arrays of mixed types, ...
         raise ValueError(f"{name}: unreadable metadata: {type(e).__name__}: {e}") from e
+
+
+def load_metadata(path: str | os.PathLike, *, typed: bool = False) -> dict[str, object]:
+    """The key/value metadata of a GGUF file (``general.architecture`` included): str, int,
+    float, bool, list of str, or numpy arrays (arrays of numbers, in their GGUF type).
+
+    ``typed=True`` gives each value as ``(value, GGUFValueType)`` (for an array: the
+    element type), the form :func:`save` accepts, so ``save(p2, load(p), arch=...,
+    metadata=load_metadata(p, typed=True))`` rewrites a file with every type kept.
+    A corrupt file -> ``ValueError``.
+    """
+    reader = _open(path)
+    try:
+        return _metadata(reader, repr(os.fspath(path)), typed)
     finally:
         del reader
 
