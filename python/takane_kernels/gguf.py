@@ -203,9 +203,13 @@ def _metadata(reader: _CheckedReader, name: str, typed: bool) -> dict[str, objec
                 continue
             value = _field_value(field)
             if typed:
-                vtype = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else field.types[0]
-                if field.types[0] == GGUFValueType.ARRAY and len(field.types) != 2:
-                    raise ValueError(f"metadata {key!r}: nested arrays are not supported")
+                vtype = field.types[0]
+                if vtype == GGUFValueType.ARRAY:
+                    # the element type as stored (also for an empty array): KV parts are
+                    # [key length, key, value type, element type, length, elements...]
+                    vtype = GGUFValueType(int(field.parts[3][0]))
+                    if vtype == GGUFValueType.ARRAY:
+                        raise ValueError(f"metadata {key!r}: nested arrays are not supported")
                 value = (value.tolist() if isinstance(value, np.ndarray) else value, vtype)
             out[key] = value
         return out
