@@ -309,3 +309,24 @@ def test_w1a_float_on_q1_0_weights_matches_the_dequantized_product(isa_name, on_
     np.testing.assert_allclose(exact, x.astype(np.float64) @ ggml_dequantize(q, 384).T.astype(np.float64),
                                rtol=1e-12, atol=1e-12)
     assert np.all(np.abs(y - exact) <= ref.binary_weight_matmul_error_bound(x, w))
+
+
+def test_every_finite_fp16_and_every_midpoint():
+    """All 63488 finite fp16 values of d survive import and export unchanged, and every
+    float32 midpoint between neighbouring fp16 values rounds to the even one (as numpy)."""
+    h = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
+    h = h[(h & 0x7C00) != 0x7C00]  # finite
+    d = h.view(np.float16)
+    q = q1_0_bytes(np.random.default_rng(14), len(h) // 2, 256, d=d.reshape(-1, 2))
+    w = tk.from_q1_0(q, 256)
+    np.testing.assert_array_equal(w.group_scale.reshape(-1), d.astype(np.float32))
+    assert tk.to_q1_0(w).tobytes() == q.tobytes()
+    # midpoints of positive neighbours (exact in float32: fp16 has 11 significant bits)
+    pos = np.sort(d[(d > 0)].astype(np.float32))
+    mid = (pos[:-1] + (pos[1:] - pos[:-1]) / np.float32(2)).astype(np.float32)
+    assert np.all((mid > pos[:-1]) & (mid < pos[1:]))
+    g = np.concatenate([mid, -mid, [np.float32(65504 + 8)]]).astype(np.float32)  # 65512 < 65520: rounds to 65504
+    g = g[: len(g) // 2 * 2].reshape(-1, 2)
+    w = tk.PackedWeights(np.zeros((g.shape[0], 4), np.uint64), 256, group_scale=g, group_size=128)
+    got = tk.to_q1_0(w).reshape(-1, 2, 18)[:, :, :2].copy().view("<u2")[..., 0]
+    np.testing.assert_array_equal(got, g.astype(np.float16).view(np.uint16))
