@@ -357,8 +357,8 @@ def tiny_llama(seed=0, n_embd=128, n_ff=256, n_layer=2, n_head=2, n_head_kv=1):
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
 
-    def q1(n, k):
-        return tk.pack_weights(rng.standard_normal((n, k)).astype(np.float32), group_size=128)
+    def q1(n, k):  # group scales that are fp16 values already (Q1_0's d), so they round-trip
+        return tk.from_q1_0(tk.to_q1_0(tk.pack_weights(rng.standard_normal((n, k)), group_size=128)), k)
 
     t = {"token_embd.weight": (rng.standard_normal((n_vocab, n_embd)) * 0.1).astype(np.float32)}
     for i in range(n_layer):
@@ -387,13 +387,13 @@ def tiny_llama(seed=0, n_embd=128, n_ff=256, n_layer=2, n_head=2, n_head_kv=1):
     return t, meta
 
 
-def _llama_cpp() -> pathlib.Path:
+def _llama_cpp(tool: str = "llama-bench") -> pathlib.Path:
     root = os.environ.get("TAKANE_LLAMA_CPP")
     if not root:
         pytest.skip("TAKANE_LLAMA_CPP is not set (a llama.cpp build directory; bench/build_llamacpp.sh)")
-    exe = pathlib.Path(root) / "bin" / "llama-bench"
+    exe = pathlib.Path(root) / "bin" / tool
     if not exe.is_file():
-        pytest.skip(f"TAKANE_LLAMA_CPP={root} has no bin/llama-bench")
+        pytest.skip(f"TAKANE_LLAMA_CPP={root} has no bin/{tool}")
     return exe
 
 
@@ -412,3 +412,34 @@ def test_llama_cpp_runs_a_model_we_wrote(tmp_path):
     assert {(x["n_prompt"], x["n_gen"]) for x in runs} == {(16, 0), (0, 4)}
     assert all(x["avg_ts"] > 0 for x in runs)
     assert all("Q1_0" in x["model_type"] for x in runs), [x["model_type"] for x in runs]
+
+
+def test_llama_cpp_dequantizes_ours_and_quantizes_like_ours(tmp_path):
+    """Both directions through ggml's own code (llama-quantize): our Q1_0 file dequantized
+    by ggml to F32 equals our effective weights exactly; F32 weights quantized by ggml to
+    Q1_0 (llama.cpp-written Q1_0) load in ours with the bits of pack_bits and the d of
+    ggml's quantize_row_q1_0_ref (fp16 of the float32 sum of |w| over the block / 128)."""
+    quantize = _llama_cpp("llama-quantize")
+    t, meta = tiny_llama(seed=1)
+    ours, f32, back = tmp_path / "q1.gguf", tmp_path / "f32.gguf", tmp_path / "rq.gguf"
+    tg.save(ours, t, arch="llama", metadata=meta)
+    for src, dst, ftype in ((ours, f32, "F32"), (f32, back, "Q1_0")):
+        r = subprocess.run([str(quantize), "--allow-requantize", str(src), str(dst), ftype],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    dense = tg.load(f32, unsupported="skip")
+    requant = tg.load(back, unsupported="skip")
+    checked = 0
+    for name, w in t.items():
+        if not isinstance(w, tk.PackedWeights):
+            continue
+        expect = tk.unpack_bits(w.bits, w.k).astype(np.float32) * np.repeat(w.group_scale, 128, axis=1)
+        np.testing.assert_array_equal(dense[name], expect)  # ggml's dequantize_row_q1_0
+        if isinstance(requant.get(name), tk.PackedWeights):
+            n, k = dense[name].shape
+            blocks = np.abs(dense[name]).reshape(n, k // 128, 128)
+            d = np.cumsum(blocks, axis=-1, dtype=np.float32)[..., -1] / np.float32(128)  # ggml's order
+            assert requant[name] == tk.PackedWeights(tk.pack_bits(dense[name]), k,
+                                                      group_scale=d.astype(np.float16), group_size=128)
+            checked += 1
+    assert checked >= 14  # every projection (llama.cpp keeps output.weight at higher precision)
