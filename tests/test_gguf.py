@@ -54,7 +54,8 @@ def test_save_load_round_trip(tmp_path):
             "tokenizer.ggml.tokens": ["<unk>", "<s>", "a"], "tokenizer.ggml.scores": [0.0, -1.5, 2],
             "tokenizer.ggml.token_type": [2, 3, 1], "general.name": "tiny", "flag": True,
             "neg": -3, "big": 2**40, "u16": np.uint16(7), "f64": (0.1, VT.FLOAT64),
-            "arr64": np.arange(3, dtype=np.int64)}
+            "arr64": np.arange(3, dtype=np.int64), "bools": [True, False, True],
+            "strs": np.array(["x", "yz"])}
     tg.save(tmp_path / "m.gguf", t, arch="llama", metadata=meta)
     back = tg.load(tmp_path / "m.gguf")
     # float32 group scales are stored as fp16 (Q1_0's d): the same bits, the scales rounded
@@ -79,6 +80,10 @@ def test_save_load_round_trip(tmp_path):
     assert typed["neg"] == (-3, VT.INT32) and typed["big"] == (2**40, VT.INT64)
     assert typed["u16"] == (7, VT.UINT16) and typed["f64"] == (0.1, VT.FLOAT64)
     assert typed["tokenizer.ggml.token_type"] == ([2, 3, 1], VT.INT32)
+    assert typed["bools"] == ([True, False, True], VT.BOOL) and typed["strs"] == (["x", "yz"], VT.STRING)
+    # typed metadata rewrites the same file
+    tg.save(tmp_path / "m2.gguf", back, arch="llama", metadata=typed)
+    assert (tmp_path / "m2.gguf").read_bytes() == (tmp_path / "m.gguf").read_bytes()
     # and the file really holds Q1_0 (type 41) with GGUF's ne = [K, N]
     r = gguf.GGUFReader(tmp_path / "m.gguf")
     info = {t.name: t for t in r.tensors}
