@@ -141,6 +141,6 @@ step "whole test suite under qemu-aarch64: neon and scalar forced per test, neon
 env -u TAKANE_ISA TAKANE_EXPECT_ISA=neon HYPOTHESIS_PROFILE=ci \
   TAKANE_TEST_EMULATOR=qemu-aarch64 \
   "${PY_A64[@]}" -m pytest tests -q -p no:cacheprovider \
-  --ignore=tests/test_demo.py --ignore=tests/test_torch.py # training / torch: native runs only
+  --ignore=tests/test_demo.py --ignore=tests/test_torch.py --ignore=tests/test_torch_qat.py # training / torch: native runs only
 
 step "passed in $((SECONDS - start)) s"

@@ -163,3 +163,58 @@ def test_threshold_f32_gives_the_same_bits_as_threshold(isa_name):
     bad[3] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         tk.binary_matmul(x, pw, threshold=bad)
+
+
+def test_seed_statistics_ddof1_eps():
+    """ddof=1, eps=1e-8: the seed's rule (PyTorch's unbiased std + 1e-8), by hand and
+    against the reference twin."""
+    at = tk.AdaptiveThreshold(2, decay=0.75, ddof=1, eps=1e-8)
+    batch = np.array([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0], [7.0, 10.0]])
+    at.update(batch)
+    # unbiased std (sqrt(20/3), 0), plus eps: a zero-variance channel gets exactly eps
+    np.testing.assert_allclose(at.std, [0.75 + 0.25 * (np.sqrt(20 / 3) + 1e-8), 0.75 + 0.25 * 1e-8], rtol=1e-15)
+    np.testing.assert_allclose(at.mean, [0.25 * 4, 0.25 * 10])
+    assert (at.ddof, at.eps) == (1, 1e-8)
+    rng = np.random.default_rng(5)
+    a = tk.AdaptiveThreshold(6, ddof=1, eps=1e-8, mean_factor=0.5)
+    r = ref.AdaptiveThreshold(6, ddof=1, eps=1e-8, mean_factor=0.5)
+    for i in range(20):
+        b = rng.standard_normal((2 + i % 3, 6)) * (1 + i % 5)
+        a.update(b)
+        r.update(b)
+        np.testing.assert_allclose(a.threshold, r.threshold, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="ddof=1 needs more than 1"):
+        a.update(np.zeros((1, 6)))  # one sample: the unbiased std is undefined
+    assert a.num_updates == 20
+    with pytest.raises(ValueError, match="ddof must be an int >= 0"):
+        tk.AdaptiveThreshold(3, ddof=-1)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        tk.AdaptiveThreshold(3, eps=-1e-8)
+    assert "ddof=1" in repr(a)
+
+
+def test_quantizer_buffers_round_trip_and_old_states():
+    rng = np.random.default_rng(6)
+    at = tk.AdaptiveThreshold(5, ddof=1, eps=1e-8, decay=0.9)
+    for _ in range(4):
+        at.update(rng.standard_normal((8, 5)))
+    buf = at.quantizer_buffers()
+    assert set(buf) == {"ema_mean", "ema_std"}
+    assert all(v.dtype == np.float32 and v.shape == (5,) for v in buf.values())
+    np.testing.assert_array_equal(buf["ema_std"], at.std.astype(np.float32))
+    back = tk.AdaptiveThreshold.from_quantizer_buffers(buf["ema_mean"], buf["ema_std"], decay=0.9)
+    assert (back.ddof, back.eps, back.decay, back.num_updates) == (1, 1e-8, 0.9, 0)
+    np.testing.assert_array_equal(back.std, buf["ema_std"].astype(np.float64))  # widened exactly
+    np.testing.assert_allclose(back.threshold, at.threshold, rtol=1e-7)  # float32 rounding only
+    with pytest.raises(ValueError, match="differ in shape"):
+        tk.AdaptiveThreshold.from_quantizer_buffers(np.zeros(3), np.ones(4))
+    with pytest.raises(ValueError, match="finite"):
+        tk.AdaptiveThreshold.from_quantizer_buffers(np.zeros(3), np.array([1.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match=">= 0"):
+        tk.AdaptiveThreshold.from_quantizer_buffers(np.zeros(3), -np.ones(3))
+    # a state saved before ddof/eps existed loads as the population rule
+    old = {k: v for k, v in at.state_dict().items() if k not in ("ddof", "eps")}
+    other = tk.AdaptiveThreshold(5, ddof=1, eps=1e-8)
+    other.load_state_dict(old)
+    assert (other.ddof, other.eps) == (0, 0.0)
+    np.testing.assert_array_equal(other.std, at.std)

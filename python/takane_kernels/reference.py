@@ -302,11 +302,13 @@ def binary_weight_matmul_error_bound(x, w, bias=None, activations="float32"):
 
 
 class AdaptiveThreshold:
-    """EMA of per-channel mean and population std, channel by channel with math.fsum."""
+    """EMA of per-channel mean and std (sum of squares / (n - ddof), plus eps), channel by
+    channel with math.fsum; ddof=0, eps=0 is the population std, ddof=1, eps=1e-8 the seed's."""
 
-    def __init__(self, channels, *, decay=0.99, std_factor=0.5, mean_factor=0.0):
+    def __init__(self, channels, *, decay=0.99, std_factor=0.5, mean_factor=0.0, ddof=0, eps=0.0):
         self.channels = int(channels)
         self.decay, self.std_factor, self.mean_factor = float(decay), float(std_factor), float(mean_factor)
+        self.ddof, self.eps = int(ddof), float(eps)
         self.mean = [0.0] * self.channels
         self.std = [1.0] * self.channels
 
@@ -318,7 +320,7 @@ class AdaptiveThreshold:
         for c in range(self.channels):
             col = [float(v) for v in rows[:, c]]
             mu = math.fsum(col) / n
-            sd = math.sqrt(math.fsum((v - mu) ** 2 for v in col) / n)
+            sd = math.sqrt(math.fsum((v - mu) ** 2 for v in col) / (n - self.ddof)) + self.eps
             self.mean[c] += (1.0 - self.decay) * (mu - self.mean[c])
             self.std[c] += (1.0 - self.decay) * (sd - self.std[c])
         return self

@@ -158,6 +158,9 @@ class BinaryLinear(nn.Module):
         (:func:`takane_kernels.to_q1_0`: group scales rounded to fp16)."""
         return tk.to_q1_0(self.weights)
 
+    # dynamo must not trace into the numpy/cffi call (it fails building a guard on the cffi
+    # lib object): under torch.compile each BinaryLinear is one graph break, run eagerly
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = _as_numpy(x)
         if xn.ndim < 1 or xn.shape[-1] != self.in_features:
@@ -186,6 +189,9 @@ class BinaryLinear(nn.Module):
             "in_scale": None if w.in_scale is None else torch.from_numpy(w.in_scale.copy()),
             "group_scale": None if w.group_scale is None else torch.from_numpy(w.group_scale.copy()),
             "group_size": w.group_size,
+            # the activation threshold is part of what a W1A1 layer computes (e.g. a trained
+            # SignQuantizer's): float64, a 0-d scalar or (K,); optional when loading
+            "threshold": torch.as_tensor(np.asarray(self.threshold, dtype=np.float64)).clone(),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -204,6 +210,11 @@ class BinaryLinear(nn.Module):
         if (weights.n, weights.k) != (self.out_features, self.in_features):
             raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
                              f"({self.out_features}, {self.in_features})")
+        if state.get("threshold") is not None:
+            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
+            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (weights.k,)) or not np.all(np.isfinite(t)):
+                raise ValueError(f"state's threshold must be finite, a scalar or ({weights.k},), got shape {t.shape}")
+            self.threshold = float(t) if t.ndim == 0 else t
         self.weights = weights
 
     def extra_repr(self) -> str:
@@ -214,3 +225,7 @@ class BinaryLinear(nn.Module):
 
 def _is_zero(t) -> bool:
     return np.ndim(t) == 0 and float(t) == 0.0
+
+
+from ._torch_qat import QuantConv2d, QuantLinear, SignQuantizer, convert, linear_error_bound  # noqa: E402,F401
+__all__ += ["SignQuantizer", "QuantLinear", "QuantConv2d", "convert", "linear_error_bound"]  # quantization-aware training

@@ -1,0 +1,659 @@
+"""Quantization-aware training in PyTorch, and ``convert`` to the inference modules.
+
+Re-exported by :mod:`takane_kernels.torch` (DESIGN.md §11). Training-time modules keep latent
+float weights and binarize them (and, with a :class:`SignQuantizer`, their inputs) in the
+forward pass, with a straight-through estimator (STE) for the backward pass; ``convert``
+turns a trained model into one that runs on the packed kernels and gives the same eval-mode
+outputs (exactly where the arithmetic is integer, within a stated float bound otherwise).
+
+Bit convention (DESIGN §2): a value ``x`` with threshold ``t`` becomes ``+1`` iff ``x >= t``.
+The seed's ``TakaneSignQuantizer`` returns ``torch.sign(x - t)``, which is ``0`` at exact
+equality ``x == t``; ours returns ``+1`` there (as the kernels do). Away from ties the two are
+identical. NaN has no sign: the training modules pass NaN through (as ``torch.sign`` does, so
+a NaN shows up in the loss instead of silently becoming ``-1``), ``update_ema`` refuses a
+batch whose statistics are not finite (it would poison the running statistics for good), and
+the converted kernels raise ``ValueError`` on NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import takane_kernels as tk
+
+__all__ = ["SignQuantizer", "QuantLinear", "QuantConv2d", "convert", "linear_error_bound"]
+
+STE_VARIANTS = ("seed", "clip", "identity")
+THRESHOLD_KINDS = ("adaptive", "fixed", "learned")
+LINEAR_SCALES = (None, "mean_abs", "onebit", "group")
+CONV_SCALES = (None, "mean_abs")
+ACTIVATIONS = ("float32", "q8_0")
+
+
+def _finite_real(value: object, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _check_ste(ste: object, name: str = "ste") -> str:
+    if ste not in STE_VARIANTS:
+        raise ValueError(f"{name} must be one of {STE_VARIANTS}, got {ste!r}")
+    return ste
+
+
+class _BinarizeSTE(torch.autograd.Function):
+    """Forward: ``+1`` where ``x >= t``, ``-1`` elsewhere (NaN stays NaN), in ``x``'s dtype.
+
+    Backward, by ``ste``: ``"seed"`` passes the gradient but zeroes it where ``|grad| > 1``
+    (the seed's ``TakaneSTE``: it clips on the gradient's magnitude, not the input's);
+    ``"clip"`` zeroes it where ``|x - t| > 1`` (the usual STE, BinaryConnect / XNOR-Net);
+    ``"identity"`` passes it unchanged. ``t`` (broadcastable to ``x``) gets minus the
+    gradient of ``x`` summed to its shape, so a learned threshold trains (ReActNet's RSign).
+    """
+
+    @staticmethod
+    def forward(ctx, x, t, ste):
+        ctx.ste = ste
+        ctx.t_shape = t.shape
+        ctx.t_dtype = t.dtype
+        if ste == "clip":
+            ctx.save_for_backward(x, t)
+        # 2·[x >= t] − 1 in place: about half the time of torch.where(x >= t, 1, -1)
+        out = (x >= t).to(x.dtype).mul_(2).sub_(1)
+        return out.masked_fill_(torch.isnan(x), float("nan"))
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.ste == "seed":
+            gx = torch.where(g.abs() > 1, torch.zeros_like(g), g)
+        elif ctx.ste == "clip":
+            x, t = ctx.saved_tensors
+            gx = torch.where((x - t).abs() > 1, torch.zeros_like(g), g)
+        else:
+            gx = g
+        gt = None
+        if ctx.needs_input_grad[1]:
+            gt = (-gx).sum_to_size(ctx.t_shape).to(ctx.t_dtype)
+        return gx, gt, None
+
+
+def binarize(x: torch.Tensor, t, ste: str = "clip") -> torch.Tensor:
+    """``+1`` where ``x >= t`` else ``-1`` (NaN stays NaN), with the ``ste`` backward."""
+    if not isinstance(t, torch.Tensor):
+        t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
+    return _BinarizeSTE.apply(x, t, _check_ste(ste))
+
+
+class SignQuantizer(nn.Module):
+    """Binarizes activations to ±1 per channel at a threshold, with an STE backward.
+
+    ``threshold="adaptive"`` (the seed's ``TakaneSignQuantizer``): float32 buffers
+    ``ema_mean`` (init 0) and ``ema_std`` (init 1); in training mode each forward first calls
+    :meth:`update_ema` with the batch, then binarizes at
+    ``mean_factor * ema_mean + std_factor * ema_std`` (default 0.5 · EMA std). The state dict
+    is exactly ``{ema_mean, ema_std}``, so the seed's state dict loads as is.
+    ``"fixed"``: a float32 buffer ``threshold`` (channels,) set to ``value``.
+    ``"learned"``: a parameter ``threshold`` (channels,) initialised to ``value`` and trained
+    through the STE (ReActNet's RSign, with our ``x >= t`` convention).
+
+    ``channel_dim``: ``-1`` for (..., channels) inputs (the seed's (batch, channels)), ``1`` for
+    NCHW images (statistics over N, H, W). ``ste``: ``"seed"``, ``"clip"`` or ``"identity"``
+    (see :func:`binarize`). Output: ±1 in the input's dtype; ``+1`` where ``x >= t`` (the
+    seed's ``torch.sign`` gives 0 at exact ties).
+    """
+
+    def __init__(self, channels: int, *, threshold: str = "adaptive", value=0.0, decay: float = 0.99,
+                 std_factor: float = 0.5, mean_factor: float = 0.0, ddof: int = 1, eps: float = 1e-8,
+                 ste: str = "seed", channel_dim: int = -1):
+        super().__init__()
+        self.channels = _positive_int(channels, "channels")
+        if threshold not in THRESHOLD_KINDS:
+            raise ValueError(f"threshold must be one of {THRESHOLD_KINDS}, got {threshold!r}")
+        self.kind = threshold
+        self.decay = _finite_real(decay, "decay")
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {self.decay}")
+        self.std_factor = _finite_real(std_factor, "std_factor")
+        self.mean_factor = _finite_real(mean_factor, "mean_factor")
+        if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, numbers.Integral) or ddof < 0:
+            raise ValueError(f"ddof must be an int >= 0, got {ddof!r}")
+        self.ddof = int(ddof)
+        self.eps = _finite_real(eps, "eps")
+        if self.eps < 0:
+            raise ValueError(f"eps must be >= 0, got {self.eps}")
+        self.ste = _check_ste(ste)
+        if channel_dim not in (-1, 1):
+            raise ValueError(f"channel_dim must be -1 (channels last) or 1 (NCHW), got {channel_dim!r}")
+        self.channel_dim = channel_dim
+        if self.kind == "adaptive":
+            self.register_buffer("ema_mean", torch.zeros(self.channels))
+            self.register_buffer("ema_std", torch.ones(self.channels))
+        else:
+            v = torch.as_tensor(value, dtype=torch.float64).detach().cpu()
+            if v.ndim == 0:
+                v = v.expand(self.channels)
+            if v.shape != (self.channels,):
+                raise ValueError(f"value must be a scalar or have shape ({self.channels},), got {tuple(v.shape)}")
+            if not torch.isfinite(v).all():
+                raise ValueError("value must be finite")
+            v = v.to(torch.float32).clone()
+            if self.kind == "fixed":
+                self.register_buffer("threshold", v)
+            else:
+                self.threshold = nn.Parameter(v)
+
+    # ---- input checks ----------------------------------------------------------------------
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"SignQuantizer: input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"SignQuantizer: input must be floating point, got {x.dtype}")
+        need = 1 if self.channel_dim == -1 else 2
+        if x.ndim < need or x.shape[self.channel_dim] != self.channels:
+            where = "(..., C)" if self.channel_dim == -1 else "(N, C, ...)"
+            raise ValueError(f"SignQuantizer: input has shape {tuple(x.shape)}, expected {where} "
+                             f"with C = channels = {self.channels}")
+
+    @torch.no_grad()
+    def update_ema(self, x: torch.Tensor) -> None:
+        """Fold one batch's per-channel statistics into ``ema_mean`` / ``ema_std``.
+
+        Over every dimension but ``channel_dim``: ``mean`` and ``std`` (``correction=ddof``)
+        plus ``eps``, then ``ema <- decay * ema + (1 - decay) * stat`` in float32 — for a
+        float32 (batch, channels) input and the defaults, the seed's ``update_ema`` exactly.
+        A zero-variance channel gets ``std = eps`` (nothing divides by it). Raises
+        ``ValueError`` when a channel has no more than ``ddof`` samples (the statistic is
+        undefined: torch would give NaN) or the statistics are not finite (NaN/inf in the
+        batch), leaving the buffers unchanged.
+        """
+        if self.kind != "adaptive":
+            raise RuntimeError(f"update_ema: this quantizer's threshold is {self.kind!r}, not 'adaptive'")
+        self._check_input(x)
+        cd = self.channel_dim % x.ndim
+        dims = [d for d in range(x.ndim) if d != cd]
+        samples = x.numel() // x.shape[cd]  # (no generator: dynamo traces this without a break)
+        if samples <= self.ddof:
+            raise ValueError(f"update_ema: a batch of shape {tuple(x.shape)} has {samples} sample(s) per "
+                             f"channel; the std with ddof={self.ddof} needs more than {self.ddof}")
+        mean = x.mean(dim=dims) if dims else x.clone()
+        std = x.std(dim=dims, correction=self.ddof) + self.eps if dims else torch.full_like(x, self.eps)
+        mean = mean.to(self.ema_mean.dtype)
+        std = std.to(self.ema_std.dtype)
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("update_ema: the batch's statistics are not finite (NaN or infinite "
+                             "values in the batch); the running statistics were not changed")
+        self.ema_mean.copy_(self.decay * self.ema_mean + (1 - self.decay) * mean)
+        self.ema_std.copy_(self.decay * self.ema_std + (1 - self.decay) * std)
+
+    def current_threshold(self) -> torch.Tensor:
+        """The per-channel threshold (channels,) used by the forward pass (float32)."""
+        if self.kind == "adaptive":
+            t = self.std_factor * self.ema_std  # the seed's 0.5 * ema_std, bit for bit
+            if self.mean_factor != 0.0:
+                t = self.mean_factor * self.ema_mean + t
+            return t
+        return self.threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self.training and self.kind == "adaptive":
+            self.update_ema(x)
+        t = self.current_threshold()
+        if self.channel_dim == 1:
+            t = t.view((self.channels,) + (1,) * (x.ndim - 2))
+        return _BinarizeSTE.apply(x, t, self.ste)
+
+    # ---- numpy AdaptiveThreshold interchange ----------------------------------------------
+    def to_adaptive_threshold(self) -> tk.AdaptiveThreshold:
+        """The same running statistics as a numpy :class:`takane_kernels.AdaptiveThreshold`
+        (float32 buffers widened to float64 exactly; same decay, factors, ddof, eps)."""
+        if self.kind != "adaptive":
+            raise ValueError(f"to_adaptive_threshold: this quantizer's threshold is {self.kind!r}")
+        return tk.AdaptiveThreshold.from_quantizer_buffers(
+            self.ema_mean.detach().cpu().numpy(), self.ema_std.detach().cpu().numpy(), decay=self.decay,
+            std_factor=self.std_factor, mean_factor=self.mean_factor, ddof=self.ddof, eps=self.eps)
+
+    @classmethod
+    def from_adaptive_threshold(cls, at: tk.AdaptiveThreshold, **kwargs) -> "SignQuantizer":
+        """An adaptive quantizer with ``at``'s hyperparameters and statistics (rounded to the
+        float32 buffers); ``kwargs`` set ``ste`` and ``channel_dim``."""
+        if not isinstance(at, tk.AdaptiveThreshold):
+            raise TypeError(f"from_adaptive_threshold needs an AdaptiveThreshold, got {type(at).__name__}")
+        bad = set(kwargs) - {"ste", "channel_dim"}
+        if bad:
+            raise TypeError(f"from_adaptive_threshold: unexpected keywords {sorted(bad)}")
+        q = cls(at.channels, threshold="adaptive", decay=at.decay, std_factor=at.std_factor,
+                mean_factor=at.mean_factor, ddof=at.ddof, eps=at.eps, **kwargs)
+        buffers = at.quantizer_buffers()
+        q.load_state_dict({name: torch.from_numpy(v) for name, v in buffers.items()})
+        return q
+
+    def extra_repr(self) -> str:
+        s = f"{self.channels}, threshold={self.kind!r}, ste={self.ste!r}, channel_dim={self.channel_dim}"
+        if self.kind == "adaptive":
+            s += (f", decay={self.decay}, std_factor={self.std_factor}, mean_factor={self.mean_factor}, "
+                  f"ddof={self.ddof}, eps={self.eps}")
+        return s
+
+
+def _check_input_quantizer(q) -> nn.Module | None:
+    if q is not None and not isinstance(q, nn.Module):
+        raise TypeError(f"input_quantizer must be an nn.Module (e.g. a SignQuantizer) or None, got {type(q).__name__}")
+    return q
+
+
+def _onebit_init(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OneBit's SVID initialisation of the value vectors, as ``pack_weights(scale="onebit")``."""
+    pw = tk.pack_weights(w.detach().to("cpu", torch.float32).numpy(), scale="onebit")
+    return torch.from_numpy(pw.scale.copy()), torch.from_numpy(pw.in_scale.copy())
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with latent float weights binarized in the forward pass (``w >= 0`` → +1).
+
+    ``y = (x' @ (sign(W) * G).T) * s + bias`` with ``x'`` the input after ``input_quantizer``
+    (a :class:`SignQuantizer` for W1A1; ``None`` keeps it real: weight-only) and, by ``scale``:
+
+    - ``None``: no scale;
+    - ``"mean_abs"``: ``s[n]`` = mean |W[n]| of the latent weights (XNOR-Net's alpha,
+      recomputed every forward, gradients flow through it);
+    - ``"onebit"``: OneBit, ``x' * in_s`` then ``* s`` with parameters ``weight_scale`` (N,) and
+      ``input_scale`` (K,) initialised by SVID of |W| and trained;
+    - ``"group"``: ``G[n, k]`` = mean |W| of row n's group ``k // group_size`` (a partial last
+      group averages its real elements) — llama.cpp Q1_0 style; ``group_size`` a positive
+      multiple of 64.
+
+    ``weight_ste``: the weights' STE (default ``"clip"``: no gradient where ``|w| > 1``).
+    Each step above is one float32 op, in the order the kernels use, so ``convert`` can
+    reproduce it: a W1A1 layer's ±1 dot product is an exact integer and the converted
+    layer's output is bit-identical.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale="mean_abs",
+                 group_size: int | None = None, input_quantizer: nn.Module | None = None,
+                 weight_ste: str = "clip", device=None, dtype=None):
+        if scale not in LINEAR_SCALES:
+            raise ValueError(f"scale must be one of {LINEAR_SCALES}, got {scale!r}")
+        if (scale == "group") != (group_size is not None):
+            raise ValueError("group_size goes with scale='group' (and only with it)")
+        if group_size is not None:
+            from ._weights import check_group_size
+            group_size = check_group_size(group_size)
+            if in_features < 1:
+                raise ValueError("scale='group' needs in_features >= 1")
+        self.scale = scale
+        self.group_size = group_size
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.weight_ste = _check_ste(weight_ste, "weight_ste")
+        self.input_quantizer = _check_input_quantizer(input_quantizer)
+        if scale == "onebit":
+            s, ins = _onebit_init(self.weight)
+            self.weight_scale = nn.Parameter(s.to(self.weight.device, self.weight.dtype))
+            self.input_scale = nn.Parameter(ins.to(self.weight.device, self.weight.dtype))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, **kwargs) -> "QuantLinear":
+        """A QuantLinear starting from a (pre-trained) ``nn.Linear``'s weights and bias."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, **kwargs)
+        with torch.no_grad():
+            q.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                q.bias.copy_(linear.bias)
+        q.reset_scales()
+        return q
+
+    def reset_scales(self) -> None:
+        """Re-initialise OneBit's value vectors from the current latent weights (SVID)."""
+        if self.scale == "onebit":
+            s, ins = _onebit_init(self.weight)
+            with torch.no_grad():
+                self.weight_scale.copy_(s)
+                self.input_scale.copy_(ins)
+
+    def group_scales(self) -> torch.Tensor:
+        """(N, ceil(K/group_size)) mean |W| per row and group (``scale="group"``)."""
+        n, k = self.weight.shape
+        g = self.group_size
+        groups = -(-k // g)
+        a = F.pad(self.weight.abs(), (0, groups * g - k)).view(n, groups, g).sum(dim=2)
+        counts = torch.full((groups,), float(g), dtype=a.dtype, device=a.device)
+        counts[-1] = k - (groups - 1) * g
+        return a / counts
+
+    def row_scale(self) -> torch.Tensor | None:
+        """The (N,) output scale the forward applies (None for none)."""
+        if self.scale == "mean_abs":  # K = 0: 0, as pack_weights (the mean of nothing is NaN)
+            return self.weight.abs().mean(dim=1) if self.in_features else self.weight.new_zeros(self.out_features)
+        if self.scale == "onebit":
+            return self.weight_scale
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"QuantLinear: input has shape {shape}, expected (..., {self.in_features})")
+        wb = binarize(self.weight, 0.0, self.weight_ste)
+        if self.scale == "onebit":
+            x = x * self.input_scale
+        if self.scale == "group":
+            wb = wb * self.group_scales().repeat_interleave(self.group_size, dim=1)[:, :self.in_features]
+        return self._epilogue(F.linear(x, wb))
+
+    def _epilogue(self, y: torch.Tensor) -> torch.Tensor:
+        # one float32 op per step, like the kernels: (y * s) + bias, no fused multiply-add
+        s = self.row_scale()
+        if s is not None:
+            y = y * s
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f", scale={self.scale!r}, weight_ste={self.weight_ste!r}"
+        return s + (f", group_size={self.group_size}" if self.group_size else "")
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, numbers.Integral) for e in v):
+        return int(v[0]), int(v[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (NCHW) with latent float weights binarized in the forward pass.
+
+    ``y = conv(pad(x'), sign(W)) * s + bias`` with ``x'`` the input after ``input_quantizer``
+    (a :class:`SignQuantizer` with ``channel_dim=1`` for W1A1), ``s[c]`` the mean |W| of
+    output channel ``c`` (``scale="mean_abs"``, XNOR-Net) or none (``scale=None``).
+    ``pad_value`` is what a tap outside the image is (DESIGN §10): ``0`` contributes nothing
+    (PyTorch's zero padding), ``+1`` / ``-1`` a ±1 activation (binary CNNs that pad the
+    binarized input, e.g. Larq's ``pad_values=1``). ``padding``: int, pair, ``"valid"`` or
+    ``"same"`` (stride 1; an odd total puts the extra row/column at the bottom/right, as
+    PyTorch does).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, *, pad_value: int = 0, scale="mean_abs",
+                 input_quantizer: nn.Module | None = None, weight_ste: str = "clip", device=None, dtype=None):
+        if scale not in CONV_SCALES:
+            raise ValueError(f"scale must be one of {CONV_SCALES} for QuantConv2d, got {scale!r}")
+        if isinstance(pad_value, bool) or pad_value not in (0, 1, -1):
+            raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode="zeros", device=device, dtype=dtype)
+        self.scale = scale
+        self.pad_value = int(pad_value)
+        self.weight_ste = _check_ste(weight_ste, "weight_ste")
+        self.input_quantizer = _check_input_quantizer(input_quantizer)
+        if isinstance(input_quantizer, SignQuantizer) and input_quantizer.channel_dim != 1:
+            raise ValueError("QuantConv2d's SignQuantizer must have channel_dim=1 (NCHW)")
+
+    def explicit_padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) taps added around the image."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        ph, pw = _pair(self.padding, "padding")
+        return (pw, pw, ph, ph)
+
+    def row_scale(self) -> torch.Tensor | None:
+        return self.weight.abs().mean(dim=(1, 2, 3)) if self.scale == "mean_abs" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"QuantConv2d: input has shape {shape}, expected NCHW (N, {self.in_channels}, H, W)")
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        wb = binarize(self.weight, 0.0, self.weight_ste)
+        pads = self.explicit_padding()
+        if any(pads):  # explicit padding: one code path for 0 and ±1 taps
+            x = F.pad(x, pads, value=float(self.pad_value))
+        y = F.conv2d(x, wb, None, self.stride, 0, self.dilation, self.groups)
+        s = self.row_scale()
+        if s is not None:
+            y = y * s.view(1, -1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.view(1, -1, 1, 1)
+        return y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", pad_value={self.pad_value}, scale={self.scale!r}, weight_ste={self.weight_ste!r}"
+
+
+# ---- convert ---------------------------------------------------------------------------------
+
+def _np32(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+def _binary_linear_cls():
+    from . import torch as tkt
+    return tkt.BinaryLinear, tkt.MODES
+
+
+def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None) -> nn.Module:
+    BinaryLinear, modes = _binary_linear_cls()
+    w = q.weight.detach().to("cpu", torch.float32).numpy()
+    if np.isnan(w).any():
+        raise ValueError("convert: a QuantLinear's weights contain NaN (NaN has no sign)")
+    bits = tk.pack_bits(w)  # bit = w >= 0, the forward's binarize(W, 0)
+    with torch.no_grad():
+        scale = _np32(q.row_scale())
+        extra = {}
+        if q.scale == "onebit":
+            extra["in_scale"] = _np32(q.input_scale)
+        if q.scale == "group":
+            extra = {"group_scale": _np32(q.group_scales()), "group_size": q.group_size}
+    weights = tk.PackedWeights(bits, q.in_features, scale=scale, **extra)
+    iq = q.input_quantizer
+    if iq is not None and not isinstance(iq, SignQuantizer):
+        raise ValueError(f"convert: a QuantLinear's input_quantizer must be a SignQuantizer or None, "
+                         f"got {type(iq).__name__}")
+    if iq is not None and iq.channel_dim != -1:
+        raise ValueError("convert: a QuantLinear's SignQuantizer must have channel_dim=-1")
+    if iq is not None and q.scale in (None, "mean_abs"):
+        # W1A1: the kernel binarizes at the same float32 thresholds (x >= t) and computes
+        # (float32(dot) * scale) + bias, the forward's ops exactly.
+        if threshold is None:
+            threshold = iq.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+        return BinaryLinear(weights, "w1a1", bias=q.bias, threshold=threshold, threads=threads)
+    mode = "w1a_float" if activations == "float32" else "w1a8"
+    if mode not in modes:
+        raise ValueError("convert: activations='q8_0' needs BinaryLinear mode 'w1a8', which this "
+                         "build of takane_kernels.torch does not have")
+    layer = BinaryLinear(weights, mode, bias=q.bias, threads=threads)
+    if iq is None:
+        return layer
+    # ±1 inputs with per-input (OneBit) or group scales: no W1A1 integer epilogue applies
+    # them, so the quantizer (eval mode: x >= t, exact) feeds the float kernel.
+    sign = copy.deepcopy(iq).eval()
+    return nn.Sequential(sign, layer)
+
+
+def _convert_conv(q: QuantConv2d, activations: str, threads) -> nn.Module:
+    from . import torch as tkt
+    if not hasattr(tkt, "BinaryConv2d"):
+        raise NotImplementedError("convert: QuantConv2d needs takane_kernels.torch.BinaryConv2d "
+                                  "(the convolution work), which this build does not have")
+    raise NotImplementedError("convert: QuantConv2d -> BinaryConv2d is not wired up yet (the remaining "
+                              "piece of issue 16)")
+
+
+def _is_w1a1(q) -> bool:
+    """A QuantLinear that converts to a plain W1A1 BinaryLinear."""
+    return (isinstance(q, QuantLinear) and isinstance(q.input_quantizer, SignQuantizer)
+            and q.input_quantizer.channel_dim == -1 and q.scale in (None, "mean_abs"))
+
+
+_FOLD_MAX_K = 2**24 - 2  # dot - T stays an exact float32 integer: |dot - T| <= 2K + 2 < 2**25, even
+
+
+def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads, threshold=None) -> nn.Module | None:
+    """``qa`` (W1A1) → ``bn`` → ``qb``'s SignQuantizer, as one W1A1 layer whose output is
+    ``dot' - T`` (an exact float32 integer) and which ``qb`` then binarizes at 0.
+
+    The dot product of ±1 vectors of length K only takes the K + 1 values
+    ``-K, -K + 2, ..., K``. For each, the training model's own eval-mode modules (``qa``'s
+    epilogue, ``bn``, ``qb``'s quantizer — every op elementwise per channel) give the bit the
+    next layer sees; per channel that bit is monotone in the dot (every float op here is
+    monotone), so it is ``dot >= T`` (or, for a negative slope, ``dot <= T``: the row's
+    weight bits are inverted, ``-dot >= -T``). The folded layer therefore feeds ``qb`` the
+    very bits the training model computes, ties and float rounding included, with scale and
+    BatchNorm gone. ``threshold`` overrides ``qa``'s input threshold (0 when ``qa`` itself
+    follows a fold). Returns None (no fold) when an assumption fails: BatchNorm without
+    running statistics, K too large, non-finite values or a non-monotone bit pattern.
+    """
+    BinaryLinear, _ = _binary_linear_cls()
+    if not (isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats and bn.running_mean is not None
+            and bn.num_features == qa.out_features and _is_w1a1(qb) and qb.in_features == qa.out_features
+            and not bn.training and not qa.training and not qb.training):
+        return None
+    k, n = qa.in_features, qa.out_features
+    if k > _FOLD_MAX_K or n == 0:
+        return None
+    d = torch.arange(-k, k + 1, 2, dtype=torch.float32)  # the K + 1 possible dot products
+    rows = max(1, 2**22 // n)
+    bits_seen = []
+    with torch.no_grad():
+        for i in range(0, k + 1, rows):
+            z = qb.input_quantizer(bn(qa._epilogue(d[i:i + rows, None].expand(-1, n).contiguous())))
+            if torch.isnan(z).any():
+                return None
+            bits_seen.append(z > 0)
+    v = torch.cat(bits_seen)  # (K + 1, N): the next layer's bit for each dot value
+    rising = (v[1:] >= v[:-1]).all(dim=0)
+    falling = (v[1:] <= v[:-1]).all(dim=0)
+    if not bool((rising | falling).all()):
+        return None
+    idx = torch.arange(k + 1)
+    first = torch.where(v, idx[:, None], k + 1).min(dim=0).values  # k + 1: never
+    last = torch.where(v, idx[:, None], -1).max(dim=0).values
+    flip = ~rising  # strictly falling somewhere: bit = dot <= d[last]
+    t_rise = (-k + 2 * first).to(torch.float32)  # bit = dot >= t_rise (k + 2: never)
+    t_fall = (-k + 2 * last).to(torch.float32)
+    bias = torch.where(flip, t_fall, -t_rise)  # output dot - t_rise, or -dot + t_fall
+    w = qa.weight.detach().to("cpu", torch.float32).numpy()
+    if np.isnan(w).any():
+        return None
+    bits = tk.pack_bits(w)
+    f = flip.numpy()
+    if f.any():  # invert those rows' bits (not the sign of w: -0.0 would still pack as +1)
+        ones = tk.pack_bits(np.ones((1, k), np.float32))[0]
+        bits[f] = bits[f] ^ ones
+    if threshold is None:
+        threshold = qa.input_quantizer.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+    return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=threshold, threads=threads)
+
+
+def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Module:
+    if isinstance(module, QuantLinear):
+        return _convert_linear(module, activations, threads)
+    if isinstance(module, QuantConv2d):
+        return _convert_conv(module, activations, threads)
+    names = list(module._modules)
+    zero_threshold = set()  # QuantLinears whose input now arrives as dot - T: binarize at 0
+    for i, name in enumerate(names):
+        child = module._modules[name]
+        if child is None:
+            continue
+        if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and _is_w1a1(child):
+            bn, nxt = module._modules[names[i + 1]], module._modules[names[i + 2]]
+            folded = _fold_batchnorm(child, bn, nxt, threads, 0.0 if name in zero_threshold else None)
+            if folded is not None:
+                module._modules[name] = folded
+                module._modules[names[i + 1]] = nn.Identity()
+                zero_threshold.add(names[i + 2])
+                continue
+        if name in zero_threshold:
+            new = _convert_linear(child, activations, threads, threshold=0.0)
+        else:
+            new = _convert(child, activations, threads, fold)
+        if new is not child:
+            module._modules[name] = new
+    return module
+
+
+def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: bool = True,
+            threads: int | None = None) -> nn.Module:
+    """A copy of ``model`` for inference on the kernels, in eval mode (``model`` is unchanged).
+
+    Every :class:`QuantLinear` becomes a :class:`~takane_kernels.torch.BinaryLinear`:
+
+    - with a :class:`SignQuantizer` input (W1A1) and ``scale`` ``None`` / ``"mean_abs"``:
+      mode ``"w1a1"`` at the quantizer's current float32 thresholds — outputs bit-identical
+      to the training model's eval outputs;
+    - without one (weight-only): mode ``"w1a_float"`` (``activations="q8_0"``: ``"w1a8"``),
+      same scales (``mean_abs`` and ``group`` computed from the latent weights as the forward
+      does, OneBit's trained vectors) — within :func:`linear_error_bound` of the training
+      model's eval outputs for ``"float32"``;
+    - a SignQuantizer input with ``"onebit"`` / ``"group"`` scales: the quantizer (eval mode,
+      exact) followed by a ``"w1a_float"`` layer (the W1A1 kernel has no per-input or group
+      scales), within the same bound.
+
+    In an ``nn.Sequential``, a W1A1 ``QuantLinear`` → ``BatchNorm1d`` → W1A1 ``QuantLinear``
+    run is folded (``fold_batchnorm=True``): the BatchNorm, the first layer's scale and bias and
+    the second layer's threshold become one integer threshold per channel (the first layer
+    outputs ``dot - T``, the BatchNorm becomes ``nn.Identity``, the second binarizes at 0),
+    computed from the training model's own eval-mode ops for every possible dot product, so
+    the bits the second layer sees — and the model's outputs — are unchanged, bit for bit.
+    Everything else (other BatchNorms, activations, a standalone SignQuantizer, ...) is kept
+    as is, so its eval output is unchanged; a BatchNorm after a W1A1 layer sees bit-identical
+    inputs.
+    ``QuantConv2d`` needs ``BinaryConv2d`` (DESIGN §10) and raises ``NotImplementedError``
+    until that exists.
+
+    The guarantees are for float32 models (PyTorch's default; the kernels compute in float32):
+    a model trained in another dtype converts with its parameters rounded to float32.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert needs an nn.Module, got {type(model).__name__}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+    model = copy.deepcopy(model).cpu().eval()  # folding evaluates the eval-mode ops
+    return _convert(model, activations, threads, bool(fold_batchnorm)).eval()
+
+
+def linear_error_bound(x, layer: nn.Module) -> np.ndarray:
+    """|converted − training| bound (float64, (..., N)) for a weight-only converted linear
+    layer's output on input ``x``: twice ``reference.binary_weight_matmul_error_bound`` (each
+    of the two float32 evaluations — the kernel's and PyTorch's at its default float32 matmul
+    precision — is within that bound of the exact value)."""
+    BinaryLinear, _ = _binary_linear_cls()
+    if isinstance(layer, nn.Sequential) and len(layer) == 2:
+        x = layer[0](torch.as_tensor(x))
+        layer = layer[1]
+    if not isinstance(layer, BinaryLinear):
+        raise TypeError(f"linear_error_bound needs a converted BinaryLinear, got {type(layer).__name__}")
+    from . import reference as ref
+    xn = np.asarray(torch.as_tensor(x).detach().cpu().numpy(), dtype=np.float32)
+    bias = None if layer.bias is None else layer.bias.numpy()
+    return 2.0 * ref.binary_weight_matmul_error_bound(xn, layer.weights, bias=bias)
