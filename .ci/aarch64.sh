@@ -6,7 +6,7 @@
 #     packages with `apt-get download` + `dpkg -x`. Nothing arm64 is installed on the
 #     host (python3:arm64 would replace the host interpreter); arm64 is only added as a
 #     foreign dpkg architecture so that apt can find the packages;
-#  3. installs aarch64 wheels of numpy, cffi, pytest and hypothesis from PyPI with
+#  3. installs aarch64 wheels of numpy, cffi, pytest, hypothesis and gguf from PyPI with
 #     `pip install --platform ... --only-binary=:all: --target build/aarch64/deps`;
 #  4. cross-compiles the library, the cffi extension and the C kernel tests with
 #     cmake/toolchains/aarch64-linux-gnu.cmake, and runs ctest under qemu-aarch64
@@ -82,9 +82,10 @@ PY_A64=("qemu-aarch64" "$ROOT/usr/bin/python3.11")
 export PYTHONNOUSERSITE=1   # never pick up the host user's x86 site-packages
 "${PY_A64[@]}" -c 'import platform, sys; print("target python", sys.version.split()[0], platform.machine())'
 
-step "aarch64 wheels: numpy, cffi, pytest, hypothesis (pip --platform --target)"
+step "aarch64 wheels: numpy, cffi, pytest, hypothesis, gguf (pip --platform --target)"
 [ -x "$HOSTENV/bin/pip" ] || python3 -m venv "$HOSTENV"
-reqs=("numpy>=2.0" "cffi>=1.17" "pytest>=7" "hypothesis>=6")
+# gguf (pure Python; with pyyaml, requests, tqdm): tests/test_gguf.py and the README's example
+reqs=("numpy>=2.0" "cffi>=1.17" "pytest>=7" "hypothesis>=6" "gguf>=0.19")
 if [ -d "$DEPS" ] && [ "$(cat "$DEPS/.stamp" 2>/dev/null)" = "${reqs[*]}" ]; then
   echo "reusing $DEPS"
 else

@@ -11,7 +11,8 @@
 #        (tests/valgrind-python.supp), --error-exitcode and a grep of the per-process
 #        logs. Subset (valgrind is ~30-50x slower): see VALGRIND_TESTS below.
 #   bash .ci/robust.sh fuzz [SECONDS]    libFuzzer target for the raw packed-array C
-#        entry points (clang, ASan+UBSan) and the atheris target for PackedWeights.load,
+#        entry points (clang, ASan+UBSan) and the atheris targets for PackedWeights.load
+#        and takane_kernels.gguf.load,
 #        SECONDS each (default 15; ~1 min in all with the clang build), after replaying
 #        saved crash inputs. Prints executions. Longer local runs: bash .ci/robust.sh fuzz 600
 set -euo pipefail
@@ -126,17 +127,21 @@ fuzz)
   .venv/bin/pip install -q atheris
   CC=clang cmake -S tests/fuzz -B build/fuzz -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build/fuzz -j2 >/dev/null
-  mkdir -p build/fuzz/packed-corpus build/fuzz/load-corpus
+  mkdir -p build/fuzz/packed-corpus build/fuzz/load-corpus build/fuzz/gguf-corpus
   # saved C crash inputs first: each must now pass (libFuzzer runs file arguments once);
   # the load target's (tests/fuzz/load_regressions/) are replayed by the test suite
   for f in tests/fuzz/packed_regressions/*; do
     if [ -e "$f" ]; then build/fuzz/fuzz_packed "$f"; fi
   done
   .venv/bin/python tests/fuzz/fuzz_load.py --make-seeds build/fuzz/load-corpus >/dev/null
+  .venv/bin/python tests/fuzz/fuzz_gguf.py --make-seeds build/fuzz/gguf-corpus >/dev/null
   (cd build/fuzz && ./fuzz_packed -max_total_time="$secs" -print_final_stats=1 packed-corpus 2>&1 |
     grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|check failed")
   (cd build/fuzz && ../../.venv/bin/python ../../tests/fuzz/fuzz_load.py -max_total_time="$secs" \
     -print_final_stats=1 load-corpus 2>&1 |
+    grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|Error|Traceback")
+  (cd build/fuzz && ../../.venv/bin/python ../../tests/fuzz/fuzz_gguf.py -max_total_time="$secs" \
+    -print_final_stats=1 gguf-corpus 2>&1 |
     grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|Error|Traceback")
   if ls build/fuzz/crash-* build/fuzz/timeout-* build/fuzz/oom-* 2>/dev/null; then
     echo "fuzz: crash inputs above (copy them to tests/fuzz/*_regressions/ with a fix)"; exit 1

@@ -163,3 +163,11 @@ takane_status takane_binary_weight_matmul_prepacked_ex(
     const takane_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
     const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
     const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
+takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q,
+                                  int64_t q_row_stride, uint64_t *bits,
+                                  int64_t bits_row_stride, float *group_scale,
+                                  int64_t group_scale_row_stride);
+takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
+                                  int64_t bits_row_stride, const float *group_scale,
+                                  int64_t group_scale_row_stride, uint8_t *q,
+                                  int64_t q_row_stride);

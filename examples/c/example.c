@@ -1,7 +1,9 @@
 /*
  * takane_kernels from C: pack weights and activations, run the W1A1 matmul, and check it
  * against a naive loop over the ±1 values; then the W1A8 layer (Q8_0 activations, group
- * scales) against the float product. Exit status 0 when everything matches.
+ * scales) against the float product; then export the packed weights with one scale per 128
+ * weights as llama.cpp's GGUF Q1_0 blocks and import them back. Exit status 0 when
+ * everything matches.
  *
  * With CMake: see CMakeLists.txt next to this file. With pkg-config, in one line:
  *   cc example.c $(PKG_CONFIG_PATH=$(python -m takane_kernels --pkgconfig-dir) \
@@ -103,8 +105,40 @@ int main(void) {
         return 1;
     }
 
-    printf("takane_kernels %s (ABI %u), ISA %s: %dx%dx%d W1A1 matmul %s\n",
-           takane_version_string(), takane_abi_version(), takane_isa_name(takane_isa_last_used()),
-           M, N, K, mismatches ? "MISMATCH" : "matches the naive loop");
-    return mismatches ? 1 : 0;
+    const char *isa = takane_isa_name(takane_isa_last_used());
+
+    /* 6. GGUF Q1_0 (llama.cpp's 1-bit format): the first 128 columns of each weight row as
+     *    one Q1_0 block (fp16 scale d + the 16 bytes of sign bits), with d = mean |w| of
+     *    the block; and back. The bits come back unchanged, d as the fp16 nearest to it. */
+    enum { QK = 128, QBYTES = 18 };
+    static float gscale[N], gback[N];
+    static uint8_t q1_0[N][QBYTES];
+    static uint64_t qbits[N][QK / 64];
+    for (int j = 0; j < N; j++) {
+        float sum = 0.0f;
+        for (int c = 0; c < QK; c++) sum += w[j][c] < 0 ? -w[j][c] : w[j][c];
+        gscale[j] = sum / QK;
+    }
+    if (check(takane_bits_to_q1_0(N, QK, &wbits[0][0], KW, gscale, 1, &q1_0[0][0], QBYTES),
+              "takane_bits_to_q1_0") ||
+        check(takane_q1_0_to_bits(N, QK, &q1_0[0][0], QBYTES, &qbits[0][0], QK / 64, gback, 1),
+              "takane_q1_0_to_bits"))
+        return 1;
+    int q_mismatches = 0;
+    for (int j = 0; j < N; j++) {
+        const float err = gback[j] > gscale[j] ? gback[j] - gscale[j] : gscale[j] - gback[j];
+        q_mismatches += qbits[j][0] != wbits[j][0] || qbits[j][1] != wbits[j][1] ||
+                        err > gscale[j] / 2048.0f; /* fp16 keeps 11 significant bits */
+    }
+    /* K = 200 is not a whole number of Q1_0 blocks: reported, nothing written */
+    if (takane_bits_to_q1_0(N, K, &wbits[0][0], KW, NULL, 0, &q1_0[0][0], QBYTES) !=
+        TAKANE_ERR_BAD_GROUP_SIZE) {
+        fprintf(stderr, "expected TAKANE_ERR_BAD_GROUP_SIZE\n");
+        return 1;
+    }
+
+    printf("takane_kernels %s (ABI %u), ISA %s: %dx%dx%d W1A1 matmul %s; Q1_0 round trip %s\n",
+           takane_version_string(), takane_abi_version(), isa, M, N, K,
+           mismatches ? "MISMATCH" : "matches the naive loop", q_mismatches ? "MISMATCH" : "exact");
+    return mismatches || q_mismatches ? 1 : 0;
 }

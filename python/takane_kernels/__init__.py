@@ -12,6 +12,7 @@ from ._weights import MAX_K, PackedWeights
 from ._layers import binary_linear, binary_weight_matmul
 from ._adaptive import AdaptiveThreshold
 from ._interop import flip_polarity, from_packbits, to_packbits
+from ._q1_0 import from_q1_0, to_q1_0
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "default_threads",
     "binary_linear", "binary_weight_matmul", "AdaptiveThreshold",
     "from_packbits", "to_packbits", "flip_polarity",
+    "from_q1_0", "to_q1_0",
 ]
 
 

@@ -38,6 +38,12 @@ def check_load_bytes(data: bytes, path: str) -> str:
         assert not np.any(bits[:, -1] >> np.uint64(pw.k % 64)), "padding bits accepted"
     for v, length in ((pw.scale, pw.n), (pw.in_scale, pw.k)):
         assert v is None or (v.dtype == np.float32 and v.shape == (length,) and np.all(np.isfinite(v)))
+    assert (pw.group_scale is None) == (pw.group_size is None)
+    if pw.group_size is not None:  # format version 2
+        g = pw.group_size
+        assert isinstance(g, int) and g > 0 and g % 64 == 0
+        gs = pw.group_scale
+        assert gs.dtype == np.float32 and gs.shape == (pw.n, -(-pw.k // g)) and np.all(np.isfinite(gs))
     pw.save(path)
     assert tk.PackedWeights.load(path) == pw
     if pw.n and pw.k <= 1 << 16:
@@ -61,6 +67,7 @@ def make_seeds(directory: str) -> list[str]:
     for i, (n, k, kw) in enumerate([
         (3, 70, {}), (2, 64, {"scale": None}), (1, 1, {"in_scale": np.ones(1)}),
         (0, 5, {}), (4, 0, {"scale": None}), (2, 129, {"in_scale": np.arange(129.0)}),
+        (3, 200, {"group_size": 128}), (2, 64, {"group_size": 64, "in_scale": np.ones(64)}),  # version 2
     ]):
         pw = tk.pack_weights(rng.standard_normal((n, k)), **kw)
         p = os.path.join(directory, f"seed{i}.npz")

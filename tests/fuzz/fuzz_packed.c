@@ -5,7 +5,9 @@
  * bits: NaN, infinities, signed zeros, subnormals), takane_binary_linear_bits, and the
  * W1A-float / W1A8 entry points with group scales and an activations mode
  * (takane_binary_weight_matmul_ex and _prepacked_ex: raw float bits in x and the group
- * scales, any group_size and mode; results within the documented bound of a plain model).
+ * scales, any group_size and mode; results within the documented bound of a plain model),
+ * and the GGUF Q1_0 converters takane_q1_0_to_bits / takane_bits_to_q1_0 (raw block bytes and raw float
+ * scales: infinities, NaN, fp16 overflow, subnormals, ties).
  *
  * The input decides the dimensions, the row strides (0 = every row is the same data,
  * or padded rows), the ISA (any supported one), the thread count, and the contents of
@@ -389,6 +391,110 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
             }
     }
     free(x), free(g), free(w), free(y);
+/* ---- GGUF Q1_0 ------------------------------------------------------------------------- */
+
+/* fp16 bits -> value, by the definition (double arithmetic, exact). */
+static double plain_f16(uint16_t h) {
+    const int e = (h >> 10) & 31, m = h & 1023;
+    const double v = e ? ldexp(1024 + m, e - 25) : ldexp(m, -24);
+    return (h & 0x8000) ? -v : v;
+}
+
+/* The fp16 value nearest to a finite float (ties to even), or 0 in *ok if it overflows. */
+static double plain_round_f16(float g, int *ok) {
+    const double a = fabs((double)g);
+    int e;
+    frexp(a, &e); /* a = f * 2^e, f in [0.5, 1) */
+    if (a == 0) e = -13;
+    if (e - 1 < -14) e = -13; /* subnormals share the exponent of the smallest normal */
+    const double ulp = ldexp(1.0, e - 1 - 10);
+    const double r = nearbyint(a / ulp) * ulp; /* a / ulp is exact; default mode: ties to even */
+    *ok = r <= 65504.0;
+    return g < 0 || (g == 0 && signbit(g)) ? -r : r;
+}
+
+static void fuzz_q1_0(cursor *c, int64_t n, int64_t k) {
+    const int64_t nb = k / 128, rb = nb * 18;
+    const int64_t qs = (take(c, 1) % 3 == 0 && n > 0) ? 0 : rb + (int64_t)(take(c, 1) % 3);
+    const size_t ql = (size_t)((n > 0 ? (n - 1) * qs : 0) + rb);
+    uint8_t *q = (uint8_t *)malloc(ql ? ql : 1);
+    CHECK(q);
+    for (size_t i = 0; i < ql; i++) q[i] = (uint8_t)take(c, 1);
+    int bad_d = 0;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t *blk = q + r * qs + b * 18;
+            if (take(c, 1) & 1) blk[1] &= 0xBF; /* mostly finite: clear an exponent bit */
+        }
+    for (int64_t r = 0; r < n; r++) /* after the edits: rows may share bytes (stride 0) */
+        for (int64_t b = 0; b < nb; b++) bad_d |= (q[r * qs + b * 18 + 1] & 0x7C) == 0x7C;
+    const int64_t bs = nb * 2 + 1, gs = nb + 1;
+    uint64_t *bits = (uint64_t *)malloc((size_t)(n * bs + 1) * sizeof *bits);
+    float *g = (float *)malloc((size_t)(n * gs + 1) * sizeof *g);
+    CHECK(bits && g);
+    for (int64_t i = 0; i < n * bs + 1; i++) bits[i] = SENTINEL_U64;
+    for (int64_t i = 0; i < n * gs + 1; i++) g[i] = -7.0f;
+    takane_status st = takane_q1_0_to_bits(n, k, q, qs, bits, bs, g, gs);
+    if (k % 128) {
+        CHECK(st == TAKANE_ERR_BAD_GROUP_SIZE);
+    } else if (bad_d && n > 0) {
+        CHECK(st == TAKANE_ERR_NOT_FINITE);
+        for (int64_t i = 0; i < n * bs + 1; i++) CHECK(bits[i] == SENTINEL_U64);
+    } else {
+        CHECK(st == TAKANE_OK);
+        for (int64_t r = 0; r < n; r++) {
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = q + r * qs + b * 18;
+                for (int j = 0; j < 128; j++) /* ggml: bit (qs[j/8] >> j%8) & 1 is weight j */
+                    CHECK(((bits[r * bs + 2 * b + j / 64] >> (j % 64)) & 1) ==
+                          (uint64_t)((blk[2 + j / 8] >> (j % 8)) & 1));
+                CHECK((double)g[r * gs + b] == plain_f16((uint16_t)(blk[0] | blk[1] << 8)));
+            }
+            CHECK(bits[r * bs + 2 * nb] == SENTINEL_U64 && g[r * gs + nb] == -7.0f);
+        }
+    }
+    /* export: raw float scales (mostly in fp16 range) back to blocks */
+    if (k % 128 == 0) {
+        int overflow = 0;
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t b = 0; b < nb; b++) {
+                float v;
+                uint32_t raw = (uint32_t)take(c, 4);
+                if (raw & 1) raw = (raw & 0x8FFFFFFFu) | 0x30000000u; /* exponent near fp16's */
+                memcpy(&v, &raw, 4);
+                g[r * gs + b] = v;
+                int ok;
+                if (v != v || isinf(v)) ok = 0;
+                else (void)plain_round_f16(v, &ok);
+                overflow |= !ok;
+            }
+        for (int64_t r = 0; r < n; r++) /* clean bits: the import above may have failed */
+            for (int64_t q2 = 0; q2 < nb * 2; q2++) bits[r * bs + q2] = take(c, 8);
+        const int64_t os = rb + 1;
+        uint8_t *out = (uint8_t *)malloc((size_t)(n * os + 1));
+        CHECK(out);
+        memset(out, 0xEE, (size_t)(n * os + 1));
+        st = takane_bits_to_q1_0(n, k, bits, bs, g, gs, out, os);
+        if (overflow && n > 0 && nb > 0) {
+            CHECK(st == TAKANE_ERR_NOT_FINITE);
+            for (int64_t i = 0; i < n * os + 1; i++) CHECK(out[i] == 0xEE);
+        } else {
+            CHECK(st == TAKANE_OK);
+            for (int64_t r = 0; r < n; r++) {
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *blk = out + r * os + b * 18;
+                    int ok;
+                    const double want = plain_round_f16(g[r * gs + b], &ok);
+                    const uint16_t h = (uint16_t)(blk[0] | blk[1] << 8);
+                    CHECK(plain_f16(h) == want && signbit(plain_f16(h)) == signbit(want));
+                    CHECK(memcmp(blk + 2, bits + r * bs + 2 * b, 16) == 0);
+                }
+                CHECK(out[r * os + rb] == 0xEE);
+            }
+        }
+        free(out);
+    }
+    free(q), free(bits), free(g);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -399,7 +505,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (supported & (1u << i)) isas[nisa++] = i;
     const int isa = isas[take(&c, 1) % (uint64_t)nisa];
     CHECK(takane_isa_force((takane_isa)isa) == TAKANE_OK);
-    const int op = (int)(take(&c, 1) % 3);
+    const int op = (int)(take(&c, 1) % 4);
     const int64_t m = (int64_t)(take(&c, 1) % 19);
     const int64_t n = (int64_t)(take(&c, 1) % 40);
     const uint64_t kb = take(&c, 2);
@@ -410,7 +516,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const int threads = (int)(take(&c, 1) % 4); /* 0 = default, 1..3 */
     if (op == 0) fuzz_matmul(&c, m, n, k, threads);
     else if (op == 1) fuzz_floats(&c, m, n, k, threads);
-    else fuzz_wq8(&c, m, n, k, threads);
+    else if (op == 2) fuzz_wq8(&c, m, n, k, threads);
+    else fuzz_q1_0(&c, n, (kb & 0x4000) ? k : (int64_t)(kb % 6) * 128); /* mostly whole blocks */
     CHECK(takane_isa_active() == (takane_isa)isa);
     return 0;
 }

@@ -368,6 +368,35 @@ TAKANE_API takane_status takane_binary_weight_matmul_prepacked_ex(
     const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
     const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
 
+/* ---- GGUF Q1_0 import / export -------------------------------------------------------- */
+
+/* llama.cpp's Q1_0 (GGUF tensor type 41) holds a row of k weights (k a multiple of 128) as
+ * k/128 blocks of 18 bytes: d, an IEEE fp16 stored little-endian, then 16 bytes of signs:
+ * weight j of the block is bit (j % 8) of byte (j / 8), bit 1 = +d, bit 0 = -d. Those 16
+ * bytes are the block's two canonical words (little-endian), so both directions copy the
+ * bits unchanged and convert only d. The scale of weight c of row r is
+ * group_scale[r * group_scale_row_stride + c / 128] (group size 128).
+ * Strides: q_row_stride in bytes, bits_row_stride in words, group_scale_row_stride in
+ * floats; output strides must be >= the row length when n > 1 (k/128*18 bytes, k/64 words,
+ * k/128 floats). Errors, checked before anything is written: k % 128 != 0 gives
+ * TAKANE_ERR_BAD_GROUP_SIZE; k > TAKANE_MAX_K gives TAKANE_ERR_K_TOO_LARGE. */
+
+/* Q1_0 rows -> canonical bits (n rows of k/64 words) and float32 group scales (n rows of
+ * k/128; the exact value of each d). group_scale may be NULL (the scales are not wanted).
+ * A d that is fp16 infinity or NaN gives TAKANE_ERR_NOT_FINITE. */
+TAKANE_API takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q,
+                                             int64_t q_row_stride, uint64_t *bits,
+                                             int64_t bits_row_stride, float *group_scale,
+                                             int64_t group_scale_row_stride);
+/* Canonical bits and float32 group scales -> Q1_0 rows; d = the group scale rounded to
+ * fp16 (to nearest, ties to even, subnormals kept). group_scale NULL writes d = 1.0. A NaN
+ * or infinite scale, or one whose magnitude rounds past the largest fp16 (|g| >= 65520),
+ * gives TAKANE_ERR_NOT_FINITE. */
+TAKANE_API takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
+                                             int64_t bits_row_stride, const float *group_scale,
+                                             int64_t group_scale_row_stride, uint8_t *q,
+                                             int64_t q_row_stride);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,366 @@
+"""GGUF files (llama.cpp's model format) in and out (extra ``gguf``).
+
+``load(path)`` returns ``{name: tensor}``: Q1_0 tensors (GGUF type 41, llama.cpp's 1-bit
+format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, the bits copied
+unchanged, see :func:`takane_kernels.from_q1_0`), F32 and F16 tensors as numpy arrays
+(shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``).
+``load_metadata(path)`` returns the key/value metadata. ``save(path, tensors, arch=...,
+metadata=...)`` writes a GGUF file that llama.cpp reads: PackedWeights become Q1_0
+(:func:`takane_kernels.to_q1_0`), float32 / float16 arrays F32 / F16.
+
+The file format itself is read and written by the ``gguf`` package (llama.cpp's own Python
+library: ``GGUFReader`` / ``GGUFWriter``); this module adds the conversions and makes the
+reader safe on untrusted files. Every declared length (strings, arrays, tensor data) is
+checked against the bytes the file really has *before* anything is read or allocated, and
+every other defect (truncation, unknown or wrong types, lying shapes, overlapping or
+misaligned tensor data, invalid UTF-8, ...) is reported as ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+try:
+    import gguf as _gguf
+    from gguf import GGMLQuantizationType, GGUFValueType
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "takane_kernels.gguf needs the gguf package: pip install 'takane-kernels[gguf]' (or pip install gguf)"
+    ) from e
+
+from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, from_q1_0, to_q1_0
+from ._weights import PackedWeights
+
+__all__ = ["load", "load_metadata", "save", "GGUFValueType"]
+
+if int(GGMLQuantizationType.Q1_0) != Q1_0_GGML_TYPE:  # pragma: no cover - a gguf release renumbering it
+    raise ImportError("takane_kernels.gguf: this gguf package numbers Q1_0 differently from llama.cpp (41)")
+
+GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
+GGML_MAX_NAME = 64  # tensor names are at most 63 bytes (plus the C string's NUL)
+
+_SCALAR_NP = {  # metadata scalar types -> numpy dtype (the reader's own table)
+    GGUFValueType.UINT8: np.uint8, GGUFValueType.INT8: np.int8,
+    GGUFValueType.UINT16: np.uint16, GGUFValueType.INT16: np.int16,
+    GGUFValueType.UINT32: np.uint32, GGUFValueType.INT32: np.int32,
+    GGUFValueType.FLOAT32: np.float32, GGUFValueType.UINT64: np.uint64,
+    GGUFValueType.INT64: np.int64, GGUFValueType.FLOAT64: np.float64,
+    GGUFValueType.BOOL: np.bool_,
+}
+_NP_SCALAR = {np.dtype(v): k for k, v in _SCALAR_NP.items()}
+
+
+class _HostileFile(ValueError):
+    pass
+
+
+class _CheckedReader(_gguf.GGUFReader):
+    """``GGUFReader`` with every read checked against the file's size first.
+
+    The stock reader slices a memory map, and a slice past the end is silently short; an
+    array declaring 2**60 elements of a fixed-size type would then loop (and append to a
+    list) 2**60 times. Here a read that would pass the end of the file, and an array whose
+    declared length cannot fit in the bytes left, raise before anything happens, so work
+    and memory stay proportional to the file's real size.
+    """
+
+    def _get(self, offset, dtype, count=1, override_order=None):
+        count = int(count)
+        offset = int(offset)
+        itemsize = np.dtype(dtype).itemsize
+        if offset < 0 or count < 0 or offset + itemsize * count > len(self.data):
+            raise _HostileFile(
+                f"declares {count} item(s) of {itemsize} bytes at offset {offset}, past the end of "
+                f"the {len(self.data)}-byte file (truncated, or a lying length)"
+            )
+        return super()._get(offset, dtype, count, override_order)
+
+    def _get_field_parts(self, orig_offs, raw_type):
+        if int(raw_type) == GGUFValueType.ARRAY:
+            itype = int(self._get(orig_offs, np.uint32)[0])
+            alen = int(self._get(orig_offs + 4, np.uint64)[0])
+            try:
+                it = GGUFValueType(itype)
+            except ValueError:
+                raise _HostileFile(f"array of unknown value type {itype} at offset {orig_offs}") from None
+            if it in _SCALAR_NP:
+                least = np.dtype(_SCALAR_NP[it]).itemsize
+            elif it == GGUFValueType.STRING:
+                least = 8  # the length prefix
+            else:
+                least = 12  # a nested array: type + length
+            left = len(self.data) - (orig_offs + 12)
+            if alen * least > left:
+                raise _HostileFile(
+                    f"array at offset {orig_offs} declares {alen} elements of >= {least} bytes, "
+                    f"but only {left} bytes are left in the file"
+                )
+        return super()._get_field_parts(orig_offs, raw_type)
+
+
+def _open(path) -> _CheckedReader:
+    name = repr(os.fspath(path))
+    try:
+        reader = _CheckedReader(path, "r")
+    except Exception as e:  # noqa: BLE001 - hostile bytes raise many types inside the reader
+        # (IndexError/KeyError/OverflowError/UnicodeDecodeError/RecursionError/MemoryError...):
+        # every one of them is a corrupt file, which this module reports as ValueError
+        raise ValueError(f"{name} is not a readable GGUF file: {type(e).__name__}: {e}") from e
+    if reader.byte_order != "I":
+        raise ValueError(f"{name}: big-endian GGUF files are not supported")
+    return reader
+
+
+def _check_tensors(reader: _CheckedReader, name: str) -> None:
+    """Shapes, offsets and sizes of every tensor agree with each other and the file."""
+    spans = []
+    for t in reader.tensors:
+        dims = [int(d) for d in t.shape]
+        if not 1 <= len(dims) <= GGML_MAX_DIMS:
+            raise ValueError(f"{name}: tensor {t.name!r} has {len(dims)} dimensions (1..{GGML_MAX_DIMS})")
+        n = math.prod(dims)
+        if any(d >= 2**63 for d in dims) or n >= 2**63:
+            raise ValueError(f"{name}: tensor {t.name!r} declares an impossible shape {dims}")
+        block, type_size = _gguf.GGML_QUANT_SIZES[t.tensor_type]
+        if dims[0] % block:
+            raise ValueError(f"{name}: tensor {t.name!r} has ne0={dims[0]}, not a multiple of its "
+                             f"type's block of {block}")
+        nbytes = n // block * type_size
+        if t.data.nbytes != nbytes or t.n_bytes != nbytes:
+            raise ValueError(f"{name}: tensor {t.name!r}: shape {dims} needs {nbytes} bytes, "
+                             f"the file maps {t.data.nbytes}")
+        if (t.data_offset - reader.data_offset) % reader.alignment:
+            raise ValueError(f"{name}: tensor {t.name!r} data offset {t.data_offset} is not aligned "
+                             f"to {reader.alignment}")
+        spans.append((t.data_offset, t.data_offset + nbytes, t.name))
+    spans.sort()
+    for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+        if s1 < e0:
+            raise ValueError(f"{name}: tensors {n0!r} and {n1!r} overlap in the file")
+
+
+def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, PackedWeights | np.ndarray]:
+    """Read the tensors of a GGUF file: Q1_0 -> PackedWeights (N, K), F32 / F16 -> numpy
+    arrays (owned copies, numpy axis order).
+
+    ``unsupported``: what to do with tensors of other types (Q4_0, BF16, ...):
+    ``"error"`` (``ValueError`` naming the tensor and type) or ``"skip"`` (left out).
+    Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file (metadata
+    included: it is decoded and checked too) -> ``ValueError``.
+    """
+    if unsupported not in ("error", "skip"):
+        raise ValueError(f"unsupported must be 'error' or 'skip', got {unsupported!r}")
+    name = repr(os.fspath(path))
+    reader = _open(path)
+    try:
+        _metadata(reader, name, False)  # a file whose metadata does not decode is corrupt
+        _check_tensors(reader, name)
+        out: dict[str, PackedWeights | np.ndarray] = {}
+        for t in reader.tensors:
+            tt = t.tensor_type
+            if tt == GGMLQuantizationType.Q1_0:
+                dims = [int(d) for d in t.shape]
+                if len(dims) != 2:
+                    raise ValueError(f"{name}: Q1_0 tensor {t.name!r} has shape {dims}: a weight "
+                                     f"matrix must be 2-D [K, N]")
+                k, n = dims
+                try:
+                    out[t.name] = from_q1_0(np.asarray(t.data).reshape(n, k // Q1_0_BLOCK * Q1_0_BLOCK_BYTES), k)
+                except ValueError as e:
+                    raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
+            elif tt in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                out[t.name] = np.array(t.data, dtype=np.float32 if tt == GGMLQuantizationType.F32 else np.float16)
+            elif unsupported == "error":
+                raise ValueError(f"{name}: tensor {t.name!r} has type {tt.name}, which takane_kernels.gguf "
+                                 f"does not read (Q1_0, F32, F16); pass unsupported='skip' to leave it out")
+        return out
+    finally:
+        del reader  # drop the memory map now (the arrays returned are copies)
+
+
+def _field_value(field):
+    types = field.types
+    if types and types[0] == GGUFValueType.ARRAY:
+        sub = types[-1] if len(types) > 1 else None
+        if sub is not None and sub != GGUFValueType.STRING and sub != GGUFValueType.ARRAY:
+            parts = [field.parts[i] for i in field.data]
+            return np.concatenate(parts).astype(_SCALAR_NP[sub]) if parts else np.empty(0, _SCALAR_NP[sub])
+    value = field.contents()
+    if types and types[0] == GGUFValueType.BOOL:
+        value = bool(value)
+    return value
+
+
+def _metadata(reader: _CheckedReader, name: str, typed: bool) -> dict[str, object]:
+    try:
+        out = {}
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF."):  # the reader's own header pseudo-fields
+                continue
+            value = _field_value(field)
+            if typed:
+                vtype = field.types[0]
+                if vtype == GGUFValueType.ARRAY:
+                    # the element type as stored (also for an empty array): KV parts are
+                    # [key length, key, value type, element type, length, elements...]
+                    vtype = GGUFValueType(int(field.parts[3][0]))
+                    if vtype == GGUFValueType.ARRAY:
+                        raise ValueError(f"metadata {key!r}: nested arrays are not supported")
+                value = (value.tolist() if isinstance(value, np.ndarray) else value, vtype)
+            out[key] = value
+        return out
+    except Exception as e:  # noqa: BLE001 - invalid UTF-8, nested arrays of mixed types, ...
+        raise ValueError(f"{name}: unreadable metadata: {type(e).__name__}: {e}") from e
+
+
+def load_metadata(path: str | os.PathLike, *, typed: bool = False) -> dict[str, object]:
+    """The key/value metadata of a GGUF file (``general.architecture`` included): str, int,
+    float, bool, list of str, or numpy arrays (arrays of numbers, in their GGUF type).
+
+    ``typed=True`` gives each value as ``(value, GGUFValueType)`` (for an array: the
+    element type), the form :func:`save` accepts, so ``save(p2, load(p), arch=...,
+    metadata=load_metadata(p, typed=True))`` rewrites a file with every type kept.
+    A corrupt file -> ``ValueError``.
+    """
+    reader = _open(path)
+    try:
+        return _metadata(reader, repr(os.fspath(path)), typed)
+    finally:
+        del reader
+
+
+def _int_type(v: int, key: str) -> GGUFValueType:
+    if 0 <= v < 2**32:
+        return GGUFValueType.UINT32
+    if -(2**31) <= v < 0:
+        return GGUFValueType.INT32
+    if -(2**63) <= v < 2**63:
+        return GGUFValueType.INT64
+    if 0 <= v < 2**64:
+        return GGUFValueType.UINT64
+    raise ValueError(f"metadata {key!r}: integer {v} does not fit 64 bits")
+
+
+def _typed(key: str, value) -> tuple[object, GGUFValueType, GGUFValueType | None]:
+    """(value, type, array element type) for the writer, see :func:`save`."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], GGUFValueType):
+        v, t = value
+        if isinstance(v, (list, tuple, np.ndarray)):
+            if t == GGUFValueType.ARRAY:
+                raise ValueError(f"metadata {key!r}: give an array's element type, not ARRAY")
+            items = v.tolist() if isinstance(v, np.ndarray) else list(v)
+            if not items:
+                raise ValueError(f"metadata {key!r}: empty array")
+            return items, GGUFValueType.ARRAY, t
+        return v, t, None
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or value.size == 0:
+            raise ValueError(f"metadata {key!r}: arrays must be 1-D and non-empty, got shape {value.shape}")
+        sub = _NP_SCALAR.get(value.dtype)
+        if sub is None:
+            if value.dtype.kind == "U":
+                return value.tolist(), GGUFValueType.ARRAY, GGUFValueType.STRING
+            raise TypeError(f"metadata {key!r}: array dtype {value.dtype} has no GGUF type")
+        return value.tolist(), GGUFValueType.ARRAY, sub
+    if isinstance(value, np.generic):
+        t = _NP_SCALAR.get(value.dtype)
+        if t is None:
+            raise TypeError(f"metadata {key!r}: {value.dtype} has no GGUF type")
+        return value.item(), t, None
+    if isinstance(value, bool):
+        return value, GGUFValueType.BOOL, None
+    if isinstance(value, int):
+        return value, _int_type(value, key), None
+    if isinstance(value, float):
+        return value, GGUFValueType.FLOAT32, None
+    if isinstance(value, str):
+        return value, GGUFValueType.STRING, None
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        if not items:
+            raise ValueError(f"metadata {key!r}: empty array")
+        if all(isinstance(i, str) for i in items):
+            return items, GGUFValueType.ARRAY, GGUFValueType.STRING
+        if all(isinstance(i, bool) for i in items):
+            return items, GGUFValueType.ARRAY, GGUFValueType.BOOL
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            fits = all(-(2**31) <= i < 2**31 for i in items)
+            return items, GGUFValueType.ARRAY, GGUFValueType.INT32 if fits else GGUFValueType.INT64
+        if all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in items):
+            return [float(i) for i in items], GGUFValueType.ARRAY, GGUFValueType.FLOAT32
+        raise TypeError(f"metadata {key!r}: a list must hold only str, only bool, or only numbers")
+    raise TypeError(f"metadata {key!r}: {type(value).__name__} has no GGUF type")
+
+
+def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarray], *, arch: str,
+         metadata: Mapping[str, object] | None = None) -> None:
+    """Write ``tensors`` and ``metadata`` as a GGUF file (version 3, little-endian) that
+    llama.cpp can load; atomically (a temporary file renamed into place).
+
+    ``tensors``: name -> :class:`PackedWeights` (written as Q1_0 via :func:`to_q1_0`:
+    K % 128 == 0, see there for scales) or a float32 / float16 numpy array (F32 / F16,
+    1 to 4 dims, numpy axis order: an (N, K) array is GGUF ``ne = [K, N]``). Names are at
+    most 63 UTF-8 bytes. ``arch`` is ``general.architecture`` (e.g. ``"llama"``).
+
+    ``metadata``: key -> value, typed as llama.cpp expects: bool -> BOOL, int -> UINT32
+    (INT32 if negative, 64-bit if it does not fit), float -> FLOAT32, str -> STRING, a list
+    of str / bool / int / float -> ARRAY of STRING / BOOL / INT32 / FLOAT32, a numpy scalar
+    or 1-D array -> its own type. For any other type pass ``(value, GGUFValueType.X)`` (for a
+    list: X is the element type).
+    """
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be a non-empty str (general.architecture), got {arch!r}")
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping name -> PackedWeights | ndarray, got {type(tensors).__name__}")
+    metadata = {} if metadata is None else metadata
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    kv = []
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"metadata keys must be non-empty str, got {key!r}")
+        if key == "general.architecture":
+            given = value[0] if isinstance(value, tuple) and len(value) == 2 else value
+            if given != arch:
+                raise ValueError(f"metadata general.architecture={value!r} disagrees with arch={arch!r}")
+            continue
+        kv.append((key, *_typed(key, value)))
+    items = []
+    for tname, t in tensors.items():
+        if not isinstance(tname, str) or not tname or len(tname.encode()) >= GGML_MAX_NAME:
+            raise ValueError(f"tensor names must be non-empty str of at most {GGML_MAX_NAME - 1} bytes, got {tname!r}")
+        if isinstance(t, PackedWeights):
+            q = to_q1_0(t)
+            items.append((tname, q, GGMLQuantizationType.Q1_0))
+        elif isinstance(t, np.ndarray):
+            if t.dtype not in (np.float32, np.float16):
+                raise TypeError(f"tensor {tname!r}: arrays must be float32 or float16, got {t.dtype}")
+            if not 1 <= t.ndim <= GGML_MAX_DIMS:
+                raise ValueError(f"tensor {tname!r}: 1 to {GGML_MAX_DIMS} dimensions, got shape {t.shape}")
+            items.append((tname, np.ascontiguousarray(t, dtype=t.dtype.newbyteorder("<")), None))
+        else:
+            raise TypeError(f"tensor {tname!r}: expected PackedWeights or a numpy array, got {type(t).__name__}")
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        writer = _gguf.GGUFWriter(tmp, arch)
+        for key, value, vtype, sub in kv:
+            writer.add_key_value(key, value, vtype, sub_type=sub)
+        for tname, data, raw in items:
+            if raw is None:
+                writer.add_tensor(tname, data)
+            else:  # the Q1_0 bytes, passed through: the writer derives ne from the byte shape
+                writer.add_tensor(tname, data, raw_dtype=raw)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
