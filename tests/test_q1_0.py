@@ -291,19 +291,13 @@ def test_c_q1_0_strides_null_scales_and_untouched_outputs_on_error():
 
 
 def test_w1a_float_on_q1_0_weights_matches_the_dequantized_product(isa_name, on_isa):
-    """The kernels compute with Q1_0 weights as ggml dequantizes them (needs the group-scale
-    kernels of the q8 work; skipped with that reason until they are in this build)."""
+    """The kernels compute with Q1_0 weights as ggml dequantizes them."""
     from conftest import assert_ran
 
     q = q1_0_bytes(np.random.default_rng(12), 5, 384, d=np.linspace(-2, 3, 15).reshape(5, 3))
     w = tk.from_q1_0(q, 384)
     x = np.random.default_rng(13).standard_normal((3, 384)).astype(np.float32)
-    try:
-        y = tk.binary_weight_matmul(x, w)
-    except ValueError as e:
-        if "not supported by this build" in str(e):
-            pytest.skip("group-scale kernels not in this build yet (the q8 helper's branch)")
-        raise
+    y = tk.binary_weight_matmul(x, w)
     assert_ran(isa_name)
     exact = ref.binary_weight_matmul(x, w)
     np.testing.assert_allclose(exact, x.astype(np.float64) @ ggml_dequantize(q, 384).T.astype(np.float64),

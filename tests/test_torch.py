@@ -238,21 +238,6 @@ def test_readme_torch_example_runs(tmp_path, monkeypatch):
 
 # ---- group scales, W1A8 (q8_0 activations) and Q1_0 weights -----------------------------
 
-def _q8_or_skip(fn):
-    """Run fn(); skip (saying why) when this build's binary_weight_matmul has no group-scale
-    or q8_0 kernels yet — they come with the q8 work of issue 12, merged separately."""
-    try:
-        return fn()
-    except TypeError as e:
-        if "activations" in str(e):
-            pytest.skip("binary_weight_matmul(activations=) is not in this build yet (the q8 work)")
-        raise
-    except ValueError as e:
-        if "not supported by this build" in str(e):
-            pytest.skip("group-scale kernels are not in this build yet (the q8 work)")
-        raise
-
-
 def _q1_0_bytes(n, k, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 256, (n, k // 128, 18), dtype=np.uint8)
@@ -283,12 +268,11 @@ def test_from_linear_group_size_packs_group_scales():
 
 @pytest.mark.parametrize("group_size", [None, 128, 192])
 def test_w1a8_within_the_q8_0_bound(on_isa, group_size):
-    """Needs the q8 work's kernels (skipped with that reason before it is merged)."""
     k, n = 300, 41
     lin = _linear(k, n, seed=7)
     m = BinaryLinear.from_linear(lin, mode="w1a8", group_size=group_size)
     x = _x((5, k), seed=8)
-    y = _q8_or_skip(lambda: m(x))
+    y = m(x)
     assert_ran(on_isa)
     assert y.shape == (5, n) and y.dtype == torch.float32
     b = lin.bias.detach().numpy()
@@ -300,11 +284,10 @@ def test_w1a8_within_the_q8_0_bound(on_isa, group_size):
 
 
 def test_w1a_float_with_group_scales_within_bound(on_isa):
-    """Needs the q8 work's group-scale kernels (skipped with that reason before)."""
     lin = _linear(256, 30, seed=9)
     m = BinaryLinear.from_linear(lin, mode="w1a_float", group_size=128)
     x = _x((3, 256), seed=10)
-    y = _q8_or_skip(lambda: m(x))
+    y = m(x)
     assert_ran(on_isa)
     b = lin.bias.detach().numpy()
     exact = ref.binary_weight_matmul(x.numpy(), m.weights, bias=b)

@@ -3,9 +3,7 @@ QuantLinear / QuantConv2d, convert() to the kernels on every ISA, state dicts, t
 
 Skipped (with the reason) when PyTorch is not installed; with TAKANE_REQUIRE_TORCH=1 (CI)
 a missing torch is an error instead, so these tests cannot silently not run. Nothing in
-here skips otherwise: features that other work adds (BinaryLinear mode "w1a8", the group
-scale kernels, BinaryConv2d, torch.library ops) are tested for their clear error while
-absent and for their result once present.
+here skips otherwise.
 """
 
 from __future__ import annotations
@@ -506,17 +504,6 @@ def test_convert_sign_input_with_onebit_scales(on_isa):
     assert (np.abs(y.numpy().astype(np.float64) - t.numpy()) <= linear_error_bound(x, c)).all()
 
 
-def _group_kernels_present() -> bool:
-    w = tk.pack_weights(np.ones((1, 64), np.float32), group_size=64)
-    try:
-        tk.binary_weight_matmul(np.ones((1, 64), np.float32), w)
-    except ValueError as e:
-        if "not supported by this build" in str(e):
-            return False
-        raise
-    return True
-
-
 def test_convert_group_scales(on_isa):
     torch.manual_seed(4)
     q = QuantLinear(320, 24, scale="group", group_size=128).eval()
@@ -524,10 +511,6 @@ def test_convert_group_scales(on_isa):
     assert b.weights.group_size == 128 and b.weights.group_scale.shape == (24, 3)
     assert np.array_equal(b.weights.group_scale, q.group_scales().detach().numpy())
     x = _x((3, 320), seed=22)
-    if not _group_kernels_present():
-        with pytest.raises(ValueError, match="group scales"):
-            b(x)
-        return
     y = b(x)
     assert_ran(on_isa)
     with torch.no_grad():
@@ -538,19 +521,10 @@ def test_convert_group_scales(on_isa):
 def test_convert_q8_0_activations(on_isa):
     torch.manual_seed(5)
     q = QuantLinear(256, 40).eval()
-    if "w1a8" not in tkt.MODES:
-        with pytest.raises(ValueError, match="w1a8"):
-            convert(q, activations="q8_0")
-        return
     b = convert(q, activations="q8_0")
     assert b.mode == "w1a8"
     x = _x((4, 256), seed=23)
-    try:
-        y = b(x)
-    except TypeError as e:  # BinaryLinear has mode "w1a8" (llmfmt) before the q8_0 kernels (q8)
-        if "activations" not in str(e):
-            raise
-        pytest.skip("binary_weight_matmul(activations=) is not in this build yet (the q8 work)")
+    y = b(x)
     assert_ran(on_isa)
     bias = q.bias.detach().numpy()
     exact = ref.binary_weight_matmul(x.numpy(), b.weights, bias=bias, activations="q8_0")
