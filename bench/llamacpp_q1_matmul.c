@@ -27,7 +27,7 @@
 #include "ggml.h"
 #include "ggml-cpu.h"
 
-#define MAX_MATS 64
+#define MAX_MATS 4096
 
 static double now_s(void) {
     struct timespec ts;

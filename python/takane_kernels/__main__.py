@@ -14,6 +14,10 @@ installed in the package and exit (see README, "Use from C").
 
 ``python -m takane_kernels demo [--seeds 5 --epochs 60 --out DIR]`` instead trains and
 measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
+
+``python -m takane_kernels llm [--gguf PATH] [--threads 1 2] [--json]`` times the linear
+layers of a 1-bit LLM, decode and prefill, against DRAM bandwidth and llama.cpp
+(``takane_kernels._llm``).
 """
 
 from __future__ import annotations
@@ -197,6 +201,10 @@ def main(argv=None) -> int:
         from takane_kernels._demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["llm"]:  # the 1-bit LLM decode benchmark (python -m takane_kernels llm --help)
+        from takane_kernels._llm import main as llm_main
+
+        return llm_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
