@@ -19,7 +19,7 @@ import pytest
 import takane_kernels as tk
 from takane_kernels import _llm
 
-TINY = ["--hidden", "128", "--ffn", "192", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
+TINY = ["--hidden", "128", "--ffn", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
 
 
 def test_llama_shapes_are_tinyllama_widths():
@@ -114,7 +114,7 @@ def run_cli(*args, env_update=None):
 
 def test_cli_json_report():
     report, _ = run_cli("--threads", "1", "2")
-    assert report["matrices"] == 14 and report["params"] == 2 * (2 * 128 * 128 + 2 * 64 * 128 + 3 * 192 * 128)
+    assert report["matrices"] == 14 and report["params"] == 2 * (2 * 128 * 128 + 2 * 64 * 128 + 3 * 256 * 128)
     assert {(r["mode"], r["threads"]) for r in report["results"]} == {(m, t) for m in _llm.MODES for t in (1, 2)}
     for r in report["results"]:
         assert r["dram_bytes_per_s"] > 0
@@ -125,6 +125,12 @@ def test_cli_json_report():
     assert set(report["dram"]) == {"1", "2"}
     assert report["llama_cpp"]["available"] is False
     assert "TAKANE_LLAMA_CPP" in report["llama_cpp"]["reason"]
+
+
+def test_llama_cpp_needs_whole_q1_0_blocks(tmp_path):
+    report = _llm.run(weights=_llm.random_weights([("a", 8, 192)]), threads_list=[1], modes=["w1a1"], tokens=1,
+                      prefill=0, budget_s=0.1, dram_mb=8, llama_cpp=str(tmp_path), log=lambda *a: None)
+    assert not report["llama_cpp"]["available"] and "128" in report["llama_cpp"]["reason"]
 
 
 def test_cli_table_and_missing_llama_cpp(tmp_path):
@@ -146,4 +152,4 @@ def test_llama_cpp_peer_runs_the_same_shapes():
     (rec,) = lc["results"]
     assert "error" not in rec["decode"], rec["decode"]
     assert rec["decode"]["matrices"] == 14 and rec["decode"]["median_s"] > 0
-    assert rec["decode"]["weight_bytes"] == sum(n * (k // 128) * 18 for _, n, k in _llm.llama_shapes(128, 192, 2, 4, 2))
+    assert rec["decode"]["weight_bytes"] == sum(n * (k // 128) * 18 for _, n, k in _llm.llama_shapes(128, 256, 2, 4, 2))

@@ -74,11 +74,8 @@ typedef struct takane_matmul_ukernel {
      * activation row x against np >= 1 consecutive panels starting at `panels` (panel t at
      * panels + t * kw * TAKANE_PANEL_ROWS: one contiguous stream, read once, front to back):
      *   pc[t * TAKANE_PANEL_ROWS + r] = popcount(x[0..kw) XOR row r of panel t).
-     * While reading it prefetches `prefetch` bytes ahead of its reads, never at or past
-     * pf_end (the end of the caller's panel range: no prefetch into another task's share or
-     * past the allocation); prefetch 0 prefetches nothing. kw >= 1; np <= TAKANE_MAX_PANEL_NP. */
-    void (*gemv)(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc,
-                 int64_t prefetch, const uint64_t *pf_end);
+     * kw >= 1; 1 <= np <= TAKANE_MAX_PANEL_NP. */
+    void (*gemv)(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc);
 } takane_matmul_ukernel;
 
 /*

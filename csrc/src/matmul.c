@@ -98,9 +98,6 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
 /* Activation rows packed per step of the fused float path: the packed block
  * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
 #define PACK_BLOCK_BYTES (64 * 1024)
-/* Decode GEMV (m == 1 and a kernel set with `gemv`): bytes the kernel prefetches ahead of
- * its reads, within the task's share (measured on Zen 4, see README "1-bit LLM decode"). */
-#define GEMV_PREFETCH_BYTES 2048
 /* Target weight bytes per task when the weights are split across tasks. */
 #define WEIGHT_TASK_BYTES (64 * 1024)
 /* Packed activation words kept on the stack (2 KiB): one row of K <= 16384, the decode
@@ -140,13 +137,12 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     enum { LDC = TAKANE_MAX_PANEL_NP * TAKANE_PANEL_ROWS };
     uint32_t pc[TAKANE_MAX_MR * LDC];
     const int gemv = i_end - i_begin == 1 && uk->gemv != NULL;
-    const uint64_t *pf_end = w->panels + p_end * pstride;
     for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
         const int64_t je = min64(p_end, jb + ncp);
-        if (gemv) {
+        if (gemv) { /* decode: one row, the block's panels as one sequential stream */
             for (int64_t p = jb; p < je;) {
                 const int np = (int)min64(TAKANE_MAX_PANEL_NP, je - p);
-                uk->gemv(x, w->panels + p * pstride, np, kw, pc, GEMV_PREFETCH_BYTES, pf_end);
+                uk->gemv(x, w->panels + p * pstride, np, kw, pc);
                 const int64_t c0 = p * TAKANE_PANEL_ROWS;
                 const int64_t cols = min64((int64_t)np * TAKANE_PANEL_ROWS, n - c0);
                 int32_t *yrow = job->y + i_begin * job->ys + c0;

@@ -242,6 +242,18 @@ def run_llama_cpp(path: str, shapes, threads: int, m: int, reps: int, timeout: f
     return out
 
 
+def run_llama_bench(path: str, gguf_path: str, threads: int, tokens: int = 16, timeout: float = 900.0) -> dict:
+    """llama.cpp's own benchmark on the whole model file (attention, norms and sampling
+    included, so an upper bound for its linear layers): token generation rate."""
+    cmd = [os.path.join(path, "bin", "llama-bench"), "-m", gguf_path, "-p", "0", "-n", str(tokens),
+           "-t", str(threads), "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"threads": threads, "error": (proc.stderr or proc.stdout).strip()[-500:], "command": " ".join(cmd)}
+    runs = json.loads(proc.stdout)
+    return {"threads": threads, "tok_s": float(runs[0]["avg_ts"]), "command": " ".join(cmd)}
+
+
 def memory_table(shapes, weights) -> list[dict]:
     params = sum(n * k for _, n, k in shapes)
     bits = sum(w.bits.nbytes for _, w in weights)
@@ -278,8 +290,11 @@ def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: 
     for threads in threads_list:
         report["dram"][str(threads)] = dram_bandwidth(threads, buf=buf)
     del buf
-    path, why = llama_cpp_dir(llama_cpp)
-    report["llama_cpp"] = {"available": path is not None, "reason": why, "results": []}
+    if any(k % 128 for _, _, k in shapes):
+        path, why = None, "Q1_0 needs K % 128 == 0 in every matrix (blocks of 128 weights)"
+    else:
+        path, why = llama_cpp_dir(llama_cpp)
+    report["llama_cpp"] = {"available": path is not None, "reason": why, "path": path, "results": []}
     if path:
         for threads in threads_list:
             rec = {"threads": threads, "decode": run_llama_cpp(path, shapes, threads, 1, max(tokens, 3))}
@@ -297,7 +312,8 @@ def _fmt_bytes(b: float) -> str:
 def print_report(report: dict, file=None) -> None:
     p = lambda *a: print(*a, file=file or sys.stdout)  # noqa: E731
     p(f"\n1-bit LLM linear layers on {report['isa']}: {report['matrices']} matrices, "
-      f"{report['params'] / 1e6:.1f}M weights (decode M = 1, weights streaming from DRAM; prefill M = {report['prefill_m']})")
+      f"{report['params'] / 1e6:.1f}M weights (decode M = 1, weights streaming from DRAM"
+      + (f"; prefill M = {report['prefill_m']})" if report["prefill_m"] else ")"))
     p(f"  {'weights':34s} {'memory':>10s} {'vs fp16':>8s} {'vs fp32':>8s}")
     for r in report["memory"]:
         p(f"  {r['format']:34s} {_fmt_bytes(r['bytes']):>10s} {r['vs_fp16']:7.1f}x {r['vs_fp32']:7.1f}x")
@@ -325,6 +341,9 @@ def print_report(report: dict, file=None) -> None:
         p(f"  {'llama.cpp Q1_0':16s} {threads:3d} {d['median_s'] * 1e3:9.2f} {1 / d['median_s']:7.1f} "
           f"{d['weight_bytes'] / d['median_s'] / 1e9:12.1f} {dram / 1e9:9.1f} "
           f"{100 * d['weight_bytes'] / d['median_s'] / dram:6.0f}% {pre_s}")
+    for b in report.get("llama_cpp", {}).get("llama_bench", []):
+        p(f"  llama-bench, whole model (attention etc. included), {b['threads']} thread(s): "
+          + (f"{b['tok_s']:.1f} tok/s" if "tok_s" in b else f"error: {b['error']}"))
     notes = sorted({f"{r['mode']}: {r['note']}" for r in report["results"] if r["available"]})
     for n in notes:
         p(f"  note: {n}")
@@ -333,6 +352,19 @@ def print_report(report: dict, file=None) -> None:
     else:
         p("  llama.cpp: ggml graph of Q1_0 x f32 matmuls (activations quantized to Q8_0 inside), same shapes, "
           "random signs; weights GB/s counts Q1_0 bytes")
+
+
+def main_job_section(threads_list, *, json_out: bool, file=None) -> dict:
+    """The short version run by ``python -m takane_kernels``: the default 1B-class stack,
+    decode only (5 tokens per mode), each thread count; a few seconds."""
+    log = (lambda *a: None) if json_out else (lambda *a: print(*a, file=file or sys.stdout))
+    log("\n1-bit LLM decode (python -m takane_kernels llm for prefill, --gguf, and the full run):")
+    weights = random_weights(llama_shapes(2048, 5632, 22, 32, 4))
+    report = run(weights=weights, threads_list=threads_list, tokens=5, prefill=0, budget_s=1.0, log=lambda *a: None)
+    report["source"] = "random: hidden 2048, ffn 5632, layers 22, heads 32/4"
+    if not json_out:
+        print_report(report, file=file)
+    return report
 
 
 def main(argv=None) -> int:
@@ -357,7 +389,11 @@ def main(argv=None) -> int:
             from takane_kernels import gguf
         except ImportError as e:
             raise SystemExit(f"--gguf needs takane_kernels.gguf (pip install 'takane-kernels[gguf]'): {e}")
-        weights = [(name, w) for name, w in gguf.load(args.gguf).items() if isinstance(w, tk.PackedWeights)]
+        try:  # other tensor types (embeddings, norms in other formats) are not ours to time
+            tensors = gguf.load(args.gguf, unsupported="skip")
+        except TypeError:
+            tensors = gguf.load(args.gguf)
+        weights = [(name, w) for name, w in tensors.items() if isinstance(w, tk.PackedWeights)]
         if not weights:
             raise SystemExit(f"{args.gguf}: no Q1_0 tensors")
     else:
@@ -365,6 +401,9 @@ def main(argv=None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run(weights=weights, threads_list=args.threads or [1, 2], modes=args.modes, tokens=args.tokens,
                  prefill=args.prefill, budget_s=args.budget, dram_mb=args.dram_mb, llama_cpp=args.llama_cpp, log=log)
+    if args.gguf and report["llama_cpp"]["available"]:
+        report["llama_cpp"]["llama_bench"] = [run_llama_bench(report["llama_cpp"]["path"], args.gguf, t)
+                                              for t in args.threads or [1, 2]]
     report["source"] = args.gguf or (f"random: hidden {args.hidden}, ffn {args.ffn}, layers {args.layers}, "
                                      f"heads {args.heads}/{args.kv_heads}")
     if args.json:

@@ -268,22 +268,17 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
 
 /*
  * Decode GEMV: one activation row against consecutive panels streaming from DRAM, read
- * front to back as one stream (see the AVX-512 file), one 64-byte line (word q of the
- * panel's 8 rows: two 256-bit loads) per step against the broadcast activation word, byte
- * counts in two VPADDB accumulators flushed through VPSADBW every FLUSH words, and one
- * PREFETCHT0 `prefetch` bytes ahead per line read (never at or past pf_end). About 16 ALU
- * uops per line: ~4-5 cycles, under a line's DRAM time at one core's bandwidth.
+ * front to back as one stream (see the AVX-512 file, also for why there is no software
+ * prefetch), one 64-byte line (word q of the panel's 8 rows: two 256-bit loads) per step
+ * against the broadcast activation word, byte counts in two VPADDB accumulators flushed
+ * through VPSADBW every FLUSH words. About 16 ALU uops per line: ~4-5 cycles, under a
+ * line's DRAM time at one core's bandwidth.
  */
-static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc,
-                 int64_t prefetch, const uint64_t *pf_end) {
+static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
                                          1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
-    /* addresses as integers: the prefetch pointer may run past the allocation (never
-     * dereferenced there, never prefetched there) */
-    uintptr_t pf = (uintptr_t)panels + (uintptr_t)(prefetch > 0 ? prefetch : 0);
-    const uintptr_t pf_stop = prefetch > 0 ? (uintptr_t)pf_end : 0;
     for (int t = 0; t < np; t++) {
         const uint64_t *panel = panels + (int64_t)t * kw * TAKANE_PANEL_ROWS;
         __m256i tot[2] = {zero, zero};
@@ -291,8 +286,6 @@ static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, 
             const int64_t qe = q0 + FLUSH < kw ? q0 + FLUSH : kw;
             __m256i a0 = zero, a1 = zero;
             for (int64_t q = q0; q < qe; q++) {
-                if (pf < pf_stop) __builtin_prefetch((const void *)pf, 0, 3);
-                pf += 64;
                 const __m256i xb = _mm256_set1_epi64x((long long)x[q]);
                 const uint64_t *src = panel + q * TAKANE_PANEL_ROWS;
                 a0 = _mm256_add_epi8(a0, popcount_bytes(_mm256_xor_si256(

@@ -113,29 +113,20 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
 /*
  * Decode GEMV: one activation row against consecutive panels, the weights streaming from
  * DRAM. The panels are one contiguous block of memory, so the loop reads it front to back
- * as a single stream (the 4-panel tile reads 4 streams 8*kw words apart, which the hardware
- * prefetchers track less well), one 64-byte line per step: VPXORQ with the broadcast
- * activation word, VPOPCNTQ, VPADDQ into one of two accumulators (alternating, so the add
- * chain is not the limit). Each step also issues one PREFETCHT0 `prefetch` bytes ahead
- * (skipped at or past pf_end), one line per line read: the memory system then sees the
- * stream early and continuously, including across 4 KiB page boundaries where the
- * hardware stream prefetchers stop. The compute (~2 cycles per line) is far below the
- * DRAM time of a line (~8 cycles at 25 GB/s), so the loop waits on memory, never on ALUs.
+ * as a single stream (the 4-panel tile reads 4 streams kw * 64 bytes apart), one 64-byte
+ * line per step: VPXORQ with the broadcast activation word, VPOPCNTQ, VPADDQ into one of
+ * two accumulators (alternating, so the add chain is not the limit). ~2 cycles per line
+ * against ~8 for a line's DRAM time at one core's bandwidth: the loop waits on memory, and
+ * the hardware prefetchers see one sequential stream. Software prefetching (PREFETCHT0 /
+ * PREFETCHNTA, 256 B to 16 KiB ahead) was measured on Zen 4 and was as fast at best and
+ * up to 1.5x slower, so there is none (README "1-bit LLM decode").
  */
-static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc,
-                 int64_t prefetch, const uint64_t *pf_end) {
-    /* addresses as integers: the prefetch pointer may run past the allocation (never
-     * dereferenced there, never prefetched there) */
-    uintptr_t pf = (uintptr_t)panels + (uintptr_t)(prefetch > 0 ? prefetch : 0);
-    const uintptr_t pf_stop = prefetch > 0 ? (uintptr_t)pf_end : 0;
+static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc) {
     for (int t = 0; t < np; t++) {
         const uint64_t *panel = panels + (int64_t)t * kw * TAKANE_PANEL_ROWS;
         __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
         int64_t q = 0;
         for (; q + 2 <= kw; q += 2) {
-            if (pf < pf_stop) __builtin_prefetch((const void *)pf, 0, 3);
-            if (pf + 64 < pf_stop) __builtin_prefetch((const void *)(pf + 64), 0, 3);
-            pf += 128;
             const __m512i w0 = _mm512_loadu_si512((const void *)(panel + q * TAKANE_PANEL_ROWS));
             const __m512i w1 =
                 _mm512_loadu_si512((const void *)(panel + (q + 1) * TAKANE_PANEL_ROWS));
@@ -145,8 +136,6 @@ static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, 
                                               _mm512_set1_epi64((long long)x[q + 1]), w1)));
         }
         if (q < kw) {
-            if (pf < pf_stop) __builtin_prefetch((const void *)pf, 0, 3);
-            pf += 64;
             const __m512i w0 = _mm512_loadu_si512((const void *)(panel + q * TAKANE_PANEL_ROWS));
             acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(
                                               _mm512_set1_epi64((long long)x[q]), w0)));
