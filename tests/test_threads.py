@@ -54,7 +54,7 @@ def test_threads_and_blocks_match_reference(on_isa, isa_name, shape):
 # Decode GEMV (M = 1): the single-stream gemv kernel over many weight tasks (~64 KiB each,
 # whole 64-column words with an epilogue), odd word counts (k % 128 past 64: the unrolled
 # loop's tail), N off every panel and word edge; threads 2 and 3 split the panels.
-GEMV = [(1, 2053, 4097), (1, 1031, 1985), (1, 4096, 4096)]
+GEMV = [(1, 2053, 4097), (1, 1031, 1985)]
 
 
 @pytest.mark.parametrize("shape", GEMV, ids=[f"{m}x{n}x{k}" for m, n, k in GEMV])
