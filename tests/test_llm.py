@@ -102,6 +102,37 @@ def test_check_catches_a_wrong_result(monkeypatch):
         _llm.run_mode("w1a1", ws, note, 1, tokens=1, prefill=0, budget_s=0.1)
 
 
+def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys):
+    """--gguf PATH: the PackedWeights of takane_kernels.gguf.load(path) (the contract: name ->
+    PackedWeights for Q1_0 tensors, numpy arrays for F32/F16), in file order; arrays are left
+    out. A stand-in module: the real reader arrives with the GGUF work."""
+    import types
+
+    weights = dict(_llm.random_weights([("blk.0.attn_q.weight", 16, 128), ("blk.0.ffn_down.weight", 8, 256)]))
+    tensors = {"token_embd.weight": np.zeros((4, 128), np.float32), **weights}
+    calls = []
+
+    def load(path, **kw):
+        calls.append((path, kw))
+        return tensors
+
+    fake = types.ModuleType("takane_kernels.gguf")
+    fake.load = load
+    monkeypatch.setitem(sys.modules, "takane_kernels.gguf", fake)
+    monkeypatch.setattr(tk, "gguf", fake, raising=False)
+    monkeypatch.delenv("TAKANE_LLAMA_CPP", raising=False)
+    assert _llm.main(["--gguf", "model.gguf", "--threads", "1", "--modes", "w1a1", "--tokens", "1", "--prefill", "0",
+                      "--budget", "0.1", "--dram-mb", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert calls and calls[0][0] == "model.gguf"
+    assert report["source"] == "model.gguf" and report["matrices"] == 2 and report["params"] == 16 * 128 + 8 * 256
+    (rec,) = report["results"]
+    assert rec["check"] == "exact" and rec["weight_bytes"] == (16 * 2 + 8 * 4) * 8 + (16 + 8) * 4
+    fake.load = lambda path, **kw: {"token_embd.weight": np.zeros((4, 128), np.float32)}
+    with pytest.raises(SystemExit, match="no Q1_0 tensors"):
+        _llm.main(["--gguf", "empty.gguf", "--threads", "1"])
+
+
 def run_cli(*args, env_update=None):
     env = {k: v for k, v in os.environ.items() if k != "TAKANE_LLAMA_CPP"}
     env.update(env_update or {})
