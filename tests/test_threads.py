@@ -51,6 +51,34 @@ def test_threads_and_blocks_match_reference(on_isa, isa_name, shape):
     np.testing.assert_array_equal(tk.binary_matmul(xb, pw.bits, k=k), expected)
 
 
+# Decode GEMV (M = 1): the single-stream gemv kernel over many weight tasks (~64 KiB each,
+# whole 64-column words with an epilogue), odd word counts (k % 128 past 64: the unrolled
+# loop's tail), N off every panel and word edge; threads 2 and 3 split the panels.
+GEMV = [(1, 2053, 4097), (1, 1031, 1985)]
+
+
+@pytest.mark.parametrize("shape", GEMV, ids=[f"{m}x{n}x{k}" for m, n, k in GEMV])
+def test_gemv_tasks_match_reference(on_isa, isa_name, shape):
+    m, n, k = shape
+    x, w = problem(m, n, k, seed=n + k)
+    pw, rpw = tk.pack_weights(w), ref.pack_weights(w)
+    bias = np.linspace(-3, 3, n).astype(np.float32)
+    expected = ref.binary_matmul(x, rpw)
+    lin = ref.binary_linear(x, rpw, bias=bias)
+    bits = ref.pack_bits(lin, 0.5)  # out_threshold's documented meaning
+    xb = tk.pack_bits(x)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(tk.binary_matmul(xb, pw, threads=threads), expected, err_msg=f"packed t={threads}")
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(tk.binary_matmul(x[0], pw, threads=threads), expected[0], err_msg=f"1-D float t={threads}")
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(tk.binary_linear(x, pw, bias=bias, threads=threads), lin, err_msg=f"linear t={threads}")
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(tk.binary_linear(x, pw, bias=bias, out_threshold=0.5, threads=threads), bits,
+                                      err_msg=f"linear bits t={threads}")
+        assert_ran(isa_name)
+
+
 def test_concurrent_callers_share_weights(on_isa, isa_name):
     x, w = problem(48, 700, 2049, seed=1)
     pw = tk.pack_weights(w)

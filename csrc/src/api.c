@@ -181,8 +181,7 @@ takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
         /* 64-byte aligned so each panel word-group is one aligned 512-bit load */
-        const size_t bytes = ((size_t)words * 8 + 63) / 64 * 64;
-        h->panels = (uint64_t *)aligned_alloc(64, bytes);
+        h->panels = (uint64_t *)takane_panels_alloc((size_t)words * 8);
         if (!h->panels) {
             free(h);
             return TAKANE_ERR_OUT_OF_MEMORY;

@@ -70,6 +70,12 @@ typedef struct takane_matmul_ukernel {
      * same instruction sequence the kernels use; returns the bits it XOR-popcounted.
      * The result is kept live through *sink so the loop cannot be removed. */
     uint64_t (*probe)(uint64_t iters, uint64_t *sink);
+    /* Decode GEMV (may be NULL: the framework then uses panel_tile with mr = 1). One
+     * activation row x against np >= 1 consecutive panels starting at `panels` (panel t at
+     * panels + t * kw * TAKANE_PANEL_ROWS: one contiguous stream, read once, front to back):
+     *   pc[t * TAKANE_PANEL_ROWS + r] = popcount(x[0..kw) XOR row r of panel t).
+     * kw >= 1; 1 <= np <= TAKANE_MAX_PANEL_NP. */
+    void (*gemv)(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc);
 } takane_matmul_ukernel;
 
 /*
@@ -205,6 +211,10 @@ struct takane_weights {
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
 };
+
+/* matmul.c: memory for a handle's panels (free() releases it): 64-byte aligned; large
+ * blocks are also 2 MiB-aligned and advised as huge pages on Linux. */
+void *takane_panels_alloc(size_t bytes);
 
 /* The layer kernels (binary_linear, W1A-float) of each ISA. */
 #define TAKANE_DECLARE_LAYER_KERNELS(isa)                                                  \

@@ -7,8 +7,31 @@
  * k - 2*pc lies in [-k, k] and fits int32.
  */
 #include <stdlib.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "internal.h"
+
+/* Huge-page granule: a panel block this large or larger is 2 MiB-aligned and marked
+ * MADV_HUGEPAGE (Linux), see takane_panels_alloc. */
+#define HUGE_PAGE_BYTES ((size_t)2 << 20)
+
+void *takane_panels_alloc(size_t bytes) {
+    bytes = (bytes + 63) / 64 * 64;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= HUGE_PAGE_BYTES) {
+        void *p = NULL;
+        if (posix_memalign(&p, HUGE_PAGE_BYTES, bytes) == 0) {
+            /* only the whole 2 MiB pages: the tail stays in 4 KiB pages, so no physical
+             * memory is wasted; the advice may fail (THP off), then it is all 4 KiB */
+            (void)madvise(p, bytes / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
+            return p;
+        }
+    }
+#endif
+    return aligned_alloc(64, bytes);
+}
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -75,6 +98,11 @@ takane_status takane_matmul_f32_run(const takane_kernel_set *ks, int64_t m, int6
 /* Activation rows packed per step of the fused float path: the packed block
  * (rows * kw words) stays in L1/L2 while it meets every weight panel of the task. */
 #define PACK_BLOCK_BYTES (64 * 1024)
+/* Target weight bytes per task when the weights are split across tasks. */
+#define WEIGHT_TASK_BYTES (64 * 1024)
+/* Packed activation words kept on the stack (2 KiB): one row of K <= 16384, the decode
+ * case, needs no allocation. */
+#define STACK_WORDS 256
 /* Panels per 64 output columns: the epilogue's unit (a binarized output word). */
 #define EPI_PANELS (64 / TAKANE_PANEL_ROWS)
 
@@ -108,8 +136,24 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     const uint64_t *xr[TAKANE_MAX_MR];
     enum { LDC = TAKANE_MAX_PANEL_NP * TAKANE_PANEL_ROWS };
     uint32_t pc[TAKANE_MAX_MR * LDC];
+    const int gemv = i_end - i_begin == 1 && uk->gemv != NULL;
     for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
         const int64_t je = min64(p_end, jb + ncp);
+        if (gemv) { /* decode: one row, the block's panels as one sequential stream */
+            for (int64_t p = jb; p < je;) {
+                const int np = (int)min64(TAKANE_MAX_PANEL_NP, je - p);
+                uk->gemv(x, w->panels + p * pstride, np, kw, pc);
+                const int64_t c0 = p * TAKANE_PANEL_ROWS;
+                const int64_t cols = min64((int64_t)np * TAKANE_PANEL_ROWS, n - c0);
+                int32_t *yrow = job->y + i_begin * job->ys + c0;
+                for (int64_t j = 0; j < cols; j++) yrow[j] = (int32_t)(k - 2 * (int64_t)pc[j]);
+                p += np;
+            }
+            if (job->epi)
+                job->epi(job->epi_ctx, i_begin, i_end, jb * TAKANE_PANEL_ROWS,
+                         min64(n, je * TAKANE_PANEL_ROWS));
+            continue;
+        }
         for (int64_t i0 = i_begin; i0 < i_end; i0 += uk->panel_mr) {
             const int mr = (int)min64(uk->panel_mr, i_end - i0);
             for (int i = 0; i < mr; i++) xr[i] = x + (i0 - i_begin + i) * xs;
@@ -149,7 +193,13 @@ static void gemm_task(void *ctx, int64_t task) {
     const int64_t kw = job->w->kw, k = job->w->k;
     int64_t rows = PACK_BLOCK_BYTES / (kw * 8);
     rows = rows < 1 ? 1 : rows > 64 ? 64 : rows;
-    uint64_t *buf = (uint64_t *)malloc((size_t)(rows * kw) * sizeof(uint64_t));
+    rows = min64(rows, i_end - i_begin);
+    /* A decode-sized block (one row of K <= 64 * STACK_WORDS) packs into a stack buffer:
+     * no allocation on the GEMV path; larger blocks are worth a malloc. */
+    uint64_t stack_buf[STACK_WORDS];
+    uint64_t *buf = rows * kw <= STACK_WORDS
+                        ? stack_buf
+                        : (uint64_t *)malloc((size_t)(rows * kw) * sizeof(uint64_t));
     if (!buf) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
@@ -160,13 +210,13 @@ static void gemm_task(void *ctx, int64_t task) {
             if (job->ks->pack_row(job->xf + r * job->xs, k, job->t, job->per_channel,
                                   buf + (r - r0) * kw)) {
                 __atomic_store_n(&job->failed, TAKANE_ERR_NAN, __ATOMIC_RELAXED);
-                free(buf);
+                if (buf != stack_buf) free(buf);
                 return;
             }
         }
         gemm_block(job, buf, kw, r0, r1, p_begin, p_end);
     }
-    free(buf);
+    if (buf != stack_buf) free(buf);
 }
 
 takane_status takane_matmul_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
@@ -190,22 +240,38 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
     const takane_grid grid = takane_plan_grid(nthreads, m, ks->matmul->panel_mr, w->npanels,
                                               epi ? EPI_PANELS : 1);
     job.m_chunk = grid.m_chunk, job.p_chunk = grid.p_chunk, job.p_tasks = grid.p_tasks;
-    uint64_t *packed = NULL;
+    int64_t ntasks = grid.ntasks;
+    if (grid.m_chunk == m && grid.p_tasks > 1) {
+        /* Weights split over tasks (few rows, decode): tasks of ~WEIGHT_TASK_BYTES, taken
+         * dynamically, so a worker that joins late still takes a share and the caller's
+         * wait at the end is at most one small task. */
+        const int64_t align = epi ? EPI_PANELS : 1;
+        int64_t pc = WEIGHT_TASK_BYTES / (w->kw * TAKANE_PANEL_ROWS * 8);
+        pc = (pc + align - 1) / align * align;
+        if (pc < align) pc = align;
+        if (pc < job.p_chunk) {
+            job.p_chunk = pc;
+            job.p_tasks = (w->npanels + pc - 1) / pc;
+            ntasks = job.p_tasks;
+        }
+    }
+    uint64_t *packed = NULL, stack_buf[STACK_WORDS];
     if (!x && job.p_tasks > 1) {
         /* Weights are split across tasks and every task needs all (few) rows: pack them
          * once here rather than once per task. m < 4 * nthreads * mr rows: small. */
         const int64_t kw = w->kw;
-        packed = (uint64_t *)malloc((size_t)(m * kw) * sizeof(uint64_t));
+        packed = m * kw <= STACK_WORDS ? stack_buf
+                                       : (uint64_t *)malloc((size_t)(m * kw) * sizeof(uint64_t));
         if (!packed) return TAKANE_ERR_OUT_OF_MEMORY;
         for (int64_t r = 0; r < m; r++) {
             if (ks->pack_row(xf + r * xs, w->k, t, per_channel, packed + r * kw)) {
-                free(packed);
+                if (packed != stack_buf) free(packed);
                 return TAKANE_ERR_NAN;
             }
         }
         job.x = packed, job.xs = kw;
     }
-    takane_parallel_run(nthreads, grid.ntasks, gemm_task, &job);
-    free(packed);
+    takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    if (packed != stack_buf) free(packed);
     return (takane_status)job.failed;
 }

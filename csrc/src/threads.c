@@ -5,8 +5,21 @@
  * Waking a sleeping thread costs tens of microseconds — as much as a whole batch-1 GEMV
  * — so workers (and the caller waiting for them) spin for SPIN_NS before sleeping:
  * back-to-back calls, the common case in a decode loop or a network's layers, then hand
- * work over in well under a microsecond. Idle workers sleep; they burn at most SPIN_NS
- * of CPU after each job.
+ * work over in well under a microsecond. After the spin a worker naps in POLL_PERIOD_NS
+ * steps (nanosleep) for POLL_NS, and only then sleeps on the condition variable. The nap
+ * phase exists for the cold call (a call after a pause, e.g. a decode step after other
+ * work): the caller then posts the job without a system call — pthread_cond_broadcast
+ * makes none when no one waits on it — where waking a condvar sleeper cost the caller
+ * 10-80 us on a 2-vCPU VM (futex wake + IPI), and the napping worker joins within about
+ * a period. Idle workers burn at most SPIN_NS of CPU and ~POLL_NS / POLL_PERIOD_NS
+ * wake-ups after each job, then sleep.
+ *
+ * Workers run as SCHED_BATCH (Linux; allowed unprivileged): a woken SCHED_OTHER worker
+ * placed on the caller's CPU preempted the caller right inside the wake-up call, so the
+ * caller sat in pthread_cond_broadcast for 0.45-6 ms while the worker did the whole job
+ * alone (measured: cold 11008x4096 GEMV, 2 threads 450-6000 us against 1 thread 250 us
+ * on a busy machine). SCHED_BATCH threads never preempt on wake-up; otherwise they are
+ * scheduled like any other thread.
  *
  * Model: one job at a time. A call that finds the pool busy (another thread's job is
  * running) runs its tasks on the calling thread instead of waiting, so concurrent callers
@@ -15,6 +28,16 @@
  * worker can take milliseconds to run, and waiting for it made a 26 us GEMV take ~850 us
  * (measured with the other core busy); now the caller just runs the tasks itself. Workers are created lazily, up to
  * the largest count asked for, and sleep on a condition variable between jobs.
+ *
+ * Oversubscription guard: a worker that joined a job and was then descheduled (the machine
+ * has more runnable threads than cores) holds its task until the OS runs it again — often
+ * milliseconds — and the caller must wait: no one else may finish a task a worker started,
+ * since that worker may still write its part of the output. When the caller waited longer
+ * than LATE_NS after running out of tasks, and longer than half its own working time, the
+ * pool runs the calls of the next backoff period on the calling thread alone (2 ms,
+ * doubling while it keeps happening, up to 0.25 s; a punctual job resets it). On a free
+ * machine this never triggers; on an oversubscribed one a call with 2 threads then costs
+ * what it costs with 1 instead of a multiple of it.
  *
  * fork(): the prepare handler takes both locks (so no job is mid-flight), the parent
  * releases them, and the child releases them and forgets the workers — they do not
@@ -30,6 +53,11 @@
 
 #define MAX_WORKERS 63
 #define SPIN_NS 200000 /* 0.2 ms */
+#define POLL_NS 20000000            /* 20 ms */
+#define POLL_PERIOD_NS 100000       /* 0.1 ms */
+#define LATE_NS 50000               /* 50 us: a joined worker this late was descheduled */
+#define BACKOFF_MIN_NS 2000000      /* 2 ms */
+#define BACKOFF_MAX_NS 256000000    /* 0.256 s */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -55,6 +83,15 @@ static void spin_while(const unsigned long *word, unsigned long value, int equal
     }
 }
 
+/* Nap-poll while (*word == value), for at most POLL_NS: a worker between spinning and
+ * sleeping on the condition variable (header comment). */
+static void poll_while(const unsigned long *word, unsigned long value) {
+    const int64_t deadline = now_ns() + POLL_NS;
+    const struct timespec nap = {0, POLL_PERIOD_NS};
+    while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == value && now_ns() < deadline)
+        nanosleep(&nap, NULL);
+}
+
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* held by the job owner */
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the fields below */
 static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;
@@ -70,6 +107,9 @@ static int64_t job_ntasks;
 static int64_t job_next; /* atomic: next task index to take */
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+/* The oversubscription guard (header comment); read and written only under run_lock. */
+static int64_t serial_until_ns;
+static int64_t backoff_ns = BACKOFF_MIN_NS;
 
 static void run_tasks(takane_task_fn fn, void *ctx, int64_t ntasks) {
     for (;;) {
@@ -81,6 +121,11 @@ static void run_tasks(takane_task_fn fn, void *ctx, int64_t ntasks) {
 
 static void *worker_main(void *arg) {
     const int index = (int)(intptr_t)arg;
+#if defined(SCHED_BATCH)
+    /* No wake-up preemption (header comment); unprivileged, and failure changes nothing. */
+    struct sched_param param = {0};
+    (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+#endif
     pthread_mutex_lock(&pool_lock);
     /* Not the current value: the job that created this worker may already have bumped
      * it, and that job counts on this worker taking part. */
@@ -89,6 +134,7 @@ static void *worker_main(void *arg) {
         if (generation == seen) {
             pthread_mutex_unlock(&pool_lock);
             spin_while(&generation, seen, 1); /* until a new job is posted */
+            poll_while(&generation, seen);
             pthread_mutex_lock(&pool_lock);
         }
         while (generation == seen) pthread_cond_wait(&work_cv, &pool_lock);
@@ -162,6 +208,12 @@ void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *
         for (int64_t t = 0; t < ntasks; t++) fn(ctx, t); /* serial, or pool busy */
         return;
     }
+    const int64_t t_start = now_ns();
+    if (t_start < serial_until_ns) { /* backing off: workers were late just before */
+        pthread_mutex_unlock(&run_lock);
+        for (int64_t t = 0; t < ntasks; t++) fn(ctx, t);
+        return;
+    }
     pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&pool_lock);
     while (n_workers < nthreads - 1) {
@@ -181,10 +233,13 @@ void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *
     job_ntasks = ntasks;
     __atomic_store_n(&job_next, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&generation, generation + 1, __ATOMIC_RELEASE); /* spinners see it */
-    pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&pool_lock);
+    /* Sleepers re-check generation under pool_lock before waiting, so waking them after
+     * the unlock loses no wake-up, and a woken worker does not block on the lock. */
+    pthread_cond_broadcast(&work_cv);
 
     run_tasks(fn, ctx, ntasks); /* the caller works too */
+    const int64_t t_done = now_ns();
 
     /* Every task is taken. Close the job (late workers stay out), then wait only for
      * the workers that joined: they may still be running their last task. */
@@ -195,5 +250,12 @@ void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *
     pthread_mutex_lock(&pool_lock);
     while (__atomic_load_n(&job_active, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&done_cv, &pool_lock);
     pthread_mutex_unlock(&pool_lock);
+    const int64_t t_end = now_ns(), waited = t_end - t_done;
+    if (waited > LATE_NS && waited > (t_done - t_start) / 2) {
+        serial_until_ns = t_end + backoff_ns;
+        backoff_ns = backoff_ns * 2 > BACKOFF_MAX_NS ? BACKOFF_MAX_NS : backoff_ns * 2;
+    } else {
+        backoff_ns = BACKOFF_MIN_NS;
+    }
     pthread_mutex_unlock(&run_lock);
 }

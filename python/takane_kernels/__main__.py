@@ -6,7 +6,9 @@
 3. a timing table over the benchmark shapes: takane on the best ISA (1 thread and the
    default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
    the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
-   % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``.
+   % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``;
+4. (default shapes only) a short 1-bit LLM decode section: the linear layers of a
+   1B-class decoder token by token against DRAM bandwidth (``takane_kernels._llm``).
 
 For embedders, ``--cflags``, ``--libs``, ``--cmake-dir``, ``--pkgconfig-dir``,
 ``--includedir``, ``--libdir`` and ``--library`` print the paths of the C library
@@ -14,6 +16,10 @@ installed in the package and exit (see README, "Use from C").
 
 ``python -m takane_kernels demo [--seeds 5 --epochs 60 --out DIR]`` instead trains and
 measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
+
+``python -m takane_kernels llm [--gguf PATH] [--threads 1 2] [--json]`` times the linear
+layers of a 1-bit LLM, decode and prefill, against DRAM bandwidth and llama.cpp
+(``takane_kernels._llm``).
 """
 
 from __future__ import annotations
@@ -197,6 +203,10 @@ def main(argv=None) -> int:
         from takane_kernels._demo import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["llm"]:  # the 1-bit LLM decode benchmark (python -m takane_kernels llm --help)
+        from takane_kernels._llm import main as llm_main
+
+        return llm_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
@@ -229,10 +239,14 @@ def main(argv=None) -> int:
         threads = args.threads or sorted({1, tk.default_threads()})
         report = measure([tuple(s) for s in args.shape] if args.shape else BENCH_SHAPES, args.repeat, args.budget, threads)
         report["self_check_ok"] = ok
+        if not args.json:
+            print_table(report)
+        if not args.shape:  # the default run also shows the LLM decode section
+            from takane_kernels._llm import main_job_section
+
+            report["llm"] = main_job_section(threads, json_out=args.json)
         if args.json:
             print(json.dumps(report, indent=1))
-        else:
-            print_table(report)
         if args.plot:
             with contextlib.redirect_stdout(out):
                 plot(report, args.plot)

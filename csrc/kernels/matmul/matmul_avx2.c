@@ -266,6 +266,42 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
 #undef STEP
 }
 
+/*
+ * Decode GEMV: one activation row against consecutive panels streaming from DRAM, read
+ * front to back as one stream (see the AVX-512 file, also for why there is no software
+ * prefetch), one 64-byte line (word q of the panel's 8 rows: two 256-bit loads) per step
+ * against the broadcast activation word, byte counts in two VPADDB accumulators flushed
+ * through VPSADBW every FLUSH words. About 16 ALU uops per line: ~4-5 cycles, under a
+ * line's DRAM time at one core's bandwidth.
+ */
+static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1,
+                                         1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int t = 0; t < np; t++) {
+        const uint64_t *panel = panels + (int64_t)t * kw * TAKANE_PANEL_ROWS;
+        __m256i tot[2] = {zero, zero};
+        for (int64_t q0 = 0; q0 < kw; q0 += FLUSH) {
+            const int64_t qe = q0 + FLUSH < kw ? q0 + FLUSH : kw;
+            __m256i a0 = zero, a1 = zero;
+            for (int64_t q = q0; q < qe; q++) {
+                const __m256i xb = _mm256_set1_epi64x((long long)x[q]);
+                const uint64_t *src = panel + q * TAKANE_PANEL_ROWS;
+                a0 = _mm256_add_epi8(a0, popcount_bytes(_mm256_xor_si256(
+                                             xb, _mm256_loadu_si256((const __m256i *)src)),
+                                                         lut, low4));
+                a1 = _mm256_add_epi8(a1, popcount_bytes(_mm256_xor_si256(
+                                             xb, _mm256_loadu_si256((const __m256i *)(src + 4))),
+                                                         lut, low4));
+            }
+            tot[0] = _mm256_add_epi64(tot[0], _mm256_sad_epu8(a0, zero));
+            tot[1] = _mm256_add_epi64(tot[1], _mm256_sad_epu8(a1, zero));
+        }
+        store_counts(tot, pc + t * TAKANE_PANEL_ROWS);
+    }
+}
+
 /* Peak probe: the split-nibble pair sequence (the best the kernels run) with operands in
  * registers: per 256 bits two VPADDQ (in the two VPXORs' place: an XOR with a constant
  * would repeat every 2 rounds and could be folded), two VPSHUFB, two VPADDB. CHAINS
@@ -301,5 +337,5 @@ static uint64_t probe(uint64_t iters, uint64_t *sink) {
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {
-    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe,
+    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe, gemv,
 };

@@ -110,6 +110,42 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
 #undef STEP
 }
 
+/*
+ * Decode GEMV: one activation row against consecutive panels, the weights streaming from
+ * DRAM. The panels are one contiguous block of memory, so the loop reads it front to back
+ * as a single stream (the 4-panel tile reads 4 streams kw * 64 bytes apart), one 64-byte
+ * line per step: VPXORQ with the broadcast activation word, VPOPCNTQ, VPADDQ into one of
+ * two accumulators (alternating, so the add chain is not the limit). ~2 cycles per line
+ * against ~8 for a line's DRAM time at one core's bandwidth: the loop waits on memory, and
+ * the hardware prefetchers see one sequential stream. Software prefetching (PREFETCHT0 /
+ * PREFETCHNTA, 256 B to 16 KiB ahead) was measured on Zen 4 and was as fast at best and
+ * up to 1.5x slower, so there is none (README "1-bit LLM decode").
+ */
+static void gemv(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc) {
+    for (int t = 0; t < np; t++) {
+        const uint64_t *panel = panels + (int64_t)t * kw * TAKANE_PANEL_ROWS;
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        int64_t q = 0;
+        for (; q + 2 <= kw; q += 2) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)(panel + q * TAKANE_PANEL_ROWS));
+            const __m512i w1 =
+                _mm512_loadu_si512((const void *)(panel + (q + 1) * TAKANE_PANEL_ROWS));
+            acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                              _mm512_set1_epi64((long long)x[q]), w0)));
+            acc1 = _mm512_add_epi64(acc1, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                              _mm512_set1_epi64((long long)x[q + 1]), w1)));
+        }
+        if (q < kw) {
+            const __m512i w0 = _mm512_loadu_si512((const void *)(panel + q * TAKANE_PANEL_ROWS));
+            acc0 = _mm512_add_epi64(acc0, _mm512_popcnt_epi64(_mm512_xor_si512(
+                                              _mm512_set1_epi64((long long)x[q]), w0)));
+        }
+        /* counts < 2^32: VPMOVQD keeps each lane's low dword, 8 outputs stored */
+        _mm256_storeu_si256((__m256i *)(pc + t * TAKANE_PANEL_ROWS),
+                            _mm512_cvtepi64_epi32(_mm512_add_epi64(acc0, acc1)));
+    }
+}
+
 /* Peak probe: 12 independent chains of VPADDQ (in VPXORQ's place) + VPOPCNTQ + VPADDQ;
  * registers only. */
 static uint64_t probe(uint64_t iters, uint64_t *sink) {
@@ -132,5 +168,5 @@ static uint64_t probe(uint64_t iters, uint64_t *sink) {
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_avx512 = {
-    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe,
+    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe, gemv,
 };

@@ -1,0 +1,413 @@
+"""``python -m takane_kernels llm``: the linear layers of a 1-bit LLM, decode and prefill.
+
+The matrices of a Llama-shaped decoder — by default a 1B-class shape (hidden 2048, FFN 5632,
+22 layers of q, k, v, o, gate, up, down; grouped-query attention widths as TinyLlama-1.1B:
+32 heads, 4 KV heads, so k and v are 2048 -> 256) with random ±1 weights and group scales
+(group_size 128), or the Q1_0 tensors of a GGUF file (``--gguf PATH``) — run
+
+- token by token (decode, M = 1): every matrix once per token, in model order. The stack
+  (~150 MB of 1-bit weights) far exceeds the caches, so each token streams every weight
+  from DRAM, the regime of real decoding (DESIGN §8, cold);
+- as a prefill (M = 128 tokens per call, one pass over the stack),
+
+for three activation modes: ``w1a1`` (``binary_linear``: activations binarized, XNOR +
+popcount, row scale), ``q8_0`` (``binary_weight_matmul(..., activations="q8_0")``: llama.cpp's
+Q1_0 x Q8_0 arithmetic) and ``float32`` (``binary_weight_matmul``), on each thread count.
+
+Reported: tokens/s of the linear-layer work alone (no attention, norms or sampling), the GB/s
+of weight bytes each mode streams against the DRAM read bandwidth measured in the same run
+with the same thread count, the weight memory against fp16/fp32, and llama.cpp's Q1_0 side by
+side when a build is found (``--llama-cpp DIR`` or env ``TAKANE_LLAMA_CPP``, made by
+``bench/build_llamacpp.sh``): its ``takane-ggml-q1-matmul`` runs the same matrix shapes as one
+ggml graph of Q1_0 matmuls per token, as llama.cpp runs a model's linear layers.
+
+DRAM bandwidth: numpy's int64 ``sum`` over a 256 MB buffer, split in contiguous slices over
+that many Python threads (numpy releases the GIL in the reduction). int64, not float: an int64
+sum runs at ~2x DRAM speed from L2 on this class of machine, so it measures memory, while
+numpy's float64 pairwise sum is close to compute-bound. numpy rather than a C entry point: no
+ABI surface for a measurement; the README compares it with a plain AVX-512 read loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+import takane_kernels as tk
+
+MODES = ("w1a1", "q8_0", "float32")
+GROUP_SIZE = 128
+Q1_0_BYTES_PER_BLOCK = 18  # fp16 d + 16 bytes of signs per 128 weights
+NOT_AVAILABLE = "not available in this build"
+
+
+def llama_shapes(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int) -> list[tuple[str, int, int]]:
+    """(name, N, K) of every linear layer of a Llama decoder, in model order."""
+    if hidden % heads or heads % kv_heads:
+        raise ValueError(f"hidden {hidden} must split into {heads} heads, and heads into {kv_heads} KV heads")
+    kv = hidden // heads * kv_heads
+    per_layer = [("attn_q", hidden, hidden), ("attn_k", kv, hidden), ("attn_v", kv, hidden),
+                 ("attn_output", hidden, hidden), ("ffn_gate", ffn, hidden), ("ffn_up", ffn, hidden),
+                 ("ffn_down", hidden, ffn)]
+    return [(f"blk.{i}.{name}.weight", n, k) for i in range(layers) for name, n, k in per_layer]
+
+
+def dram_bandwidth(threads: int, mb: int = 256, repeat: int = 5, buf: np.ndarray | None = None) -> float:
+    """Streaming read bandwidth in bytes/s with `threads` threads (median of `repeat`)."""
+    if buf is None:
+        buf = np.ones(mb * 2**20 // 8, dtype=np.int64)
+    parts = np.array_split(buf, threads)
+    rates = []
+    for _ in range(repeat):
+        if threads == 1:
+            t0 = time.perf_counter()
+            parts[0].sum()
+            dt = time.perf_counter() - t0
+        else:
+            workers = [threading.Thread(target=p.sum) for p in parts]
+            t0 = time.perf_counter()
+            for t in workers:
+                t.start()
+            for t in workers:
+                t.join()
+            dt = time.perf_counter() - t0
+        rates.append(buf.nbytes / dt)
+    return float(np.median(rates))
+
+
+def random_weights(shapes, seed: int = 0):
+    """Random ±1 bits (zero padding) and positive group scales for each (name, N, K)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, n, k in shapes:
+        kw = (k + 63) // 64
+        bits = rng.integers(0, 2**64 - 1, size=(n, kw), dtype=np.uint64, endpoint=True)
+        if k % 64:
+            bits[:, -1] &= np.uint64((1 << (k % 64)) - 1)
+        gs = (rng.uniform(0.5, 1.5, size=(n, -(-k // GROUP_SIZE))) * 0.02).astype(np.float32)
+        out.append((name, tk.PackedWeights(bits, k, group_scale=gs, group_size=GROUP_SIZE)))
+    return out
+
+
+def _row_scaled(w: tk.PackedWeights) -> tk.PackedWeights:
+    """The same signs with one scale per row (mean of its group scales): what the W1A1 layer
+    (integer dot, then a row scale) and a build without group-scale kernels can run."""
+    scale = None if w.group_scale is None else w.group_scale.mean(axis=1).astype(np.float32)
+    return tk.PackedWeights(w.bits, w.k, scale=scale if scale is not None else w.scale)
+
+
+def _layer_fn(mode: str, threads: int):
+    if mode == "w1a1":
+        return lambda x, w: tk.binary_linear(x, w, threads=threads)
+    if mode == "q8_0":
+        return lambda x, w: tk.binary_weight_matmul(x, w, activations="q8_0", threads=threads)
+    return lambda x, w: tk.binary_weight_matmul(x, w, threads=threads)
+
+
+def prepare_mode(mode: str, weights):
+    """(per-mode weights, note), or (None, reason) when this build lacks the mode."""
+    if mode == "w1a1":
+        return [_row_scaled(w) for _, w in weights], "row scales (the W1A1 integer dot takes no group scales)"
+    fn = _layer_fn(mode, 1)
+    x0 = np.ones(weights[0][1].k, dtype=np.float32)
+    try:
+        fn(x0, weights[0][1])
+        return [w for _, w in weights], "group scales"
+    except TypeError as e:  # activations= not accepted: the q8_0 kernels are not in this build
+        if mode == "q8_0":
+            return None, f"{NOT_AVAILABLE} ({e})"
+        raise
+    except ValueError as e:
+        if "group scale" not in str(e):
+            raise
+        if mode == "q8_0":
+            return None, f"{NOT_AVAILABLE} ({e})"
+        # float32 without group-scale kernels: time the same bytes with row scales
+        return [_row_scaled(w) for _, w in weights], "row scales (group scales not in this build)"
+
+
+def _streamed_bytes(ws) -> int:
+    """Weight bytes one pass reads: the bits (as re-tiled in the handle) and the scales used."""
+    total = 0
+    for w in ws:
+        total += w.bits.nbytes
+        for a in (w.scale, w.in_scale, w.group_scale):
+            total += 0 if a is None else a.nbytes
+    return total
+
+
+def check_layer(mode: str, fn, x: np.ndarray, w: tk.PackedWeights) -> str:
+    """The timed call's result on one layer against takane_kernels.reference: bit-exact for
+    W1A1, within the documented error bound for the float modes. Raises AssertionError."""
+    from takane_kernels import reference as ref
+
+    y = fn(x, w)
+    if mode == "w1a1":
+        if not np.array_equal(y, ref.binary_linear(x, w)):
+            raise AssertionError(f"{mode}: result differs from takane_kernels.reference")
+        return "exact"
+    act = "q8_0" if mode == "q8_0" else "float32"
+    exact = ref.binary_weight_matmul(x, w, activations=act)
+    bound = ref.binary_weight_matmul_error_bound(x, w, activations=act)
+    if not np.all(np.abs(y.astype(np.float64) - exact) <= bound):
+        raise AssertionError(f"{mode}: result outside the reference's error bound")
+    return "within bound"
+
+
+def _time_passes(run, count: int, budget_s: float) -> list[float]:
+    times = []
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 2:
+            break
+    return times
+
+
+def run_mode(mode: str, ws, note: str, threads: int, *, tokens: int, prefill: int, budget_s: float,
+             seed: int = 1) -> dict:
+    rec = {"mode": mode, "threads": threads, "note": note, "available": ws is not None}
+    if ws is None:
+        return rec
+    fn = _layer_fn(mode, threads)
+    rng = np.random.default_rng(seed)
+    ks = sorted({w.k for w in ws})
+    xs = {k: rng.standard_normal(k).astype(np.float32) for k in ks}
+    plan = [(xs[w.k], w) for w in ws]
+
+    def token():
+        for x, w in plan:
+            fn(x, w)
+
+    token()  # warm-up: builds every handle, faults every page, starts the pool
+    rec["check"] = check_layer(mode, fn, *plan[0])
+    times = _time_passes(token, tokens, budget_s)
+    nbytes = _streamed_bytes(ws)
+    t = float(np.median(times))
+    rec.update(weight_bytes=nbytes, decode_s=t, decode_times_s=times, decode_tok_s=1.0 / t,
+               decode_bytes_per_s=nbytes / t)
+    if prefill:
+        xm = {k: rng.standard_normal((prefill, k)).astype(np.float32) for k in ks}
+        pplan = [(xm[w.k], w) for w in ws]
+
+        def pass_():
+            for x, w in pplan:
+                fn(x, w)
+
+        ptimes = _time_passes(pass_, 2, budget_s / 2)
+        pt = float(np.median(ptimes))
+        rec.update(prefill_m=prefill, prefill_s=pt, prefill_tok_s=prefill / pt)
+    return rec
+
+
+def llama_cpp_dir(option: str | None) -> tuple[str | None, str]:
+    """The llama.cpp build to compare with, or (None, why not)."""
+    path = option or os.environ.get("TAKANE_LLAMA_CPP")
+    if not path:
+        return None, "no llama.cpp build given (--llama-cpp DIR or env TAKANE_LLAMA_CPP; bench/build_llamacpp.sh makes one)"
+    exe = os.path.join(path, "bin", "takane-ggml-q1-matmul")
+    if not os.access(exe, os.X_OK):
+        return None, f"{exe} not found (build it with bench/build_llamacpp.sh {path})"
+    return path, ""
+
+
+def _shape_args(shapes) -> tuple[int, list[str]]:
+    """The ggml program's -l LAYERS and per-layer N x K list: repeated layers are folded."""
+    mats = [f"{n}x{k}" for _, n, k in shapes]
+    for per in range(1, len(mats) + 1):
+        if len(mats) % per == 0 and mats == mats[:per] * (len(mats) // per):
+            return len(mats) // per, mats[:per]
+    return 1, mats  # pragma: no cover - per = len(mats) always matches
+
+
+def run_llama_cpp(path: str, shapes, threads: int, m: int, reps: int, timeout: float = 600.0) -> dict:
+    """llama.cpp's Q1_0 x Q8_0 matmuls of the same shapes: one ggml graph per token."""
+    exe = os.path.join(path, "bin", "takane-ggml-q1-matmul")
+    layers, mats = _shape_args(shapes)
+    cmd = [exe, "-t", str(threads), "-m", str(m), "-r", str(reps), "-l", str(layers), *mats]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-500:], "command": " ".join(cmd)}
+    out = json.loads(proc.stdout)
+    out["command"] = " ".join(cmd)
+    return out
+
+
+def run_llama_bench(path: str, gguf_path: str, threads: int, tokens: int = 16, timeout: float = 900.0) -> dict:
+    """llama.cpp's own benchmark on the whole model file (attention, norms and sampling
+    included, so an upper bound for its linear layers): token generation rate."""
+    cmd = [os.path.join(path, "bin", "llama-bench"), "-m", gguf_path, "-p", "0", "-n", str(tokens),
+           "-t", str(threads), "-o", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        return {"threads": threads, "error": (proc.stderr or proc.stdout).strip()[-500:], "command": " ".join(cmd)}
+    runs = json.loads(proc.stdout)
+    return {"threads": threads, "tok_s": float(runs[0]["avg_ts"]), "command": " ".join(cmd)}
+
+
+def memory_table(shapes, weights) -> list[dict]:
+    params = sum(n * k for _, n, k in shapes)
+    bits = sum(w.bits.nbytes for _, w in weights)
+    group = sum(w.bits.nbytes + (0 if w.group_scale is None else w.group_scale.nbytes) for _, w in weights)
+    rows = sum(w.bits.nbytes + w.n * 4 for _, w in weights)
+    q1 = sum(n * -(-k // 128) * Q1_0_BYTES_PER_BLOCK for _, n, k in shapes)
+    table = [("fp32", params * 4), ("fp16", params * 2), ("Q1_0 (llama.cpp)", q1),
+             (f"1-bit + group scales (G={GROUP_SIZE})", group), ("1-bit + row scale", rows), ("1-bit signs only", bits)]
+    return [{"format": f, "bytes": b, "vs_fp16": params * 2 / b, "vs_fp32": params * 4 / b} for f, b in table]
+
+
+def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill: int = 128,
+        budget_s: float = 3.0, dram_mb: int = 256, llama_cpp: str | None = None, log=print) -> dict:
+    if weights is None:
+        weights = random_weights(shapes)
+    shapes = [(name, w.n, w.k) for name, w in weights]
+    params = sum(n * k for _, n, k in shapes)
+    report = {"isa": tk.isa.active(), "matrices": len(shapes), "params": params, "group_size": GROUP_SIZE,
+              "tokens": tokens, "prefill_m": prefill, "dram_mb": dram_mb, "memory": memory_table(shapes, weights),
+              "dram": {}, "results": []}
+    buf = np.ones(dram_mb * 2**20 // 8, dtype=np.int64)
+    for mode in modes:
+        ws, note = prepare_mode(mode, weights)
+        for threads in threads_list:
+            # the bandwidth is measured right before each run, with the same thread count
+            bw = dram_bandwidth(threads, buf=buf)
+            rec = run_mode(mode, ws, note, threads, tokens=tokens, prefill=prefill, budget_s=budget_s)
+            rec["dram_bytes_per_s"] = bw
+            if rec["available"]:
+                rec["pct_dram"] = 100.0 * rec["decode_bytes_per_s"] / bw
+            report["results"].append(rec)
+            log(f"  {mode:8s} {threads} thread(s): " + (f"{rec['decode_s'] * 1e3:.2f} ms/token" if rec["available"] else rec["note"]))
+        del ws  # the mode's handles (re-tiled copies) go before the next mode builds its own
+    for threads in threads_list:
+        report["dram"][str(threads)] = dram_bandwidth(threads, buf=buf)
+    del buf
+    if any(k % 128 for _, _, k in shapes):
+        path, why = None, "Q1_0 needs K % 128 == 0 in every matrix (blocks of 128 weights)"
+    else:
+        path, why = llama_cpp_dir(llama_cpp)
+    report["llama_cpp"] = {"available": path is not None, "reason": why, "path": path, "results": []}
+    if path:
+        for threads in threads_list:
+            rec = {"threads": threads, "decode": run_llama_cpp(path, shapes, threads, 1, max(tokens, 3))}
+            if prefill:
+                rec["prefill"] = run_llama_cpp(path, shapes, threads, prefill, 2)
+            report["llama_cpp"]["results"].append(rec)
+            log(f"  llama.cpp Q1_0 {threads} thread(s): done")
+    return report
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB"
+
+
+def print_report(report: dict, file=None) -> None:
+    p = lambda *a: print(*a, file=file or sys.stdout)  # noqa: E731
+    p(f"\n1-bit LLM linear layers on {report['isa']}: {report['matrices']} matrices, "
+      f"{report['params'] / 1e6:.1f}M weights (decode M = 1, weights streaming from DRAM"
+      + (f"; prefill M = {report['prefill_m']})" if report["prefill_m"] else ")"))
+    p(f"  {'weights':34s} {'memory':>10s} {'vs fp16':>8s} {'vs fp32':>8s}")
+    for r in report["memory"]:
+        p(f"  {r['format']:34s} {_fmt_bytes(r['bytes']):>10s} {r['vs_fp16']:7.1f}x {r['vs_fp32']:7.1f}x")
+    p("  (in memory the kernels also keep a re-tiled copy of the signs: resident 1-bit weights are ~2x the 1-bit rows)")
+    head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
+            f"{'% DRAM':>7s} {'prefill tok/s':>13s}")
+    p("\n" + head)
+    p("  " + "-" * (len(head) - 2))
+    lc = {r["threads"]: r for r in report.get("llama_cpp", {}).get("results", [])}
+    for r in sorted(report["results"], key=lambda r: (r["threads"], MODES.index(r["mode"]))):
+        if not r["available"]:
+            p(f"  {r['mode']:16s} {r['threads']:3d}   {r['note']}")
+            continue
+        pre = f"{r['prefill_tok_s']:13.1f}" if "prefill_tok_s" in r else f"{'-':>13s}"
+        p(f"  {r['mode']:16s} {r['threads']:3d} {r['decode_s'] * 1e3:9.2f} {r['decode_tok_s']:7.1f} "
+          f"{r['decode_bytes_per_s'] / 1e9:12.1f} {r['dram_bytes_per_s'] / 1e9:9.1f} {r['pct_dram']:6.0f}% {pre}")
+    for threads, r in lc.items():
+        d = r["decode"]
+        if "error" in d:
+            p(f"  {'llama.cpp Q1_0':16s} {threads:3d}   error: {d['error']}")
+            continue
+        pre = r.get("prefill", {})
+        pre_s = f"{pre['m'] / pre['median_s']:13.1f}" if "median_s" in pre else f"{'-':>13s}"
+        dram = report["dram"].get(str(threads))
+        p(f"  {'llama.cpp Q1_0':16s} {threads:3d} {d['median_s'] * 1e3:9.2f} {1 / d['median_s']:7.1f} "
+          f"{d['weight_bytes'] / d['median_s'] / 1e9:12.1f} {dram / 1e9:9.1f} "
+          f"{100 * d['weight_bytes'] / d['median_s'] / dram:6.0f}% {pre_s}")
+    for b in report.get("llama_cpp", {}).get("llama_bench", []):
+        p(f"  llama-bench, whole model (attention etc. included), {b['threads']} thread(s): "
+          + (f"{b['tok_s']:.1f} tok/s" if "tok_s" in b else f"error: {b['error']}"))
+    notes = sorted({f"{r['mode']}: {r['note']}" for r in report["results"] if r["available"]})
+    for n in notes:
+        p(f"  note: {n}")
+    if not report.get("llama_cpp", {}).get("available"):
+        p(f"  llama.cpp: skipped: {report.get('llama_cpp', {}).get('reason', 'not run')}")
+    else:
+        p("  llama.cpp: ggml graph of Q1_0 x f32 matmuls (activations quantized to Q8_0 inside), same shapes, "
+          "random signs; weights GB/s counts Q1_0 bytes")
+
+
+def main_job_section(threads_list, *, json_out: bool, file=None) -> dict:
+    """The short version run by ``python -m takane_kernels``: the default 1B-class stack,
+    decode only (5 tokens per mode), each thread count; a few seconds."""
+    log = (lambda *a: None) if json_out else (lambda *a: print(*a, file=file or sys.stdout))
+    log("\n1-bit LLM decode (python -m takane_kernels llm for prefill, --gguf, and the full run):")
+    weights = random_weights(llama_shapes(2048, 5632, 22, 32, 4))
+    report = run(weights=weights, threads_list=threads_list, tokens=5, prefill=0, budget_s=1.0, log=lambda *a: None)
+    report["source"] = "random: hidden 2048, ffn 5632, layers 22, heads 32/4"
+    if not json_out:
+        print_report(report, file=file)
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m takane_kernels llm", description=__doc__.split("\n")[0])
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--ffn", type=int, default=5632)
+    p.add_argument("--layers", type=int, default=22)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--gguf", metavar="PATH", help="use the Q1_0 tensors of this GGUF file instead (extra gguf)")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and 2)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--tokens", type=int, default=8, help="decode tokens timed per mode (median)")
+    p.add_argument("--prefill", type=int, default=128, help="prefill rows M (0: no prefill)")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds per mode and phase at most (>= 2 runs)")
+    p.add_argument("--dram-mb", type=int, default=256, help="buffer of the DRAM bandwidth measurement (MB)")
+    p.add_argument("--llama-cpp", metavar="DIR", help="llama.cpp build (default: env TAKANE_LLAMA_CPP)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = p.parse_args(argv)
+    if args.gguf:
+        try:
+            from takane_kernels import gguf
+        except ImportError as e:
+            raise SystemExit(f"--gguf needs takane_kernels.gguf (pip install 'takane-kernels[gguf]'): {e}")
+        try:  # other tensor types (embeddings, norms in other formats) are not ours to time
+            tensors = gguf.load(args.gguf, unsupported="skip")
+        except TypeError:
+            tensors = gguf.load(args.gguf)
+        weights = [(name, w) for name, w in tensors.items() if isinstance(w, tk.PackedWeights)]
+        if not weights:
+            raise SystemExit(f"{args.gguf}: no Q1_0 tensors")
+    else:
+        weights = random_weights(llama_shapes(args.hidden, args.ffn, args.layers, args.heads, args.kv_heads))
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    report = run(weights=weights, threads_list=args.threads or [1, 2], modes=args.modes, tokens=args.tokens,
+                 prefill=args.prefill, budget_s=args.budget, dram_mb=args.dram_mb, llama_cpp=args.llama_cpp, log=log)
+    if args.gguf and report["llama_cpp"]["available"]:
+        report["llama_cpp"]["llama_bench"] = [run_llama_bench(report["llama_cpp"]["path"], args.gguf, t)
+                                              for t in args.threads or [1, 2]]
+    report["source"] = args.gguf or (f"random: hidden {args.hidden}, ffn {args.ffn}, layers {args.layers}, "
+                                     f"heads {args.heads}/{args.kv_heads}")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report)
+    return 0

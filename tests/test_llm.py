@@ -1,0 +1,186 @@
+"""``python -m takane_kernels llm`` (takane_kernels._llm), on tiny shapes.
+
+The program's numbers are timings (never asserted); what is checked: the Llama shapes, the
+memory table's arithmetic, the bytes each mode streams, that every timed mode's first layer
+agrees with the reference, the JSON output, the q8_0 guard, and that the llama.cpp peer is
+skipped with a reason when absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import takane_kernels as tk
+from takane_kernels import _llm
+
+TINY = ["--hidden", "128", "--ffn", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
+
+
+def test_llama_shapes_are_tinyllama_widths():
+    shapes = _llm.llama_shapes(2048, 5632, 22, 32, 4)
+    assert len(shapes) == 22 * 7
+    by_kind = {name.split(".", 2)[2]: (n, k) for name, n, k in shapes[:7]}
+    assert by_kind == {"attn_q.weight": (2048, 2048), "attn_k.weight": (256, 2048), "attn_v.weight": (256, 2048),
+                       "attn_output.weight": (2048, 2048), "ffn_gate.weight": (5632, 2048),
+                       "ffn_up.weight": (5632, 2048), "ffn_down.weight": (2048, 5632)}
+    assert sum(n * k for _, n, k in shapes) == 22 * (2 * 2048 * 2048 + 2 * 256 * 2048 + 3 * 5632 * 2048)
+    with pytest.raises(ValueError, match="heads"):
+        _llm.llama_shapes(100, 200, 1, 3, 1)
+    with pytest.raises(ValueError, match="KV heads"):
+        _llm.llama_shapes(128, 200, 1, 4, 3)
+
+
+def test_shape_args_fold_repeated_layers():
+    shapes = _llm.llama_shapes(128, 192, 3, 4, 2)
+    layers, mats = _llm._shape_args(shapes)
+    assert layers == 3 and mats == ["128x128", "64x128", "64x128", "128x128", "192x128", "192x128", "128x192"]
+    assert _llm._shape_args([("a", 8, 64), ("b", 16, 64)]) == (1, ["8x64", "16x64"])
+
+
+def test_memory_table_and_streamed_bytes():
+    shapes = [("a", 16, 256), ("b", 8, 128)]
+    weights = _llm.random_weights(shapes)
+    params = 16 * 256 + 8 * 128
+    table = {r["format"]: r["bytes"] for r in _llm.memory_table(shapes, weights)}
+    assert table["fp32"] == 4 * params and table["fp16"] == 2 * params
+    assert table["Q1_0 (llama.cpp)"] == (16 * 2 + 8 * 1) * 18  # 18 bytes per 128 weights
+    assert table["1-bit signs only"] == params // 8
+    assert table["1-bit + group scales (G=128)"] == params // 8 + (16 * 2 + 8 * 1) * 4
+    assert table["1-bit + row scale"] == params // 8 + (16 + 8) * 4
+    for _, w in weights:
+        assert w.group_size == 128 and w.group_scale.shape == (w.n, -(-w.k // 128))
+        assert np.all(w.group_scale > 0)
+    rows = [_llm._row_scaled(w) for _, w in weights]
+    assert _llm._streamed_bytes(rows) == table["1-bit + row scale"]
+    for (_, w), r in zip(weights, rows):
+        np.testing.assert_array_equal(r.bits, w.bits)
+        np.testing.assert_allclose(r.scale, w.group_scale.mean(axis=1), rtol=1e-6)
+
+
+def test_padding_bits_are_zero_for_any_k():
+    (_, w), = _llm.random_weights([("a", 5, 100)])
+    assert int(np.max(w.bits[:, -1] >> np.uint64(36))) == 0  # bits 36..63 of the last word are padding
+
+
+def test_q8_0_is_available_or_reported():
+    weights = _llm.random_weights([("a", 16, 128)])
+    ws, note = _llm.prepare_mode("q8_0", weights)
+    x = np.ones(128, dtype=np.float32)
+    if ws is None:
+        assert note.startswith(_llm.NOT_AVAILABLE)
+        with pytest.raises((TypeError, ValueError)):
+            tk.binary_weight_matmul(x, weights[0][1], activations="q8_0")
+    else:
+        assert note == "group scales"
+        assert tk.binary_weight_matmul(x, ws[0], activations="q8_0").shape == (16,)
+
+
+def test_every_timed_mode_checks_its_first_layer():
+    weights = _llm.random_weights(_llm.llama_shapes(128, 192, 1, 4, 2))
+    for mode in _llm.MODES:
+        ws, note = _llm.prepare_mode(mode, weights)
+        rec = _llm.run_mode(mode, ws, note, 1, tokens=2, prefill=3, budget_s=0.1)
+        assert rec["available"] == (ws is not None)
+        if ws is not None:
+            assert rec["check"] == "exact" if mode == "w1a1" else rec["check"] == "within bound"
+            assert rec["weight_bytes"] == _llm._streamed_bytes(ws)
+            assert rec["decode_s"] > 0 and rec["prefill_s"] > 0 and rec["prefill_m"] == 3
+
+
+def test_check_catches_a_wrong_result(monkeypatch):
+    weights = _llm.random_weights([("a", 16, 128)])
+    ws, note = _llm.prepare_mode("w1a1", weights)
+    real = tk.binary_linear
+    monkeypatch.setattr(tk, "binary_linear", lambda x, w, **kw: real(x, w, **kw) + np.float32(1))
+    with pytest.raises(AssertionError, match="w1a1"):
+        _llm.run_mode("w1a1", ws, note, 1, tokens=1, prefill=0, budget_s=0.1)
+
+
+def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys):
+    """--gguf PATH: the PackedWeights of takane_kernels.gguf.load(path) (the contract: name ->
+    PackedWeights for Q1_0 tensors, numpy arrays for F32/F16), in file order; arrays are left
+    out. A stand-in module: the real reader arrives with the GGUF work."""
+    import types
+
+    weights = dict(_llm.random_weights([("blk.0.attn_q.weight", 16, 128), ("blk.0.ffn_down.weight", 8, 256)]))
+    tensors = {"token_embd.weight": np.zeros((4, 128), np.float32), **weights}
+    calls = []
+
+    def load(path, **kw):
+        calls.append((path, kw))
+        return tensors
+
+    fake = types.ModuleType("takane_kernels.gguf")
+    fake.load = load
+    monkeypatch.setitem(sys.modules, "takane_kernels.gguf", fake)
+    monkeypatch.setattr(tk, "gguf", fake, raising=False)
+    monkeypatch.delenv("TAKANE_LLAMA_CPP", raising=False)
+    assert _llm.main(["--gguf", "model.gguf", "--threads", "1", "--modes", "w1a1", "--tokens", "1", "--prefill", "0",
+                      "--budget", "0.1", "--dram-mb", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert calls and calls[0][0] == "model.gguf"
+    assert report["source"] == "model.gguf" and report["matrices"] == 2 and report["params"] == 16 * 128 + 8 * 256
+    (rec,) = report["results"]
+    assert rec["check"] == "exact" and rec["weight_bytes"] == (16 * 2 + 8 * 4) * 8 + (16 + 8) * 4
+    fake.load = lambda path, **kw: {"token_embd.weight": np.zeros((4, 128), np.float32)}
+    with pytest.raises(SystemExit, match="no Q1_0 tensors"):
+        _llm.main(["--gguf", "empty.gguf", "--threads", "1"])
+
+
+def run_cli(*args, env_update=None):
+    env = {k: v for k, v in os.environ.items() if k != "TAKANE_LLAMA_CPP"}
+    env.update(env_update or {})
+    proc = subprocess.run([sys.executable, "-m", "takane_kernels", "llm", *TINY, "--tokens", "2", "--prefill", "4",
+                           "--budget", "0.2", "--dram-mb", "8", "--json", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_cli_json_report():
+    report, _ = run_cli("--threads", "1", "2")
+    assert report["matrices"] == 14 and report["params"] == 2 * (2 * 128 * 128 + 2 * 64 * 128 + 3 * 256 * 128)
+    assert {(r["mode"], r["threads"]) for r in report["results"]} == {(m, t) for m in _llm.MODES for t in (1, 2)}
+    for r in report["results"]:
+        assert r["dram_bytes_per_s"] > 0
+        if r["available"]:
+            assert r["decode_bytes_per_s"] == pytest.approx(r["weight_bytes"] / r["decode_s"])
+            assert r["pct_dram"] == pytest.approx(100 * r["decode_bytes_per_s"] / r["dram_bytes_per_s"])
+            assert r["prefill_tok_s"] == pytest.approx(4 / r["prefill_s"])
+    assert set(report["dram"]) == {"1", "2"}
+    assert report["llama_cpp"]["available"] is False
+    assert "TAKANE_LLAMA_CPP" in report["llama_cpp"]["reason"]
+
+
+def test_llama_cpp_needs_whole_q1_0_blocks(tmp_path):
+    report = _llm.run(weights=_llm.random_weights([("a", 8, 192)]), threads_list=[1], modes=["w1a1"], tokens=1,
+                      prefill=0, budget_s=0.1, dram_mb=8, llama_cpp=str(tmp_path), log=lambda *a: None)
+    assert not report["llama_cpp"]["available"] and "128" in report["llama_cpp"]["reason"]
+
+
+def test_cli_table_and_missing_llama_cpp(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TAKANE_LLAMA_CPP"}
+    env["TAKANE_LLAMA_CPP"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "takane_kernels", "llm", *TINY, "--threads", "1", "--modes", "w1a1",
+                           "--tokens", "2", "--prefill", "0", "--budget", "0.2", "--dram-mb", "8"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "% DRAM" in proc.stdout and "vs fp16" in proc.stdout
+    assert "llama.cpp: skipped" in proc.stdout and "takane-ggml-q1-matmul not found" in proc.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("TAKANE_LLAMA_CPP"), reason="no llama.cpp peer (env TAKANE_LLAMA_CPP; bench/build_llamacpp.sh)")
+def test_llama_cpp_peer_runs_the_same_shapes():
+    report, _ = run_cli("--threads", "1", "--modes", "w1a1", env_update={"TAKANE_LLAMA_CPP": os.environ["TAKANE_LLAMA_CPP"]})
+    lc = report["llama_cpp"]
+    assert lc["available"]
+    (rec,) = lc["results"]
+    assert "error" not in rec["decode"], rec["decode"]
+    assert rec["decode"]["matrices"] == 14 and rec["decode"]["median_s"] > 0
+    assert rec["decode"]["weight_bytes"] == sum(n * (k // 128) * 18 for _, n, k in _llm.llama_shapes(128, 256, 2, 4, 2))
