@@ -68,17 +68,12 @@ def test_padding_bits_are_zero_for_any_k():
     assert int(np.max(w.bits[:, -1] >> np.uint64(36))) == 0  # bits 36..63 of the last word are padding
 
 
-def test_q8_0_is_available_or_reported():
+def test_q8_0_runs_on_the_group_scaled_weights():
     weights = _llm.random_weights([("a", 16, 128)])
     ws, note = _llm.prepare_mode("q8_0", weights)
     x = np.ones(128, dtype=np.float32)
-    if ws is None:
-        assert note.startswith(_llm.NOT_AVAILABLE)
-        with pytest.raises((TypeError, ValueError)):
-            tk.binary_weight_matmul(x, weights[0][1], activations="q8_0")
-    else:
-        assert note == "group scales"
-        assert tk.binary_weight_matmul(x, ws[0], activations="q8_0").shape == (16,)
+    assert note == "group scales" and ws[0] is weights[0][1]
+    assert tk.binary_weight_matmul(x, ws[0], activations="q8_0").shape == (16,)
 
 
 def test_every_timed_mode_checks_its_first_layer():
@@ -86,11 +81,9 @@ def test_every_timed_mode_checks_its_first_layer():
     for mode in _llm.MODES:
         ws, note = _llm.prepare_mode(mode, weights)
         rec = _llm.run_mode(mode, ws, note, 1, tokens=2, prefill=3, budget_s=0.1)
-        assert rec["available"] == (ws is not None)
-        if ws is not None:
-            assert rec["check"] == "exact" if mode == "w1a1" else rec["check"] == "within bound"
-            assert rec["weight_bytes"] == _llm._streamed_bytes(ws)
-            assert rec["decode_s"] > 0 and rec["prefill_s"] > 0 and rec["prefill_m"] == 3
+        assert rec["check"] == "exact" if mode == "w1a1" else rec["check"] == "within bound"
+        assert rec["weight_bytes"] == _llm._streamed_bytes(ws)
+        assert rec["decode_s"] > 0 and rec["prefill_s"] > 0 and rec["prefill_m"] == 3
 
 
 def test_check_catches_a_wrong_result(monkeypatch):
@@ -102,35 +95,27 @@ def test_check_catches_a_wrong_result(monkeypatch):
         _llm.run_mode("w1a1", ws, note, 1, tokens=1, prefill=0, budget_s=0.1)
 
 
-def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys):
-    """--gguf PATH: the PackedWeights of takane_kernels.gguf.load(path) (the contract: name ->
-    PackedWeights for Q1_0 tensors, numpy arrays for F32/F16), in file order; arrays are left
-    out. A stand-in module: the real reader arrives with the GGUF work."""
-    import types
+def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys, tmp_path):
+    """--gguf PATH: the PackedWeights (Q1_0 tensors) of a file written by takane_kernels.gguf,
+    in file order; F32/F16 arrays are left out."""
+    from takane_kernels import gguf
 
     weights = dict(_llm.random_weights([("blk.0.attn_q.weight", 16, 128), ("blk.0.ffn_down.weight", 8, 256)]))
-    tensors = {"token_embd.weight": np.zeros((4, 128), np.float32), **weights}
-    calls = []
-
-    def load(path, **kw):
-        calls.append((path, kw))
-        return tensors
-
-    fake = types.ModuleType("takane_kernels.gguf")
-    fake.load = load
-    monkeypatch.setitem(sys.modules, "takane_kernels.gguf", fake)
-    monkeypatch.setattr(tk, "gguf", fake, raising=False)
+    path = tmp_path / "model.gguf"
+    gguf.save(path, {"token_embd.weight": np.zeros((4, 128), np.float32), **weights}, arch="llama")
     monkeypatch.delenv("TAKANE_LLAMA_CPP", raising=False)
-    assert _llm.main(["--gguf", "model.gguf", "--threads", "1", "--modes", "w1a1", "--tokens", "1", "--prefill", "0",
-                      "--budget", "0.1", "--dram-mb", "8", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert calls and calls[0][0] == "model.gguf"
-    assert report["source"] == "model.gguf" and report["matrices"] == 2 and report["params"] == 16 * 128 + 8 * 256
-    (rec,) = report["results"]
-    assert rec["check"] == "exact" and rec["weight_bytes"] == (16 * 2 + 8 * 4) * 8 + (16 + 8) * 4
-    fake.load = lambda path, **kw: {"token_embd.weight": np.zeros((4, 128), np.float32)}
+    for mode, check in (("w1a1", "exact"), ("q8_0", "within bound")):
+        assert _llm.main(["--gguf", str(path), "--threads", "1", "--modes", mode, "--tokens", "1", "--prefill",
+                          "0", "--budget", "0.1", "--dram-mb", "8", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["source"] == str(path) and report["matrices"] == 2
+        assert report["params"] == 16 * 128 + 8 * 256
+        (rec,) = report["results"]
+        assert rec["check"] == check
+    empty = tmp_path / "empty.gguf"
+    gguf.save(empty, {"token_embd.weight": np.zeros((4, 128), np.float32)}, arch="llama")
     with pytest.raises(SystemExit, match="no Q1_0 tensors"):
-        _llm.main(["--gguf", "empty.gguf", "--threads", "1"])
+        _llm.main(["--gguf", str(empty), "--threads", "1"])
 
 
 def run_cli(*args, env_update=None):
@@ -149,10 +134,9 @@ def test_cli_json_report():
     assert {(r["mode"], r["threads"]) for r in report["results"]} == {(m, t) for m in _llm.MODES for t in (1, 2)}
     for r in report["results"]:
         assert r["dram_bytes_per_s"] > 0
-        if r["available"]:
-            assert r["decode_bytes_per_s"] == pytest.approx(r["weight_bytes"] / r["decode_s"])
-            assert r["pct_dram"] == pytest.approx(100 * r["decode_bytes_per_s"] / r["dram_bytes_per_s"])
-            assert r["prefill_tok_s"] == pytest.approx(4 / r["prefill_s"])
+        assert r["decode_bytes_per_s"] == pytest.approx(r["weight_bytes"] / r["decode_s"])
+        assert r["pct_dram"] == pytest.approx(100 * r["decode_bytes_per_s"] / r["dram_bytes_per_s"])
+        assert r["prefill_tok_s"] == pytest.approx(4 / r["prefill_s"])
     assert set(report["dram"]) == {"1", "2"}
     assert report["llama_cpp"]["available"] is False
     assert "TAKANE_LLAMA_CPP" in report["llama_cpp"]["reason"]

@@ -45,7 +45,6 @@ import takane_kernels as tk
 MODES = ("w1a1", "q8_0", "float32")
 GROUP_SIZE = 128
 Q1_0_BYTES_PER_BLOCK = 18  # fp16 d + 16 bytes of signs per 128 weights
-NOT_AVAILABLE = "not available in this build"
 
 
 def llama_shapes(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int) -> list[tuple[str, int, int]]:
@@ -112,25 +111,12 @@ def _layer_fn(mode: str, threads: int):
 
 
 def prepare_mode(mode: str, weights):
-    """(per-mode weights, note), or (None, reason) when this build lacks the mode."""
+    """(the weights this mode runs, a note saying which scales they carry)."""
     if mode == "w1a1":
         return [_row_scaled(w) for _, w in weights], "row scales (the W1A1 integer dot takes no group scales)"
-    fn = _layer_fn(mode, 1)
-    x0 = np.ones(weights[0][1].k, dtype=np.float32)
-    try:
-        fn(x0, weights[0][1])
-        return [w for _, w in weights], "group scales"
-    except TypeError as e:  # activations= not accepted: the q8_0 kernels are not in this build
-        if mode == "q8_0":
-            return None, f"{NOT_AVAILABLE} ({e})"
-        raise
-    except ValueError as e:
-        if "group scale" not in str(e):
-            raise
-        if mode == "q8_0":
-            return None, f"{NOT_AVAILABLE} ({e})"
-        # float32 without group-scale kernels: time the same bytes with row scales
-        return [_row_scaled(w) for _, w in weights], "row scales (group scales not in this build)"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return [w for _, w in weights], "group scales" if weights[0][1].group_scale is not None else "as loaded"
 
 
 def _streamed_bytes(ws) -> int:
@@ -175,9 +161,7 @@ def _time_passes(run, count: int, budget_s: float) -> list[float]:
 
 def run_mode(mode: str, ws, note: str, threads: int, *, tokens: int, prefill: int, budget_s: float,
              seed: int = 1) -> dict:
-    rec = {"mode": mode, "threads": threads, "note": note, "available": ws is not None}
-    if ws is None:
-        return rec
+    rec = {"mode": mode, "threads": threads, "note": note}
     fn = _layer_fn(mode, threads)
     rng = np.random.default_rng(seed)
     ks = sorted({w.k for w in ws})
@@ -282,10 +266,9 @@ def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: 
             bw = dram_bandwidth(threads, buf=buf)
             rec = run_mode(mode, ws, note, threads, tokens=tokens, prefill=prefill, budget_s=budget_s)
             rec["dram_bytes_per_s"] = bw
-            if rec["available"]:
-                rec["pct_dram"] = 100.0 * rec["decode_bytes_per_s"] / bw
+            rec["pct_dram"] = 100.0 * rec["decode_bytes_per_s"] / bw
             report["results"].append(rec)
-            log(f"  {mode:8s} {threads} thread(s): " + (f"{rec['decode_s'] * 1e3:.2f} ms/token" if rec["available"] else rec["note"]))
+            log(f"  {mode:8s} {threads} thread(s): " + f"{rec['decode_s'] * 1e3:.2f} ms/token")
         del ws  # the mode's handles (re-tiled copies) go before the next mode builds its own
     for threads in threads_list:
         report["dram"][str(threads)] = dram_bandwidth(threads, buf=buf)
@@ -324,9 +307,6 @@ def print_report(report: dict, file=None) -> None:
     p("  " + "-" * (len(head) - 2))
     lc = {r["threads"]: r for r in report.get("llama_cpp", {}).get("results", [])}
     for r in sorted(report["results"], key=lambda r: (r["threads"], MODES.index(r["mode"]))):
-        if not r["available"]:
-            p(f"  {r['mode']:16s} {r['threads']:3d}   {r['note']}")
-            continue
         pre = f"{r['prefill_tok_s']:13.1f}" if "prefill_tok_s" in r else f"{'-':>13s}"
         p(f"  {r['mode']:16s} {r['threads']:3d} {r['decode_s'] * 1e3:9.2f} {r['decode_tok_s']:7.1f} "
           f"{r['decode_bytes_per_s'] / 1e9:12.1f} {r['dram_bytes_per_s'] / 1e9:9.1f} {r['pct_dram']:6.0f}% {pre}")
@@ -344,7 +324,7 @@ def print_report(report: dict, file=None) -> None:
     for b in report.get("llama_cpp", {}).get("llama_bench", []):
         p(f"  llama-bench, whole model (attention etc. included), {b['threads']} thread(s): "
           + (f"{b['tok_s']:.1f} tok/s" if "tok_s" in b else f"error: {b['error']}"))
-    notes = sorted({f"{r['mode']}: {r['note']}" for r in report["results"] if r["available"]})
+    notes = sorted({f"{r['mode']}: {r['note']}" for r in report["results"]})
     for n in notes:
         p(f"  note: {n}")
     if not report.get("llama_cpp", {}).get("available"):
@@ -389,10 +369,8 @@ def main(argv=None) -> int:
             from takane_kernels import gguf
         except ImportError as e:
             raise SystemExit(f"--gguf needs takane_kernels.gguf (pip install 'takane-kernels[gguf]'): {e}")
-        try:  # other tensor types (embeddings, norms in other formats) are not ours to time
-            tensors = gguf.load(args.gguf, unsupported="skip")
-        except TypeError:
-            tensors = gguf.load(args.gguf)
+        # other tensor types (embeddings, norms in other formats) are not ours to time
+        tensors = gguf.load(args.gguf, unsupported="skip")
         weights = [(name, w) for name, w in tensors.items() if isinstance(w, tk.PackedWeights)]
         if not weights:
             raise SystemExit(f"{args.gguf}: no Q1_0 tensors")
