@@ -18,7 +18,8 @@ typedef enum takane_status {
     TAKANE_ERR_OUT_OF_MEMORY = 10,
     TAKANE_ERR_BAD_THRESHOLD_LEN = 11,
     TAKANE_ERR_BAD_THREADS = 12,
-    TAKANE_ERR_NOT_FINITE = 13
+    TAKANE_ERR_NOT_FINITE = 13,
+    TAKANE_ERR_BAD_GEOMETRY = 16
 } takane_status;
 
 typedef enum takane_isa {
@@ -148,3 +149,51 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
                                                     const float *in_scale, const float *scale,
                                                     const float *bias, float *y,
                                                     int64_t y_row_stride, int32_t threads);
+
+typedef struct takane_conv_weights takane_conv_weights;
+takane_status takane_conv_weights_create(int64_t out_channels, int64_t kernel_h,
+                                         int64_t kernel_w, int64_t in_channels,
+                                         int64_t groups, const uint64_t *w,
+                                         takane_conv_weights **out);
+void takane_conv_weights_free(takane_conv_weights *weights);
+takane_status takane_conv_weights_info(const takane_conv_weights *weights,
+                                       int64_t *out_channels, int64_t *in_channels,
+                                       int64_t *kernel_h, int64_t *kernel_w,
+                                       int64_t *groups, int64_t *nbytes);
+typedef struct takane_conv2d_geometry {
+    int64_t batch, in_h, in_w;
+    int64_t stride_h, stride_w;
+    int64_t dilation_h, dilation_w;
+    int64_t pad_top, pad_bottom, pad_left, pad_right;
+    int32_t pad_value;
+} takane_conv2d_geometry;
+takane_status takane_conv2d_output_size(const takane_conv_weights *weights,
+                                        const takane_conv2d_geometry *geometry,
+                                        int64_t *out_h, int64_t *out_w);
+takane_status takane_binary_conv2d(const takane_conv_weights *weights,
+                                   const takane_conv2d_geometry *geometry,
+                                   const uint64_t *x, const float *scale,
+                                   const float *bias, const float *residual,
+                                   float *y, int32_t threads);
+takane_status takane_binary_conv2d_bits(const takane_conv_weights *weights,
+                                        const takane_conv2d_geometry *geometry,
+                                        const uint64_t *x, const float *scale,
+                                        const float *bias, const float *residual,
+                                        const float *out_threshold,
+                                        int64_t out_threshold_len, uint64_t *y,
+                                        int32_t threads);
+takane_status takane_binary_conv2d_f32(const takane_conv_weights *weights,
+                                       const takane_conv2d_geometry *geometry,
+                                       const float *x, const float *threshold,
+                                       int64_t threshold_len, const float *scale,
+                                       const float *bias, const float *residual,
+                                       float *y, int32_t threads);
+takane_status takane_binary_conv2d_f32_bits(
+    const takane_conv_weights *weights, const takane_conv2d_geometry *geometry,
+    const float *x, const float *threshold, int64_t threshold_len, const float *scale,
+    const float *bias, const float *residual, const float *out_threshold,
+    int64_t out_threshold_len, uint64_t *y, int32_t threads);
+takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geometry,
+                                       int64_t channels, int64_t kernel_h,
+                                       int64_t kernel_w, const uint64_t *x,
+                                       uint64_t *y, int32_t threads);

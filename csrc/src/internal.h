@@ -195,6 +195,13 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
                                               int64_t ys, int threads, takane_epilogue_fn epi,
                                               void *epi_ctx);
 
+/* One block on the calling thread: rows [0, m) of packed x (row stride xs words) times
+ * panels [p_begin, p_end) of w; y[i * ys + j] = k - 2 * popcount for the columns j of
+ * those panels (j < w->n). No epilogue, no threads: the caller (conv.c) owns both. */
+void takane_matmul_prepacked_block(const takane_kernel_set *ks, const takane_weights *w,
+                                   int64_t m, const uint64_t *x, int64_t xs, int64_t p_begin,
+                                   int64_t p_end, int32_t *y, int64_t ys);
+
 /* The task grid of the threaded frameworks: rows in chunks of m_chunk (a multiple of the
  * row tile mr), weight blocks (panels or panel groups) in chunks of p_chunk (a multiple
  * of p_align); task t covers row chunk t / p_tasks and block chunk t % p_tasks. With
