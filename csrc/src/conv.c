@@ -206,26 +206,54 @@ typedef struct conv_job {
     int failed;                        /* atomic: a takane_status */
 } conv_job;
 
-/* Gather output pixel r's receptive field for group g into row (kwords words). Returns
- * nonzero iff some tap lies outside the image. */
-static int gather_row(const conv_job *j, int64_t r, int64_t g, uint64_t *row) {
+/* Gather the receptive field of output pixel (b, oy, ox) for group g into row (kwords
+ * words). Returns nonzero iff some tap lies outside the image. */
+static int gather_row(const conv_job *j, int64_t b, int64_t oy, int64_t ox, int64_t g,
+                      uint64_t *row) {
     const takane_conv_weights *w = j->w;
     const takane_conv2d_geometry *geo = &j->geo;
-    const int64_t hw = j->ho * j->wo, b = r / hw, rem = r % hw;
-    const int64_t iy0 = (rem / j->wo) * geo->stride_h - geo->pad_top;
-    const int64_t ix0 = (rem % j->wo) * geo->stride_w - geo->pad_left;
+    const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
+    const int64_t ix0 = ox * geo->stride_w - geo->pad_left;
     const int64_t H = geo->in_h, W = geo->in_w, cw = j->cw, cin = w->cin_g;
+    const int64_t kh = w->kh, kw = w->kw, dh = geo->dilation_h, dw = geo->dilation_w;
     const uint64_t *img = j->x + b * H * W * cw;
+    const int interior = iy0 >= 0 && iy0 + (kh - 1) * dh < H && ix0 >= 0 && ix0 + (kw - 1) * dw < W;
+    if (interior && dw == 1 && j->aligned && w->groups == 1) {
+        /* the common case: each kernel row's taps are kw adjacent pixels, contiguous in
+         * the input and in the gathered row: one copy of kw * cw words per kernel row */
+        const int64_t len = kw * cw;
+        uint64_t *dst = row;
+        for (int64_t ky = 0; ky < kh; ky++, dst += len) {
+            const uint64_t *src = img + ((iy0 + ky * dh) * W + ix0) * cw;
+            for (int64_t q = 0; q < len; q++) dst[q] = src[q];
+        }
+        return 0;
+    }
+    if (interior && cin == 32 && w->groups == 1) {
+        /* 32 channels: two taps per word, tap t in half t % 2 of word t / 2 (the padding
+         * half of each input word is zero) */
+        uint64_t acc = 0;
+        int64_t t = 0;
+        for (int64_t ky = 0; ky < kh; ky++) {
+            const uint64_t *src = img + ((iy0 + ky * dh) * W + ix0);
+            for (int64_t kx = 0; kx < kw; kx++, t++) {
+                acc |= src[kx * dw] << (32 * (t & 1));
+                if (t & 1) row[t >> 1] = acc, acc = 0;
+            }
+        }
+        if (t & 1) row[t >> 1] = acc;
+        return 0;
+    }
     int border = 0;
     if (j->aligned) {
         const int64_t cwg = cin / 64, woff = g * cwg;
         const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
         uint64_t *dst = row;
-        for (int64_t ky = 0; ky < w->kh; ky++) {
-            const int64_t iy = iy0 + ky * geo->dilation_h;
+        for (int64_t ky = 0; ky < kh; ky++) {
+            const int64_t iy = iy0 + ky * dh;
             const int row_in = iy >= 0 && iy < H;
-            for (int64_t kx = 0; kx < w->kw; kx++, dst += cwg) {
-                const int64_t ix = ix0 + kx * geo->dilation_w;
+            for (int64_t kx = 0; kx < kw; kx++, dst += cwg) {
+                const int64_t ix = ix0 + kx * dw;
                 if (row_in && ix >= 0 && ix < W) {
                     const uint64_t *src = img + (iy * W + ix) * cw + woff;
                     for (int64_t q = 0; q < cwg; q++) dst[q] = src[q];
@@ -239,11 +267,11 @@ static int gather_row(const conv_job *j, int64_t r, int64_t g, uint64_t *row) {
     }
     memset(row, 0, (size_t)j->kwords * sizeof(uint64_t));
     int64_t t = 0;
-    for (int64_t ky = 0; ky < w->kh; ky++) {
-        const int64_t iy = iy0 + ky * geo->dilation_h;
+    for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = iy0 + ky * dh;
         const int row_in = iy >= 0 && iy < H;
-        for (int64_t kx = 0; kx < w->kw; kx++, t++) {
-            const int64_t ix = ix0 + kx * geo->dilation_w;
+        for (int64_t kx = 0; kx < kw; kx++, t++) {
+            const int64_t ix = ix0 + kx * dw;
             const uint64_t *src;
             if (row_in && ix >= 0 && ix < W) {
                 src = img + (iy * W + ix) * cw;
@@ -340,8 +368,16 @@ static void conv_task(void *ctx, int64_t task) {
             const uint64_t *xr = j->x + r0 * j->cw;
             int64_t xs = j->cw;
             if (!j->direct) {
-                for (int64_t r = 0; r < rows; r++)
-                    border[r] |= (unsigned char)gather_row(j, r0 + r, g, buf + r * j->kwords);
+                /* (b, oy, ox) of row r0, then stepped: no divisions per row */
+                const int64_t hw = j->ho * j->wo;
+                int64_t b = r0 / hw, oy = (r0 % hw) / j->wo, ox = r0 % j->wo;
+                for (int64_t r = 0; r < rows; r++) {
+                    border[r] |= (unsigned char)gather_row(j, b, oy, ox, g, buf + r * j->kwords);
+                    if (++ox == j->wo) {
+                        ox = 0;
+                        if (++oy == j->ho) oy = 0, b++;
+                    }
+                }
                 xr = buf, xs = j->kwords;
             }
             const int64_t pb = w->groups == 1 ? p_begin : 0;
