@@ -36,6 +36,9 @@ const char *takane_status_string(takane_status status) {
     case TAKANE_ERR_BAD_THRESHOLD_LEN: return "threshold_len must be 1 or k";
     case TAKANE_ERR_BAD_THREADS: return "threads must be >= 0";
     case TAKANE_ERR_NOT_FINITE: return "a scale, bias or mean |x| activation scale is NaN or infinite";
+    case TAKANE_ERR_BAD_GEOMETRY:
+        return "invalid convolution/pooling geometry (kernel, stride, dilation, padding, pad "
+               "value or groups), or the padded input is smaller than the kernel";
     }
     return "unknown status";
 }
