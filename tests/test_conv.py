@@ -162,6 +162,20 @@ def test_big_enough_to_thread_and_split_columns(isa_name):
         np.testing.assert_array_equal(got, want)
 
 
+def test_threaded_groups_and_float_input(isa_name):
+    """Enough work to use the thread pool (>= 2**23 bit-MACs) with groups, float input
+    and per-channel thresholds: the row-split tasks and the threaded packing pass."""
+    rng = np.random.default_rng(6)
+    w = weights(rng, 64, 3, 3, 64)
+    x = rng.standard_normal((1, 16, 16, 128)).astype(np.float32)
+    t = rng.standard_normal(128).astype(np.float32) * 0.2
+    for out_threshold in (None, 0.0):
+        want = ref.binary_conv2d(x, w, padding=1, groups=2, threshold=t, out_threshold=out_threshold)
+        got = tk.binary_conv2d(x, w, padding=1, groups=2, threshold=t, out_threshold=out_threshold, threads=2)
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(got, want)
+
+
 @given(st.data())
 def test_property_random_geometry(isa_name, data):
     count_example(isa_name)
