@@ -227,3 +227,16 @@ def test_chained_layers_through_packed_outputs(isa_name):
     ra = ref.binary_conv2d(x, w1, padding=1, out_threshold=0.0)
     ra = ref.binary_max_pool2d(ra, 2, channels=64)
     np.testing.assert_array_equal(y, ref.binary_conv2d(ra, w2, padding=1))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int8, np.int32, np.bool_])
+def test_input_dtypes_and_views(isa_name, dtype):
+    """Every real dtype is binarized exactly (float32-exact dtypes in C, wider ones
+    compared at their own precision); non-contiguous views are copied."""
+    rng = np.random.default_rng(8)
+    w = weights(rng, 8, 3, 3, 20)
+    x = (rng.standard_normal((2, 5, 7, 20)) * 3).astype(dtype)[:, :, ::-1]
+    t = rng.standard_normal(20) * 0.5
+    got = tk.binary_conv2d(x, w, padding=1, threshold=t)
+    assert_ran(isa_name)
+    np.testing.assert_array_equal(got, ref.binary_conv2d(x, w, padding=1, threshold=t))
