@@ -162,6 +162,27 @@ def test_big_enough_to_thread_and_split_columns(isa_name):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("cfg", [
+    dict(k=(3, 3), stride=1, padding=1, dilation=1), dict(k=(3, 3), stride=2, padding=1, dilation=(2, 1)),
+    dict(k=(1, 3), stride=(1, 2), padding=(0, 2), dilation=1), dict(k=(5, 2), stride=1, padding="valid", dilation=1),
+])
+def test_wide_outputs_stacked_rows_path(isa_name, cfg):
+    """Output rows of >= 16 pixels with whole-word channels and dilation_w 1 take the
+    z-stack path (windows of stacked input rows, (kx, ky) tap order); tasks that start
+    or end mid-row (threads=2) and blocks that split a row (W > 64) included."""
+    rng = np.random.default_rng(12)
+    w = weights(rng, 24, *cfg["k"], 64, scale="mean_abs")
+    for shape, threads in (((2, 5, 40, 64), 1), ((1, 5, 150, 64), 1), ((1, 9, 70, 64), 2)):
+        x = tk.pack_bits(rng.standard_normal(shape))
+        for pad_value in (0, 1, -1):
+            kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], pad_value=pad_value)
+            for out_threshold in (None, 0.5):
+                want = ref.binary_conv2d(x, w, out_threshold=out_threshold, **kw)
+                got = tk.binary_conv2d(x, w, out_threshold=out_threshold, threads=threads, **kw)
+                assert_ran(isa_name)
+                np.testing.assert_array_equal(got, want)
+
+
 def test_threaded_groups_and_float_input(isa_name):
     """Enough work to use the thread pool (>= 2**23 bit-MACs) with groups, float input
     and per-channel thresholds: the row-split tasks and the threaded packing pass."""

@@ -41,11 +41,18 @@
 #define BLOCK_BYTES (64 * 1024)
 /* Below this many bit-MACs a call stays on the calling thread (as matmul.c). */
 #define MIN_PARALLEL_BITMACS (1 << 23)
+/* Output width from which the z-stack path (conv_rows_zstack) is used. */
+#define ZSTACK_MIN_WO 16
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 struct takane_conv_weights {
     int64_t cout, kh, kw, cin_g, groups, coutg, taps, k; /* k = taps * cin_g */
+    /* Tap order of the gathered rows and the weight rows: (ky, kx) densely packed, or,
+     * when xmajor (one group, cin_g % 64 == 0), (kx, ky) in whole words — so that for
+     * dilation_w 1 the row of output pixel (oy, ox) is one contiguous window of a
+     * vertically stacked copy of kh input rows (see conv_rows_zstack). */
+    int xmajor;
     takane_weights **g;                                  /* one (coutg, k) handle per group */
     int32_t *tapcorr; /* [t * cout + o] = cin_g - 2 * popcount(w[o, tap t]) */
     int64_t nbytes;
@@ -109,6 +116,7 @@ takane_status takane_conv_weights_create(int64_t cout, int64_t kh, int64_t kw, i
     if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
     h->cout = cout, h->kh = kh, h->kw = kw, h->cin_g = cin, h->groups = groups;
     h->coutg = coutg, h->taps = taps, h->k = k;
+    h->xmajor = groups == 1 && cin % 64 == 0;
     h->g = (takane_weights **)calloc((size_t)groups, sizeof *h->g);
     h->tapcorr = (int32_t *)malloc((size_t)(taps * cout) * sizeof(int32_t));
     rows = (uint64_t *)malloc((size_t)(coutg * kwords) * sizeof(uint64_t));
@@ -123,7 +131,8 @@ takane_status takane_conv_weights_create(int64_t cout, int64_t kh, int64_t kw, i
             const int64_t oc = g * coutg + o;
             for (int64_t t = 0; t < taps; t++) {
                 const uint64_t *src = w + (oc * taps + t) * cw;
-                bits_or(rows + o * kwords, t * cin, src, 0, cin);
+                const int64_t pos = h->xmajor ? (t % kw) * kh + t / kw : t; /* t = ky * kw + kx */
+                bits_or(rows + o * kwords, pos * cin, src, 0, cin);
                 h->tapcorr[t * cout + oc] = (int32_t)(cin - 2 * (int64_t)popcount_bits(src, cw));
             }
         }
@@ -197,6 +206,7 @@ typedef struct conv_job {
     const uint64_t *ones;   /* pad_value +1: a pixel of cw words, all channels +1 */
     int direct;             /* rows are the input pixels (1x1, stride 1, no padding, 1 group) */
     int aligned;            /* cin_g % 64 == 0: taps are whole words */
+    int zstack;             /* rows are windows of a stacked copy of kh input rows */
     const float *scale, *bias, *residual, *out_t;
     int out_t_per_col;
     float *y;
@@ -218,7 +228,7 @@ static int gather_row(const conv_job *j, int64_t b, int64_t oy, int64_t ox, int6
     const int64_t kh = w->kh, kw = w->kw, dh = geo->dilation_h, dw = geo->dilation_w;
     const uint64_t *img = j->x + b * H * W * cw;
     const int interior = iy0 >= 0 && iy0 + (kh - 1) * dh < H && ix0 >= 0 && ix0 + (kw - 1) * dw < W;
-    if (interior && dw == 1 && j->aligned && w->groups == 1) {
+    if (interior && dw == 1 && j->aligned && w->groups == 1 && !w->xmajor) {
         /* the common case: each kernel row's taps are kw adjacent pixels, contiguous in
          * the input and in the gathered row: one copy of kw * cw words per kernel row */
         const int64_t len = kw * cw;
@@ -248,11 +258,11 @@ static int gather_row(const conv_job *j, int64_t b, int64_t oy, int64_t ox, int6
     if (j->aligned) {
         const int64_t cwg = cin / 64, woff = g * cwg;
         const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
-        uint64_t *dst = row;
         for (int64_t ky = 0; ky < kh; ky++) {
             const int64_t iy = iy0 + ky * dh;
             const int row_in = iy >= 0 && iy < H;
-            for (int64_t kx = 0; kx < kw; kx++, dst += cwg) {
+            for (int64_t kx = 0; kx < kw; kx++) {
+                uint64_t *dst = row + (w->xmajor ? kx * kh + ky : ky * kw + kx) * cwg;
                 const int64_t ix = ix0 + kx * dw;
                 if (row_in && ix >= 0 && ix < W) {
                     const uint64_t *src = img + (iy * W + ix) * cw + woff;
@@ -338,6 +348,63 @@ static void epilogue_row(const conv_job *j, int64_t r, const int32_t *d, int64_t
     }
 }
 
+/* Z-stack path (xmajor handle, dilation_w 1, wide outputs): for output row (b, oy), z
+ * holds padded input columns p in [p0, p1) (input column p - pad_left), each as the kh
+ * input pixels of rows oy * stride_h - pad_top + ky * dilation_h stacked (kh * cw words;
+ * pad_value's fill outside the image). The gathered row of output pixel ox is then the
+ * kw consecutive columns from ox * stride_w: a window of z, in the handle's (kx, ky)
+ * order, at the uniform stride stride_w * kh * cw. Building z copies each input pixel
+ * kh times per output row (3 words per output pixel at 64 channels, stride 1) instead
+ * of kh * kw times, and the GEMM reads the windows in place. */
+static void build_zstack(const conv_job *j, int64_t b, int64_t oy, int64_t p0, int64_t p1,
+                         uint64_t *z) {
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t kh = j->w->kh, cw = j->cw, col = kh * cw, H = geo->in_h, W = geo->in_w;
+    const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
+    const uint64_t *img = j->x + b * H * W * cw;
+    for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
+        const uint64_t *src_row = iy >= 0 && iy < H ? img + iy * W * cw : NULL;
+        uint64_t *dst = z + ky * cw;
+        for (int64_t p = p0; p < p1; p++, dst += col) {
+            const int64_t ix = p - geo->pad_left;
+            if (src_row && ix >= 0 && ix < W) {
+                const uint64_t *src = src_row + ix * cw;
+                for (int64_t q = 0; q < cw; q++) dst[q] = src[q];
+            } else {
+                for (int64_t q = 0; q < cw; q++) dst[q] = fill;
+            }
+        }
+    }
+}
+
+/* Rows [i_begin, i_end) of the task on the z-stack path, output row by output row (at
+ * most j->block pixels per GEMM call). */
+static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
+                             int64_t p_begin, int64_t p_end, int64_t c0, int64_t c1,
+                             uint64_t *z, int32_t *d, float *tmp) {
+    const takane_conv_weights *w = j->w;
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t hw = j->ho * j->wo, col = w->kh * j->cw, sw = geo->stride_w;
+    for (int64_t r = i_begin; r < i_end;) {
+        const int64_t b = r / hw, oy = (r % hw) / j->wo, ox0 = r % j->wo;
+        const int64_t n = min64(min64(j->wo - ox0, i_end - r), j->block);
+        const int64_t p0 = ox0 * sw, p1 = (ox0 + n - 1) * sw + w->kw;
+        build_zstack(j, b, oy, p0, p1, z);
+        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
+        const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
+        const int rows_in = iy0 >= 0 && iy0 + (w->kh - 1) * geo->dilation_h < geo->in_h;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t *dr = d + i * w->cout;
+            const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
+            const int interior = rows_in && ix0 >= 0 && ix0 + w->kw - 1 < geo->in_w;
+            if (geo->pad_value == 0 && !interior) correct_row(j, r + i, dr, c0, c1);
+            epilogue_row(j, r + i, dr, c0, c1, tmp);
+        }
+        r += n;
+    }
+}
+
 static void conv_task(void *ctx, int64_t task) {
     conv_job *j = (conv_job *)ctx;
     const takane_conv_weights *w = j->w;
@@ -352,11 +419,18 @@ static void conv_task(void *ctx, int64_t task) {
     }
     if (i_begin >= i_end) return;
     const int64_t block = j->block;
-    uint64_t *buf = j->direct ? NULL : (uint64_t *)malloc((size_t)(block * j->kwords) * 8);
+    /* the z-stack path's buffer: (block - 1) * stride_w + kw columns of kh * cw words */
+    const size_t zwords = (size_t)(((block - 1) * j->geo.stride_w + w->kw) * w->kh * j->cw);
+    uint64_t *buf = j->direct ? NULL
+                              : (uint64_t *)malloc((j->zstack ? zwords : (size_t)(block * j->kwords)) * 8);
     int32_t *d = (int32_t *)malloc((size_t)(block * w->cout) * sizeof(int32_t));
     float *tmp = (j->out_t && j->residual) ? (float *)malloc((size_t)w->cout * sizeof(float)) : NULL;
     if ((!j->direct && !buf) || !d || (j->out_t && j->residual && !tmp)) {
         __atomic_store_n(&j->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        goto done;
+    }
+    if (j->zstack) {
+        conv_rows_zstack(j, i_begin, i_end, p_begin, p_end, c0, c1, buf, d, tmp);
         goto done;
     }
     unsigned char border[BLOCK_ROWS];
@@ -472,6 +546,10 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
     j.direct = w->kh == 1 && w->kw == 1 && geo->stride_h == 1 && geo->stride_w == 1 &&
                !geo->pad_top && !geo->pad_bottom && !geo->pad_left && !geo->pad_right &&
                w->groups == 1;
+    /* Z-stack from 16 output columns on: narrower rows would split the GEMM into calls of
+     * a few pixels (partial register tiles at every row end); the gather is cheap
+     * relative to the products there anyway (the channels, and so K, are large). */
+    j.zstack = !j.direct && w->xmajor && geo->dilation_w == 1 && wo >= ZSTACK_MIN_WO;
     j.scale = scale, j.bias = bias, j.residual = residual;
     j.out_t = bits ? out_t : NULL, j.out_t_per_col = bits && out_t_len == cout && cout != 1;
     j.y = y, j.yb = yb;
