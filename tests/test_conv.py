@@ -183,6 +183,19 @@ def test_wide_outputs_stacked_rows_path(isa_name, cfg):
                 np.testing.assert_array_equal(got, want)
 
 
+def test_wide_row_few_pixels_splits_columns(isa_name):
+    """One output row of 24 pixels, 512 channels: the z-stack path with the output
+    channels split between tasks (whole 64-column words for the bits)."""
+    rng = np.random.default_rng(13)
+    w = weights(rng, 512, 1, 3, 256, scale="mean_abs")
+    x = tk.pack_bits(rng.standard_normal((1, 1, 24, 256)))
+    for out_threshold in (None, 0.0):
+        want = ref.binary_conv2d(x, w, padding=(0, 1), out_threshold=out_threshold)
+        got = tk.binary_conv2d(x, w, padding=(0, 1), out_threshold=out_threshold, threads=2)
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_threaded_groups_and_float_input(isa_name):
     """Enough work to use the thread pool (>= 2**23 bit-MACs) with groups, float input
     and per-channel thresholds: the row-split tasks and the threaded packing pass."""
