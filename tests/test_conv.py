@@ -166,13 +166,15 @@ def test_big_enough_to_thread_and_split_columns(isa_name):
     dict(k=(3, 3), stride=1, padding=1, dilation=1), dict(k=(3, 3), stride=2, padding=1, dilation=(2, 1)),
     dict(k=(1, 3), stride=(1, 2), padding=(0, 2), dilation=1), dict(k=(5, 2), stride=1, padding="valid", dilation=1),
 ])
-def test_wide_outputs_stacked_rows_path(isa_name, cfg):
-    """Output rows of >= 16 pixels with whole-word channels and dilation_w 1 take the
-    z-stack path (windows of stacked input rows, (kx, ky) tap order); tasks that start
-    or end mid-row (threads=2) and blocks that split a row (W > 64) included."""
+@pytest.mark.parametrize("cin", [32, 64])
+def test_wide_outputs_stacked_rows_path(isa_name, cfg, cin):
+    """Output rows of >= 16 pixels with 32 or whole-word channels and dilation_w 1 take
+    the z-stack path (windows of stacked input rows, column-major tap order; at 32
+    channels two stacked pixels per word); tasks that start or end mid-row (threads=2)
+    and blocks that split a row (W > 64) included."""
     rng = np.random.default_rng(12)
-    w = weights(rng, 24, *cfg["k"], 64, scale="mean_abs")
-    for shape, threads in (((2, 5, 40, 64), 1), ((1, 5, 150, 64), 1), ((1, 9, 70, 64), 2)):
+    w = weights(rng, 24, *cfg["k"], cin, scale="mean_abs")
+    for shape, threads in (((2, 5, 40, cin), 1), ((1, 5, 150, cin), 1), ((1, 9, 70, cin), 2)):
         x = tk.pack_bits(rng.standard_normal(shape))
         for pad_value in (0, 1, -1):
             kw = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], pad_value=pad_value)

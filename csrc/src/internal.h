@@ -146,7 +146,8 @@ TAKANE_DECLARE_ISA_KERNELS(neon)
 
 /* The prepacked weight handle: panels of TAKANE_PANEL_ROWS rows, see above. */
 struct takane_weights {
-    int64_t n, k, kw;  /* kw = ceil(k / 64) */
+    int64_t n, k, kw;  /* kw = ceil(k / 64); conv.c's private handles may have a larger kw
+                          (rows with whole zero padding words; k counts the real bits) */
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
 };
