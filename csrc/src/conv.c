@@ -4,16 +4,22 @@
  * Baseline ISA; the products run in each ISA's panel microkernel.
  *
  * How a convolution becomes a GEMM without an im2col of the whole input: the output
- * pixels are the GEMM's rows. A task takes a block of <= BLOCK_ROWS output pixels and, per
- * group, gathers each pixel's receptive field into one L1-resident row of k = taps * cin_g
- * bits (tap t's channels at bit t * cin_g: the order of the handle's weight rows), then
- * multiplies the block against the group's weight panels, corrects the border pixels,
- * and runs the fused epilogue while the block's dot products are still in cache. The
- * gather reads each input pixel through its computed address (an indirection per tap,
- * taps outside the image read a padding pixel), so the cost beyond the GEMM is one copy
- * of k bits per output pixel: 1/8 of the XOR-popcount work at 64 output channels, less
- * above. Dense tap packing: at cin_g = 32 two taps share a word, so a 3x3 row is 5 words
- * and not 9 — the small layer does not pay for empty half-words.
+ * pixels are the GEMM's rows, each a row of the taps' channel bits in the handle's tap
+ * order (below). Two ways to present those rows to the panel kernels:
+ *   - z-stack (conv_rows_zstack; wide outputs, dilation_w 1, a column-major handle):
+ *     per output row, the kh input rows it reads are copied once, stacked per input
+ *     column; the row of output pixel ox is then the window of kw columns starting at
+ *     column ox * stride_w, read in place at a uniform stride. Each input pixel is copied
+ *     kh times per output row instead of kh * kw times per output pixel.
+ *   - gather (gather_row; everything else): a task takes a block of <= BLOCK_ROWS output
+ *     pixels and, per group, copies each pixel's receptive field into one L1-resident row,
+ *     reading each tap through its computed address (an indirection per tap; taps
+ *     outside the image read a padding pixel).
+ * Then the block is multiplied against the group's weight panels, border pixels are
+ * corrected, and the fused epilogue runs while the block's dot products are in cache.
+ * Tap order: column-major in whole-word columns for one group with cin_g % 64 == 0 or
+ * cin_g == 32 (two stacked pixels per word: a 3x3 row of 32 channels is 6 words, not
+ * 9), else (ky, kx) densely packed (tap t at bit t * cin_g).
  *
  * 1x1, stride 1, no padding, one group: the input pixels ARE the rows; no gather at all
  * (binary_matmul on the pixel rows).
@@ -25,7 +31,7 @@
  * taps (interior pixels have none), before the epilogue, so out_threshold and every
  * float step see the true dot product.
  *
- * Invariants: the entry points validated everything (conv_check); k <= TAKANE_MAX_K so
+ * Invariants: the entry points validated everything (conv_run); k <= TAKANE_MAX_K so
  * dots fit int32; gathered rows have zero padding bits (the handle's rows do too).
  */
 #include <math.h>

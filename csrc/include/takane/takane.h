@@ -325,10 +325,10 @@ TAKANE_API takane_status takane_binary_weight_matmul_prepacked(
  *
  * Weights are the OHWI tensor (out_channels, kernel_h, kernel_w, in_channels / groups):
  * canonical bits uint64 (out_channels, kernel_h, kernel_w, ceil(in_channels_per_group/64)),
- * contiguous. A handle re-tiles them once: per group, each output channel's taps are
- * concatenated densely (tap t's channels at bit t * in_channels_per_group of one row of
- * kernel_h * kernel_w * in_channels_per_group bits), so a 32-channel layer packs two taps
- * per word, and the row meets the W1A1 panel kernels like a binary_matmul row.
+ * contiguous. A handle re-tiles them once: per group, each output channel's taps become
+ * one row of bits (kernel columns of stacked taps for one group of 32 or a multiple of
+ * 64 channels — two taps per word at 32 — else the taps concatenated densely), which
+ * meets the W1A1 panel kernels like a binary_matmul row.
  */
 typedef struct takane_conv_weights takane_conv_weights;
 
