@@ -168,7 +168,7 @@ def test_big_enough_to_thread_and_split_columns(isa_name):
 ])
 @pytest.mark.parametrize("cin", [32, 64])
 def test_wide_outputs_stacked_rows_path(isa_name, cfg, cin):
-    """Output rows of >= 16 pixels with 32 or whole-word channels and dilation_w 1 take
+    """Output rows of >= 8 pixels (ZSTACK_MIN_WO) with 32 or whole-word channels and dilation_w 1 take
     the z-stack path (windows of stacked input rows, column-major tap order; at 32
     channels two stacked pixels per word); tasks that start or end mid-row (threads=2)
     and blocks that split a row (W > 64) included."""

@@ -48,7 +48,7 @@
 /* Below this many bit-MACs a call stays on the calling thread (as matmul.c). */
 #define MIN_PARALLEL_BITMACS (1 << 23)
 /* Output width from which the z-stack path (conv_rows_zstack) is used. */
-#define ZSTACK_MIN_WO 16
+#define ZSTACK_MIN_WO 8
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -584,9 +584,10 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
     j.direct = w->kh == 1 && w->kw == 1 && geo->stride_h == 1 && geo->stride_w == 1 &&
                !geo->pad_top && !geo->pad_bottom && !geo->pad_left && !geo->pad_right &&
                w->groups == 1;
-    /* Z-stack from 16 output columns on: narrower rows would split the GEMM into calls of
-     * a few pixels (partial register tiles at every row end); the gather is cheap
-     * relative to the products there anyway (the channels, and so K, are large). */
+    /* Z-stack from 8 output columns on: narrower rows would split the GEMM into calls of
+     * a few pixels (partial register tiles at every row end). Measured (AVX-512, 1
+     * thread, best of repeated runs): 14x14x256 112 us with the z-stack, 116 us with the
+     * column-major gather; 7x7x512 the same either way. */
     j.zstack = !j.direct && w->xmajor && geo->dilation_w == 1 && wo >= ZSTACK_MIN_WO;
     j.scale = scale, j.bias = bias, j.residual = residual;
     j.out_t = bits ? out_t : NULL, j.out_t_per_col = bits && out_t_len == cout && cout != 1;

@@ -262,7 +262,7 @@ static void fuzz_conv(cursor *c, int threads) {
     g.batch = (int64_t)(take(c, 1) % 3);
     g.in_h = (int64_t)(take(c, 1) % 7) - 1; /* -1 and 0 are errors */
     g.in_w = (int64_t)(take(c, 1) % 7);
-    if (take(c, 1) % 4 == 0) g.in_w += 14; /* output rows of >= 16 pixels: the z-stack path */
+    if (take(c, 1) % 4 == 0) g.in_w += 14; /* output rows of >= 8 pixels: the z-stack path */
     g.stride_h = (int64_t)(take(c, 1) % 3), g.stride_w = 1 + (int64_t)(take(c, 1) % 2);
     g.dilation_h = 1 + (int64_t)(take(c, 1) % 2), g.dilation_w = 1 + (int64_t)(take(c, 1) % 2);
     g.pad_top = (int64_t)(take(c, 1) % 3), g.pad_bottom = (int64_t)(take(c, 1) % 3);
