@@ -219,7 +219,7 @@ EXPECTED_OUTPUT = re.compile(
     # the version string may carry a build note, e.g. "0.1.0 (test build: avx512 kernels
     # emulated with SIMDe)" in the SIMDe CI build
     rf"takane_kernels {re.escape(tk.__version__)}\S*(?: \([^)]*\))? \(ABI {ABI}\), ISA \w+: "
-    r"5x37x200 W1A1 matmul matches the naive loop \(W1A8 within its tolerance\); Q1_0 round trip exact")
+    r"5x37x200 W1A1 matmul, W1A8 and conv match their naive loops; Q1_0 round trip exact")
 
 
 def _check_example(exe: pathlib.Path, libdir: str | None = None) -> None:

@@ -792,19 +792,14 @@ def test_binary_linear_state_carries_the_threshold():
 
 
 def test_torch_compile_of_a_converted_model():
-    """torch.compile (inductor) runs a converted model and gives the eager outputs.
-
-    BinaryLinear calls the kernels through numpy/cffi, which dynamo must not trace: its
-    forward is ``torch.compiler.disable``d, one graph break per layer, the modules between
-    them compiled. Once BinaryLinear runs through torch.library custom ops instead (the
-    convolution work adds them) the whole model must compile with ``fullgraph=True``."""
+    """torch.compile (inductor) runs a converted model as one graph (``fullgraph=True``:
+    BinaryLinear runs through the ``takane::binary_linear`` custom op) with the eager outputs."""
     model = _train(_mlp(11))
     converted = convert(model)
     x = _x((8, 96), seed=27)
     eager = converted(x)
     torch._dynamo.reset()
-    fullgraph = not getattr(BinaryLinear.forward, "_torchdynamo_disable", False)
-    compiled = torch.compile(converted, fullgraph=fullgraph)
+    compiled = torch.compile(converted, fullgraph=True)
     assert torch.equal(compiled(x), eager)
     assert torch.equal(compiled(x[:3]), eager[:3])  # another batch size: a recompile or a dynamic graph
     torch._dynamo.reset()

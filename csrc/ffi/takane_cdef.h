@@ -20,7 +20,8 @@ typedef enum takane_status {
     TAKANE_ERR_BAD_THREADS = 12,
     TAKANE_ERR_NOT_FINITE = 13,
     TAKANE_ERR_BAD_GROUP_SIZE = 14,
-    TAKANE_ERR_BAD_ACTIVATIONS = 15
+    TAKANE_ERR_BAD_ACTIVATIONS = 15,
+    TAKANE_ERR_BAD_GEOMETRY = 16
 } takane_status;
 
 #define TAKANE_ACTIVATIONS_F32 0
@@ -171,3 +172,50 @@ takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
                                   int64_t bits_row_stride, const float *group_scale,
                                   int64_t group_scale_row_stride, uint8_t *q,
                                   int64_t q_row_stride);
+typedef struct takane_conv_weights takane_conv_weights;
+takane_status takane_conv_weights_create(int64_t out_channels, int64_t kernel_h,
+                                         int64_t kernel_w, int64_t in_channels,
+                                         int64_t groups, const uint64_t *w,
+                                         takane_conv_weights **out);
+void takane_conv_weights_free(takane_conv_weights *weights);
+takane_status takane_conv_weights_info(const takane_conv_weights *weights,
+                                       int64_t *out_channels, int64_t *in_channels,
+                                       int64_t *kernel_h, int64_t *kernel_w,
+                                       int64_t *groups, int64_t *nbytes);
+typedef struct takane_conv2d_geometry {
+    int64_t batch, in_h, in_w;
+    int64_t stride_h, stride_w;
+    int64_t dilation_h, dilation_w;
+    int64_t pad_top, pad_bottom, pad_left, pad_right;
+    int32_t pad_value;
+} takane_conv2d_geometry;
+takane_status takane_conv2d_output_size(const takane_conv_weights *weights,
+                                        const takane_conv2d_geometry *geometry,
+                                        int64_t *out_h, int64_t *out_w);
+takane_status takane_binary_conv2d(const takane_conv_weights *weights,
+                                   const takane_conv2d_geometry *geometry,
+                                   const uint64_t *x, const float *scale,
+                                   const float *bias, const float *residual,
+                                   float *y, int32_t threads);
+takane_status takane_binary_conv2d_bits(const takane_conv_weights *weights,
+                                        const takane_conv2d_geometry *geometry,
+                                        const uint64_t *x, const float *scale,
+                                        const float *bias, const float *residual,
+                                        const float *out_threshold,
+                                        int64_t out_threshold_len, uint64_t *y,
+                                        int32_t threads);
+takane_status takane_binary_conv2d_f32(const takane_conv_weights *weights,
+                                       const takane_conv2d_geometry *geometry,
+                                       const float *x, const float *threshold,
+                                       int64_t threshold_len, const float *scale,
+                                       const float *bias, const float *residual,
+                                       float *y, int32_t threads);
+takane_status takane_binary_conv2d_f32_bits(
+    const takane_conv_weights *weights, const takane_conv2d_geometry *geometry,
+    const float *x, const float *threshold, int64_t threshold_len, const float *scale,
+    const float *bias, const float *residual, const float *out_threshold,
+    int64_t out_threshold_len, uint64_t *y, int32_t threads);
+takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geometry,
+                                       int64_t channels, int64_t kernel_h,
+                                       int64_t kernel_w, const uint64_t *x,
+                                       uint64_t *y, int32_t threads);

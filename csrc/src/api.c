@@ -39,6 +39,9 @@ const char *takane_status_string(takane_status status) {
     case TAKANE_ERR_BAD_GROUP_SIZE:
         return "group_size must be a positive multiple of 64 (and k a multiple of the format's block)";
     case TAKANE_ERR_BAD_ACTIVATIONS: return "unknown activations mode (TAKANE_ACTIVATIONS_*)";
+    case TAKANE_ERR_BAD_GEOMETRY:
+        return "invalid convolution/pooling geometry (kernel, stride, dilation, padding, pad "
+               "value or groups), or the padded input is smaller than the kernel";
     }
     return "unknown status";
 }

@@ -207,7 +207,8 @@ TAKANE_DECLARE_ISA_KERNELS(neon)
 
 /* The prepacked weight handle: panels of TAKANE_PANEL_ROWS rows, see above. */
 struct takane_weights {
-    int64_t n, k, kw;  /* kw = ceil(k / 64) */
+    int64_t n, k, kw;  /* kw = ceil(k / 64); conv.c's private handles may have a larger kw
+                          (rows with whole zero padding words; k counts the real bits) */
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
 };
@@ -261,6 +262,13 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
                                               const float *t, int per_channel, int32_t *y,
                                               int64_t ys, int threads, takane_epilogue_fn epi,
                                               void *epi_ctx);
+
+/* One block on the calling thread: rows [0, m) of packed x (row stride xs words) times
+ * panels [p_begin, p_end) of w; y[i * ys + j] = k - 2 * popcount for the columns j of
+ * those panels (j < w->n). No epilogue, no threads: the caller (conv.c) owns both. */
+void takane_matmul_prepacked_block(const takane_kernel_set *ks, const takane_weights *w,
+                                   int64_t m, const uint64_t *x, int64_t xs, int64_t p_begin,
+                                   int64_t p_end, int32_t *y, int64_t ys);
 
 /* The task grid of the threaded frameworks: rows in chunks of m_chunk (a multiple of the
  * row tile mr), weight blocks (panels or panel groups) in chunks of p_chunk (a multiple

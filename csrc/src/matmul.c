@@ -178,6 +178,13 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     }
 }
 
+void takane_matmul_prepacked_block(const takane_kernel_set *ks, const takane_weights *w,
+                                   int64_t m, const uint64_t *x, int64_t xs, int64_t p_begin,
+                                   int64_t p_end, int32_t *y, int64_t ys) {
+    gemm_job job = {ks, w, m, x, xs, NULL, NULL, 0, y, ys, NULL, NULL, 0, 0, 0, TAKANE_OK};
+    gemm_block(&job, x, xs, 0, m, p_begin, p_end);
+}
+
 static void gemm_task(void *ctx, int64_t task) {
     gemm_job *job = (gemm_job *)ctx;
     const int64_t i_begin = (task / job->p_tasks) * job->m_chunk;

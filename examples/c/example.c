@@ -1,9 +1,9 @@
 /*
- * takane_kernels from C: pack weights and activations, run the W1A1 matmul, and check it
- * against a naive loop over the ±1 values; then the W1A8 layer (Q8_0 activations, group
- * scales) against the float product; then export the packed weights with one scale per 128
- * weights as llama.cpp's GGUF Q1_0 blocks and import them back. Exit status 0 when
- * everything matches.
+ * takane_kernels from C: pack weights and activations, run the W1A1 matmul and a binary
+ * 3x3 convolution (zero padding), and check both against naive loops over the ±1 values;
+ * then the W1A8 layer (Q8_0 activations, group scales) against the float product; then
+ * export the packed weights with one scale per 128 weights as llama.cpp's GGUF Q1_0 blocks
+ * and import them back. Exit status 0 when everything matches.
  *
  * With CMake: see CMakeLists.txt next to this file. With pkg-config, in one line:
  *   cc example.c $(PKG_CONFIG_PATH=$(python -m takane_kernels --pkgconfig-dir) \
@@ -98,7 +98,38 @@ int main(void) {
             mismatches += !(y8[i][j] - exact <= tol && exact - y8[i][j] <= tol);
         }
 
-    /* 6. Errors are statuses, never crashes: a negative dimension is reported. */
+    /* 6. A binary 3x3 convolution, NHWC: a 6x6 image of CI channels packed per pixel,
+     *    OHWI weights packed per tap, zero padding (out-of-image taps count 0). */
+    enum { IMG = 6, CI = 70, CO = 9, CIW = (CI + 63) / 64 };
+    static float img[IMG * IMG][CI], cw[CO * 9][CI], cy[IMG * IMG][CO];
+    static uint64_t img_bits[IMG * IMG][CIW], cw_bits[CO * 9][CIW];
+    for (int p = 0; p < IMG * IMG; p++)
+        for (int c = 0; c < CI; c++) img[p][c] = next_value(&state);
+    for (int r = 0; r < CO * 9; r++)
+        for (int c = 0; c < CI; c++) cw[r][c] = next_value(&state);
+    takane_conv_weights *conv = NULL;
+    takane_conv2d_geometry geo = {1, IMG, IMG, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+    if (check(takane_pack_f32(IMG * IMG, CI, &img[0][0], CI, NULL, 0, &img_bits[0][0], CIW), "pack image") ||
+        check(takane_pack_f32(CO * 9, CI, &cw[0][0], CI, NULL, 0, &cw_bits[0][0], CIW), "pack filters") ||
+        check(takane_conv_weights_create(CO, 3, 3, CI, 1, &cw_bits[0][0], &conv), "conv weights") ||
+        check(takane_binary_conv2d(conv, &geo, &img_bits[0][0], NULL, NULL, NULL, &cy[0][0], 0),
+              "takane_binary_conv2d"))
+        return 1;
+    takane_conv_weights_free(conv);
+    for (int oy = 0; oy < IMG; oy++)
+        for (int ox = 0; ox < IMG; ox++)
+            for (int o = 0; o < CO; o++) {
+                int32_t d = 0;
+                for (int t = 0; t < 9; t++) {
+                    const int iy = oy - 1 + t / 3, ix = ox - 1 + t % 3;
+                    if (iy < 0 || iy >= IMG || ix < 0 || ix >= IMG) continue; /* zero padding */
+                    for (int c = 0; c < CI; c++)
+                        d += (img[iy * IMG + ix][c] >= 0.0f ? 1 : -1) * (cw[o * 9 + t][c] >= 0.0f ? 1 : -1);
+                }
+                mismatches += cy[oy * IMG + ox][o] != (float)d;
+            }
+
+    /* 7. Errors are statuses, never crashes: a negative dimension is reported. */
     if (takane_binary_matmul(-1, N, K, NULL, KW, NULL, KW, NULL, N, 0) !=
         TAKANE_ERR_NEGATIVE_DIMENSION) {
         fprintf(stderr, "expected TAKANE_ERR_NEGATIVE_DIMENSION\n");
@@ -107,7 +138,7 @@ int main(void) {
 
     const char *isa = takane_isa_name(takane_isa_last_used());
 
-    /* 7. GGUF Q1_0 (llama.cpp's 1-bit format): the first 128 columns of each weight row as
+    /* 8. GGUF Q1_0 (llama.cpp's 1-bit format): the first 128 columns of each weight row as
      *    one Q1_0 block (fp16 scale d + the 16 bytes of sign bits), with d = mean |w| of
      *    the block; and back. The bits come back unchanged, d as the fp16 nearest to it. */
     enum { QK = 128, QBYTES = 18 };
@@ -137,8 +168,9 @@ int main(void) {
         return 1;
     }
 
-    printf("takane_kernels %s (ABI %u), ISA %s: %dx%dx%d W1A1 matmul %s; Q1_0 round trip %s\n",
+    printf("takane_kernels %s (ABI %u), ISA %s: %dx%dx%d W1A1 matmul, W1A8 and conv %s; "
+           "Q1_0 round trip %s\n",
            takane_version_string(), takane_abi_version(), isa, M, N, K,
-           mismatches ? "MISMATCH" : "matches the naive loop (W1A8 within its tolerance)", q_mismatches ? "MISMATCH" : "exact");
+           mismatches ? "MISMATCH" : "match their naive loops", q_mismatches ? "MISMATCH" : "exact");
     return mismatches || q_mismatches ? 1 : 0;
 }

@@ -13,6 +13,8 @@ from ._layers import binary_linear, binary_weight_matmul
 from ._adaptive import AdaptiveThreshold
 from ._interop import flip_polarity, from_packbits, to_packbits
 from ._q1_0 import from_q1_0, to_q1_0
+from ._conv import (PackedConvWeights, binary_conv2d, binary_max_pool2d, conv2d_output_size,
+                    nchw_to_nhwc, nhwc_to_nchw, pack_conv_weights)
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,8 @@ __all__ = [
     "binary_linear", "binary_weight_matmul", "AdaptiveThreshold",
     "from_packbits", "to_packbits", "flip_polarity",
     "from_q1_0", "to_q1_0",
+    "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
+    "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw",
 ]
 
 

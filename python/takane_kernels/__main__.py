@@ -7,7 +7,11 @@
    default thread count; packed and float activations) vs numpy float32 ``x @ w.T`` on
    the same ±1 data and vs NumKong / faiss-cpu when installed (extra ``bench``), with
    % of the measured XOR+popcount peak. ``--json`` for machines, ``--plot FILE.png``;
-4. (default shapes only) a short 1-bit LLM decode section: the linear layers of a
+4. a convolution table: QuickNet's binary 3x3 layers (``binary_conv2d``, batch 1) per
+   thread count, with zero padding / float input / binarized output beside the packed
+   one-padding time, PyTorch's float32 conv2d (1 thread) when torch is installed, and
+   QuickNet's 16 binary layers chained through packed outputs.
+5. (default shapes only) a short 1-bit LLM decode section: the linear layers of a
    1B-class decoder token by token against DRAM bandwidth (``takane_kernels._llm``).
 
 For embedders, ``--cflags``, ``--libs``, ``--cmake-dir``, ``--pkgconfig-dir``,
@@ -145,6 +149,98 @@ def print_table(report: dict) -> None:
         print("  (peers: pip install 'takane-kernels[bench]' adds NumKong and faiss-cpu columns)")
 
 
+# QuickNet's binary layers: 3x3, stride 1, padding 1, (H = W, C_in = C_out); the last is
+# QuickNetSmall's first section. Each 64+ channel layer is 115.6 M bit-MACs.
+CONV_LAYERS = ((56, 64), (28, 128), (14, 256), (7, 512), (56, 32))
+
+
+def measure_conv(repeat: int, budget_s: float, threads_list) -> dict:
+    """binary_conv2d on QuickNet's layers, checked exactly against the reference once per
+    layer; PyTorch float32 conv2d on one thread when torch is installed."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    isa_name = tk.isa.active()
+    peak = tk.isa.peak(isa_name, seconds=0.3)
+    rng = np.random.default_rng(1)
+    rows = []
+    for hw, c in CONV_LAYERS:
+        w = rng.standard_normal((c, 3, 3, c)).astype(np.float32)
+        pw = tk.pack_conv_weights(w)
+        xf = rng.standard_normal((1, hw, hw, c)).astype(np.float32)
+        xb = tk.pack_bits(xf)
+        assert np.array_equal(tk.binary_conv2d(xb, pw, padding=1), ref.binary_conv2d(xb, pw, padding=1))
+        bitmacs = float(hw * hw * c * 9 * c)
+        rec = {"layer": [hw, c], "bitmacs": bitmacs}
+        for threads in threads_list:
+            def run(x=xb, **kw):
+                return tk.binary_conv2d(x, pw, padding=1, threads=threads, **kw)
+            t = median_time(lambda: run(pad_value=1), repeat, budget_s)
+            rec[f"t{threads}_s"] = t
+            rec[f"t{threads}_pct_peak"] = 100.0 * bitmacs / t / (peak * threads)
+            if threads == 1:
+                rec["pad0_s"] = median_time(lambda: run(pad_value=0), repeat, budget_s)
+                rec["float_x_s"] = median_time(lambda: run(xf, pad_value=0), repeat, budget_s)
+                rec["bits_out_s"] = median_time(lambda: run(pad_value=0, out_threshold=0.0), repeat, budget_s)
+        if torch is not None:
+            prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                xt = torch.from_numpy(xf).permute(0, 3, 1, 2).contiguous()
+                wt = torch.from_numpy(np.where(w >= 0, 1.0, -1.0).astype(np.float32)).permute(0, 3, 1, 2).contiguous()
+                with torch.inference_mode():
+                    rec["torch_f32_t1_s"] = median_time(lambda: torch.nn.functional.conv2d(xt, wt, padding=1),
+                                                        max(3, repeat // 3), budget_s)
+            finally:
+                torch.set_num_threads(prev)
+        rows.append(rec)
+    chain = {}
+    for threads in threads_list:
+        layers = []
+        for hw, c in CONV_LAYERS[:4]:
+            pw = tk.pack_conv_weights(rng.standard_normal((c, 3, 3, c)).astype(np.float32))
+            layers.append((tk.pack_bits(rng.standard_normal((1, hw, hw, c))), pw))
+
+        def quicknet(threads=threads):
+            for x, pw in layers:  # 4 sections x 4 layers, chained through packed outputs
+                for _ in range(4):
+                    x = tk.binary_conv2d(x, pw, padding=1, pad_value=0, out_threshold=0.0, threads=threads)
+        chain[threads] = median_time(quicknet, max(3, repeat // 3), budget_s * 2)
+    return {"isa": isa_name, "peak_bitmacs_per_s_1core": peak, "threads": list(threads_list),
+            "results": rows, "quicknet16_s": chain}
+
+
+def print_conv_table(report: dict) -> None:
+    peak = report["peak_bitmacs_per_s_1core"]
+    print(f"\nConvolution on {report['isa']}: QuickNet's binary 3x3 layers, batch 1, packed input, "
+          f"one-padding (peak {peak / 1e9:.0f} G bit-MACs/s); pad 0 / float x / bits out: 1 thread, "
+          f"zero padding, relative to the one-padding time.")
+    has_torch = any("torch_f32_t1_s" in r for r in report["results"])
+    head = f"  {'layer':13s} {'thr':>3s} {'takane':>10s} {'% peak':>7s} {'pad 0':>6s} {'float x':>8s} {'bits out':>8s}"
+    if has_torch:
+        head += f" {'torch f32 1t':>12s} {'vs torch':>9s}"
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for r in report["results"]:
+        hw, c = r["layer"]
+        label = f"{hw}²x{c}->{c}"
+        for threads in report["threads"]:
+            t = r[f"t{threads}_s"]
+            line = f"  {label:13s} {threads:3d} {fmt_time(t):>10s} {r[f't{threads}_pct_peak']:6.0f}%"
+            if threads == 1:
+                t1 = r["t1_s"]
+                line += f" {r['pad0_s'] / t1:5.2f}x {r['float_x_s'] / t1:7.2f}x {r['bits_out_s'] / t1:7.2f}x"
+                if has_torch:
+                    line += f" {fmt_time(r['torch_f32_t1_s']):>12s} {r['torch_f32_t1_s'] / t1:8.1f}x"
+            print(line)
+            label = ""
+    for threads, t in report["quicknet16_s"].items():
+        print(f"  QuickNet's 16 binary layers chained (1.85 G bit-MACs), {threads} thread(s): {fmt_time(t)}")
+    if not has_torch:
+        print("  (PyTorch not installed: no torch float32 conv2d column)")
+
+
 def plot(report: dict, path: str) -> None:
     try:
         import matplotlib
@@ -239,8 +335,11 @@ def main(argv=None) -> int:
         threads = args.threads or sorted({1, tk.default_threads()})
         report = measure([tuple(s) for s in args.shape] if args.shape else BENCH_SHAPES, args.repeat, args.budget, threads)
         report["self_check_ok"] = ok
+        conv = measure_conv(args.repeat, args.budget / 2, threads)
+        report["conv"] = conv
         if not args.json:
             print_table(report)
+            print_conv_table(conv)
         if not args.shape:  # the default run also shows the LLM decode section
             from takane_kernels._llm import main_job_section
 

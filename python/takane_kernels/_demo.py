@@ -21,10 +21,11 @@ shipped with the package, no download), one fixed stratified train/test split (7
   with a short fine-tune;
 - ``int8``: per-row symmetric int8 weights from the FP32 model (evaluated dequantized in
   numpy float32: a reference point for accuracy and memory, not run on our kernels).
-- ``conv_*``: a small conv net through im2col (3x3 conv 1 -> 32 on the real pixels, 3x3
-  'valid' conv 32 -> 64, linear 2304 -> 10), FP32 and W1A1 with the three threshold rules.
-  The second conv is ``binary_linear`` on ±1 patches; its packed output (64 channels: one
-  word per position) is the last layer's packed input without repacking.
+- ``conv_*``: a small conv net (3x3 conv 1 -> 32 on the real pixels, 3x3 'valid' conv
+  32 -> 64, linear 2304 -> 10; trained through im2col), FP32 and W1A1 with the three
+  threshold rules. At inference the binary conv is ``binary_conv2d`` on the NHWC float
+  map (binarized in the call with per-channel thresholds; no im2col); its packed output
+  (64 channels: one word per position) is the last layer's packed input without repacking.
 
 Training: Adam, cosine-decayed learning rate, batch 64; straight-through estimator for
 every sign (gradient passed where |x - t| <= 1 for activations, |w| <= 1 for weights;
@@ -373,6 +374,7 @@ class Model:
     layers: list  # per layer: (PackedWeights or float32 array, bias float32)
     thresholds: list = field(default_factory=list)  # W1A1: layer 2's input and output thresholds
     arch: str = "mlp"
+    conv2: object = None  # conv W1A1: layer 2 as a PackedConvWeights (OHWI) for binary_conv2d
 
     def weight_bytes(self):
         if self.kind == "int8":
@@ -398,6 +400,10 @@ class Model:
             return lib.binary_weight_matmul(self._in(2, h, m), w3, bias=b3, **kw)
         t1, t2 = self.thresholds
         h = lib.binary_weight_matmul(self._in(0, x, m), w1, bias=b1, **kw)  # real pixels x 1-bit weights
+        if self.conv2 is not None:  # NHWC map -> binary_conv2d (binarized inside), packed out
+            bits = lib.binary_conv2d(h.reshape(m, 8, 8, -1), self.conv2, threshold=t1, bias=b2,
+                                     out_threshold=t2, **kw).reshape(m, -1)
+            return lib.binary_linear(bits, w3, bias=b3, **kw)  # packed in, float logits
         bits = lib.binary_linear(self._in(1, h, m), w2, threshold=t1, bias=b2, out_threshold=t2, **kw)  # packed out
         return lib.binary_linear(self._in(2, bits, m), w3, bias=b3, **kw)  # packed in, float logits
 
@@ -425,6 +431,21 @@ class Model:
             return "within bound"
         (_, _), (w2, b2), (w3, b3) = self.layers
         t1, t2 = self.thresholds
+        if self.conv2 is not None:
+            h = float_layer(0, x).reshape(m, 8, 8, -1)
+            bits = tk.binary_conv2d(h, self.conv2, threshold=t1, bias=b2, out_threshold=t2)
+            if not np.array_equal(bits, ref.binary_conv2d(h, self.conv2, threshold=t1, bias=b2, out_threshold=t2)):
+                raise AssertionError("layer 2: binary_conv2d bits differ from the reference")
+            # and the same layer as a matmul on im2col patches (how it was trained)
+            if not np.array_equal(bits.reshape(m * 36, -1), ref.binary_linear(
+                    self._in(1, h.reshape(m * 64, -1), m), w2, threshold=np.tile(t1, 9) if np.ndim(t1) else t1, bias=b2,
+                    out_threshold=t2)):
+                raise AssertionError("layer 2: binary_conv2d differs from binary_linear on im2col patches")
+            bits = bits.reshape(m, -1)
+            y = tk.binary_linear(bits, w3, bias=b3)
+            if not np.array_equal(y, ref.binary_linear(bits, w3, bias=b3)):
+                raise AssertionError("layer 3: binary_linear logits differ from the reference")
+            return "bit-exact + bound"
         h = self._in(1, float_layer(0, x), m)
         bits = tk.binary_linear(h, w2, threshold=t1, bias=b2, out_threshold=t2)
         if not np.array_equal(bits, ref.binary_linear(h, w2, threshold=t1, bias=b2, out_threshold=t2)):
@@ -467,9 +488,13 @@ def build_model(net: Net, v: Variant, fp32_net: Net | None = None) -> Model:
         # values compared (layer 1's output, layer 2's y) are float32, so y >= t is the same,
         # and a float32 array skips a rounding pass per call
         thresholds = [_ceil_f32(np.asarray(t, dtype=np.float64)) for t in thresholds]
-        if v.arch == "conv":  # layer 2 reads 3x3 patches, (tap, channel): one threshold per channel, 9 times
-            thresholds[0] = np.tile(thresholds[0], 9)
-    return Model(v.kind, layers, thresholds, v.arch)
+    conv2 = None
+    if v.kind == "w1a1" and v.arch == "conv":
+        # layer 2's (64, 9*32) rows are (tap, channel) with channels fastest: the OHWI order
+        w2 = layers[1][0]
+        signs = tk.unpack_bits(w2.bits, w2.k).reshape(w2.n, 3, 3, -1)
+        conv2 = tk.PackedConvWeights(tk.pack_bits(signs), signs.shape[3], scale=w2.scale)
+    return Model(v.kind, layers, thresholds, v.arch, conv2)
 
 
 # ---- timing ------------------------------------------------------------------------------
@@ -633,9 +658,10 @@ def markdown(report) -> str:
         "(gradient where |x − t| ≤ 1; weights: where |w| ≤ 1, latent weights clipped to [−1, 1]); W1A1 "
         "thresholds updated by `AdaptiveThreshold.update` at every training step and used by that step. "
         f"Conv: 3×3 conv 1→32 on the real pixels (zero padding; W1A-float kernel on im2col patches), 3×3 conv "
-        f"32→64 ('valid', 6×6 positions; `binary_linear` on ±1 im2col patches, per-channel thresholds tiled "
-        f"over the 9 taps; its packed output, one 64-bit word per position, is the last layer's packed input "
-        f"as is), linear 2304→10; {_n(m['conv_epochs'], 'epoch')}; relative columns against the Conv FP32 row. "
+        f"32→64 ('valid', 6×6 positions; at inference `binary_conv2d` on the NHWC float map, binarized in "
+        f"the call with per-channel thresholds, no im2col; checked against the reference and against "
+        f"`binary_linear` on the im2col patches it was trained as; its packed output, one 64-bit word per "
+        f"position, is the last layer's packed input as is), linear 2304→10; {_n(m['conv_epochs'], 'epoch')}; relative columns against the Conv FP32 row. "
         "Weight bytes: bits + float32 scales (`PackedWeights.nbytes`; int8: 1 byte per weight + a float32 "
         "per row); per-channel biases and thresholds not counted. Latency: whole network forward, "
         f"median, our kernels ({m['isa']}; one thread) against the FP32 "

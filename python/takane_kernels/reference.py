@@ -19,6 +19,7 @@ __all__ = [
     "matmul_unpacked", "matmul_popcount", "PackedWeights",
     "binary_linear", "binary_weight_matmul", "binary_weight_matmul_error_bound", "AdaptiveThreshold",
     "quantize_q8_0",
+    "binary_conv2d", "binary_max_pool2d", "pack_conv_weights",
 ]
 
 
@@ -329,3 +330,107 @@ class AdaptiveThreshold:
     def threshold(self):
         return np.array([self.mean_factor * m + self.std_factor * s for m, s in zip(self.mean, self.std)])
 
+
+
+# ---- convolution (DESIGN.md §10) -------------------------------------------------------
+
+
+def _pair_ref(v):
+    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+def _pads_ref(padding, kernel, dilation, stride):
+    if padding == "valid":
+        return 0, 0, 0, 0
+    if padding == "same":
+        if stride != (1, 1):
+            raise ValueError("padding='same' needs stride 1")
+        th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
+        return th // 2, th - th // 2, tw // 2, tw - tw // 2
+    ph, pw = _pair_ref(padding)
+    return ph, ph, pw, pw
+
+
+def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=0, threshold=0.0,
+                  bias=None, residual=None, out_threshold=None, out=None, threads=None):
+    """The binary convolution spelled out: unpack everything to ±1 (0 for pad_value 0
+    padding), pad the image, sum over taps with float64 einsum (exact: |dot| < 2**53),
+    then the float32 epilogue steps. NHWC; w a PackedConvWeights (OHWI bits)."""
+    cout, kh, kw, _ = w.bits.shape
+    cin_g = w.in_channels
+    cin = cin_g * groups
+    x = np.asarray(x)
+    xs = unpack_bits(x, cin, np.float64) if x.dtype == np.uint64 else \
+        np.where(_binarize(x, threshold), 1.0, -1.0)
+    ws = unpack_bits(w.bits, cin_g, np.float64)  # (cout, kh, kw, cin_g)
+    sh, sw = _pair_ref(stride)
+    dh, dw = _pair_ref(dilation)
+    pt, pb, pl, pr = _pads_ref(padding, (kh, kw), (dh, dw), (sh, sw))
+    n, h, wd, _ = xs.shape
+    xp = np.full((n, h + pt + pb, wd + pl + pr, cin), float(pad_value))
+    xp[:, pt:pt + h, pl:pl + wd, :] = xs
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError("the padded input is smaller than the kernel")
+    dot = np.zeros((n, ho, wo, cout))
+    cog = cout // groups
+    for g in range(groups):
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xp[:, ky * dh:ky * dh + (ho - 1) * sh + 1:sh, kx * dw:kx * dw + (wo - 1) * sw + 1:sw,
+                           g * cin_g:(g + 1) * cin_g]
+                dot[..., g * cog:(g + 1) * cog] += np.einsum("nhwc,oc->nhwo", patch, ws[g * cog:(g + 1) * cog, ky, kx])
+    y = np.rint(dot).astype(np.int32).astype(np.float32)
+    if w.scale is not None:
+        y = y * w.scale.astype(np.float32)
+    if bias is not None:
+        y = y + np.asarray(bias).astype(np.float32)
+    if residual is not None:
+        y = y + np.asarray(residual).astype(np.float32)
+    result = y if out_threshold is None else pack_bits(y, out_threshold)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None):
+    """Max of ±1 values over each window (padded taps ignored), unpacked and repacked."""
+    x = np.asarray(x)
+    if x.dtype == np.uint64:
+        c = x.shape[-1] * 64 if channels is None else channels
+        v = unpack_bits(x, c, np.int64)
+    else:
+        v = np.where(_binarize(x, 0.0), 1, -1)
+        c = x.shape[-1]
+    kh, kw = _pair_ref(kernel_size)
+    sh, sw = (kh, kw) if stride is None else _pair_ref(stride)
+    ph, pw = _pair_ref(padding)
+    n, h, wd, _ = v.shape
+    vp = np.full((n, h + 2 * ph, wd + 2 * pw, c), -2, dtype=np.int64)  # below any ±1: ignored
+    vp[:, ph:ph + h, pw:pw + wd] = v
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    m = np.full((n, ho, wo, c), -2, dtype=np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            m = np.maximum(m, vp[:, ky:ky + (ho - 1) * sh + 1:sh, kx:kx + (wo - 1) * sw + 1:sw])
+    result = pack_bits(m, 0.0)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+def pack_conv_weights(w, *, scale="mean_abs"):
+    """OHWI real weights -> PackedConvWeights, bits by this module's pack_bits."""
+    from ._conv import PackedConvWeights  # the container only: it computes nothing
+
+    w = _real(w, "w")
+    if w.ndim != 4:
+        raise ValueError("w must be 4-D (Cout, KH, KW, Cin)")
+    if isinstance(scale, str):
+        if scale != "mean_abs":
+            raise ValueError(scale)
+        scale = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1).mean(axis=1)
+    return PackedConvWeights(pack_bits(w), w.shape[3], scale=scale)

@@ -35,6 +35,9 @@ copied, ``group_size=128``), as do the PackedWeights of :func:`takane_kernels.gg
 
 from __future__ import annotations
 
+import itertools
+import weakref
+
 import numpy as np
 
 try:
@@ -48,7 +51,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
 
 import takane_kernels as tk
 
-__all__ = ["BinaryLinear"]
+__all__ = ["BinaryLinear", "BinaryConv2d", "BinaryMaxPool2d"]
 
 MODES = ("w1a1", "w1a_float", "w1a8")
 _DEFAULT_SCALE = {"w1a1": "mean_abs", "w1a_float": "onebit", "w1a8": "mean_abs"}
@@ -110,6 +113,11 @@ class BinaryLinear(nn.Module):
             if bias.shape != (weights.n,):
                 raise ValueError(f"bias must have shape ({weights.n},), got {tuple(bias.shape)}")
         self.register_buffer("bias", bias)
+        _register(self)
+
+    def __setstate__(self, state):  # a copy gets its own registry key
+        super().__setstate__(state)
+        _register(self)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "w1a1", *, scale="default", threshold=0.0,
@@ -158,15 +166,19 @@ class BinaryLinear(nn.Module):
         (:func:`takane_kernels.to_q1_0`: group scales rounded to fp16)."""
         return tk.to_q1_0(self.weights)
 
-    # dynamo must not trace into the numpy/cffi call (it fails building a guard on the cffi
-    # lib object): under torch.compile each BinaryLinear is one graph break, run eagerly
-    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_cpu_tensor(x, "BinaryLinear")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"BinaryLinear: input has shape {tuple(x.shape)}, expected (..., {self.in_features})")
+        # through the registered custom op: torch.compile / torch.export see one opaque node
+        return torch.ops.takane.binary_linear(x.detach(), self.bias, self._takane_key)
+
+    def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
         xn = _as_numpy(x)
         if xn.ndim < 1 or xn.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear: input has shape {tuple(xn.shape)}, expected (..., {self.in_features})")
         y = torch.empty(xn.shape[:-1] + (self.out_features,), dtype=torch.float32)
-        bias = None if self.bias is None else self.bias.numpy()  # a view of the buffer
+        bias = None if bias is None else bias.numpy()  # a view of the buffer
         if self.mode == "w1a1":
             tk.binary_linear(xn, self.weights, threshold=self.threshold, bias=bias,
                              activation_scale=self.activation_scale, out=y.numpy(), threads=self.threads)
@@ -225,6 +237,226 @@ class BinaryLinear(nn.Module):
 
 def _is_zero(t) -> bool:
     return np.ndim(t) == 0 and float(t) == 0.0
+
+
+# ---- binary CNN modules (DESIGN.md §10) and the torch.library custom ops --------------------
+#
+# The modules call registered custom ops (namespace "takane"), so torch.compile and
+# torch.export trace a model that uses them as single opaque nodes with fake-tensor
+# shape functions, without graph breaks. A module passes itself to its op as an int key
+# into a registry of live modules (its packed weights and geometry are Python objects,
+# not tensors); bias tensors are passed as arguments so load_state_dict keeps working.
+
+_MODULES: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
+_NEXT_KEY = itertools.count(1)
+
+
+def _register(module: nn.Module) -> None:
+    """Give the module a fresh registry key (at construction, and for every deep copy or
+    unpickled copy, via __setstate__). forward reads the plain int attribute, which
+    torch.compile treats as a constant."""
+    key = next(_NEXT_KEY)
+    module.__dict__["_takane_key"] = key
+    _MODULES[key] = module
+
+
+class _Registered(nn.Module):
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        _register(self)
+
+
+def _module(key: int) -> nn.Module:
+    m = _MODULES.get(key)
+    if m is None:
+        raise RuntimeError(f"takane_kernels.torch: no live module with key {key} (the traced "
+                           "graph outlived the module it was traced from)")
+    return m
+
+
+def _check_cpu_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"{name} runs on the CPU: input is on {x.device}")
+
+
+@torch.library.custom_op("takane::binary_linear", mutates_args=())
+def _binary_linear_op(x: torch.Tensor, bias: torch.Tensor | None, key: int) -> torch.Tensor:
+    return _module(key)._compute(x, bias)
+
+
+@_binary_linear_op.register_fake
+def _(x, bias, key):
+    return x.new_empty(tuple(x.shape[:-1]) + (_module(key).out_features,), dtype=torch.float32)
+
+
+def _out_hw(h, w, kernel, stride, dilation, pads):
+    ho = (h + pads[0] + pads[1] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    wo = (w + pads[2] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    return ho, wo
+
+
+def _nhwc_view(x: torch.Tensor) -> np.ndarray:
+    """NCHW tensor -> numpy NHWC array: a view when x is channels_last (NHWC in memory)."""
+    x = x.detach()
+    if x.dtype not in _NUMPY_DTYPES:
+        x = x.to(torch.float32)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()  # contiguous() is a no-op for channels_last
+
+
+@torch.library.custom_op("takane::binary_conv2d", mutates_args=())
+def _binary_conv2d_op(x: torch.Tensor, bias: torch.Tensor | None, key: int) -> torch.Tensor:
+    return _module(key)._compute(x, bias)
+
+
+@_binary_conv2d_op.register_fake
+def _(x, bias, key):
+    m = _module(key)
+    ho, wo = _out_hw(x.shape[2], x.shape[3], m.kernel_size, m.stride, m.dilation, m.pads)
+    return x.new_empty((x.shape[0], ho, wo, m.out_channels), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+class BinaryConv2d(_Registered):
+    """A 2-D convolution with ±1 weights and ±1 activations on the packed NHWC kernels.
+
+    NCHW float tensors in and out, as ``nn.Conv2d``: the input is binarized at
+    ``threshold`` (a scalar or one per input channel) inside the kernels; the output is
+    float32 ``(float32(dot) * scale + bias)`` (scale: the per-channel mean |W| unless
+    ``scale=None``), in channels_last memory layout (NCHW shape, NHWC strides: no
+    transpose copy). A ``channels_last`` input is read without a copy; any other layout
+    costs one NHWC copy. ``pad_value``: 0 (true zero padding, as nn.Conv2d), +1 or -1.
+    Inference only (no autograd), CPU only.
+    """
+
+    def __init__(self, weights: "tk.PackedConvWeights", *, stride=1, padding=0, dilation=1, groups=1,
+                 pad_value=0, bias=None, threshold=0.0, threads: int | None = None):
+        super().__init__()
+        if not isinstance(weights, tk.PackedConvWeights):
+            raise TypeError(f"weights must be a takane_kernels.PackedConvWeights, got {type(weights).__name__}")
+        from ._conv import _pair, _padding, _int
+
+        self.weights = weights
+        self.groups = _int(groups, "groups")
+        if weights.out_channels % self.groups:
+            raise ValueError(f"groups={groups} does not divide out_channels={weights.out_channels}")
+        self.in_channels = weights.in_channels * self.groups
+        self.out_channels = weights.out_channels
+        self.kernel_size = weights.kernel_size
+        self.stride, self.dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+        self.padding = padding
+        self.pads = _padding(padding, self.kernel_size, self.dilation, self.stride)
+        if pad_value not in (0, 1, -1) or isinstance(pad_value, bool):
+            raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
+        self.pad_value = int(pad_value)
+        self.threads = threads
+        if isinstance(threshold, torch.Tensor):
+            threshold = threshold.detach().cpu().numpy()
+        self.threshold = threshold if np.ndim(threshold) == 0 else np.array(threshold, dtype=np.float64)
+        if bias is not None:
+            bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
+            if bias.shape != (self.out_channels,):
+                raise ValueError(f"bias must have shape ({self.out_channels},), got {tuple(bias.shape)}")
+        self.register_buffer("bias", bias)
+        _register(self)
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, *, threshold=0.0, pad_value=0, scale="mean_abs",
+                    threads: int | None = None) -> "BinaryConv2d":
+        """Pack an ``nn.Conv2d``'s weights (bit = ``w >= 0``, OIHW -> OHWI) and keep its
+        bias, stride, padding, dilation and groups. ``padding_mode`` must be ``"zeros"``
+        (``pad_value`` says what a padded tap is; 0 is nn.Conv2d's own meaning)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_conv2d needs an nn.Conv2d, got {type(conv).__name__}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"padding_mode {conv.padding_mode!r} is not supported (only 'zeros')")
+        w = conv.weight.detach().to("cpu", torch.float32).permute(0, 2, 3, 1).numpy()
+        weights = tk.pack_conv_weights(w, scale=scale)
+        return cls(weights, stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                   groups=conv.groups, pad_value=pad_value, bias=conv.bias, threshold=threshold,
+                   threads=threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_cpu_tensor(x, "BinaryConv2d")
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"BinaryConv2d: input has shape {tuple(x.shape)}, expected (N, {self.in_channels}, H, W)")
+        return torch.ops.takane.binary_conv2d(x.detach(), self.bias, self._takane_key)
+
+    def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
+        xn = _nhwc_view(x)
+        n, h, w, _ = xn.shape
+        ho, wo = _out_hw(h, w, self.kernel_size, self.stride, self.dilation, self.pads)
+        y = torch.empty((n, max(ho, 0), max(wo, 0), self.out_channels), dtype=torch.float32)
+        tk.binary_conv2d(xn, self.weights, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         groups=self.groups, pad_value=self.pad_value, threshold=self.threshold,
+                         bias=None if bias is None else bias.numpy(), out=y.numpy(), threads=self.threads)
+        return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+
+    def get_extra_state(self) -> dict:
+        w = self.weights
+        return {
+            "format": "takane_kernels.BinaryConv2d", "version": 1, "in_channels": w.in_channels,
+            "bits": torch.from_numpy(w.bits.view(np.int64).copy()),
+            "scale": None if w.scale is None else torch.from_numpy(w.scale.copy()),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("format") != "takane_kernels.BinaryConv2d":
+            raise ValueError("not a takane_kernels.BinaryConv2d state")
+        if state.get("version") != 1:
+            raise ValueError(f"unsupported BinaryConv2d state version {state.get('version')!r}")
+        bits = state["bits"].detach().cpu().numpy().view(np.uint64)
+        scale = None if state["scale"] is None else state["scale"].detach().cpu().numpy()
+        weights = tk.PackedConvWeights(bits, int(state["in_channels"]), scale=scale)
+        if weights.bits.shape != self.weights.bits.shape or weights.in_channels != self.weights.in_channels:
+            raise ValueError(f"state holds {weights!r}, this module {self.weights!r}")
+        self.weights = weights
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, "
+                f"pad_value={self.pad_value}, bias={self.bias is not None}")
+
+
+@torch.library.custom_op("takane::binary_max_pool2d", mutates_args=())
+def _binary_max_pool2d_op(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> torch.Tensor:
+    xn = _nhwc_view(x)
+    c = xn.shape[3]
+    bits = tk.binary_max_pool2d(xn, (kh, kw), stride=(sh, sw), padding=(ph, pw))
+    y = torch.from_numpy(tk.unpack_bits(bits, c, np.float32)) if c else \
+        torch.empty(bits.shape[:3] + (0,), dtype=torch.float32)
+    return y.permute(0, 3, 1, 2)
+
+
+@_binary_max_pool2d_op.register_fake
+def _(x, kh, kw, sh, sw, ph, pw):
+    ho, wo = _out_hw(x.shape[2], x.shape[3], (kh, kw), (sh, sw), (1, 1), (ph, ph, pw, pw))
+    return x.new_empty((x.shape[0], ho, wo, x.shape[1]), dtype=torch.float32).permute(0, 3, 1, 2)
+
+
+class BinaryMaxPool2d(nn.Module):
+    """Max pooling of binarized activations: ``sign(max_pool2d(x))`` with sign(v) = +1 iff
+    v >= 0, computed as a bitwise OR of the packed signs. NCHW in, ±1 float32 NCHW out
+    (channels_last memory). ``padding`` at most half the kernel; padded taps ignored."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        from ._conv import _pair
+
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = _pair(padding, "padding", lo=0)
+        if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
+            raise ValueError(f"padding {self.padding} must be at most half the kernel {self.kernel_size}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_cpu_tensor(x, "BinaryMaxPool2d")
+        if x.ndim != 4:
+            raise ValueError(f"BinaryMaxPool2d: input must be 4-D NCHW, got shape {tuple(x.shape)}")
+        return torch.ops.takane.binary_max_pool2d(x.detach(), *self.kernel_size, *self.stride, *self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 from ._torch_qat import QuantConv2d, QuantLinear, SignQuantizer, convert, linear_error_bound  # noqa: E402,F401

@@ -2,12 +2,14 @@
  * fuzz_packed.c — libFuzzer target for the C entry points that take raw, untrusted
  * packed arrays: takane_check_padding, takane_binary_matmul, takane_weights_create +
  * takane_binary_matmul_prepacked, takane_pack_f32 / takane_binary_matmul_f32 (raw float
- * bits: NaN, infinities, signed zeros, subnormals), takane_binary_linear_bits, and the
+ * bits: NaN, infinities, signed zeros, subnormals), takane_binary_linear_bits, the
  * W1A-float / W1A8 entry points with group scales and an activations mode
  * (takane_binary_weight_matmul_ex and _prepacked_ex: raw float bits in x and the group
  * scales, any group_size and mode; results within the documented bound of a plain model),
- * and the GGUF Q1_0 converters takane_q1_0_to_bits / takane_bits_to_q1_0 (raw block bytes and raw float
- * scales: infinities, NaN, fp16 overflow, subnormals, ties).
+ * the GGUF Q1_0 converters takane_q1_0_to_bits / takane_bits_to_q1_0 (raw block bytes and
+ * raw float scales: infinities, NaN, fp16 overflow, subnormals, ties), and
+ * takane_conv_weights_create + takane_binary_conv2d / _bits / _f32 + takane_binary_max_pool2d
+ * (random geometry, padding values, groups; a plain per-tap model).
  *
  * The input decides the dimensions, the row strides (0 = every row is the same data,
  * or padded rows), the ISA (any supported one), the thread count, and the contents of
@@ -495,6 +497,176 @@ static void fuzz_q1_0(cursor *c, int64_t n, int64_t k) {
         free(out);
     }
     free(q), free(bits), free(g);
+
+/* bit c of a packed pixel (channels canonical) as +-1 */
+static int sgn(const uint64_t *px, int64_t c) { return (px[c / 64] >> (c % 64)) & 1 ? 1 : -1; }
+
+static void fuzz_conv(cursor *c, int threads) {
+    const int64_t kh = 1 + (int64_t)(take(c, 1) % 4), kw = 1 + (int64_t)(take(c, 1) % 4);
+    const int64_t groups = 1 + (int64_t)(take(c, 1) % 3);
+    static const int64_t cins[] = {1, 7, 31, 32, 33, 63, 64, 65, 128};
+    const int64_t cin_g = cins[take(c, 1) % 9], cin = cin_g * groups;
+    const int64_t cout = groups * (1 + (int64_t)(take(c, 1) % 10));
+    takane_conv2d_geometry g;
+    g.batch = (int64_t)(take(c, 1) % 3);
+    g.in_h = (int64_t)(take(c, 1) % 7) - 1; /* -1 and 0 are errors */
+    g.in_w = (int64_t)(take(c, 1) % 7);
+    if (take(c, 1) % 4 == 0) g.in_w += 14; /* output rows of >= 8 pixels: the z-stack path */
+    g.stride_h = (int64_t)(take(c, 1) % 3), g.stride_w = 1 + (int64_t)(take(c, 1) % 2);
+    g.dilation_h = 1 + (int64_t)(take(c, 1) % 2), g.dilation_w = 1 + (int64_t)(take(c, 1) % 2);
+    g.pad_top = (int64_t)(take(c, 1) % 3), g.pad_bottom = (int64_t)(take(c, 1) % 3);
+    g.pad_left = (int64_t)(take(c, 1) % 3), g.pad_right = (int64_t)(take(c, 1) % 3);
+    g.pad_value = (int32_t)(take(c, 1) % 4) - 1; /* 2 is an error */
+    const int64_t cw = words_for(cin), cwg = words_for(cin_g), taps = kh * kw;
+    /* weights: clean padding mostly */
+    const size_t wl = (size_t)(cout * taps * cwg);
+    uint64_t *w = (uint64_t *)malloc(wl * sizeof *w);
+    CHECK(w);
+    const int clean = (take(c, 1) & 3) != 0;
+    for (size_t i = 0; i < wl; i++) w[i] = take(c, 8);
+    if (clean)
+        for (int64_t r = 0; r < cout * taps; r++) w[r * cwg + cwg - 1] &= ~pad_mask(cin_g);
+    const int dirty_w = rows_have_padding(w, cout * taps, cin_g, cwg);
+    takane_conv_weights *h = NULL;
+    takane_status st = takane_conv_weights_create(cout, kh, kw, cin_g, groups, w, &h);
+    if (dirty_w) {
+        CHECK(st == TAKANE_ERR_PADDING_BITS && h == NULL);
+        free(w);
+        return;
+    }
+    CHECK(st == TAKANE_OK && h != NULL);
+    int64_t info[6];
+    CHECK(takane_conv_weights_info(h, &info[0], &info[1], &info[2], &info[3], &info[4], &info[5]) ==
+          TAKANE_OK);
+    CHECK(info[0] == cout && info[1] == cin && info[2] == kh && info[3] == kw && info[4] == groups);
+    /* the model's view of the geometry */
+    int valid = g.in_h >= 1 && g.in_w >= 1 && g.stride_h >= 1 && g.pad_value <= 1;
+    int64_t ho = 0, wo = 0;
+    if (valid) {
+        const int64_t ph = g.in_h + g.pad_top + g.pad_bottom - g.dilation_h * (kh - 1) - 1;
+        const int64_t pw = g.in_w + g.pad_left + g.pad_right - g.dilation_w * (kw - 1) - 1;
+        valid = ph >= 0 && pw >= 0;
+        if (valid) ho = ph / g.stride_h + 1, wo = pw / g.stride_w + 1;
+    }
+    int64_t mh = -1, mw = -1;
+    st = takane_conv2d_output_size(h, &g, &mh, &mw);
+    if (!valid) {
+        CHECK(st == (g.in_h < 0 ? TAKANE_ERR_NEGATIVE_DIMENSION : TAKANE_ERR_BAD_GEOMETRY));
+        float y0;
+        CHECK(takane_binary_conv2d(h, &g, w, NULL, NULL, NULL, &y0, threads) == st);
+        takane_conv_weights_free(h);
+        free(w);
+        return;
+    }
+    CHECK(st == TAKANE_OK && mh == ho && mw == wo);
+    const int64_t npix = g.batch * g.in_h * g.in_w, nout = g.batch * ho * wo;
+    uint64_t *x = (uint64_t *)malloc((size_t)(npix * cw + 1) * sizeof *x);
+    CHECK(x);
+    for (int64_t i = 0; i < npix * cw; i++) x[i] = take(c, 8);
+    if (take(c, 1) & 3)
+        for (int64_t p = 0; p < npix; p++) x[p * cw + cw - 1] &= ~pad_mask(cin);
+    const int dirty_x = rows_have_padding(x, npix, cin, cw);
+    /* the model: int dots */
+    int32_t *d = (int32_t *)malloc((size_t)(nout * cout + 1) * sizeof *d);
+    float *y = (float *)malloc((size_t)(nout * cout + 4) * sizeof *y);
+    CHECK(d && y);
+    const int64_t coutg = cout / groups;
+    for (int64_t b = 0; b < g.batch; b++)
+        for (int64_t oy = 0; oy < ho; oy++)
+            for (int64_t ox = 0; ox < wo; ox++)
+                for (int64_t o = 0; o < cout; o++) {
+                    const int64_t gi = o / coutg;
+                    int64_t s = 0;
+                    for (int64_t ky = 0; ky < kh; ky++)
+                        for (int64_t kx = 0; kx < kw; kx++) {
+                            const int64_t iy = oy * g.stride_h - g.pad_top + ky * g.dilation_h;
+                            const int64_t ix = ox * g.stride_w - g.pad_left + kx * g.dilation_w;
+                            const uint64_t *wp = w + (o * taps + ky * kw + kx) * cwg;
+                            const int in = iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w;
+                            const uint64_t *px = in ? x + ((b * g.in_h + iy) * g.in_w + ix) * cw : NULL;
+                            for (int64_t ch = 0; ch < cin_g; ch++)
+                                s += (int64_t)(in ? sgn(px, gi * cin_g + ch) : g.pad_value) * sgn(wp, ch);
+                        }
+                    d[((b * ho + oy) * wo + ox) * cout + o] = (int32_t)s;
+                }
+    for (int64_t i = 0; i < nout * cout + 4; i++) y[i] = -1234.5f;
+    st = takane_binary_conv2d(h, &g, x, NULL, NULL, NULL, y, threads);
+    if (g.batch == 0) {
+        CHECK(st == TAKANE_OK);
+    } else if (dirty_x) {
+        CHECK(st == TAKANE_ERR_PADDING_BITS);
+    } else {
+        CHECK(st == TAKANE_OK);
+        for (int64_t i = 0; i < nout * cout; i++) CHECK(y[i] == (float)d[i]);
+    }
+    for (int64_t i = nout * cout; i < nout * cout + 4; i++) CHECK(y[i] == -1234.5f);
+    if (!dirty_x && g.batch > 0) {
+        /* bits of dot >= ot */
+        const int64_t ow = words_for(cout);
+        const float ot = (float)(int8_t)take(c, 1) / 4.0f;
+        uint64_t *yb = (uint64_t *)malloc((size_t)(nout * ow + 1) * sizeof *yb);
+        CHECK(yb);
+        yb[nout * ow] = SENTINEL_U64;
+        CHECK(takane_binary_conv2d_bits(h, &g, x, NULL, NULL, NULL, &ot, 1, yb, threads) == TAKANE_OK);
+        for (int64_t p = 0; p < nout; p++)
+            for (int64_t q = 0; q < ow; q++) {
+                uint64_t expect = 0;
+                for (int64_t o = q * 64; o < cout && o < q * 64 + 64; o++)
+                    if ((float)d[p * cout + o] >= ot) expect |= UINT64_C(1) << (o % 64);
+                CHECK(yb[p * ow + q] == expect);
+            }
+        CHECK(yb[nout * ow] == SENTINEL_U64);
+        /* float input: +-1.0f per channel (NaN once in a while) */
+        float *xf = (float *)malloc((size_t)(npix * cin + 1) * sizeof *xf);
+        CHECK(xf);
+        for (int64_t p = 0; p < npix; p++)
+            for (int64_t ch = 0; ch < cin; ch++) xf[p * cin + ch] = (float)sgn(x + p * cw, ch);
+        const int nan = (take(c, 1) % 8) == 0 && npix > 0;
+        if (nan) xf[(int64_t)(take(c, 2) % (uint64_t)(npix * cin))] = NAN;
+        st = takane_binary_conv2d_f32(h, &g, xf, NULL, 0, NULL, NULL, NULL, y, threads);
+        if (nan) {
+            CHECK(st == TAKANE_ERR_NAN);
+        } else {
+            CHECK(st == TAKANE_OK);
+            for (int64_t i = 0; i < nout * cout; i++) CHECK(y[i] == (float)d[i]);
+        }
+        free(xf);
+        free(yb);
+        /* max pooling over the same input (kernel kh x kw, pads clipped to half of it) */
+        takane_conv2d_geometry pg = g;
+        pg.dilation_h = pg.dilation_w = 1, pg.pad_value = 0;
+        if (pg.pad_top > kh / 2) pg.pad_top = kh / 2;
+        if (pg.pad_bottom > kh / 2) pg.pad_bottom = kh / 2;
+        if (pg.pad_left > kw / 2) pg.pad_left = kw / 2;
+        if (pg.pad_right > kw / 2) pg.pad_right = kw / 2;
+        const int64_t pph = pg.in_h + pg.pad_top + pg.pad_bottom - kh;
+        const int64_t ppw = pg.in_w + pg.pad_left + pg.pad_right - kw;
+        if (pph >= 0 && ppw >= 0) {
+            const int64_t pho = pph / pg.stride_h + 1, pwo = ppw / pg.stride_w + 1;
+            uint64_t *py = (uint64_t *)malloc((size_t)(g.batch * pho * pwo * cw + 1) * sizeof *py);
+            CHECK(py);
+            py[g.batch * pho * pwo * cw] = SENTINEL_U64;
+            CHECK(takane_binary_max_pool2d(&pg, cin, kh, kw, x, py, threads) == TAKANE_OK);
+            for (int64_t b = 0; b < g.batch; b++)
+                for (int64_t oy = 0; oy < pho; oy++)
+                    for (int64_t ox = 0; ox < pwo; ox++)
+                        for (int64_t q = 0; q < cw; q++) {
+                            uint64_t expect = 0;
+                            for (int64_t ky = 0; ky < kh; ky++)
+                                for (int64_t kx = 0; kx < kw; kx++) {
+                                    const int64_t iy = oy * pg.stride_h - pg.pad_top + ky;
+                                    const int64_t ix = ox * pg.stride_w - pg.pad_left + kx;
+                                    if (iy >= 0 && iy < g.in_h && ix >= 0 && ix < g.in_w)
+                                        expect |= x[((b * g.in_h + iy) * g.in_w + ix) * cw + q];
+                                }
+                            CHECK(py[((b * pho + oy) * pwo + ox) * cw + q] == expect);
+                        }
+            CHECK(py[g.batch * pho * pwo * cw] == SENTINEL_U64);
+            free(py);
+        }
+    }
+    free(d), free(y), free(x), free(w);
+    takane_conv_weights_free(h);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -505,7 +677,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (supported & (1u << i)) isas[nisa++] = i;
     const int isa = isas[take(&c, 1) % (uint64_t)nisa];
     CHECK(takane_isa_force((takane_isa)isa) == TAKANE_OK);
-    const int op = (int)(take(&c, 1) % 4);
+    const int op = (int)(take(&c, 1) % 5);
     const int64_t m = (int64_t)(take(&c, 1) % 19);
     const int64_t n = (int64_t)(take(&c, 1) % 40);
     const uint64_t kb = take(&c, 2);
@@ -517,7 +689,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (op == 0) fuzz_matmul(&c, m, n, k, threads);
     else if (op == 1) fuzz_floats(&c, m, n, k, threads);
     else if (op == 2) fuzz_wq8(&c, m, n, k, threads);
-    else fuzz_q1_0(&c, n, (kb & 0x4000) ? k : (int64_t)(kb % 6) * 128); /* mostly whole blocks */
+    else if (op == 3) fuzz_q1_0(&c, n, (kb & 0x4000) ? k : (int64_t)(kb % 6) * 128); /* mostly whole blocks */
+    else fuzz_conv(&c, threads);
     CHECK(takane_isa_active() == (takane_isa)isa);
     return 0;
 }

@@ -73,7 +73,11 @@ typedef enum takane_status {
     TAKANE_ERR_NOT_FINITE = 13,        /* a scale, bias or mean |x| is NaN or infinite */
     TAKANE_ERR_BAD_GROUP_SIZE = 14,    /* group_size not a positive multiple of 64, or k not
                                           a multiple of a block format's size (Q1_0: 128) */
-    TAKANE_ERR_BAD_ACTIVATIONS = 15    /* not a TAKANE_ACTIVATIONS_* mode */
+    TAKANE_ERR_BAD_ACTIVATIONS = 15,   /* not a TAKANE_ACTIVATIONS_* mode */
+    TAKANE_ERR_BAD_GEOMETRY = 16       /* convolution / pooling: a kernel size, stride,
+                                          dilation, padding, pad value or group count is
+                                          invalid, or the padded input is smaller than
+                                          the (dilated) kernel */
 } takane_status;
 
 /* Activation modes of the 1-bit-weight LLM entry points: real float32 activations, or
@@ -396,6 +400,111 @@ TAKANE_API takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_
                                              int64_t bits_row_stride, const float *group_scale,
                                              int64_t group_scale_row_stride, uint8_t *q,
                                              int64_t q_row_stride);
+/* ---- binary convolution (NHWC, binary CNNs) ------------------------------------------- */
+
+/*
+ * Layout: NHWC with channels packed per pixel. A packed activation tensor of C channels is
+ * uint64 (N, H, W, ceil(C/64)), contiguous, each pixel's channels in the canonical format
+ * (padding bits 0). Float activations are float32 (N, H, W, C), contiguous.
+ *
+ * Weights are the OHWI tensor (out_channels, kernel_h, kernel_w, in_channels / groups):
+ * canonical bits uint64 (out_channels, kernel_h, kernel_w, ceil(in_channels_per_group/64)),
+ * contiguous. A handle re-tiles them once: per group, each output channel's taps become
+ * one row of bits (kernel columns of stacked taps for one group of 32 or a multiple of
+ * 64 channels — two taps per word at 32 — else the taps concatenated densely), which
+ * meets the W1A1 panel kernels like a binary_matmul row.
+ */
+typedef struct takane_conv_weights takane_conv_weights;
+
+/* Build a handle from canonical OHWI bits (above). out_channels, kernel_h, kernel_w,
+ * in_channels (per group) and groups must be >= 1 (negative: TAKANE_ERR_NEGATIVE_DIMENSION,
+ * zero or out_channels % groups != 0 or a size above 2^31 - 1: TAKANE_ERR_BAD_GEOMETRY);
+ * kernel_h * kernel_w * in_channels <= TAKANE_MAX_K (else TAKANE_ERR_K_TOO_LARGE).
+ * Non-zero padding bits give TAKANE_ERR_PADDING_BITS. Free with takane_conv_weights_free. */
+TAKANE_API takane_status takane_conv_weights_create(int64_t out_channels, int64_t kernel_h,
+                                                    int64_t kernel_w, int64_t in_channels,
+                                                    int64_t groups, const uint64_t *w,
+                                                    takane_conv_weights **out);
+/* Release a handle (NULL is a no-op). The caller must ensure no call still uses it. */
+TAKANE_API void takane_conv_weights_free(takane_conv_weights *weights);
+/* The handle's out_channels, in_channels (total: per group * groups), kernel_h, kernel_w,
+ * groups and the bytes it holds (any out pointer may be NULL). */
+TAKANE_API takane_status takane_conv_weights_info(const takane_conv_weights *weights,
+                                                  int64_t *out_channels, int64_t *in_channels,
+                                                  int64_t *kernel_h, int64_t *kernel_w,
+                                                  int64_t *groups, int64_t *nbytes);
+
+/* The geometry of one convolution or pooling call. */
+typedef struct takane_conv2d_geometry {
+    int64_t batch, in_h, in_w;      /* input N (>= 0), H and W (>= 1, <= 2^31 - 1) */
+    int64_t stride_h, stride_w;     /* >= 1 */
+    int64_t dilation_h, dilation_w; /* >= 1 (pooling: must be 1) */
+    int64_t pad_top, pad_bottom, pad_left, pad_right; /* >= 0 */
+    int32_t pad_value; /* convolution: a tap outside the image is 0 (contributes nothing:
+                          true zero padding), +1 or -1 (a +-1 activation); pooling: 0 */
+} takane_conv2d_geometry;
+
+/* Output size: out_h = (in_h + pad_top + pad_bottom - dilation_h * (kernel_h - 1) - 1)
+ * / stride_h + 1, out_w likewise. TAKANE_ERR_BAD_GEOMETRY for an invalid geometry or a
+ * padded input smaller than the dilated kernel. */
+TAKANE_API takane_status takane_conv2d_output_size(const takane_conv_weights *weights,
+                                                   const takane_conv2d_geometry *geometry,
+                                                   int64_t *out_h, int64_t *out_w);
+
+/*
+ * Binary 2-D convolution (cross-correlation, as PyTorch's conv2d): for output pixel
+ * (b, oy, ox) and output channel o of group g = o / (out_channels / groups),
+ *   dot = sum over taps (ky, kx) whose input pixel (iy, ix) = (oy * stride_h - pad_top
+ *         + ky * dilation_h, ox * stride_w - pad_left + kx * dilation_w) is in the image,
+ *         of sum_c x[b, iy, ix, g * cin_g + c] * w[o, ky, kx, c]     (+-1 values)
+ *         plus, for taps outside the image, the same with x = pad_value (0: nothing).
+ * Exact in int32. Then the float32 output is
+ *   y[b, oy, ox, o] = ((float)dot * scale[o] + bias[o]) + residual[b, oy, ox, o]
+ * each operation rounded to float32 (no FMA); a NULL scale, bias or residual drops its
+ * step. scale and bias must be finite (else TAKANE_ERR_NOT_FINITE). x: packed NHWC of the
+ * handle's in_channels (padding bits checked), y: float32 (N, out_h, out_w, out_channels),
+ * residual likewise (it must not overlap y).
+ * batch == 0 is a no-op. Threads: up to `threads` (0 = default).
+ */
+TAKANE_API takane_status takane_binary_conv2d(const takane_conv_weights *weights,
+                                              const takane_conv2d_geometry *geometry,
+                                              const uint64_t *x, const float *scale,
+                                              const float *bias, const float *residual,
+                                              float *y, int32_t threads);
+/* As takane_binary_conv2d, the output binarized for the next binary layer: bit o of pixel
+ * (b, oy, ox) = (y[b, oy, ox, o] >= out_threshold[o or 0]) with y the float32 value above,
+ * packed NHWC (N, out_h, out_w, ceil(out_channels/64)) words. out_threshold_len is 1 or
+ * out_channels (else TAKANE_ERR_BAD_THRESHOLD_LEN); NaN gives TAKANE_ERR_NAN. */
+TAKANE_API takane_status takane_binary_conv2d_bits(const takane_conv_weights *weights,
+                                                   const takane_conv2d_geometry *geometry,
+                                                   const uint64_t *x, const float *scale,
+                                                   const float *bias, const float *residual,
+                                                   const float *out_threshold,
+                                                   int64_t out_threshold_len, uint64_t *y,
+                                                   int32_t threads);
+/* As the two above with float32 NHWC activations binarized inside the call exactly as
+ * takane_pack_f32 does (threshold NULL, len 1, or len in_channels: per channel). */
+TAKANE_API takane_status takane_binary_conv2d_f32(const takane_conv_weights *weights,
+                                                  const takane_conv2d_geometry *geometry,
+                                                  const float *x, const float *threshold,
+                                                  int64_t threshold_len, const float *scale,
+                                                  const float *bias, const float *residual,
+                                                  float *y, int32_t threads);
+TAKANE_API takane_status takane_binary_conv2d_f32_bits(
+    const takane_conv_weights *weights, const takane_conv2d_geometry *geometry,
+    const float *x, const float *threshold, int64_t threshold_len, const float *scale,
+    const float *bias, const float *residual, const float *out_threshold,
+    int64_t out_threshold_len, uint64_t *y, int32_t threads);
+
+/* Binary max pooling on packed NHWC bits (N, H, W, ceil(channels/64)): the max of +-1
+ * values over a window is a bitwise OR; taps in the padding are ignored. Output packed
+ * NHWC (N, out_h, out_w, ceil(channels/64)), out_h as takane_conv2d_output_size with this
+ * kernel. Requires dilation 1, pad_value 0 and each padding <= half the kernel (so every
+ * window holds an image pixel), else TAKANE_ERR_BAD_GEOMETRY. */
+TAKANE_API takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geometry,
+                                                  int64_t channels, int64_t kernel_h,
+                                                  int64_t kernel_w, const uint64_t *x,
+                                                  uint64_t *y, int32_t threads);
 
 #ifdef __cplusplus
 }

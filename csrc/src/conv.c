@@ -1,0 +1,754 @@
+/*
+ * conv.c — binary 2-D convolution and max pooling on packed NHWC activations: an implicit
+ * GEMM on the W1A1 panel framework (matmul.c) with the layer epilogues of linear_<isa>.c.
+ * Baseline ISA; the products run in each ISA's panel microkernel.
+ *
+ * How a convolution becomes a GEMM without an im2col of the whole input: the output
+ * pixels are the GEMM's rows, each a row of the taps' channel bits in the handle's tap
+ * order (below). Two ways to present those rows to the panel kernels:
+ *   - z-stack (conv_rows_zstack; wide outputs, dilation_w 1, a column-major handle):
+ *     per output row, the kh input rows it reads are copied once, stacked per input
+ *     column; the row of output pixel ox is then the window of kw columns starting at
+ *     column ox * stride_w, read in place at a uniform stride. Each input pixel is copied
+ *     kh times per output row instead of kh * kw times per output pixel.
+ *   - gather (gather_row; everything else): a task takes a block of <= BLOCK_ROWS output
+ *     pixels and, per group, copies each pixel's receptive field into one L1-resident row,
+ *     reading each tap through its computed address (an indirection per tap; taps
+ *     outside the image read a padding pixel).
+ * Then the block is multiplied against the group's weight panels, border pixels are
+ * corrected, and the fused epilogue runs while the block's dot products are in cache.
+ * Tap order: column-major in whole-word columns for one group with cin_g % 64 == 0 or
+ * cin_g == 32 (two stacked pixels per word: a 3x3 row of 32 channels is 6 words, not
+ * 9), else (ky, kx) densely packed (tap t at bit t * cin_g).
+ *
+ * 1x1, stride 1, no padding, one group: the input pixels ARE the rows; no gather at all
+ * (binary_matmul on the pixel rows).
+ *
+ * Zero padding (pad_value 0) is exact in the integer domain: taps outside the image are
+ * gathered as -1 (zero bits), so the GEMM yields dot_-1 = dot_0 + sum over those taps of
+ * the -1 tap's contribution, sum_c -w[o, t, c] = cin_g - 2 * popcount(w[o, t]) =
+ * tapcorr[t][o], precomputed per handle. Border pixels subtract it for their outside
+ * taps (interior pixels have none), before the epilogue, so out_threshold and every
+ * float step see the true dot product.
+ *
+ * Invariants: the entry points validated everything (conv_run); k <= TAKANE_MAX_K so
+ * dots fit int32; gathered rows have zero padding bits (the handle's rows do too).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DIM_MAX INT64_C(2147483647)
+/* Output pixels per gathered block: the gathered rows (<= 64 KiB) and their dot
+ * products stay in L1/L2 while they meet every weight panel of the task. */
+#define BLOCK_ROWS 64
+#define BLOCK_BYTES (64 * 1024)
+/* Below this many bit-MACs a call stays on the calling thread (as matmul.c). */
+#define MIN_PARALLEL_BITMACS (1 << 23)
+/* Output width from which the z-stack path (conv_rows_zstack) is used. */
+#define ZSTACK_MIN_WO 8
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+struct takane_conv_weights {
+    int64_t cout, kh, kw, cin_g, groups, coutg, taps, k; /* k = taps * cin_g */
+    /* Tap order of the gathered rows and the weight rows: (ky, kx) densely packed (tap t
+     * at bit t * cin_g), or, when xmajor (one group and cin_g % 64 == 0 or cin_g == 32),
+     * column-major: column kx holds its kh taps densely (tap (ky, kx) at bit
+     * kx * colbits + ky * cin_g) padded to whole words (colbits = 64 * ceil(kh * cin_g
+     * / 64); the padding bits are zero in weights and activations alike, so they add
+     * nothing to any popcount). Then, for dilation_w 1, the row of output pixel (oy, ox)
+     * is one contiguous window of a copy of kh input rows stacked per column (see
+     * conv_rows_zstack). At 32 channels a 3x3 row is 6 words (3 columns of 2) instead of
+     * 5: 20% more XOR-popcounts, but no per-pixel gather. */
+    int xmajor;
+    int64_t colbits; /* xmajor: bits per column (a multiple of 64) */
+    int64_t rowk;    /* bits per weight / gathered row: kw * colbits if xmajor, else k */
+    takane_weights **g;                                  /* one (coutg, k) handle per group */
+    int32_t *tapcorr; /* [t * cout + o] = cin_g - 2 * popcount(w[o, tap t]) */
+    int64_t nbytes;
+};
+
+/* OR nbits bits of src starting at bit soff into dst starting at bit doff. Reads only
+ * words that hold some of those bits (never past the source pixel). */
+static inline void bits_or(uint64_t *dst, int64_t doff, const uint64_t *src, int64_t soff,
+                           int64_t nbits) {
+    while (nbits > 0) {
+        const int chunk = nbits < 64 ? (int)nbits : 64;
+        const int64_t w0 = soff / 64;
+        const int s = (int)(soff % 64);
+        uint64_t v = src[w0] >> s;
+        if (s && s + chunk > 64) v |= src[w0 + 1] << (64 - s);
+        if (chunk < 64) v &= (UINT64_C(1) << chunk) - 1;
+        const int64_t d0 = doff / 64;
+        const int t = (int)(doff % 64);
+        dst[d0] |= v << t;
+        if (t && t + chunk > 64) dst[d0 + 1] |= v >> (64 - t);
+        soff += chunk, doff += chunk, nbits -= chunk;
+    }
+}
+
+static int popcount_bits(const uint64_t *src, int64_t words) {
+    int n = 0;
+    for (int64_t q = 0; q < words; q++) n += __builtin_popcountll(src[q]);
+    return n;
+}
+
+void takane_conv_weights_free(takane_conv_weights *h) {
+    if (!h) return;
+    if (h->g)
+        for (int64_t g = 0; g < h->groups; g++) takane_weights_free(h->g[g]);
+    free(h->g);
+    free(h->tapcorr);
+    free(h);
+}
+
+takane_status takane_conv_weights_create(int64_t cout, int64_t kh, int64_t kw, int64_t cin,
+                                         int64_t groups, const uint64_t *w,
+                                         takane_conv_weights **out) {
+    if (!out) return TAKANE_ERR_NULL_POINTER;
+    *out = NULL;
+    if (cout < 0 || kh < 0 || kw < 0 || cin < 0 || groups < 0)
+        return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (!cout || !kh || !kw || !cin || !groups || cout > DIM_MAX || kh > DIM_MAX ||
+        kw > DIM_MAX || cin > DIM_MAX || cout % groups)
+        return TAKANE_ERR_BAD_GEOMETRY;
+    if ((double)kh * (double)kw * (double)cin > (double)TAKANE_MAX_K)
+        return TAKANE_ERR_K_TOO_LARGE;
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    const int64_t cw = takane_words_for(cin), taps = kh * kw, k = taps * cin;
+    const int64_t coutg = cout / groups;
+    const int xmajor = groups == 1 && (cin % 64 == 0 || cin == 32);
+    const int64_t colbits = xmajor ? 64 * ((kh * cin + 63) / 64) : 0;
+    const int64_t rowk = xmajor ? kw * colbits : k, kwords = takane_words_for(rowk);
+    if (rowk > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    if ((double)cout * (double)taps * (double)cw * 8.0 > (double)SIZE_MAX / 4)
+        return TAKANE_ERR_OUT_OF_MEMORY;
+    takane_status st = takane_check_padding(cout * taps, cin, w, cw);
+    if (st != TAKANE_OK) return st;
+    takane_conv_weights *h = (takane_conv_weights *)calloc(1, sizeof *h);
+    uint64_t *rows = NULL;
+    if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
+    h->cout = cout, h->kh = kh, h->kw = kw, h->cin_g = cin, h->groups = groups;
+    h->coutg = coutg, h->taps = taps, h->k = k;
+    h->xmajor = xmajor, h->colbits = colbits, h->rowk = rowk;
+    h->g = (takane_weights **)calloc((size_t)groups, sizeof *h->g);
+    h->tapcorr = (int32_t *)malloc((size_t)(taps * cout) * sizeof(int32_t));
+    rows = (uint64_t *)malloc((size_t)(coutg * kwords) * sizeof(uint64_t));
+    if (!h->g || !h->tapcorr || !rows) {
+        st = TAKANE_ERR_OUT_OF_MEMORY;
+        goto fail;
+    }
+    h->nbytes = (int64_t)sizeof *h + taps * cout * 4;
+    for (int64_t g = 0; g < groups; g++) {
+        memset(rows, 0, (size_t)(coutg * kwords) * sizeof(uint64_t));
+        for (int64_t o = 0; o < coutg; o++) {
+            const int64_t oc = g * coutg + o;
+            for (int64_t t = 0; t < taps; t++) {
+                const uint64_t *src = w + (oc * taps + t) * cw;
+                /* t = ky * kw + kx */
+                const int64_t pos = xmajor ? (t % kw) * colbits + (t / kw) * cin : t * cin;
+                bits_or(rows + o * kwords, pos, src, 0, cin);
+                h->tapcorr[t * cout + oc] = (int32_t)(cin - 2 * (int64_t)popcount_bits(src, cw));
+            }
+        }
+        if ((st = takane_weights_create(coutg, rowk, rows, kwords, &h->g[g])) != TAKANE_OK) goto fail;
+        /* The products' k is the true bit count (the column layout's padding bits are
+         * zero on both sides and count nothing): the framework's k - 2 * popcount is
+         * then the dot product itself, while kw (rowk's words) stays the row length. */
+        h->g[g]->k = k;
+        h->nbytes += h->g[g]->npanels * kwords * TAKANE_PANEL_ROWS * 8;
+    }
+    free(rows);
+    *out = h;
+    return TAKANE_OK;
+fail:
+    free(rows);
+    takane_conv_weights_free(h);
+    return st;
+}
+
+takane_status takane_conv_weights_info(const takane_conv_weights *h, int64_t *out_channels,
+                                       int64_t *in_channels, int64_t *kernel_h,
+                                       int64_t *kernel_w, int64_t *groups, int64_t *nbytes) {
+    if (!h) return TAKANE_ERR_NULL_POINTER;
+    if (out_channels) *out_channels = h->cout;
+    if (in_channels) *in_channels = h->cin_g * h->groups;
+    if (kernel_h) *kernel_h = h->kh;
+    if (kernel_w) *kernel_w = h->kw;
+    if (groups) *groups = h->groups;
+    if (nbytes) *nbytes = h->nbytes;
+    return TAKANE_OK;
+}
+
+/* Validate a geometry against a kernel and compute the output size. */
+static takane_status check_geometry(const takane_conv2d_geometry *g, int64_t kh, int64_t kw,
+                                    int64_t *ho, int64_t *wo) {
+    if (!g) return TAKANE_ERR_NULL_POINTER;
+    if (g->batch < 0 || g->in_h < 0 || g->in_w < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (g->batch > DIM_MAX || g->in_h < 1 || g->in_h > DIM_MAX || g->in_w < 1 ||
+        g->in_w > DIM_MAX)
+        return TAKANE_ERR_BAD_GEOMETRY;
+    const int64_t v[] = {g->stride_h, g->stride_w, g->dilation_h, g->dilation_w};
+    for (int i = 0; i < 4; i++)
+        if (v[i] < 1 || v[i] > DIM_MAX) return TAKANE_ERR_BAD_GEOMETRY;
+    const int64_t p[] = {g->pad_top, g->pad_bottom, g->pad_left, g->pad_right};
+    for (int i = 0; i < 4; i++)
+        if (p[i] < 0 || p[i] > DIM_MAX) return TAKANE_ERR_BAD_GEOMETRY;
+    if (g->pad_value < -1 || g->pad_value > 1) return TAKANE_ERR_BAD_GEOMETRY;
+    /* all terms <= 2^31: no overflow */
+    const int64_t eh = g->dilation_h * (kh - 1) + 1, ew = g->dilation_w * (kw - 1) + 1;
+    const int64_t ph = g->in_h + g->pad_top + g->pad_bottom;
+    const int64_t pw = g->in_w + g->pad_left + g->pad_right;
+    if (ph < eh || pw < ew) return TAKANE_ERR_BAD_GEOMETRY;
+    *ho = (ph - eh) / g->stride_h + 1;
+    *wo = (pw - ew) / g->stride_w + 1;
+    return TAKANE_OK;
+}
+
+takane_status takane_conv2d_output_size(const takane_conv_weights *w,
+                                        const takane_conv2d_geometry *g, int64_t *out_h,
+                                        int64_t *out_w) {
+    if (!w || !out_h || !out_w) return TAKANE_ERR_NULL_POINTER;
+    return check_geometry(g, w->kh, w->kw, out_h, out_w);
+}
+
+/* ---- the convolution framework ---------------------------------------------------------- */
+
+typedef struct conv_job {
+    const takane_kernel_set *ks;
+    const takane_conv_weights *w;
+    takane_conv2d_geometry geo;
+    int64_t ho, wo, m;      /* output size; m = batch * ho * wo rows */
+    int64_t cw;             /* words per input pixel (all groups) */
+    int64_t kwords;         /* words per gathered row */
+    const uint64_t *x;      /* packed input (batch, in_h, in_w, cw) */
+    const uint64_t *ones;   /* pad_value +1: a pixel of cw words, all channels +1 */
+    int direct;             /* rows are the input pixels (1x1, stride 1, no padding, 1 group) */
+    int aligned;            /* cin_g % 64 == 0: taps are whole words */
+    int zstack;             /* rows are windows of a stacked copy of kh input rows */
+    const float *scale, *bias, *residual, *out_t;
+    int out_t_per_col;
+    float *y;
+    uint64_t *yb;
+    int64_t block;                     /* rows per gathered block */
+    int64_t m_chunk, p_chunk, p_tasks; /* the task grid */
+    int failed;                        /* atomic: a takane_status */
+} conv_job;
+
+/* Gather the receptive field of output pixel (b, oy, ox) for group g into row (kwords
+ * words). Returns nonzero iff some tap lies outside the image. */
+static int gather_row(const conv_job *j, int64_t b, int64_t oy, int64_t ox, int64_t g,
+                      uint64_t *row) {
+    const takane_conv_weights *w = j->w;
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
+    const int64_t ix0 = ox * geo->stride_w - geo->pad_left;
+    const int64_t H = geo->in_h, W = geo->in_w, cw = j->cw, cin = w->cin_g;
+    const int64_t kh = w->kh, kw = w->kw, dh = geo->dilation_h, dw = geo->dilation_w;
+    const uint64_t *img = j->x + b * H * W * cw;
+    const int interior = iy0 >= 0 && iy0 + (kh - 1) * dh < H && ix0 >= 0 && ix0 + (kw - 1) * dw < W;
+    if (interior && dw == 1 && j->aligned && w->groups == 1 && !w->xmajor) {
+        /* the common case: each kernel row's taps are kw adjacent pixels, contiguous in
+         * the input and in the gathered row: one copy of kw * cw words per kernel row */
+        const int64_t len = kw * cw;
+        uint64_t *dst = row;
+        for (int64_t ky = 0; ky < kh; ky++, dst += len) {
+            const uint64_t *src = img + ((iy0 + ky * dh) * W + ix0) * cw;
+            for (int64_t q = 0; q < len; q++) dst[q] = src[q];
+        }
+        return 0;
+    }
+    if (interior && cin == 32 && w->xmajor) {
+        /* 32 channels, column layout: tap (ky, kx) in half ky % 2 of word ky / 2 of
+         * column kx (the padding half of each input word is zero; cw == 1) */
+        const int64_t colw = w->colbits / 64;
+        for (int64_t kx = 0; kx < kw; kx++) {
+            uint64_t *col = row + kx * colw, acc = 0;
+            for (int64_t ky = 0; ky < kh; ky++) {
+                acc |= img[(iy0 + ky * dh) * W + ix0 + kx * dw] << (32 * (ky & 1));
+                if (ky & 1) col[ky >> 1] = acc, acc = 0;
+            }
+            if (kh & 1) col[kh >> 1] = acc; /* colw == ceil(kh / 2) words, all written */
+        }
+        return 0;
+    }
+    int border = 0;
+    if (j->aligned) {
+        const int64_t cwg = cin / 64, woff = g * cwg;
+        const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
+        for (int64_t ky = 0; ky < kh; ky++) {
+            const int64_t iy = iy0 + ky * dh;
+            const int row_in = iy >= 0 && iy < H;
+            for (int64_t kx = 0; kx < kw; kx++) {
+                uint64_t *dst = row + (w->xmajor ? kx * kh + ky : ky * kw + kx) * cwg;
+                const int64_t ix = ix0 + kx * dw;
+                if (row_in && ix >= 0 && ix < W) {
+                    const uint64_t *src = img + (iy * W + ix) * cw + woff;
+                    for (int64_t q = 0; q < cwg; q++) dst[q] = src[q];
+                } else {
+                    border = 1;
+                    for (int64_t q = 0; q < cwg; q++) dst[q] = fill;
+                }
+            }
+        }
+        return border;
+    }
+    memset(row, 0, (size_t)j->kwords * sizeof(uint64_t));
+    int64_t t = 0;
+    for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = iy0 + ky * dh;
+        const int row_in = iy >= 0 && iy < H;
+        for (int64_t kx = 0; kx < kw; kx++, t++) {
+            const int64_t ix = ix0 + kx * dw;
+            const uint64_t *src;
+            if (row_in && ix >= 0 && ix < W) {
+                src = img + (iy * W + ix) * cw;
+            } else {
+                border = 1;
+                if (!j->ones) continue; /* -1 (or 0, corrected later): zero bits */
+                src = j->ones;
+            }
+            bits_or(row, w->xmajor ? kx * w->colbits + ky * cin : t * cin, src, g * cin, cin);
+        }
+    }
+    return border;
+}
+
+/* pad_value 0: remove the contribution the GEMM counted for the taps of output pixel r
+ * outside the image (as -1 activations), columns [c0, c1) of d (one pixel's row). */
+static void correct_row(const conv_job *j, int64_t r, int32_t *d, int64_t c0, int64_t c1) {
+    const takane_conv_weights *w = j->w;
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t rem = r % (j->ho * j->wo);
+    const int64_t iy0 = (rem / j->wo) * geo->stride_h - geo->pad_top;
+    const int64_t ix0 = (rem % j->wo) * geo->stride_w - geo->pad_left;
+    int64_t t = 0;
+    for (int64_t ky = 0; ky < w->kh; ky++) {
+        const int64_t iy = iy0 + ky * geo->dilation_h;
+        const int row_in = iy >= 0 && iy < geo->in_h;
+        for (int64_t kx = 0; kx < w->kw; kx++, t++) {
+            const int64_t ix = ix0 + kx * geo->dilation_w;
+            if (row_in && ix >= 0 && ix < geo->in_w) continue;
+            const int32_t *corr = w->tapcorr + t * w->cout;
+            for (int64_t o = c0; o < c1; o++) d[o] -= corr[o];
+        }
+    }
+}
+
+/* The fused epilogue of output pixel r, columns [c0, c1) (c0 % 64 == 0 for bits). */
+static void epilogue_row(const conv_job *j, int64_t r, const int32_t *d, int64_t c0, int64_t c1,
+                         float *tmp) {
+    const takane_linear_ukernel *lk = j->ks->linear;
+    const int64_t cout = j->w->cout, cols = c1 - c0;
+    const float *s = j->scale ? j->scale + c0 : NULL, *b = j->bias ? j->bias + c0 : NULL;
+    const float *res = j->residual ? j->residual + r * cout + c0 : NULL;
+    if (!j->out_t) {
+        float *y = j->y + r * cout + c0;
+        lk->affine_row(d + c0, cols, s, NULL, b, y);
+        if (res)
+            for (int64_t o = 0; o < cols; o++) y[o] = y[o] + res[o];
+        return;
+    }
+    uint64_t *yb = j->yb + r * takane_words_for(cout) + c0 / 64;
+    const float *t = j->out_t_per_col ? j->out_t + c0 : j->out_t;
+    if (!res) {
+        lk->affine_bits_row(d + c0, cols, s, NULL, b, t, j->out_t_per_col, yb);
+        return;
+    }
+    lk->affine_row(d + c0, cols, s, NULL, b, tmp);
+    for (int64_t q = 0; q * 64 < cols; q++) {
+        uint64_t word = 0;
+        for (int64_t o = q * 64; o < cols && o < q * 64 + 64; o++) {
+            const float v = tmp[o] + res[o];
+            word |= (uint64_t)(v >= t[j->out_t_per_col ? o : 0]) << (o % 64);
+        }
+        yb[q] = word;
+    }
+}
+
+/* Z-stack path (xmajor handle, dilation_w 1, wide outputs): for output row (b, oy), z
+ * holds padded input columns p in [p0, p1) (input column p - pad_left), each as the kh
+ * input pixels of rows oy * stride_h - pad_top + ky * dilation_h stacked (kh * cw words;
+ * pad_value's fill outside the image). The gathered row of output pixel ox is then the
+ * kw consecutive columns from ox * stride_w: a window of z, in the handle's (kx, ky)
+ * order, at the uniform stride stride_w * kh * cw. Building z copies each input pixel
+ * kh times per output row (3 words per output pixel at 64 channels, stride 1) instead
+ * of kh * kw times, and the GEMM reads the windows in place. */
+static void build_zstack(const conv_job *j, int64_t b, int64_t oy, int64_t p0, int64_t p1,
+                         uint64_t *z) {
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t kh = j->w->kh, cw = j->cw, col = j->w->colbits / 64, H = geo->in_h, W = geo->in_w;
+    const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
+    const uint64_t *img = j->x + b * H * W * cw;
+    if (!j->aligned) { /* 32 channels (cw == 1): two stacked pixels per word */
+        const uint64_t fill32 = fill & 0xffffffffu;
+        for (int64_t p = p0; p < p1; p++) {
+            uint64_t *dst = z + (p - p0) * col;
+            const int64_t ix = p - geo->pad_left;
+            const int in_x = ix >= 0 && ix < W;
+            uint64_t acc = 0; /* built in a register: no store-to-load round trips */
+            for (int64_t ky = 0; ky < kh; ky++) {
+                const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
+                const uint64_t v = in_x && iy >= 0 && iy < H ? img[iy * W + ix] : fill32;
+                acc |= v << (32 * (ky & 1));
+                if (ky & 1) dst[ky >> 1] = acc, acc = 0;
+            }
+            if (kh & 1) dst[kh >> 1] = acc; /* col == ceil(kh / 2) words, all written */
+        }
+        return;
+    }
+    for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
+        const uint64_t *src_row = iy >= 0 && iy < H ? img + iy * W * cw : NULL;
+        uint64_t *dst = z + ky * cw;
+        for (int64_t p = p0; p < p1; p++, dst += col) {
+            const int64_t ix = p - geo->pad_left;
+            if (src_row && ix >= 0 && ix < W) {
+                const uint64_t *src = src_row + ix * cw;
+                for (int64_t q = 0; q < cw; q++) dst[q] = src[q];
+            } else {
+                for (int64_t q = 0; q < cw; q++) dst[q] = fill;
+            }
+        }
+    }
+}
+
+/* Rows [i_begin, i_end) of the task on the z-stack path, output row by output row (at
+ * most j->block pixels per GEMM call). */
+static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
+                             int64_t p_begin, int64_t p_end, int64_t c0, int64_t c1,
+                             uint64_t *z, int32_t *d, float *tmp) {
+    const takane_conv_weights *w = j->w;
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t hw = j->ho * j->wo, col = w->colbits / 64, sw = geo->stride_w;
+    for (int64_t r = i_begin; r < i_end;) {
+        const int64_t b = r / hw, oy = (r % hw) / j->wo, ox0 = r % j->wo;
+        const int64_t n = min64(min64(j->wo - ox0, i_end - r), j->block);
+        const int64_t p0 = ox0 * sw, p1 = (ox0 + n - 1) * sw + w->kw;
+        build_zstack(j, b, oy, p0, p1, z);
+        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
+        const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
+        const int rows_in = iy0 >= 0 && iy0 + (w->kh - 1) * geo->dilation_h < geo->in_h;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t *dr = d + i * w->cout;
+            const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
+            const int interior = rows_in && ix0 >= 0 && ix0 + w->kw - 1 < geo->in_w;
+            if (geo->pad_value == 0 && !interior) correct_row(j, r + i, dr, c0, c1);
+            epilogue_row(j, r + i, dr, c0, c1, tmp);
+        }
+        r += n;
+    }
+}
+
+static void conv_task(void *ctx, int64_t task) {
+    conv_job *j = (conv_job *)ctx;
+    const takane_conv_weights *w = j->w;
+    const int64_t i_begin = (task / j->p_tasks) * j->m_chunk;
+    const int64_t i_end = min64(j->m, i_begin + j->m_chunk);
+    int64_t p_begin = 0, p_end = 0, c0 = 0, c1 = w->cout;
+    if (w->groups == 1) { /* columns may be split between tasks (one group only) */
+        p_begin = (task % j->p_tasks) * j->p_chunk;
+        p_end = min64(w->g[0]->npanels, p_begin + j->p_chunk);
+        if (p_begin >= p_end) return;
+        c0 = p_begin * TAKANE_PANEL_ROWS, c1 = min64(w->cout, p_end * TAKANE_PANEL_ROWS);
+    }
+    if (i_begin >= i_end) return;
+    const int64_t block = j->block;
+    /* the z-stack path's buffer: (block - 1) * stride_w + kw columns of kh * cw words */
+    const size_t zwords = (size_t)(((block - 1) * j->geo.stride_w + w->kw) * (w->colbits / 64));
+    uint64_t *buf = j->direct ? NULL
+                              : (uint64_t *)malloc((j->zstack ? zwords : (size_t)(block * j->kwords)) * 8);
+    int32_t *d = (int32_t *)malloc((size_t)(block * w->cout) * sizeof(int32_t));
+    float *tmp = (j->out_t && j->residual) ? (float *)malloc((size_t)w->cout * sizeof(float)) : NULL;
+    if ((!j->direct && !buf) || !d || (j->out_t && j->residual && !tmp)) {
+        __atomic_store_n(&j->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        goto done;
+    }
+    if (j->zstack) {
+        conv_rows_zstack(j, i_begin, i_end, p_begin, p_end, c0, c1, buf, d, tmp);
+        goto done;
+    }
+    unsigned char border[BLOCK_ROWS];
+    for (int64_t r0 = i_begin; r0 < i_end; r0 += block) {
+        const int64_t rows = min64(block, i_end - r0);
+        memset(border, 0, sizeof border);
+        for (int64_t g = 0; g < w->groups; g++) {
+            const takane_weights *hw = w->g[g];
+            const uint64_t *xr = j->x + r0 * j->cw;
+            int64_t xs = j->cw;
+            if (!j->direct) {
+                /* (b, oy, ox) of row r0, then stepped: no divisions per row */
+                const int64_t plane = j->ho * j->wo;
+                int64_t b = r0 / plane, oy = (r0 % plane) / j->wo, ox = r0 % j->wo;
+                for (int64_t r = 0; r < rows; r++) {
+                    border[r] |= (unsigned char)gather_row(j, b, oy, ox, g, buf + r * j->kwords);
+                    if (++ox == j->wo) {
+                        ox = 0;
+                        if (++oy == j->ho) oy = 0, b++;
+                    }
+                }
+                xr = buf, xs = j->kwords;
+            }
+            const int64_t pb = w->groups == 1 ? p_begin : 0;
+            const int64_t pe = w->groups == 1 ? p_end : hw->npanels;
+            takane_matmul_prepacked_block(j->ks, hw, rows, xr, xs, pb, pe, d + g * w->coutg,
+                                          w->cout);
+        }
+        for (int64_t r = 0; r < rows; r++) {
+            int32_t *dr = d + r * w->cout;
+            if (j->geo.pad_value == 0 && border[r]) correct_row(j, r0 + r, dr, c0, c1);
+            epilogue_row(j, r0 + r, dr, c0, c1, tmp);
+        }
+    }
+done:
+    free(buf);
+    free(d);
+    free(tmp);
+}
+
+/* Float input: binarize + pack every input pixel once (a packed copy 1/32 the size of
+ * the floats), pixels [p0, p1) per task. */
+typedef struct pack_job {
+    const takane_kernel_set *ks;
+    const float *x;
+    int64_t c, cw, npix, chunk;
+    const float *t;
+    int per_channel;
+    uint64_t *out;
+    int failed;
+} pack_job;
+
+static void pack_task(void *ctx, int64_t task) {
+    pack_job *p = (pack_job *)ctx;
+    const int64_t p0 = task * p->chunk, p1 = min64(p->npix, p0 + p->chunk);
+    for (int64_t i = p0; i < p1; i++) {
+        if (p->ks->pack_row(p->x + i * p->c, p->c, p->t, p->per_channel, p->out + i * p->cw)) {
+            __atomic_store_n(&p->failed, TAKANE_ERR_NAN, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
+static takane_status check_finite(const float *v, int64_t len) {
+    if (v)
+        for (int64_t i = 0; i < len; i++)
+            if (!isfinite(v[i])) return TAKANE_ERR_NOT_FINITE;
+    return TAKANE_OK;
+}
+
+static takane_status check_threshold(const float *t, int64_t len, int64_t full, int may_be_null) {
+    if (!t) return may_be_null ? TAKANE_OK : TAKANE_ERR_NULL_POINTER;
+    if (len != 1 && len != full) return TAKANE_ERR_BAD_THRESHOLD_LEN;
+    for (int64_t i = 0; i < len; i++)
+        if (t[i] != t[i]) return TAKANE_ERR_NAN;
+    return TAKANE_OK;
+}
+
+static const float zero_threshold = 0.0f;
+
+/* Every conv entry point: validate, pack float input, run the tasks. */
+static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_geometry *geo,
+                              const uint64_t *xb, const float *xf, const float *t,
+                              int64_t t_len, const float *scale, const float *bias,
+                              const float *residual, const float *out_t, int64_t out_t_len,
+                              int bits, float *y, uint64_t *yb, int32_t threads) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    int64_t ho, wo;
+    takane_status st = check_geometry(geo, w->kh, w->kw, &ho, &wo);
+    if (st != TAKANE_OK) return st;
+    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    const int64_t cin = w->cin_g * w->groups, cw = takane_words_for(cin), cout = w->cout;
+    if (xf && (st = check_threshold(t, t_len, cin, 1)) != TAKANE_OK) return st;
+    if (geo->batch == 0) return TAKANE_OK;
+    const int64_t npix = geo->batch * geo->in_h * geo->in_w; /* each <= 2^31: may overflow */
+    if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cin > 9.0e18 ||
+        (double)geo->batch * (double)ho * (double)wo * (double)cout > 9.0e18)
+        return TAKANE_ERR_BAD_GEOMETRY; /* no buffer of that many elements can exist */
+    if ((!xb && !xf) || (bits ? !yb : !y)) return TAKANE_ERR_NULL_POINTER;
+    if (bits && (st = check_threshold(out_t, out_t_len, cout, 0)) != TAKANE_OK) return st;
+    if ((st = check_finite(scale, cout)) != TAKANE_OK) return st;
+    if ((st = check_finite(bias, cout)) != TAKANE_OK) return st;
+    if (xb && (st = takane_check_padding(npix, cin, xb, cw)) != TAKANE_OK) return st;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+
+    int nthreads = threads > 0 ? threads : takane_default_threads();
+    conv_job j;
+    memset(&j, 0, sizeof j);
+    j.ks = ks, j.w = w, j.geo = *geo, j.ho = ho, j.wo = wo, j.m = geo->batch * ho * wo;
+    j.cw = cw, j.kwords = takane_words_for(w->rowk);
+    j.aligned = w->cin_g % 64 == 0;
+    j.direct = w->kh == 1 && w->kw == 1 && geo->stride_h == 1 && geo->stride_w == 1 &&
+               !geo->pad_top && !geo->pad_bottom && !geo->pad_left && !geo->pad_right &&
+               w->groups == 1;
+    /* Z-stack from 8 output columns on: narrower rows would split the GEMM into calls of
+     * a few pixels (partial register tiles at every row end). Measured (AVX-512, 1
+     * thread, best of repeated runs): 14x14x256 112 us with the z-stack, 116 us with the
+     * column-major gather; 7x7x512 the same either way. */
+    j.zstack = !j.direct && w->xmajor && geo->dilation_w == 1 && wo >= ZSTACK_MIN_WO;
+    j.scale = scale, j.bias = bias, j.residual = residual;
+    j.out_t = bits ? out_t : NULL, j.out_t_per_col = bits && out_t_len == cout && cout != 1;
+    j.y = y, j.yb = yb;
+    int64_t block = BLOCK_BYTES / (j.kwords * 8);
+    j.block = block < 8 ? 8 : block > BLOCK_ROWS ? BLOCK_ROWS : block;
+
+    uint64_t *packed = NULL, *ones = NULL;
+    if (geo->pad_value > 0 && !j.aligned) {
+        ones = (uint64_t *)malloc((size_t)cw * sizeof(uint64_t));
+        if (!ones) return TAKANE_ERR_OUT_OF_MEMORY;
+        for (int64_t q = 0; q < cw; q++) ones[q] = ~UINT64_C(0);
+        ones[cw - 1] = takane_last_word_mask(cin);
+        j.ones = ones;
+    }
+    const double work = (double)j.m * (double)cout * (double)w->k;
+    if (work < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
+    if (xf) {
+        if ((double)npix * (double)cw * 8.0 > (double)SIZE_MAX / 4 ||
+            !(packed = (uint64_t *)malloc((size_t)(npix * cw) * sizeof(uint64_t)))) {
+            free(ones);
+            return TAKANE_ERR_OUT_OF_MEMORY;
+        }
+        pack_job pj = {ks, xf, cin, cw, npix, 0, t ? t : &zero_threshold,
+                       t && t_len == cin && cin != 1, packed, TAKANE_OK};
+        const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
+        pj.chunk = (npix + want - 1) / want;
+        takane_parallel_run(nthreads, (npix + pj.chunk - 1) / pj.chunk, pack_task, &pj);
+        if (pj.failed != TAKANE_OK) {
+            free(packed);
+            free(ones);
+            return (takane_status)pj.failed;
+        }
+        j.x = packed;
+    } else {
+        j.x = xb;
+    }
+    /* Tasks: rows, and (one group only) column blocks of whole 64-column words when the
+     * rows are too few to keep every thread busy. */
+    const int64_t nblocks = w->groups == 1 ? w->g[0]->npanels : 1;
+    const takane_grid grid = takane_plan_grid(nthreads, j.m, ks->matmul->panel_mr, nblocks,
+                                              64 / TAKANE_PANEL_ROWS);
+    j.m_chunk = grid.m_chunk, j.p_chunk = grid.p_chunk, j.p_tasks = grid.p_tasks;
+    j.failed = TAKANE_OK;
+    takane_parallel_run(nthreads, grid.ntasks, conv_task, &j);
+    free(packed);
+    free(ones);
+    if (j.failed != TAKANE_OK) return (takane_status)j.failed;
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+takane_status takane_binary_conv2d(const takane_conv_weights *w, const takane_conv2d_geometry *g,
+                                   const uint64_t *x, const float *scale, const float *bias,
+                                   const float *residual, float *y, int32_t threads) {
+    return conv_run(w, g, x, NULL, NULL, 0, scale, bias, residual, NULL, 0, 0, y, NULL,
+                    threads);
+}
+
+takane_status takane_binary_conv2d_bits(const takane_conv_weights *w,
+                                        const takane_conv2d_geometry *g, const uint64_t *x,
+                                        const float *scale, const float *bias,
+                                        const float *residual, const float *out_threshold,
+                                        int64_t out_threshold_len, uint64_t *y,
+                                        int32_t threads) {
+    return conv_run(w, g, x, NULL, NULL, 0, scale, bias, residual, out_threshold,
+                    out_threshold_len, 1, NULL, y, threads);
+}
+
+takane_status takane_binary_conv2d_f32(const takane_conv_weights *w,
+                                       const takane_conv2d_geometry *g, const float *x,
+                                       const float *threshold, int64_t threshold_len,
+                                       const float *scale, const float *bias,
+                                       const float *residual, float *y, int32_t threads) {
+    if (!x && g && g->batch > 0) return TAKANE_ERR_NULL_POINTER;
+    return conv_run(w, g, NULL, x ? x : (const float *)&zero_threshold, threshold,
+                    threshold_len, scale, bias, residual, NULL, 0, 0, y, NULL, threads);
+}
+
+takane_status takane_binary_conv2d_f32_bits(const takane_conv_weights *w,
+                                            const takane_conv2d_geometry *g, const float *x,
+                                            const float *threshold, int64_t threshold_len,
+                                            const float *scale, const float *bias,
+                                            const float *residual, const float *out_threshold,
+                                            int64_t out_threshold_len, uint64_t *y,
+                                            int32_t threads) {
+    if (!x && g && g->batch > 0) return TAKANE_ERR_NULL_POINTER;
+    return conv_run(w, g, NULL, x ? x : (const float *)&zero_threshold, threshold,
+                    threshold_len, scale, bias, residual, out_threshold, out_threshold_len, 1,
+                    NULL, y, threads);
+}
+
+/* ---- max pooling ---------------------------------------------------------------------- */
+
+typedef struct pool_job {
+    takane_conv2d_geometry geo;
+    int64_t kh, kw, cw, ho, wo, chunk; /* chunk: output rows (b, oy) per task */
+    const uint64_t *x;
+    uint64_t *y;
+} pool_job;
+
+static void pool_task(void *ctx, int64_t task) {
+    const pool_job *p = (const pool_job *)ctx;
+    const takane_conv2d_geometry *g = &p->geo;
+    const int64_t r_end = min64(g->batch * p->ho, (task + 1) * p->chunk), cw = p->cw;
+    for (int64_t r = task * p->chunk; r < r_end; r++) {
+        const int64_t b = r / p->ho, oy = r % p->ho;
+        const int64_t iy0 = oy * g->stride_h - g->pad_top;
+        const int64_t y0 = iy0 < 0 ? 0 : iy0, y1 = min64(g->in_h, iy0 + p->kh);
+        for (int64_t ox = 0; ox < p->wo; ox++) {
+            const int64_t ix0 = ox * g->stride_w - g->pad_left;
+            const int64_t x0 = ix0 < 0 ? 0 : ix0, x1 = min64(g->in_w, ix0 + p->kw);
+            uint64_t *out = p->y + (r * p->wo + ox) * cw;
+            for (int64_t q = 0; q < cw; q++) out[q] = 0;
+            /* padding <= kernel / 2: the window holds >= 1 image pixel (y0 < y1, x0 < x1) */
+            for (int64_t iy = y0; iy < y1; iy++)
+                for (int64_t ix = x0; ix < x1; ix++) {
+                    const uint64_t *src = p->x + ((b * g->in_h + iy) * g->in_w + ix) * cw;
+                    for (int64_t q = 0; q < cw; q++) out[q] |= src[q];
+                }
+        }
+    }
+}
+
+takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geo, int64_t channels,
+                                       int64_t kernel_h, int64_t kernel_w, const uint64_t *x,
+                                       uint64_t *y, int32_t threads) {
+    if (!geo) return TAKANE_ERR_NULL_POINTER;
+    if (channels < 0 || kernel_h < 0 || kernel_w < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (channels > DIM_MAX || kernel_h < 1 || kernel_h > DIM_MAX || kernel_w < 1 ||
+        kernel_w > DIM_MAX)
+        return TAKANE_ERR_BAD_GEOMETRY;
+    int64_t ho, wo;
+    takane_status st = check_geometry(geo, kernel_h, kernel_w, &ho, &wo);
+    if (st != TAKANE_OK) return st;
+    if (geo->dilation_h != 1 || geo->dilation_w != 1 || geo->pad_value != 0 ||
+        geo->pad_top > kernel_h / 2 || geo->pad_bottom > kernel_h / 2 ||
+        geo->pad_left > kernel_w / 2 || geo->pad_right > kernel_w / 2)
+        return TAKANE_ERR_BAD_GEOMETRY;
+    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    if (geo->batch == 0 || channels == 0) return TAKANE_OK;
+    const int64_t cw = takane_words_for(channels);
+    if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cw > 1.0e18 ||
+        (double)geo->batch * (double)ho * (double)wo * (double)cw > 1.0e18)
+        return TAKANE_ERR_BAD_GEOMETRY;
+    if (!x || !y) return TAKANE_ERR_NULL_POINTER;
+    if ((st = takane_check_padding(geo->batch * geo->in_h * geo->in_w, channels, x, cw)) !=
+        TAKANE_OK)
+        return st;
+    const takane_kernel_set *ks;
+    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    int nthreads = threads > 0 ? threads : takane_default_threads();
+    const int64_t rows = geo->batch * ho;
+    if ((double)rows * (double)wo * (double)cw * (double)(kernel_h * kernel_w) < 262144.0)
+        nthreads = 1;
+    pool_job p = {*geo, kernel_h, kernel_w, cw, ho, wo, 0, x, y};
+    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
+    p.chunk = (rows + want - 1) / want;
+    takane_parallel_run(nthreads, (rows + p.chunk - 1) / p.chunk, pool_task, &p);
+    /* portable code (the OR loop is memory-bound and auto-vectorized), run under the
+     * active kernel set */
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}

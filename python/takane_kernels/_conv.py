@@ -1,0 +1,452 @@
+"""Binary convolution for binary CNNs: PackedConvWeights, binary_conv2d, binary_max_pool2d.
+
+Layout is NHWC with channels packed per pixel (DESIGN.md §10): a packed activation is
+uint64 (N, H, W, ceil(C/64)), each pixel's channels in the canonical bit format. Weights
+are OHWI (Cout, KH, KW, Cin / groups) — from PyTorch's OIHW ``w.permute(0, 2, 3, 1)``.
+An NCHW array becomes NHWC with :func:`nchw_to_nhwc` (one copy), and back with
+:func:`nhwc_to_nchw` (a view).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import zipfile
+
+import numpy as np
+
+from ._takane import ffi, lib
+from ._ops import _as_real_array, _ceil_f32, _check_threads, _raise_status, _real_rows_for_c, pack_bits
+from ._layers import _out_threshold_f32, _vector_f32
+from ._weights import _check_vector, check_packed, padding_is_zero, words_for
+
+__all__ = [
+    "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
+    "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw",
+]
+
+FORMAT_NAME = "takane_kernels.PackedConvWeights"
+FORMAT_VERSION = 1
+_DIM_MAX = 2**31 - 1
+_LOCK = threading.Lock()
+
+
+def _int(v: object, name: str, lo: int = 1) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    v = int(v)
+    if v < lo or v > _DIM_MAX:
+        raise ValueError(f"{name}={v} is out of range [{lo}, {_DIM_MAX}]")
+    return v
+
+
+def _pair(v: object, name: str, lo: int = 1) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
+        return _int(v[0], name, lo), _int(v[1], name, lo)
+    a = _int(v, name, lo)
+    return a, a
+
+
+def _rebuild(bits, in_channels, scale):
+    return PackedConvWeights(bits, in_channels, scale=scale)
+
+
+class PackedConvWeights:
+    """±1 convolution weights, OHWI, packed per tap along the input channels.
+
+    ``bits`` (Cout, KH, KW, ceil(Cin/64)) uint64 canonical (bit 1 = +1, LSB first, zero
+    padding); ``in_channels`` is the weight tensor's Cin — per group: a convolution with
+    ``groups=g`` has Cin * g input channels; ``scale`` (Cout,) float32 or None.
+    Immutable (read-only private copies); equality by value; pickles without its C
+    handles, which are built on first use (one per ``groups`` value).
+    """
+
+    __slots__ = ("_bits", "_cin", "_scale", "_handles")
+
+    def __init__(self, bits: np.ndarray, in_channels: int, *, scale: object = None):
+        cin = _int(in_channels, "in_channels")
+        bits = check_packed(bits, cin, "bits")
+        if bits.ndim != 4:
+            raise ValueError(f"bits must be 4-D (Cout, KH, KW, ceil(Cin/64)), got shape {bits.shape}")
+        cout, kh, kw, _ = bits.shape
+        if min(cout, kh, kw) < 1 or max(cout, kh, kw) > _DIM_MAX:
+            raise ValueError(f"bits has shape {bits.shape}: Cout, KH and KW must be in [1, {_DIM_MAX}]")
+        if kh * kw * cin > _DIM_MAX:
+            raise ValueError(f"KH*KW*Cin = {kh * kw * cin} exceeds 2**31 - 1 (dot products are int32)")
+        owned = np.array(bits, dtype=np.uint64, order="C")
+        owned.flags.writeable = False
+        self._bits = owned
+        self._cin = cin
+        self._scale = _check_vector(scale, cout, "scale", "one per output channel")
+        self._handles = {}
+
+    def _handle(self, groups: int):
+        h = self._handles.get(groups)
+        if h is None:
+            with _LOCK:
+                h = self._handles.get(groups)
+                if h is None:
+                    cout, kh, kw, _ = self._bits.shape
+                    out = ffi.new("takane_conv_weights **")
+                    st = lib.takane_conv_weights_create(cout, kh, kw, self._cin, groups,
+                                                        ffi.from_buffer("uint64_t[]", self._bits), out)
+                    _raise_status(st, "PackedConvWeights")
+                    h = ffi.gc(out[0], lib.takane_conv_weights_free)
+                    self._handles[groups] = h
+        return h
+
+    bits = property(lambda self: self._bits, doc="(Cout, KH, KW, ceil(Cin/64)) uint64, read-only")
+    in_channels = property(lambda self: self._cin, doc="Cin of the weight tensor (per group)")
+    out_channels = property(lambda self: self._bits.shape[0], doc="Cout")
+    kernel_size = property(lambda self: tuple(self._bits.shape[1:3]), doc="(KH, KW)")
+    scale = property(lambda self: self._scale, doc="(Cout,) float32 per-channel scale, or None")
+
+    @property
+    def nbytes(self) -> int:
+        return self._bits.nbytes + (self._scale.nbytes if self._scale is not None else 0)
+
+    def __repr__(self) -> str:
+        kh, kw = self.kernel_size
+        return (f"PackedConvWeights(out_channels={self.out_channels}, in_channels={self.in_channels}, "
+                f"kernel_size=({kh}, {kw}), scale={'yes' if self._scale is not None else 'None'})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PackedConvWeights):
+            return NotImplemented
+        same_scale = (self._scale is None and other._scale is None) or (
+            self._scale is not None and other._scale is not None and np.array_equal(self._scale, other._scale))
+        return self._cin == other._cin and self._bits.shape == other._bits.shape and \
+            np.array_equal(self._bits, other._bits) and same_scale
+
+    __hash__ = None
+
+    def __reduce__(self):
+        return (_rebuild, (self._bits, self._cin, self._scale))
+
+    # On-disk format, version 1: an uncompressed .npz (no pickles) holding exactly
+    #   format "takane_kernels.PackedConvWeights", format_version 1, in_channels (0-d int64),
+    #   bits (Cout, KH, KW, ceil(Cin/64)) uint64 canonical, and scale (Cout,) float32 if any.
+    # Written atomically (temporary file + rename); read with the hardening of
+    # PackedWeights.load: every malformed, truncated or hostile file is a ValueError.
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` exactly (no extension is added), atomically."""
+        arrays = {
+            "format": np.array(FORMAT_NAME),
+            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
+            "in_channels": np.array(self._cin, dtype=np.int64),
+            "bits": self._bits,
+        }
+        if self._scale is not None:
+            arrays["scale"] = self._scale
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PackedConvWeights":
+        """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
+        name = repr(os.fspath(path))
+        allowed = {"format", "format_version", "in_channels", "bits", "scale"}
+        try:
+            with open(path, "rb") as f:
+                if f.read(4) != b"PK\x03\x04":
+                    raise ValueError("not an .npz archive (no zip header)")
+            z = np.load(path, allow_pickle=False)
+            with z:
+                packed = [i.filename for i in z.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+                if packed:
+                    raise ValueError(f"compressed members {packed} (PackedConvWeights files are uncompressed)")
+                if set(z.files) - allowed:
+                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a version-1 file")
+                data = {key: z[key] for key in z.files}
+            raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
+            if raw:
+                raise ValueError(f"members {raw} are not .npy arrays")
+        except Exception as e:  # noqa: BLE001 - hostile bytes raise many types; all mean "corrupt"
+            raise ValueError(f"{name} is not a readable PackedConvWeights file: {type(e).__name__}: {e}") from e
+        tag = data.get("format")
+        if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
+            raise ValueError(f"{name} is not a PackedConvWeights file (format tag missing)")
+        version = data.get("format_version")
+        if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+            raise ValueError(f"{name}: unsupported PackedConvWeights format version {version!r}")
+        for key in ("in_channels", "bits"):
+            if key not in data:
+                raise ValueError(f"{name}: missing array {key!r}")
+        cin = data["in_channels"]
+        if cin.shape != () or cin.dtype.kind not in "iu":
+            raise ValueError(f"{name}: in_channels must be an integer scalar")
+        bits = data["bits"]
+        if bits.dtype != np.uint64 or bits.ndim != 4:
+            raise ValueError(f"{name}: bits must be a 4-D uint64 array, got {bits.dtype} {bits.shape}")
+        if "scale" in data and data["scale"].dtype != np.float32:
+            raise ValueError(f"{name}: scale must be float32, got {data['scale'].dtype}")
+        try:
+            return cls(bits, int(cin), scale=data.get("scale"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: invalid PackedConvWeights data: {e}") from e
+
+
+def pack_conv_weights(w: object, *, scale: object = "mean_abs") -> PackedConvWeights:
+    """Real OHWI weights (Cout, KH, KW, Cin) -> :class:`PackedConvWeights` (bit = ``w >= 0``).
+
+    ``scale``: ``"mean_abs"`` (per output channel mean |w| over KH*KW*Cin, XNOR-Net's
+    alpha), ``None``, or a (Cout,) array. From PyTorch's OIHW: ``w.permute(0, 2, 3, 1)``.
+    """
+    w = _as_real_array(w, "w")
+    if w.ndim != 4:
+        raise ValueError(f"w must be 4-D (Cout, KH, KW, Cin) (OHWI), got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"w has an empty dimension: shape {w.shape}")
+    if w.dtype.kind == "f" and np.isnan(w).any():
+        raise ValueError("w contains NaN (NaN has no sign)")
+    if isinstance(scale, str):
+        if scale != "mean_abs":
+            raise ValueError(f"scale must be 'mean_abs', None or a (Cout,) array, got {scale!r}")
+        scale = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1, dtype=np.float64)
+    return PackedConvWeights(pack_bits(w), w.shape[3], scale=scale)
+
+
+def nchw_to_nhwc(x: object) -> np.ndarray:
+    """An NCHW array as a C-contiguous NHWC array (one copy; none if it already is, e.g.
+    a channels_last tensor's ``.numpy()`` transposed)."""
+    a = np.asarray(x)
+    if a.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {a.shape}")
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def nhwc_to_nchw(x: object) -> np.ndarray:
+    """An NHWC array as NCHW (a view, no copy)."""
+    a = np.asarray(x)
+    if a.ndim != 4:
+        raise ValueError(f"x must be 4-D (N, H, W, C), got shape {a.shape}")
+    return a.transpose(0, 3, 1, 2)
+
+
+def _padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, int], stride: tuple[int, int]):
+    """(top, bottom, left, right) from an int, a pair, 'valid' or 'same' (stride 1)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0, 0, 0
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' needs stride 1 (as in PyTorch)")
+            out = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)  # PyTorch: the extra pixel of an odd total goes last
+                out += [total // 2, total - total // 2]
+            return out[0], out[1], out[2], out[3]
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _pair(padding, "padding", lo=0)
+    return ph, ph, pw, pw
+
+
+def _geometry(n, h, w, stride, dilation, pads, pad_value):
+    g = ffi.new("takane_conv2d_geometry *")
+    g.batch, g.in_h, g.in_w = n, h, w
+    g.stride_h, g.stride_w = stride
+    g.dilation_h, g.dilation_w = dilation
+    g.pad_top, g.pad_bottom, g.pad_left, g.pad_right = pads
+    g.pad_value = pad_value
+    return g
+
+
+def _output_hw(h, w, kernel, stride, dilation, pads):
+    eh = dilation[0] * (kernel[0] - 1) + 1
+    ew = dilation[1] * (kernel[1] - 1) + 1
+    ph, pw = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    if ph < eh or pw < ew:
+        raise ValueError(
+            f"the padded input ({ph}x{pw}) is smaller than the dilated kernel ({eh}x{ew})")
+    return (ph - eh) // stride[0] + 1, (pw - ew) // stride[1] + 1
+
+
+def conv2d_output_size(in_hw, kernel_size, *, stride=1, padding=0, dilation=1) -> tuple[int, int]:
+    """(Ho, Wo) of a convolution / pooling over an (H, W) image."""
+    h, w = _pair(tuple(in_hw), "in_hw")
+    kernel = _pair(kernel_size, "kernel_size")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    return _output_hw(h, w, kernel, stride, dilation, _padding(padding, kernel, dilation, stride))
+
+
+def _check_x4(x: object, name: str = "x") -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"{name} must be 4-D NHWC (N, H, W, C or ceil(C/64) words), got shape {x.shape}")
+    if x.shape[1] < 1 or x.shape[2] < 1:
+        raise ValueError(f"{name} has shape {x.shape}: an image needs H, W >= 1")
+    if max(x.shape[:3]) > _DIM_MAX:
+        raise ValueError(f"{name} has shape {x.shape}: N, H, W must be <= 2**31 - 1")
+    return x
+
+
+def _f32_nhwc(a: object, shape: tuple, name: str) -> np.ndarray | None:
+    if a is None:
+        return None
+    a = _as_real_array(a, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (N, Ho, Wo, Cout), got {a.shape}")
+    return np.require(a, np.float32, "CA")
+
+
+def _out(out, shape, dtype):
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"out must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}, expected {shape}")
+    if not out.flags.c_contiguous or not out.flags.aligned:
+        raise ValueError("out must be C-contiguous and aligned (the C kernels write it in place)")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    return out
+
+
+def _ptr(ctype, a):
+    return ffi.NULL if a is None else ffi.from_buffer(ctype, a)
+
+
+def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=0, threshold=0.0,
+                  bias=None, residual=None, out_threshold=None, out=None, threads=None) -> np.ndarray:
+    """Binary 2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``), NHWC.
+
+    ``x``: real (N, H, W, Cin) binarized as ``x >= threshold`` (a scalar or one per input
+    channel, (Cin,)) inside the call, or packed uint64 (N, H, W, ceil(Cin/64)).
+    ``w``: :class:`PackedConvWeights` (Cout, KH, KW, Cin/groups).
+    ``stride``, ``dilation``: int or pair; ``padding``: int, pair (h, w), ``"valid"`` or
+    ``"same"`` (stride 1). ``pad_value``: what a tap outside the image is — 0 (contributes
+    nothing: true zero padding, exact), +1 or -1.
+    Returns float32 (N, Ho, Wo, Cout) ``((float32(dot) * scale) + bias) + residual`` (each
+    step rounded to float32; absent terms skipped), or with ``out_threshold`` (scalar or
+    (Cout,)) the packed bits uint64 (N, Ho, Wo, ceil(Cout/64)) of ``result >= out_threshold``.
+    """
+    if not isinstance(w, PackedConvWeights):
+        raise TypeError(f"binary_conv2d: w must be a PackedConvWeights (from pack_conv_weights), got {type(w).__name__}")
+    nthreads = _check_threads(threads)
+    groups = _int(groups, "groups")
+    cout = w.out_channels
+    if cout % groups:
+        raise ValueError(f"groups={groups} does not divide out_channels={cout}")
+    cin = w.in_channels * groups
+    if isinstance(pad_value, (bool, np.bool_)) or not isinstance(pad_value, (int, np.integer, float)) \
+            or pad_value not in (0, 1, -1):
+        raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
+    kernel = w.kernel_size
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    pads = _padding(padding, kernel, dilation, stride)
+    x = _check_x4(x)
+    n, h, wi = x.shape[:3]
+    packed = x.dtype == np.uint64
+    if packed:
+        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
+            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
+        if x.shape[3] != words_for(cin):
+            raise ValueError(f"packed x has shape {x.shape}: its last dimension must be ceil(Cin/64) = "
+                             f"{words_for(cin)} words for Cin={cin}")
+    else:
+        x = _as_real_array(x, "x")
+        if x.shape[3] != cin:
+            raise ValueError(f"x has shape {x.shape} but the weights take Cin={cin} channels "
+                             f"(in_channels={w.in_channels} x groups={groups})")
+    ho, wo = _output_hw(h, wi, kernel, stride, dilation, pads)
+    bits_out = out_threshold is not None
+    shape = (n, ho, wo, words_for(cout) if bits_out else cout)
+    y = _out(out, shape, np.uint64 if bits_out else np.float32)
+    res = _f32_nhwc(residual, (n, ho, wo, cout), "residual")
+    if res is not None and np.may_share_memory(res, y):
+        res = res.copy()
+    scale = w.scale
+    b = _vector_f32(bias, cout, "bias", "one per output channel")
+    t_out = _out_threshold_f32(out_threshold, cout) if bits_out else None
+    if n == 0:
+        return y
+    handle = w._handle(groups)
+    geo = _geometry(n, h, wi, stride, dilation, pads, int(pad_value))
+    sp, bp, rp = _ptr("float[]", scale), _ptr("float[]", b), _ptr("float[]", res)
+    yp = ffi.from_buffer("uint64_t[]" if bits_out else "float[]", y, require_writable=True)
+    if packed:
+        xr = np.require(x, requirements="CA")
+        if np.may_share_memory(xr, y):
+            xr = xr.copy()
+        xp = ffi.from_buffer("uint64_t[]", xr)
+        if bits_out:
+            st = lib.takane_binary_conv2d_bits(handle, geo, xp, sp, bp, rp, ffi.from_buffer("float[]", t_out),
+                                               t_out.size, yp, nthreads)
+        else:
+            st = lib.takane_binary_conv2d(handle, geo, xp, sp, bp, rp, yp, nthreads)
+        if st == lib.TAKANE_ERR_PADDING_BITS and not padding_is_zero(x, cin):
+            raise ValueError(f"x has non-zero padding bits (channel positions >= Cin={cin} in the last word)")
+    else:
+        rows, t32 = _real_rows_for_c(x, threshold, cin, "x")
+        if np.may_share_memory(rows, y):
+            rows = rows.copy()
+        xp, tp = ffi.from_buffer("float[]", rows), ffi.from_buffer("float[]", t32)
+        if bits_out:
+            st = lib.takane_binary_conv2d_f32_bits(handle, geo, xp, tp, t32.size, sp, bp, rp,
+                                                   ffi.from_buffer("float[]", t_out), t_out.size, yp, nthreads)
+        else:
+            st = lib.takane_binary_conv2d_f32(handle, geo, xp, tp, t32.size, sp, bp, rp, yp, nthreads)
+    if st == lib.TAKANE_ERR_NOT_FINITE:
+        raise ValueError("binary_conv2d: bias must be finite")
+    _raise_status(st, "binary_conv2d: x" if st == lib.TAKANE_ERR_NAN else "binary_conv2d")
+    return y
+
+
+def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None) -> np.ndarray:
+    """Max pooling of ±1 activations: a bitwise OR of packed NHWC bits over each window.
+
+    ``x``: packed uint64 (N, H, W, ceil(C/64)) — ``channels`` (C) lets the call check the
+    padding bits (default: 64 per word, nothing to check) — or real (N, H, W, C),
+    binarized at 0 first. ``stride``
+    defaults to ``kernel_size``; ``padding`` int or pair, at most half the kernel (taps
+    in the padding are ignored). Returns packed uint64 (N, Ho, Wo, ceil(C/64)).
+    """
+    nthreads = _check_threads(threads)
+    kernel = _pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else _pair(stride, "stride")
+    if isinstance(padding, str):
+        raise ValueError(f"binary_max_pool2d: padding must be an int or a pair, got {padding!r}")
+    ph, pw = _pair(padding, "padding", lo=0)
+    if ph > kernel[0] // 2 or pw > kernel[1] // 2:
+        raise ValueError(f"padding ({ph}, {pw}) must be at most half the kernel {kernel} (as in PyTorch)")
+    x = _check_x4(x)
+    if x.dtype == np.uint64:
+        c = x.shape[3] * 64 if channels is None else _int(channels, "channels")
+        if words_for(c) != x.shape[3]:
+            raise ValueError(f"x has shape {x.shape}: channels={c} needs {words_for(c)} words per pixel")
+        xb = np.require(x, requirements="CA")
+    else:
+        x = _as_real_array(x, "x")
+        c = x.shape[3]
+        if channels is not None and _int(channels, "channels") != c:
+            raise ValueError(f"channels={channels} but x has {c}")
+        xb = pack_bits(x)
+    n, h, wi = x.shape[:3]
+    pads = (ph, ph, pw, pw)
+    ho, wo = _output_hw(h, wi, kernel, stride, (1, 1), pads)
+    y = _out(out, (n, ho, wo, words_for(c)), np.uint64)
+    if n == 0:
+        return y
+    if np.may_share_memory(xb, y):
+        xb = xb.copy()
+    geo = _geometry(n, h, wi, stride, (1, 1), pads, 0)
+    st = lib.takane_binary_max_pool2d(geo, c, kernel[0], kernel[1], ffi.from_buffer("uint64_t[]", xb),
+                                      ffi.from_buffer("uint64_t[]", y, require_writable=True), nthreads)
+    if st == lib.TAKANE_ERR_PADDING_BITS:
+        raise ValueError(f"x has non-zero padding bits (channel positions >= channels={c} in the last word)")
+    _raise_status(st, "binary_max_pool2d")
+    return y
