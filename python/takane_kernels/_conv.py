@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 import os
 import threading
-import zipfile
 
 import numpy as np
 
 from ._takane import ffi, lib
 from ._ops import _as_real_array, _ceil_f32, _check_threads, _raise_status, _real_rows_for_c, pack_bits
-from ._layers import _out_threshold_f32, _vector_f32
-from ._weights import _check_vector, check_packed, padding_is_zero, words_for
+from ._layers import _out_array, _out_threshold_f32, _vector_f32
+from ._weights import _check_vector, check_packed, padding_is_zero, read_npz, save_npz_atomic, words_for
 
 __all__ = [
     "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
@@ -141,38 +140,14 @@ class PackedConvWeights:
         }
         if self._scale is not None:
             arrays["scale"] = self._scale
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_npz_atomic(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedConvWeights":
         """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
         name = repr(os.fspath(path))
         allowed = {"format", "format_version", "in_channels", "bits", "scale"}
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) != b"PK\x03\x04":
-                    raise ValueError("not an .npz archive (no zip header)")
-            z = np.load(path, allow_pickle=False)
-            with z:
-                packed = [i.filename for i in z.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
-                if packed:
-                    raise ValueError(f"compressed members {packed} (PackedConvWeights files are uncompressed)")
-                if set(z.files) - allowed:
-                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a version-1 file")
-                data = {key: z[key] for key in z.files}
-            raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
-            if raw:
-                raise ValueError(f"members {raw} are not .npy arrays")
-        except Exception as e:  # noqa: BLE001 - hostile bytes raise many types; all mean "corrupt"
-            raise ValueError(f"{name} is not a readable PackedConvWeights file: {type(e).__name__}: {e}") from e
+        data = read_npz(path, allowed, "PackedConvWeights")
         tag = data.get("format")
         if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
             raise ValueError(f"{name} is not a PackedConvWeights file (format tag missing)")
@@ -300,22 +275,6 @@ def _f32_nhwc(a: object, shape: tuple, name: str) -> np.ndarray | None:
     return np.require(a, np.float32, "CA")
 
 
-def _out(out, shape, dtype):
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    if not out.flags.c_contiguous or not out.flags.aligned:
-        raise ValueError("out must be C-contiguous and aligned (the C kernels write it in place)")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    return out
-
-
 def _ptr(ctype, a):
     return ffi.NULL if a is None else ffi.from_buffer(ctype, a)
 
@@ -365,7 +324,7 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
     ho, wo = _output_hw(h, wi, kernel, stride, dilation, pads)
     bits_out = out_threshold is not None
     shape = (n, ho, wo, words_for(cout) if bits_out else cout)
-    y = _out(out, shape, np.uint64 if bits_out else np.float32)
+    y = _out_array(out, shape, np.dtype(np.uint64 if bits_out else np.float32))
     res = _f32_nhwc(residual, (n, ho, wo, cout), "residual")
     if res is not None and np.may_share_memory(res, y):
         res = res.copy()
@@ -438,7 +397,7 @@ def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, 
     n, h, wi = x.shape[:3]
     pads = (ph, ph, pw, pw)
     ho, wo = _output_hw(h, wi, kernel, stride, (1, 1), pads)
-    y = _out(out, (n, ho, wo, words_for(c)), np.uint64)
+    y = _out_array(out, (n, ho, wo, words_for(c)), np.dtype(np.uint64))
     if n == 0:
         return y
     if np.may_share_memory(xb, y):

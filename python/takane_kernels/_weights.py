@@ -125,6 +125,50 @@ def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[n
     return a, g
 
 
+def save_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:
+    """Write ``arrays`` as an uncompressed .npz to exactly ``path``, through a temporary
+    file renamed into place (a crash never leaves a half-written file)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_npz(path: str | os.PathLike, allowed: set, kind: str) -> dict:
+    """The arrays of a file written by save_npz_atomic, as {name: ndarray}, or ValueError.
+
+    Hardened for hostile files: a bare .npy is refused before numpy reads it whole; members
+    must be stored (uncompressed: memory stays bounded by the file's size, no decompression
+    bombs) and named in ``allowed`` (checked before anything is read); every exception
+    zipfile/numpy raise on hostile bytes (NotImplementedError for an unknown zip version,
+    RuntimeError for an encrypted member, MemoryError/OverflowError for absurd .npy headers,
+    ...) means a corrupt file, reported as ValueError naming ``kind``."""
+    name = repr(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError("not an .npz archive (no zip header; a single .npy array?)")
+        z = np.load(path, allow_pickle=False)
+        with z:
+            packed = [i.filename for i in z.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise ValueError(f"compressed members {packed} ({kind} files are uncompressed)")
+            if set(z.files) - allowed:
+                raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a {kind} file")
+            data = {key: z[key] for key in z.files}
+        raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
+        if raw:  # NpzFile hands back the bytes of a member that is not a .npy array
+            raise ValueError(f"members {raw} are not .npy arrays")
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise ValueError(f"{name} is not a readable {kind} file: {type(e).__name__}: {e}") from e
+    return data
+
+
 def _rebuild(bits, k, scale, in_scale, group_scale=None, group_size=None):
     return PackedWeights(bits, k, scale=scale, in_scale=in_scale, group_scale=group_scale,
                          group_size=group_size)
@@ -247,44 +291,14 @@ class PackedWeights:
         if self._group_scale is not None:
             arrays["group_size"] = np.array(self._group_size, dtype=np.int64)
             arrays["group_scale"] = self._group_scale
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_npz_atomic(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedWeights":
         """Read a file written by :meth:`save`, validating everything (ValueError if not)."""
         name = repr(os.fspath(path))
         allowed = {"format", "format_version", "k", "bits", "scale", "in_scale", "group_size", "group_scale"}
-        try:
-            with open(path, "rb") as f:
-                if f.read(4) != b"PK\x03\x04":  # never hand np.load a bare .npy (it would read it whole)
-                    raise ValueError("not an .npz archive (no zip header; a single .npy array?)")
-            z = np.load(path, allow_pickle=False)
-            with z:
-                # save() writes stored (uncompressed) members only: memory stays bounded
-                # by the file's size (no decompression bombs), and unknown arrays are
-                # rejected before anything is read
-                packed = [i.filename for i in z.zip.infolist() if i.compress_type != zipfile.ZIP_STORED]
-                if packed:
-                    raise ValueError(f"compressed members {packed} (PackedWeights files are uncompressed)")
-                if set(z.files) - allowed:
-                    raise ValueError(f"unexpected arrays {sorted(set(z.files) - allowed)} in a PackedWeights file")
-                data = {key: z[key] for key in z.files}
-            raw = sorted(key for key, v in data.items() if not isinstance(v, np.ndarray))
-            if raw:  # NpzFile hands back the bytes of a member that is not a .npy array
-                raise ValueError(f"members {raw} are not .npy arrays")
-        except Exception as e:  # noqa: BLE001 - zipfile/numpy raise many types on hostile bytes
-            # (NotImplementedError for an unknown zip version or method, RuntimeError for an
-            # encrypted member, MemoryError/OverflowError for absurd .npy headers, ...):
-            # every one of them means a corrupt file, which the contract reports as ValueError
-            raise ValueError(f"{name} is not a readable PackedWeights file: {type(e).__name__}: {e}") from e
+        data = read_npz(path, allowed, "PackedWeights")
         tag = data.get("format")
         if tag is None or tag.shape != () or tag.dtype.kind != "U" or str(tag) != FORMAT_NAME:
             raise ValueError(f"{name} is not a PackedWeights file (format tag missing)")
