@@ -648,12 +648,13 @@ def _fold_batchnorm_conv(qa: QuantConv2d, bn: nn.BatchNorm2d, qb: QuantConv2d, t
     unaffected. With zero padding, border outputs sum fewer taps, so every integer in
     ``[-K, K]`` (K = KH·KW·Cin/groups) is a candidate dot, not only those of K's parity.
     PyTorch's CPU BatchNorm rounds differently by layout (one ``x * a + b`` loop for NCHW
-    images, another for 1x1 images, another for channels_last; an exact tie can come out as
-    0 in one and -3e-8 in another), so the eval-mode ops run on the dot values in each of
-    those three layouts, and the fold is declined (the BatchNorm kept) unless all three give
-    the same bits — then the folded bits are those of the training forward whatever the
-    input's spatial size and memory layout. (Within one layout the rounding does not depend
-    on the position: the NCHW loop applies one vector formula to main part and tail alike.)
+    images, another for 1x1 images, another for channels_last; an exact tie came out as
+    -3e-8 in the NCHW loop and 0 in the 1x1 one here), so the eval-mode ops run on the dot
+    values in each of those three layouts, and the fold is declined (the BatchNorm kept)
+    unless all three give the same bits — then the folded bits are those of the training
+    forward whatever the input's spatial size and memory layout. (Within one layout the rounding does not depend
+    on the position — PyTorch's NCHW loop applies one vector formula to main part and tail
+    alike; a test checks it on a shifted crop.)
     """
     if not (isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None
             and bn.num_features == qa.out_channels and _is_w1a1_conv(qb) and qb.in_channels == qa.out_channels
