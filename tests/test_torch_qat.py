@@ -414,10 +414,18 @@ def test_quant_conv2d_errors_and_no_scale():
         QuantConv2d(3, 2, 3, scale="onebit")
     with pytest.raises(ValueError, match="channel_dim=1"):
         QuantConv2d(3, 2, 3, input_quantizer=SignQuantizer(3))
-    # the remaining piece: QuantConv2d -> BinaryConv2d (DESIGN §10) once that module exists;
-    # until it is wired up, convert says so rather than returning an unconverted layer
-    with pytest.raises(NotImplementedError, match="BinaryConv2d"):
+    # weight-only (no input quantizer): the library has no float-activation conv kernel, so
+    # convert says so rather than returning an unconverted or approximate layer
+    with pytest.raises(NotImplementedError, match="weight-only QuantConv2d"):
         convert(nn.Sequential(c))
+    c.input_quantizer = nn.Hardtanh()
+    with pytest.raises(ValueError, match="SignQuantizer with channel_dim=1"):
+        convert(c)
+    c.input_quantizer = SignQuantizer(3, channel_dim=1)
+    with torch.no_grad():
+        c.weight[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        convert(c)
 
 
 # ---- convert: layer by layer, on every ISA ------------------------------------------------------
@@ -545,6 +553,231 @@ def test_convert_errors():
     q.input_quantizer = None
     with pytest.raises(ValueError, match="NaN"):
         convert(q)
+
+
+# ---- convert: QuantConv2d -> BinaryConv2d, layer by layer on every ISA ------------------------
+
+def _trained_conv(cin, cout, seed, **kw):
+    """A W1A1 QuantConv2d whose adaptive quantizer has seen two batches."""
+    torch.manual_seed(seed)
+    q = QuantConv2d(cin, cout, input_quantizer=SignQuantizer(cin, channel_dim=1, mean_factor=0.5), **kw)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        q(torch.randn(3, cin, 6, 5, generator=g) + 0.2)
+    return q.eval()
+
+
+@pytest.mark.parametrize("cin", [32, 64, 70])
+@pytest.mark.parametrize("cfg", [
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, scale=None),
+    dict(kernel_size=3, padding="same", dilation=2, bias=False),
+    dict(kernel_size=(1, 3), stride=(2, 1), padding=0, groups=2),
+    dict(kernel_size=2, padding="same", groups=2, scale=None),  # even kernel: extra row/column last
+])
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+def test_convert_conv_layer_bit_exact(on_isa, cin, cfg, pad_value):
+    """W1A1 QuantConv2d -> BinaryConv2d: the quantizer's thresholds, pad_value, the forward's
+    own float32 mean |W| scale and bias; outputs equal the training model's eval outputs and
+    the reference's, bit for bit (ties at the threshold included)."""
+    q = _trained_conv(cin, 6, seed=cin + len(cfg), pad_value=pad_value, **cfg)
+    b = convert(q)
+    assert isinstance(b, tkt.BinaryConv2d) and b.pad_value == pad_value and b.groups == q.groups
+    t = q.input_quantizer.current_threshold()
+    np.testing.assert_array_equal(b.threshold, t.numpy())
+    if q.scale is None:
+        assert b.weights.scale is None
+    else:
+        assert np.array_equal(b.weights.scale, q.row_scale().detach().numpy())
+    x = _x((2, cin, 7, 6), seed=cin)
+    x[0, :, 1, 2] = t  # exact ties: x >= t is +1 on both sides
+    y = b(x)
+    assert_ran(on_isa)
+    with torch.no_grad():
+        assert torch.equal(y, q(x))
+    exact = ref.binary_conv2d(x.permute(0, 2, 3, 1).numpy(), b.weights, stride=q.stride, padding=q.padding,
+                              dilation=q.dilation, groups=q.groups, pad_value=pad_value, threshold=t.numpy(),
+                              bias=None if q.bias is None else q.bias.detach().numpy())
+    assert np.array_equal(y.permute(0, 2, 3, 1).numpy(), exact)
+
+
+def test_convert_conv_state_carries_threshold_and_q8_0_is_ignored(on_isa):
+    q = _trained_conv(70, 5, seed=3, kernel_size=3, padding=1, pad_value=1)
+    b = convert(q, activations="q8_0")  # a W1A1 conv binarizes its input: nothing to quantize to 8 bits
+    x = _x((1, 70, 5, 5), seed=4)
+    with torch.no_grad():
+        assert torch.equal(b(x), q(x))
+    state = b.state_dict()
+    assert state["_extra_state"]["threshold"].shape == (70,)
+    other = tkt.BinaryConv2d.from_conv2d(nn.Conv2d(70, 5, 3, padding=1), pad_value=1)
+    other.load_state_dict(state)
+    assert torch.equal(other(x), b(x))
+    assert_ran(on_isa)
+    old = dict(state, _extra_state={k: v for k, v in state["_extra_state"].items() if k != "threshold"})
+    kept = tkt.BinaryConv2d.from_conv2d(nn.Conv2d(70, 5, 3, padding=1), threshold=0.25)
+    kept.load_state_dict(old)
+    assert kept.threshold == 0.25
+    bad = dict(state, _extra_state=dict(state["_extra_state"], threshold=torch.zeros(69, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="threshold"):
+        kept.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("pad_value,padding", [(0, 1), (0, 0), (1, 1), (-1, "same")])
+def test_conv_batchnorm_fold_bit_exact(on_isa, pad_value, padding):
+    """QuantConv2d -> BatchNorm2d -> QuantConv2d (W1A1): folded into one integer threshold
+    per channel; the next conv sees the very same bits. Zero padding: border outputs sum
+    fewer taps, so dots of both parities occur (running means at integers make exact ties)."""
+    cin, n = 3, 24  # odd: a border output (4 or 6 taps of 9) sums an even count, an inner one odd
+    torch.manual_seed(31)
+    qa = QuantConv2d(cin, n, 3, padding=padding, pad_value=pad_value,
+                     input_quantizer=SignQuantizer(cin, channel_dim=1, threshold="fixed", value=0.1))
+    bn = nn.BatchNorm2d(n)
+    qb = QuantConv2d(n, 4, 3, padding=1, pad_value=pad_value,
+                     input_quantizer=SignQuantizer(n, channel_dim=1, threshold="learned", value=0.05))
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(n))
+        bn.weight[:3] = 0.0  # constant bit
+        bn.weight[3:10] = -bn.weight[3:10].abs()  # falling: the channel's bits are inverted
+        bn.running_mean.copy_(torch.randint(-6, 7, (n,)).float())  # integers: ties at both parities
+        bn.running_var.uniform_(0.05, 4.0)
+        bn.bias.zero_()
+        qa.bias.zero_()
+    qa.scale = None  # so dot == running_mean is an exact tie
+    model = nn.Sequential(qa, bn, qb).eval()
+    folded = convert(model)
+    assert [type(m).__name__ for m in folded] == ["BinaryConv2d", "Identity", "BinaryConv2d"]
+    assert folded[0].weights.scale is None and _np_all_integer(folded[0].bias) and folded[2].threshold == 0.0
+    kept = convert(model, fold_batchnorm=False)
+    assert [type(m).__name__ for m in kept] == ["BinaryConv2d", "BatchNorm2d", "BinaryConv2d"]
+    g = torch.Generator().manual_seed(32)
+    x = torch.where(torch.rand(40, cin, 6, 6, generator=g) < 0.5, -1.0, 1.0) + 0.1
+    with torch.no_grad():
+        expect_bits = qb.input_quantizer(bn(qa(x))) > 0
+        y_train = model(x)
+        dots = qa(x)
+    h = folded[0](x)
+    assert_ran(on_isa)
+    assert torch.equal(h >= 0, expect_bits)
+    if pad_value == 0 and padding == 1:
+        assert {int(v) % 2 for v in dots.unique()} == {0, 1}  # both parities occur
+    assert torch.equal(folded(x), y_train) and torch.equal(kept(x), y_train)
+    # the fold's premise: within the NCHW image path, BatchNorm2d's eval op gives each element
+    # the same value wherever it sits (the fold evaluates a (1, C, D, 1) tensor)
+    with torch.no_grad():
+        z = bn(dots)
+        flat = dots.permute(1, 0, 2, 3).reshape(1, n, -1, 1).contiguous()
+        assert torch.equal(bn(flat).reshape(n, *dots.shape[:1], *dots.shape[2:]).permute(1, 0, 2, 3), z)
+        assert torch.equal(bn(dots[:, :, 1:, 2:].contiguous()), z[:, :, 1:, 2:])
+
+
+class _OneByOneRoundsDown(nn.BatchNorm2d):
+    """A BatchNorm2d whose 1x1-image path rounds an exact 0 down to -0.0 - 3e-8, as
+    PyTorch's layout-specific CPU loops can (each rounds x * a + b its own way)."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        if x.shape[2] * x.shape[3] == 1:
+            y = torch.where(y == 0, torch.full_like(y, -3e-8), y)
+        return y
+
+
+@pytest.mark.parametrize("layout_dependent", [False, True])
+def test_conv_batchnorm_fold_declined_when_layouts_disagree(on_isa, layout_dependent):
+    """The fold evaluates the BatchNorm on NCHW images, 1x1 images and channels_last and folds
+    only if all give the same bits; otherwise it keeps the BatchNorm. Exact ties (dot ==
+    running mean, bias 0, next threshold exactly 0) with 1x1 and 4x4 feature maps: the
+    converted model equals the training model either way."""
+    torch.manual_seed(33)
+    n = 16
+    qa = QuantConv2d(3, n, 3, scale=None, bias=False,
+                     input_quantizer=SignQuantizer(3, channel_dim=1, threshold="fixed", value=0.0))
+    bn = _OneByOneRoundsDown(n) if layout_dependent else nn.BatchNorm2d(n)
+    qb = QuantConv2d(n, 4, 1, input_quantizer=SignQuantizer(n, channel_dim=1, threshold="fixed", value=0.0))
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(n).abs() + 0.1)
+        bn.bias.zero_()
+        bn.running_mean.copy_(torch.randint(-5, 6, (n,)).float() * 2 + 1)  # odd: K = 27, attainable
+        bn.running_var.uniform_(0.05, 4.0)
+    model = nn.Sequential(qa, bn, qb).eval()
+    converted = convert(model)
+    kept = type(converted[1]).__name__
+    assert kept == ("_OneByOneRoundsDown" if layout_dependent else "Identity")
+    g = torch.Generator().manual_seed(34)
+    for hw in (3, 6):  # 1x1 and 4x4 feature maps after the first conv
+        x = torch.where(torch.rand(300, 3, hw, hw, generator=g) < 0.5, -1.0, 1.0)
+        y = converted(x)
+        assert_ran(on_isa)
+        with torch.no_grad():
+            assert (qa(x) == bn.running_mean.view(1, -1, 1, 1)).any()  # exact ties occur
+            assert torch.equal(y, model(x))
+
+
+def _cnn(seed):
+    """A small binary CNN: a float-input stem conv, BatchNorms (one folded, one before a
+    pool: kept), max pooling, a W1A1 classifier."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        QuantConv2d(3, 32, 3, padding=1, input_quantizer=SignQuantizer(3, channel_dim=1)),
+        nn.BatchNorm2d(32),
+        QuantConv2d(32, 70, 3, stride=2, padding=1, pad_value=1,
+                    input_quantizer=SignQuantizer(32, channel_dim=1, mean_factor=1.0, ste="clip")),
+        nn.BatchNorm2d(70),
+        nn.MaxPool2d(2),
+        QuantConv2d(70, 64, 3, padding="same", groups=2,
+                    input_quantizer=SignQuantizer(70, channel_dim=1, threshold="learned", value=0.1)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        QuantLinear(64, 10, input_quantizer=SignQuantizer(64)),
+    )
+
+
+def _train_cnn(model, steps=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        x = torch.randn(16, 3, 12, 12, generator=g)
+        loss = F.cross_entropy(model(x), torch.randint(0, 10, (16,), generator=g))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_end_to_end_binary_cnn_bit_exact(on_isa):
+    model = _train_cnn(_cnn(40))
+    converted = convert(model)
+    assert isinstance(model[0], QuantConv2d)  # the original is untouched
+    assert [type(m).__name__ for m in converted] == ["BinaryConv2d", "Identity", "BinaryConv2d", "BatchNorm2d",
+                                                     "MaxPool2d", "BinaryConv2d", "AdaptiveAvgPool2d", "Flatten",
+                                                     "BinaryLinear"]
+    x = _x((6, 3, 12, 12), seed=41)
+    y = converted(x)
+    assert_ran(on_isa)
+    with torch.no_grad():
+        assert torch.equal(y, model(x))
+        assert torch.equal(convert(model, fold_batchnorm=False)(x), y)
+        # channels_last input: the kernels read it without a copy; same values
+        assert torch.equal(converted(x.contiguous(memory_format=torch.channels_last)), y)
+
+
+def test_binary_cnn_state_dict_round_trip_and_compile(tmp_path):
+    """A converted CNN's state (packed weights, thresholds, folded biases) loads into another
+    converted CNN of the same shape; torch.compile(fullgraph=True) runs it as one graph
+    (BinaryConv2d / BinaryLinear are takane:: custom ops) with the eager outputs."""
+    model = _train_cnn(_cnn(42))
+    converted = convert(model)
+    torch.save(converted.state_dict(), tmp_path / "cnn.pt")
+    other = convert(_train_cnn(_cnn(43), seed=1))
+    x = _x((4, 3, 12, 12), seed=44)
+    eager = converted(x)
+    assert not torch.equal(other(x), eager)
+    other.load_state_dict(torch.load(tmp_path / "cnn.pt", weights_only=True))
+    assert torch.equal(other(x), eager)
+    torch._dynamo.reset()
+    compiled = torch.compile(converted, fullgraph=True)
+    assert torch.equal(compiled(x), eager)
+    torch._dynamo.reset()
 
 
 # ---- convert: end to end --------------------------------------------------------------------

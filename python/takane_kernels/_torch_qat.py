@@ -394,7 +394,9 @@ class QuantConv2d(nn.Conv2d):
     (PyTorch's zero padding), ``+1`` / ``-1`` a ±1 activation (binary CNNs that pad the
     binarized input, e.g. Larq's ``pad_values=1``). ``padding``: int, pair, ``"valid"`` or
     ``"same"`` (stride 1; an odd total puts the extra row/column at the bottom/right, as
-    PyTorch does).
+    PyTorch does). With a SignQuantizer the convolution sums ±1 products (exact integers in
+    float32) and the epilogue is ``(y * s) + bias``, two float32 ops — the order of
+    ``binary_conv2d``'s epilogue, so :func:`convert` reproduces it bit for bit.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
@@ -437,7 +439,10 @@ class QuantConv2d(nn.Conv2d):
         pads = self.explicit_padding()
         if any(pads):  # explicit padding: one code path for 0 and ±1 taps
             x = F.pad(x, pads, value=float(self.pad_value))
-        y = F.conv2d(x, wb, None, self.stride, 0, self.dilation, self.groups)
+        return self._epilogue(F.conv2d(x, wb, None, self.stride, 0, self.dilation, self.groups))
+
+    def _epilogue(self, y: torch.Tensor) -> torch.Tensor:
+        # one float32 op per step, like binary_conv2d: (y * s) + bias, no fused multiply-add
         s = self.row_scale()
         if s is not None:
             y = y * s.view(1, -1, 1, 1)
@@ -499,19 +504,57 @@ def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None) -
     return nn.Sequential(sign, layer)
 
 
-def _convert_conv(q: QuantConv2d, activations: str, threads) -> nn.Module:
+def _convert_conv(q: QuantConv2d, activations: str, threads, threshold=None, bits=None, bias=None,
+                  scale="row") -> nn.Module:
+    """A W1A1 ``QuantConv2d`` (a ``SignQuantizer`` with ``channel_dim=1``) as a ``BinaryConv2d``.
+
+    The training forward's eval path is: binarize x at the quantizer's float32 thresholds
+    (x >= t), pad the ±1 image with ``pad_value``, a float32 convolution of ±1 values (every
+    partial sum an integer of magnitude <= KH*KW*Cin/groups < 2**24: exact), then ``y * s``
+    and ``+ bias`` as two float32 ops. ``binary_conv2d`` computes the same integer dot and
+    ``((float32(dot) * scale) + bias)``, no FMA, with ``s`` taken from the very tensor the
+    forward uses (``row_scale()``), so the outputs are bit-identical. ``threshold`` overrides
+    the quantizer's (0 when the input arrives from a BatchNorm fold); ``bits``, ``bias`` and
+    ``scale=None`` are the fold's replacements.
+    """
     from . import torch as tkt
-    if not hasattr(tkt, "BinaryConv2d"):
-        raise NotImplementedError("convert: QuantConv2d needs takane_kernels.torch.BinaryConv2d "
-                                  "(the convolution work), which this build does not have")
-    raise NotImplementedError("convert: QuantConv2d -> BinaryConv2d is not wired up yet (the remaining "
-                              "piece of issue 16)")
+    iq = q.input_quantizer
+    if iq is None:
+        raise NotImplementedError(
+            "convert: a weight-only QuantConv2d (no input_quantizer) needs a float-activation "
+            "convolution kernel, which takane_kernels does not have (binary_conv2d binarizes its "
+            "input); give it a SignQuantizer(channels, channel_dim=1) input quantizer (W1A1)")
+    if not isinstance(iq, SignQuantizer) or iq.channel_dim != 1:
+        raise ValueError(f"convert: a QuantConv2d's input_quantizer must be a SignQuantizer with "
+                         f"channel_dim=1 or None, got {type(iq).__name__}")
+    # (activations= is about float inputs: a W1A1 layer binarizes them, as for QuantLinear)
+    w = q.weight.detach().to("cpu", torch.float32)
+    if torch.isnan(w).any():
+        raise ValueError("convert: a QuantConv2d's weights contain NaN (NaN has no sign)")
+    # bit = w >= 0, the forward's binarize(W, 0); OIHW -> OHWI, the kernels' layout
+    if bits is None:
+        bits = tk.pack_conv_weights(w.permute(0, 2, 3, 1).numpy(), scale=None).bits
+        bias = q.bias
+    with torch.no_grad():
+        if scale == "row":
+            scale = _np32(q.row_scale())
+        if threshold is None:
+            threshold = iq.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
+    weights = tk.PackedConvWeights(bits, q.in_channels // q.groups, scale=scale)
+    return tkt.BinaryConv2d(weights, stride=q.stride, padding=q.padding, dilation=q.dilation, groups=q.groups,
+                            pad_value=q.pad_value, bias=bias, threshold=threshold, threads=threads)
 
 
 def _is_w1a1(q) -> bool:
     """A QuantLinear that converts to a plain W1A1 BinaryLinear."""
     return (isinstance(q, QuantLinear) and isinstance(q.input_quantizer, SignQuantizer)
             and q.input_quantizer.channel_dim == -1 and q.scale in (None, "mean_abs"))
+
+
+def _is_w1a1_conv(q) -> bool:
+    """A QuantConv2d that converts to a W1A1 BinaryConv2d."""
+    return (isinstance(q, QuantConv2d) and isinstance(q.input_quantizer, SignQuantizer)
+            and q.input_quantizer.channel_dim == 1)
 
 
 _FOLD_MAX_K = 2**24 - 2  # dot - T stays an exact float32 integer: |dot - T| <= 2K + 2 < 2**25, even
@@ -532,35 +575,20 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     follows a fold). Returns None (no fold) when an assumption fails: BatchNorm without
     running statistics, K too large, non-finite values or a non-monotone bit pattern.
     """
-    BinaryLinear, _ = _binary_linear_cls()
     if not (isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats and bn.running_mean is not None
             and bn.num_features == qa.out_features and _is_w1a1(qb) and qb.in_features == qa.out_features
             and not bn.training and not qa.training and not qb.training):
         return None
     k, n = qa.in_features, qa.out_features
-    if k > _FOLD_MAX_K or n == 0:
+
+    def seen(d):  # (r,) dot values -> (r, N): the bit qb sees
+        return qb.input_quantizer(bn(qa._epilogue(d[:, None].expand(-1, n).contiguous())))
+
+    found = _fold_thresholds(k, n, 2, seen)
+    if found is None:
         return None
-    d = torch.arange(-k, k + 1, 2, dtype=torch.float32)  # the K + 1 possible dot products
-    rows = max(1, 2**22 // n)
-    bits_seen = []
-    with torch.no_grad():
-        for i in range(0, k + 1, rows):
-            z = qb.input_quantizer(bn(qa._epilogue(d[i:i + rows, None].expand(-1, n).contiguous())))
-            if torch.isnan(z).any():
-                return None
-            bits_seen.append(z > 0)
-    v = torch.cat(bits_seen)  # (K + 1, N): the next layer's bit for each dot value
-    rising = (v[1:] >= v[:-1]).all(dim=0)
-    falling = (v[1:] <= v[:-1]).all(dim=0)
-    if not bool((rising | falling).all()):
-        return None
-    idx = torch.arange(k + 1)
-    first = torch.where(v, idx[:, None], k + 1).min(dim=0).values  # k + 1: never
-    last = torch.where(v, idx[:, None], -1).max(dim=0).values
-    flip = ~rising  # strictly falling somewhere: bit = dot <= d[last]
-    t_rise = (-k + 2 * first).to(torch.float32)  # bit = dot >= t_rise (k + 2: never)
-    t_fall = (-k + 2 * last).to(torch.float32)
-    bias = torch.where(flip, t_fall, -t_rise)  # output dot - t_rise, or -dot + t_fall
+    flip, bias = found
+    BinaryLinear, _ = _binary_linear_cls()
     w = qa.weight.detach().to("cpu", torch.float32).numpy()
     if np.isnan(w).any():
         return None
@@ -574,6 +602,95 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=threshold, threads=threads)
 
 
+def _fold_thresholds(k: int, n: int, step: int, seen):
+    """The fold's per-channel integer threshold, shared by the linear and the conv fold.
+
+    ``seen(d)`` runs the training model's eval-mode ops on the float32 dot values ``d`` (r,)
+    and returns the next quantizer's output for them as (r, N). The
+    candidate dots are ``-k, -k + step, ..., k`` (step 2: every dot of ±1 vectors of length
+    k; step 1 when zero padding makes fewer taps, of either parity, contribute). Returns
+    ``(flip, bias)`` — per channel, whether the row's weight bits are inverted (bit falls
+    with the dot) and the float32 bias making the output ``dot - T`` (or ``-dot + T``), an
+    exact integer the next layer binarizes at 0 — or None when the premises fail.
+    """
+    if k > _FOLD_MAX_K or n == 0:
+        return None
+    d = torch.arange(-k, k + 1, step, dtype=torch.float32)  # the possible dot products
+    count = d.numel()
+    rows = max(1, 2**22 // n)
+    bits_seen = []
+    with torch.no_grad():
+        for i in range(0, count, rows):
+            z = seen(d[i:i + rows])
+            if torch.isnan(z).any():
+                return None
+            bits_seen.append(z > 0)
+    v = torch.cat(bits_seen)  # (count, N): the next layer's bit for each dot value
+    rising = (v[1:] >= v[:-1]).all(dim=0)
+    falling = (v[1:] <= v[:-1]).all(dim=0)
+    if not bool((rising | falling).all()):
+        return None
+    idx = torch.arange(count)
+    first = torch.where(v, idx[:, None], count).min(dim=0).values  # count: never
+    last = torch.where(v, idx[:, None], -1).max(dim=0).values
+    flip = ~rising  # strictly falling somewhere: bit = dot <= d[last]
+    t_rise = (-k + step * first).to(torch.float32)  # bit = dot >= t_rise (k + step: never)
+    t_fall = (-k + step * last).to(torch.float32)  # (-k - step: never)
+    return flip, torch.where(flip, t_fall, -t_rise)  # output dot - t_rise, or -dot + t_fall
+
+
+def _fold_batchnorm_conv(qa: QuantConv2d, bn: nn.BatchNorm2d, qb: QuantConv2d, threads,
+                         threshold=None) -> nn.Module | None:
+    """The conv twin of :func:`_fold_batchnorm`: ``qa`` (W1A1) → ``BatchNorm2d`` → ``qb``
+    (W1A1) as a ``BinaryConv2d`` outputting ``dot - T`` per channel, binarized at 0 by ``qb``.
+
+    ``qb`` pads its *binarized* input (with its own ``pad_value``), so its padding is
+    unaffected. With zero padding, border outputs sum fewer taps, so every integer in
+    ``[-K, K]`` (K = KH·KW·Cin/groups) is a candidate dot, not only those of K's parity.
+    PyTorch's CPU BatchNorm rounds differently by layout (one ``x * a + b`` loop for NCHW
+    images, another for 1x1 images, another for channels_last; an exact tie came out as
+    -3e-8 in the NCHW loop and 0 in the 1x1 one here), so the eval-mode ops run on the dot
+    values in each of those three layouts, and the fold is declined (the BatchNorm kept)
+    unless all three give the same bits — then the folded bits are those of the training
+    forward whatever the input's spatial size and memory layout. (Within one layout the rounding does not depend
+    on the position — PyTorch's NCHW loop applies one vector formula to main part and tail
+    alike; a test checks it on a shifted crop.)
+    """
+    if not (isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.running_mean is not None
+            and bn.num_features == qa.out_channels and _is_w1a1_conv(qb) and qb.in_channels == qa.out_channels
+            and not bn.training and not qa.training and not qb.training):
+        return None
+    kh, kw = qa.kernel_size
+    k, n = kh * kw * (qa.in_channels // qa.groups), qa.out_channels
+    step = 1 if qa.pad_value == 0 and any(qa.explicit_padding()) else 2
+
+    def seen(d):
+        y = d.view(1, 1, -1, 1).expand(1, n, -1, 1).contiguous()  # (1, C, D, 1): NCHW, D-pixel image
+        z = qb.input_quantizer(bn(qa._epilogue(y)))[0, :, :, 0].T
+        y1 = d.view(-1, 1, 1, 1).expand(-1, n, 1, 1).contiguous()  # (D, C, 1, 1): 1x1 images
+        z1 = qb.input_quantizer(bn(qa._epilogue(y1)))[:, :, 0, 0]
+        ycl = y.expand(1, n, -1, 2).contiguous(memory_format=torch.channels_last)
+        zcl = qb.input_quantizer(bn(qa._epilogue(ycl)))[0, :, :, 0].T
+        if not (torch.equal(z > 0, z1 > 0) and torch.equal(z > 0, zcl > 0)):
+            return torch.full_like(z, float("nan"))  # the layouts disagree: no fold
+        return z
+
+    found = _fold_thresholds(k, n, step, seen)
+    if found is None:
+        return None
+    flip, bias = found
+    w = qa.weight.detach().to("cpu", torch.float32)
+    if torch.isnan(w).any():
+        return None
+    w = w.permute(0, 2, 3, 1).numpy()
+    bits = tk.pack_conv_weights(w, scale=None).bits.copy()  # (the packed weights are read-only)
+    f = flip.numpy()
+    if f.any():  # invert those output channels' bits: dot' = -dot (a ±1 pad tap flips too, 0 stays 0)
+        ones = tk.pack_conv_weights(np.ones((1,) + w.shape[1:], np.float32), scale=None).bits[0]
+        bits[f] = bits[f] ^ ones
+    return _convert_conv(qa, "float32", threads, threshold=threshold, bits=bits, bias=bias, scale=None)
+
+
 def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Module:
     if isinstance(module, QuantLinear):
         return _convert_linear(module, activations, threads)
@@ -585,15 +702,19 @@ def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Mod
         child = module._modules[name]
         if child is None:
             continue
-        if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and _is_w1a1(child):
+        if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and (_is_w1a1(child)
+                                                                                  or _is_w1a1_conv(child)):
             bn, nxt = module._modules[names[i + 1]], module._modules[names[i + 2]]
-            folded = _fold_batchnorm(child, bn, nxt, threads, 0.0 if name in zero_threshold else None)
+            fold_fn = _fold_batchnorm if _is_w1a1(child) else _fold_batchnorm_conv
+            folded = fold_fn(child, bn, nxt, threads, 0.0 if name in zero_threshold else None)
             if folded is not None:
                 module._modules[name] = folded
                 module._modules[names[i + 1]] = nn.Identity()
                 zero_threshold.add(names[i + 2])
                 continue
-        if name in zero_threshold:
+        if name in zero_threshold and isinstance(child, QuantConv2d):
+            new = _convert_conv(child, activations, threads, threshold=0.0)
+        elif name in zero_threshold:
             new = _convert_linear(child, activations, threads, threshold=0.0)
         else:
             new = _convert(child, activations, threads, fold)
@@ -628,8 +749,16 @@ def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: b
     Everything else (other BatchNorms, activations, a standalone SignQuantizer, ...) is kept
     as is, so its eval output is unchanged; a BatchNorm after a W1A1 layer sees bit-identical
     inputs.
-    ``QuantConv2d`` needs ``BinaryConv2d`` (DESIGN §10) and raises ``NotImplementedError``
-    until that exists.
+    Every :class:`QuantConv2d` with a :class:`SignQuantizer` input (``channel_dim=1``, W1A1)
+    becomes a :class:`~takane_kernels.torch.BinaryConv2d` with the quantizer's current float32
+    thresholds, the same ``pad_value``, stride, padding, dilation and groups, the forward's
+    own float32 mean |W| scale (or none) and bias — outputs bit-identical to the training
+    model's eval outputs on every ISA (NCHW shape, channels_last memory). A W1A1
+    ``QuantConv2d`` → ``BatchNorm2d`` → W1A1 ``QuantConv2d`` run is folded like the linear one
+    (with zero padding every integer dot in ``[-K, K]`` is a candidate; the fold is declined,
+    the BatchNorm kept, if PyTorch's layout-specific BatchNorm loops would give different
+    bits). A weight-only ``QuantConv2d`` (no input quantizer) raises ``NotImplementedError``:
+    the library has no convolution kernel for float activations.
 
     The guarantees are for float32 models (PyTorch's default; the kernels compute in float32):
     a model trained in another dtype converts with its parameters rounded to float32.

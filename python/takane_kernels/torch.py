@@ -398,6 +398,9 @@ class BinaryConv2d(_Registered):
             "format": "takane_kernels.BinaryConv2d", "version": 1, "in_channels": w.in_channels,
             "bits": torch.from_numpy(w.bits.view(np.int64).copy()),
             "scale": None if w.scale is None else torch.from_numpy(w.scale.copy()),
+            # the input threshold (e.g. a converted SignQuantizer's): float64, 0-d or (Cin,);
+            # optional when loading (a state saved without it keeps the module's own)
+            "threshold": torch.as_tensor(np.asarray(self.threshold, dtype=np.float64)).clone(),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -410,6 +413,11 @@ class BinaryConv2d(_Registered):
         weights = tk.PackedConvWeights(bits, int(state["in_channels"]), scale=scale)
         if weights.bits.shape != self.weights.bits.shape or weights.in_channels != self.weights.in_channels:
             raise ValueError(f"state holds {weights!r}, this module {self.weights!r}")
+        if state.get("threshold") is not None:
+            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
+            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (self.in_channels,)) or not np.all(np.isfinite(t)):
+                raise ValueError(f"state's threshold must be finite, a scalar or ({self.in_channels},), got shape {t.shape}")
+            self.threshold = float(t) if t.ndim == 0 else t
         self.weights = weights
 
     def extra_repr(self) -> str:
