@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -118,10 +119,14 @@ def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys, tmp_path):
         _llm.main(["--gguf", str(empty), "--threads", "1"])
 
 
+# under user-mode qemu (.ci/aarch64.sh) the host cannot exec the aarch64 interpreter itself
+EMULATOR = shlex.split(os.environ.get("TAKANE_TEST_EMULATOR", ""))
+
+
 def run_cli(*args, env_update=None):
     env = {k: v for k, v in os.environ.items() if k != "TAKANE_LLAMA_CPP"}
     env.update(env_update or {})
-    proc = subprocess.run([sys.executable, "-m", "takane_kernels", "llm", *TINY, "--tokens", "2", "--prefill", "4",
+    proc = subprocess.run([*EMULATOR, sys.executable, "-m", "takane_kernels", "llm", *TINY, "--tokens", "2", "--prefill", "4",
                            "--budget", "0.2", "--dram-mb", "8", "--json", *args],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -151,7 +156,7 @@ def test_llama_cpp_needs_whole_q1_0_blocks(tmp_path):
 def test_cli_table_and_missing_llama_cpp(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TAKANE_LLAMA_CPP"}
     env["TAKANE_LLAMA_CPP"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "takane_kernels", "llm", *TINY, "--threads", "1", "--modes", "w1a1",
+    proc = subprocess.run([*EMULATOR, sys.executable, "-m", "takane_kernels", "llm", *TINY, "--threads", "1", "--modes", "w1a1",
                            "--tokens", "2", "--prefill", "0", "--budget", "0.2", "--dram-mb", "8"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
