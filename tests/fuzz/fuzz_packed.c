@@ -393,6 +393,8 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
             }
     }
     free(x), free(g), free(w), free(y);
+}
+
 /* ---- GGUF Q1_0 ------------------------------------------------------------------------- */
 
 /* fp16 bits -> value, by the definition (double arithmetic, exact). */
@@ -497,6 +499,7 @@ static void fuzz_q1_0(cursor *c, int64_t n, int64_t k) {
         free(out);
     }
     free(q), free(bits), free(g);
+}
 
 /* bit c of a packed pixel (channels canonical) as +-1 */
 static int sgn(const uint64_t *px, int64_t c) { return (px[c / 64] >> (c % 64)) & 1 ? 1 : -1; }
