@@ -19,7 +19,7 @@ static takane_status check_dims(int64_t m, int64_t n, int64_t k, int32_t threads
 /* TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. Branch-free
  * over chunks (the exponent bits all ones means inf or NaN), so the compiler vectorizes
  * it: group scales are N * K / G floats per call. */
-static takane_status check_finite(const float *v, int64_t len) {
+takane_status takane_check_finite(const float *v, int64_t len) {
     if (!v) return TAKANE_OK;
     for (int64_t i = 0; i < len; i += 4096) {
         const int64_t end = len - i < 4096 ? len : i + 4096;
@@ -35,7 +35,7 @@ static takane_status check_finite(const float *v, int64_t len) {
 }
 
 /* A threshold array of len 1 or `full`, without NaN (NULL allowed when may_be_null). */
-static takane_status check_threshold(const float *t, int64_t len, int64_t full, int may_be_null) {
+takane_status takane_check_threshold(const float *t, int64_t len, int64_t full, int may_be_null) {
     if (!t) return may_be_null ? TAKANE_OK : TAKANE_ERR_NULL_POINTER;
     if (len != 1 && len != full) return TAKANE_ERR_BAD_THRESHOLD_LEN;
     for (int64_t i = 0; i < len; i++)
@@ -64,8 +64,8 @@ static takane_status check_linear(int64_t m, int64_t n, int64_t k, const void *x
     if (!y || (k > 0 && (!x || (!pw && !w)))) return TAKANE_ERR_NULL_POINTER;
     /* a handle's padding was checked when it was created */
     if (!pw && (st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
-    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
-    return check_finite(bias, n);
+    if ((st = takane_check_finite(scale, n)) != TAKANE_OK) return st;
+    return takane_check_finite(bias, n);
 }
 
 static takane_status run_linear(takane_linear_args *a) {
@@ -94,8 +94,8 @@ static takane_status linear_packed(const takane_weights *pw, int64_t m, int64_t 
                                     y_len, threads, &empty);
     if (st != TAKANE_OK || empty) return st;
     if ((st = takane_check_padding(m, k, x, x_row_stride)) != TAKANE_OK) return st;
-    if ((st = check_finite(row_scale, m)) != TAKANE_OK) return st;
-    if (bits && (st = check_threshold(out_t, out_t_len, n, 0)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(row_scale, m)) != TAKANE_OK) return st;
+    if (bits && (st = takane_check_threshold(out_t, out_t_len, n, 0)) != TAKANE_OK) return st;
     takane_linear_args a = {0};
     a.m = m, a.n = n, a.k = k;
     a.xb = x, a.xbs = x_row_stride;
@@ -123,9 +123,9 @@ static takane_status linear_f32(const takane_weights *pw, int64_t m, int64_t n, 
                                     bits ? (const void *)yb : (const void *)y, y_row_stride,
                                     y_len, threads, &empty);
     if (st != TAKANE_OK) return st;
-    if ((st = check_threshold(threshold, threshold_len, k, 1)) != TAKANE_OK) return st;
+    if ((st = takane_check_threshold(threshold, threshold_len, k, 1)) != TAKANE_OK) return st;
     if (empty) return TAKANE_OK;
-    if (bits && (st = check_threshold(out_t, out_t_len, n, 0)) != TAKANE_OK) return st;
+    if (bits && (st = takane_check_threshold(out_t, out_t_len, n, 0)) != TAKANE_OK) return st;
     takane_linear_args a = {0};
     a.m = m, a.n = n, a.k = k;
     a.float_x = 1;
@@ -194,9 +194,9 @@ takane_status takane_binary_weight_matmul(int64_t m, int64_t n, int64_t k, const
     if (m == 0 || n == 0) return TAKANE_OK;
     if (!y || (k > 0 && (!x || !w))) return TAKANE_ERR_NULL_POINTER;
     if ((st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
-    if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
-    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
-    if ((st = check_finite(bias, n)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(in_scale, k)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(scale, n)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(bias, n)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
     st = takane_wfloat_run(ks, m, n, k, x, x_row_stride, w, w_row_stride, in_scale, scale, bias,
@@ -277,9 +277,9 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
         return TAKANE_ERR_BAD_STRIDE;
     if (m == 0 || n == 0) return TAKANE_OK;
     if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
-    if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
-    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
-    if ((st = check_finite(bias, n)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(in_scale, k)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(scale, n)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(bias, n)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
     st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale, NULL, 0,
@@ -308,11 +308,11 @@ static takane_status check_ex(int64_t m, int64_t n, int64_t k, const float *x,
     *empty = m == 0 || n == 0;
     if (*empty) return TAKANE_OK;
     if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
-    if ((st = check_finite(in_scale, k)) != TAKANE_OK) return st;
-    if ((st = check_finite(scale, n)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(in_scale, k)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(scale, n)) != TAKANE_OK) return st;
     /* group scales are checked while they are read (wq8.c, wfloat.c): a separate pass
      * over N * K / G floats cost ~10% of a GEMV */
-    return check_finite(bias, n);
+    return takane_check_finite(bias, n);
 }
 
 static takane_status run_ex(const takane_weights *w, int64_t m, const float *x,

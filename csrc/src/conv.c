@@ -532,21 +532,6 @@ static void pack_task(void *ctx, int64_t task) {
     }
 }
 
-static takane_status check_finite(const float *v, int64_t len) {
-    if (v)
-        for (int64_t i = 0; i < len; i++)
-            if (!isfinite(v[i])) return TAKANE_ERR_NOT_FINITE;
-    return TAKANE_OK;
-}
-
-static takane_status check_threshold(const float *t, int64_t len, int64_t full, int may_be_null) {
-    if (!t) return may_be_null ? TAKANE_OK : TAKANE_ERR_NULL_POINTER;
-    if (len != 1 && len != full) return TAKANE_ERR_BAD_THRESHOLD_LEN;
-    for (int64_t i = 0; i < len; i++)
-        if (t[i] != t[i]) return TAKANE_ERR_NAN;
-    return TAKANE_OK;
-}
-
 static const float zero_threshold = 0.0f;
 
 /* Every conv entry point: validate, pack float input, run the tasks. */
@@ -561,16 +546,16 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
     if (st != TAKANE_OK) return st;
     if (threads < 0) return TAKANE_ERR_BAD_THREADS;
     const int64_t cin = w->cin_g * w->groups, cw = takane_words_for(cin), cout = w->cout;
-    if (xf && (st = check_threshold(t, t_len, cin, 1)) != TAKANE_OK) return st;
+    if (xf && (st = takane_check_threshold(t, t_len, cin, 1)) != TAKANE_OK) return st;
     if (geo->batch == 0) return TAKANE_OK;
     const int64_t npix = geo->batch * geo->in_h * geo->in_w; /* each <= 2^31: may overflow */
     if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cin > 9.0e18 ||
         (double)geo->batch * (double)ho * (double)wo * (double)cout > 9.0e18)
         return TAKANE_ERR_BAD_GEOMETRY; /* no buffer of that many elements can exist */
     if ((!xb && !xf) || (bits ? !yb : !y)) return TAKANE_ERR_NULL_POINTER;
-    if (bits && (st = check_threshold(out_t, out_t_len, cout, 0)) != TAKANE_OK) return st;
-    if ((st = check_finite(scale, cout)) != TAKANE_OK) return st;
-    if ((st = check_finite(bias, cout)) != TAKANE_OK) return st;
+    if (bits && (st = takane_check_threshold(out_t, out_t_len, cout, 0)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(scale, cout)) != TAKANE_OK) return st;
+    if ((st = takane_check_finite(bias, cout)) != TAKANE_OK) return st;
     if (xb && (st = takane_check_padding(npix, cin, xb, cw)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;

@@ -227,6 +227,12 @@ TAKANE_DECLARE_LAYER_KERNELS(avx2)
 TAKANE_DECLARE_LAYER_KERNELS(avx512)
 extern const takane_q8_ukernel takane_q8_ukernel_neon;
 
+/* api_layers.c: argument checks shared by the layer and convolution entry points.
+ * TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. */
+takane_status takane_check_finite(const float *v, int64_t len);
+/* A threshold array of len 1 or `full` without NaN (NULL allowed when may_be_null). */
+takane_status takane_check_threshold(const float *t, int64_t len, int64_t full, int may_be_null);
+
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);
 /* dispatch.c: remember which ISA the calling thread's compute call ran on. */

@@ -74,6 +74,21 @@ def _as_numpy(x: torch.Tensor) -> np.ndarray:
     return x.contiguous().numpy()
 
 
+def _init_threshold_bias(module: nn.Module, threshold, bias, n: int) -> None:
+    """The inference modules' common state: the activation threshold (a scalar as given, or a
+    float64 array; tensors detached to numpy), the bias as an owned float32 CPU buffer of
+    shape (n,), and the module's registry key for its custom op."""
+    if isinstance(threshold, torch.Tensor):
+        threshold = threshold.detach().cpu().numpy()
+    module.threshold = threshold if np.ndim(threshold) == 0 else np.array(threshold, dtype=np.float64)
+    if bias is not None:
+        bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    module.register_buffer("bias", bias)
+    _register(module)
+
+
 class BinaryLinear(nn.Module):
     """A linear layer with ±1 weights packed 64 per word, run by takane_kernels' C kernels.
 
@@ -105,15 +120,7 @@ class BinaryLinear(nn.Module):
         self.out_features = weights.n
         self.activation_scale = bool(activation_scale)
         self.threads = threads
-        if isinstance(threshold, torch.Tensor):
-            threshold = threshold.detach().cpu().numpy()
-        self.threshold = threshold if np.ndim(threshold) == 0 else np.array(threshold, dtype=np.float64)
-        if bias is not None:
-            bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
-            if bias.shape != (weights.n,):
-                raise ValueError(f"bias must have shape ({weights.n},), got {tuple(bias.shape)}")
-        self.register_buffer("bias", bias)
-        _register(self)
+        _init_threshold_bias(self, threshold, bias, weights.n)
 
     def __setstate__(self, state):  # a copy gets its own registry key
         super().__setstate__(state)
@@ -350,15 +357,7 @@ class BinaryConv2d(_Registered):
             raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
         self.pad_value = int(pad_value)
         self.threads = threads
-        if isinstance(threshold, torch.Tensor):
-            threshold = threshold.detach().cpu().numpy()
-        self.threshold = threshold if np.ndim(threshold) == 0 else np.array(threshold, dtype=np.float64)
-        if bias is not None:
-            bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
-            if bias.shape != (self.out_channels,):
-                raise ValueError(f"bias must have shape ({self.out_channels},), got {tuple(bias.shape)}")
-        self.register_buffer("bias", bias)
-        _register(self)
+        _init_threshold_bias(self, threshold, bias, self.out_channels)
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, *, threshold=0.0, pad_value=0, scale="mean_abs",
