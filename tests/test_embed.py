@@ -216,7 +216,7 @@ def test_library_exports_only_the_header_functions():
 # ---- examples/c against the installed package ----------------------------------------------
 
 EXPECTED_OUTPUT = re.compile(
-    # the version string may carry a build note, e.g. "0.1.0 (test build: avx512 kernels
+    # the version string may carry a build note, e.g. "0.2.0 (test build: avx512 kernels
     # emulated with SIMDe)" in the SIMDe CI build
     rf"takane_kernels {re.escape(tk.__version__)}\S*(?: \([^)]*\))? \(ABI {ABI}\), ISA \w+: "
     r"5x37x200 W1A1 matmul, W1A8 and conv match their naive loops; Q1_0 round trip exact")

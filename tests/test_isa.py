@@ -133,7 +133,7 @@ def test_bad_env_override_is_an_error_until_forced(bad):
 
 
 def test_version_and_paths():
-    assert tk.__version__ == "0.1.0"
+    assert tk.__version__ == "0.2.0"
     assert tk.version_info().startswith(tk.__version__)
     assert tk._lib.takane_abi_version() == tk._lib.TAKANE_ABI_VERSION == 1
     assert os.path.isfile(os.path.join(tk.get_include(), "takane", "takane.h"))

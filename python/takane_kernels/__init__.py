@@ -16,7 +16,7 @@ from ._q1_0 import from_q1_0, to_q1_0
 from ._conv import (PackedConvWeights, binary_conv2d, binary_max_pool2d, conv2d_output_size,
                     nchw_to_nhwc, nhwc_to_nchw, pack_conv_weights)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if _lib.takane_abi_version() != _lib.TAKANE_ABI_VERSION:  # pragma: no cover
     raise ImportError("takane_kernels: C library ABI does not match the bindings")

@@ -39,9 +39,9 @@ extern "C" {
 #endif
 
 #define TAKANE_VERSION_MAJOR 0
-#define TAKANE_VERSION_MINOR 1
+#define TAKANE_VERSION_MINOR 2
 #define TAKANE_VERSION_PATCH 0
-#define TAKANE_VERSION_STRING "0.1.0"
+#define TAKANE_VERSION_STRING "0.2.0"
 /* Compare with takane_abi_version() at run time to catch a header/library mismatch. */
 #define TAKANE_ABI_VERSION 1
 
@@ -97,7 +97,7 @@ typedef enum takane_isa {
 
 /* The library's TAKANE_ABI_VERSION. */
 TAKANE_API unsigned takane_abi_version(void);
-/* The library's TAKANE_VERSION_STRING, plus build notes, e.g. "0.1.0". Static storage. */
+/* The library's TAKANE_VERSION_STRING, plus build notes, e.g. "0.2.0". Static storage. */
 TAKANE_API const char *takane_version_string(void);
 /* A static, human-readable description of a status ("unknown status" if out of range). */
 TAKANE_API const char *takane_status_string(takane_status status);
