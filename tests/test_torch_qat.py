@@ -1038,12 +1038,12 @@ def test_torch_compile_of_a_converted_model():
     torch._dynamo.reset()
 
 
-def test_readme_qat_example_runs(tmp_path, monkeypatch):
-    readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+def test_docs_qat_example_runs(tmp_path, monkeypatch):
+    readme = pathlib.Path(__file__).resolve().parent.parent / "docs" / "guide" / "pytorch.md"
     if not readme.is_file():
-        pytest.skip("README.md is not next to tests/ (installed-package run)")
+        pytest.skip("docs/ is not next to tests/ (installed-package run)")
     blocks = re.findall(r"```python torch-qat\n(.*?)```", readme.read_text(), flags=re.S)
-    assert len(blocks) == 1, "README's 'Train with PyTorch, run on takane_kernels' example (```python torch-qat) is missing"
+    assert len(blocks) == 1, "docs/guide/pytorch.md's 'Train with PyTorch' example (```python torch-qat) is missing"
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(blocks[0], str(readme), "exec"), namespace)

@@ -117,7 +117,7 @@ class SignQuantizer(nn.Module):
 
     ``channel_dim``: ``-1`` for (..., channels) inputs (the seed's (batch, channels)), ``1`` for
     NCHW images (statistics over N, H, W). ``ste``: ``"seed"``, ``"clip"`` or ``"identity"``
-    (see :func:`binarize`). Output: ±1 in the input's dtype; ``+1`` where ``x >= t`` (the
+    (see ``binarize`` in this module). Output: ±1 in the input's dtype; ``+1`` where ``x >= t`` (the
     seed's ``torch.sign`` gives 0 at exact ties).
     """
 
@@ -390,7 +390,7 @@ class QuantConv2d(nn.Conv2d):
     ``y = conv(pad(x'), sign(W)) * s + bias`` with ``x'`` the input after ``input_quantizer``
     (a :class:`SignQuantizer` with ``channel_dim=1`` for W1A1), ``s[c]`` the mean |W| of
     output channel ``c`` (``scale="mean_abs"``, XNOR-Net) or none (``scale=None``).
-    ``pad_value`` is what a tap outside the image is (DESIGN §10): ``0`` contributes nothing
+    ``pad_value`` is what a tap outside the image is: ``0`` contributes nothing
     (PyTorch's zero padding), ``+1`` / ``-1`` a ±1 activation (binary CNNs that pad the
     binarized input, e.g. Larq's ``pad_values=1``). ``padding``: int, pair, ``"valid"`` or
     ``"same"`` (stride 1; an odd total puts the extra row/column at the bottom/right, as

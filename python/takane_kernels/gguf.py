@@ -301,7 +301,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
     """Write ``tensors`` and ``metadata`` as a GGUF file (version 3, little-endian) that
     llama.cpp can load; atomically (a temporary file renamed into place).
 
-    ``tensors``: name -> :class:`PackedWeights` (written as Q1_0 via :func:`to_q1_0`:
+    ``tensors``: name -> :class:`~takane_kernels.PackedWeights` (written as Q1_0 via :func:`~takane_kernels.to_q1_0`:
     K % 128 == 0, see there for scales) or a float32 / float16 numpy array (F32 / F16,
     1 to 4 dims, numpy axis order: an (N, K) array is GGUF ``ne = [K, N]``). Names are at
     most 63 UTF-8 bytes. ``arch`` is ``general.architecture`` (e.g. ``"llama"``).

@@ -67,6 +67,9 @@ def unpack_bits(bits, k, dtype=np.int8):
 
 
 def pack_weights(w, *, scale="mean_abs", in_scale=None, group_size=None):
+    """The oracle's :func:`takane_kernels.pack_weights`: the same signs and scales, computed
+    in float64 with plain numpy (``"mean_abs"``: per-row mean of |w|; ``"onebit"``: the
+    rank-1 SVD of |w|; ``group_size=G``: the mean of |w| over each run of G columns)."""
     w = _real(w, "w")
     if w.ndim != 2:
         raise ValueError("w must be 2-D")
@@ -263,14 +266,15 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
 
 
 def binary_weight_matmul_error_bound(x, w, bias=None, activations="float32"):
-    """The documented bound on |binary_weight_matmul - exact| per output, float64 (..., N).
+    """The documented bound on |binary_weight_matmul - exact| per output, float64 (..., N)::
 
-    float32: gamma(K + 3) * |scale[n]| * sum_k |x[k] * in_scale[k]| + gamma(2) * |bias[n]|,
-             with group scales gamma(K + 4) * |scale[n]| * sum_k |x[k] * in_scale[k] * g[n, k // G]|
-             + gamma(2) * |bias[n]|
-    q8_0:    gamma(nb + 4) * |scale[n]| * sum_b |d_b * g[n, 32b // G] * S_b|
-             + gamma(2) * |bias[n]|   (nb = ceil(K / 32) blocks; the quantization itself
-             is exact, it is part of the definition of the exact value)
+        float32: gamma(K + 3) * |scale[n]| * sum_k |x[k] * in_scale[k]| + gamma(2) * |bias[n]|,
+                 with group scales gamma(K + 4) * |scale[n]| * sum_k |x[k] * in_scale[k] * g[n, k // G]|
+                 + gamma(2) * |bias[n]|
+        q8_0:    gamma(nb + 4) * |scale[n]| * sum_b |d_b * g[n, 32b // G] * S_b|
+                 + gamma(2) * |bias[n]|   (nb = ceil(K / 32) blocks; the quantization itself
+                 is exact, it is part of the definition of the exact value)
+
     with u = 2**-24, gamma(j) = j u / (1 - j u), g = group_scale (1 when absent): every
     product and sum of a kernel is one float32 rounding, in any order (K terms per row, a
     group-scale and a row-scale product and the bias add; for q8_0 one term per block)."""

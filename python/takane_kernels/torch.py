@@ -26,7 +26,7 @@ Modes (``y`` has shape ``(..., out_features)``, float32):
   Q8_0, ``binary_weight_matmul(..., activations="q8_0")``): the layer of llama.cpp's Q1_0 x
   Q8_0 models. Within ``reference.binary_weight_matmul_error_bound(..., activations="q8_0")``.
 
-Group scales (one scale per row and group of G inputs, DESIGN §9):
+Group scales (one scale per row and group of G inputs):
 ``from_linear(linear, mode, group_size=128)`` packs them (the mean |W| of each group), and
 ``BinaryLinear.from_q1_0(data, k)`` builds a layer from llama.cpp Q1_0 blocks (the bits
 copied, ``group_size=128``), as do the PackedWeights of :func:`takane_kernels.gguf.load`:
