@@ -87,7 +87,7 @@ class Config:
     lr: float = 2e-3
     ft_lr: float = 1e-3
     seeds: int = 3
-    eval_windows: int = 128  # validation windows of `context` bytes (each predicts `context` bytes)
+    eval_windows: int = 256  # validation windows of `context` bytes (each predicts `context` bytes)
     check_windows: int = 2  # windows whose every 1-bit layer is checked on every ISA
     threads: int = 2  # torch threads for training and evaluation
     time_budget: float = 2.0  # seconds per latency cell (alternating rounds)
@@ -539,6 +539,7 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
 
     log = log or (lambda *a: None)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     chosen = [v for v in VARIANTS if variants is None or v.key in variants or v.key == "fp32"]
     needed = {v.reuse for v in chosen if v.reuse}
     chosen = [v for v in VARIANTS if v in chosen or v.key in needed]
@@ -616,7 +617,8 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
         log(f"  latency measured ({time.perf_counter() - t0:.0f} s)")
     meta = {"config": cfg.__dict__, "corpus": corpus, "isa": tk.isa.active(), "isas_checked": tk.isa.supported(),
             "torch": torch.__version__, "version": tk.__version__, "wall_s": time.perf_counter() - t_start,
-            "params": int(fp32_bytes // 4), "eval_bytes": int(len(chunks) * cfg.context)}
+            "params": int(fp32_bytes // 4), "eval_bytes": int(len(chunks) * cfg.context),
+            "loadavg_start_end": [load_start, os.getloadavg()[0]], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     report = {"meta": meta, "rows": rows}
     return (report, models) if return_models else report
 
