@@ -24,6 +24,10 @@ measures the 1-bit accuracy table (``takane_kernels._demo``; extra ``demo``).
 ``python -m takane_kernels llm [--gguf PATH] [--threads 1 2] [--json]`` times the linear
 layers of a 1-bit LLM, decode and prefill, against DRAM bandwidth and llama.cpp
 (``takane_kernels._llm``).
+
+``python -m takane_kernels lm [--seeds 3 --out DIR]`` trains a small byte-level language
+model and measures the 1-bit accuracy / memory / latency table on it (``takane_kernels._lm``;
+extra ``lm``).
 """
 
 from __future__ import annotations
@@ -303,6 +307,10 @@ def main(argv=None) -> int:
         from takane_kernels._llm import main as llm_main
 
         return llm_main(argv[1:])
+    if argv[:1] == ["lm"]:  # the 1-bit language-model table (python -m takane_kernels lm --help)
+        from takane_kernels._lm import main as lm_main
+
+        return lm_main(argv[1:])
     from takane_kernels._shapes import BENCH_SHAPES
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels", description=__doc__.split("\n")[0])
