@@ -496,11 +496,11 @@ def _train_seed(seed, chosen, data, epochs, ft_epochs, lr_fp, lr_bin, acc, agree
             checks[v.key] = check_reference(deployed, xte)
             if v.kind == "w1a1" and not check_training_match(model, deployed, xte):
                 raise AssertionError(f"{v.key}: the converted W1A1 layers differ from the training model's")
-            agree[v.key].append(float((pred == train_pred).float().mean()))
+            agree[v.key].append(int((pred == train_pred).sum()) / len(yte))  # exact fractions of 450
         else:
             pred = train_pred
             checks[v.key] = "PyTorch"
-        acc[v.key].append(float((pred == yte).float().mean()))
+        acc[v.key].append(int((pred == yte).sum()) / len(yte))
         if seed == 0:
             models[v.key] = (model, deployed)
         log(f"  seed {seed} {v.key:20s} test accuracy {acc[v.key][-1]:.4f}  ({time.perf_counter() - t0:.1f} s)")
