@@ -393,7 +393,7 @@ def check_reference(deployed: nn.Module, x) -> str:
             if not np.array_equal(y.numpy(), want):
                 raise AssertionError(f"layer {i}: BinaryLinear (w1a1) differs from reference.binary_linear")
             exact = True
-        else:
+        else:  # "w1a_float" (deploy converts with float32 activations: no "w1a8" layer)
             xn = xin.contiguous().numpy()
             err = np.abs(y.numpy().astype(np.float64) - ref.binary_weight_matmul(xn, m.weights, bias=bias))
             if not np.all(err <= ref.binary_weight_matmul_error_bound(xn, m.weights, bias=bias)):
