@@ -185,3 +185,9 @@ def test_command_writes_table_json_and_chart(tmp_path, capsys):
     if png.exists():  # matplotlib is part of the demo extra, but the table does not need it
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "table.md" in capsys.readouterr().out
+
+
+def test_without_torch_the_command_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(_demo, "torch", None)
+    with pytest.raises(SystemExit, match="needs PyTorch"):
+        _demo.main(["--seeds", "1", "--epochs", "1", "--no-timing", "--out", str(tmp_path)])
