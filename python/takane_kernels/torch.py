@@ -177,6 +177,8 @@ class BinaryLinear(nn.Module):
         _check_cpu_tensor(x, "BinaryLinear")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear: input has shape {tuple(x.shape)}, expected (..., {self.in_features})")
+        if _eager(x):
+            return self._compute(x.detach(), None if self.bias is None else self.bias.detach())
         # through the registered custom op: torch.compile / torch.export see one opaque node
         return torch.ops.takane.binary_linear(x.detach(), self.bias, self._takane_key)
 
@@ -281,6 +283,16 @@ def _module(key: int) -> nn.Module:
     return m
 
 
+def _eager(x: torch.Tensor) -> bool:
+    """True for a plain eager call: a plain tensor (no fake, functional or other subclass
+    tensor), no torch.compile / torch.export tracing, no dispatch mode (e.g. a FLOP counter)
+    watching. Then forward computes directly; the custom op's dispatch (~15 µs a call,
+    measured on Zen 4: as much as a small layer's kernel) buys nothing there. Otherwise the
+    call goes through the registered op, so tracers see one opaque node."""
+    return (type(x) is torch.Tensor and not torch.compiler.is_compiling()
+            and not torch._C._len_torch_dispatch_stack())
+
+
 def _check_cpu_tensor(x, name: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
@@ -379,6 +391,8 @@ class BinaryConv2d(_Registered):
         _check_cpu_tensor(x, "BinaryConv2d")
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"BinaryConv2d: input has shape {tuple(x.shape)}, expected (N, {self.in_channels}, H, W)")
+        if _eager(x):
+            return self._compute(x.detach(), None if self.bias is None else self.bias.detach())
         return torch.ops.takane.binary_conv2d(x.detach(), self.bias, self._takane_key)
 
     def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
