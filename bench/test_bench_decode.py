@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import takane_kernels as tk
-from takane_kernels._llm import dram_bandwidth
+from takane_kernels.programs.llm import dram_bandwidth
 
 STACK_BYTES = 256 * 2**20
 SHAPES = [(4096, 4096), (11008, 4096), (2048, 5632)]  # (N, K): square, LLaMA-7B FFN up, 1B FFN down

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import takane_kernels as tk
-from takane_kernels import _peers
+from takane_kernels.programs import peers as _peers
 from takane_kernels import reference as ref
 from takane_kernels._shapes import BENCH_SHAPES
 

@@ -29,7 +29,7 @@ pytest.importorskip("sklearn", reason='the demo needs scikit-learn: pip install 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from takane_kernels import _demo  # noqa: E402
+from takane_kernels.programs import demo as _demo  # noqa: E402
 from takane_kernels import reference as ref  # noqa: E402
 from takane_kernels.torch import BinaryConv2d, BinaryLinear, QuantConv2d  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""``python -m takane_kernels llm`` (takane_kernels._llm), on tiny shapes.
+"""``python -m takane_kernels llm`` (takane_kernels.programs.llm), on tiny shapes.
 
 The program's numbers are timings (never asserted); what is checked: the Llama shapes, the
 memory table's arithmetic, the bytes each mode streams, that every timed mode's first layer
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import takane_kernels as tk
-from takane_kernels import _llm
+from takane_kernels.programs import llm as _llm
 
 TINY = ["--hidden", "128", "--ffn", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
 

@@ -29,7 +29,7 @@ else:
 import torch  # noqa: E402
 
 import takane_kernels as tk  # noqa: E402
-from takane_kernels import _lm  # noqa: E402
+from takane_kernels.programs import lm as _lm  # noqa: E402
 from takane_kernels import reference as ref  # noqa: E402
 from takane_kernels.torch import BinaryLinear, QuantLinear, SignQuantizer  # noqa: E402
 
