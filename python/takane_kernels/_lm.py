@@ -678,7 +678,7 @@ def markdown(report) -> str:
     cp = m["corpus"]
     blin = 12 * c["width"] ** 2 * c["layers"]
     out += ["", (
-        f"Byte-level decoder-only transformer: {c['layers']} layers, width {c['width']}, {c['heads']} heads, "
+        f"Byte-level decoder-only transformer: {c['layers']} layer{'s' if c['layers'] > 1 else ''}, width {c['width']}, {c['heads']} heads, "
         f"MLP {4 * c['width']} (GELU), RMSNorm, rotary positions, context {c['context']}, "
         f"{m['params']:,} parameters ({blin:,} in the block linears; float32 embedding, head and norms "
         f"{m['params'] - blin:,}). Data: the {cp['files']} standard-library `.py` files of Python {cp['python']} "
@@ -714,15 +714,16 @@ def plot(report, path):
     timed = any("decode_s" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(14 if timed else 8, 5.5), squeeze=False)
     ax = axes[0, 0]
-    for r in rows:
+    markers = "os^vD<>Pp*Xh"
+    for j, r in enumerate(rows):  # variants of equal size overlap: a legend, not annotations
         color = "#555555" if r["bytes"]["one_bit"] == 0 else "#c44e52" if r["key"].startswith("w1a1") else "#4c72b0"
-        ax.errorbar(r["bytes"]["total"] / 1e6, 100 * r["acc_mean"], yerr=100 * r["acc_std"], fmt="o",
-                    color=color, capsize=3)
-        ax.annotate(f"{r['item']} {r['key']}", (r["bytes"]["total"] / 1e6, 100 * r["acc_mean"]), fontsize=7,
-                    xytext=(5, 3), textcoords="offset points")
+        ax.errorbar(r["bytes"]["total"] / 1e6, 100 * r["acc_mean"], yerr=100 * r["acc_std"], fmt=markers[j % 12],
+                    color=color, capsize=3, alpha=0.85, label=f"{r['item']} {r['key']}")
     ax.set_xscale("log")
+    ax.legend(fontsize=7, loc="best")
+    seeds = report["meta"]["config"]["seeds"]
     ax.set_xlabel("whole-model bytes (MB, log; embedding and head float32)")
-    ax.set_ylabel(f"validation next-byte top-1 accuracy, % (mean ± std, {report['meta']['config']['seeds']} seeds)")
+    ax.set_ylabel(f"validation next-byte top-1 accuracy, % (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
     ax.set_title("1-bit byte-level LM on the Python stdlib: accuracy vs memory", fontsize=10)
     if timed:
         ax2 = axes[0, 1]
@@ -730,7 +731,8 @@ def plot(report, path):
         ys = np.arange(len(timed_rows))[::-1]
         ax2.barh(ys + 0.2, [r["decode_fp32_s"] / r["decode_s"] for r in timed_rows], 0.4, label="decode step",
                  color="#dd8452")
-        ax2.barh(ys - 0.2, [r["prefill_fp32_s"] / r["prefill_s"] for r in timed_rows], 0.4, label="prefill 128",
+        ax2.barh(ys - 0.2, [r["prefill_fp32_s"] / r["prefill_s"] for r in timed_rows], 0.4,
+                 label=f"prefill {report['meta']['config']['prefill']}",
                  color="#55a868")
         ax2.axvline(1.0, color="k", lw=1, ls="--")
         ax2.set_yticks(ys, [f"{r['item']} {r['key']}" for r in timed_rows], fontsize=8)
