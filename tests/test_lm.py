@@ -62,9 +62,11 @@ def test_every_variant_is_produced_and_measured(reduced):
         assert 0.0 <= r["acc_mean"] <= 1.0 and 0.0 < r["bpb_mean"] < 12.0
         assert r["acc_rel_fp32"] == pytest.approx(r["acc_mean"] / rows["fp32"]["acc_mean"])
         assert r["perplexity"] == pytest.approx(2 ** r["bpb_mean"])
-        if key != "fp32":  # every 1-bit variant: timed against FP32 and checked
+        if key not in ("fp32", "fp32_ft"):  # every 1-bit variant: timed against FP32 and checked
             assert r["decode_s"] > 0 and r["decode_fp32_s"] > 0 and r["prefill_s"] > 0 and r["prefill_fp32_s"] > 0
             assert r["check"]["isas"] == tk.isa.supported()
+    assert "decode_s" not in rows["fp32_ft"] and rows["fp32_ft"]["check"] is None  # the float control
+    assert rows["fp32_ft"]["bytes"] == rows["fp32"]["bytes"] and len(rows["fp32_ft"]["train_loss_first_last"]) == 1
     assert rows["fp32"]["acc_mean"] > 0.1  # a few steps already learn the frequent bytes (chance: 1/256)
     n = TINY.layers
     for key in ("ptq_naive", "ptq_group", "ptq_onebit", "qat_onebit"):
@@ -81,7 +83,10 @@ def test_every_variant_is_produced_and_measured(reduced):
 
 def test_variants_train_what_they_say(reduced):
     _, models = reduced
-    for v in _lm.VARIANTS[1:]:
+    assert not any(isinstance(m, (QuantLinear, BinaryLinear)) for m in models["fp32_ft"][1].modules())
+    for v in _lm.VARIANTS:
+        if v.scale is None:
+            continue
         trained, deployed = models[v.key]
         quant = [m for m in trained.modules() if isinstance(m, QuantLinear)]
         assert len(quant) == 6 * TINY.layers and all(m.scale == v.scale for m in quant), v.key
@@ -104,7 +109,7 @@ def test_deployed_layers_match_reference_on_every_isa(reduced, val, on_isa, isa_
     _, models = reduced
     chunks = _lm.eval_windows(val, TINY, 3)
     for key, (trained, deployed) in models.items():
-        if key == "fp32":
+        if key in ("fp32", "fp32_ft"):
             continue
         inputs = {}
         hooks = [m.register_forward_hook(lambda m, a, o, name=name: inputs.__setitem__(name, a[0].detach().clone()))

@@ -16,6 +16,9 @@ output head, no biases). Variants (every linear layer of the blocks is 1-bit unl
 stated; the embedding, the head and the norms stay float32 and are counted in the bytes):
 
 1. ``fp32``: trained from scratch in PyTorch (the reference; evaluated in PyTorch float32).
+   ``fp32_ft`` (a control, not 1-bit): the FP32 model given the fine-tune of 4 and 5 (same
+   steps, learning rate and distillation from the FP32 model), so that what the extra steps
+   alone buy is visible next to the 1-bit fine-tunes.
 2. ``ptq_naive``: post-training sign(W) x per-row mean |W| (``QuantLinear(scale="mean_abs")``
    from the FP32 weights, no retraining).
 3. ``ptq_group`` / ``ptq_onebit``: post-training group scales (Q1_0 style, one mean |W| per
@@ -99,7 +102,7 @@ class Variant:
     key: str
     label: str
     item: str  # the issue's numbering
-    source: str  # "train" | "ptq" | "finetune" | "reuse"
+    source: str  # "train" | "ptq" | "finetune" | "reuse" | "control"
     scale: str | None = None  # QuantLinear scale for every block linear
     act: str | None = None  # SignQuantizer on the MLP inputs: "zero" | "adaptive" | "centred"
     activations: str = "float32"  # convert(): "float32" | "q8_0"
@@ -107,7 +110,7 @@ class Variant:
 
     @property
     def mode(self) -> str:
-        if self.key == "fp32":
+        if self.scale is None:
             return "PyTorch float32"
         lin = "w1a8" if self.activations == "q8_0" else "w1a_float"
         return f"{lin} attn + w1a1 MLP" if self.act else lin
@@ -115,6 +118,8 @@ class Variant:
 
 VARIANTS = [
     Variant("fp32", "FP32 (PyTorch)", "1", "train"),
+    Variant("fp32_ft", "FP32 + the fine-tune of 4 and 5 (control: the same extra steps, float)", "1",
+            "control"),
     Variant("ptq_naive", "naive post-training 1-bit: sign(W)·mean|W| per row", "2", "ptq", "mean_abs"),
     Variant("ptq_group", "post-training group scales (G = 128, Q1_0 style)", "3", "ptq", "group"),
     Variant("ptq_onebit", "post-training OneBit row × column scales (SVID)", "3", "ptq", "onebit"),
@@ -315,7 +320,7 @@ def train(model, data: np.ndarray, cfg: Config, steps: int, lr: float, seed: int
     """AdamW (betas 0.9/0.95, no weight decay), linear warm-up over min(100, steps/10) steps,
     cosine decay to 10%, gradient norm clipped at 1, random windows of ``context + 1`` bytes.
     With ``teacher``: + KL(teacher || model) on the logits (distillation). Returns the mean
-    loss of the first and last 10% of the steps."""
+    loss of the first and last 10% of the steps (None for 0 steps)."""
     torch = _torch()
     import torch.nn.functional as F
 
@@ -356,6 +361,8 @@ def train(model, data: np.ndarray, cfg: Config, steps: int, lr: float, seed: int
             log(f"    {tag} step {step + 1}/{steps} loss {np.mean(losses[-20:]):.3f} "
                 f"({(time.perf_counter() - t0) / (step + 1) * 1e3:.0f} ms/step)")
     model.eval()
+    if not losses:
+        return None
     tenth = max(1, steps // 10)
     return float(np.mean(losses[:tenth])), float(np.mean(losses[-tenth:]))
 
@@ -568,6 +575,12 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
                 t0 = time.perf_counter()
                 if v.key == "fp32":
                     q, deployed = fp32, fp32
+                elif v.source == "control":
+                    q = deployed = copy.deepcopy(fp32)
+                    torch.manual_seed(1000 * seed + i)
+                    losses[v.key].append(train(q, train_data, cfg, cfg.ft_steps, cfg.ft_lr, 1000 * seed + i,
+                                               teacher=fp32, log=log, tag=f"seed {seed} {v.key}"))
+                    train_s[v.key].append(time.perf_counter() - t0)
                 else:
                     if v.source == "reuse":
                         q = trained[v.reuse]
@@ -582,7 +595,7 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
                     trained[v.key] = q
                     train_s[v.key].append(time.perf_counter() - t0)
                     deployed = convert(q, activations=v.activations)
-                    checks[v.key] = check_layers(deployed, q, check_chunks)
+                    checks[v.key] = dict(check_layers(deployed, q, check_chunks), seeds=seed + 1)
                 a, b = evaluate(deployed, chunks)
                 acc[v.key].append(a)
                 bpb[v.key].append(b)
@@ -611,7 +624,8 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
     if timing:
         t0 = time.perf_counter()
         prompt = val[:cfg.prefill + 1]
-        lat = latency({k: d for k, (_, d) in models.items()}, "fp32", cfg, prompt, cfg.time_budget)
+        timed = {v.key: models[v.key][1] for v in chosen if v.key == "fp32" or v.scale is not None}
+        lat = latency(timed, "fp32", cfg, prompt, cfg.time_budget)
         for r in rows:
             r.update(lat.get(r["key"], {}))
         log(f"  latency measured ({time.perf_counter() - t0:.0f} s)")
@@ -647,7 +661,7 @@ def markdown(report) -> str:
     out = [head, sep]
     for r in report["rows"]:
         b = r["bytes"]
-        fp32 = r["key"] == "fp32"
+        fp32 = b["one_bit"] == 0
         line = (f"| {r['item']} | {r['label'].replace('|', chr(92) + '|')} | {r['mode']} | {100 * r['acc_mean']:.2f}% ± {100 * r['acc_std']:.2f} "
                 f"| {100 * r['acc_rel_fp32']:.1f}% | {r['bpb_mean']:.3f} ± {r['bpb_std']:.3f} "
                 f"| {r['bpb_rel_fp32']:.2f}x | {r['perplexity']:.2f} "
@@ -659,19 +673,19 @@ def markdown(report) -> str:
                          f"| {_ms(r['prefill_s'])} / {_ms(r['prefill_fp32_s'])} "
                          f"({r['prefill_fp32_s'] / r['prefill_s']:.2f}x) |")
             else:
-                line += " (reference) | (reference) |"
+                line += " (reference) | (reference) |" if r["key"] == "fp32" else " — | — |"
         out.append(line)
     cp = m["corpus"]
     blin = 12 * c["width"] ** 2 * c["layers"]
     out += ["", (
-        f"Byte-level decoder-only transformer: {c['layers']} layers, width {c['width']}, {c['heads']} heads, "
+        f"Byte-level decoder-only transformer: {c['layers']} layer{'s' if c['layers'] > 1 else ''}, width {c['width']}, {c['heads']} heads, "
         f"MLP {4 * c['width']} (GELU), RMSNorm, rotary positions, context {c['context']}, "
         f"{m['params']:,} parameters ({blin:,} in the block linears; float32 embedding, head and norms "
         f"{m['params'] - blin:,}). Data: the {cp['files']} standard-library `.py` files of Python {cp['python']} "
         f"(tests excluded), split by file: {cp['train_bytes']:,} training bytes ({cp['train_files']} files), "
         f"{cp['val_bytes']:,} validation bytes ({cp['val_files']} files; sha256 {cp['sha256'][:12]}…). "
         f"FP32: {c['steps']} steps of {c['batch']} × {c['context']} bytes, AdamW, lr {c['lr']:g}, cosine; every "
-        f"fine-tune (4, 5): {c['ft_steps']} steps from the FP32 model, lr {c['ft_lr']:g}, cross-entropy + KL to the "
+        f"fine-tune (4, 5 and the FP32 control): {c['ft_steps']} steps from the FP32 model, lr {c['ft_lr']:g}, cross-entropy + KL to the "
         f"FP32 logits, straight-through estimators (weights: clipped at |w| ≤ 1; activations: the seed's). "
         f"Evaluated on {c['eval_windows']} validation windows ({m['eval_bytes']:,} predicted bytes, "
         f"contexts 1–{c['context']}); 1-bit variants on our kernels (`convert()` → `BinaryLinear`), every 1-bit "
@@ -700,15 +714,16 @@ def plot(report, path):
     timed = any("decode_s" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(14 if timed else 8, 5.5), squeeze=False)
     ax = axes[0, 0]
-    for r in rows:
-        color = "#555555" if r["key"] == "fp32" else "#c44e52" if r["key"].startswith("w1a1") else "#4c72b0"
-        ax.errorbar(r["bytes"]["total"] / 1e6, 100 * r["acc_mean"], yerr=100 * r["acc_std"], fmt="o",
-                    color=color, capsize=3)
-        ax.annotate(f"{r['item']} {r['key']}", (r["bytes"]["total"] / 1e6, 100 * r["acc_mean"]), fontsize=7,
-                    xytext=(5, 3), textcoords="offset points")
+    markers = "os^vD<>Pp*Xh"
+    for j, r in enumerate(rows):  # variants of equal size overlap: a legend, not annotations
+        color = "#555555" if r["bytes"]["one_bit"] == 0 else "#c44e52" if r["key"].startswith("w1a1") else "#4c72b0"
+        ax.errorbar(r["bytes"]["total"] / 1e6, 100 * r["acc_mean"], yerr=100 * r["acc_std"], fmt=markers[j % 12],
+                    color=color, capsize=3, alpha=0.85, label=f"{r['item']} {r['key']}")
     ax.set_xscale("log")
+    ax.legend(fontsize=7, loc="best")
+    seeds = report["meta"]["config"]["seeds"]
     ax.set_xlabel("whole-model bytes (MB, log; embedding and head float32)")
-    ax.set_ylabel(f"validation next-byte top-1 accuracy, % (mean ± std, {report['meta']['config']['seeds']} seeds)")
+    ax.set_ylabel(f"validation next-byte top-1 accuracy, % (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
     ax.set_title("1-bit byte-level LM on the Python stdlib: accuracy vs memory", fontsize=10)
     if timed:
         ax2 = axes[0, 1]
@@ -716,7 +731,8 @@ def plot(report, path):
         ys = np.arange(len(timed_rows))[::-1]
         ax2.barh(ys + 0.2, [r["decode_fp32_s"] / r["decode_s"] for r in timed_rows], 0.4, label="decode step",
                  color="#dd8452")
-        ax2.barh(ys - 0.2, [r["prefill_fp32_s"] / r["prefill_s"] for r in timed_rows], 0.4, label="prefill 128",
+        ax2.barh(ys - 0.2, [r["prefill_fp32_s"] / r["prefill_s"] for r in timed_rows], 0.4,
+                 label=f"prefill {report['meta']['config']['prefill']}",
                  color="#55a868")
         ax2.axvline(1.0, color="k", lw=1, ls="--")
         ax2.set_yticks(ys, [f"{r['item']} {r['key']}" for r in timed_rows], fontsize=8)
