@@ -373,3 +373,35 @@ def test_eager_calls_skip_the_op_dispatch_but_tracers_see_the_op(monkeypatch):
             direct = torch.ops.takane.binary_linear(x, m.bias, m._takane_key)
             monkeypatch.undo()
             assert torch.equal(eager, traced) and torch.equal(eager, direct)
+
+
+def test_per_feature_threshold_is_rounded_once_and_follows_reassignment():
+    """A W1A1 layer with one threshold per input feature rounds it up to float32 once (the
+    same bits for float32 input); assigning a new threshold takes effect, writing into the
+    old one in place is refused (it would leave the cached copy stale), float64 input
+    compares against the float64 threshold itself, and a deep copy keeps working."""
+    import copy
+
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 32)
+    t = np.linspace(-0.5, 0.5, 96) + 1e-9  # not float32 values: rounding matters
+    m = BinaryLinear.from_linear(lin, mode="w1a1", threshold=t)
+    x32 = torch.from_numpy(np.float32(t)[None, :].repeat(4, 0)) + torch.randn(4, 96) * (torch.rand(4, 96) < 0.5)
+
+    def expected(x, thr):
+        xs = torch.where(torch.from_numpy(x.numpy() >= thr), 1.0, -1.0)
+        ws = torch.where(lin.weight >= 0, 1.0, -1.0)
+        return (xs @ ws.T * lin.weight.abs().mean(dim=1) + lin.bias).detach()
+
+    for _ in range(2):  # the second call uses the cached float32 threshold
+        assert torch.allclose(m(x32), expected(x32, t), atol=1e-5)
+    x64 = x32.double() + 1e-12
+    assert torch.allclose(m(x64), expected(x64, t), atol=1e-5)
+    with pytest.raises(ValueError, match="read-only"):
+        m.threshold[0] = 5.0
+    m.threshold = t + 0.25
+    assert torch.allclose(m(x32), expected(x32, t + 0.25), atol=1e-5)
+    c = copy.deepcopy(m)
+    c.threshold = t - 0.25
+    assert torch.allclose(c(x32), expected(x32, t - 0.25), atol=1e-5)
+    assert torch.allclose(m(x32), expected(x32, t + 0.25), atol=1e-5)

@@ -50,6 +50,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     ) from e
 
 import takane_kernels as tk
+from takane_kernels._ops import _ceil_f32
 
 __all__ = ["BinaryLinear", "BinaryConv2d", "BinaryMaxPool2d"]
 
@@ -189,7 +190,8 @@ class BinaryLinear(nn.Module):
         y = torch.empty(xn.shape[:-1] + (self.out_features,), dtype=torch.float32)
         bias = None if bias is None else bias.numpy()  # a view of the buffer
         if self.mode == "w1a1":
-            tk.binary_linear(xn, self.weights, threshold=self.threshold, bias=bias,
+            t = self._threshold_f32() if xn.dtype == np.float32 and np.ndim(self.threshold) else self.threshold
+            tk.binary_linear(xn, self.weights, threshold=t, bias=bias,
                              activation_scale=self.activation_scale, out=y.numpy(), threads=self.threads)
         elif self.mode == "w1a_float":
             tk.binary_weight_matmul(xn, self.weights, bias=bias, out=y.numpy(), threads=self.threads)
@@ -197,6 +199,21 @@ class BinaryLinear(nn.Module):
             tk.binary_weight_matmul(xn, self.weights, bias=bias, activations="q8_0", out=y.numpy(),
                                     threads=self.threads)
         return y
+
+    def _threshold_f32(self) -> np.ndarray:
+        """The per-feature threshold rounded up to float32, computed once: for float32
+        activations ``x >= t`` and ``x >= ceil_f32(t)`` are the same bits, and
+        ``binary_linear`` takes a float32 (K,) threshold as is, where a float64 one costs a
+        rounding pass on every call (~20 µs, as much as a small layer's kernel). The cache is
+        valid while ``self.threshold`` is the same, read-only array: it is made read-only
+        here, so a new threshold is assigned, never written in place."""
+        t = self.threshold
+        cached = self.__dict__.get("_t32")
+        if cached is None or cached[0] is not t or t.flags.writeable:
+            t.setflags(write=False)
+            cached = (t, _ceil_f32(t))
+            self.__dict__["_t32"] = cached
+        return cached[1]
 
     # state_dict() carries the packed weights as "_extra_state": plain tensors and ints,
     # so torch.load(..., weights_only=True) reads it back. Version 2 adds group_scale and
