@@ -131,7 +131,7 @@ ctest --test-dir "$OUT/cmake" --output-on-failure -V | grep -E '^[0-9]+: |tests 
 step "assemble the package"
 rm -rf "$PKG"
 mkdir -p "$PKG/takane_kernels"
-cp python/takane_kernels/*.py "$PKG/takane_kernels/"
+(cd python && find takane_kernels -name '*.py' -exec cp --parents {} "$PKG/" \;) # with subpackages
 cp "$OUT/cmake/_takane$ext_suffix" "$PKG/takane_kernels/"
 cmake --install "$OUT/cmake" --prefix "$PKG/takane_kernels" >/dev/null # lib/, include/
 export PYTHONPATH=$PKG:$DEPS
