@@ -24,7 +24,7 @@ if os.environ.get("TAKANE_REQUIRE_TORCH") == "1":
     import torch  # noqa: F401 - must be importable in CI
 else:
     pytest.importorskip("torch", reason='PyTorch is not installed (the lm extra: pip install "takane-kernels[lm]"; '
-                        "CPU build: see the README, 'Use from PyTorch')")
+                        "CPU build first: see docs/guide/pytorch.md)")
 
 import torch  # noqa: E402
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import math
 import os
 import sys
@@ -61,6 +60,7 @@ import numpy as np
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
+from takane_kernels.programs._report import write_report
 
 try:
     import torch
@@ -693,17 +693,7 @@ def main(argv=None) -> int:
         p.error("--seeds and --epochs must be >= 1")
     print(f"takane_kernels {tk.__version__} demo: {_n(args.seeds, 'seed')} x {_n(args.epochs, 'epoch')}, ISA {tk.isa.active()}")
     report = run(args.seeds, args.epochs, args.ft_epochs, args.conv_epochs, timing=not args.no_timing)
-    table = markdown(report)
-    print()
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    png = plot(report, os.path.join(args.out, "accuracy.png"))
-    print(f"\nwritten: {os.path.join(args.out, 'table.md')}, results.json{', accuracy.png' if png else ''} "
-          f"({report['meta']['wall_s']:.0f} s)")
+    write_report(args.out, markdown(report), report, plot, "accuracy.png")
     return 0
 
 

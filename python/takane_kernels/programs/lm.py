@@ -67,6 +67,7 @@ import numpy as np
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
+from takane_kernels.programs._report import write_report
 
 VOCAB = 256
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "__pycache__"})
@@ -746,7 +747,6 @@ def plot(report, path):
 
 
 def main(argv=None) -> int:
-    import json
 
     d = Config()
     p = argparse.ArgumentParser(prog="python -m takane_kernels lm",
@@ -782,22 +782,12 @@ def main(argv=None) -> int:
         import torch  # noqa: F401
     except ImportError:
         print('python -m takane_kernels lm needs PyTorch: pip install "takane-kernels[lm]" '
-              "(CPU build: see the README, 'Use from PyTorch')", file=sys.stderr)
+              "(CPU build first: see docs/guide/pytorch.md)", file=sys.stderr)
         return 2
     print(f"takane_kernels {tk.__version__} lm: {cfg.layers} layers x {cfg.width}, {cfg.seeds} seed(s), "
           f"{cfg.steps} + {cfg.ft_steps} steps, ISA {tk.isa.active()} (checked: {', '.join(tk.isa.supported())})")
     report = run(cfg, timing=not args.no_timing)
-    table = markdown(report)
-    print()
-    print(table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    png = plot(report, os.path.join(args.out, "lm.png"))
-    print(f"\nwritten: {os.path.join(args.out, 'table.md')}, results.json{', lm.png' if png else ''} "
-          f"({report['meta']['wall_s']:.0f} s)")
+    write_report(args.out, markdown(report), report, plot, "lm.png")
     return 0
 
 
