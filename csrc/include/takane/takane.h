@@ -506,6 +506,103 @@ TAKANE_API takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *
                                                   int64_t kernel_w, const uint64_t *x,
                                                   uint64_t *y, int32_t threads);
 
+/* ---- bring your own threads: entry points for runtimes with their own pool -------------- */
+
+/*
+ * Runtimes such as llama.cpp's ggml, ONNX Runtime or a game engine own their threads and call
+ * a kernel from every worker with its share of the work. The entry points below run on the
+ * calling thread only: no pool, no allocation, no locks, no thread-local state; scratch, where
+ * needed, comes from the caller (size query first). They are safe to call concurrently on the
+ * same handle and activations (each caller with its own scratch and output range).
+ * A typical step of one matrix product on nth threads, thread ith:
+ *   1. takane_quantize_q8_0 on rows [ith * m / nth, (ith + 1) * m / nth) of the activations
+ *      into a shared buffer; barrier;
+ *   2. takane_matmul_q8_0_rows on output columns [r0, r1) = the thread's share of the
+ *      weight rows (multiples of TAKANE_ROW_ALIGN are fastest) with its own scratch.
+ * The ISA is the one compute calls use (takane_isa_active()).
+ */
+
+/* llama.cpp's block_q8_0 (34 bytes: an IEEE fp16 d stored little-endian, then 32 int8 q;
+ * value c of the block is d * q[c]) and block_q1_0 (18 bytes: fp16 d, then 16 bytes of
+ * signs, weight j = bit j % 8 of byte j / 8, bit 1 = +d, bit 0 = -d). */
+#define TAKANE_Q8_0_BLOCK 32
+#define TAKANE_Q8_0_BLOCK_BYTES 34
+#define TAKANE_Q1_0_BLOCK 128
+#define TAKANE_Q1_0_BLOCK_BYTES 18
+/* Output-row ranges that start at a multiple of this are computed without edge work. */
+#define TAKANE_ROW_ALIGN 8
+
+/* Quantize `rows` rows of k floats (x, row stride x_row_stride floats) to Q8_0 rows of
+ * ceil(k / 32) blocks each (q, row stride q_row_stride BYTES, >= ceil(k/32) * 34 when
+ * rows > 1), bit-identical to llama.cpp's quantize_row_q8_0_ref for every finite input:
+ * per block, amax = max |x|, d = amax / 127 (float32), id = d != 0 ? 1 / d : 0,
+ * q[c] = roundf(x[c] * id) (ties away from zero), stored d = fp16(d) (round to nearest
+ * even). A partial last block (k % 32 != 0; ggml itself requires k % 32 == 0) is quantized
+ * as if zero-padded. Where the reference is undefined (id infinite, d < 2^-128: it then
+ * converts an infinite float to int8) q is 0 (d rounds to fp16 0 there, so the block's
+ * value is 0 either way). Every block is always written; a NaN or infinity in x gives
+ * TAKANE_ERR_NAN or TAKANE_ERR_NOT_FINITE after writing (that block: q = 0 and d the fp16
+ * of the computed scale, so a product with it is NaN or infinite, as in llama.cpp).
+ * No scratch. Calling thread only. */
+TAKANE_API takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
+                                              int64_t x_row_stride, void *q,
+                                              int64_t q_row_stride);
+
+/* Bytes a handle made from Q1_0 rows takes (header, panels and float32 block scales;
+ * about 1.11x the Q1_0 bytes). k % 128 != 0 gives TAKANE_ERR_BAD_GROUP_SIZE. */
+TAKANE_API takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes);
+
+/* Build a prepacked handle from n rows of k weights in Q1_0 (q, row stride q_row_stride
+ * bytes, >= k/128 * 18 when n > 1): the signs are re-tiled into the kernels' panels and the
+ * block scales d kept as float32 group scales (group size 128), carried by the handle.
+ * mem: NULL (the library allocates; free with takane_weights_free) or caller memory of at
+ * least takane_weights_q1_0_size() bytes, 64-byte aligned (else TAKANE_ERR_BAD_STRIDE),
+ * which then holds the whole handle: *out == mem, nothing else is allocated, and
+ * takane_weights_free() on it releases nothing (the caller owns the memory; the handle is
+ * valid while the memory is and must not be moved). q may not overlap mem. A d that is
+ * fp16 infinity or NaN gives TAKANE_ERR_NOT_FINITE. Calling thread only.
+ * Every entry point taking a takane_weights accepts such a handle. The W1A-float and W1A8
+ * ones (takane_binary_weight_matmul_prepacked[_ex], takane_matmul_q8_0_rows) apply its
+ * group scales as part of the weights (effective weight = sign * d), and the call's own
+ * group_scale must then be NULL (else TAKANE_ERR_BAD_GROUP_SIZE); the W1A1 ones use the
+ * signs only, as they do for any handle. */
+TAKANE_API takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q,
+                                                  int64_t q_row_stride, void *mem,
+                                                  int64_t mem_bytes, takane_weights **out);
+
+/* Scratch bytes takane_matmul_q8_0_rows needs for m activation rows against this handle
+ * (0 for m == 0). Depends only on the handle's shape, m and the active ISA. */
+TAKANE_API int64_t takane_matmul_q8_0_scratch_size(const takane_weights *weights, int64_t m);
+
+/* Output columns [r0, r1) (weight rows; 0 <= r0 <= r1 <= n) of the W1A8 product of a
+ * handle and m rows of already-quantized Q8_0 activations (q: m rows of ceil(k/32)
+ * block_q8_0, row stride q_row_stride bytes):
+ *   y[i * y_row_stride + j] = scale[j] * sum_b dh_b * g[j][32 b / G] * S_b + bias[j]
+ * for i < m, r0 <= j < r1, with the values, exact integer block sums and float bound of
+ * takane_binary_weight_matmul_ex with TAKANE_ACTIVATIONS_Q8_0 (dh_b = the block's stored
+ * fp16 d; g = the handle's Q1_0 block scales or group_scale/group_size as there, or 1;
+ * scale, bias NULL: factor 1 / no bias). Columns outside [r0, r1) are not touched, so
+ * threads may write disjoint ranges of one y. scratch: takane_matmul_q8_0_scratch_size()
+ * bytes (64-byte aligned is best), not shared with a concurrent call; too small gives
+ * TAKANE_ERR_OUT_OF_MEMORY. Any batch m >= 0 (decode 1, batched decode, prefill). Calling
+ * thread only: no pool, no allocation, no locks. A NaN or infinite group scale gives
+ * TAKANE_ERR_NOT_FINITE (y partly written). */
+TAKANE_API takane_status takane_matmul_q8_0_rows(const takane_weights *weights, int64_t r0,
+                                                 int64_t r1, int64_t m, const void *q,
+                                                 int64_t q_row_stride, const float *scale,
+                                                 const float *group_scale, int64_t group_size,
+                                                 const float *bias, float *y,
+                                                 int64_t y_row_stride, void *scratch,
+                                                 int64_t scratch_bytes);
+
+/* Dequantize weight rows [r0, r1) of a handle to float32: y[(r - r0) * y_row_stride + c] =
+ * sign(w_r)[c] * g[r][c / G] (the handle's Q1_0 block scales; 1 for a handle without
+ * them), c < k. For embedding lookups (ggml's GET_ROWS) of a matrix that lives only in a
+ * handle. Calling thread only. */
+TAKANE_API takane_status takane_weights_dequantize_rows(const takane_weights *weights,
+                                                        int64_t r0, int64_t r1, float *y,
+                                                        int64_t y_row_stride);
+
 #ifdef __cplusplus
 }
 #endif
