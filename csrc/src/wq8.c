@@ -162,59 +162,78 @@ typedef struct q8_job {
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
 
-static void q8_task(void *ctx, int64_t task) {
-    q8_job *job = (q8_job *)ctx;
-    const takane_q8_ukernel *uk = job->ks->q8;
-    const takane_weights *w = job->w;
+int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
+                     const int8_t *q, const float *d, const int32_t *nq, const float *scale,
+                     const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
+                     int64_t ys, int64_t c0, int64_t c1, void *tables) {
+    const takane_q8_ukernel *uk = ks->q8;
     const int mr = uk->mr, np = uk->np;
-    const int64_t n = w->n, kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
-    const int64_t nruns = (w->npanels + np - 1) / np;
-    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
-    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
-    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
-    if (i_begin >= i_end || r_begin >= r_end) return;
-    const int64_t tlen = (uk->table_len(kw) + 63) / 64 * 64;
-    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS, ng = job->ngroups;
-    char *buf = (char *)scratch_get(1, (size_t)(mr * tlen));
-    if (!buf) {
-        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
-        return;
-    }
+    const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t tlen = takane_wq8_table_stride(uk, kw);
+    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
+    char *buf = (char *)tables;
     float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
     const void *tp[TAKANE_Q8_MAX_MR];
     const float *dp[TAKANE_Q8_MAX_MR];
     const int32_t *qp[TAKANE_Q8_MAX_MR];
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
-        const int mi = (int)min64(mr, i_end - i0);
+    /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
+    const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
+    const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    for (int64_t i0 = 0; i0 < m; i0 += mr) {
+        const int mi = (int)min64(mr, m - i0);
         for (int i = 0; i < mi; i++) {
-            uk->build_table(job->q + (i0 + i) * kw * 64, kw, buf + i * tlen);
+            uk->build_table(q + (i0 + i) * kw * 64, kw, buf + i * tlen);
             tp[i] = buf + i * tlen;
-            dp[i] = job->d + (i0 + i) * 2 * kw;
-            qp[i] = job->nq + (i0 + i) * 2 * kw;
+            dp[i] = d + (i0 + i) * 2 * kw;
+            qp[i] = nq + (i0 + i) * 2 * kw;
         }
-        for (int64_t r = r_begin; r < r_end; r++) {
-            const int64_t p0 = r * np;
-            const int npi = (int)min64(np, w->npanels - p0);
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += np) {
+            const int npi = (int)min64(np, p_end - p0);
             const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
-            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, n - j0);
-            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw,
-                           job->gw, job->gs ? job->gs + j0 * ng : NULL, ng, nj, out)) {
-                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
-                return;
-            }
+            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, w->n - j0);
+            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw, gw,
+                           gs ? gs + j0 * ngroups : NULL, ngroups, nj, out))
+                return 1;
+            /* only columns [c0, c1) are written: neighbours may belong to another thread */
+            const int64_t ja = j0 < c0 ? c0 - j0 : 0;
+            const int64_t jb = min64(nj, c1 - j0);
             for (int i = 0; i < mi; i++) {
-                float *yrow = job->y + (i0 + i) * job->ys + j0;
+                float *yrow = y + (i0 + i) * ys + j0;
                 const float *oi = out + i * prows;
-                for (int64_t j = 0; j < nj; j++) {
+                for (int64_t j = ja; j < jb; j++) {
                     float v = oi[j];
-                    if (job->scale) v = v * job->scale[j0 + j];
-                    if (job->bias) v = v + job->bias[j0 + j];
+                    if (scale) v = v * scale[j0 + j];
+                    if (bias) v = v + bias[j0 + j];
                     yrow[j] = v;
                 }
             }
         }
     }
+    return 0;
+}
+
+static void q8_task(void *ctx, int64_t task) {
+    q8_job *job = (q8_job *)ctx;
+    const takane_q8_ukernel *uk = job->ks->q8;
+    const takane_weights *w = job->w;
+    const int64_t kw = w->kw;
+    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
+    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
+    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
+    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
+    if (i_begin >= i_end || r_begin >= r_end) return;
+    void *buf = scratch_get(1, (size_t)(uk->mr * takane_wq8_table_stride(uk, kw)));
+    if (!buf) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    const int64_t prows = (int64_t)uk->np * TAKANE_PANEL_ROWS;
+    if (takane_wq8_block(job->ks, w, i_end - i_begin, job->q + i_begin * kw * 64,
+                         job->d + i_begin * 2 * kw, job->nq + i_begin * 2 * kw, job->scale,
+                         job->gs, job->gw, job->ngroups, job->bias, job->y + i_begin * job->ys,
+                         job->ys, r_begin * prows, min64(w->n, r_end * prows), buf))
+        __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
 }
 
 /* Below this many MACs the call stays on the calling thread (waking a worker costs more). */
