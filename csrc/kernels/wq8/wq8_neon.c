@@ -20,7 +20,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
