@@ -194,4 +194,8 @@ static inline uint64_t takane_last_word_mask(int64_t k) {
     return r ? ((UINT64_C(1) << r) - 1) : ~UINT64_C(0);
 }
 
+/* wq8/wq8_neon.c: nonzero when the NEON W1A8 kernel uses SDOT (CPU feature, and env
+ * TAKANE_NEON_DOTPROD is not "0"). */
+int takane_wq8_neon_dotprod(void);
+
 #endif /* TAKANE_KERNEL_H */

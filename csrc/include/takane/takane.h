@@ -603,6 +603,17 @@ TAKANE_API takane_status takane_weights_dequantize_rows(const takane_weights *we
                                                         int64_t r0, int64_t r1, float *y,
                                                         int64_t y_row_stride);
 
+/* ---- which code runs, per op -------------------------------------------------------------- */
+
+/* For a compiled ISA (else NULL): which kernels each op of its kernel set runs, as
+ * space-separated "op=isa" pairs, e.g. "matmul=neon pack=neon linear=scalar wfloat=scalar
+ * q8_0=neon+sdot" — a set may use the portable kernels of an op it has none of its own for,
+ * and a sub-variant chosen at run time is named after a '+'. Ops: matmul (W1A1 products),
+ * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8).
+ * Static storage. On aarch64, env TAKANE_NEON_DOTPROD=0 (read once) keeps the W1A8 kernel
+ * off SDOT even where the CPU has it. */
+TAKANE_API const char *takane_isa_kernels(takane_isa isa);
+
 #ifdef __cplusplus
 }
 #endif
