@@ -241,5 +241,7 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *weights, int64_t r0,
                                       int64_t scratch_bytes);
 takane_status takane_weights_dequantize_rows(const takane_weights *weights, int64_t r0,
                                              int64_t r1, float *y, int64_t y_row_stride);
+takane_status takane_weights_get_bits(const takane_weights *weights, int64_t r0, int64_t r1,
+                                      uint64_t *bits, int64_t bits_row_stride);
 
 const char *takane_isa_kernels(takane_isa isa);
