@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._weights import check_k, check_packed, words_for
+from ._capi import check_k, check_packed, words_for
 
 __all__ = ["from_packbits", "to_packbits", "flip_polarity"]
 

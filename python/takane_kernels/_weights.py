@@ -12,97 +12,14 @@ import zipfile
 
 import numpy as np
 
-MAX_K = 2**31 - 1  # TAKANE_MAX_K: dot products are int32
+from ._capi import MAX_K, check_group_size, check_k, check_packed, owned_vector, weights_handle
+
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
 READ_VERSIONS = (1, 2)
 
 
 _HANDLE_LOCK = threading.Lock()
-
-
-def _make_handle(bits: np.ndarray, k: int):
-    from ._takane import ffi, lib
-
-    out = ffi.new("takane_weights **")
-    n, kw = bits.shape
-    ptr = ffi.from_buffer("uint64_t[]", bits) if bits.size else ffi.NULL
-    status = lib.takane_weights_create(n, k, ptr, kw, out)
-    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
-        raise MemoryError("takane_weights_create: out of memory")
-    if status != lib.TAKANE_OK:  # pragma: no cover - bits were validated above
-        raise ValueError(ffi.string(lib.takane_status_string(status)).decode())
-    return ffi.gc(out[0], lib.takane_weights_free)
-
-
-def words_for(k: int) -> int:
-    return (k + 63) // 64
-
-
-def check_k(k: object, name: str = "k") -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
-    k = int(k)
-    if k < 0 or k > MAX_K:
-        raise ValueError(f"{name}={k} is out of range [0, {MAX_K}]")
-    return k
-
-
-def padding_is_zero(bits: np.ndarray, k: int) -> bool:
-    """True if no row of canonical bits (..., ceil(k/64)) has a 1 at a position >= k."""
-    r = k % 64
-    if r == 0 or bits.size == 0:
-        return True
-    pad = np.uint64(~((1 << r) - 1) & 0xFFFFFFFFFFFFFFFF)
-    return not np.any(bits[..., -1] & pad)
-
-
-def check_packed(bits: object, k: int, name: str) -> np.ndarray:
-    """Validate a raw canonical packed array (..., ceil(k/64)) uint64; return it as is."""
-    if not isinstance(bits, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint64 array, got {type(bits).__name__}")
-    if bits.dtype != np.uint64:
-        raise TypeError(f"{name} must have dtype uint64 (canonical packed bits), got {bits.dtype}")
-    if bits.ndim < 1:
-        raise ValueError(f"{name} must have at least 1 dimension, got shape {bits.shape}")
-    if bits.shape[-1] != words_for(k):
-        raise ValueError(
-            f"{name} has shape {bits.shape}: its last dimension must be ceil(k/64) = "
-            f"{words_for(k)} words for k={k}"
-        )
-    if not padding_is_zero(bits, k):
-        raise ValueError(f"{name} has non-zero padding bits (bit positions >= k={k} in the last word)")
-    return bits
-
-
-def real_vector(v: object, length: int, name: str, what: str) -> np.ndarray:
-    """v as an array of a real dtype and shape (length,), else TypeError/ValueError."""
-    a = np.asarray(v)
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
-    if a.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    return a
-
-
-def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | None:
-    if v is None:
-        return None
-    a = np.array(real_vector(v, length, name, what), dtype=np.float32, order="C")  # owned copy
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite")
-    a.flags.writeable = False
-    return a
-
-
-def check_group_size(group_size: object) -> int:
-    """A group size: a positive int, multiple of 64 (a group spans whole words)."""
-    if isinstance(group_size, (bool, np.bool_)) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    g = int(group_size)
-    if g <= 0 or g % 64 or g > MAX_K + 63:
-        raise ValueError(f"group_size={g} must be a positive multiple of 64")
-    return g
 
 
 def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[np.ndarray | None, int | None]:
@@ -198,8 +115,8 @@ class PackedWeights:
         owned.flags.writeable = False
         self._bits = owned
         self._k = k
-        self._scale = _check_vector(scale, owned.shape[0], "scale", "one per output row N")
-        self._in_scale = _check_vector(in_scale, k, "in_scale", "one per input column K")
+        self._scale = owned_vector(scale, owned.shape[0], "scale", "one per output row N")
+        self._in_scale = owned_vector(in_scale, k, "in_scale", "one per input column K")
         self._group_scale, self._group_size = _check_group_scale(group_scale, owned.shape[0], k, group_size)
         self._handle = None
 
@@ -209,7 +126,7 @@ class PackedWeights:
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
-                    self._handle = _make_handle(self._bits, self._k)
+                    self._handle = weights_handle(self._bits, self._k)
                 handle = self._handle
         return handle
 
