@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import weakref
 
 import numpy as np
 
@@ -330,6 +331,33 @@ def float_ptr(tensor_or_none):
 
 HALF_PTR = from_buffer("float[]", HALF)
 ZERO_PTR = from_buffer("float[]", ZERO)
+
+
+# ---- bound ops for the module-level functions ---------------------------------------------
+
+_SCALARS = (int, float)
+
+
+def plain_scalar(v) -> bool:
+    """v is a plain Python int or float (or None): hashable, and cheap to key a cache on."""
+    return v is None or v.__class__ in _SCALARS
+
+
+def bound_op(w, key: tuple, make):
+    """The op ``make()`` builds for weights ``w`` and constants ``key``, cached on ``w``.
+
+    The module-level functions (``binary_linear(x, w, ...)``) are ``Op(w, ...)(x)``; when
+    their constants are plain scalars the op is kept with the (immutable) weights, so a
+    repeated call costs a dictionary lookup, not a new op. At most 16 ops per weights."""
+    cache = w._bound
+    op = cache.get(key)
+    if op is None:
+        op = make()
+        op.weights = weakref.proxy(w)  # no reference cycle: the weights are freed on del
+        if len(cache) >= 16:
+            cache.clear()
+        cache[key] = op
+    return op
 
 
 # ---- C handles ------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ class PackedConvWeights:
     handles, which are built on first use (one per ``groups`` value).
     """
 
-    __slots__ = ("_bits", "_cin", "_scale", "_handles")
+    __slots__ = ("_bits", "_cin", "_scale", "_handles", "_bound", "__weakref__")
 
     def __init__(self, bits: np.ndarray, in_channels: int, *, scale: object = None):
         cin = _int(in_channels, "in_channels")
@@ -64,6 +64,7 @@ class PackedConvWeights:
         self._cin = cin
         self._scale = C.owned_vector(scale, cout, "scale", "one per output channel")
         self._handles = {}
+        self._bound = {}  # bound ops of binary_conv2d (_capi.bound_op)
 
     def _handle(self, groups: int):
         h = self._handles.get(groups)
@@ -425,8 +426,27 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
     (Cout,)) the packed bits uint64 (N, Ho, Wo, ceil(Cout/64)) of ``result >= out_threshold``.
     For many calls with the same weights and constants, bind them once: :class:`Conv2d`.
     """
+    if (bias is None and w.__class__ is PackedConvWeights and C.plain_scalar(threshold)
+            and C.plain_scalar(out_threshold) and C.plain_scalar(threads) and _hashable(stride, padding, dilation)
+            and C.plain_scalar(groups) and C.plain_scalar(pad_value)):
+        key = (stride, padding, dilation, groups, pad_value, threshold, out_threshold, threads)
+        op = C.bound_op(w, key, lambda: Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                               pad_value=pad_value, threshold=threshold, out_threshold=out_threshold,
+                                               threads=threads))
+        return op(x, out, residual)
     return Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups, pad_value=pad_value,
                   threshold=threshold, bias=bias, out_threshold=out_threshold, threads=threads)(x, out, residual)
+
+
+def _hashable(*values) -> bool:
+    """ints, strs and tuples of ints (the geometry arguments as a cache key)."""
+    for v in values:
+        if v.__class__ is tuple:
+            if not all(e.__class__ is int for e in v):
+                return False
+        elif v.__class__ not in (int, str):
+            return False
+    return True
 
 
 def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None) -> np.ndarray:

@@ -49,7 +49,7 @@ class Linear:
     """
 
     __slots__ = ("weights", "activations", "k", "n", "_kw", "_handle", "_t", "_threads", "_act_scale",
-                 "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64")
+                 "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64", "_nk", "_cf32")
 
     def __init__(self, w, *, activations="w1a1", threshold=0.0, bias=None, activation_scale=False,
                  out_threshold=None, threads=None, _op="Linear", _modes=C.ACTIVATION_MODES):
@@ -95,6 +95,8 @@ class Linear:
             self._ws = None
         self._u64 = self._ws is None and self._t.zero and not self._act_scale  # packed x: the fast path
         self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
+        self._nk = n > 0 and k > 0
+        self._cf32 = self._bind_f32()
 
     def __repr__(self) -> str:
         return f"Linear(n={self.n}, k={self.k}, activations={self.activations!r})"
@@ -109,26 +111,39 @@ class Linear:
         if x.__class__ is np.ndarray:
             shape = x.shape
             nd = len(shape)
-            if nd == 1 or nd == 2:
+            if nd == 2 or nd == 1:
                 dt = x.dtype
                 f32 = dt is F32 and shape[-1] == self.k
-                if (f32 or (dt is U64 and shape[-1] == self._kw and self._u64)) and x.flags.c_contiguous \
-                        and x.flags.aligned:
+                if f32 or (dt is U64 and shape[-1] == self._kw and self._u64):
+                    flags = x.flags
                     m = shape[0] if nd == 2 else 1
-                    if m and self.n and self.k:
-                        ylen = self._ylen
-                        yshape = (m, ylen) if nd == 2 else (ylen,)
+                    if flags.c_contiguous and flags.aligned and m and self._nk:
+                        yshape = (m, self._ylen) if nd == 2 else (self._ylen,)
                         y = np.empty(yshape, self._ydtype) if out is None else C.ready_out(out, yshape, self._ydtype, x)
                         if y is not None:
-                            yptr = _from_buffer(self._yctype, y)
                             if f32:
-                                status = self._run_f32(m, _from_buffer("float[]", x), yptr, self._bptr)
+                                status = self._cf32(m, _from_buffer("float[]", x), _from_buffer(self._yctype, y),
+                                                    self._bptr)
                             else:
-                                status = self._run_u64(m, _from_buffer("uint64_t[]", x), yptr, self._bptr, _NULL)
+                                status = self._run_u64(m, _from_buffer("uint64_t[]", x), _from_buffer(self._yctype, y),
+                                                       self._bptr, _NULL)
                             if status:
                                 self._fail(status, x)
                             return y
         return self._general(x, out)
+
+    def _bind_f32(self):
+        """``_cf32(m, xptr, yptr, bptr)``: the float32-input C call with every constant bound
+        (the fast path of a call; the torch modules call it with tensor memory)."""
+        h, k, n, ylen, threads = self._handle, self.k, self.n, self._ylen, self._threads
+        tptr, tlen, act, sptr, optr, olen = self._t.ptr, self._t.len, self._act_scale, self._sptr, self._optr, self._olen
+        if self._ws is not None:
+            ins, gs, g, mode = self._ws
+            return lambda m, xp, yp, bp: _wmm(h, m, xp, k, ins, sptr, gs, g, bp, mode, yp, n, threads)
+        if self._tout is None:
+            return lambda m, xp, yp, bp: _lin_f32(h, m, xp, k, tptr, tlen, act, sptr, bp, yp, ylen, threads)
+        return lambda m, xp, yp, bp: _lin_f32_bits(h, m, xp, k, tptr, tlen, act, sptr, bp, optr, olen, yp, ylen,
+                                                   threads)
 
     # -- the C calls: x and y as pointers (the torch modules call these with tensor memory) --
     def _run_f32(self, m, xptr, yptr, bptr, tptr=None, tlen=0):
@@ -280,6 +295,12 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``threads``: how many threads may share the matrix product (None = the default).
     For many calls with the same weights and constants, bind them once: :class:`Linear`.
     """
+    if (bias is None and w.__class__ is PackedWeights and C.plain_scalar(threshold) and C.plain_scalar(threads)
+            and C.plain_scalar(out_threshold) and activation_scale.__class__ is bool):
+        key = ("w1a1", threshold, activation_scale, out_threshold, threads)
+        op = C.bound_op(w, key, lambda: Linear(w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
+                                               out_threshold=out_threshold, threads=threads, _op="binary_linear"))
+        return op(x, out)
     return Linear(w, activations="w1a1", threshold=threshold, bias=bias, activation_scale=activation_scale,
                   out_threshold=out_threshold, threads=threads, _op="binary_linear")(x, out)
 
@@ -316,5 +337,10 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     partial sum is exactly representable (e.g. small-integer x, power-of-two scales) y is
     exact. ``threads``: how many threads may share the work (None = the default).
     """
+    if bias is None and w.__class__ is PackedWeights and C.plain_scalar(threads) and activations.__class__ is str:
+        op = C.bound_op(w, ("wmm", activations, threads),
+                        lambda: Linear(w, activations=activations, threads=threads, _op="binary_weight_matmul",
+                                       _modes=("f32", "q8_0")))
+        return op(x, out)
     return Linear(w, activations=activations, bias=bias, threads=threads, _op="binary_weight_matmul",
                   _modes=("f32", "q8_0"))(x, out)

@@ -280,4 +280,7 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     CPUs available); small problems run on the calling thread. For many calls with the
     same weights and threshold, bind them once: :class:`Matmul`.
     """
+    if k is None and w.__class__ is PackedWeights and C.plain_scalar(threshold) and C.plain_scalar(threads):
+        op = C.bound_op(w, ("matmul", threshold, threads), lambda: Matmul(w, threshold=threshold, threads=threads))
+        return op(x, out)
     return Matmul(w, threshold=threshold, k=k, threads=threads)(x, out)

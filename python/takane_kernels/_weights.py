@@ -103,7 +103,7 @@ class PackedWeights:
     factor 1 when absent. Instances are immutable: the arrays are private read-only copies.
     """
 
-    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle")
+    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle", "_bound", "__weakref__")
 
     def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None,
                  group_scale: object = None, group_size: object = None):
@@ -119,6 +119,7 @@ class PackedWeights:
         self._in_scale = owned_vector(in_scale, k, "in_scale", "one per input column K")
         self._group_scale, self._group_size = _check_group_scale(group_scale, owned.shape[0], k, group_size)
         self._handle = None
+        self._bound = {}  # bound ops of the module-level functions (_capi.bound_op)
 
     def _prepacked(self):
         """The C library's re-tiled copy of the bits (built once, on first use)."""

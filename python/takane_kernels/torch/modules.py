@@ -99,6 +99,7 @@ class KernelModule(nn.Module):
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_kop", None)  # C handles and pointers: rebuilt on first use
+        state.pop("_bseen", None)
         return state
 
     def __setstate__(self, state):  # a copy gets its own registry key
@@ -121,19 +122,27 @@ class KernelModule(nn.Module):
         self.register_buffer("bias", bias)
 
     def _bias_ptr(self, bias, n: int):
-        """float * to a float32 contiguous (n,) bias tensor's memory, NULL for None, or
-        None when the bias needs the general path (another dtype, layout or shape)."""
+        """float * to a float32 contiguous (n,) CPU bias tensor's memory, NULL for None, or
+        None when the bias needs the general path (another dtype, layout or shape). The
+        check is made once per bias tensor and memory address (load_state_dict copies into
+        the same memory; .to(), .double() or an assignment bring a new tensor)."""
         if bias is None:
             return C.NULL
-        if bias.dtype is _F32 and bias.shape == (n,) and bias.is_contiguous() and bias.device.type == "cpu":
-            return _cast("float *", bias.data_ptr())
+        seen = self.__dict__.get("_bseen")
+        if seen is not None and seen[0] is bias and seen[1] == bias.data_ptr():
+            return seen[2]
+        if bias.dtype is _F32 and tuple(bias.shape) == (n,) and bias.is_contiguous() and bias.is_cpu:
+            ptr = _cast("float *", bias.data_ptr())
+            self.__dict__["_bseen"] = (bias, bias.data_ptr(), ptr)
+            return ptr
         return None
 
     def _dispatch(self, x):
+        bias = self._buffers["bias"]
         if is_eager(x):
-            return self._compute(x, self.bias)
+            return self._compute(x, bias)
         # through the registered custom op: torch.compile / torch.export see one opaque node
-        return getattr(torch.ops.takane, self._op_name)(x.detach(), self.bias, self._takane_key)
+        return getattr(torch.ops.takane, self._op_name)(x.detach(), bias, self._takane_key)
 
 
 def _threshold_state(threshold):
@@ -238,7 +247,7 @@ class BinaryLinear(KernelModule):
         return tk.to_q1_0(self.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.__class__ is not torch.Tensor or x.device.type != "cpu":
+        if x.__class__ is not torch.Tensor or not x.is_cpu:
             check_cpu_tensor(x, "BinaryLinear")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear: input has shape {tuple(x.shape)}, expected (..., {self.in_features})")
@@ -247,15 +256,17 @@ class BinaryLinear(KernelModule):
     def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
         """The layer on a CPU tensor: float32 contiguous input and bias go to the C kernel
         as pointers to the tensors' memory; anything else through the numpy op."""
-        op = self.kernel_op
-        n, k = self.out_features, self.in_features
-        shape = x.shape
-        m = x.numel() // k if k else 0
-        if x.dtype is _F32 and m and n and x.is_contiguous():
+        d = self.__dict__
+        op = d.get("_kop") or self.kernel_op
+        n, k = d["out_features"], d["in_features"]
+        nd = x.ndim
+        m = (x.shape[0] if nd == 2 else 1) if nd <= 2 else (x.numel() // k if k else 0)
+        if x.dtype is _F32 and m and n and k and x.is_contiguous():
             bptr = self._bias_ptr(bias, n)
             if bptr is not None:
-                y = torch.empty(shape[:-1] + (n,), dtype=_F32)
-                status = op._run_f32(m, _cast("float *", x.data_ptr()), _cast("float *", y.data_ptr()), bptr)
+                y = torch.empty(m, n, dtype=_F32) if nd == 2 else (
+                    torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(x.shape[:-1] + (n,), dtype=_F32))
+                status = op._cf32(m, _cast("float *", x.data_ptr()), _cast("float *", y.data_ptr()), bptr)
                 if not status:
                     return y
         # general path (other dtypes, layouts, empty shapes; errors): the numpy op, on views
