@@ -315,6 +315,45 @@ def out_threshold_f32(t: object, n: int) -> np.ndarray:
     return ceil_f32(threshold64(t, n, "out_threshold", "output channel"))
 
 
+class Epilogue:
+    """A layer's output constants, validated and converted once: ``bias`` (float32 (n,) or
+    None) and its pointer; ``out_threshold`` (None: float32 results; else packed bits of
+    ``y >= out_threshold``, rounded up to float32) and its pointer; the result's last
+    dimension, dtype and cffi type."""
+
+    __slots__ = ("bias", "bptr", "tout", "optr", "olen", "ylast", "ydtype", "yctype")
+
+    def __init__(self, bias: object, out_threshold: object, n: int, what: str):
+        self.bias = vector_f32(bias, n, "bias", what)
+        self.bptr = ptr("float[]", self.bias)
+        if out_threshold is None:
+            self.tout, self.optr, self.olen = None, NULL, 0
+            self.ylast, self.ydtype, self.yctype = n, F32, "float[]"
+        else:
+            self.tout = out_threshold_f32(out_threshold, n)
+            self.optr, self.olen = from_buffer("float[]", self.tout), self.tout.size
+            self.ylast, self.ydtype, self.yctype = words_for(n), U64, "uint64_t[]"
+
+
+def check_activations(x: object, t: Threshold, k: int, kw: int) -> tuple[np.ndarray, bool]:
+    """(x as an array, packed?) for the general path of a (..., K) op: canonical packed
+    uint64 (..., kw) — then the threshold must be 0; its padding bits are checked by the
+    C call — or real (..., k)."""
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
+    if x.dtype == np.uint64:
+        t.require_zero_for_packed()
+        if x.shape[-1] != kw:
+            check_packed(x, k, "x")  # raises: wrong number of words
+        return x, True
+    x = as_real_array(x, "x")
+    if x.shape[-1] != k:
+        raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+    return x, False
+
+
 # ---- pointers -------------------------------------------------------------------------------
 
 def ptr(ctype: str, a: np.ndarray | None, writable: bool = False):

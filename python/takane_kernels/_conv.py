@@ -1,6 +1,6 @@
 """Binary convolution for binary CNNs: PackedConvWeights, binary_conv2d, binary_max_pool2d.
 
-Layout is NHWC with channels packed per pixel (DESIGN.md §10): a packed activation is
+Layout is NHWC with channels packed per pixel (docs/guide/convolution.md): a packed activation is
 uint64 (N, H, W, ceil(C/64)), each pixel's channels in the canonical bit format. Weights
 are OHWI (Cout, KH, KW, Cin / groups) — from PyTorch's OIHW ``w.permute(0, 2, 3, 1)``.
 An NCHW array becomes NHWC with :func:`nchw_to_nhwc` (one copy), and back with
@@ -16,9 +16,10 @@ import threading
 import numpy as np
 
 from . import _capi as C
-from ._capi import F32, U64, Threshold, ffi, lib
+from ._capi import F32, U64, Threshold, lib
+from ._capi import NULL as _NULL, from_buffer as _from_buffer
 from ._ops import pack_bits
-from ._weights import read_npz, save_npz_atomic
+from ._weights import format_arrays, loaded_bits, loaded_int, read_npz, save_npz_atomic
 
 __all__ = [
     "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
@@ -111,15 +112,8 @@ class PackedConvWeights:
     # PackedWeights.load: every malformed, truncated or hostile file is a ValueError.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
-        arrays = {
-            "format": np.array(FORMAT_NAME),
-            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-            "in_channels": np.array(self._cin, dtype=np.int64),
-            "bits": self._bits,
-        }
-        if self._scale is not None:
-            arrays["scale"] = self._scale
-        save_npz_atomic(path, arrays)
+        save_npz_atomic(path, format_arrays(FORMAT_NAME, FORMAT_VERSION, in_channels=np.array(self._cin, dtype=np.int64),
+                                            bits=self._bits, scale=self._scale))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedConvWeights":
@@ -136,12 +130,8 @@ class PackedConvWeights:
         for key in ("in_channels", "bits"):
             if key not in data:
                 raise ValueError(f"{name}: missing array {key!r}")
-        cin = data["in_channels"]
-        if cin.shape != () or cin.dtype.kind not in "iu":
-            raise ValueError(f"{name}: in_channels must be an integer scalar")
-        bits = data["bits"]
-        if bits.dtype != np.uint64 or bits.ndim != 4:
-            raise ValueError(f"{name}: bits must be a 4-D uint64 array, got {bits.dtype} {bits.shape}")
+        cin = loaded_int(data, "in_channels", name)
+        bits = loaded_bits(data, 4, name)
         if "scale" in data and data["scale"].dtype != np.float32:
             raise ValueError(f"{name}: scale must be float32, got {data['scale'].dtype}")
         try:
@@ -251,8 +241,6 @@ _conv_f32 = lib.takane_binary_conv2d_f32
 _conv_f32_bits = lib.takane_binary_conv2d_f32_bits
 _conv_u64 = lib.takane_binary_conv2d
 _conv_u64_bits = lib.takane_binary_conv2d_bits
-_from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
 
 
 class Conv2d:
@@ -292,16 +280,10 @@ class Conv2d:
         self.pads = _padding(padding, self.kernel_size, self.dilation, self.stride)
         self.pad_value = int(pad_value)
         self._t = Threshold(threshold, cin)
-        self._bias = C.vector_f32(bias, cout, "bias", "one per output channel")
-        self._bptr = C.ptr("float[]", self._bias)
+        e = C.Epilogue(bias, out_threshold, cout, "one per output channel")
+        self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
+        self._ylast, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
         self._sptr = C.ptr("float[]", w.scale)
-        if out_threshold is None:
-            self._tout, self._optr, self._olen = None, _NULL, 0
-            self._ylast, self._ydtype, self._yctype = cout, F32, "float[]"
-        else:
-            self._tout = C.out_threshold_f32(out_threshold, cout)
-            self._optr, self._olen = _from_buffer("float[]", self._tout), self._tout.size
-            self._ylast, self._ydtype, self._yctype = C.words_for(cout), U64, "uint64_t[]"
         self._cw = C.words_for(cin)
         self._handle = w._handle(groups)
         self._geos = {}  # (n, h, w) -> (geometry, Ho, Wo): read-only once made
@@ -487,8 +469,8 @@ def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, 
     if np.may_share_memory(xb, y):
         xb = xb.copy()
     geo = _geometry(n, h, wi, stride, (1, 1), pads, 0)
-    st = lib.takane_binary_max_pool2d(geo, c, kernel[0], kernel[1], ffi.from_buffer("uint64_t[]", xb),
-                                      ffi.from_buffer("uint64_t[]", y, require_writable=True), nthreads)
+    st = lib.takane_binary_max_pool2d(geo, c, kernel[0], kernel[1], _from_buffer("uint64_t[]", xb),
+                                      _from_buffer("uint64_t[]", y, require_writable=True), nthreads)
     if st == lib.TAKANE_ERR_PADDING_BITS:
         raise ValueError(f"x has non-zero padding bits (channel positions >= channels={c} in the last word)")
     C.raise_status(st, "binary_max_pool2d")

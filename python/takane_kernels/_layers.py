@@ -14,13 +14,12 @@ import math
 import numpy as np
 
 from . import _capi as C
-from ._capi import F32, U64, Threshold, ffi, lib
+from ._capi import F32, U64, Threshold, lib
+from ._capi import NULL as _NULL, from_buffer as _from_buffer
 from ._weights import PackedWeights
 
 __all__ = ["binary_linear", "binary_weight_matmul", "Linear"]
 
-_from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
 _lin_f32 = lib.takane_binary_linear_prepacked_f32
 _lin_f32_bits = lib.takane_binary_linear_prepacked_f32_bits
 _lin_u64 = lib.takane_binary_linear_prepacked
@@ -77,16 +76,10 @@ class Linear:
         self._t = Threshold(threshold, k)
         if mode != "w1a1" and not self._t.zero:
             raise ValueError(f"{_op}: threshold applies to activations='w1a1' only")
-        self._bias = C.vector_f32(bias, n, "bias", "one per output channel N")
-        self._bptr = C.ptr("float[]", self._bias)
+        e = C.Epilogue(bias, out_threshold, n, "one per output channel N")
+        self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
+        self._ylen, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
         self._sptr = C.ptr("float[]", w.scale)
-        if out_threshold is None:
-            self._tout, self._optr, self._olen = None, _NULL, 0
-            self._ylen, self._ydtype, self._yctype = n, F32, "float[]"
-        else:
-            self._tout = C.out_threshold_f32(out_threshold, n)
-            self._optr, self._olen = _from_buffer("float[]", self._tout), self._tout.size
-            self._ylen, self._ydtype, self._yctype = C.words_for(n), U64, "uint64_t[]"
         if mode != "w1a1":  # (in_scale, group_scale, group_size, C activations value)
             gs = w.group_scale
             self._ws = (C.ptr("float[]", w.in_scale), C.ptr("float[]", gs),
@@ -172,21 +165,9 @@ class Linear:
         if self._ws is not None:
             return self._general_weight_only(x, out)
         op, k, kw, n = "binary_linear", self.k, self._kw, self.n
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        if x.ndim < 1:
-            raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
-        packed = x.dtype == np.uint64
-        if packed:
-            self._t.require_zero_for_packed()
-            if x.shape[-1] != kw:
-                C.check_packed(x, k, "x")  # raises: wrong number of words
-            if self._act_scale:
-                raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
-        else:
-            x = C.as_real_array(x, "x")
-            if x.shape[-1] != k:
-                raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+        x, packed = C.check_activations(x, self._t, k, kw)
+        if packed and self._act_scale:
+            raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
         shape = x.shape[:-1] + (self._ylen,)
         y = C.out_array(out, shape, self._ydtype)
         if out is not None and np.may_share_memory(out, x):

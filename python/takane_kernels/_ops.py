@@ -220,19 +220,7 @@ class Matmul:
 
     def _general(self, x, out):
         k, kw, n, t = self.k, self._kw, self.n, self._t
-        if not isinstance(x, np.ndarray):
-            x = np.asarray(x)
-        if x.ndim < 1:
-            raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
-        packed = x.dtype == np.uint64
-        if packed:
-            t.require_zero_for_packed()
-            if x.shape[-1] != kw:
-                C.check_packed(x, k, "x")  # raises: wrong number of words
-        else:
-            x = C.as_real_array(x, "x")
-            if x.shape[-1] != k:
-                raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+        x, packed = C.check_activations(x, t, k, kw)
         shape = x.shape[:-1] + (n,)
         y = C.out_array(out, shape, I32)
         if out is not None and np.may_share_memory(out, x):

@@ -42,6 +42,29 @@ def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[n
     return a, g
 
 
+def format_arrays(name: str, version: int, **arrays) -> dict:
+    """The arrays of a file format: its tag and version, then ``arrays`` minus the Nones."""
+    out = {"format": np.array(name), "format_version": np.array(version, dtype=np.int64)}
+    out.update((key, a) for key, a in arrays.items() if a is not None)
+    return out
+
+
+def loaded_int(data: dict, key: str, name: str) -> int:
+    """An integer scalar array of a loaded file, as an int (ValueError naming the file)."""
+    v = data[key]
+    if v.shape != () or v.dtype.kind not in "iu":
+        raise ValueError(f"{name}: {key} must be an integer scalar")
+    return int(v)
+
+
+def loaded_bits(data: dict, ndim: int, name: str) -> np.ndarray:
+    """The uint64 ``bits`` array of a loaded file, of ``ndim`` dimensions."""
+    bits = data["bits"]
+    if bits.dtype != np.uint64 or bits.ndim != ndim:
+        raise ValueError(f"{name}: bits must be a {ndim}-D uint64 array, got {bits.dtype} {bits.shape}")
+    return bits
+
+
 def save_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:
     """Write ``arrays`` as an uncompressed .npz to exactly ``path``, through a temporary
     file renamed into place (a crash never leaves a half-written file)."""
@@ -195,20 +218,11 @@ class PackedWeights:
     # target and renames it into place, so a crash never leaves a half-written file.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
-        version = 2 if self._group_scale is not None else 1
-        arrays = {
-            "format": np.array(FORMAT_NAME),
-            "format_version": np.array(version, dtype=np.int64),
-            "k": np.array(self._k, dtype=np.int64),
-            "bits": self._bits,
-        }
-        if self._scale is not None:
-            arrays["scale"] = self._scale
-        if self._in_scale is not None:
-            arrays["in_scale"] = self._in_scale
-        if self._group_scale is not None:
-            arrays["group_size"] = np.array(self._group_size, dtype=np.int64)
-            arrays["group_scale"] = self._group_scale
+        grouped = self._group_scale is not None
+        arrays = format_arrays(FORMAT_NAME, 2 if grouped else 1, k=np.array(self._k, dtype=np.int64),
+                               bits=self._bits, scale=self._scale, in_scale=self._in_scale,
+                               group_size=np.array(self._group_size, dtype=np.int64) if grouped else None,
+                               group_scale=self._group_scale)
         save_npz_atomic(path, arrays)
 
     @classmethod
@@ -236,12 +250,8 @@ class PackedWeights:
                              f"version-{int(version)} file")
         if int(version) == 2 and ("group_size" in data) != ("group_scale" in data):
             raise ValueError(f"{name}: group_size and group_scale must come together")
-        k = data["k"]
-        if k.shape != () or k.dtype.kind not in "iu":
-            raise ValueError(f"{name}: k must be an integer scalar")
-        bits = data["bits"]
-        if bits.dtype != np.uint64 or bits.ndim != 2:
-            raise ValueError(f"{name}: bits must be a 2-D uint64 array, got {bits.dtype} {bits.shape}")
+        k = loaded_int(data, "k", name)
+        bits = loaded_bits(data, 2, name)
         group_size = data.get("group_size")
         if group_size is not None:
             if group_size.shape != () or group_size.dtype.kind not in "iu":
@@ -251,7 +261,7 @@ class PackedWeights:
             if key in data and data[key].dtype != np.float32:
                 raise ValueError(f"{name}: {key} must be float32, got {data[key].dtype}")
         try:
-            return cls(bits, int(k), scale=data.get("scale"), in_scale=data.get("in_scale"),
+            return cls(bits, k, scale=data.get("scale"), in_scale=data.get("in_scale"),
                        group_scale=data.get("group_scale"), group_size=group_size)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name}: invalid PackedWeights data: {e}") from e

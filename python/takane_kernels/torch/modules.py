@@ -137,6 +137,16 @@ class KernelModule(nn.Module):
             return ptr
         return None
 
+    def _load_threshold(self, state: dict, k: int) -> None:
+        """The activation threshold of a saved state (optional: a state saved without it
+        keeps the module's own): float64, finite, a scalar or (k,)."""
+        if state.get("threshold") is None:
+            return
+        t = state["threshold"].detach().cpu().numpy().astype(np.float64)
+        if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (k,)) or not np.all(np.isfinite(t)):
+            raise ValueError(f"state's threshold must be finite, a scalar or ({k},), got shape {t.shape}")
+        self.threshold = float(t) if t.ndim == 0 else t
+
     def _dispatch(self, x):
         bias = self._buffers["bias"]
         if is_eager(x):
@@ -316,11 +326,7 @@ class BinaryLinear(KernelModule):
         if (weights.n, weights.k) != (self.out_features, self.in_features):
             raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
                              f"({self.out_features}, {self.in_features})")
-        if state.get("threshold") is not None:
-            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
-            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (weights.k,)) or not np.all(np.isfinite(t)):
-                raise ValueError(f"state's threshold must be finite, a scalar or ({weights.k},), got shape {t.shape}")
-            self.threshold = float(t) if t.ndim == 0 else t
+        self._load_threshold(state, weights.k)
         self.weights = weights
 
     def extra_repr(self) -> str:
@@ -435,11 +441,7 @@ class BinaryConv2d(KernelModule):
         weights = tk.PackedConvWeights(bits, int(state["in_channels"]), scale=scale)
         if weights.bits.shape != self.weights.bits.shape or weights.in_channels != self.weights.in_channels:
             raise ValueError(f"state holds {weights!r}, this module {self.weights!r}")
-        if state.get("threshold") is not None:
-            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
-            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (self.in_channels,)) or not np.all(np.isfinite(t)):
-                raise ValueError(f"state's threshold must be finite, a scalar or ({self.in_channels},), got shape {t.shape}")
-            self.threshold = float(t) if t.ndim == 0 else t
+        self._load_threshold(state, self.in_channels)
         self.weights = weights
 
     def extra_repr(self) -> str:

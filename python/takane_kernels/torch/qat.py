@@ -7,7 +7,7 @@ forward pass, with a straight-through estimator (STE) for the backward pass; ``c
 turns a trained model into one that runs on the packed kernels and gives the same eval-mode
 outputs (exactly where the arithmetic is integer, within a stated float bound otherwise).
 
-Bit convention (DESIGN §2): a value ``x`` with threshold ``t`` becomes ``+1`` iff ``x >= t``.
+Bit convention (docs/guide/bit-format.md): a value ``x`` with threshold ``t`` becomes ``+1`` iff ``x >= t``.
 The seed's ``TakaneSignQuantizer`` returns ``torch.sign(x - t)``, which is ``0`` at exact
 equality ``x == t``; ours returns ``+1`` there (as the kernels do). Away from ties the two are
 identical. NaN has no sign: the training modules pass NaN through (as ``torch.sign`` does, so
