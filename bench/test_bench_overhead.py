@@ -17,9 +17,14 @@ same calls with the caches flushed (a 64 MiB buffer read) before each timed call
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
+
+if __name__ == "__main__":  # one thread for numpy's BLAS too (read when numpy loads it)
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
 import numpy as np
 import pytest
@@ -131,17 +136,20 @@ def test_overhead_conv(benchmark, member):
 
 # ---- the issue-22 table -----------------------------------------------------------------------
 
-def median_us(fn, calls: int = 2000, repeats: int = 7) -> float:
-    """Median over `repeats` loops of `calls` warm calls, in µs per call."""
-    for _ in range(200):
-        fn()
-    per = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def median_us(fns: dict, calls: int = 2000, repeats: int = 9) -> dict:
+    """name -> median over `repeats` loops of `calls` warm calls, in µs per call. The
+    members take turns loop by loop, so a noisy neighbour slows them all alike."""
+    for fn in fns.values():
+        for _ in range(200):
             fn()
-        per.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(per)
+    per = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per[name].append((time.perf_counter() - t0) / calls * 1e6)
+    return {name: statistics.median(v) for name, v in per.items()}
 
 
 def cold_median_us(fn, calls: int = 200) -> float:
@@ -165,8 +173,8 @@ def main(argv=None) -> None:
         ctx.__enter__()
     rows = {}
     for size in SIZES:
-        rows[f"{size}x{size}"] = {name: median_us(fn) for name, fn in cases(size).items()}
-    rows[f"conv {CONV[1]}ch {CONV[2]}x{CONV[3]}"] = {name: median_us(fn, 500) for name, fn in conv_cases().items()}
+        rows[f"{size}x{size}"] = median_us(cases(size), calls=2000 if size < 1024 else 300)
+    rows[f"conv {CONV[1]}ch {CONV[2]}x{CONV[3]}"] = median_us(conv_cases(), calls=200)
     print(f"isa {tk.isa.active()}, batch 1, 1 thread, warm, median µs per call (ratio to numpy f32 / nn.Linear)")
     for label, r in rows.items():
         print(f"\n{label}")
