@@ -341,7 +341,7 @@ def test_state_dict_with_group_scales_and_version_1_states(tmp_path):
 
 
 def test_eager_calls_skip_the_op_dispatch_but_tracers_see_the_op(monkeypatch):
-    """A plain eager call computes directly (no custom-op dispatch: ~15 µs a call); a dispatch
+    """A plain eager call computes directly (no custom-op dispatch: a few µs a call); a dispatch
     mode (here one that records ops), like torch.compile / torch.export, sees the registered
     op. Both give identical results, with and without bias, in every mode."""
     from torch.utils._python_dispatch import TorchDispatchMode
