@@ -195,14 +195,14 @@ class Matmul:
         if x.__class__ is np.ndarray and self._handle is not None:
             shape = x.shape
             nd = len(shape)
-            if nd == 1 or nd == 2:
+            if nd == 2 or nd == 1:
                 dt = x.dtype
                 f32 = dt is F32 and shape[-1] == self.k
-                if (f32 or (dt is U64 and shape[-1] == self._kw and self._t.zero)) and x.flags.c_contiguous \
-                        and x.flags.aligned:
+                if f32 or (dt is U64 and shape[-1] == self._kw and self._t.zero):
+                    flags = x.flags
                     n = self.n
                     m = shape[0] if nd == 2 else 1
-                    if m and n and shape[-1]:
+                    if flags.c_contiguous and flags.aligned and m and n and shape[-1]:
                         yshape = (m, n) if nd == 2 else (n,)
                         y = np.empty(yshape, dtype=I32) if out is None else C.ready_out(out, yshape, I32, x)
                         if y is not None:

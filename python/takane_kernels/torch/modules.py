@@ -56,6 +56,7 @@ MODES = ("w1a1", "w1a_float", "w1a8")
 _DEFAULT_SCALE = {"w1a1": "mean_abs", "f32": "onebit", "q8_0": "mean_abs"}
 _F32 = torch.float32
 _cast = C.ffi.cast
+_CL = torch.channels_last
 
 
 def _canonical(mode: object) -> str:
@@ -405,7 +406,8 @@ class BinaryConv2d(KernelModule):
         if x.dtype is _F32 and n and h and w:
             bptr = self._bias_ptr(bias, cout)
             if bptr is not None:
-                xl = x.detach().permute(0, 2, 3, 1).contiguous()  # NHWC: no copy for channels_last
+                # NHWC memory: a channels_last tensor as it is, anything else copied once
+                xl = x if x.is_contiguous(memory_format=_CL) else x.detach().permute(0, 2, 3, 1).contiguous()
                 geo, ho, wo = op._geometry(n, h, w)
                 y = torch.empty((n, ho, wo, cout), dtype=_F32)
                 st = op._run_f32(geo, _cast("float *", xl.data_ptr()), _cast("float *", y.data_ptr()), bptr, C.NULL)
