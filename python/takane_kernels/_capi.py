@@ -363,13 +363,7 @@ def ptr(ctype: str, a: np.ndarray | None, writable: bool = False):
     return from_buffer(ctype, a, require_writable=writable)
 
 
-def float_ptr(tensor_or_none):
-    """``float *`` to a torch tensor's memory (``data_ptr()``), or NULL."""
-    return NULL if tensor_or_none is None else ffi.cast("float *", tensor_or_none.data_ptr())
-
-
 HALF_PTR = from_buffer("float[]", HALF)
-ZERO_PTR = from_buffer("float[]", ZERO)
 
 
 # ---- bound ops for the module-level functions ---------------------------------------------
