@@ -20,6 +20,8 @@ from ._weights import PackedWeights
 
 __all__ = ["binary_linear", "binary_weight_matmul", "Linear"]
 
+_ndarray, _empty = np.ndarray, np.empty
+_SCALARS = (int, float)
 _lin_f32 = lib.takane_binary_linear_prepacked_f32
 _lin_f32_bits = lib.takane_binary_linear_prepacked_f32_bits
 _lin_u64 = lib.takane_binary_linear_prepacked
@@ -101,7 +103,20 @@ class Linear:
 
     def __call__(self, x, out=None) -> np.ndarray:
         """float32 (..., N), or with ``out_threshold`` packed uint64 (..., ceil(N/64))."""
-        if x.__class__ is np.ndarray:
+        if out is None and x.__class__ is _ndarray and x.dtype is F32:  # the common call, first
+            shape = x.shape
+            nd = len(shape)
+            if (nd == 2 or nd == 1) and shape[-1] == self.k:
+                flags = x.flags
+                if flags.c_contiguous and flags.aligned and self._nk:
+                    m = shape[0] if nd == 2 else 1
+                    if m:
+                        y = _empty((m, self._ylen) if nd == 2 else (self._ylen,), self._ydtype)
+                        status = self._cf32(m, _from_buffer("float[]", x), _from_buffer(self._yctype, y), self._bptr)
+                        if status:
+                            self._fail(status, x)
+                        return y
+        elif x.__class__ is _ndarray:  # packed x, or out= given
             shape = x.shape
             nd = len(shape)
             if nd == 2 or nd == 1:
@@ -112,14 +127,13 @@ class Linear:
                     m = shape[0] if nd == 2 else 1
                     if flags.c_contiguous and flags.aligned and m and self._nk:
                         yshape = (m, self._ylen) if nd == 2 else (self._ylen,)
-                        y = np.empty(yshape, self._ydtype) if out is None else C.ready_out(out, yshape, self._ydtype, x)
+                        y = _empty(yshape, self._ydtype) if out is None else C.ready_out(out, yshape, self._ydtype, x)
                         if y is not None:
+                            yptr = _from_buffer(self._yctype, y)
                             if f32:
-                                status = self._cf32(m, _from_buffer("float[]", x), _from_buffer(self._yctype, y),
-                                                    self._bptr)
+                                status = self._cf32(m, _from_buffer("float[]", x), yptr, self._bptr)
                             else:
-                                status = self._run_u64(m, _from_buffer("uint64_t[]", x), _from_buffer(self._yctype, y),
-                                                       self._bptr, _NULL)
+                                status = self._run_u64(m, _from_buffer("uint64_t[]", x), yptr, self._bptr, _NULL)
                             if status:
                                 self._fail(status, x)
                             return y
@@ -276,11 +290,13 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``threads``: how many threads may share the matrix product (None = the default).
     For many calls with the same weights and constants, bind them once: :class:`Linear`.
     """
-    if (bias is None and w.__class__ is PackedWeights and C.plain_scalar(threshold) and C.plain_scalar(threads)
-            and C.plain_scalar(out_threshold) and activation_scale.__class__ is bool):
+    if (bias is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS
+            and (threads is None or threads.__class__ is int) and C.plain_scalar(out_threshold)
+            and activation_scale.__class__ is bool):
         key = ("w1a1", threshold, activation_scale, out_threshold, threads)
-        op = C.bound_op(w, key, lambda: Linear(w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
-                                               out_threshold=out_threshold, threads=threads, _op="binary_linear"))
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
+            w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
+            out_threshold=out_threshold, threads=threads, _op="binary_linear"))
         return op(x, out)
     return Linear(w, activations="w1a1", threshold=threshold, bias=bias, activation_scale=activation_scale,
                   out_threshold=out_threshold, threads=threads, _op="binary_linear")(x, out)
@@ -318,10 +334,11 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     partial sum is exactly representable (e.g. small-integer x, power-of-two scales) y is
     exact. ``threads``: how many threads may share the work (None = the default).
     """
-    if bias is None and w.__class__ is PackedWeights and C.plain_scalar(threads) and activations.__class__ is str:
-        op = C.bound_op(w, ("wmm", activations, threads),
-                        lambda: Linear(w, activations=activations, threads=threads, _op="binary_weight_matmul",
-                                       _modes=("f32", "q8_0")))
+    if bias is None and w.__class__ is PackedWeights and activations.__class__ is str and (
+            threads is None or threads.__class__ is int):
+        key = ("wmm", activations, threads)
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
+            w, activations=activations, threads=threads, _op="binary_weight_matmul", _modes=("f32", "q8_0")))
         return op(x, out)
     return Linear(w, activations=activations, bias=bias, threads=threads, _op="binary_weight_matmul",
                   _modes=("f32", "q8_0"))(x, out)

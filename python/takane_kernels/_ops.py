@@ -163,6 +163,8 @@ def resolve_weights(w: object, k: object):
 _matmul_u64 = lib.takane_binary_matmul_prepacked
 _matmul_f32 = lib.takane_binary_matmul_prepacked_f32
 _from_buffer = ffi.from_buffer
+_ndarray, _empty = np.ndarray, np.empty
+_SCALARS = (int, float)
 
 
 class Matmul:
@@ -192,7 +194,7 @@ class Matmul:
 
     def __call__(self, x, out=None) -> np.ndarray:
         """int32 (..., N): the exact ±1 dot products of x's rows with the weights' rows."""
-        if x.__class__ is np.ndarray and self._handle is not None:
+        if x.__class__ is _ndarray and self._handle is not None:
             shape = x.shape
             nd = len(shape)
             if nd == 2 or nd == 1:
@@ -204,10 +206,10 @@ class Matmul:
                     m = shape[0] if nd == 2 else 1
                     if flags.c_contiguous and flags.aligned and m and n and shape[-1]:
                         yshape = (m, n) if nd == 2 else (n,)
-                        y = np.empty(yshape, dtype=I32) if out is None else C.ready_out(out, yshape, I32, x)
+                        y = _empty(yshape, I32) if out is None else C.ready_out(out, yshape, I32, x)
                         if y is not None:
-                            t = self._t
                             if f32:
+                                t = self._t
                                 status = _matmul_f32(self._handle, m, _from_buffer("float[]", x), self.k, t.ptr, t.len,
                                                      _from_buffer("int32_t[]", y), n, self._threads)
                             else:
@@ -268,7 +270,9 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     CPUs available); small problems run on the calling thread. For many calls with the
     same weights and threshold, bind them once: :class:`Matmul`.
     """
-    if k is None and w.__class__ is PackedWeights and C.plain_scalar(threshold) and C.plain_scalar(threads):
-        op = C.bound_op(w, ("matmul", threshold, threads), lambda: Matmul(w, threshold=threshold, threads=threads))
+    if k is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS and (
+            threads is None or threads.__class__ is int):
+        key = ("matmul", threshold, threads)
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Matmul(w, threshold=threshold, threads=threads))
         return op(x, out)
     return Matmul(w, threshold=threshold, k=k, threads=threads)(x, out)
