@@ -7,7 +7,7 @@ padding); products are XOR + popcount in C, on the best instruction set this CPU
 from . import isa, reference
 from ._ops import Matmul, binary_matmul, pack_bits, pack_weights, unpack_bits
 from ._paths import get_cmake_dir, get_include, get_library, get_library_dir, get_pkgconfig_dir
-from ._takane import ffi as _ffi, lib as _lib
+from ._capi import ffi as _ffi, lib as _lib
 from ._capi import MAX_K
 from ._weights import PackedWeights
 from ._layers import Linear, binary_linear, binary_weight_matmul
