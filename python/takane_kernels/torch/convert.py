@@ -26,11 +26,20 @@ def _np32(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().to("cpu", torch.float32).numpy().copy()
 
 
-def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None) -> nn.Module:
+def _flip_columns(bits: np.ndarray, flip_in) -> np.ndarray:
+    """bits with the weight bits of the inputs marked in ``flip_in`` (bool (K,)) inverted
+    in every row: the layer then computes the same dot products on those inputs negated."""
+    if flip_in is None or not flip_in.any():
+        return bits
+    mask = tk.pack_bits(flip_in[None, :].astype(np.float32), 0.5)[0]
+    return bits ^ mask
+
+
+def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None, flip_in=None) -> nn.Module:
     w = q.weight.detach().to("cpu", torch.float32).numpy()
     if np.isnan(w).any():
         raise ValueError("convert: a QuantLinear's weights contain NaN (NaN has no sign)")
-    bits = tk.pack_bits(w)  # bit = w >= 0, the forward's binarize(W, 0)
+    bits = _flip_columns(tk.pack_bits(w), flip_in)  # bit = w >= 0, the forward's binarize(W, 0)
     with torch.no_grad():
         scale = _np32(q.row_scale())
         extra = {}
@@ -116,7 +125,8 @@ def _is_w1a1_conv(q) -> bool:
 _FOLD_MAX_K = 2**24 - 2  # dot - T stays an exact float32 integer: |dot - T| <= 2K + 2 < 2**25, even
 
 
-def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads, threshold=None) -> nn.Module | None:
+def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, threads, threshold=None,
+                    flip_in=None) -> nn.Module | None:
     """``qa`` (W1A1) → ``bn`` → ``qb``'s SignQuantizer, as one W1A1 layer whose output is
     ``dot' - T`` (an exact float32 integer) and which ``qb`` then binarizes at 0.
 
@@ -128,8 +138,10 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     weight bits are inverted, ``-dot >= -T``). The folded layer therefore feeds ``qb`` the
     very bits the training model computes, ties and float rounding included, with scale and
     BatchNorm gone. ``threshold`` overrides ``qa``'s input threshold (0 when ``qa`` itself
-    follows a fold). Returns None (no fold) when an assumption fails: BatchNorm without
-    running statistics, K too large, non-finite values or a non-monotone bit pattern.
+    follows a fold; with ``flip_in``, the inputs whose bits a BatchNorm fold before ``qa``
+    inverted: see :func:`_fold_batchnorm_into_input`). Returns None (no fold) when an
+    assumption fails: BatchNorm without running statistics, K too large, non-finite values
+    or a non-monotone bit pattern.
     """
     if not (isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats and bn.running_mean is not None
             and bn.num_features == qa.out_features and _is_w1a1(qb) and qb.in_features == qa.out_features
@@ -147,7 +159,7 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     w = qa.weight.detach().to("cpu", torch.float32).numpy()
     if np.isnan(w).any():
         return None
-    bits = tk.pack_bits(w)
+    bits = _flip_columns(tk.pack_bits(w), flip_in)
     f = flip.numpy()
     if f.any():  # invert those rows' bits (not the sign of w: -0.0 would still pack as +1)
         ones = tk.pack_bits(np.ones((1, k), np.float32))[0]
@@ -155,6 +167,72 @@ def _fold_batchnorm(qa: QuantLinear, bn: nn.BatchNorm1d, qb: QuantLinear, thread
     if threshold is None:
         threshold = qa.input_quantizer.current_threshold().detach().to("cpu", torch.float32).numpy().copy()
     return BinaryLinear(tk.PackedWeights(bits, k), "w1a1", bias=bias, threshold=threshold, threads=threads)
+
+
+def _f32_keys(f: np.ndarray) -> np.ndarray:
+    """float32 -> int64 keys in the order of the values (-0.0 just below +0.0; no NaN)."""
+    i = np.ascontiguousarray(f, dtype=np.float32).view(np.int32).astype(np.int64)
+    return np.where(i < 0, -(i & 0x7FFFFFFF) - 1, i)
+
+
+def _keys_f32(keys: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_f32_keys`."""
+    bits = np.where(keys < 0, (-(keys + 1)) | 0x80000000, keys).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def _fold_batchnorm_into_input(bn: nn.BatchNorm1d, qb: QuantLinear):
+    """``bn`` → ``qb``'s SignQuantizer as float32 thresholds on ``bn``'s *input*: returns
+    ``(T, flip)`` — per input channel, the threshold (float32 (K,)) and whether the bit
+    falls with the input (then ``qb``'s weight bits of that input are inverted) — or None.
+
+    ``bn`` in eval mode is one affine map per channel and the quantizer one comparison, each
+    float op monotone, so the bit ``qb`` sees is monotone in ``bn``'s input y: ``y >= T`` or,
+    for a negative slope, ``y < T`` (= ``-(±1 of y >= T)``: the inverted weight bits). T is
+    found by bisection over the float32 values in order, running the training model's own
+    eval-mode modules (``bn``, the quantizer) on them, so ties and rounding are theirs; it is
+    then checked on both sides and at random values in batches of several sizes, and the
+    fold is declined (None) if anything disagrees, a channel's bit does not change over
+    [-inf, +inf] (e.g. a zero BatchNorm weight) or the modules are not in eval mode. NaN
+    stays an error: the W1A1 kernel refuses it, as the quantizer's NaN would be refused.
+    """
+    if not (isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats and bn.running_mean is not None
+            and _is_w1a1(qb) and qb.in_features == bn.num_features and not bn.training and not qb.training
+            and not qb.input_quantizer.training):
+        return None
+    c = bn.num_features
+
+    def bits(y: np.ndarray) -> np.ndarray:  # (r, C) float32 -> (r, C) bool: the bit qb sees
+        with torch.no_grad():
+            return (qb.input_quantizer(bn(torch.from_numpy(np.ascontiguousarray(y, np.float32)))) > 0).numpy()
+
+    inf = np.full((1, c), np.inf, np.float32)
+    hi_bit, lo_bit = bits(inf)[0], bits(-inf)[0]
+    flip = lo_bit & ~hi_bit
+    if not (flip | (hi_bit & ~lo_bit)).all():
+        return None  # a channel's bit is constant (or NaN): keep the BatchNorm
+
+    def rising(y):  # 1 from T upwards, in every channel
+        return bits(y) ^ flip
+
+    lo = _f32_keys(-inf[0])  # rising(lo) = 0
+    hi = _f32_keys(inf[0])  # rising(hi) = 1
+    while (hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        up = rising(_keys_f32(mid)[None, :])[0]
+        hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+    t = _keys_f32(hi)
+    below = _keys_f32(hi - 1)
+    rng = np.random.default_rng(0)
+    scale = np.where(np.isfinite(t) & (t != 0), np.abs(t), 1.0).astype(np.float32)
+    for rows in (1, 2, 33):
+        if not (rising(np.repeat(t[None], rows, 0)).all() and not rising(np.repeat(below[None], rows, 0)).any()):
+            return None
+        with np.errstate(over="ignore"):
+            y = (rng.standard_normal((rows * 8, c)) * scale * 2).astype(np.float32)
+        if not np.array_equal(rising(y), y >= t):
+            return None
+    return t, flip
 
 
 def _fold_thresholds(k: int, n: int, step: int, seen):
@@ -252,25 +330,36 @@ def _convert(module: nn.Module, activations: str, threads, fold: bool) -> nn.Mod
     if isinstance(module, QuantConv2d):
         return _convert_conv(module, activations, threads)
     names = list(module._modules)
-    zero_threshold = set()  # QuantLinears whose input now arrives as dot - T: binarize at 0
+    # layers whose input now arrives changed by a fold: name -> (threshold, inverted inputs)
+    # (dot - T from a W1A1 fold: binarize at 0; a BatchNorm folded into the thresholds)
+    overrides: dict = {}
     for i, name in enumerate(names):
         child = module._modules[name]
         if child is None:
             continue
-        if fold and isinstance(module, nn.Sequential) and i + 2 < len(names) and (_is_w1a1(child)
-                                                                                  or _is_w1a1_conv(child)):
+        threshold, flip_in = overrides.get(name, (None, None))
+        seq = fold and isinstance(module, nn.Sequential)
+        if seq and i + 2 < len(names) and (_is_w1a1(child) or _is_w1a1_conv(child)):
             bn, nxt = module._modules[names[i + 1]], module._modules[names[i + 2]]
-            fold_fn = _fold_batchnorm if _is_w1a1(child) else _fold_batchnorm_conv
-            folded = fold_fn(child, bn, nxt, threads, 0.0 if name in zero_threshold else None)
+            if _is_w1a1(child):
+                folded = _fold_batchnorm(child, bn, nxt, threads, threshold, flip_in)
+            else:
+                folded = _fold_batchnorm_conv(child, bn, nxt, threads, threshold)
             if folded is not None:
                 module._modules[name] = folded
                 module._modules[names[i + 1]] = nn.Identity()
-                zero_threshold.add(names[i + 2])
+                overrides[names[i + 2]] = (0.0, None)
                 continue
-        if name in zero_threshold and isinstance(child, QuantConv2d):
-            new = _convert_conv(child, activations, threads, threshold=0.0)
-        elif name in zero_threshold:
-            new = _convert_linear(child, activations, threads, threshold=0.0)
+        if seq and i + 1 < len(names) and isinstance(child, nn.BatchNorm1d) and names[i + 1] not in overrides:
+            found = _fold_batchnorm_into_input(child, module._modules[names[i + 1]])
+            if found is not None:
+                module._modules[name] = nn.Identity()
+                overrides[names[i + 1]] = found
+                continue
+        if threshold is not None and isinstance(child, QuantConv2d):
+            new = _convert_conv(child, activations, threads, threshold=threshold)
+        elif threshold is not None:
+            new = _convert_linear(child, activations, threads, threshold=threshold, flip_in=flip_in)
         else:
             new = _convert(child, activations, threads, fold)
         if new is not child:
@@ -301,6 +390,12 @@ def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: b
     outputs ``dot - T``, the BatchNorm becomes ``nn.Identity``, the second binarizes at 0),
     computed from the training model's own eval-mode ops for every possible dot product, so
     the bits the second layer sees — and the model's outputs — are unchanged, bit for bit.
+    Any other ``BatchNorm1d`` directly followed by a W1A1 ``QuantLinear`` (e.g. after a
+    weight-only layer) folds into that layer's float32 thresholds on the BatchNorm's input
+    (found by bisection over the float32 values with the model's own eval-mode BatchNorm and
+    quantizer; a negative BatchNorm weight inverts that input's weight bits), so the layer
+    sees the very bits the training model computes from the same input; it is declined (the
+    BatchNorm kept) where a channel's bit cannot change or a check disagrees.
     Everything else (other BatchNorms, activations, a standalone SignQuantizer, ...) is kept
     as is, so its eval output is unchanged; a BatchNorm after a W1A1 layer sees bit-identical
     inputs.
