@@ -407,3 +407,18 @@ def test_per_feature_threshold_is_rounded_once_and_follows_reassignment():
     c.threshold = t - 0.25
     assert torch.allclose(c(x32), expected(x32, t - 0.25), atol=1e-5)
     assert torch.allclose(m(x32), expected(x32, t + 0.25), atol=1e-5)
+
+
+def test_the_custom_op_finds_live_modules_only():
+    """The takane:: op finds its module in a per-process registry of live modules (weak
+    references): a module that is gone is a clear error, never another module's weights."""
+    import gc
+
+    torch.manual_seed(3)
+    m = BinaryLinear.from_linear(nn.Linear(64, 8))
+    key, x = m._takane_key, torch.randn(2, 64)
+    assert torch.equal(torch.ops.takane.binary_linear(x, m.bias, key), m(x))
+    del m
+    gc.collect()
+    with pytest.raises(RuntimeError, match="no live module"):
+        torch.ops.takane.binary_linear(x, None, key)

@@ -21,7 +21,7 @@ import torch
 
 import takane_kernels as tk
 
-_MODULES: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakValueDictionary()
+_MODULES: "dict[int, weakref.ref]" = {}  # key -> weak reference (removed when the module dies)
 _NEXT_KEY = itertools.count(1)
 # dtypes whose tensors numpy can view without a copy (float16/float64 are converted by the
 # numpy ops themselves)
@@ -34,11 +34,12 @@ def register(module: torch.nn.Module) -> None:
     constant."""
     key = next(_NEXT_KEY)
     module.__dict__["_takane_key"] = key
-    _MODULES[key] = module
+    _MODULES[key] = weakref.ref(module, lambda _, key=key: _MODULES.pop(key, None))
 
 
 def _module(key: int) -> torch.nn.Module:
-    m = _MODULES.get(key)
+    ref = _MODULES.get(key)  # (a plain dict of weak references: a WeakValueDictionary's get is
+    m = None if ref is None else ref()  # Python code, several times slower on the op path)
     if m is None:
         raise RuntimeError(f"takane_kernels.torch: no live module with key {key} (the traced "
                            "graph outlived the module it was traced from, or runs in another process)")
