@@ -52,12 +52,16 @@ ACTIVATION_ALIASES = {"float32": "f32", "w1a_float": "f32", "w1a8": "q8_0"}
 C_ACTIVATIONS = {"f32": 0, "q8_0": 1}
 
 
-def activation_mode(name: object, allowed=ACTIVATION_MODES, what: str = "activations") -> str:
-    """The canonical mode name ("w1a1", "f32" or "q8_0") of ``name`` or one of its aliases."""
+def activation_mode(name: object, allowed=ACTIVATION_MODES, what: str = "activations", names=None) -> str:
+    """The canonical mode name ("w1a1", "f32" or "q8_0") of ``name`` or one of its aliases.
+    ``names``: the names the error message offers first (default: the canonical ones)."""
     mode = ACTIVATION_ALIASES.get(name, name) if isinstance(name, str) else None
     if mode not in allowed:
-        names = [m for m in allowed] + [a for a, m in ACTIVATION_ALIASES.items() if m in allowed]
-        raise ValueError(f"{what} must be one of {', '.join(map(repr, names))}, got {name!r}")
+        names = tuple(names or allowed)
+        offered = f"one of {', '.join(map(repr, names))}" if len(names) > 2 else " or ".join(map(repr, names))
+        others = [a for a, m in ACTIVATION_ALIASES.items() if m in allowed and a not in names]
+        others += [m for m in allowed if m not in names]
+        raise ValueError(f"{what} must be {offered}, got {name!r} (also accepted: {', '.join(map(repr, others))})")
     return mode
 
 

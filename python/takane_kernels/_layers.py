@@ -54,7 +54,8 @@ class Linear:
 
     def __init__(self, w, *, activations="w1a1", threshold=0.0, bias=None, activation_scale=False,
                  out_threshold=None, threads=None, _op="Linear", _modes=C.ACTIVATION_MODES):
-        mode = C.activation_mode(activations, _modes, what=f"{_op}: activations")
+        mode = C.activation_mode(activations, _modes, f"{_op}: activations",
+                                 None if _modes is C.ACTIVATION_MODES else ("float32", "q8_0"))
         if not isinstance(w, PackedWeights):
             raise TypeError(f"{_op}: w must be a PackedWeights (from pack_weights), got {type(w).__name__}")
         if mode == "w1a1":

@@ -65,7 +65,7 @@ def _canonical(mode: object) -> str:
 
 def _check_mode(mode: object) -> str:
     if mode not in MODES and mode not in ("f32", "q8_0"):
-        raise ValueError(f"mode must be one of {MODES} (or 'f32', 'q8_0'), got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r} (also accepted: 'f32', 'q8_0')")
     return _canonical(mode)
 
 
