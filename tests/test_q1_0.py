@@ -324,3 +324,16 @@ def test_every_finite_fp16_and_every_midpoint():
     w = tk.PackedWeights(np.zeros((g.shape[0], 4), np.uint64), 256, group_scale=g, group_size=128)
     got = tk.to_q1_0(w).reshape(-1, 2, 18)[:, :, :2].copy().view("<u2")[..., 0]
     np.testing.assert_array_equal(got, g.astype(np.float16).view(np.uint16))
+
+
+def test_from_q1_0_result_owns_read_only_arrays():
+    """from_q1_0 adopts the arrays the C conversion made (no second copy): they must be as
+    private and read-only as the constructor's, and equal to what the constructor builds."""
+    rng = np.random.default_rng(7)
+    w = tk.pack_weights(rng.standard_normal((5, 256)), group_size=128)
+    q = tk.to_q1_0(w)
+    got = tk.from_q1_0(q, 256)
+    assert not got.bits.flags.writeable and not got.group_scale.flags.writeable
+    assert got == tk.PackedWeights(got.bits.copy(), 256, group_scale=got.group_scale.copy(), group_size=128)
+    q[:] = 0  # the source buffer is not referenced
+    assert got.bits.any()

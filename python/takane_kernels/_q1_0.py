@@ -63,7 +63,9 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
             r, b = np.argwhere(~np.isfinite(d))[0]
             raise ValueError(f"from_q1_0: block scale d of row {r}, block {b} is {d[r, b]} (not finite)")
         raise_status(st, "from_q1_0")
-    return PackedWeights(bits, k, group_scale=gs, group_size=Q1_0_BLOCK)
+    if not (n and nb):  # empty: the constructor's checks and shapes
+        return PackedWeights(bits, k, group_scale=gs, group_size=Q1_0_BLOCK)
+    return PackedWeights._adopt(bits, k, gs, Q1_0_BLOCK)  # made and checked by the C call above
 
 
 def _block_scales(w: PackedWeights, nb: int) -> np.ndarray | None:

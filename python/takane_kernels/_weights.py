@@ -144,6 +144,21 @@ class PackedWeights:
         self._handle = None
         self._bound = {}  # bound ops of the module-level functions (_capi.bound_op)
 
+    @classmethod
+    def _adopt(cls, bits: np.ndarray, k: int, group_scale: np.ndarray, group_size: int) -> "PackedWeights":
+        """Take ownership of arrays the library just made and validated in C (from_q1_0:
+        canonical bits of a k % 128 == 0 row, finite float32 group scales), without the
+        constructor's private copies: loading a model then holds one copy, not two."""
+        self = cls.__new__(cls)
+        bits.flags.writeable = False
+        group_scale.flags.writeable = False
+        self._bits, self._k = bits, k
+        self._scale = self._in_scale = None
+        self._group_scale, self._group_size = group_scale, group_size
+        self._handle = None
+        self._bound = {}
+        return self
+
     def _prepacked(self):
         """The C library's re-tiled copy of the bits (built once, on first use)."""
         handle = self._handle

@@ -19,6 +19,7 @@ misaligned tensor data, invalid UTF-8, ...) is reported as ``ValueError``.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Mapping
 
@@ -71,13 +72,21 @@ class _CheckedReader(_gguf.GGUFReader):
     def _get(self, offset, dtype, count=1, override_order=None):
         count = int(count)
         offset = int(offset)
-        itemsize = np.dtype(dtype).itemsize
+        dtype = np.dtype(dtype)
+        itemsize = dtype.itemsize
         if offset < 0 or count < 0 or offset + itemsize * count > len(self.data):
             raise _HostileFile(
                 f"declares {count} item(s) of {itemsize} bytes at offset {offset}, past the end of "
                 f"the {len(self.data)}-byte file (truncated, or a lying length)"
             )
-        return super()._get(offset, dtype, count, override_order)
+        # The stock reader slices its np.memmap: every slice and view of a memmap runs its
+        # Python-level __array_finalize__, ~10 µs per metadata element, so a 152k-token
+        # vocabulary took ~25 s. A plain ndarray view of the same mapping costs a fraction.
+        plain = self.__dict__.get("_plain")
+        if plain is None or plain.base is None:
+            plain = self._plain = self.data.view(np.ndarray)
+        order = self.byte_order if override_order is None else override_order
+        return plain[offset:offset + itemsize * count].view(dtype.newbyteorder(order))
 
     def _get_field_parts(self, orig_offs, raw_type):
         if int(raw_type) == GGUFValueType.ARRAY:
@@ -99,7 +108,37 @@ class _CheckedReader(_gguf.GGUFReader):
                     f"array at offset {orig_offs} declares {alen} elements of >= {least} bytes, "
                     f"but only {left} bytes are left in the file"
                 )
+            if it == GGUFValueType.STRING and alen:
+                return self._string_array_parts(orig_offs, alen)
+            if it in _SCALAR_NP and alen:  # one part for the whole array instead of one per element
+                raw_itype = self._get(orig_offs, np.uint32)
+                count = self._get(orig_offs + 4, np.uint64)
+                values = self._get(orig_offs + 12, _SCALAR_NP[it], alen)
+                return 12 + int(values.nbytes), [raw_itype, count, values], [2], [GGUFValueType.ARRAY, it]
         return super()._get_field_parts(orig_offs, raw_type)
+
+    def _string_array_parts(self, orig_offs, alen):
+        """An array of strings (a tokenizer's vocabulary: 10^5 entries) in the stock reader's
+        part layout (per element a length part and a bytes part; data = the bytes parts),
+        walked with plain integer reads instead of two numpy reads per element."""
+        raw_itype = self._get(orig_offs, np.uint32)
+        count = self._get(orig_offs + 4, np.uint64)
+        plain = self._get(0, np.uint8, len(self.data))  # the whole mapping, plain view
+        buf = memoryview(plain)
+        parts, idxs = [raw_itype, count], []
+        offs, end = orig_offs + 12, len(self.data)
+        u64 = np.dtype("<u8")
+        for _ in range(alen):
+            if offs + 8 > end:
+                raise _HostileFile(f"a string at offset {offs} runs past the end of the file")
+            slen = int.from_bytes(buf[offs:offs + 8], "little")
+            if slen > end - offs - 8:
+                raise _HostileFile(f"a string at offset {offs} declares {slen} bytes, past the end of the file")
+            parts.append(plain[offs:offs + 8].view(u64))
+            idxs.append(len(parts))
+            parts.append(plain[offs + 8:offs + 8 + slen])
+            offs += 8 + slen
+        return offs - orig_offs, parts, idxs, [GGUFValueType.ARRAY, GGUFValueType.STRING]
 
 
 def _open(path) -> _CheckedReader:
@@ -113,6 +152,25 @@ def _open(path) -> _CheckedReader:
     if reader.byte_order != "I":
         raise ValueError(f"{name}: big-endian GGUF files are not supported")
     return reader
+
+
+def _release(reader: _CheckedReader, offset: int, nbytes: int) -> None:
+    """Drop the file pages of a tensor already converted from the process's memory: the
+    mapping is read-only, so the kernel can reread them, and the loader's resident memory
+    stays near the result's size instead of the result plus the whole file. Best effort
+    (a platform without madvise keeps the pages until the mapping is closed)."""
+    mm = getattr(reader.data, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if mm is None or advice is None:
+        return
+    page = mmap.PAGESIZE
+    start = (offset + page - 1) // page * page  # whole pages inside the tensor only
+    end = (offset + nbytes) // page * page
+    if end > start:
+        try:
+            mm.madvise(advice, start, end - start)
+        except (OSError, ValueError):  # pragma: no cover - e.g. a mapping with an offset
+            pass
 
 
 def _check_tensors(reader: _CheckedReader, name: str) -> None:
@@ -172,6 +230,7 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
                     out[t.name] = from_q1_0(np.asarray(t.data).reshape(n, k // Q1_0_BLOCK * Q1_0_BLOCK_BYTES), k)
                 except ValueError as e:
                     raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
+                _release(reader, int(t.data_offset), int(t.n_bytes))
             elif tt in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
                 out[t.name] = np.array(t.data, dtype=np.float32 if tt == GGMLQuantizationType.F32 else np.float16)
             elif unsupported == "error":
