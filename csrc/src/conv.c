@@ -84,6 +84,8 @@ typedef struct conv_job {
     int direct;             /* rows are the input pixels (1x1, stride 1, no padding, 1 group) */
     int aligned;            /* cin_g % 64 == 0: taps are whole words */
     int zstack;             /* rows are windows of a stacked copy of kh input rows */
+    int fused;              /* the kernel set's panel_epi writes the outputs (fused_block) */
+    const int32_t *kvec;    /* fused: cout ints, all k (the base of an interior pixel) */
     const float *scale, *bias, *residual, *out_t;
     int out_t_per_col;
     float *y;
@@ -224,6 +226,66 @@ static void epilogue_row(const conv_job *j, int64_t r, const int32_t *d, int64_t
     }
 }
 
+/* Panels per L2 block on the fused path: the block's weights stay L2-resident while every
+ * row of the block streams past them (as matmul.c's gemm_block). */
+#define L2_BLOCK_BYTES (256 * 1024)
+
+/* Fused path (one group, no residual, cout % 16 == 0, a kernel set with panel_epi): rows
+ * [0, n) of x (row stride xs) are output pixels r0.. against panels [p_begin, p_end); the
+ * kernel's epilogue writes y / yb directly, no int32 dot products in memory. A border
+ * pixel (border != NULL and border[i]; pad_value 0) gets its padding correction folded
+ * into its base row (k - the outside taps' tapcorr, in bscr: n * cout ints); the others
+ * share kvec. */
+static void fused_block(const conv_job *j, int64_t r0, int64_t n, const uint64_t *x, int64_t xs,
+                        int64_t p_begin, int64_t p_end, const unsigned char *border,
+                        int32_t *bscr) {
+    const takane_weights *hw = j->w->g[0];
+    const takane_linear_ukernel *lk = j->ks->linear;
+    const int64_t cout = j->w->cout, kw = hw->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t c0 = p_begin * TAKANE_PANEL_ROWS, c1 = min64(cout, p_end * TAKANE_PANEL_ROWS);
+    const int64_t words = takane_words_for(cout);
+    const int32_t *rowbase[BLOCK_ROWS];
+    for (int64_t i = 0; i < n; i++) {
+        rowbase[i] = j->kvec;
+        if (border && border[i]) {
+            int32_t *b = bscr + i * cout;
+            for (int64_t o = c0; o < c1; o++) b[o] = (int32_t)hw->k;
+            correct_row(j, r0 + i, b, c0, c1);
+            rowbase[i] = b;
+        }
+        /* bits: the padding bytes of the last word (cout % 64 != 0) are the task's that
+         * owns the last column; the kernel writes whole bytes of its own columns only */
+        if (j->out_t && c1 == cout && cout % 64)
+            memset((uint8_t *)(j->yb + (r0 + i) * words) + cout / 8, 0,
+                   (size_t)(words * 8 - cout / 8));
+    }
+    int64_t ncp = L2_BLOCK_BYTES / (kw * TAKANE_PANEL_ROWS * 8);
+    ncp = ncp < 2 ? 2 : ncp / 2 * 2; /* even: the kernel takes pairs of panels */
+    const int mr_max = lk->panel_epi_mr;
+    const uint64_t *xr[TAKANE_MAX_MR];
+    const int32_t *base[TAKANE_MAX_MR];
+    float *y[TAKANE_MAX_MR];
+    uint8_t *yb[TAKANE_MAX_MR];
+    takane_panel_epi e = {base, NULL, NULL, j->out_t, j->out_t_per_col, y, yb};
+    for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
+        const int64_t je = min64(p_end, jb + ncp), cb = jb * TAKANE_PANEL_ROWS;
+        e.scale = j->scale ? j->scale + cb : NULL;
+        e.bias = j->bias ? j->bias + cb : NULL;
+        e.t = j->out_t && j->out_t_per_col ? j->out_t + cb : j->out_t;
+        for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
+            const int mr = (int)min64(mr_max, n - i0);
+            for (int i = 0; i < mr; i++) {
+                const int64_t r = r0 + i0 + i;
+                xr[i] = x + (i0 + i) * xs;
+                base[i] = rowbase[i0 + i] + cb;
+                if (j->out_t) yb[i] = (uint8_t *)(j->yb + r * words) + cb / 8;
+                else y[i] = j->y + r * cout + cb;
+            }
+            lk->panel_epi(xr, mr, hw->panels + jb * pstride, pstride, (int)(je - jb), kw, &e);
+        }
+    }
+}
+
 /* Z-stack path (xmajor handle, dilation_w 1, wide outputs): for output row (b, oy), z
  * holds padded input columns p in [p0, p1) (input column p - pad_left), each as the kh
  * input pixels of rows oy * stride_h - pad_top + ky * dilation_h stacked (kh * cw words;
@@ -284,9 +346,22 @@ static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
         const int64_t n = min64(min64(j->wo - ox0, i_end - r), j->block);
         const int64_t p0 = ox0 * sw, p1 = (ox0 + n - 1) * sw + w->kw;
         build_zstack(j, b, oy, p0, p1, z);
-        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
         const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
         const int rows_in = iy0 >= 0 && iy0 + (w->kh - 1) * geo->dilation_h < geo->in_h;
+        if (j->fused) {
+            unsigned char border[BLOCK_ROWS];
+            int any = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
+                border[i] = !(rows_in && ix0 >= 0 && ix0 + w->kw - 1 < geo->in_w);
+                any |= border[i];
+            }
+            fused_block(j, r, n, z, sw * col, p_begin, p_end,
+                        geo->pad_value == 0 && any ? border : NULL, d);
+            r += n;
+            continue;
+        }
+        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
         for (int64_t i = 0; i < n; i++) {
             int32_t *dr = d + i * w->cout;
             const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
@@ -347,12 +422,17 @@ static void conv_task(void *ctx, int64_t task) {
                 }
                 xr = buf, xs = j->kwords;
             }
+            if (j->fused) { /* one group: the block's outputs are final after this */
+                fused_block(j, r0, rows, xr, xs, p_begin, p_end,
+                            j->geo.pad_value == 0 ? border : NULL, d);
+                break;
+            }
             const int64_t pb = w->groups == 1 ? p_begin : 0;
             const int64_t pe = w->groups == 1 ? p_end : hw->npanels;
             takane_matmul_prepacked_block(j->ks, hw, rows, xr, xs, pb, pe, d + g * w->coutg,
                                           w->cout);
         }
-        for (int64_t r = 0; r < rows; r++) {
+        for (int64_t r = 0; !j->fused && r < rows; r++) {
             int32_t *dr = d + r * w->cout;
             if (j->geo.pad_value == 0 && border[r]) correct_row(j, r0 + r, dr, c0, c1);
             epilogue_row(j, r0 + r, dr, c0, c1, tmp);
@@ -419,6 +499,9 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     j.scale = scale, j.bias = bias, j.residual = residual;
     j.out_t = bits ? out_t : NULL, j.out_t_per_col = a->out_t_per_col;
     j.y = y, j.yb = yb;
+    /* The fused kernel works on pairs of 8-column panels, all columns valid; residuals
+     * (added after the float steps) and groups keep the int32 path. */
+    j.fused = ks->linear->panel_epi != NULL && w->groups == 1 && !residual && cout % 16 == 0;
     int64_t block = BLOCK_BYTES / (j.kwords * 8);
     j.block = block < 8 ? 8 : block > BLOCK_ROWS ? BLOCK_ROWS : block;
 
@@ -430,12 +513,22 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
         ones[cw - 1] = takane_last_word_mask(cin);
         j.ones = ones;
     }
+    int32_t *kvec = NULL;
+    if (j.fused) {
+        if (!(kvec = (int32_t *)malloc((size_t)cout * sizeof(int32_t)))) {
+            free(ones);
+            return TAKANE_ERR_OUT_OF_MEMORY;
+        }
+        for (int64_t o = 0; o < cout; o++) kvec[o] = (int32_t)w->g[0]->k;
+        j.kvec = kvec;
+    }
     const double work = (double)j.m * (double)cout * (double)w->k;
     if (work < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
     if (xf) {
         if ((double)npix * (double)cw * 8.0 > (double)SIZE_MAX / 4 ||
             !(packed = (uint64_t *)malloc((size_t)(npix * cw) * sizeof(uint64_t)))) {
             free(ones);
+            free(kvec);
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
         pack_job pj = {ks, xf, cin, cw, npix, 0, a->t, a->t_per_channel, packed, TAKANE_OK};
@@ -445,6 +538,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
         if (pj.failed != TAKANE_OK) {
             free(packed);
             free(ones);
+            free(kvec);
             return (takane_status)pj.failed;
         }
         j.x = packed;
@@ -461,6 +555,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     takane_parallel_run(nthreads, grid.ntasks, conv_task, &j);
     free(packed);
     free(ones);
+    free(kvec);
     if (j.failed != TAKANE_OK) return (takane_status)j.failed;
     return TAKANE_OK;
 }
