@@ -300,36 +300,56 @@ static void build_zstack(const conv_job *j, int64_t b, int64_t oy, int64_t p0, i
     const int64_t kh = j->w->kh, cw = j->cw, col = j->w->colbits / 64, H = geo->in_h, W = geo->in_w;
     const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
     const uint64_t *img = j->x + b * H * W * cw;
+    /* Columns [pa, pb) of [p0, p1) lie inside the image; the rest are padding. The
+     * loops below have no per-pixel bounds checks (this copy is ~10% of a 56x56x64
+     * layer's time when it branches per word). */
+    int64_t pa = p0 > geo->pad_left ? p0 : geo->pad_left;
+    int64_t pb = p1 < geo->pad_left + W ? p1 : geo->pad_left + W;
+    pa = pa < p1 ? pa : p1;
+    pb = pb > pa ? pb : pa; /* p0 <= pa <= pb <= p1 */
     if (!j->aligned) { /* 32 channels (cw == 1): two stacked pixels per word */
-        const uint64_t fill32 = fill & 0xffffffffu;
-        for (int64_t p = p0; p < p1; p++) {
-            uint64_t *dst = z + (p - p0) * col;
-            const int64_t ix = p - geo->pad_left;
-            const int in_x = ix >= 0 && ix < W;
-            uint64_t acc = 0; /* built in a register: no store-to-load round trips */
-            for (int64_t ky = 0; ky < kh; ky++) {
+        const uint64_t fill32 = fill & 0xffffffffu, zero = 0;
+        for (int64_t m = 0; m < col; m++) { /* word m of a column: rows ky = 2m, 2m + 1 */
+            /* each half reads row pointer + p * stride: stride 1 for an image row (the
+             * pointer offset so that column p is image column p - pad_left), stride 0
+             * on a one-word fill for a padding row or the missing half of an odd kh */
+            const uint64_t *rows[2];
+            int64_t st[2];
+            for (int h = 0; h < 2; h++) {
+                const int64_t ky = 2 * m + h;
                 const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
-                const uint64_t v = in_x && iy >= 0 && iy < H ? img[iy * W + ix] : fill32;
-                acc |= v << (32 * (ky & 1));
-                if (ky & 1) dst[ky >> 1] = acc, acc = 0;
+                if (ky >= kh) rows[h] = &zero, st[h] = 0;
+                else if (iy < 0 || iy >= H) rows[h] = &fill32, st[h] = 0;
+                else rows[h] = img + iy * W - geo->pad_left, st[h] = 1;
             }
-            if (kh & 1) dst[kh >> 1] = acc; /* col == ceil(kh / 2) words, all written */
+            const uint64_t edge = fill32 | (2 * m + 1 < kh ? fill32 << 32 : 0);
+            uint64_t *dst = z + m;
+            for (int64_t p = p0; p < pa; p++) dst[(p - p0) * col] = edge;
+            for (int64_t p = pa; p < pb; p++)
+                dst[(p - p0) * col] = rows[0][p * st[0]] | rows[1][p * st[1]] << 32;
+            for (int64_t p = pb; p < p1; p++) dst[(p - p0) * col] = edge;
         }
         return;
     }
     for (int64_t ky = 0; ky < kh; ky++) {
         const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
-        const uint64_t *src_row = iy >= 0 && iy < H ? img + iy * W * cw : NULL;
         uint64_t *dst = z + ky * cw;
-        for (int64_t p = p0; p < p1; p++, dst += col) {
-            const int64_t ix = p - geo->pad_left;
-            if (src_row && ix >= 0 && ix < W) {
-                const uint64_t *src = src_row + ix * cw;
-                for (int64_t q = 0; q < cw; q++) dst[q] = src[q];
-            } else {
-                for (int64_t q = 0; q < cw; q++) dst[q] = fill;
-            }
+        if (iy < 0 || iy >= H) { /* a padding row */
+            for (int64_t p = p0; p < p1; p++)
+                for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
+            continue;
         }
+        const uint64_t *src = img + (iy * W - geo->pad_left) * cw; /* column p at src + p * cw */
+        for (int64_t p = p0; p < pa; p++)
+            for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
+        if (cw == 1) { /* 64 channels: one word per pixel */
+            for (int64_t p = pa; p < pb; p++) dst[(p - p0) * col] = src[p];
+        } else {
+            for (int64_t p = pa; p < pb; p++)
+                for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = src[p * cw + q];
+        }
+        for (int64_t p = pb; p < p1; p++)
+            for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
     }
 }
 
