@@ -13,7 +13,7 @@
  * Fused panel tile (panel_epi, the convolutions' small-K layers): the panel tile of
  *   matmul_avx512.c (broadcast activation word, VPXORQ + VPOPCNTQ + VPADDQ per 8 outputs,
  *   up to 4 rows x 4 panels = 16 zmm accumulators) whose counts go straight into the
- *   epilogue: per pair of panels and row, 2 VPMOVQD + VINSERTI64X4 (16 counts), VPADDD +
+ *   epilogue: per pair of panels and row, VPERMT2D (16 counts, 32-bit), VPADDD +
  *   VPSUBD from the row's base (the dot products), then the float steps as above and one
  *   16-float store, or one VCMPPS mask = 16 output bits (a 2-byte store). No count or
  *   dot product goes through memory.
@@ -128,9 +128,10 @@ static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const
 static inline __attribute__((always_inline)) void epi_pair(__m512i lo, __m512i hi,
                                                            const int32_t *base, int64_t c,
                                                            const takane_panel_epi *e, int i) {
-    /* counts < 2^32 (kw * 64 <= 2^31 + 63): VPMOVQD keeps each lane's low dword */
-    const __m512i pc = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)),
-                                          _mm512_cvtepi64_epi32(hi), 1);
+    /* counts < 2^32 (kw * 64 <= 2^31 + 63): one VPERMT2D gathers the low dword of each
+     * 64-bit lane of lo (columns 0-7) and hi (8-15) */
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i pc = _mm512_permutex2var_epi32(lo, even, hi);
     const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(base + c)),
                                        _mm512_add_epi32(pc, pc));
     __m512 v = _mm512_cvtepi32_ps(d);
@@ -166,8 +167,9 @@ static inline __attribute__((always_inline)) void epi_pair(__m512i lo, __m512i h
                         acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
             }                                                                               \
         }                                                                                   \
-        for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p += 2)                                                \
+        /* unrolled: the accumulators stay in registers (a runtime index spills them) */      \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MRC; i++)                               \
+            _Pragma("GCC unroll 4") for (int p = 0; p < NPC; p += 2)                        \
                 epi_pair(acc[i][p], acc[i][p + 1], e->base[i], c + p * TAKANE_PANEL_ROWS, e, i); \
     }
 EPI_TILE(1, 2) EPI_TILE(1, 4)
