@@ -177,7 +177,7 @@ EPI_TILE(2, 2) EPI_TILE(2, 4)
 EPI_TILE(3, 2) EPI_TILE(3, 4)
 EPI_TILE(4, 2) EPI_TILE(4, 4)
 
-static void panel_epi(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+__attribute__((aligned(64))) static void panel_epi(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
                       int np, int64_t kw, const takane_panel_epi *e) {
     int p = 0;
 #define STEP(MRC, NPC)                                                                     \
