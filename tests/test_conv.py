@@ -276,3 +276,33 @@ def test_input_dtypes_and_views(isa_name, dtype):
     got = tk.binary_conv2d(x, w, padding=1, threshold=t)
     assert_ran(isa_name)
     np.testing.assert_array_equal(got, ref.binary_conv2d(x, w, padding=1, threshold=t))
+
+
+@pytest.mark.parametrize("cin", [32, 40, 64])
+@pytest.mark.parametrize("cout", [16, 32, 48, 96])
+def test_fused_epilogue_shapes(isa_name, cin, cout):
+    """Output channels a multiple of 16, one group, no residual: the kernel sets with a
+    fused panel epilogue (avx512's panel_epi) write y / the bits straight from the
+    popcount registers. Every path into it — z-stack rows (wide), gathered pixels
+    (narrow, stride 2), 1x1 pixel rows — with zero-padding border corrections folded into
+    the row bases, negative and zero scales, bias, scalar and per-channel output
+    thresholds, an output word that is part padding (cout % 64), and column splits."""
+    rng = np.random.default_rng(cin * 1000 + cout)
+    scale = rng.standard_normal(cout)
+    scale[::5] = 0.0
+    w3 = weights(rng, cout, 3, 3, cin, scale=scale)
+    w1 = weights(rng, cout, 1, 1, cin, scale=scale)
+    bias = rng.standard_normal(cout).astype(np.float32) * 4
+    t_out = rng.standard_normal(cout).astype(np.float32) * 4
+    cases = [(w3, (1, 6, 20, cin), dict(padding=1)), (w3, (2, 7, 5, cin), dict(padding=1, stride=2)),
+             (w1, (1, 3, 9, cin), dict())]
+    for w, shape, geo in cases:
+        x = tk.pack_bits(rng.standard_normal(shape))
+        for pad_value in (0, 1):
+            for extra in (dict(), dict(bias=bias), dict(out_threshold=0.5), dict(bias=bias, out_threshold=t_out)):
+                kw = dict(geo, pad_value=pad_value, **extra)
+                want = ref.binary_conv2d(x, w, **kw)
+                for threads in (1, 2):
+                    got = tk.binary_conv2d(x, w, threads=threads, **kw)
+                    assert_ran(isa_name)
+                    np.testing.assert_array_equal(got, want)

@@ -80,6 +80,28 @@ typedef struct takane_matmul_ukernel {
 } takane_matmul_ukernel;
 
 /*
+ * Epilogue of a fused panel tile (takane_linear_ukernel.panel_epi), columns counted from
+ * the call's first column c (panel 0 of the call, c % 8 == 0):
+ *   d_ij = base[i][j] - 2 * popcount(x[i] XOR row j)   (the dot product; base = k, or
+ *          k minus a border pixel's padding correction: the caller folds it in)
+ *   v_ij = ((float)d_ij * scale[j]) + bias[j]          (each step rounded to float32;
+ *          scale / bias NULL drops the step)
+ * then y[i][j] = v_ij (t == NULL), or bit j % 8 of byte yb[i][j / 8] = (v_ij >= t[j or 0])
+ * (bytes of the call's panels, little-endian within the output word, so byte p holds
+ * columns 8p..8p+7). np is even and every column is valid (the framework uses the fused
+ * path only when its column count is a multiple of 16), so a kernel may work on pairs of
+ * panels (16 columns) without masks.
+ */
+typedef struct takane_panel_epi {
+    const int32_t *const *base; /* mr row pointers */
+    const float *scale, *bias;  /* per column, or NULL */
+    const float *t;             /* bits out: one threshold, or per column (t_per_col) */
+    int t_per_col;
+    float *const *y;            /* float out: mr row pointers (t == NULL) */
+    uint8_t *const *yb;         /* bits out: mr row pointers to the call's first byte */
+} takane_panel_epi;
+
+/*
  * W1A1 layer microkernels (csrc/kernels/linear/linear_<isa>.c), used by linear.c.
  * Epilogue value of column j: v_j = ((float)d[j] * s[j]) * beta + b[j], each step rounded
  * to float32 (these files are built with -ffp-contract=off); s == NULL, beta == NULL or
@@ -99,6 +121,16 @@ typedef struct takane_linear_ukernel {
     /* bit j of out = (d[j] > tint[j]) XOR bit j of flip (flip: ceil(n/64) words). */
     void (*int_bits_row)(const int32_t *d, int64_t n, const int32_t *tint, const uint64_t *flip,
                          uint64_t *out);
+    /* May be NULL (the framework then runs the matmul set's panel_tile, converts the counts
+     * to int32 dot products and calls the row epilogues above). The panel tile fused with
+     * the layer epilogue (takane_panel_epi): for i < mr rows x[i] and the np * 8 rows of np
+     * consecutive panels (panel p at panels + p * pstride), the counts never leave the
+     * registers. For layers whose K is a few words (3x3 convolutions of 32-64 channels),
+     * where storing, converting and re-reading the counts costs as much as the products.
+     * Requires 1 <= mr <= panel_epi_mr, np >= 2 even, kw >= 1. */
+    void (*panel_epi)(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+                      int np, int64_t kw, const takane_panel_epi *e);
+    int panel_epi_mr;
 } takane_linear_ukernel;
 
 /* Largest W1A-float tile any kernel set may declare (framework scratch is sized by it). */

@@ -17,6 +17,13 @@
  *     outside the image read a padding pixel).
  * Then the block is multiplied against the group's weight panels, border pixels are
  * corrected, and the fused epilogue runs while the block's dot products are in cache.
+ * Fused path (fused_block: one group, no residual, cout % 16 == 0, a kernel set with
+ * panel_epi — avx512): the panel tile itself finishes the outputs from its popcount
+ * registers (kernel.h, takane_panel_epi); a border pixel's correction is folded into its
+ * row's base (k - the outside taps' tapcorr) instead of being subtracted from stored dot
+ * products. At 3x3 x 64 channels K is 9 words per output, and storing the counts,
+ * converting them to int32 and re-reading them for the epilogue cost about as much as
+ * the products (measured: 56x56x64 175 -> 133 us, 56x56x32 92 -> 60 us, 1 thread).
  * Tap order: column-major in whole-word columns for one group with cin_g % 64 == 0 or
  * cin_g == 32 (two stacked pixels per word: a 3x3 row of 32 channels is 6 words, not
  * 9), else (ky, kx) densely packed (tap t at bit t * cin_g).
@@ -84,6 +91,8 @@ typedef struct conv_job {
     int direct;             /* rows are the input pixels (1x1, stride 1, no padding, 1 group) */
     int aligned;            /* cin_g % 64 == 0: taps are whole words */
     int zstack;             /* rows are windows of a stacked copy of kh input rows */
+    int fused;              /* the kernel set's panel_epi writes the outputs (fused_block) */
+    const int32_t *kvec;    /* fused: cout ints, all k (the base of an interior pixel) */
     const float *scale, *bias, *residual, *out_t;
     int out_t_per_col;
     float *y;
@@ -224,6 +233,111 @@ static void epilogue_row(const conv_job *j, int64_t r, const int32_t *d, int64_t
     }
 }
 
+/* Panels per L2 block on the fused path: the block's weights stay L2-resident while every
+ * row of the block streams past them (as matmul.c's gemm_block). */
+#define L2_BLOCK_BYTES (256 * 1024)
+
+/* Border pixels' bases on the fused path, per task, by the pattern of outside taps
+ * (pad_value 0, taps <= 64): a layer has few patterns (3x3, padding 1: 4 edges and 4
+ * corners), so each base row (k - the correction) is computed once per task instead of
+ * once per border pixel (~40 ns each at 64 channels; a 56x56 image has 220). */
+#define BASE_CACHE 16
+typedef struct base_cache {
+    int n;
+    uint64_t mask[BASE_CACHE];
+    int32_t *rows; /* BASE_CACHE rows of cout ints (columns [c0, c1) of the task used) */
+} base_cache;
+
+/* Bit t set iff tap t of output pixel r lies outside the image (taps <= 64). */
+static uint64_t outside_taps(const conv_job *j, int64_t r) {
+    const takane_conv2d_geometry *geo = &j->geo;
+    const int64_t rem = r % (j->ho * j->wo);
+    const int64_t iy0 = (rem / j->wo) * geo->stride_h - geo->pad_top;
+    const int64_t ix0 = (rem % j->wo) * geo->stride_w - geo->pad_left;
+    uint64_t m = 0;
+    int t = 0;
+    for (int64_t ky = 0; ky < j->w->kh; ky++) {
+        const int64_t iy = iy0 + ky * geo->dilation_h;
+        const int row_in = iy >= 0 && iy < geo->in_h;
+        for (int64_t kx = 0; kx < j->w->kw; kx++, t++) {
+            const int64_t ix = ix0 + kx * geo->dilation_w;
+            m |= (uint64_t)!(row_in && ix >= 0 && ix < geo->in_w) << t;
+        }
+    }
+    return m;
+}
+
+/* Fused path (one group, no residual, cout % 16 == 0, a kernel set with panel_epi): rows
+ * [0, n) of x (row stride xs) are output pixels r0.. against panels [p_begin, p_end); the
+ * kernel's epilogue writes y / yb directly, no int32 dot products in memory. A border
+ * pixel (border != NULL and border[i]; pad_value 0) gets its padding correction folded
+ * into its base row (k - the outside taps' tapcorr, in bscr: n * cout ints); the others
+ * share kvec. */
+static void fused_block(const conv_job *j, int64_t r0, int64_t n, const uint64_t *x, int64_t xs,
+                        int64_t p_begin, int64_t p_end, const unsigned char *border,
+                        int32_t *bscr, base_cache *cache) {
+    const takane_weights *hw = j->w->g[0];
+    const takane_linear_ukernel *lk = j->ks->linear;
+    const int64_t cout = j->w->cout, kw = hw->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t c0 = p_begin * TAKANE_PANEL_ROWS, c1 = min64(cout, p_end * TAKANE_PANEL_ROWS);
+    const int64_t words = takane_words_for(cout);
+    const int32_t *rowbase[BLOCK_ROWS];
+    for (int64_t i = 0; i < n; i++) {
+        rowbase[i] = j->kvec;
+        if (border && border[i]) {
+            uint64_t m = 0;
+            int hit = -1;
+            if (cache) { /* taps <= 64 */
+                m = outside_taps(j, r0 + i);
+                for (int q = 0; q < cache->n; q++)
+                    if (cache->mask[q] == m) hit = q;
+            }
+            if (hit < 0) {
+                int32_t *b = bscr + i * cout;
+                if (cache && cache->n < BASE_CACHE) {
+                    hit = cache->n++;
+                    cache->mask[hit] = m;
+                    b = cache->rows + hit * cout;
+                }
+                for (int64_t o = c0; o < c1; o++) b[o] = (int32_t)hw->k;
+                correct_row(j, r0 + i, b, c0, c1);
+                rowbase[i] = b;
+            } else {
+                rowbase[i] = cache->rows + hit * cout;
+            }
+        }
+        /* bits: the padding bits of the last word (cout % 64 != 0) are the task's that
+         * owns the last column; zero the word first, the kernel then writes the bytes of
+         * its own columns (one store: a memset call per pixel cost 10-20% at 32 channels) */
+        if (j->out_t && c1 == cout && cout % 64) j->yb[(r0 + i) * words + words - 1] = 0;
+    }
+    int64_t ncp = L2_BLOCK_BYTES / (kw * TAKANE_PANEL_ROWS * 8);
+    ncp = ncp < 2 ? 2 : ncp / 2 * 2; /* even: the kernel takes pairs of panels */
+    const int mr_max = lk->panel_epi_mr;
+    const uint64_t *xr[TAKANE_MAX_MR];
+    const int32_t *base[TAKANE_MAX_MR];
+    float *y[TAKANE_MAX_MR];
+    uint8_t *yb[TAKANE_MAX_MR];
+    takane_panel_epi e = {base, NULL, NULL, j->out_t, j->out_t_per_col, y, yb};
+    for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
+        const int64_t je = min64(p_end, jb + ncp), cb = jb * TAKANE_PANEL_ROWS;
+        e.scale = j->scale ? j->scale + cb : NULL;
+        e.bias = j->bias ? j->bias + cb : NULL;
+        e.t = j->out_t && j->out_t_per_col ? j->out_t + cb : j->out_t;
+        for (int64_t i0 = 0; i0 < n; i0 += mr_max) {
+            const int mr = (int)min64(mr_max, n - i0);
+            for (int i = 0; i < mr; i++) {
+                const int64_t r = r0 + i0 + i;
+                xr[i] = x + (i0 + i) * xs;
+                base[i] = rowbase[i0 + i] + cb;
+                if (j->out_t) yb[i] = (uint8_t *)(j->yb + r * words) + cb / 8;
+                else y[i] = j->y + r * cout + cb;
+            }
+            lk->panel_epi(xr, mr, hw->panels + jb * pstride, pstride, (int)(je - jb), kw, &e);
+        }
+    }
+}
+
 /* Z-stack path (xmajor handle, dilation_w 1, wide outputs): for output row (b, oy), z
  * holds padded input columns p in [p0, p1) (input column p - pad_left), each as the kh
  * input pixels of rows oy * stride_h - pad_top + ky * dilation_h stacked (kh * cw words;
@@ -238,36 +352,56 @@ static void build_zstack(const conv_job *j, int64_t b, int64_t oy, int64_t p0, i
     const int64_t kh = j->w->kh, cw = j->cw, col = j->w->colbits / 64, H = geo->in_h, W = geo->in_w;
     const uint64_t fill = geo->pad_value > 0 ? ~UINT64_C(0) : 0;
     const uint64_t *img = j->x + b * H * W * cw;
+    /* Columns [pa, pb) of [p0, p1) lie inside the image; the rest are padding. The
+     * loops below have no per-pixel bounds checks (this copy is ~10% of a 56x56x64
+     * layer's time when it branches per word). */
+    int64_t pa = p0 > geo->pad_left ? p0 : geo->pad_left;
+    int64_t pb = p1 < geo->pad_left + W ? p1 : geo->pad_left + W;
+    pa = pa < p1 ? pa : p1;
+    pb = pb > pa ? pb : pa; /* p0 <= pa <= pb <= p1 */
     if (!j->aligned) { /* 32 channels (cw == 1): two stacked pixels per word */
-        const uint64_t fill32 = fill & 0xffffffffu;
-        for (int64_t p = p0; p < p1; p++) {
-            uint64_t *dst = z + (p - p0) * col;
-            const int64_t ix = p - geo->pad_left;
-            const int in_x = ix >= 0 && ix < W;
-            uint64_t acc = 0; /* built in a register: no store-to-load round trips */
-            for (int64_t ky = 0; ky < kh; ky++) {
+        const uint64_t fill32 = fill & 0xffffffffu, zero = 0;
+        for (int64_t m = 0; m < col; m++) { /* word m of a column: rows ky = 2m, 2m + 1 */
+            /* each half reads row pointer + p * stride: stride 1 for an image row (the
+             * pointer offset so that column p is image column p - pad_left), stride 0
+             * on a one-word fill for a padding row or the missing half of an odd kh */
+            const uint64_t *rows[2];
+            int64_t st[2];
+            for (int h = 0; h < 2; h++) {
+                const int64_t ky = 2 * m + h;
                 const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
-                const uint64_t v = in_x && iy >= 0 && iy < H ? img[iy * W + ix] : fill32;
-                acc |= v << (32 * (ky & 1));
-                if (ky & 1) dst[ky >> 1] = acc, acc = 0;
+                if (ky >= kh) rows[h] = &zero, st[h] = 0;
+                else if (iy < 0 || iy >= H) rows[h] = &fill32, st[h] = 0;
+                else rows[h] = img + iy * W - geo->pad_left, st[h] = 1;
             }
-            if (kh & 1) dst[kh >> 1] = acc; /* col == ceil(kh / 2) words, all written */
+            const uint64_t edge = fill32 | (2 * m + 1 < kh ? fill32 << 32 : 0);
+            uint64_t *dst = z + m;
+            for (int64_t p = p0; p < pa; p++) dst[(p - p0) * col] = edge;
+            for (int64_t p = pa; p < pb; p++)
+                dst[(p - p0) * col] = rows[0][p * st[0]] | rows[1][p * st[1]] << 32;
+            for (int64_t p = pb; p < p1; p++) dst[(p - p0) * col] = edge;
         }
         return;
     }
     for (int64_t ky = 0; ky < kh; ky++) {
         const int64_t iy = oy * geo->stride_h - geo->pad_top + ky * geo->dilation_h;
-        const uint64_t *src_row = iy >= 0 && iy < H ? img + iy * W * cw : NULL;
         uint64_t *dst = z + ky * cw;
-        for (int64_t p = p0; p < p1; p++, dst += col) {
-            const int64_t ix = p - geo->pad_left;
-            if (src_row && ix >= 0 && ix < W) {
-                const uint64_t *src = src_row + ix * cw;
-                for (int64_t q = 0; q < cw; q++) dst[q] = src[q];
-            } else {
-                for (int64_t q = 0; q < cw; q++) dst[q] = fill;
-            }
+        if (iy < 0 || iy >= H) { /* a padding row */
+            for (int64_t p = p0; p < p1; p++)
+                for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
+            continue;
         }
+        const uint64_t *src = img + (iy * W - geo->pad_left) * cw; /* column p at src + p * cw */
+        for (int64_t p = p0; p < pa; p++)
+            for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
+        if (cw == 1) { /* 64 channels: one word per pixel */
+            for (int64_t p = pa; p < pb; p++) dst[(p - p0) * col] = src[p];
+        } else {
+            for (int64_t p = pa; p < pb; p++)
+                for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = src[p * cw + q];
+        }
+        for (int64_t p = pb; p < p1; p++)
+            for (int64_t q = 0; q < cw; q++) dst[(p - p0) * col + q] = fill;
     }
 }
 
@@ -275,7 +409,7 @@ static void build_zstack(const conv_job *j, int64_t b, int64_t oy, int64_t p0, i
  * most j->block pixels per GEMM call). */
 static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
                              int64_t p_begin, int64_t p_end, int64_t c0, int64_t c1,
-                             uint64_t *z, int32_t *d, float *tmp) {
+                             uint64_t *z, int32_t *d, float *tmp, base_cache *cache) {
     const takane_conv_weights *w = j->w;
     const takane_conv2d_geometry *geo = &j->geo;
     const int64_t hw = j->ho * j->wo, col = w->colbits / 64, sw = geo->stride_w;
@@ -284,9 +418,22 @@ static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
         const int64_t n = min64(min64(j->wo - ox0, i_end - r), j->block);
         const int64_t p0 = ox0 * sw, p1 = (ox0 + n - 1) * sw + w->kw;
         build_zstack(j, b, oy, p0, p1, z);
-        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
         const int64_t iy0 = oy * geo->stride_h - geo->pad_top;
         const int rows_in = iy0 >= 0 && iy0 + (w->kh - 1) * geo->dilation_h < geo->in_h;
+        if (j->fused) {
+            unsigned char border[BLOCK_ROWS];
+            int any = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
+                border[i] = !(rows_in && ix0 >= 0 && ix0 + w->kw - 1 < geo->in_w);
+                any |= border[i];
+            }
+            fused_block(j, r, n, z, sw * col, p_begin, p_end,
+                        geo->pad_value == 0 && any ? border : NULL, d, cache);
+            r += n;
+            continue;
+        }
+        takane_matmul_prepacked_block(j->ks, w->g[0], n, z, sw * col, p_begin, p_end, d, w->cout);
         for (int64_t i = 0; i < n; i++) {
             int32_t *dr = d + i * w->cout;
             const int64_t ix0 = (ox0 + i) * sw - geo->pad_left;
@@ -318,12 +465,17 @@ static void conv_task(void *ctx, int64_t task) {
                               : (uint64_t *)malloc((j->zstack ? zwords : (size_t)(block * j->kwords)) * 8);
     int32_t *d = (int32_t *)malloc((size_t)(block * w->cout) * sizeof(int32_t));
     float *tmp = (j->out_t && j->residual) ? (float *)malloc((size_t)w->cout * sizeof(float)) : NULL;
+    base_cache bc = {0, {0}, NULL}, *cache = NULL;
+    if (j->fused && j->geo.pad_value == 0 && w->taps <= 64) {
+        bc.rows = (int32_t *)malloc((size_t)(BASE_CACHE * w->cout) * sizeof(int32_t));
+        cache = bc.rows ? &bc : NULL; /* without it: one base per border pixel, as exact */
+    }
     if ((!j->direct && !buf) || !d || (j->out_t && j->residual && !tmp)) {
         __atomic_store_n(&j->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         goto done;
     }
     if (j->zstack) {
-        conv_rows_zstack(j, i_begin, i_end, p_begin, p_end, c0, c1, buf, d, tmp);
+        conv_rows_zstack(j, i_begin, i_end, p_begin, p_end, c0, c1, buf, d, tmp, cache);
         goto done;
     }
     unsigned char border[BLOCK_ROWS];
@@ -347,12 +499,17 @@ static void conv_task(void *ctx, int64_t task) {
                 }
                 xr = buf, xs = j->kwords;
             }
+            if (j->fused) { /* one group: the block's outputs are final after this */
+                fused_block(j, r0, rows, xr, xs, p_begin, p_end,
+                            j->geo.pad_value == 0 ? border : NULL, d, cache);
+                break;
+            }
             const int64_t pb = w->groups == 1 ? p_begin : 0;
             const int64_t pe = w->groups == 1 ? p_end : hw->npanels;
             takane_matmul_prepacked_block(j->ks, hw, rows, xr, xs, pb, pe, d + g * w->coutg,
                                           w->cout);
         }
-        for (int64_t r = 0; r < rows; r++) {
+        for (int64_t r = 0; !j->fused && r < rows; r++) {
             int32_t *dr = d + r * w->cout;
             if (j->geo.pad_value == 0 && border[r]) correct_row(j, r0 + r, dr, c0, c1);
             epilogue_row(j, r0 + r, dr, c0, c1, tmp);
@@ -362,6 +519,7 @@ done:
     free(buf);
     free(d);
     free(tmp);
+    free(bc.rows);
 }
 
 /* Float input: binarize + pack every input pixel once (a packed copy 1/32 the size of
@@ -419,6 +577,9 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     j.scale = scale, j.bias = bias, j.residual = residual;
     j.out_t = bits ? out_t : NULL, j.out_t_per_col = a->out_t_per_col;
     j.y = y, j.yb = yb;
+    /* The fused kernel works on pairs of 8-column panels, all columns valid; residuals
+     * (added after the float steps) and groups keep the int32 path. */
+    j.fused = ks->linear->panel_epi != NULL && w->groups == 1 && !residual && cout % 16 == 0;
     int64_t block = BLOCK_BYTES / (j.kwords * 8);
     j.block = block < 8 ? 8 : block > BLOCK_ROWS ? BLOCK_ROWS : block;
 
@@ -430,12 +591,22 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
         ones[cw - 1] = takane_last_word_mask(cin);
         j.ones = ones;
     }
+    int32_t *kvec = NULL;
+    if (j.fused) {
+        if (!(kvec = (int32_t *)malloc((size_t)cout * sizeof(int32_t)))) {
+            free(ones);
+            return TAKANE_ERR_OUT_OF_MEMORY;
+        }
+        for (int64_t o = 0; o < cout; o++) kvec[o] = (int32_t)w->g[0]->k;
+        j.kvec = kvec;
+    }
     const double work = (double)j.m * (double)cout * (double)w->k;
     if (work < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
     if (xf) {
         if ((double)npix * (double)cw * 8.0 > (double)SIZE_MAX / 4 ||
             !(packed = (uint64_t *)malloc((size_t)(npix * cw) * sizeof(uint64_t)))) {
             free(ones);
+            free(kvec);
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
         pack_job pj = {ks, xf, cin, cw, npix, 0, a->t, a->t_per_channel, packed, TAKANE_OK};
@@ -445,6 +616,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
         if (pj.failed != TAKANE_OK) {
             free(packed);
             free(ones);
+            free(kvec);
             return (takane_status)pj.failed;
         }
         j.x = packed;
@@ -461,6 +633,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     takane_parallel_run(nthreads, grid.ntasks, conv_task, &j);
     free(packed);
     free(ones);
+    free(kvec);
     if (j.failed != TAKANE_OK) return (takane_status)j.failed;
     return TAKANE_OK;
 }

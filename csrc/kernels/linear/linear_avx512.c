@@ -10,6 +10,13 @@
  *   VCVTPS2PD into two double accumulators. Float epilogue: VCVTDQ2PS, VMULPS (scale),
  *   VMULPS (beta), VADDPS (bias). Bit epilogues: VCMPPS GE_OQ into a mask, or on the
  *   integer path VPCMPGTD against per-column integer thresholds; 4 masks make a word.
+ * Fused panel tile (panel_epi, the convolutions' small-K layers): the panel tile of
+ *   matmul_avx512.c (broadcast activation word, VPXORQ + VPOPCNTQ + VPADDQ per 8 outputs,
+ *   up to 4 rows x 4 panels = 16 zmm accumulators) whose counts go straight into the
+ *   epilogue: per pair of panels and row, VPERMT2D (16 counts, 32-bit), VPADDD +
+ *   VPSUBD from the row's base (the dot products), then the float steps as above and one
+ *   16-float store, or one VCMPPS mask = 16 output bits (a 2-byte store). No count or
+ *   dot product goes through memory.
  * Edges: packing reads its last partial group with a zero-masked load compared under the
  *   same mask (no overread, zeros add 0 to the sum). The epilogues finish the last
  *   n % 16 columns with scalar code computing the same float32 steps.
@@ -117,5 +124,78 @@ static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const
     }
 }
 
-const takane_linear_ukernel takane_linear_ukernel_avx512 = {pack_row, affine_row,
-                                                            affine_bits_row, int_bits_row};
+/* The epilogue of panels (p, p + 1) of a fused tile: 16 columns from the call's column c. */
+static inline __attribute__((always_inline)) void epi_pair(__m512i lo, __m512i hi,
+                                                           const int32_t *base, int64_t c,
+                                                           const takane_panel_epi *e, int i) {
+    /* counts < 2^32 (kw * 64 <= 2^31 + 63): one VPERMT2D gathers the low dword of each
+     * 64-bit lane of lo (columns 0-7) and hi (8-15) */
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i pc = _mm512_permutex2var_epi32(lo, even, hi);
+    const __m512i d = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(base + c)),
+                                       _mm512_add_epi32(pc, pc));
+    __m512 v = _mm512_cvtepi32_ps(d);
+    if (e->scale) v = _mm512_mul_ps(v, _mm512_loadu_ps(e->scale + c));
+    if (e->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(e->bias + c));
+    if (e->t) {
+        const __m512 th = e->t_per_col ? _mm512_loadu_ps(e->t + c) : _mm512_set1_ps(e->t[0]);
+        const uint16_t bits = (uint16_t)_mm512_cmp_ps_mask(v, th, _CMP_GE_OQ);
+        __builtin_memcpy(e->yb[i] + c / 8, &bits, 2); /* bytes c/8, c/8+1: little-endian */
+    } else {
+        _mm512_storeu_ps(e->y[i] + c, v);
+    }
+}
+
+/* MRC rows x NPC (2 or 4) panels from the call's column c: matmul_avx512.c's panel tile,
+ * then epi_pair on the accumulators. */
+#define EPI_TILE(MRC, NPC)                                                                 \
+    static inline __attribute__((always_inline)) void epi_##MRC##x##NPC(                    \
+        const uint64_t *const *x, const uint64_t *panels, int64_t pstride, int64_t kw,      \
+        const takane_panel_epi *e, int64_t c) {                                             \
+        __m512i acc[MRC][NPC];                                                              \
+        for (int i = 0; i < MRC; i++)                                                       \
+            for (int p = 0; p < NPC; p++) acc[i][p] = _mm512_setzero_si512();               \
+        for (int64_t q = 0; q < kw; q++) {                                                  \
+            __m512i pw[NPC];                                                                \
+            for (int p = 0; p < NPC; p++)                                                   \
+                pw[p] = _mm512_loadu_si512(                                                 \
+                    (const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));          \
+            for (int i = 0; i < MRC; i++) {                                                 \
+                const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);                   \
+                for (int p = 0; p < NPC; p++)                                               \
+                    acc[i][p] = _mm512_add_epi64(                                           \
+                        acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
+            }                                                                               \
+        }                                                                                   \
+        /* unrolled: the accumulators stay in registers (a runtime index spills them) */      \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MRC; i++)                               \
+            _Pragma("GCC unroll 4") for (int p = 0; p < NPC; p += 2)                        \
+                epi_pair(acc[i][p], acc[i][p + 1], e->base[i], c + p * TAKANE_PANEL_ROWS, e, i); \
+    }
+EPI_TILE(1, 2) EPI_TILE(1, 4)
+EPI_TILE(2, 2) EPI_TILE(2, 4)
+EPI_TILE(3, 2) EPI_TILE(3, 4)
+EPI_TILE(4, 2) EPI_TILE(4, 4)
+
+__attribute__((aligned(64))) static void panel_epi(const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride,
+                      int np, int64_t kw, const takane_panel_epi *e) {
+    int p = 0;
+#define STEP(MRC, NPC)                                                                     \
+    epi_##MRC##x##NPC(x, panels + p * pstride, pstride, kw, e, (int64_t)p * TAKANE_PANEL_ROWS); \
+    p += NPC
+#define ROWS(MRC)                                                                          \
+    while (p + 4 <= np) { STEP(MRC, 4); }                                                  \
+    while (p < np) { STEP(MRC, 2); } /* np is even */
+    switch (mr) {
+    case 1: ROWS(1) break;
+    case 2: ROWS(2) break;
+    case 3: ROWS(3) break;
+    default: ROWS(4) break;
+    }
+#undef ROWS
+#undef STEP
+}
+
+const takane_linear_ukernel takane_linear_ukernel_avx512 = {
+    pack_row, affine_row, affine_bits_row, int_bits_row, panel_epi, 4,
+};
