@@ -219,3 +219,6 @@ takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geometry,
                                        int64_t channels, int64_t kernel_h,
                                        int64_t kernel_w, const uint64_t *x,
                                        uint64_t *y, int32_t threads);
+takane_status takane_probe_dram_bandwidth(const void *buf, int64_t bytes, int32_t threads,
+                                          int32_t repeat, double *bytes_per_second);
+takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second);

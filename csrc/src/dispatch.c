@@ -275,3 +275,39 @@ takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_
     *bitmacs_per_second = best;
     return TAKANE_OK;
 }
+
+takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second) {
+    if (!macs_per_second) return TAKANE_ERR_NULL_POINTER;
+    ensure_init();
+    int idx;
+    if (isa == TAKANE_ISA_AUTO) {
+        idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
+    } else {
+        if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
+        if (!(supported_mask & (1u << isa)) || (idx = index_of(isa)) < 0)
+            return TAKANE_ERR_ISA_UNSUPPORTED;
+    }
+    const takane_q8_ukernel *uk = registry[idx].q8;
+    if (!uk->probe_int8) return TAKANE_ERR_ISA_UNSUPPORTED;
+    if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */
+    if (seconds > 10) seconds = 10;
+    /* as takane_probe_peak: grow the round count until a run lasts >= 1/10 of the budget,
+     * keep the best rate of the repeated runs (the least disturbed on a shared machine) */
+    double best = 0;
+    int32_t sink = 0;
+    uint64_t iters = 1024;
+    const double t_start = now_seconds();
+    for (;;) {
+        const double t0 = now_seconds();
+        const uint64_t macs = uk->probe_int8(iters, &sink);
+        const double dt = now_seconds() - t0;
+        if (dt > 0 && dt >= seconds / 10) {
+            if ((double)macs / dt > best) best = (double)macs / dt;
+        } else if (iters < (UINT64_C(1) << 40)) {
+            iters *= 2;
+        }
+        if (now_seconds() - t_start >= seconds && best > 0) break;
+    }
+    *macs_per_second = best;
+    return TAKANE_OK;
+}

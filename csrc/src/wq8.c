@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "layers.h"
+#include "wq8_gemm.h"
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -217,6 +218,37 @@ static void q8_task(void *ctx, int64_t task) {
     }
 }
 
+/* The prefill GEMM (the kernel set's gemm): tasks are column ranges of whole strips; each
+ * packs its strips once into thread-local scratch and sweeps every row against them. */
+static void q8_gemm_task(void *ctx, int64_t task) {
+    q8_job *job = (q8_job *)ctx;
+    const takane_q8_gemm_ukernel *g = job->ks->q8->gemm;
+    const int64_t cols = job->g_chunk * g->nr;
+    const int64_t c0 = task * cols, c1 = min64(job->w->n, c0 + cols);
+    if (c0 >= c1) return;
+    void *buf = scratch_get(1, (size_t)takane_wq8_gemm_scratch(g, job->w->kw, job->ngroups));
+    if (!buf) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    takane_status st = takane_wq8_gemm_cols(g, job->w, job->m, job->q, job->d, job->nq, c0, c1,
+                                            job->scale, job->gs, job->gw, job->ngroups,
+                                            job->bias, job->y, job->ys, buf);
+    if (st != TAKANE_OK) __atomic_store_n(&job->failed, st, __ATOMIC_RELAXED);
+}
+
+/* Smallest M that takes the GEMM (env TAKANE_Q8_GEMM_MIN_M overrides, for benchmarks). */
+#define GEMM_MIN_M 8
+static int64_t gemm_min_m(void) {
+    const char *e = getenv("TAKANE_Q8_GEMM_MIN_M");
+    if (e && *e) {
+        char *end;
+        const long v = strtol(e, &end, 10);
+        if (*end == 0 && v >= 1) return v;
+    }
+    return GEMM_MIN_M;
+}
+
 /* Below this many MACs the call stays on the calling thread (waking a worker costs more). */
 #define MIN_PARALLEL_MACS (1 << 20)
 
@@ -262,6 +294,14 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    if (uk->gemm && m >= 2 && m >= gemm_min_m()) {
+        const takane_q8_gemm_ukernel *g = uk->gemm;
+        const int64_t strips = (n + g->nr - 1) / g->nr;
+        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, strips, 1);
+        job.g_chunk = grid.p_chunk; /* strips per task */
+        takane_parallel_run(nthreads, grid.p_tasks, q8_gemm_task, &job);
+        return (takane_status)job.failed;
+    }
     const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
     job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
     takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);

@@ -289,5 +289,15 @@ static int panels(const void *const *tables, const float *const *d, const int32_
     return tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, gs, ldg, nrows, out);
 }
 
-const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR, NP, quantize_row, table_len,
-                                                    build_table, panels};
+/* wq8_gemm_avx512.c: the prefill GEMM and the int8 peak probe */
+extern const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx512;
+uint64_t takane_q8_probe_int8_avx512(uint64_t iters, int32_t *sink);
+
+const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR,
+                                                    NP,
+                                                    quantize_row,
+                                                    table_len,
+                                                    build_table,
+                                                    panels,
+                                                    takane_q8_probe_int8_avx512,
+                                                    &takane_q8_gemm_ukernel_avx512};
