@@ -219,6 +219,30 @@ takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geometry,
                                        int64_t channels, int64_t kernel_h,
                                        int64_t kernel_w, const uint64_t *x,
                                        uint64_t *y, int32_t threads);
+
+/* ---- bring your own threads ---- */
+#define TAKANE_Q8_0_BLOCK 32
+#define TAKANE_Q8_0_BLOCK_BYTES 34
+#define TAKANE_Q1_0_BLOCK 128
+#define TAKANE_Q1_0_BLOCK_BYTES 18
+#define TAKANE_ROW_ALIGN 8
+takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
+                                   int64_t x_row_stride, void *q, int64_t q_row_stride);
+takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes);
+takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q,
+                                       int64_t q_row_stride, void *mem, int64_t mem_bytes,
+                                       takane_weights **out);
+int64_t takane_matmul_q8_0_scratch_size(const takane_weights *weights, int64_t m);
+takane_status takane_matmul_q8_0_rows(const takane_weights *weights, int64_t r0, int64_t r1,
+                                      int64_t m, const void *q, int64_t q_row_stride,
+                                      const float *scale, const float *group_scale,
+                                      int64_t group_size, const float *bias, float *y,
+                                      int64_t y_row_stride, void *scratch,
+                                      int64_t scratch_bytes);
+takane_status takane_weights_dequantize_rows(const takane_weights *weights, int64_t r0,
+                                             int64_t r1, float *y, int64_t y_row_stride);
+
+/* ---- measured machine limits (issue 21) ---- */
 takane_status takane_probe_dram_bandwidth(const void *buf, int64_t bytes, int32_t threads,
                                           int32_t repeat, double *bytes_per_second);
 takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second);

@@ -206,8 +206,9 @@ takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
 
 void takane_weights_free(takane_weights *weights) {
     if (!weights) return;
-    free(weights->panels);
-    free(weights);
+    if (weights->storage == TAKANE_STORAGE_CALLER) return; /* the caller owns the memory */
+    if (weights->storage == TAKANE_STORAGE_SEPARATE) free(weights->panels);
+    free(weights); /* TAKANE_STORAGE_BLOCK: panels and scales live in the same block */
 }
 
 takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int64_t *k,
@@ -215,7 +216,9 @@ takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int
     if (!weights) return TAKANE_ERR_NULL_POINTER;
     if (n) *n = weights->n;
     if (k) *k = weights->k;
-    if (nbytes) *nbytes = weights->npanels * weights->kw * TAKANE_PANEL_ROWS * 8;
+    if (nbytes)
+        *nbytes = weights->npanels * weights->kw * TAKANE_PANEL_ROWS * 8 +
+                  (weights->group_scale ? weights->n * (weights->k / weights->group_size) * 4 : 0);
     return TAKANE_OK;
 }
 

@@ -282,8 +282,10 @@ takane_status takane_binary_weight_matmul_prepacked(const takane_weights *weight
     if ((st = takane_check_finite(bias, n)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale, NULL, 0,
-                                     bias, y, y_row_stride, threads);
+    /* a handle made from Q1_0 carries its block scales: part of the weights */
+    st = takane_wfloat_prepacked_run(ks, weights, m, x, x_row_stride, in_scale, scale,
+                                     weights->group_scale, weights->group_size, bias, y,
+                                     y_row_stride, threads);
     if (st != TAKANE_OK) return st;
     takane_note_used(ks->isa);
     return TAKANE_OK;
@@ -367,6 +369,10 @@ takane_status takane_binary_weight_matmul_prepacked_ex(
     st = check_ex(m, weights->n, weights->k, x, x_row_stride, in_scale, scale, group_scale,
                   group_size, bias, activations, y, y_row_stride, threads, &empty);
     if (st != TAKANE_OK || empty) return st;
+    if (weights->group_scale) { /* a handle made from Q1_0 carries its block scales */
+        if (group_scale) return TAKANE_ERR_BAD_GROUP_SIZE;
+        group_scale = weights->group_scale, group_size = weights->group_size;
+    }
     return run_ex(weights, m, x, x_row_stride, in_scale, scale, group_scale, group_size, bias,
                   activations, y, y_row_stride, threads);
 }

@@ -246,7 +246,23 @@ struct takane_weights {
                           (rows with whole zero padding words; k counts the real bits) */
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
+    /* Group scales carried by the handle (takane_weights_from_q1_0): n rows of
+     * k / group_size floats (row stride k / group_size), or NULL and 0. The W1A-float and
+     * W1A8 entry points use them when the call passes none (byot.c, api_layers.c). */
+    float *group_scale;
+    int64_t group_size;
+    /* Where the memory came from, for takane_weights_free: TAKANE_STORAGE_* */
+    int storage;
 };
+#define TAKANE_STORAGE_SEPARATE 0 /* struct and panels allocated apart (weights_create) */
+#define TAKANE_STORAGE_BLOCK 1    /* one block from takane_panels_alloc: struct first */
+#define TAKANE_STORAGE_CALLER 2   /* inside caller memory: never freed by the library */
+
+/* q1_0.c: fp16 bits -> float32, exact (infinities and NaN kept). */
+float takane_fp16_to_f32(uint16_t h);
+/* q1_0.c: float32 -> fp16 bits, round to nearest even with gradual underflow; *ok = 0 for
+ * NaN, infinities and |f| >= 65520 (the returned bits are then NaN or a signed infinity). */
+uint16_t takane_f32_to_fp16(float f, int *ok);
 
 /* matmul.c: memory for a handle's panels (free() releases it): 64-byte aligned; large
  * blocks are also 2 MiB-aligned and advised as huge pages on Linux. */

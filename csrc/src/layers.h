@@ -61,4 +61,29 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
                                        const float *group_scale, int64_t group_size,
                                        const float *bias, float *y, int64_t ys, int threads);
 
+/* wq8.c: bytes of one activation row's table in the q8 kernels' scratch (64-aligned). */
+static inline int64_t takane_wq8_table_stride(const takane_q8_ukernel *uk, int64_t kw) {
+    return (uk->table_len(kw) + 63) / 64 * 64;
+}
+
+/* wq8.c: on the calling thread, output columns [c0, c1) (0 <= c0 < c1 <= n) of m rows of
+ * already-quantized activations (q: rows of kw * 64 int8, d and nq: rows of 2 * kw, as the
+ * q8 ukernel's quantize_row writes them) against w, with group scales gs (n rows of
+ * ngroups, gw words per group; NULL: gw = kw, ngroups = 1), epilogue y = fl(fl(v * scale)
+ * + bias) into y (row stride ys; columns outside [c0, c1) untouched). tables: scratch of
+ * takane_wq8_block_scratch(ks, kw, m) bytes, 64-byte aligned. Regimes: M >= the GEMM's
+ * threshold (and a set with a GEMM) -> the prefill GEMM (wq8_gemm.c); else the panel
+ * kernels, each run of weight panels loaded once for up to 16 rows (decode, batched). Returns nonzero iff a
+ * group scale read was NaN or infinite. The threaded run and takane_matmul_q8_0_rows
+ * (byot.c) both compute through it. */
+/* wq8.c: bytes of the `tables` scratch takane_wq8_block needs for m rows (64-byte aligned
+ * memory); nonzero iff takane_wq8_block(m rows) takes the prefill GEMM. */
+int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m);
+int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m);
+
+int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
+                     const int8_t *q, const float *d, const int32_t *nq, const float *scale,
+                     const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
+                     int64_t ys, int64_t c0, int64_t c1, void *tables);
+
 #endif /* TAKANE_LAYERS_H */

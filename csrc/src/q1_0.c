@@ -32,12 +32,14 @@
 
 enum { Q1_0_BLOCK = 128, Q1_0_BYTES = 18 };
 
-/* fp16 bits -> float32, exact. The caller has rejected infinities and NaN (exponent 31). */
-static float f16_to_f32(uint16_t h) {
+/* fp16 bits -> float32, exact; infinities and NaN map to float32 infinities and NaN. */
+float takane_fp16_to_f32(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
     uint32_t x;
-    if (e == 0) {
+    if (e == 31) {
+        x = sign | 0x7f800000u | (m << 13);
+    } else if (e == 0) {
         /* zero or subnormal: m * 2^-24, exact in float32 (m < 2^10) */
         float v = (float)m * 0x1p-24f;
         memcpy(&x, &v, 4);
@@ -53,14 +55,14 @@ static float f16_to_f32(uint16_t h) {
 /* float32 -> fp16 bits, round to nearest even. *ok = 0 if f is NaN or infinite or its
  * magnitude rounds past the largest fp16 (65504): |f| >= 65520 (the midpoint to the next
  * power of two, 65536, which ties to the even exponent 16 = infinity). */
-static uint16_t f32_to_f16(float f, int *ok) {
+uint16_t takane_f32_to_fp16(float f, int *ok) {
     uint32_t x;
     memcpy(&x, &f, 4);
     const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
     const uint32_t ax = x & 0x7fffffffu;
     if (ax >= 0x477ff000u) { /* 65520.0f, infinities and NaN */
         *ok = 0;
-        return 0;
+        return (uint16_t)(ax > 0x7f800000u ? 0x7e00u : sign | 0x7c00u);
     }
     *ok = 1;
     if (ax >= 0x38800000u) { /* 2^-14, the smallest normal fp16: drop 13 mantissa bits */
@@ -120,7 +122,7 @@ takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q, int64_
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + b * Q1_0_BYTES;
             memcpy(brow + 2 * b, blk + 2, 16);
-            if (grow) grow[b] = f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+            if (grow) grow[b] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
         }
     }
     return TAKANE_OK;
@@ -140,7 +142,7 @@ takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
     if (group_scale) /* validate first: an error leaves q untouched */
         for (int64_t r = 0; r < n && ok; r++)
             for (int64_t b = 0; b < nb && ok; b++)
-                (void)f32_to_f16(group_scale[r * group_scale_row_stride + b], &ok);
+                (void)takane_f32_to_fp16(group_scale[r * group_scale_row_stride + b], &ok);
     if (!ok) return TAKANE_ERR_NOT_FINITE;
     for (int64_t r = 0; r < n; r++) {
         const uint64_t *brow = bits + r * bits_row_stride;
@@ -148,7 +150,7 @@ takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
         for (int64_t b = 0; b < nb; b++) {
             uint8_t *blk = row + b * Q1_0_BYTES;
             const uint16_t h = group_scale
-                                   ? f32_to_f16(group_scale[r * group_scale_row_stride + b], &ok)
+                                   ? takane_f32_to_fp16(group_scale[r * group_scale_row_stride + b], &ok)
                                    : (uint16_t)0x3c00u; /* 1.0 */
             blk[0] = (uint8_t)(h & 0xffu);
             blk[1] = (uint8_t)(h >> 8);

@@ -163,80 +163,6 @@ typedef struct q8_job {
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
 
-static void q8_task(void *ctx, int64_t task) {
-    q8_job *job = (q8_job *)ctx;
-    const takane_q8_ukernel *uk = job->ks->q8;
-    const takane_weights *w = job->w;
-    const int mr = uk->mr, np = uk->np;
-    const int64_t n = w->n, kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
-    const int64_t nruns = (w->npanels + np - 1) / np;
-    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
-    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
-    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
-    if (i_begin >= i_end || r_begin >= r_end) return;
-    const int64_t tlen = (uk->table_len(kw) + 63) / 64 * 64;
-    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS, ng = job->ngroups;
-    char *buf = (char *)scratch_get(1, (size_t)(mr * tlen));
-    if (!buf) {
-        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
-        return;
-    }
-    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
-    const void *tp[TAKANE_Q8_MAX_MR];
-    const float *dp[TAKANE_Q8_MAX_MR];
-    const int32_t *qp[TAKANE_Q8_MAX_MR];
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
-        const int mi = (int)min64(mr, i_end - i0);
-        for (int i = 0; i < mi; i++) {
-            uk->build_table(job->q + (i0 + i) * kw * 64, kw, buf + i * tlen);
-            tp[i] = buf + i * tlen;
-            dp[i] = job->d + (i0 + i) * 2 * kw;
-            qp[i] = job->nq + (i0 + i) * 2 * kw;
-        }
-        for (int64_t r = r_begin; r < r_end; r++) {
-            const int64_t p0 = r * np;
-            const int npi = (int)min64(np, w->npanels - p0);
-            const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
-            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, n - j0);
-            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw,
-                           job->gw, job->gs ? job->gs + j0 * ng : NULL, ng, nj, out)) {
-                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
-                return;
-            }
-            for (int i = 0; i < mi; i++) {
-                float *yrow = job->y + (i0 + i) * job->ys + j0;
-                const float *oi = out + i * prows;
-                for (int64_t j = 0; j < nj; j++) {
-                    float v = oi[j];
-                    if (job->scale) v = v * job->scale[j0 + j];
-                    if (job->bias) v = v + job->bias[j0 + j];
-                    yrow[j] = v;
-                }
-            }
-        }
-    }
-}
-
-/* The prefill GEMM (the kernel set's gemm): tasks are column ranges of whole strips; each
- * packs its strips once into thread-local scratch and sweeps every row against them. */
-static void q8_gemm_task(void *ctx, int64_t task) {
-    q8_job *job = (q8_job *)ctx;
-    const takane_q8_gemm_ukernel *g = job->ks->q8->gemm;
-    const int64_t cols = job->g_chunk * g->nr;
-    const int64_t c0 = task * cols, c1 = min64(job->w->n, c0 + cols);
-    if (c0 >= c1) return;
-    void *buf = scratch_get(1, (size_t)takane_wq8_gemm_scratch(g, job->w->kw, job->ngroups));
-    if (!buf) {
-        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
-        return;
-    }
-    takane_status st = takane_wq8_gemm_cols(g, job->w, job->m, job->q, job->d, job->nq, c0, c1,
-                                            job->scale, job->gs, job->gw, job->ngroups,
-                                            job->bias, job->y, job->ys, buf);
-    if (st != TAKANE_OK) __atomic_store_n(&job->failed, st, __ATOMIC_RELAXED);
-}
-
 /* Smallest M that takes the GEMM (env TAKANE_Q8_GEMM_MIN_M overrides, for benchmarks). */
 #define GEMM_MIN_M 8
 static int64_t gemm_min_m(void) {
@@ -247,6 +173,111 @@ static int64_t gemm_min_m(void) {
         if (*end == 0 && v >= 1) return v;
     }
     return GEMM_MIN_M;
+}
+
+int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m) {
+    return ks->q8->gemm && m >= 2 && m >= gemm_min_m();
+}
+
+/* Activation rows whose tables are built at a time by the panel path: each run of weight
+ * panels is loaded once and used for all of them (batched decode: M sequences share one
+ * weight stream), so a bigger chunk saves weight traffic until the tables leave L2. */
+#define TABLE_ROWS 16
+
+int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m) {
+    const takane_q8_ukernel *uk = ks->q8;
+    int64_t bytes = (m < TABLE_ROWS ? m : TABLE_ROWS) * takane_wq8_table_stride(uk, kw);
+    if (uk->mr > m) bytes = uk->mr * takane_wq8_table_stride(uk, kw);
+    if (takane_wq8_uses_gemm(ks, m)) { /* groups: at most one per word */
+        const int64_t g = takane_wq8_gemm_scratch(uk->gemm, kw, kw);
+        if (g > bytes) bytes = g;
+    }
+    return bytes;
+}
+
+int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
+                     const int8_t *q, const float *d, const int32_t *nq, const float *scale,
+                     const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
+                     int64_t ys, int64_t c0, int64_t c1, void *tables) {
+    const takane_q8_ukernel *uk = ks->q8;
+    /* prefill: the GEMM (weights expanded once per strip, reused by every row) */
+    if (takane_wq8_uses_gemm(ks, m))
+        return takane_wq8_gemm_cols(uk->gemm, w, m, q, d, nq, c0, c1, scale, gs, gw, ngroups,
+                                    bias, y, ys, tables) != TAKANE_OK;
+    const int mr = uk->mr, np = uk->np;
+    const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t tlen = takane_wq8_table_stride(uk, kw);
+    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
+    char *buf = (char *)tables;
+    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
+    const void *tp[TABLE_ROWS];
+    const float *dp[TABLE_ROWS];
+    const int32_t *qp[TABLE_ROWS];
+    /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
+    const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
+    const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    const int64_t chunk = mr > TABLE_ROWS ? mr : TABLE_ROWS;
+    /* decode and batched decode: the tables of up to TABLE_ROWS rows, then every run of
+     * panels once, for all those rows in tiles of mr (the run stays in L1/L2 between
+     * tiles: M rows cost one weight stream, not M / mr) */
+    for (int64_t c = 0; c < m; c += chunk) {
+        const int64_t mc = min64(chunk, m - c);
+        for (int64_t i = 0; i < mc; i++) {
+            uk->build_table(q + (c + i) * kw * 64, kw, buf + i * tlen);
+            tp[i] = buf + i * tlen;
+            dp[i] = d + (c + i) * 2 * kw;
+            qp[i] = nq + (c + i) * 2 * kw;
+        }
+        for (int64_t p0 = p_begin; p0 < p_end; p0 += np) {
+            const int npi = (int)min64(np, p_end - p0);
+            const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
+            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, w->n - j0);
+            /* only columns [c0, c1) are written: neighbours may belong to another thread */
+            const int64_t ja = j0 < c0 ? c0 - j0 : 0;
+            const int64_t jb = min64(nj, c1 - j0);
+            for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+                const int mi = (int)min64(mr, mc - i0);
+                if (uk->panels(tp + i0, dp + i0, qp + i0, mi, w->panels + p0 * pstride, pstride,
+                               npi, kw, gw, gs ? gs + j0 * ngroups : NULL, ngroups, nj, out))
+                    return 1;
+                for (int i = 0; i < mi; i++) {
+                    float *yrow = y + (c + i0 + i) * ys + j0;
+                    const float *oi = out + i * prows;
+                    for (int64_t j = ja; j < jb; j++) {
+                        float v = oi[j];
+                        if (scale) v = v * scale[j0 + j];
+                        if (bias) v = v + bias[j0 + j];
+                        yrow[j] = v;
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static void q8_task(void *ctx, int64_t task) {
+    q8_job *job = (q8_job *)ctx;
+    const takane_q8_ukernel *uk = job->ks->q8;
+    const takane_weights *w = job->w;
+    const int64_t kw = w->kw;
+    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
+    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
+    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
+    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
+    if (i_begin >= i_end || r_begin >= r_end) return;
+    void *buf = scratch_get(1, (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
+    if (!buf) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    const int64_t prows = (int64_t)uk->np * TAKANE_PANEL_ROWS;
+    if (takane_wq8_block(job->ks, w, i_end - i_begin, job->q + i_begin * kw * 64,
+                         job->d + i_begin * 2 * kw, job->nq + i_begin * 2 * kw, job->scale,
+                         job->gs, job->gw, job->ngroups, job->bias, job->y + i_begin * job->ys,
+                         job->ys, r_begin * prows, min64(w->n, r_end * prows), buf))
+        __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
 }
 
 /* Below this many MACs the call stays on the calling thread (waking a worker costs more). */
@@ -294,12 +325,12 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
-    if (uk->gemm && m >= 2 && m >= gemm_min_m()) {
-        const takane_q8_gemm_ukernel *g = uk->gemm;
-        const int64_t strips = (n + g->nr - 1) / g->nr;
-        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, strips, 1);
-        job.g_chunk = grid.p_chunk; /* strips per task */
-        takane_parallel_run(nthreads, grid.p_tasks, q8_gemm_task, &job);
+    if (takane_wq8_uses_gemm(ks, m)) {
+        /* the GEMM: split the weights only (each task expands its strips once and sweeps
+         * every row against them); runs of np panels are the tasks' unit */
+        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nruns, 1);
+        job.m_chunk = m, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+        takane_parallel_run(nthreads, grid.p_tasks, q8_task, &job);
         return (takane_status)job.failed;
     }
     const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);

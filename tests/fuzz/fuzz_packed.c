@@ -672,6 +672,82 @@ static void fuzz_conv(cursor *c, int threads) {
     takane_conv_weights_free(h);
 }
 
+/* llama.cpp's quantize_row_q8_0_ref, written out plainly (roundf of the float32 product). */
+static void plain_q8_0_block(const float *x, int len, uint8_t *blk) {
+    float amax = 0.0f;
+    for (int c = 0; c < len; c++) amax = fabsf(x[c]) > amax ? fabsf(x[c]) : amax;
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int ok;
+    const double dh = plain_round_f16(d, &ok);
+    uint16_t h = 0x7C00; /* overflow: fp16 infinity */
+    if (ok) { /* the fp16 bits of dh (>= 0) */
+        int e;
+        frexp(dh, &e);
+        if (dh == 0) h = 0;
+        else if (e - 1 < -14) h = (uint16_t)ldexp(dh, 24);
+        else h = (uint16_t)(((e - 1 + 15) << 10) | ((uint16_t)ldexp(dh, 11 - e) & 1023));
+    }
+    blk[0] = (uint8_t)(h & 255), blk[1] = (uint8_t)(h >> 8);
+    for (int c = 0; c < 32; c++) {
+        const float v = c < len ? x[c] * id : 0.0f;
+        blk[2 + c] = (uint8_t)(int8_t)(isinf(v) || v != v ? 0 : roundf(v));
+    }
+}
+
+/* The bring-your-own-threads entry points: quantizer bit-identical to the plain reference
+ * above; a Q1_0 handle in caller memory; column ranges computed with caller scratch equal
+ * to the library's own threaded product on the same handle (same kernels). */
+static void fuzz_byot(cursor *c, int64_t m, int64_t n, int64_t k) {
+    k = (k / 128 + 1) * 128;
+    const int64_t nb8 = k / 32, rb = nb8 * 34, nb1 = k / 128;
+    float *x = (float *)malloc((size_t)(m * k + 1) * sizeof *x);
+    uint8_t *qa = (uint8_t *)malloc((size_t)(m * rb + 1)), *pq = (uint8_t *)malloc(40);
+    uint8_t *q1 = (uint8_t *)malloc((size_t)(n * nb1 * 18 + 1));
+    CHECK(x && qa && pq && q1);
+    int finite = 1;
+    for (int64_t i = 0; i < m * k; i++) {
+        uint32_t raw = (uint32_t)take(c, 2) << 16 | 0x3F00u; /* wide exponents, some tiny */
+        if (take(c, 1) % 8 == 0) raw &= 0x807FFFFFu;           /* zeros and subnormals */
+        if ((raw >> 23 & 255) == 255 && take(c, 1) % 32) raw &= ~0x00800000u; /* inf/NaN rare */
+        memcpy(&x[i], &raw, 4);
+        finite &= isfinite(x[i]) != 0;
+    }
+    takane_status st = takane_quantize_q8_0(m, k, x, k, qa, rb);
+    if (finite) CHECK(st == TAKANE_OK);
+    else CHECK(st == TAKANE_ERR_NAN || st == TAKANE_ERR_NOT_FINITE);
+    for (int64_t i = 0; i < m && finite; i++)
+        for (int64_t b = 0; b < nb8; b++) {
+            plain_q8_0_block(x + i * k + b * 32, 32, pq);
+            CHECK(memcmp(pq, qa + i * rb + b * 34, 34) == 0);
+        }
+    for (int64_t i = 0; i < n * nb1 * 18; i++) q1[i] = (uint8_t)take(c, 1);
+    for (int64_t b = 0; b < n * nb1; b++) q1[b * 18 + 1] &= 0x3B; /* finite, modest d */
+    int64_t bytes;
+    CHECK(takane_weights_q1_0_size(n, k, &bytes) == TAKANE_OK);
+    void *mem = aligned_alloc(64, (size_t)(bytes + 63) / 64 * 64);
+    takane_weights *h;
+    CHECK(mem && takane_weights_from_q1_0(n, k, q1, nb1 * 18, mem, bytes, &h) == TAKANE_OK);
+    CHECK((void *)h == mem);
+    if (finite && m > 0 && n > 0) {
+        float *y = (float *)malloc((size_t)(m * n) * sizeof *y), *y2 = (float *)malloc((size_t)(m * n) * sizeof *y);
+        CHECK(y && y2);
+        for (int64_t i = 0; i < m * n; i++) y[i] = NAN;
+        const int64_t cut = (int64_t)(take(c, 1) % (uint64_t)(n + 1));
+        const int64_t sb = takane_matmul_q8_0_scratch_size(h, m);
+        char *scratch = (char *)malloc((size_t)sb);
+        CHECK(scratch);
+        CHECK(takane_matmul_q8_0_rows(h, cut, n, m, qa, rb, NULL, NULL, 0, NULL, y, n, scratch, sb) == TAKANE_OK);
+        CHECK(takane_matmul_q8_0_rows(h, 0, cut, m, qa, rb, NULL, NULL, 0, NULL, y, n, scratch, sb) == TAKANE_OK);
+        st = takane_binary_weight_matmul_prepacked_ex(h, m, x, k, NULL, NULL, NULL, 0, NULL,
+                                                      TAKANE_ACTIVATIONS_Q8_0, y2, n, 1);
+        if (st == TAKANE_OK) /* (a block scale past fp16 is an error there, inf here) */
+            for (int64_t i = 0; i < m * n; i++) CHECK(y[i] == y2[i] || (y[i] != y[i] && y2[i] != y2[i]));
+        free(y), free(y2), free(scratch);
+    }
+    takane_weights_free(h); /* caller memory: releases nothing */
+    free(mem), free(x), free(qa), free(pq), free(q1);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cursor c = {data, size};
     const uint32_t supported = takane_isa_supported();
@@ -680,7 +756,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (supported & (1u << i)) isas[nisa++] = i;
     const int isa = isas[take(&c, 1) % (uint64_t)nisa];
     CHECK(takane_isa_force((takane_isa)isa) == TAKANE_OK);
-    const int op = (int)(take(&c, 1) % 5);
+    const int op = (int)(take(&c, 1) % 6);
     const int64_t m = (int64_t)(take(&c, 1) % 19);
     const int64_t n = (int64_t)(take(&c, 1) % 40);
     const uint64_t kb = take(&c, 2);
@@ -693,7 +769,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     else if (op == 1) fuzz_floats(&c, m, n, k, threads);
     else if (op == 2) fuzz_wq8(&c, m, n, k, threads);
     else if (op == 3) fuzz_q1_0(&c, n, (kb & 0x4000) ? k : (int64_t)(kb % 6) * 128); /* mostly whole blocks */
-    else fuzz_conv(&c, threads);
+    else if (op == 4) fuzz_conv(&c, threads);
+    else fuzz_byot(&c, m, n, k % 600);
     CHECK(takane_isa_active() == (takane_isa)isa);
     return 0;
 }

@@ -1,0 +1,297 @@
+/*
+ * byot.c — "bring your own threads": the entry points for runtimes that own their thread
+ * pool (llama.cpp's ggml, ONNX Runtime, ...). Each runs on the calling thread only: no
+ * pool, no allocation, no locks, no thread-local buffers (scratch comes from the caller).
+ * Baseline ISA; compiled with -ffp-contract=off (the quantizer must round each float32
+ * step exactly as llama.cpp's reference does).
+ *
+ *  - takane_quantize_q8_0: float rows -> llama.cpp block_q8_0 rows, bit-identical to
+ *    quantize_row_q8_0_ref (its arithmetic written out: amax, d = amax / 127, id = 1 / d,
+ *    roundf(x * id), d stored as fp16 round-to-nearest-even).
+ *  - takane_weights_q1_0_size / takane_weights_from_q1_0: a prepacked handle built from
+ *    Q1_0 rows, possibly inside caller memory (ggml's set_tensor repacks into the tensor's
+ *    own buffer, so the runtime's buffer holds the only copy of the weights). Layout of the
+ *    one block: [struct, padded to 64 bytes][panels][n * k/128 float32 block scales].
+ *  - takane_matmul_q8_0_rows: output columns [r0, r1) against block_q8_0 activations.
+ *    The activations are converted, TAKANE_BYOT_ROWS rows at a time, into the q8 kernels'
+ *    own row format (int8 q, float fp16-rounded d, nq = -sum q per block: a cheap pass, M*K
+ *    bytes) in the caller's scratch, then computed by takane_wq8_block, the same code the
+ *    library's own threaded run uses — so both give the same bits for the same split.
+ *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "layers.h"
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* Activation rows converted per pass of takane_matmul_q8_0_rows. The q8 kernels stream
+ * every weight panel of the range once per mr rows anyway, so a larger chunk would not
+ * save weight traffic; it only bounds the scratch. */
+#define TAKANE_BYOT_ROWS 16
+/* With a prefill GEMM (M >= its threshold) each chunk re-expands the weights of the range,
+ * so prefill chunks are larger: the expansion is amortized over 64 rows. */
+#define TAKANE_BYOT_GEMM_ROWS 64
+
+/* Rows converted per pass for a call of m rows (the scratch query uses the same rule). */
+static int64_t byot_rows(const takane_kernel_set *ks, int64_t m) {
+    if (takane_wq8_uses_gemm(ks, m)) return min64(m, TAKANE_BYOT_GEMM_ROWS);
+    return min64(m, TAKANE_BYOT_ROWS);
+}
+#define HEADER_BYTES ((int64_t)((sizeof(takane_weights) + 63) / 64 * 64))
+
+/* ---- Q8_0 quantization ------------------------------------------------------------------ */
+
+/* roundf for the finite products here (|v| <= 127 + a few ulps), without libm (the shared
+ * library links none): truncate, then step away from zero when the exact remainder is at
+ * least one half (v - trunc(v) is exact in float32 for |v| < 2^23). */
+static inline int8_t round_q(float v) {
+    int32_t t = (int32_t)v;
+    const float f = v - (float)t;
+    if (f >= 0.5f) t++;
+    else if (f <= -0.5f) t--;
+    return (int8_t)t;
+}
+
+takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
+                                   int64_t x_row_stride, void *q, int64_t q_row_stride) {
+    if (rows < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    const int64_t nb = (k + TAKANE_Q8_0_BLOCK - 1) / TAKANE_Q8_0_BLOCK;
+    if (x_row_stride < 0 || q_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    if (rows > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES)
+        return TAKANE_ERR_BAD_STRIDE;
+    if (rows == 0 || k == 0) return TAKANE_OK;
+    if (!x || !q) return TAKANE_ERR_NULL_POINTER;
+    takane_status st = TAKANE_OK;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * x_row_stride;
+        uint8_t *qr = (uint8_t *)q + r * q_row_stride;
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t c0 = b * TAKANE_Q8_0_BLOCK;
+            const int len = (int)min64(TAKANE_Q8_0_BLOCK, k - c0);
+            uint8_t *blk = qr + b * TAKANE_Q8_0_BLOCK_BYTES;
+            float amax = 0.0f;
+            int nan = 0, inf = 0;
+            for (int c = 0; c < len; c++) {
+                const float a = fabsf(xr[c0 + c]);
+                nan |= a != a;
+                inf |= a == INFINITY;
+                amax = a > amax ? a : amax; /* the reference's MAX(amax, |v|) */
+            }
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            int ok;
+            const uint16_t h = takane_f32_to_fp16(nan ? NAN : d, &ok);
+            blk[0] = (uint8_t)(h & 0xffu);
+            blk[1] = (uint8_t)(h >> 8);
+            int8_t *qs = (int8_t *)(blk + 2);
+            if (nan || inf || id == INFINITY) {
+                /* NaN / inf input (an error, reported below) or d < 2^-128, where the
+                 * reference converts an infinite float to int8 (undefined); d rounds to
+                 * fp16 0 in the latter case, so the block's value is 0 either way */
+                memset(qs, 0, TAKANE_Q8_0_BLOCK);
+                if (nan) st = TAKANE_ERR_NAN;
+                else if (inf && st == TAKANE_OK) st = TAKANE_ERR_NOT_FINITE;
+                continue;
+            }
+            for (int c = 0; c < len; c++) qs[c] = round_q(xr[c0 + c] * id);
+            for (int c = len; c < TAKANE_Q8_0_BLOCK; c++) qs[c] = 0;
+        }
+    }
+    return st;
+}
+
+/* ---- handles from Q1_0 ------------------------------------------------------------------ */
+
+static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int64_t *total) {
+    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
+    const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    const double pb = (double)npanels * (double)(k / 64) * TAKANE_PANEL_ROWS * 8.0;
+    const double sb = (double)n * (double)(k / TAKANE_Q1_0_BLOCK) * 4.0;
+    if (pb + sb + HEADER_BYTES + 64 > 9.0e18) return TAKANE_ERR_OUT_OF_MEMORY;
+    *panel_bytes = (int64_t)pb;
+    *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes) {
+    if (!bytes) return TAKANE_ERR_NULL_POINTER;
+    int64_t pb;
+    return q1_0_layout(n, k, &pb, bytes);
+}
+
+takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int64_t q_row_stride,
+                                       void *mem, int64_t mem_bytes, takane_weights **out) {
+    if (!out) return TAKANE_ERR_NULL_POINTER;
+    *out = NULL;
+    int64_t pb, total;
+    takane_status st = q1_0_layout(n, k, &pb, &total);
+    if (st != TAKANE_OK) return st;
+    const int64_t nb = k / TAKANE_Q1_0_BLOCK;
+    if (q_row_stride < 0 || (n > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q1_0_BLOCK_BYTES))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (n > 0 && nb > 0 && !q) return TAKANE_ERR_NULL_POINTER;
+    if (mem && (((uintptr_t)mem & 63) != 0 || mem_bytes < total)) return TAKANE_ERR_BAD_STRIDE;
+    /* validate every d first: an error leaves the destination untouched */
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = (const uint8_t *)q + r * q_row_stride + b * TAKANE_Q1_0_BLOCK_BYTES;
+            if (((blk[0] | (blk[1] << 8)) & 0x7c00) == 0x7c00) return TAKANE_ERR_NOT_FINITE;
+        }
+    char *base = (char *)mem;
+    if (!base) {
+        base = (char *)takane_panels_alloc((size_t)total);
+        if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
+    }
+    takane_weights *h = (takane_weights *)base;
+    memset(h, 0, sizeof *h);
+    h->n = n, h->k = k, h->kw = k / 64;
+    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    h->panels = pb > 0 ? (uint64_t *)(base + HEADER_BYTES) : NULL;
+    h->group_scale = n > 0 && nb > 0 ? (float *)(base + HEADER_BYTES + pb) : NULL;
+    h->group_size = h->group_scale ? TAKANE_Q1_0_BLOCK : 0;
+    h->storage = mem ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
+    const int64_t kw = h->kw;
+    /* panel p, word w, row r <- block w / 2 of row p * 8 + r, its (w % 2)-th 8 bytes;
+     * rows past n are zero (the kernels compute and drop them) */
+    for (int64_t p = 0; p < h->npanels; p++) {
+        uint64_t *panel = h->panels + p * kw * TAKANE_PANEL_ROWS;
+        for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
+            const int64_t row = p * TAKANE_PANEL_ROWS + r;
+            const uint8_t *src = row < n ? (const uint8_t *)q + row * q_row_stride : NULL;
+            float *g = src ? h->group_scale + row * nb : NULL;
+            for (int64_t b = 0; b < nb; b++) {
+                uint64_t wd[2] = {0, 0};
+                if (src) {
+                    const uint8_t *blk = src + b * TAKANE_Q1_0_BLOCK_BYTES;
+                    memcpy(wd, blk + 2, 16); /* little-endian: the canonical words */
+                    g[b] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                }
+                panel[(2 * b) * TAKANE_PANEL_ROWS + r] = wd[0];
+                panel[(2 * b + 1) * TAKANE_PANEL_ROWS + r] = wd[1];
+            }
+        }
+    }
+    *out = h;
+    return TAKANE_OK;
+}
+
+/* ---- the row-range W1A8 product ---------------------------------------------------------- */
+
+/* Scratch layout for a chunk of c rows: q (c * kw * 64 int8), d (c * 2kw float), nq
+ * (c * 2kw int32), then the kernel's tables (mr rows), each part 64-byte aligned. */
+static int64_t scratch_bytes_for(const takane_kernel_set *ks, int64_t kw, int64_t rows) {
+    const int64_t act = rows * kw * 64 + 2 * ((rows * kw * 2 * 4 + 63) / 64 * 64);
+    return 64 + (act + 63) / 64 * 64 + takane_wq8_block_scratch(ks, kw, rows);
+}
+
+int64_t takane_matmul_q8_0_scratch_size(const takane_weights *weights, int64_t m) {
+    const takane_kernel_set *ks;
+    if (!weights || m <= 0 || weights->kw == 0 || takane_select_kernels(&ks) != TAKANE_OK)
+        return 0;
+    return scratch_bytes_for(ks, weights->kw, byot_rows(ks, m));
+}
+
+takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64_t r1, int64_t m,
+                                      const void *q, int64_t q_row_stride, const float *scale,
+                                      const float *group_scale, int64_t group_size,
+                                      const float *bias, float *y, int64_t y_row_stride,
+                                      void *scratch, int64_t scratch_bytes) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (m < 0 || r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    const int64_t k = w->k, kw = w->kw, nb = (k + 31) / 32;
+    if (q_row_stride < 0 || y_row_stride < 0 || (m > 1 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES) ||
+        (m > 1 && y_row_stride < w->n))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (group_scale ? (group_size <= 0 || group_size % 64 != 0) : group_size != 0)
+        return TAKANE_ERR_BAD_GROUP_SIZE;
+    if (w->group_scale) {
+        if (group_scale) return TAKANE_ERR_BAD_GROUP_SIZE; /* the handle carries its own */
+        group_scale = w->group_scale, group_size = w->group_size;
+    }
+    const takane_kernel_set *ks;
+    takane_status st = takane_select_kernels(&ks);
+    if (st != TAKANE_OK) return st;
+    if (m == 0 || r0 == r1) return TAKANE_OK;
+    if (!y || (k > 0 && !q)) return TAKANE_ERR_NULL_POINTER;
+    if (k == 0) { /* empty sums: y = 0 * scale + bias, as the other entry points give */
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t j = r0; j < r1; j++) {
+                float v = 0.0f;
+                if (scale) v = v * scale[j];
+                if (bias) v = v + bias[j];
+                y[i * y_row_stride + j] = v;
+            }
+        takane_note_used(ks->isa);
+        return TAKANE_OK;
+    }
+    const takane_q8_ukernel *uk = ks->q8;
+    const int64_t chunk = byot_rows(ks, m);
+    if (!scratch || scratch_bytes < scratch_bytes_for(ks, kw, chunk)) return TAKANE_ERR_OUT_OF_MEMORY;
+    char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    int8_t *qq = (int8_t *)base;
+    float *dd = (float *)(base + chunk * kw * 64);
+    int32_t *nq = (int32_t *)((char *)dd + (chunk * kw * 2 * 4 + 63) / 64 * 64);
+    char *tables = (char *)nq + (chunk * kw * 2 * 4 + 63) / 64 * 64;
+    tables = (char *)(((uintptr_t)tables + 63) & ~(uintptr_t)63);
+    const int64_t gw = group_scale ? group_size / 64 : kw;
+    const int64_t ngroups = (kw + gw - 1) / gw;
+    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+        const int64_t mi = min64(chunk, m - i0);
+        for (int64_t i = 0; i < mi; i++) {
+            const uint8_t *src = (const uint8_t *)q + (i0 + i) * q_row_stride;
+            int8_t *qi = qq + i * kw * 64;
+            float *di = dd + i * 2 * kw;
+            int32_t *ni = nq + i * 2 * kw;
+            for (int64_t b = 0; b < 2 * kw; b++) {
+                if (b >= nb) { /* the zero block that pads a row to whole words */
+                    memset(qi + b * 32, 0, 32);
+                    di[b] = 0.0f, ni[b] = 0;
+                    continue;
+                }
+                const uint8_t *blk = src + b * TAKANE_Q8_0_BLOCK_BYTES;
+                memcpy(qi + b * 32, blk + 2, 32);
+                int32_t sum = 0;
+                for (int c = 0; c < 32; c++) sum += qi[b * 32 + c];
+                di[b] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                ni[b] = -sum;
+            }
+        }
+        if (takane_wq8_block(ks, w, mi, qq, dd, nq, scale, group_scale, gw, ngroups, bias,
+                             y + i0 * y_row_stride, y_row_stride, r0, r1, tables))
+            return TAKANE_ERR_NOT_FINITE;
+    }
+    takane_note_used(ks->isa);
+    return TAKANE_OK;
+}
+
+/* ---- rows back to float ------------------------------------------------------------------- */
+
+takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0, int64_t r1,
+                                             float *y, int64_t y_row_stride) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    if (y_row_stride < 0 || (r1 - r0 > 1 && y_row_stride < w->k)) return TAKANE_ERR_BAD_STRIDE;
+    if (r0 == r1 || w->k == 0) return TAKANE_OK;
+    if (!y) return TAKANE_ERR_NULL_POINTER;
+    const int64_t kw = w->kw, ng = w->group_scale ? w->k / w->group_size : 0;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
+        const int lane = (int)(r % TAKANE_PANEL_ROWS);
+        const float *g = w->group_scale ? w->group_scale + r * ng : NULL;
+        float *yr = y + (r - r0) * y_row_stride;
+        for (int64_t c = 0; c < w->k; c++) {
+            const uint64_t word = panel[(c / 64) * TAKANE_PANEL_ROWS + lane];
+            const float s = g ? g[c / w->group_size] : 1.0f;
+            yr[c] = (word >> (c % 64)) & 1 ? s : -s;
+        }
+    }
+    return TAKANE_OK;
+}
