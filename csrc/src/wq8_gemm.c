@@ -7,10 +7,9 @@
  * writes the strip's columns that fall in the range. Calling thread only; no allocation.
  * Baseline ISA, -ffp-contract=off (the epilogue rounds as the reference does).
  *
- * Cost model: a strip is packed once and read mr-row tile after tile from L2, so the
- * expansion (~3 instructions per 64 weights) is amortized over M / mr tiles, and each
- * activation row is streamed once per strip (N / nr times in all: M * K bytes per strip,
- * from L2/L3, ~1 byte per 16 MACs). Rows past a range's ends (a range not aligned to the
+ * Cost model: a strip is packed once per row block of up to 96 rows and read mr-row tile
+ * after tile from L2, so the expansion (~3 instructions per 64 weights) is amortized over
+ * up to 16 tiles, and the row block's activations stay in L2 while the strips pass. Rows past a range's ends (a range not aligned to the
  * strip) are computed and dropped.
  *
  * Float error: the kernel's (one rounding for d * g, one FMA per block, in order), then
@@ -23,6 +22,9 @@
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Activation rows per row block (96 rows of K = 4096: 384 KiB, half of a 1 MiB L2). */
+#define GEMM_MC 96
 
 int64_t takane_wq8_gemm_scratch(const takane_q8_gemm_ukernel *g, int64_t kw, int64_t ngroups) {
     return (g->pack_len(kw, ngroups) + 63) / 64 * 64 +
@@ -42,6 +44,10 @@ takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane
     const int8_t *qp[TAKANE_Q8_GEMM_MAX_MR];
     const float *dp[TAKANE_Q8_GEMM_MAX_MR];
     const int32_t *np_[TAKANE_Q8_GEMM_MAX_MR];
+    /* row blocks of GEMM_MC: their activations (GEMM_MC * kw * 64 bytes) stay in L2 while
+     * every strip passes; each strip is expanded once per row block */
+    for (int64_t r0 = 0; r0 < m; r0 += GEMM_MC) {
+    const int64_t r1 = min64(m, r0 + GEMM_MC);
     for (int64_t sp = c0 / TAKANE_PANEL_ROWS; sp * TAKANE_PANEL_ROWS < c1; sp += npp) {
         const int np = (int)min64(npp, w->npanels - sp);
         const int64_t j0 = sp * TAKANE_PANEL_ROWS, nrows = min64(nr, n - j0);
@@ -49,8 +55,8 @@ takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane
                     nrows, packed))
             return TAKANE_ERR_NOT_FINITE;
         const int64_t ja = max64(c0, j0), jb = min64(c1, j0 + nrows);
-        for (int64_t i0 = 0; i0 < m; i0 += mr) {
-            const int mi = (int)min64(mr, m - i0);
+        for (int64_t i0 = r0; i0 < r1; i0 += mr) {
+            const int mi = (int)min64(mr, r1 - i0);
             for (int i = 0; i < mi; i++) {
                 qp[i] = q + (i0 + i) * kw * 64;
                 dp[i] = d + (i0 + i) * 2 * kw;
@@ -68,6 +74,7 @@ takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane
                 }
             }
         }
+    }
     }
     return TAKANE_OK;
 }
