@@ -119,18 +119,21 @@ def peak_int8(name: str | None = None, seconds: float = 0.2) -> float:
 _dram_buffers: dict = {}
 
 
-def dram_bandwidth(threads: int = 1, mb: int = 256, repeat: int = 3) -> float:
+def dram_bandwidth(threads: int = 1, mb: int = 256, repeat: int = 3, *, buf=None) -> float:
     """Measured streaming read bandwidth of main memory in bytes per second with ``threads``
     threads: a C loop on each thread reads its own contiguous part of a ``mb`` MiB buffer
     (>= 256 MiB: far beyond the last-level cache; allocated and written once per size, then
     kept), all started together, timed to the slowest; the best of ``repeat`` passes. The
     figure "% of DRAM" is computed against (a numpy sum split over Python threads
-    under-reads at 2 threads)."""
+    under-reads at 2 threads). ``buf``: read this C-contiguous array instead (``mb`` unused)."""
     import numpy as np
 
     if int(threads) < 1 or int(repeat) < 1 or int(mb) < 1:
         raise ValueError(f"threads, mb and repeat must be >= 1 (got {threads}, {mb}, {repeat})")
-    buf = _dram_buffers.get(int(mb))
+    if buf is not None:
+        buf = np.ascontiguousarray(buf)
+    else:
+        buf = _dram_buffers.get(int(mb))
     if buf is None:
         buf = np.ones(int(mb) * 2**20 // 8, dtype=np.int64)  # written: the pages exist
         _dram_buffers.clear()
