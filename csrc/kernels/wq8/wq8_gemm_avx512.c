@@ -19,13 +19,17 @@
  *   (the nibble for k-step 2j and 2j+1): ~3 instructions per 64 weights, paid once per
  *   strip and amortized over all M rows. Then the strip's group scales, NR floats per group
  *   (rows past N: 0, their scales are never read).
- * Tile: MR = 6 rows x NR = 32 columns: 12 int32 accumulators (one block) + 12 float
- *   accumulators + 2 weight vectors + the group scales = 28-30 of 32 zmm. Per k-step: 2
- *   weight loads, 6 activation dword broadcasts, 12 VPDPBUSD (64 MACs each). Per 32-column
- *   block and accumulator: 8 VPDPBUSD, then VCVTDQ2PS, (VMULPS d * g,) VFMADD231PS — the
- *   exact block sum has to leave the integer domain once per block (each block has its
- *   own d), so ~3/8 of an extra op per VPDPBUSD is the price of exact Q8_0 semantics.
- * Float rounding: fl(d * g), then one FMA per block: the framework's bound (wq8.c).
+ * Tile: MR = 4 rows x NR = 32 columns: 8 int32 accumulators (one block), 8 float group
+ *   accumulators, 2 weight vectors (the 8 row totals live in memory: touched once per
+ *   group). Per k-step: 2 weight loads, 4 activation dword broadcasts, 8 VPDPBUSD (64 MACs
+ *   each). Per 32-column block and accumulator: 8 VPDPBUSD, then VCVTDQ2PS + VFMADD231PS
+ *   (d * S into the group's sum); per group one more VFMADD231PS (g * group sum into the
+ *   total). The exact block sum has to leave the integer domain once per block (each block
+ *   has its own d), so ~1/4 of an extra op per VPDPBUSD is the price of exact Q8_0
+ *   semantics: ~78% of the VPDPBUSD rate is the ceiling of this structure (a 6-row tile
+ *   folding g into d per block, fl(d * g) * S, costs 3/8: measured no faster).
+ * Float rounding: one FMA per block into the group sum, one FMA per group into the total
+ *   (the framework's bound, wq8.c: at most two roundings per product, one per add).
  * Invariants: q rows hold kw * 64 values (zero past k), d is 0 for padding blocks;
  *   panels are 64-byte aligned, rows past N zero bits; packed is 64-byte aligned.
  */
@@ -35,7 +39,7 @@
 
 #include "../../src/internal.h"
 
-#define MR 6
+#define MR 4
 #define NR 32
 #define NV (NR / 16)         /* 16-column vectors per strip */
 #define STEP_BYTES (NV * 64) /* packed bytes per k-step (4 columns of K) */
@@ -98,15 +102,16 @@ static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_
                                    const int32_t *const *nq, const uint8_t *pw,            \
                                    const float *gp, int64_t kw, int64_t gw, float *out,    \
                                    int64_t ldo) {                                          \
-        __m512 facc[ROWS][NV];                                                             \
+        __m512 tot[ROWS][NV];                                                              \
         for (int i = 0; i < ROWS; i++)                                                     \
-            for (int v = 0; v < NV; v++) facc[i][v] = _mm512_setzero_ps();                 \
-        const int64_t nb = 2 * kw, bpg = 2 * gw;                                           \
+            for (int v = 0; v < NV; v++) tot[i][v] = _mm512_setzero_ps();                  \
+        const int64_t nb = 2 * kw, bpg = GS ? 2 * gw : nb;                                 \
         for (int64_t b0 = 0, g = 0; b0 < nb; b0 += bpg, g++) {                             \
             const int64_t b1 = b0 + bpg < nb ? b0 + bpg : nb;                              \
-            __m512 gv[NV];                                                                 \
-            for (int v = 0; v < NV; v++)                                                   \
-                gv[v] = GS ? _mm512_loadu_ps(gp + g * NR + 16 * v) : _mm512_set1_ps(1.0f); \
+            /* the group's sum of d * S (one FMA per block), scaled by g once per group */ \
+            __m512 grp[ROWS][NV];                                                          \
+            for (int i = 0; i < ROWS; i++)                                                 \
+                for (int v = 0; v < NV; v++) grp[i][v] = _mm512_setzero_ps();              \
             for (int64_t b = b0; b < b1; b++) {                                            \
                 __m512i acc[ROWS][NV];                                                     \
                 for (int i = 0; i < ROWS; i++) {                                           \
@@ -128,37 +133,35 @@ static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_
                 }                                                                          \
                 for (int i = 0; i < ROWS; i++) {                                           \
                     const __m512 dv = _mm512_set1_ps(d[i][b]);                             \
-                    for (int v = 0; v < NV; v++) {                                         \
-                        const __m512 dg = GS ? _mm512_mul_ps(dv, gv[v]) : dv;              \
-                        facc[i][v] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(acc[i][v]),    \
-                                                     facc[i][v]);                          \
-                    }                                                                      \
+                    for (int v = 0; v < NV; v++)                                           \
+                        grp[i][v] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(acc[i][v]),     \
+                                                    grp[i][v]);                            \
                 }                                                                          \
+            }                                                                              \
+            for (int v = 0; v < NV; v++) {                                                 \
+                const __m512 gv = GS ? _mm512_loadu_ps(gp + g * NR + 16 * v) : _mm512_setzero_ps(); \
+                for (int i = 0; i < ROWS; i++)                                             \
+                    tot[i][v] = GS ? _mm512_fmadd_ps(gv, grp[i][v], tot[i][v]) : grp[i][v]; \
             }                                                                              \
         }                                                                                  \
         for (int i = 0; i < ROWS; i++)                                                     \
-            for (int v = 0; v < NV; v++) _mm512_storeu_ps(out + i * ldo + 16 * v, facc[i][v]); \
+            for (int v = 0; v < NV; v++) _mm512_storeu_ps(out + i * ldo + 16 * v, tot[i][v]); \
     }
 DEFINE_TILE(1, 0)
 DEFINE_TILE(2, 0)
 DEFINE_TILE(3, 0)
 DEFINE_TILE(4, 0)
-DEFINE_TILE(5, 0)
-DEFINE_TILE(6, 0)
 DEFINE_TILE(1, 1)
 DEFINE_TILE(2, 1)
 DEFINE_TILE(3, 1)
 DEFINE_TILE(4, 1)
-DEFINE_TILE(5, 1)
-DEFINE_TILE(6, 1)
 
 static void tile(const int8_t *const *q, const float *const *d, const int32_t *const *nq, int mr,
                  const void *packed, int64_t kw, int64_t gw, int has_gs, float *out, int64_t ldo) {
     typedef void (*tile_fn)(const int8_t *const *, const float *const *, const int32_t *const *,
                             const uint8_t *, const float *, int64_t, int64_t, float *, int64_t);
-    static const tile_fn tiles[2][MR] = {
-        {tile_1_0, tile_2_0, tile_3_0, tile_4_0, tile_5_0, tile_6_0},
-        {tile_1_1, tile_2_1, tile_3_1, tile_4_1, tile_5_1, tile_6_1}};
+    static const tile_fn tiles[2][MR] = {{tile_1_0, tile_2_0, tile_3_0, tile_4_0},
+                                         {tile_1_1, tile_2_1, tile_3_1, tile_4_1}};
     const uint8_t *pw = (const uint8_t *)packed;
     tiles[has_gs != 0][mr - 1](q, d, nq, pw, (const float *)(pw + kw * 16 * STEP_BYTES), kw, gw,
                                out, ldo);
