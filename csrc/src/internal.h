@@ -194,6 +194,8 @@ typedef struct takane_q8_gemm_ukernel {
     void (*tile)(const int8_t *const *q, const float *const *d, const int32_t *const *nq,
                  int mr, const void *packed, int64_t kw, int64_t gw, int has_gs, float *out,
                  int64_t ldo);
+    /* Smallest M (>= 2) for which the GEMM beats the set's panel kernels (measured). */
+    int min_m;
 } takane_q8_gemm_ukernel;
 
 typedef struct takane_q8_ukernel {

@@ -163,22 +163,20 @@ typedef struct q8_job {
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
 
-/* Smallest M that takes the GEMM (env TAKANE_Q8_GEMM_MIN_M overrides, for benchmarks). */
-/* Measured on Zen 4 (4096x4096, G = 128, 1 thread): the panel kernels win at M = 8, tie at
- * 16, the GEMM wins from M = 32 (1.1-1.4x). */
-#define GEMM_MIN_M 24
-static int64_t gemm_min_m(void) {
+/* Smallest M that takes the GEMM: the kernel set's measured crossover (gemm->min_m); env
+ * TAKANE_Q8_GEMM_MIN_M overrides it (benchmarks and tests force either regime). */
+static int64_t gemm_min_m(const takane_q8_gemm_ukernel *g) {
     const char *e = getenv("TAKANE_Q8_GEMM_MIN_M");
     if (e && *e) {
         char *end;
         const long v = strtol(e, &end, 10);
         if (*end == 0 && v >= 1) return v;
     }
-    return GEMM_MIN_M;
+    return g->min_m;
 }
 
 int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m) {
-    return ks->q8->gemm && m >= 2 && m >= gemm_min_m();
+    return ks->q8->gemm && m >= 2 && m >= gemm_min_m(ks->q8->gemm);
 }
 
 /* Activation rows whose tables are built at a time by the panel path: each run of weight
