@@ -327,3 +327,31 @@ def test_rows_from_concurrent_threads(on_isa):
             t.join()
     assert results == [lib.TAKANE_OK] * 80
     np.testing.assert_array_equal(y, expect)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (9, 65), (33, 384)])
+def test_get_bits_returns_the_canonical_rows(n, k):
+    rng = np.random.default_rng(n + k)
+    w = tk.pack_weights(rng.standard_normal((n, k)))
+    h = w._prepacked()
+    kw = -(-k // 64)
+    out = np.full((n, kw), 0xFFFF, np.uint64)
+    assert lib.takane_weights_get_bits(h, 0, n, ffi.from_buffer("uint64_t[]", out), kw) == lib.TAKANE_OK
+    np.testing.assert_array_equal(out, w.bits)
+    if n > 2:
+        part = np.zeros((2, kw), np.uint64)
+        assert lib.takane_weights_get_bits(h, 1, 3, ffi.from_buffer("uint64_t[]", part), kw) == 0
+        np.testing.assert_array_equal(part, w.bits[1:3])
+    assert lib.takane_weights_get_bits(h, 0, n + 1, ffi.from_buffer("uint64_t[]", out), kw) == lib.TAKANE_ERR_BAD_STRIDE
+    if n > 1:
+        assert lib.takane_weights_get_bits(h, 0, n, ffi.from_buffer("uint64_t[]", out), kw - 1) == lib.TAKANE_ERR_BAD_STRIDE
+
+
+def test_get_bits_of_a_q1_0_handle_are_its_signs():
+    rng = np.random.default_rng(3)
+    n, k = 13, 256
+    w, q1 = random_q1_0(rng, n, k)
+    h, keep, _ = q1_0_handle(q1, n, k, caller_memory=True)
+    out = np.zeros((n, k // 64), np.uint64)
+    assert lib.takane_weights_get_bits(h, 0, n, ffi.from_buffer("uint64_t[]", out), k // 64) == 0
+    np.testing.assert_array_equal(out, tk.from_q1_0(q1, k).bits)

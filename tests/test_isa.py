@@ -155,3 +155,48 @@ def test_shared_library_exports_only_takane_symbols():
     # the framework's internal helpers are hidden
     with pytest.raises(AttributeError):
         lib.takane_select_kernels  # noqa: B018
+
+
+OPS = {"matmul", "pack", "linear", "wfloat", "q8_0"}
+
+
+def test_kernels_per_op_are_reported_honestly():
+    """Every compiled set names the code each op runs; a borrowed op says "scalar"."""
+    for name in tk.isa.compiled():
+        k = tk.isa.kernels(name)
+        assert set(k) == OPS, k
+        if name == "scalar":
+            assert set(k.values()) == {"scalar"}
+        elif name in ("avx2", "avx512"):
+            assert set(k.values()) == {name}  # x86 sets own every op
+        else:  # neon: own products and W1A8, the portable layer epilogues and W1A-float
+            assert k["matmul"] == k["pack"] == "neon"
+            assert k["linear"] == k["wfloat"] == "scalar"
+            assert k["q8_0"] in ("neon", "neon+sdot")
+    assert tk.isa.kernels() == tk.isa.kernels(tk.isa.active())
+    missing = [n for n in tk.isa.NAMES if n not in tk.isa.compiled()]
+    for n in missing:
+        with pytest.raises(ValueError, match="not compiled"):
+            tk.isa.kernels(n)
+
+
+@pytest.mark.skipif(platform.machine() not in ARM64, reason="the NEON W1A8 variants exist on aarch64 only")
+def test_neon_dotprod_can_be_turned_off():
+    """TAKANE_NEON_DOTPROD=0 runs the plain NEON W1A8 path on any CPU; results agree with
+    the reference either way (the sums are exact)."""
+    code = (
+        "import numpy as np, takane_kernels as tk; from takane_kernels import reference as ref\n"
+        "rng = np.random.default_rng(0); w = tk.pack_weights(rng.standard_normal((24, 320)), group_size=64)\n"
+        "x = rng.standard_normal((3, 320)).astype(np.float32)\n"
+        "with tk.isa.force('neon'):\n"
+        "    y = tk.binary_weight_matmul(x, w, activations='q8_0'); assert tk.isa.last_used() == 'neon'\n"
+        "err = np.abs(y - ref.binary_weight_matmul(x, w, activations='q8_0'))\n"
+        "assert (err <= ref.binary_weight_matmul_error_bound(x, w, activations='q8_0')).all()\n"
+        "print(tk.isa.kernels('neon')['q8_0'])"
+    )
+    r = _run(code, TAKANE_NEON_DOTPROD="0")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["neon"]
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] in ("neon", "neon+sdot")

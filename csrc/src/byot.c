@@ -231,7 +231,6 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
         takane_note_used(ks->isa);
         return TAKANE_OK;
     }
-    const takane_q8_ukernel *uk = ks->q8;
     const int64_t chunk = byot_rows(ks, m);
     if (!scratch || scratch_bytes < scratch_bytes_for(ks, kw, chunk)) return TAKANE_ERR_OUT_OF_MEMORY;
     char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
@@ -292,6 +291,24 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
             const float s = g ? g[c / w->group_size] : 1.0f;
             yr[c] = (word >> (c % 64)) & 1 ? s : -s;
         }
+    }
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_get_bits(const takane_weights *w, int64_t r0, int64_t r1,
+                                      uint64_t *bits, int64_t bits_row_stride) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    const int64_t kw = w->kw;
+    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    if (bits_row_stride < 0 || (r1 - r0 > 1 && bits_row_stride < kw)) return TAKANE_ERR_BAD_STRIDE;
+    if (r0 == r1 || kw == 0) return TAKANE_OK;
+    if (!bits) return TAKANE_ERR_NULL_POINTER;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
+        const int lane = (int)(r % TAKANE_PANEL_ROWS);
+        uint64_t *out = bits + (r - r0) * bits_row_stride;
+        for (int64_t q = 0; q < kw; q++) out[q] = panel[q * TAKANE_PANEL_ROWS + lane];
     }
     return TAKANE_OK;
 }

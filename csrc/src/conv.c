@@ -31,16 +31,15 @@
  * taps (interior pixels have none), before the epilogue, so out_threshold and every
  * float step see the true dot product.
  *
- * Invariants: the entry points validated everything (conv_run); k <= TAKANE_MAX_K so
+ * Invariants: the entry points validated everything (api_conv.c); k <= TAKANE_MAX_K so
  * dots fit int32; gathered rows have zero padding bits (the handle's rows do too).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "conv.h"
 
-#define DIM_MAX INT64_C(2147483647)
 /* Output pixels per gathered block: the gathered rows (<= 64 KiB) and their dot
  * products stay in L1/L2 while they meet every weight panel of the task. */
 #define BLOCK_ROWS 64
@@ -52,29 +51,10 @@
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-struct takane_conv_weights {
-    int64_t cout, kh, kw, cin_g, groups, coutg, taps, k; /* k = taps * cin_g */
-    /* Tap order of the gathered rows and the weight rows: (ky, kx) densely packed (tap t
-     * at bit t * cin_g), or, when xmajor (one group and cin_g % 64 == 0 or cin_g == 32),
-     * column-major: column kx holds its kh taps densely (tap (ky, kx) at bit
-     * kx * colbits + ky * cin_g) padded to whole words (colbits = 64 * ceil(kh * cin_g
-     * / 64); the padding bits are zero in weights and activations alike, so they add
-     * nothing to any popcount). Then, for dilation_w 1, the row of output pixel (oy, ox)
-     * is one contiguous window of a copy of kh input rows stacked per column (see
-     * conv_rows_zstack). At 32 channels a 3x3 row is 6 words (3 columns of 2) instead of
-     * 5: 20% more XOR-popcounts, but no per-pixel gather. */
-    int xmajor;
-    int64_t colbits; /* xmajor: bits per column (a multiple of 64) */
-    int64_t rowk;    /* bits per weight / gathered row: kw * colbits if xmajor, else k */
-    takane_weights **g;                                  /* one (coutg, k) handle per group */
-    int32_t *tapcorr; /* [t * cout + o] = cin_g - 2 * popcount(w[o, tap t]) */
-    int64_t nbytes;
-};
-
 /* OR nbits bits of src starting at bit soff into dst starting at bit doff. Reads only
  * words that hold some of those bits (never past the source pixel). */
-static inline void bits_or(uint64_t *dst, int64_t doff, const uint64_t *src, int64_t soff,
-                           int64_t nbits) {
+void takane_bits_or(uint64_t *dst, int64_t doff, const uint64_t *src, int64_t soff,
+                    int64_t nbits) {
     while (nbits > 0) {
         const int chunk = nbits < 64 ? (int)nbits : 64;
         const int64_t w0 = soff / 64;
@@ -88,131 +68,6 @@ static inline void bits_or(uint64_t *dst, int64_t doff, const uint64_t *src, int
         if (t && t + chunk > 64) dst[d0 + 1] |= v >> (64 - t);
         soff += chunk, doff += chunk, nbits -= chunk;
     }
-}
-
-static int popcount_bits(const uint64_t *src, int64_t words) {
-    int n = 0;
-    for (int64_t q = 0; q < words; q++) n += __builtin_popcountll(src[q]);
-    return n;
-}
-
-void takane_conv_weights_free(takane_conv_weights *h) {
-    if (!h) return;
-    if (h->g)
-        for (int64_t g = 0; g < h->groups; g++) takane_weights_free(h->g[g]);
-    free(h->g);
-    free(h->tapcorr);
-    free(h);
-}
-
-takane_status takane_conv_weights_create(int64_t cout, int64_t kh, int64_t kw, int64_t cin,
-                                         int64_t groups, const uint64_t *w,
-                                         takane_conv_weights **out) {
-    if (!out) return TAKANE_ERR_NULL_POINTER;
-    *out = NULL;
-    if (cout < 0 || kh < 0 || kw < 0 || cin < 0 || groups < 0)
-        return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (!cout || !kh || !kw || !cin || !groups || cout > DIM_MAX || kh > DIM_MAX ||
-        kw > DIM_MAX || cin > DIM_MAX || cout % groups)
-        return TAKANE_ERR_BAD_GEOMETRY;
-    if ((double)kh * (double)kw * (double)cin > (double)TAKANE_MAX_K)
-        return TAKANE_ERR_K_TOO_LARGE;
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    const int64_t cw = takane_words_for(cin), taps = kh * kw, k = taps * cin;
-    const int64_t coutg = cout / groups;
-    const int xmajor = groups == 1 && (cin % 64 == 0 || cin == 32);
-    const int64_t colbits = xmajor ? 64 * ((kh * cin + 63) / 64) : 0;
-    const int64_t rowk = xmajor ? kw * colbits : k, kwords = takane_words_for(rowk);
-    if (rowk > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
-    if ((double)cout * (double)taps * (double)cw * 8.0 > (double)SIZE_MAX / 4)
-        return TAKANE_ERR_OUT_OF_MEMORY;
-    takane_status st = takane_check_padding(cout * taps, cin, w, cw);
-    if (st != TAKANE_OK) return st;
-    takane_conv_weights *h = (takane_conv_weights *)calloc(1, sizeof *h);
-    uint64_t *rows = NULL;
-    if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
-    h->cout = cout, h->kh = kh, h->kw = kw, h->cin_g = cin, h->groups = groups;
-    h->coutg = coutg, h->taps = taps, h->k = k;
-    h->xmajor = xmajor, h->colbits = colbits, h->rowk = rowk;
-    h->g = (takane_weights **)calloc((size_t)groups, sizeof *h->g);
-    h->tapcorr = (int32_t *)malloc((size_t)(taps * cout) * sizeof(int32_t));
-    rows = (uint64_t *)malloc((size_t)(coutg * kwords) * sizeof(uint64_t));
-    if (!h->g || !h->tapcorr || !rows) {
-        st = TAKANE_ERR_OUT_OF_MEMORY;
-        goto fail;
-    }
-    h->nbytes = (int64_t)sizeof *h + taps * cout * 4;
-    for (int64_t g = 0; g < groups; g++) {
-        memset(rows, 0, (size_t)(coutg * kwords) * sizeof(uint64_t));
-        for (int64_t o = 0; o < coutg; o++) {
-            const int64_t oc = g * coutg + o;
-            for (int64_t t = 0; t < taps; t++) {
-                const uint64_t *src = w + (oc * taps + t) * cw;
-                /* t = ky * kw + kx */
-                const int64_t pos = xmajor ? (t % kw) * colbits + (t / kw) * cin : t * cin;
-                bits_or(rows + o * kwords, pos, src, 0, cin);
-                h->tapcorr[t * cout + oc] = (int32_t)(cin - 2 * (int64_t)popcount_bits(src, cw));
-            }
-        }
-        if ((st = takane_weights_create(coutg, rowk, rows, kwords, &h->g[g])) != TAKANE_OK) goto fail;
-        /* The products' k is the true bit count (the column layout's padding bits are
-         * zero on both sides and count nothing): the framework's k - 2 * popcount is
-         * then the dot product itself, while kw (rowk's words) stays the row length. */
-        h->g[g]->k = k;
-        h->nbytes += h->g[g]->npanels * kwords * TAKANE_PANEL_ROWS * 8;
-    }
-    free(rows);
-    *out = h;
-    return TAKANE_OK;
-fail:
-    free(rows);
-    takane_conv_weights_free(h);
-    return st;
-}
-
-takane_status takane_conv_weights_info(const takane_conv_weights *h, int64_t *out_channels,
-                                       int64_t *in_channels, int64_t *kernel_h,
-                                       int64_t *kernel_w, int64_t *groups, int64_t *nbytes) {
-    if (!h) return TAKANE_ERR_NULL_POINTER;
-    if (out_channels) *out_channels = h->cout;
-    if (in_channels) *in_channels = h->cin_g * h->groups;
-    if (kernel_h) *kernel_h = h->kh;
-    if (kernel_w) *kernel_w = h->kw;
-    if (groups) *groups = h->groups;
-    if (nbytes) *nbytes = h->nbytes;
-    return TAKANE_OK;
-}
-
-/* Validate a geometry against a kernel and compute the output size. */
-static takane_status check_geometry(const takane_conv2d_geometry *g, int64_t kh, int64_t kw,
-                                    int64_t *ho, int64_t *wo) {
-    if (!g) return TAKANE_ERR_NULL_POINTER;
-    if (g->batch < 0 || g->in_h < 0 || g->in_w < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (g->batch > DIM_MAX || g->in_h < 1 || g->in_h > DIM_MAX || g->in_w < 1 ||
-        g->in_w > DIM_MAX)
-        return TAKANE_ERR_BAD_GEOMETRY;
-    const int64_t v[] = {g->stride_h, g->stride_w, g->dilation_h, g->dilation_w};
-    for (int i = 0; i < 4; i++)
-        if (v[i] < 1 || v[i] > DIM_MAX) return TAKANE_ERR_BAD_GEOMETRY;
-    const int64_t p[] = {g->pad_top, g->pad_bottom, g->pad_left, g->pad_right};
-    for (int i = 0; i < 4; i++)
-        if (p[i] < 0 || p[i] > DIM_MAX) return TAKANE_ERR_BAD_GEOMETRY;
-    if (g->pad_value < -1 || g->pad_value > 1) return TAKANE_ERR_BAD_GEOMETRY;
-    /* all terms <= 2^31: no overflow */
-    const int64_t eh = g->dilation_h * (kh - 1) + 1, ew = g->dilation_w * (kw - 1) + 1;
-    const int64_t ph = g->in_h + g->pad_top + g->pad_bottom;
-    const int64_t pw = g->in_w + g->pad_left + g->pad_right;
-    if (ph < eh || pw < ew) return TAKANE_ERR_BAD_GEOMETRY;
-    *ho = (ph - eh) / g->stride_h + 1;
-    *wo = (pw - ew) / g->stride_w + 1;
-    return TAKANE_OK;
-}
-
-takane_status takane_conv2d_output_size(const takane_conv_weights *w,
-                                        const takane_conv2d_geometry *g, int64_t *out_h,
-                                        int64_t *out_w) {
-    if (!w || !out_h || !out_w) return TAKANE_ERR_NULL_POINTER;
-    return check_geometry(g, w->kh, w->kw, out_h, out_w);
 }
 
 /* ---- the convolution framework ---------------------------------------------------------- */
@@ -311,7 +166,7 @@ static int gather_row(const conv_job *j, int64_t b, int64_t oy, int64_t ox, int6
                 if (!j->ones) continue; /* -1 (or 0, corrected later): zero bits */
                 src = j->ones;
             }
-            bits_or(row, w->xmajor ? kx * w->colbits + ky * cin : t * cin, src, g * cin, cin);
+            takane_bits_or(row, w->xmajor ? kx * w->colbits + ky * cin : t * cin, src, g * cin, cin);
         }
     }
     return border;
@@ -532,35 +387,22 @@ static void pack_task(void *ctx, int64_t task) {
     }
 }
 
-static const float zero_threshold = 0.0f;
+/* The convolution framework for a validated call (api_conv.c checked every argument; the
+ * batch is non-empty): pack float input, run the tasks. */
+takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_args *a) {
+    const takane_conv_weights *w = a->w;
+    const takane_conv2d_geometry *geo = &a->geo;
+    const int64_t ho = a->ho, wo = a->wo, cout = w->cout;
+    const int64_t cin = w->cin_g * w->groups, cw = takane_words_for(cin);
+    const int64_t npix = geo->batch * geo->in_h * geo->in_w;
+    const float *scale = a->scale, *bias = a->bias, *residual = a->residual, *out_t = a->out_t;
+    const uint64_t *xb = a->xb;
+    const float *xf = a->xf;
+    float *y = a->y;
+    uint64_t *yb = a->yb;
+    const int bits = yb != NULL;
+    int nthreads = a->threads > 0 ? a->threads : takane_default_threads();
 
-/* Every conv entry point: validate, pack float input, run the tasks. */
-static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_geometry *geo,
-                              const uint64_t *xb, const float *xf, const float *t,
-                              int64_t t_len, const float *scale, const float *bias,
-                              const float *residual, const float *out_t, int64_t out_t_len,
-                              int bits, float *y, uint64_t *yb, int32_t threads) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    int64_t ho, wo;
-    takane_status st = check_geometry(geo, w->kh, w->kw, &ho, &wo);
-    if (st != TAKANE_OK) return st;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
-    const int64_t cin = w->cin_g * w->groups, cw = takane_words_for(cin), cout = w->cout;
-    if (xf && (st = takane_check_threshold(t, t_len, cin, 1)) != TAKANE_OK) return st;
-    if (geo->batch == 0) return TAKANE_OK;
-    const int64_t npix = geo->batch * geo->in_h * geo->in_w; /* each <= 2^31: may overflow */
-    if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cin > 9.0e18 ||
-        (double)geo->batch * (double)ho * (double)wo * (double)cout > 9.0e18)
-        return TAKANE_ERR_BAD_GEOMETRY; /* no buffer of that many elements can exist */
-    if ((!xb && !xf) || (bits ? !yb : !y)) return TAKANE_ERR_NULL_POINTER;
-    if (bits && (st = takane_check_threshold(out_t, out_t_len, cout, 0)) != TAKANE_OK) return st;
-    if ((st = takane_check_finite(scale, cout)) != TAKANE_OK) return st;
-    if ((st = takane_check_finite(bias, cout)) != TAKANE_OK) return st;
-    if (xb && (st = takane_check_padding(npix, cin, xb, cw)) != TAKANE_OK) return st;
-    const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-
-    int nthreads = threads > 0 ? threads : takane_default_threads();
     conv_job j;
     memset(&j, 0, sizeof j);
     j.ks = ks, j.w = w, j.geo = *geo, j.ho = ho, j.wo = wo, j.m = geo->batch * ho * wo;
@@ -575,7 +417,7 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
      * column-major gather; 7x7x512 the same either way. */
     j.zstack = !j.direct && w->xmajor && geo->dilation_w == 1 && wo >= ZSTACK_MIN_WO;
     j.scale = scale, j.bias = bias, j.residual = residual;
-    j.out_t = bits ? out_t : NULL, j.out_t_per_col = bits && out_t_len == cout && cout != 1;
+    j.out_t = bits ? out_t : NULL, j.out_t_per_col = a->out_t_per_col;
     j.y = y, j.yb = yb;
     int64_t block = BLOCK_BYTES / (j.kwords * 8);
     j.block = block < 8 ? 8 : block > BLOCK_ROWS ? BLOCK_ROWS : block;
@@ -596,8 +438,7 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
             free(ones);
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
-        pack_job pj = {ks, xf, cin, cw, npix, 0, t ? t : &zero_threshold,
-                       t && t_len == cin && cin != 1, packed, TAKANE_OK};
+        pack_job pj = {ks, xf, cin, cw, npix, 0, a->t, a->t_per_channel, packed, TAKANE_OK};
         const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
         pj.chunk = (npix + want - 1) / want;
         takane_parallel_run(nthreads, (npix + pj.chunk - 1) / pj.chunk, pack_task, &pj);
@@ -621,49 +462,9 @@ static takane_status conv_run(const takane_conv_weights *w, const takane_conv2d_
     free(packed);
     free(ones);
     if (j.failed != TAKANE_OK) return (takane_status)j.failed;
-    takane_note_used(ks->isa);
     return TAKANE_OK;
 }
 
-takane_status takane_binary_conv2d(const takane_conv_weights *w, const takane_conv2d_geometry *g,
-                                   const uint64_t *x, const float *scale, const float *bias,
-                                   const float *residual, float *y, int32_t threads) {
-    return conv_run(w, g, x, NULL, NULL, 0, scale, bias, residual, NULL, 0, 0, y, NULL,
-                    threads);
-}
-
-takane_status takane_binary_conv2d_bits(const takane_conv_weights *w,
-                                        const takane_conv2d_geometry *g, const uint64_t *x,
-                                        const float *scale, const float *bias,
-                                        const float *residual, const float *out_threshold,
-                                        int64_t out_threshold_len, uint64_t *y,
-                                        int32_t threads) {
-    return conv_run(w, g, x, NULL, NULL, 0, scale, bias, residual, out_threshold,
-                    out_threshold_len, 1, NULL, y, threads);
-}
-
-takane_status takane_binary_conv2d_f32(const takane_conv_weights *w,
-                                       const takane_conv2d_geometry *g, const float *x,
-                                       const float *threshold, int64_t threshold_len,
-                                       const float *scale, const float *bias,
-                                       const float *residual, float *y, int32_t threads) {
-    if (!x && g && g->batch > 0) return TAKANE_ERR_NULL_POINTER;
-    return conv_run(w, g, NULL, x ? x : (const float *)&zero_threshold, threshold,
-                    threshold_len, scale, bias, residual, NULL, 0, 0, y, NULL, threads);
-}
-
-takane_status takane_binary_conv2d_f32_bits(const takane_conv_weights *w,
-                                            const takane_conv2d_geometry *g, const float *x,
-                                            const float *threshold, int64_t threshold_len,
-                                            const float *scale, const float *bias,
-                                            const float *residual, const float *out_threshold,
-                                            int64_t out_threshold_len, uint64_t *y,
-                                            int32_t threads) {
-    if (!x && g && g->batch > 0) return TAKANE_ERR_NULL_POINTER;
-    return conv_run(w, g, NULL, x ? x : (const float *)&zero_threshold, threshold,
-                    threshold_len, scale, bias, residual, out_threshold, out_threshold_len, 1,
-                    NULL, y, threads);
-}
 
 /* ---- max pooling ---------------------------------------------------------------------- */
 
@@ -697,33 +498,9 @@ static void pool_task(void *ctx, int64_t task) {
     }
 }
 
-takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geo, int64_t channels,
-                                       int64_t kernel_h, int64_t kernel_w, const uint64_t *x,
-                                       uint64_t *y, int32_t threads) {
-    if (!geo) return TAKANE_ERR_NULL_POINTER;
-    if (channels < 0 || kernel_h < 0 || kernel_w < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (channels > DIM_MAX || kernel_h < 1 || kernel_h > DIM_MAX || kernel_w < 1 ||
-        kernel_w > DIM_MAX)
-        return TAKANE_ERR_BAD_GEOMETRY;
-    int64_t ho, wo;
-    takane_status st = check_geometry(geo, kernel_h, kernel_w, &ho, &wo);
-    if (st != TAKANE_OK) return st;
-    if (geo->dilation_h != 1 || geo->dilation_w != 1 || geo->pad_value != 0 ||
-        geo->pad_top > kernel_h / 2 || geo->pad_bottom > kernel_h / 2 ||
-        geo->pad_left > kernel_w / 2 || geo->pad_right > kernel_w / 2)
-        return TAKANE_ERR_BAD_GEOMETRY;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
-    if (geo->batch == 0 || channels == 0) return TAKANE_OK;
-    const int64_t cw = takane_words_for(channels);
-    if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cw > 1.0e18 ||
-        (double)geo->batch * (double)ho * (double)wo * (double)cw > 1.0e18)
-        return TAKANE_ERR_BAD_GEOMETRY;
-    if (!x || !y) return TAKANE_ERR_NULL_POINTER;
-    if ((st = takane_check_padding(geo->batch * geo->in_h * geo->in_w, channels, x, cw)) !=
-        TAKANE_OK)
-        return st;
-    const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+void takane_pool_run(const takane_conv2d_geometry *geo, int64_t kernel_h, int64_t kernel_w,
+                     int64_t cw, int64_t ho, int64_t wo, const uint64_t *x, uint64_t *y,
+                     int threads) {
     int nthreads = threads > 0 ? threads : takane_default_threads();
     const int64_t rows = geo->batch * ho;
     if ((double)rows * (double)wo * (double)cw * (double)(kernel_h * kernel_w) < 262144.0)
@@ -732,8 +509,4 @@ takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geo, int64_
     const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
     p.chunk = (rows + want - 1) / want;
     takane_parallel_run(nthreads, (rows + p.chunk - 1) / p.chunk, pool_task, &p);
-    /* portable code (the OR loop is memory-bound and auto-vectorized), run under the
-     * active kernel set */
-    takane_note_used(ks->isa);
-    return TAKANE_OK;
 }

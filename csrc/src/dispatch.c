@@ -276,6 +276,47 @@ takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_
     return TAKANE_OK;
 }
 
+/* ---- which code each op of a kernel set runs ------------------------------------------- */
+
+/* "op=isa" pairs for one registry entry: a set may borrow another ISA's kernels for an op
+ * (the NEON set uses the portable layer and W1A-float kernels), and this says so. */
+static char kernel_names[REGISTRY_LEN][128];
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
+
+static const char *owner(const void *k, const void *scalar_k, takane_isa isa) {
+    return k == scalar_k && isa != TAKANE_ISA_SCALAR ? "scalar" : takane_isa_name(isa);
+}
+
+static void init_names(void) {
+    for (int i = 0; i < REGISTRY_LEN; i++) {
+        const takane_kernel_set *ks = &registry[i];
+        const char *q8 = owner(ks->q8, &takane_q8_ukernel_scalar, ks->isa);
+        const char *q8_variant = "";
+#ifdef TAKANE_HAVE_NEON
+        if (ks->isa == TAKANE_ISA_NEON) q8_variant = takane_wq8_neon_dotprod() ? "+sdot" : "";
+#endif
+        /* plain concatenation: snprintf would be the only libc formatting in the library */
+        const char *parts[] = {"matmul=", owner(ks->matmul, &takane_matmul_ukernel_scalar, ks->isa),
+                               " pack=", owner((const void *)ks->pack_row,
+                                               (const void *)takane_pack_row_scalar, ks->isa),
+                               " linear=", owner(ks->linear, &takane_linear_ukernel_scalar, ks->isa),
+                               " wfloat=", owner(ks->wfloat, &takane_wfloat_ukernel_scalar, ks->isa),
+                               " q8_0=", q8, q8_variant};
+        size_t n = 0;
+        for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++)
+            for (const char *c = parts[p]; *c && n + 1 < sizeof kernel_names[i]; c++)
+                kernel_names[i][n++] = *c;
+        kernel_names[i][n] = 0;
+    }
+}
+
+const char *takane_isa_kernels(takane_isa isa) {
+    const int i = index_of(isa);
+    if (i < 0) return NULL;
+    pthread_once(&names_once, init_names);
+    return kernel_names[i];
+}
+
 takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second) {
     if (!macs_per_second) return TAKANE_ERR_NULL_POINTER;
     ensure_init();

@@ -13,8 +13,8 @@ from ._takane import ffi, lib
 #: ISA names indexed by their ``takane_isa`` value.
 NAMES = ("scalar", "avx2", "avx512", "neon")
 
-__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force", "peak", "peak_int8",
-           "dram_bandwidth"]
+__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force", "peak", "kernels",
+           "peak_int8", "dram_bandwidth"]
 
 
 def _from_mask(mask: int) -> list[str]:
@@ -99,6 +99,20 @@ def peak(name: str | None = None, seconds: float = 0.2) -> float:
     if status != lib.TAKANE_OK:  # pragma: no cover
         raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
     return float(out[0])
+
+
+def kernels(name: str | None = None) -> dict[str, str]:
+    """Which code each op of ISA ``name``'s kernel set runs (default: the active ISA), e.g.
+    ``{"matmul": "neon", "pack": "neon", "linear": "scalar", "wfloat": "scalar",
+    "q8_0": "neon+sdot"}``: a set uses the portable (``"scalar"``) kernels of an op it has
+    none of its own for, and a variant chosen at run time is named after a ``+``. Ops:
+    ``matmul`` (W1A1 products), ``pack`` (binarization), ``linear`` (W1A1 layer epilogues),
+    ``wfloat`` (W1A-float), ``q8_0`` (W1A8)."""
+    value = lib.takane_isa_active() if name is None else _isa_value(name)
+    text = lib.takane_isa_kernels(value)
+    if text == ffi.NULL:
+        raise ValueError(f"ISA {name!r} is not compiled into this build (compiled: {', '.join(compiled())})")
+    return dict(pair.split("=", 1) for pair in ffi.string(text).decode().split())
 
 
 def peak_int8(name: str | None = None, seconds: float = 0.2) -> float:

@@ -603,6 +603,26 @@ TAKANE_API takane_status takane_weights_dequantize_rows(const takane_weights *we
                                                         int64_t r0, int64_t r1, float *y,
                                                         int64_t y_row_stride);
 
+/* Canonical bits of weight rows [r0, r1) of a handle (the inverse of takane_weights_create
+ * and the sign part of takane_weights_from_q1_0): row r - r0 at bits + (r - r0) *
+ * bits_row_stride, ceil(k/64) words, padding bits 0. Lets a caller keep only the handle
+ * (one resident copy of the weights) and rebuild the canonical rows when it needs them
+ * (saving, exporting). Calling thread only. */
+TAKANE_API takane_status takane_weights_get_bits(const takane_weights *weights, int64_t r0,
+                                                 int64_t r1, uint64_t *bits,
+                                                 int64_t bits_row_stride);
+
+/* ---- which code runs, per op -------------------------------------------------------------- */
+
+/* For a compiled ISA (else NULL): which kernels each op of its kernel set runs, as
+ * space-separated "op=isa" pairs, e.g. "matmul=neon pack=neon linear=scalar wfloat=scalar
+ * q8_0=neon+sdot" — a set may use the portable kernels of an op it has none of its own for,
+ * and a sub-variant chosen at run time is named after a '+'. Ops: matmul (W1A1 products),
+ * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8).
+ * Static storage. On aarch64, env TAKANE_NEON_DOTPROD=0 (read once) keeps the W1A8 kernel
+ * off SDOT even where the CPU has it. */
+TAKANE_API const char *takane_isa_kernels(takane_isa isa);
+
 /* ---- measured machine limits (issue 21) ------------------------------------------------ */
 
 /* Streaming read bandwidth of main memory: `threads` (>= 1) threads each read their own

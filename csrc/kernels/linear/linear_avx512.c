@@ -17,7 +17,7 @@
  */
 #include "../isa_avx512.h"
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
                     double *abs_sum) {

@@ -11,7 +11,7 @@
  * Invariants: writes exactly ceil(k/64) (pack) or ceil(n/64) (bit epilogues) words, with
  *   padding bits 0; NaN is reported, never packed silently.
  */
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
                     double *abs_sum) {

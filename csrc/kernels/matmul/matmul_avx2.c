@@ -19,7 +19,7 @@
  */
 #include <immintrin.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 2
 #define NR 4

@@ -64,7 +64,7 @@
  */
 #include <arm_neon.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 4
 #define NR 4

@@ -10,7 +10,7 @@
  * Invariants relied on: row pointers are valid for kw words; padding bits are zero in
  *   both operands, so XOR adds nothing past k.
  */
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 2
 #define NR 4

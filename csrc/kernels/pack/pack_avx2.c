@@ -15,7 +15,7 @@
  */
 #include <immintrin.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 int takane_pack_row_avx2(const float *x, int64_t k, const float *t, int per_channel,
                          uint64_t *out) {

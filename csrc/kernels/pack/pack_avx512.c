@@ -10,7 +10,7 @@
  */
 #include "../isa_avx512.h"
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 int takane_pack_row_avx512(const float *x, int64_t k, const float *t, int per_channel,
                            uint64_t *out) {

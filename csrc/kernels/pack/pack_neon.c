@@ -19,7 +19,7 @@
 #include <arm_neon.h>
 #include <string.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 /* Pack 64 floats at x against t (per channel) or t_all; AND the ordered mask into *ordered. */
 static inline uint64_t pack_word(const float *x, const float *t, int per_channel,

@@ -5,7 +5,7 @@
  * x[64q+b] >= t (IEEE ordered compare: -0.0 >= 0 is true, NaN compares false and is
  * reported separately). Invariant: writes exactly ceil(k/64) words, padding bits 0.
  */
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 /* Pack one row: 64 compares per word, bit b of word q is x[64q+b] >= t. */
 int takane_pack_row_scalar(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out) {

@@ -30,7 +30,7 @@
  */
 #include "../isa_avx512.h"
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 4
 #define NR 16

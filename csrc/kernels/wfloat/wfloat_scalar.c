@@ -17,7 +17,7 @@
  *   bound gamma(k-1) * sum |x| of any summation order applies (takane.h).
  * Invariants: xs holds ceil(k/64)*64 floats, zero past k; weight padding bits are zero.
  */
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 2
 #define NR 4

@@ -20,7 +20,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 1
 #define NP 1

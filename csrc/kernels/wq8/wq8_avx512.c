@@ -35,7 +35,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 2
 #define NP 4

@@ -28,7 +28,7 @@
 #include <immintrin.h>
 #include <string.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 4
 #define NR 8

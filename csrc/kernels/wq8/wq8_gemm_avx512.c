@@ -37,7 +37,7 @@
 
 #include <string.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 4
 #define NR 32

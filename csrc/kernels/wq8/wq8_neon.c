@@ -17,10 +17,11 @@
  */
 #include <arm_neon.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
@@ -100,15 +101,21 @@ static inline int32_t block_sum_dot(uint8x16_t wt, const int8_t *q, int b) {
 DEFINE_PANELS(panel_plain, , block_sum_plain)
 DEFINE_PANELS(panel_dot, __attribute__((target("arch=armv8.2-a+dotprod"))), block_sum_dot)
 
+/* SDOT when the CPU has it, unless env TAKANE_NEON_DOTPROD=0 (read once) turns it off: the
+ * tests run the plain NEON path on any CPU that way, and takane_isa_kernels() reports
+ * which variant runs ("neon+sdot" / "neon"). */
 static int have_dotprod(void) {
     static int cached = -1; /* benign race: every thread computes the same value */
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
-        v = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+        const char *env = getenv("TAKANE_NEON_DOTPROD");
+        v = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0 && !(env && env[0] == '0' && !env[1]);
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
 }
+
+int takane_wq8_neon_dotprod(void) { return have_dotprod(); }
 
 static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,

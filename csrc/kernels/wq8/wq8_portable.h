@@ -12,7 +12,7 @@
  */
 #include <math.h>
 
-#include "../../src/internal.h"
+#include "../kernel.h"
 
 #define MR 1
 #define NP 1
