@@ -1,6 +1,6 @@
 """1-bit LLM layer benchmarks: W1A8 (activations="q8_0") and W1A-float with group scales
 (G = 128), decode (GEMV) warm and cold, batched decode (M = 1..16 sharing one cold weight
-stream) and prefill (M = 64, 256; the W1A8 GEMM and, as a same-run "before", the panel
+stream) and prefill (M = 64..512, N = 4096 and 11008; the W1A8 GEMM and, as a same-run "before", the panel
 kernels), against numpy float32 (DESIGN §8, §9; issue 21).
 
 Warm: the same call repeated (the weights stay in L2/L3). Cold (DESIGN §8): a stack of
@@ -194,7 +194,7 @@ def test_gemv_cold(benchmark, request, shape, member):
            pct_of_dram=100 * gbps / dram if gbps else None)
 
 
-PREFILL_M = [64, 256]
+PREFILL = [(64, 4096), (256, 4096), (512, 4096), (256, 11008)]  # (M, N), K = 4096
 PREFILL_MEMBERS = ["numpy float32 x @ w.T (1 thread)"]
 PREFILL_MEMBERS += [f"takane q8_0 {BEST} {t} thread{'s' if t > 1 else ''}" for t in THREADS]
 PREFILL_MEMBERS += [f"takane q8_0 {BEST} 1 thread panels"]  # the pre-GEMM kernels, same run
@@ -202,9 +202,9 @@ PREFILL_MEMBERS += [f"takane float32 {BEST} 1 thread"]
 
 
 @pytest.mark.parametrize("member", PREFILL_MEMBERS)
-@pytest.mark.parametrize("m", PREFILL_M, ids=[f"{m}x4096x4096" for m in PREFILL_M])
-def test_prefill(benchmark, m, member):
-    n = k = 4096
+@pytest.mark.parametrize("m,n", PREFILL, ids=[f"{m}x{n}x4096" for m, n in PREFILL])
+def test_prefill(benchmark, m, n, member):
+    k = 4096
     benchmark.group = f"prefill {m}x{n}x{k} (G={G})"
     pw = stack(n, k, 1)[0]
     x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
