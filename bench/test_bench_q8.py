@@ -1,7 +1,7 @@
 """1-bit LLM layer benchmarks: W1A8 (activations="q8_0") and W1A-float with group scales
 (G = 128), decode (GEMV) warm and cold, batched decode (M = 1..16 sharing one cold weight
-stream) and prefill (M = 64..512, N = 4096 and 11008; the W1A8 GEMM and, as a same-run "before", the panel
-kernels), against numpy float32 (DESIGN §8, §9; issue 21).
+stream) and prefill (M = 64..512, N = 4096 and 11008; the W1A8 GEMM and, as a same-run
+"before", the panel kernels), against numpy float32 (DESIGN §8, §9; issue 21).
 
 Warm: the same call repeated (the weights stay in L2/L3). Cold (DESIGN §8): a stack of
 layers of the same shape whose weights (bits + group scales) total >= 256 MB is run
