@@ -122,3 +122,31 @@ def test_probes(isa_name):
     assert tk.isa.dram_bandwidth(2, mb=8, repeat=1) > 0
     with pytest.raises(ValueError):
         tk.isa.dram_bandwidth(0)
+
+
+@pytest.mark.parametrize("m", [15, 16, 17, 70, 130])
+def test_rows_entry_point_matches_the_threaded_run(isa_name, m):
+    """takane_matmul_q8_0_rows (one calling thread, activations in row chunks) gives the
+    library's threaded run bit for bit, also past one chunk: no tail chunk may fall into
+    the other regime."""
+    rng = np.random.default_rng(m)
+    n, k = 72, 512
+    gs = (0.5 + rng.random((n, k // 128))).astype(np.float32)
+    pw = tk.PackedWeights(tk.pack_bits(rng.standard_normal((n, k))), k, group_scale=gs, group_size=128)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    expected = tk.binary_weight_matmul(x, pw, activations="q8_0", threads=2)
+    q = np.zeros((m, k // 32 * 34), np.uint8)
+    assert lib.takane_quantize_q8_0(m, k, ffi.from_buffer("float[]", x), k,
+                                    ffi.from_buffer("uint8_t[]", q), q.shape[1]) == lib.TAKANE_OK
+    h = pw._prepacked()
+    size = lib.takane_matmul_q8_0_scratch_size(h, m)
+    scratch = np.zeros(size, np.uint8)
+    y = np.zeros((m, n), np.float32)
+    for r0, r1 in ((0, n), (0, 40), (40, n)):  # two "threads" writing disjoint ranges
+        st = lib.takane_matmul_q8_0_rows(
+            h, r0, r1, m, ffi.from_buffer("uint8_t[]", q), q.shape[1], ffi.NULL,
+            ffi.from_buffer("float[]", gs), 128, ffi.NULL, ffi.from_buffer("float[]", y), n,
+            ffi.from_buffer("uint8_t[]", scratch), size)
+        assert st == lib.TAKANE_OK
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(y, expected)

@@ -241,8 +241,12 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
     tables = (char *)(((uintptr_t)tables + 63) & ~(uintptr_t)63);
     const int64_t gw = group_scale ? group_size / 64 : kw;
     const int64_t ngroups = (kw + gw - 1) / gw;
-    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
-        const int64_t mi = min64(chunk, m - i0);
+    /* balanced chunks of at most `chunk` rows: with the GEMM (m >= its threshold) every
+     * chunk keeps more than 32 rows, so no tail chunk falls back to the panel kernels and
+     * each row gets the same bits as in the library's threaded run of the same m */
+    const int64_t nchunks = (m + chunk - 1) / chunk, per = m / nchunks, rem = m % nchunks;
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+        const int64_t i0 = ci * per + min64(ci, rem), mi = per + (ci < rem);
         for (int64_t i = 0; i < mi; i++) {
             const uint8_t *src = (const uint8_t *)q + (i0 + i) * q_row_stride;
             int8_t *qi = qq + i * kw * 64;

@@ -9,12 +9,18 @@
  *     thread-local scratch: q (kw*64 int8, zero past k), the fp16-rounded block scales
  *     d (float, 2*kw, 0 for padding blocks) and nq = -sum q per block. NaN / inf are
  *     reported here, before any output is written.
- *  2. Tasks (takane_plan_grid: rows split for prefill, panels split for decode) build
- *     their rows' tables (the kernel's build_table) in thread-local scratch, then walk
- *     their panels np at a time: one kernel call per (mr rows, np panels) covers all of K,
- *     so each weight word is loaded once per mr rows — M = 1 streams every panel once,
- *     sequentially (np concurrent streams); the M > 1 tile reuses each loaded word across
- *     mr activation rows.
+ *  2. Tasks compute through takane_wq8_block (also the body of takane_matmul_q8_0_rows),
+ *     which picks the regime by M:
+ *     - decode / batched decode (M below the set's GEMM threshold, or a set without a
+ *       GEMM): the rows' tables (the kernel's build_table, up to 16 rows at a time) in
+ *       thread-local scratch, then every run of np panels once for all those rows, mr at a
+ *       time — M = 1 streams every panel once, sequentially (np concurrent streams);
+ *       tasks split the panels (takane_plan_grid), or the rows for a tall M;
+ *     - prefill (M >= the threshold, issue 21): the GEMM of wq8_gemm.c — each strip of
+ *       output rows expanded once per row block to int8, a register-tiled VPDPBUSD /
+ *       VPMADDUBSW kernel over every row; tasks split the strips only.
+ *     The two regimes sum in different orders (both within the bound below); within one,
+ *     a row's result does not depend on the batch or the thread split.
  *  3. The kernel applies the group scales (sum_g g * group sum, see internal.h); the
  *     epilogue per output is y = fl(fl(v * scale) + bias).
  * Scratch lives in thread-local buffers that only grow (freed at thread exit), so a
