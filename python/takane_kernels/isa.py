@@ -118,8 +118,9 @@ def kernels(name: str | None = None) -> dict[str, str]:
 def peak_int8(name: str | None = None, seconds: float = 0.2) -> float:
     """Measured int8 multiply-accumulate peak of ISA ``name`` (default: the active one) on
     one core, in MACs per second: a register-resident loop of the instruction the W1A8
-    prefill GEMM uses (AVX-512 VNNI ``VPDPBUSD``), best of repeated runs over about
-    ``seconds``. ValueError for an ISA without an int8 GEMM (its probe)."""
+    prefill GEMM uses (AVX-512 VNNI ``VPDPBUSD``; AVX2 ``VPMADDUBSW``), best of repeated
+    runs over about ``seconds`` of this thread's CPU time. ValueError for an ISA without an
+    int8 GEMM (its probe)."""
     value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
     out = ffi.new("double *")
     status = lib.takane_probe_peak_int8(value, float(seconds), out)

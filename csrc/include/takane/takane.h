@@ -638,7 +638,8 @@ TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t by
 /* Measure the int8 multiply-accumulate peak of `isa` (TAKANE_ISA_AUTO: the active one) on
  * the calling thread for about `seconds` (clamped to [0.001, 10]): a register-resident
  * loop of the instruction the W1A8 GEMM uses (AVX-512 VNNI VPDPBUSD; AVX2 VPMADDUBSW +
- * VPMADDWD), enough independent chains to fill the pipes, best of repeated runs.
+ * VPMADDWD), enough independent chains to fill the pipes, best of repeated runs, each
+ * timed in the calling thread's CPU time (time given to other processes does not count).
  * *macs_per_second receives int8 MACs per second. TAKANE_ERR_ISA_UNSUPPORTED for a set
  * without an int8 probe. */
 TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
