@@ -138,7 +138,8 @@ def dram_bandwidth(threads: int = 1, mb: int = 256, repeat: int = 3, *, buf=None
     """Measured streaming read bandwidth of main memory in bytes per second with ``threads``
     threads: a C loop on each thread reads its own contiguous part of a ``mb`` MiB buffer
     (>= 256 MiB: far beyond the last-level cache; allocated and written once per size, then
-    kept), all started together, timed to the slowest; the best of ``repeat`` passes. The
+    kept), all started together, timed to the slowest (one thread: its CPU time, so time
+    given to other processes does not count); the best of ``repeat`` passes. The
     figure "% of DRAM" is computed against (a numpy sum split over Python threads
     under-reads at 2 threads). ``buf``: read this C-contiguous array instead (``mb`` unused)."""
     import numpy as np

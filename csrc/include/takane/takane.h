@@ -628,7 +628,8 @@ TAKANE_API const char *takane_isa_kernels(takane_isa isa);
 /* Streaming read bandwidth of main memory: `threads` (>= 1) threads each read their own
  * contiguous part of buf (bytes bytes, >= 64 per thread; for a DRAM figure >= 256 MB, at
  * least 4x the last-level cache) front to back with vector loads, started together; the
- * time is the slowest thread's. The best of `repeat` (>= 1) passes, in bytes per second,
+ * time is the slowest thread's (wall time; with threads == 1 the thread's CPU time, so
+ * that time given to other processes does not count). The best of `repeat` (>= 1) passes, in bytes per second,
  * goes to *bytes_per_second. buf is only read (fault its pages in before, e.g. by writing
  * it once). The threads are created for the call (not the library's pool). */
 TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t bytes,
