@@ -2,7 +2,7 @@
 strip, csrc/kernels/wq8/wq8_gemm_<isa>.c) and the batched paths, on every ISA (forced and
 asserted; a set without a GEMM runs its panel kernel, which must give the same answers):
 within the documented bound of the float64 oracle for K in {128, 256, 4096} and tails, M at
-and around the 6-row tile, N at and around the 32-column strip, with and without group
+and around the 6-row tile, N at and around the 8- (AVX2) and 48-column (AVX-512) strips, with and without group
 scales; the GEMM is forced for every M >= 2 through TAKANE_Q8_GEMM_MIN_M. Also the machine
 probes (int8 peak, DRAM bandwidth): values only, no timing asserts."""
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("on_isa")
 
 GEMM_K = (128, 256, 4096, 65, 1000)
 GEMM_M = (2, 5, 6, 7, 12, 13, 19)
-GEMM_N = (1, 8, 31, 32, 33, 70)
+GEMM_N = (1, 8, 31, 32, 33, 47, 48, 49, 70, 97)  # around the 8-, 32- and 48-column strips
 
 
 def make(rng, n, k, group_size):

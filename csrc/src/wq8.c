@@ -94,7 +94,8 @@ typedef struct q8_job {
     int64_t gw, ngroups;    /* words per group (kw without group scales), groups per row */
     float *y;
     int64_t ys;
-    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = runs of np panels */
+    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = units of unit_cols columns */
+    int64_t unit_cols;                 /* np panels' rows (panel kernels), a GEMM strip */
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
 
@@ -196,22 +197,21 @@ static void q8_task(void *ctx, int64_t task) {
     const takane_q8_ukernel *uk = job->ks->q8;
     const takane_weights *w = job->w;
     const int64_t kw = w->kw;
-    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    const int64_t unit = job->unit_cols;
     const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
     const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
-    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
-    if (i_begin >= i_end || r_begin >= r_end) return;
+    const int64_t c_begin = (task % job->g_tasks) * job->g_chunk * unit;
+    const int64_t c_end = min64(w->n, c_begin + job->g_chunk * unit);
+    if (i_begin >= i_end || c_begin >= c_end) return;
     void *buf = scratch_get(1, (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
     if (!buf) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
     }
-    const int64_t prows = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     if (takane_wq8_block(job->ks, w, i_end - i_begin, job->q + i_begin * kw * 64,
                          job->d + i_begin * 2 * kw, job->nq + i_begin * 2 * kw, job->scale,
                          job->gs, job->gw, job->ngroups, job->bias, job->y + i_begin * job->ys,
-                         job->ys, r_begin * prows, min64(w->n, r_end * prows), buf))
+                         job->ys, c_begin, c_end, buf))
         __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
 }
 
@@ -262,14 +262,17 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
     if (takane_wq8_uses_gemm(ks, m)) {
         /* the GEMM: split the weights only (each task expands its strips once and sweeps
-         * every row against them); runs of np panels are the tasks' unit */
-        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nruns, 1);
+         * every row against them); whole strips are the tasks' unit */
+        const int64_t nstrips = (n + uk->gemm->nr - 1) / uk->gemm->nr;
+        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nstrips, 1);
         job.m_chunk = m, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+        job.unit_cols = uk->gemm->nr;
         takane_parallel_run(nthreads, grid.p_tasks, q8_task, &job);
         return (takane_status)job.failed;
     }
     const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
     job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    job.unit_cols = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);
     return (takane_status)job.failed;
 }

@@ -11,23 +11,24 @@
  *   activations q the other; starting the int32 accumulator at nq = -sum q of the block,
  *   8 VPDPBUSD (32 columns) leave exactly S = 2 P - Q = sum q * sign(w) — the block sum,
  *   exact (|S| <= 32 * 127), no correction term.
- * Packed strip (pack): NR = 32 output columns (4 panels) x all K. For every 4 columns of K
- *   (a "k-step") two 64-byte vectors, columns 0-15 and 16-31 of the strip; byte 4c + t of
+ * Packed strip (pack): NR = 48 output columns (6 panels) x all K. For every 4 columns of K
+ *   (a "k-step") three 64-byte vectors, columns 0-15, 16-31, 32-47 of the strip; byte 4c + t of
  *   a vector is the weight of strip column c at K position 4 step + t (VPDPBUSD's dword
  *   lane c takes 4 consecutive K of one output column). Built per panel word with one
  *   VPERMT2B (byte k/8 of 16 rows, each repeated 4x) and two VPTESTMB + masked moves
  *   (the nibble for k-step 2j and 2j+1): ~3 instructions per 64 weights, paid once per
  *   strip and amortized over all M rows. Then the strip's group scales, NR floats per group
  *   (rows past N: 0, their scales are never read).
- * Tile: MR = 4 rows x NR = 32 columns: 8 int32 accumulators (one block), 8 float group
- *   accumulators, 2 weight vectors (the 8 row totals live in memory: touched once per
- *   group). Per k-step: 2 weight loads, 4 activation dword broadcasts, 8 VPDPBUSD (64 MACs
- *   each). Per 32-column block and accumulator: 8 VPDPBUSD, then VCVTDQ2PS + VFMADD231PS
- *   (d * S into the group's sum); per group one more VFMADD231PS (g * group sum into the
- *   total). The exact block sum has to leave the integer domain once per block (each block
- *   has its own d), so ~1/4 of an extra op per VPDPBUSD is the price of exact Q8_0
- *   semantics: ~78% of the VPDPBUSD rate is the ceiling of this structure (a 6-row tile
- *   folding g into d per block, fl(d * g) * S, costs 3/8: measured no faster).
+ * Tile: MR = 4 rows x NR = 48 columns: 12 int32 accumulators (one block), 12 float group
+ *   accumulators, 3 weight vectors (the 12 row totals live in memory: touched once per
+ *   group). Per k-step: 3 weight loads, 4 activation dword broadcasts, 12 VPDPBUSD (64 MACs
+ *   each): 0.58 loads per VPDPBUSD (a 32-column tile: 0.75, measured 3-5% slower). Per
+ *   32-column block and accumulator: 8 VPDPBUSD, then VCVTDQ2PS + VFMADD231PS (d * S into
+ *   the group's sum); per group one more VFMADD231PS (g * group sum into the total). The
+ *   exact block sum has to leave the integer domain once per block (each block has its own
+ *   d), so ~1/4 of an extra op per VPDPBUSD is the price of exact Q8_0 semantics: ~78% of
+ *   the VPDPBUSD rate is the ceiling of this structure (a 6-row tile folding g into d per
+ *   block, fl(d * g) * S, costs 3/8: measured no faster).
  * Float rounding: one FMA per block into the group sum, one FMA per group into the total
  *   (the framework's bound, wq8.c: at most two roundings per product, one per add).
  * Invariants: q rows hold kw * 64 values (zero past k), d is 0 for padding blocks;
@@ -40,7 +41,7 @@
 #include "../kernel.h"
 
 #define MR 4
-#define NR 32
+#define NR 48
 #define NV (NR / 16)         /* 16-column vectors per strip */
 #define STEP_BYTES (NV * 64) /* packed bytes per k-step (4 columns of K) */
 
