@@ -35,6 +35,8 @@ from takane_kernels.torch import BinaryConv2d, BinaryLinear, QuantConv2d  # noqa
 
 from conftest import assert_ran  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a program or a training run: deselect with -m 'not slow'
+
 
 @pytest.fixture(scope="module")
 def reduced():

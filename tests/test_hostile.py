@@ -21,7 +21,7 @@ import pytest
 import takane_kernels as tk
 from takane_kernels import reference as ref
 
-from conftest import assert_ran, plain_matmul
+from conftest import OPS, assert_ran, op_weights, plain_matmul
 
 ffi, lib = tk._ffi, tk._lib
 RNG = np.random.default_rng(7)
@@ -70,6 +70,23 @@ def test_nan_activations(on_isa, where):
         xv = np.repeat(X, 2, axis=1)
         xv[0, 2 * 69] = np.nan
         tk.binary_matmul(xv[:, ::2], PW)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_nan_in_every_op_of_the_table(on_isa, op):
+    """Every op of the OPS table (conftest) on input with a NaN: the binarizing ops and
+    Q8_0 (no block scale can be formed) raise ValueError; W1A-float propagates NaN to
+    exactly the rows that hold it."""
+    call, kind = OPS[op]
+    ws = op_weights(np.random.default_rng(1), 9, K)
+    x = X.copy()
+    x[1, 64 + 3] = np.nan
+    if kind == "f32":
+        y = call(x, ws, None)
+        assert np.isnan(y[1]).all() and not np.isnan(y[[0, 2]]).any()
+    else:
+        with pytest.raises(ValueError, match="NaN" if kind == "binary" else "q8_0"):
+            call(x, ws, None)
 
 
 def test_infinite_activations(on_isa, isa_name):

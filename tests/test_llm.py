@@ -20,6 +20,8 @@ import pytest
 import takane_kernels as tk
 from takane_kernels.programs import llm as _llm
 
+pytestmark = pytest.mark.slow  # a program or a training run: deselect with -m 'not slow'
+
 TINY = ["--hidden", "128", "--ffn", "256", "--layers", "2", "--heads", "4", "--kv-heads", "2"]
 
 

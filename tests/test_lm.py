@@ -35,6 +35,8 @@ from takane_kernels.torch import BinaryLinear, QuantLinear, SignQuantizer  # noq
 
 from conftest import assert_ran  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a program or a training run: deselect with -m 'not slow'
+
 TINY = _lm.Config(layers=1, width=64, heads=2, context=32, batch=4, steps=6, ft_steps=3, seeds=1,
                   eval_windows=8, check_windows=2, threads=1, time_budget=0.05, prefill=16)
 TINY_ARGS = ["--seeds", "1", "--steps", "4", "--ft-steps", "2", "--layers", "1", "--width", "64", "--heads", "2",

@@ -7,7 +7,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import takane_kernels as tk
+
+pytestmark = pytest.mark.slow  # a program or a training run: deselect with -m 'not slow'
 
 PKG = pathlib.Path(tk.__file__).resolve().parent
 PROGRAMS = {"takane_kernels.programs"}

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 import takane_kernels as tk
 from takane_kernels import reference as ref
 
-from conftest import assert_ran, count_example, plain_matmul
+from conftest import OPS, assert_ran, count_example, op_reference, op_weights, plain_matmul
 
 DTYPES = [np.float32, np.float16, np.float64, np.int8, np.int32, np.uint8, np.bool_]
 
@@ -169,3 +169,26 @@ def test_unpack_and_converters_round_trip(isa_name, problem, bitorder):
     flipped = tk.flip_polarity(bits, k)
     np.testing.assert_array_equal(tk.unpack_bits(flipped, k), np.where(v, -1, 1))
     np.testing.assert_array_equal(tk.flip_polarity(flipped, k), bits)
+
+
+@given(st.integers(0, 9), st.integers(0, 40), st.sampled_from([1, 63, 64, 65, 127, 129, 200]),
+       st.integers(0, 2**32 - 1), st.sampled_from(sorted(OPS)))
+def test_every_op_of_the_table_matches_the_reference(isa_name, m, n, k, seed, op):
+    """Every op of the OPS table (conftest) on random shapes gives the oracle's result:
+    bit for bit for the integer ops, within the documented bound for the float ones."""
+    count_example(isa_name)
+    rng = np.random.default_rng(seed)
+    ws = op_weights(rng, n, k)
+    if op.startswith("binary_conv2d") and (ws["conv"] is None or m == 0):
+        return  # a convolution has at least one output channel, an image at least one row
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    call, _ = OPS[op]
+    with tk.isa.force(isa_name):
+        got = call(x, ws, None)
+        if m and n and op != "pack_bits":
+            assert_ran(isa_name)
+    want, bound = op_reference(op, x, ws)
+    if bound is None:
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert got.shape == want.shape and np.all(np.abs(got - want) <= bound)

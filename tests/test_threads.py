@@ -15,7 +15,7 @@ import pytest
 import takane_kernels as tk
 from takane_kernels import reference as ref
 
-from conftest import assert_ran
+from conftest import assert_ran, assert_same, every_op, op_weights
 
 
 
@@ -145,46 +145,22 @@ def test_peak_probe():
 
 # ---- every op at once, and fork() in the middle of threaded work -----------------------------
 
-def _every_op(x, xb, pw, bias, threads):
-    """Every public compute op once. pw has the OneBit scale and in_scale for W1A-float;
-    the W1A1 ops use the same bits with the scale alone (binary_linear has no in_scale)."""
-    w1 = tk.PackedWeights(pw.bits, pw.k, scale=pw.scale)
-    return {
-        "pack_bits": tk.pack_bits(x),
-        "unpack_bits": tk.unpack_bits(xb, pw.k),
-        "binary_matmul": tk.binary_matmul(x, pw, threads=threads),
-        "binary_matmul packed": tk.binary_matmul(xb, pw, threads=threads),
-        "binary_matmul raw": tk.binary_matmul(xb, pw.bits, k=pw.k, threads=threads),
-        "binary_matmul threshold": tk.binary_matmul(x, pw, threshold=np.linspace(-1, 1, pw.k), threads=threads),
-        "binary_linear": tk.binary_linear(x, w1, bias=bias, activation_scale=True, threads=threads),
-        "binary_linear bits": tk.binary_linear(x, w1, bias=bias, out_threshold=0.0, threads=threads),
-        "binary_weight_matmul": tk.binary_weight_matmul(x, pw, bias=bias, threads=threads),
-    }
-
-
-def _assert_same(got, expected, where):
-    assert got.keys() == expected.keys()
-    for name in expected:
-        np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{where}: {name}")
-
-
 def test_eight_threads_call_every_op_at_once(on_isa, isa_name):
-    """8 Python threads released together by a barrier call every op on shared weights
-    (and each asks for threads=2, so 16 requests meet the pool): every result equals
-    the serial one, bit for bit (W1A-float too: one kernel, one summation order)."""
+    """8 Python threads released together by a barrier call every op of the OPS table
+    (conftest) on shared weights (and each asks for threads=2, so 16 requests meet the
+    pool, and W1A8's thread-local scratch is used from many threads): every result equals
+    the serial one, bit for bit (the float ops too: one kernel, one summation order)."""
     rng = np.random.default_rng(11)
     k = 1100
-    pw = tk.pack_weights(rng.standard_normal((300, k)), scale="onebit")
-    bias = rng.standard_normal(300)
+    ws = op_weights(rng, 300, k)
     xs = [rng.standard_normal((40 + i, k)).astype(np.float32) for i in range(8)]
-    xbs = [tk.pack_bits(x) for x in xs]
-    serial = [_every_op(x, xb, pw, bias, threads=1) for x, xb in zip(xs, xbs)]
+    serial = [every_op(x, ws, threads=1) for x in xs]
     barrier = threading.Barrier(8)
 
     def worker(i):
         with tk.isa.force(isa_name):  # force is process-wide: re-assert inside the thread
             barrier.wait(timeout=60)
-            results = [_every_op(xs[i], xbs[i], pw, bias, threads=2) for _ in range(3)]
+            results = [every_op(xs[i], ws, threads=2) for _ in range(3)]
             return results, tk.isa.last_used()
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -192,28 +168,26 @@ def test_eight_threads_call_every_op_at_once(on_isa, isa_name):
     for i, (results, used) in enumerate(outcomes):
         assert used == isa_name
         for r in results:
-            _assert_same(r, serial[i], f"thread {i}")
+            assert_same(r, serial[i], f"thread {i}")
 
 
 def _child_every_op(args):
-    x, xb, bits, k, scale, in_scale, bias, isa_name = args
+    x, ws, isa_name = args
     with tk.isa.force(isa_name):
-        pw = tk.PackedWeights(bits, k, scale=scale, in_scale=in_scale)
-        return _every_op(x, xb, pw, bias, threads=2)
+        return every_op(x, ws, threads=2)
 
 
 def test_fork_while_parent_threads_are_busy(on_isa, isa_name):
     """fork() (multiprocessing's fork start method) while another parent thread is in the
     middle of threaded products: the child inherits the pool's state mid-flight, yet
-    every op works in it (with threads=2, so it needs its own workers) and gives the
-    parent's results; a hang fails at the timeout instead of blocking the suite."""
+    every op of the OPS table works in it (with threads=2, so it needs its own workers)
+    and gives the parent's results; a hang fails at the timeout instead of blocking the suite."""
     rng = np.random.default_rng(12)
     k = 2049
-    pw = tk.pack_weights(rng.standard_normal((500, k)), scale="onebit")
-    bias = rng.standard_normal(500)
+    ws = op_weights(rng, 500, k)
+    pw = ws["pw"]
     x = rng.standard_normal((48, k)).astype(np.float32)
-    xb = tk.pack_bits(x)
-    expected = _every_op(x, xb, pw, bias, threads=2)
+    expected = every_op(x, ws, threads=2)
     stop = threading.Event()
     calls = [0]
 
@@ -221,6 +195,7 @@ def test_fork_while_parent_threads_are_busy(on_isa, isa_name):
         with tk.isa.force(isa_name):
             while not stop.is_set():
                 tk.binary_matmul(x, pw, threads=2)
+                tk.binary_weight_matmul(x, ws["group"], activations="q8_0", threads=2)
                 calls[0] += 1
 
     t = threading.Thread(target=busy, daemon=True)
@@ -229,11 +204,10 @@ def test_fork_while_parent_threads_are_busy(on_isa, isa_name):
         ctx = multiprocessing.get_context("fork")
         for _ in range(4):
             with ctx.Pool(1) as pool:
-                args = (x, xb, pw.bits, pw.k, pw.scale, pw.in_scale, bias, isa_name)
-                got = pool.apply_async(_child_every_op, (args,)).get(timeout=120)
-            _assert_same(got, expected, "forked child")
+                got = pool.apply_async(_child_every_op, ((x, ws, isa_name),)).get(timeout=120)
+            assert_same(got, expected, "forked child")
     finally:
         stop.set()
         t.join(timeout=60)
     assert not t.is_alive() and calls[0] > 0
-    _assert_same(_every_op(x, xb, pw, bias, threads=2), expected, "parent after the forks")
+    assert_same(every_op(x, ws, threads=2), expected, "parent after the forks")

@@ -110,29 +110,30 @@ def test_default_scales_follow_the_mode():
 
 
 def test_zero_copy_weights_inputs_outputs(monkeypatch):
-    """Weights stay one PackedWeights (never re-packed per call); the kernels get a numpy
-    view of the input tensor's memory and write into the output tensor's memory."""
+    """Weights stay one PackedWeights behind one bound op (never re-packed or re-bound per
+    call); the C kernel gets pointers to the input tensor's memory and writes into the
+    output tensor's memory."""
     lin = _linear(128, 40)
-    for mode, op in (("w1a1", "binary_linear"), ("w1a_float", "binary_weight_matmul")):
+    for mode in ("w1a1", "w1a_float", "w1a8"):
         m = BinaryLinear.from_linear(lin, mode=mode)
+        op = m.kernel_op
+        assert op.weights is m.weights
         seen = []
-        real = getattr(tk, op)
+        real = op._cf32
 
-        def spy(x, w, **kw):
-            seen.append((x, w, kw["out"]))
-            return real(x, w, **kw)
+        def spy(mm, xptr, yptr, bptr):
+            seen.append((int(tk._ffi.cast("uintptr_t", xptr)), int(tk._ffi.cast("uintptr_t", yptr))))
+            return real(mm, xptr, yptr, bptr)
 
-        monkeypatch.setattr(tk, op, spy)
+        monkeypatch.setattr(op, "_cf32", spy)
         monkeypatch.setattr(tk, "pack_weights", lambda *a, **k: pytest.fail("re-packed in forward"))
         x = _x((5, 128))
         y1 = m(x)
         y2 = m(x)
         monkeypatch.undo()
-        assert len(seen) == 2
-        for (xn, w, out), y in zip(seen, (y1, y2)):
-            assert w is m.weights
-            assert xn.__array_interface__["data"][0] == x.data_ptr()
-            assert out.__array_interface__["data"][0] == y.data_ptr()
+        assert m.kernel_op is op and len(seen) == 2
+        for (xp, yp), y in zip(seen, (y1, y2)):
+            assert xp == x.data_ptr() and yp == y.data_ptr()
         assert torch.equal(y1, y2)
 
 
@@ -340,12 +341,13 @@ def test_state_dict_with_group_scales_and_version_1_states(tmp_path):
 
 
 def test_eager_calls_skip_the_op_dispatch_but_tracers_see_the_op(monkeypatch):
-    """A plain eager call computes directly (no custom-op dispatch: ~15 µs a call); a dispatch
+    """A plain eager call computes directly (no custom-op dispatch: a few µs a call); a dispatch
     mode (here one that records ops), like torch.compile / torch.export, sees the registered
     op. Both give identical results, with and without bias, in every mode."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import takane_kernels.torch as tt
+    import takane_kernels.torch._library  # noqa: F401 - the custom ops' module
 
     class Record(TorchDispatchMode):
         def __init__(self):
@@ -363,8 +365,8 @@ def test_eager_calls_skip_the_op_dispatch_but_tracers_see_the_op(monkeypatch):
         for mode in ("w1a1", "w1a_float", "w1a8"):
             m = BinaryLinear.from_linear(lin, mode=mode)
             calls = []
-            lookup = tt._module  # only the op's implementation looks the module up by key
-            monkeypatch.setattr(tt, "_module", lambda key: calls.append(key) or lookup(key))
+            lookup = tt._library._module  # only the op's implementation looks the module up by key
+            monkeypatch.setattr(tt._library, "_module", lambda key: calls.append(key) or lookup(key))
             eager = m(x)
             assert calls == []  # no op dispatch on the eager path
             with Record() as rec:
@@ -405,3 +407,18 @@ def test_per_feature_threshold_is_rounded_once_and_follows_reassignment():
     c.threshold = t - 0.25
     assert torch.allclose(c(x32), expected(x32, t - 0.25), atol=1e-5)
     assert torch.allclose(m(x32), expected(x32, t + 0.25), atol=1e-5)
+
+
+def test_the_custom_op_finds_live_modules_only():
+    """The takane:: op finds its module in a per-process registry of live modules (weak
+    references): a module that is gone is a clear error, never another module's weights."""
+    import gc
+
+    torch.manual_seed(3)
+    m = BinaryLinear.from_linear(nn.Linear(64, 8))
+    key, x = m._takane_key, torch.randn(2, 64)
+    assert torch.equal(torch.ops.takane.binary_linear(x, m.bias, key), m(x))
+    del m
+    gc.collect()
+    with pytest.raises(RuntimeError, match="no live module"):
+        torch.ops.takane.binary_linear(x, None, key)

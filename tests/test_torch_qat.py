@@ -1048,3 +1048,58 @@ def test_docs_qat_example_runs(tmp_path, monkeypatch):
     namespace = {}
     exec(compile(blocks[0], str(readme), "exec"), namespace)
     assert isinstance(namespace["deployed"][0], BinaryLinear)
+
+
+def test_batchnorm_before_a_w1a1_layer_folds_into_its_thresholds(on_isa):
+    """A BatchNorm1d whose output only feeds a W1A1 layer's SignQuantizer (here after a
+    weight-only layer, whose float output it normalizes) becomes that layer's float32
+    thresholds on the BatchNorm's input — inputs of channels with a negative BatchNorm
+    weight inverted in the weight bits — and the layer sees the very bits the training
+    model computes: at random values, at each threshold and at the float32 just below it.
+    A channel whose bit cannot change (zero BatchNorm weight) keeps the BatchNorm."""
+    torch.manual_seed(21)
+    k, n = 48, 40
+    model = nn.Sequential(
+        QuantLinear(k, n, scale="onebit"), nn.BatchNorm1d(n),
+        QuantLinear(n, 30, input_quantizer=SignQuantizer(n, mean_factor=0.5)), nn.BatchNorm1d(30),
+        QuantLinear(30, 6, input_quantizer=SignQuantizer(30, threshold="learned", value=0.05)))
+    bn = model[1]
+    with torch.no_grad():
+        bn.weight.copy_(torch.randn(n).abs() + 0.01)
+        bn.weight[:10] = -bn.weight[:10]  # falling: the next layer's input bits inverted
+        bn.running_mean.copy_(torch.randn(n))
+        bn.running_var.uniform_(1e-4, 5.0)
+        bn.bias.copy_(torch.randn(n) * 0.3)
+        model[2].input_quantizer.ema_std.uniform_(0.5, 2.0)
+    model.eval()
+    folded = convert(model)
+    assert [type(m).__name__ for m in folded] == ["BinaryLinear", "Identity", "BinaryLinear", "Identity",
+                                                  "BinaryLinear"]
+    t = np.asarray(folded[2].threshold, np.float32)
+    assert t.shape == (n,)
+    plain = tk.pack_bits(model[2].weight.detach().numpy())
+    # the layer is also the first of a W1A1 fold (its rows may be inverted too): per row, the
+    # changed bits are the inverted input columns, or all the others
+    changed = tk.unpack_bits(folded[2].weights.bits ^ plain, n) > 0
+    rows_inverted = changed[:, 10:].all(axis=1)
+    columns = changed ^ rows_inverted[:, None]
+    flipped = columns[0]
+    assert (columns == flipped).all() and flipped[:10].all() and not flipped[10:].any()
+    g = torch.Generator().manual_seed(22)
+    with torch.no_grad():
+        y = model[0](torch.randn(300, k, generator=g))  # the training model's first-layer output
+        below = torch.from_numpy(np.nextafter(t, np.float32(-np.inf)))
+        edges = torch.stack([torch.from_numpy(t), below, torch.from_numpy(t) * 0 + below.flip(0)])
+        for inp in (y, edges, y[:1]):
+            assert torch.equal(folded[2:](inp), model[1:](inp))
+        assert_ran(on_isa)
+        # the bits themselves, at the edges: exactly the training model's
+        seen = model[2].input_quantizer(bn(edges)) > 0
+        mine = torch.from_numpy((edges.numpy() >= t) ^ flipped)
+        assert torch.equal(seen, mine)
+    with torch.no_grad():
+        bn.weight[3] = 0.0  # that channel's bit is constant: no fold, the BatchNorm stays
+    kept = convert(model)
+    assert type(kept[1]).__name__ == "BatchNorm1d"
+    with torch.no_grad():
+        assert torch.equal(kept[1:](y), model[1:](y))

@@ -5,15 +5,16 @@ padding); products are XOR + popcount in C, on the best instruction set this CPU
 """
 
 from . import isa, reference
-from ._ops import binary_matmul, pack_bits, pack_weights, unpack_bits
+from ._ops import Matmul, binary_matmul, pack_bits, pack_weights, unpack_bits
 from ._paths import get_cmake_dir, get_include, get_library, get_library_dir, get_pkgconfig_dir
-from ._takane import ffi as _ffi, lib as _lib
-from ._weights import MAX_K, PackedWeights
-from ._layers import binary_linear, binary_weight_matmul
+from ._capi import ffi as _ffi, lib as _lib
+from ._capi import MAX_K
+from ._weights import PackedWeights
+from ._layers import Linear, binary_linear, binary_weight_matmul
 from ._adaptive import AdaptiveThreshold
 from ._interop import flip_polarity, from_packbits, to_packbits
 from ._q1_0 import from_q1_0, to_q1_0
-from ._conv import (PackedConvWeights, binary_conv2d, binary_max_pool2d, conv2d_output_size,
+from ._conv import (Conv2d, PackedConvWeights, binary_conv2d, binary_max_pool2d, conv2d_output_size,
                     nchw_to_nhwc, nhwc_to_nchw, pack_conv_weights)
 
 __version__ = "0.2.0"
@@ -31,6 +32,7 @@ __all__ = [
     "from_q1_0", "to_q1_0",
     "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
     "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw",
+    "Matmul", "Linear", "Conv2d",
 ]
 
 

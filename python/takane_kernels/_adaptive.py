@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from ._ops import _ceil_f32
+from . import _capi as C
 
 __all__ = ["AdaptiveThreshold"]
 
@@ -14,21 +14,11 @@ _HYPER = ("decay", "std_factor", "mean_factor")
 _STATS = ("ddof", "eps")  # optional in a loaded state (older states: ddof 0, eps 0)
 
 
-def _real_scalar(value: object, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not np.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
-    return v
+_real_scalar = C.real_scalar
 
 
 def _channels(value: object) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"channels must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"channels must be >= 1, got {value}")
-    return int(value)
+    return C.positive_int(value, "channels")
 
 
 def _decay(value: object) -> float:
@@ -114,7 +104,7 @@ class AdaptiveThreshold:
         every call the rounding pass (a few microseconds at batch 1): compute it once after
         calibration and pass it as ``threshold=``. (float64 activations are compared at
         their own precision: give them ``threshold``.)"""
-        return _ceil_f32(self.threshold)
+        return C.ceil_f32(self.threshold)
 
     def update(self, batch: object) -> "AdaptiveThreshold":
         """Fold one calibration batch (..., channels) into the running statistics."""

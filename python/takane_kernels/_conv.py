@@ -1,6 +1,6 @@
 """Binary convolution for binary CNNs: PackedConvWeights, binary_conv2d, binary_max_pool2d.
 
-Layout is NHWC with channels packed per pixel (DESIGN.md §10): a packed activation is
+Layout is NHWC with channels packed per pixel (docs/guide/convolution.md): a packed activation is
 uint64 (N, H, W, ceil(C/64)), each pixel's channels in the canonical bit format. Weights
 are OHWI (Cout, KH, KW, Cin / groups) — from PyTorch's OIHW ``w.permute(0, 2, 3, 1)``.
 An NCHW array becomes NHWC with :func:`nchw_to_nhwc` (one copy), and back with
@@ -15,38 +15,22 @@ import threading
 
 import numpy as np
 
-from ._takane import ffi, lib
-from ._ops import _as_real_array, _ceil_f32, _check_threads, _raise_status, _real_rows_for_c, pack_bits
-from ._layers import _out_array, _out_threshold_f32, _vector_f32
-from ._weights import _check_vector, check_packed, padding_is_zero, read_npz, save_npz_atomic, words_for
+from . import _capi as C
+from ._capi import F32, U64, Threshold, lib
+from ._capi import NULL as _NULL, from_buffer as _from_buffer
+from ._ops import pack_bits
+from ._weights import format_arrays, loaded_bits, loaded_int, read_npz, save_npz_atomic
 
 __all__ = [
     "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
-    "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw",
+    "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw", "Conv2d",
 ]
 
 FORMAT_NAME = "takane_kernels.PackedConvWeights"
 FORMAT_VERSION = 1
-_DIM_MAX = 2**31 - 1
+_DIM_MAX = C.DIM_MAX
 _LOCK = threading.Lock()
-
-
-def _int(v: object, name: str, lo: int = 1) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(v).__name__}")
-    v = int(v)
-    if v < lo or v > _DIM_MAX:
-        raise ValueError(f"{name}={v} is out of range [{lo}, {_DIM_MAX}]")
-    return v
-
-
-def _pair(v: object, name: str, lo: int = 1) -> tuple[int, int]:
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return _int(v[0], name, lo), _int(v[1], name, lo)
-    a = _int(v, name, lo)
-    return a, a
+_int, _pair = C.check_int, C.check_pair
 
 
 def _rebuild(bits, in_channels, scale):
@@ -63,11 +47,11 @@ class PackedConvWeights:
     handles, which are built on first use (one per ``groups`` value).
     """
 
-    __slots__ = ("_bits", "_cin", "_scale", "_handles")
+    __slots__ = ("_bits", "_cin", "_scale", "_handles", "_bound", "__weakref__")
 
     def __init__(self, bits: np.ndarray, in_channels: int, *, scale: object = None):
         cin = _int(in_channels, "in_channels")
-        bits = check_packed(bits, cin, "bits")
+        bits = C.check_packed(bits, cin, "bits")
         if bits.ndim != 4:
             raise ValueError(f"bits must be 4-D (Cout, KH, KW, ceil(Cin/64)), got shape {bits.shape}")
         cout, kh, kw, _ = bits.shape
@@ -79,8 +63,9 @@ class PackedConvWeights:
         owned.flags.writeable = False
         self._bits = owned
         self._cin = cin
-        self._scale = _check_vector(scale, cout, "scale", "one per output channel")
+        self._scale = C.owned_vector(scale, cout, "scale", "one per output channel")
         self._handles = {}
+        self._bound = {}  # bound ops of binary_conv2d (_capi.bound_op)
 
     def _handle(self, groups: int):
         h = self._handles.get(groups)
@@ -88,12 +73,7 @@ class PackedConvWeights:
             with _LOCK:
                 h = self._handles.get(groups)
                 if h is None:
-                    cout, kh, kw, _ = self._bits.shape
-                    out = ffi.new("takane_conv_weights **")
-                    st = lib.takane_conv_weights_create(cout, kh, kw, self._cin, groups,
-                                                        ffi.from_buffer("uint64_t[]", self._bits), out)
-                    _raise_status(st, "PackedConvWeights")
-                    h = ffi.gc(out[0], lib.takane_conv_weights_free)
+                    h = C.conv_weights_handle(self._bits, self._cin, groups)
                     self._handles[groups] = h
         return h
 
@@ -132,15 +112,8 @@ class PackedConvWeights:
     # PackedWeights.load: every malformed, truncated or hostile file is a ValueError.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
-        arrays = {
-            "format": np.array(FORMAT_NAME),
-            "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
-            "in_channels": np.array(self._cin, dtype=np.int64),
-            "bits": self._bits,
-        }
-        if self._scale is not None:
-            arrays["scale"] = self._scale
-        save_npz_atomic(path, arrays)
+        save_npz_atomic(path, format_arrays(FORMAT_NAME, FORMAT_VERSION, in_channels=np.array(self._cin, dtype=np.int64),
+                                            bits=self._bits, scale=self._scale))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PackedConvWeights":
@@ -157,12 +130,8 @@ class PackedConvWeights:
         for key in ("in_channels", "bits"):
             if key not in data:
                 raise ValueError(f"{name}: missing array {key!r}")
-        cin = data["in_channels"]
-        if cin.shape != () or cin.dtype.kind not in "iu":
-            raise ValueError(f"{name}: in_channels must be an integer scalar")
-        bits = data["bits"]
-        if bits.dtype != np.uint64 or bits.ndim != 4:
-            raise ValueError(f"{name}: bits must be a 4-D uint64 array, got {bits.dtype} {bits.shape}")
+        cin = loaded_int(data, "in_channels", name)
+        bits = loaded_bits(data, 4, name)
         if "scale" in data and data["scale"].dtype != np.float32:
             raise ValueError(f"{name}: scale must be float32, got {data['scale'].dtype}")
         try:
@@ -177,7 +146,7 @@ def pack_conv_weights(w: object, *, scale: object = "mean_abs") -> PackedConvWei
     ``scale``: ``"mean_abs"`` (per output channel mean |w| over KH*KW*Cin, XNOR-Net's
     alpha), ``None``, or a (Cout,) array. From PyTorch's OIHW: ``w.permute(0, 2, 3, 1)``.
     """
-    w = _as_real_array(w, "w")
+    w = C.as_real_array(w, "w")
     if w.ndim != 4:
         raise ValueError(f"w must be 4-D (Cout, KH, KW, Cin) (OHWI), got shape {w.shape}")
     if w.size == 0:
@@ -226,14 +195,7 @@ def _padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, int]
     return ph, ph, pw, pw
 
 
-def _geometry(n, h, w, stride, dilation, pads, pad_value):
-    g = ffi.new("takane_conv2d_geometry *")
-    g.batch, g.in_h, g.in_w = n, h, w
-    g.stride_h, g.stride_w = stride
-    g.dilation_h, g.dilation_w = dilation
-    g.pad_top, g.pad_bottom, g.pad_left, g.pad_right = pads
-    g.pad_value = pad_value
-    return g
+_geometry = C.conv_geometry
 
 
 def _output_hw(h, w, kernel, stride, dilation, pads):
@@ -269,14 +231,166 @@ def _check_x4(x: object, name: str = "x") -> np.ndarray:
 def _f32_nhwc(a: object, shape: tuple, name: str) -> np.ndarray | None:
     if a is None:
         return None
-    a = _as_real_array(a, name)
+    a = C.as_real_array(a, name)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (N, Ho, Wo, Cout), got {a.shape}")
     return np.require(a, np.float32, "CA")
 
 
-def _ptr(ctype, a):
-    return ffi.NULL if a is None else ffi.from_buffer(ctype, a)
+_conv_f32 = lib.takane_binary_conv2d_f32
+_conv_f32_bits = lib.takane_binary_conv2d_f32_bits
+_conv_u64 = lib.takane_binary_conv2d
+_conv_u64_bits = lib.takane_binary_conv2d_bits
+
+
+class Conv2d:
+    """``binary_conv2d`` bound to its weights and constants:
+    ``Conv2d(w, stride=s, padding=p, threshold=t, ...)(x)`` is
+    ``binary_conv2d(x, w, stride=s, padding=p, threshold=t, ...)``.
+
+    The geometry, the weights' C handle (per ``groups``), the threshold (scalar or per
+    input channel, rounded up to float32 once), the bias and ``out_threshold`` are
+    validated and converted here, once; a call ``op(x, out=None, residual=None)`` with a
+    C-contiguous aligned float32 (or packed uint64) NHWC x costs a few Python steps above
+    the kernel. Any other x takes the general path, with every check of the function.
+    Immutable; safe to share between threads.
+    """
+
+    __slots__ = ("weights", "groups", "stride", "dilation", "pads", "pad_value", "in_channels", "out_channels",
+                 "kernel_size", "_threads", "_t", "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylast",
+                 "_ydtype", "_yctype", "_handle", "_geos", "_cw")
+
+    def __init__(self, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=0, threshold=0.0, bias=None,
+                 out_threshold=None, threads=None):
+        if not isinstance(w, PackedConvWeights):
+            raise TypeError(f"binary_conv2d: w must be a PackedConvWeights (from pack_conv_weights), "
+                            f"got {type(w).__name__}")
+        self._threads = C.check_threads(threads)
+        self.groups = groups = C.check_int(groups, "groups")
+        cout = w.out_channels
+        if cout % groups:
+            raise ValueError(f"groups={groups} does not divide out_channels={cout}")
+        cin = w.in_channels * groups
+        if isinstance(pad_value, (bool, np.bool_)) or not isinstance(pad_value, (int, np.integer, float)) \
+                or pad_value not in (0, 1, -1):
+            raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
+        self.weights, self.in_channels, self.out_channels = w, cin, cout
+        self.kernel_size = w.kernel_size
+        self.stride, self.dilation = C.check_pair(stride, "stride"), C.check_pair(dilation, "dilation")
+        self.pads = _padding(padding, self.kernel_size, self.dilation, self.stride)
+        self.pad_value = int(pad_value)
+        self._t = Threshold(threshold, cin)
+        e = C.Epilogue(bias, out_threshold, cout, "one per output channel")
+        self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
+        self._ylast, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
+        self._sptr = C.ptr("float[]", w.scale)
+        self._cw = C.words_for(cin)
+        self._handle = w._handle(groups)
+        self._geos = {}  # (n, h, w) -> (geometry, Ho, Wo): read-only once made
+
+    def __repr__(self) -> str:
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, pads={self.pads}, groups={self.groups})")
+
+    def output_shape(self, n: int, h: int, w: int) -> tuple[int, int, int, int]:
+        """The result's shape for an (n, h, w, ...) input."""
+        return (n,) + self._geometry(n, h, w)[1:] + (self._ylast,)
+
+    def _geometry(self, n, h, w):
+        key = (n, h, w)
+        g = self._geos.get(key)
+        if g is None:
+            ho, wo = _output_hw(h, w, self.kernel_size, self.stride, self.dilation, self.pads)
+            g = (C.conv_geometry(n, h, w, self.stride, self.dilation, self.pads, self.pad_value), ho, wo)
+            if len(self._geos) > 64:
+                self._geos = {}
+            self._geos[key] = g
+        return g
+
+    def __call__(self, x, out=None, residual=None) -> np.ndarray:
+        """float32 (N, Ho, Wo, Cout), or with ``out_threshold`` packed (N, Ho, Wo, ceil(Cout/64))."""
+        if x.__class__ is np.ndarray and residual is None:
+            shape = x.shape
+            if len(shape) == 4:
+                dt = x.dtype
+                f32 = dt is F32 and shape[3] == self.in_channels
+                if (f32 or (dt is U64 and shape[3] == self._cw and self._t.zero)) and x.flags.c_contiguous \
+                        and x.flags.aligned and shape[0] and shape[1] and shape[2]:
+                    g = self._geos.get((shape[0], shape[1], shape[2]))
+                    if g is not None:
+                        yshape = (shape[0], g[1], g[2], self._ylast)
+                        y = np.empty(yshape, self._ydtype) if out is None else C.ready_out(out, yshape, self._ydtype, x)
+                        if y is not None:
+                            yptr = _from_buffer(self._yctype, y)
+                            if f32:
+                                st = self._run_f32(g[0], _from_buffer("float[]", x), yptr, self._bptr, _NULL)
+                            else:
+                                st = self._run_u64(g[0], _from_buffer("uint64_t[]", x), yptr, self._bptr, _NULL)
+                            if st:
+                                self._fail(st, x)
+                            return y
+        return self._general(x, out, residual)
+
+    def _run_f32(self, geo, xptr, yptr, bptr, rptr, tptr=None, tlen=0):
+        if tptr is None:
+            tptr, tlen = self._t.ptr, self._t.len
+        if self._tout is None:
+            return _conv_f32(self._handle, geo, xptr, tptr, tlen, self._sptr, bptr, rptr, yptr, self._threads)
+        return _conv_f32_bits(self._handle, geo, xptr, tptr, tlen, self._sptr, bptr, rptr, self._optr, self._olen,
+                              yptr, self._threads)
+
+    def _run_u64(self, geo, xptr, yptr, bptr, rptr):
+        if self._tout is None:
+            return _conv_u64(self._handle, geo, xptr, self._sptr, bptr, rptr, yptr, self._threads)
+        return _conv_u64_bits(self._handle, geo, xptr, self._sptr, bptr, rptr, self._optr, self._olen, yptr,
+                              self._threads)
+
+    def _general(self, x, out, residual):
+        cin, cout = self.in_channels, self.out_channels
+        x = _check_x4(x)
+        n, h, wi = x.shape[:3]
+        packed = x.dtype == np.uint64
+        if packed:
+            self._t.require_zero_for_packed()
+            if x.shape[3] != self._cw:
+                raise ValueError(f"packed x has shape {x.shape}: its last dimension must be ceil(Cin/64) = "
+                                 f"{self._cw} words for Cin={cin}")
+        else:
+            x = C.as_real_array(x, "x")
+            if x.shape[3] != cin:
+                raise ValueError(f"x has shape {x.shape} but the weights take Cin={cin} channels "
+                                 f"(in_channels={self.weights.in_channels} x groups={self.groups})")
+        geo, ho, wo = self._geometry(n, h, wi)
+        y = C.out_array(out, (n, ho, wo, self._ylast), self._ydtype)
+        res = _f32_nhwc(residual, (n, ho, wo, cout), "residual")
+        if res is not None and np.may_share_memory(res, y):
+            res = res.copy()
+        if n == 0:
+            return y
+        yp = _from_buffer(self._yctype, y, require_writable=True)
+        rp = C.ptr("float[]", res)
+        if packed:
+            xr = np.require(x, requirements="CA")
+            if np.may_share_memory(xr, y):
+                xr = xr.copy()
+            st = self._run_u64(geo, _from_buffer("uint64_t[]", xr), yp, self._bptr, rp)
+        else:
+            rows, tptr, tlen = C.real_rows_for_c(x, self._t, cin, "x")
+            if np.may_share_memory(rows, y):
+                rows = rows.copy()
+            st = self._run_f32(geo, _from_buffer("float[]", rows), yp, self._bptr, rp, tptr, tlen)
+        if st:
+            self._fail(st, x)
+        return y
+
+    def _fail(self, st, x=None):
+        if st == lib.TAKANE_ERR_PADDING_BITS and x is not None and x.dtype == np.uint64 \
+                and not C.padding_is_zero(x, self.in_channels):
+            raise ValueError(f"x has non-zero padding bits (channel positions >= Cin={self.in_channels} "
+                             "in the last word)")
+        if st == lib.TAKANE_ERR_NOT_FINITE:
+            raise ValueError("binary_conv2d: bias must be finite")
+        C.raise_status(st, "binary_conv2d: x" if st == lib.TAKANE_ERR_NAN else "binary_conv2d")
 
 
 def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=0, threshold=0.0,
@@ -292,77 +406,29 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
     Returns float32 (N, Ho, Wo, Cout) ``((float32(dot) * scale) + bias) + residual`` (each
     step rounded to float32; absent terms skipped), or with ``out_threshold`` (scalar or
     (Cout,)) the packed bits uint64 (N, Ho, Wo, ceil(Cout/64)) of ``result >= out_threshold``.
+    For many calls with the same weights and constants, bind them once: :class:`Conv2d`.
     """
-    if not isinstance(w, PackedConvWeights):
-        raise TypeError(f"binary_conv2d: w must be a PackedConvWeights (from pack_conv_weights), got {type(w).__name__}")
-    nthreads = _check_threads(threads)
-    groups = _int(groups, "groups")
-    cout = w.out_channels
-    if cout % groups:
-        raise ValueError(f"groups={groups} does not divide out_channels={cout}")
-    cin = w.in_channels * groups
-    if isinstance(pad_value, (bool, np.bool_)) or not isinstance(pad_value, (int, np.integer, float)) \
-            or pad_value not in (0, 1, -1):
-        raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
-    kernel = w.kernel_size
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-    pads = _padding(padding, kernel, dilation, stride)
-    x = _check_x4(x)
-    n, h, wi = x.shape[:3]
-    packed = x.dtype == np.uint64
-    if packed:
-        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
-            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
-        if x.shape[3] != words_for(cin):
-            raise ValueError(f"packed x has shape {x.shape}: its last dimension must be ceil(Cin/64) = "
-                             f"{words_for(cin)} words for Cin={cin}")
-    else:
-        x = _as_real_array(x, "x")
-        if x.shape[3] != cin:
-            raise ValueError(f"x has shape {x.shape} but the weights take Cin={cin} channels "
-                             f"(in_channels={w.in_channels} x groups={groups})")
-    ho, wo = _output_hw(h, wi, kernel, stride, dilation, pads)
-    bits_out = out_threshold is not None
-    shape = (n, ho, wo, words_for(cout) if bits_out else cout)
-    y = _out_array(out, shape, np.dtype(np.uint64 if bits_out else np.float32))
-    res = _f32_nhwc(residual, (n, ho, wo, cout), "residual")
-    if res is not None and np.may_share_memory(res, y):
-        res = res.copy()
-    scale = w.scale
-    b = _vector_f32(bias, cout, "bias", "one per output channel")
-    t_out = _out_threshold_f32(out_threshold, cout) if bits_out else None
-    if n == 0:
-        return y
-    handle = w._handle(groups)
-    geo = _geometry(n, h, wi, stride, dilation, pads, int(pad_value))
-    sp, bp, rp = _ptr("float[]", scale), _ptr("float[]", b), _ptr("float[]", res)
-    yp = ffi.from_buffer("uint64_t[]" if bits_out else "float[]", y, require_writable=True)
-    if packed:
-        xr = np.require(x, requirements="CA")
-        if np.may_share_memory(xr, y):
-            xr = xr.copy()
-        xp = ffi.from_buffer("uint64_t[]", xr)
-        if bits_out:
-            st = lib.takane_binary_conv2d_bits(handle, geo, xp, sp, bp, rp, ffi.from_buffer("float[]", t_out),
-                                               t_out.size, yp, nthreads)
-        else:
-            st = lib.takane_binary_conv2d(handle, geo, xp, sp, bp, rp, yp, nthreads)
-        if st == lib.TAKANE_ERR_PADDING_BITS and not padding_is_zero(x, cin):
-            raise ValueError(f"x has non-zero padding bits (channel positions >= Cin={cin} in the last word)")
-    else:
-        rows, t32 = _real_rows_for_c(x, threshold, cin, "x")
-        if np.may_share_memory(rows, y):
-            rows = rows.copy()
-        xp, tp = ffi.from_buffer("float[]", rows), ffi.from_buffer("float[]", t32)
-        if bits_out:
-            st = lib.takane_binary_conv2d_f32_bits(handle, geo, xp, tp, t32.size, sp, bp, rp,
-                                                   ffi.from_buffer("float[]", t_out), t_out.size, yp, nthreads)
-        else:
-            st = lib.takane_binary_conv2d_f32(handle, geo, xp, tp, t32.size, sp, bp, rp, yp, nthreads)
-    if st == lib.TAKANE_ERR_NOT_FINITE:
-        raise ValueError("binary_conv2d: bias must be finite")
-    _raise_status(st, "binary_conv2d: x" if st == lib.TAKANE_ERR_NAN else "binary_conv2d")
-    return y
+    if (bias is None and w.__class__ is PackedConvWeights and C.plain_scalar(threshold)
+            and C.plain_scalar(out_threshold) and C.plain_scalar(threads) and _hashable(stride, padding, dilation)
+            and C.plain_scalar(groups) and C.plain_scalar(pad_value)):
+        key = (stride, padding, dilation, groups, pad_value, threshold, out_threshold, threads)
+        op = C.bound_op(w, key, lambda: Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                               pad_value=pad_value, threshold=threshold, out_threshold=out_threshold,
+                                               threads=threads))
+        return op(x, out, residual)
+    return Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups, pad_value=pad_value,
+                  threshold=threshold, bias=bias, out_threshold=out_threshold, threads=threads)(x, out, residual)
+
+
+def _hashable(*values) -> bool:
+    """ints, strs and tuples of ints (the geometry arguments as a cache key)."""
+    for v in values:
+        if v.__class__ is tuple:
+            if not all(e.__class__ is int for e in v):
+                return False
+        elif v.__class__ not in (int, str):
+            return False
+    return True
 
 
 def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None) -> np.ndarray:
@@ -374,7 +440,7 @@ def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, 
     defaults to ``kernel_size``; ``padding`` int or pair, at most half the kernel (taps
     in the padding are ignored). Returns packed uint64 (N, Ho, Wo, ceil(C/64)).
     """
-    nthreads = _check_threads(threads)
+    nthreads = C.check_threads(threads)
     kernel = _pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else _pair(stride, "stride")
     if isinstance(padding, str):
@@ -385,11 +451,11 @@ def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, 
     x = _check_x4(x)
     if x.dtype == np.uint64:
         c = x.shape[3] * 64 if channels is None else _int(channels, "channels")
-        if words_for(c) != x.shape[3]:
-            raise ValueError(f"x has shape {x.shape}: channels={c} needs {words_for(c)} words per pixel")
+        if C.words_for(c) != x.shape[3]:
+            raise ValueError(f"x has shape {x.shape}: channels={c} needs {C.words_for(c)} words per pixel")
         xb = np.require(x, requirements="CA")
     else:
-        x = _as_real_array(x, "x")
+        x = C.as_real_array(x, "x")
         c = x.shape[3]
         if channels is not None and _int(channels, "channels") != c:
             raise ValueError(f"channels={channels} but x has {c}")
@@ -397,15 +463,15 @@ def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, 
     n, h, wi = x.shape[:3]
     pads = (ph, ph, pw, pw)
     ho, wo = _output_hw(h, wi, kernel, stride, (1, 1), pads)
-    y = _out_array(out, (n, ho, wo, words_for(c)), np.dtype(np.uint64))
+    y = C.out_array(out, (n, ho, wo, C.words_for(c)), np.dtype(np.uint64))
     if n == 0:
         return y
     if np.may_share_memory(xb, y):
         xb = xb.copy()
     geo = _geometry(n, h, wi, stride, (1, 1), pads, 0)
-    st = lib.takane_binary_max_pool2d(geo, c, kernel[0], kernel[1], ffi.from_buffer("uint64_t[]", xb),
-                                      ffi.from_buffer("uint64_t[]", y, require_writable=True), nthreads)
+    st = lib.takane_binary_max_pool2d(geo, c, kernel[0], kernel[1], _from_buffer("uint64_t[]", xb),
+                                      _from_buffer("uint64_t[]", y, require_writable=True), nthreads)
     if st == lib.TAKANE_ERR_PADDING_BITS:
         raise ValueError(f"x has non-zero padding bits (channel positions >= channels={c} in the last word)")
-    _raise_status(st, "binary_max_pool2d")
+    C.raise_status(st, "binary_max_pool2d")
     return y

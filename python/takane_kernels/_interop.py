@@ -1,6 +1,6 @@
 """Converters between the canonical packed format and other 1-bit layouts.
 
-Canonical (DESIGN §2): uint64 words, element c of a row at bit c % 64 of word c // 64,
+Canonical (docs/guide/bit-format.md): uint64 words, element c of a row at bit c % 64 of word c // 64,
 bit 1 = +1, zero padding. Each converter is the equivalent of a numpy one-liner (given in
 its docstring) and validates its input like every function that takes packed data.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._weights import check_k, check_packed, words_for
+from ._capi import check_k, check_packed, words_for
 
 __all__ = ["from_packbits", "to_packbits", "flip_polarity"]
 

@@ -1,6 +1,7 @@
-"""Layer ops: the W1A1 layer ``binary_linear`` and the W1A-float ``binary_weight_matmul``.
+"""Layer ops: the W1A1 layer ``binary_linear`` and the W1A-float / W1A8 layer
+``binary_weight_matmul`` — both :class:`Linear`, bound once and called many times.
 
-Thin numpy wrappers like ``_ops``: validate, convert, call the C library. The float
+Validate, convert, call the C library (through the boundary module ``_capi``). The float
 epilogues are computed in C exactly as documented below, so ``takane_kernels.reference``
 reproduces ``binary_linear`` bit for bit, and ``binary_weight_matmul`` within its stated
 error bound.
@@ -12,150 +13,251 @@ import math
 
 import numpy as np
 
-from ._ops import (
-    _EXACT_IN_F32, _HALF, _as_real_array, _ceil_f32, _check_threads, _check_x, _plain_threads,
-    _raise_status, _real_rows_for_c, _threshold64,
-)
-from ._takane import ffi, lib
-from ._weights import PackedWeights, check_packed, real_vector, words_for
+from . import _capi as C
+from ._capi import F32, U64, Threshold, lib
+from ._capi import NULL as _NULL, from_buffer as _from_buffer
+from ._weights import PackedWeights
 
-__all__ = ["binary_linear", "binary_weight_matmul"]
+__all__ = ["binary_linear", "binary_weight_matmul", "Linear"]
 
-def _require_weights(w: object, op: str) -> PackedWeights:
-    if not isinstance(w, PackedWeights):
-        raise TypeError(f"{op}: w must be a PackedWeights (from pack_weights), got {type(w).__name__}")
-    return w
-
-
-def _vector_f32(v: object, length: int, name: str, what: str) -> np.ndarray | None:
-    """None, or v as a float32 C-contiguous (length,) array. Finiteness is checked by the
-    C library (TAKANE_ERR_NOT_FINITE), which is cheaper than a numpy pass per call."""
-    if v is None:
-        return None
-    a = real_vector(v, length, name, what)
-    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned:
-        return a
-    with np.errstate(over="ignore"):  # overflow to inf: the C library reports it
-        return np.require(a, np.float32, "CA")  # C-contiguous and aligned
+_ndarray, _empty = np.ndarray, np.empty
+_SCALARS = (int, float)
+_lin_f32 = lib.takane_binary_linear_prepacked_f32
+_lin_f32_bits = lib.takane_binary_linear_prepacked_f32_bits
+_lin_u64 = lib.takane_binary_linear_prepacked
+_lin_u64_bits = lib.takane_binary_linear_prepacked_bits
+_wmm = lib.takane_binary_weight_matmul_prepacked_ex
 
 
-def _out_threshold_f32(t: object, n: int) -> np.ndarray:
-    """out_threshold as float32 (1,) or (n,), each value rounded *up* to float32: for a
-    float32 y, y >= t  <=>  y >= ceil_f32(t), so the comparison stays exact. A NaN in
-    a float32 array is left to the C library (TAKANE_ERR_NAN)."""
-    if isinstance(t, np.ndarray) and t.dtype == np.float32 and t.shape in ((), (n,)):
-        return np.require(t, requirements="CA").reshape(-1)  # already float32: nothing to round
-    if isinstance(t, float):  # Python and numpy float64 scalars
-        if t != t:
+class Linear:
+    """A linear layer on 1-bit weights, bound once: ``Linear(w, ...)(x)``.
+
+    ``activations`` names the mode (one vocabulary across the library):
+
+    - ``"w1a1"`` (default): binary activations, :func:`binary_linear` — ``threshold``,
+      ``activation_scale``, ``bias`` and ``out_threshold`` as there;
+    - ``"f32"`` (alias ``"float32"``): real activations, :func:`binary_weight_matmul`;
+    - ``"q8_0"``: activations quantized to llama.cpp's Q8_0 blocks (W1A8),
+      ``binary_weight_matmul(..., activations="q8_0")``.
+
+    Everything that does not change between calls is validated and converted here, once:
+    the weights' re-tiled C copy and scale pointers, the threshold (rounded up to float32),
+    the bias and ``out_threshold`` (as float32), ``threads``. A call ``op(x, out=None)``
+    with C-contiguous aligned float32 (or, W1A1, packed uint64) x of 1 or 2 dimensions
+    goes to the C kernel in a few Python steps; any other x takes the general path with
+    every check of the function. ``op(x)`` returns exactly what the function returns for
+    the same arguments. Immutable; safe to share between threads.
+    """
+
+    __slots__ = ("weights", "activations", "k", "n", "_kw", "_handle", "_t", "_threads", "_act_scale",
+                 "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64", "_nk", "_cf32")
+
+    def __init__(self, w, *, activations="w1a1", threshold=0.0, bias=None, activation_scale=False,
+                 out_threshold=None, threads=None, _op="Linear", _modes=C.ACTIVATION_MODES):
+        mode = C.activation_mode(activations, _modes, f"{_op}: activations",
+                                 None if _modes is C.ACTIVATION_MODES else ("float32", "q8_0"))
+        if not isinstance(w, PackedWeights):
+            raise TypeError(f"{_op}: w must be a PackedWeights (from pack_weights), got {type(w).__name__}")
+        if mode == "w1a1":
+            if w.in_scale is not None:
+                raise ValueError(
+                    f"{_op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
+                    "binarized activations; use binary_weight_matmul for OneBit-style weights")
+            if w.group_scale is not None:
+                raise ValueError(
+                    f"{_op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
+                    "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')")
+            self._act_scale = C.check_bool(activation_scale, "activation_scale")
+        else:
+            if activation_scale is not False or out_threshold is not None:
+                raise ValueError(f"{_op}: activation_scale and out_threshold apply to activations='w1a1' only")
+            self._act_scale = False
+        self._threads = C.check_threads(threads)
+        self.weights, self.activations = w, mode
+        n, k = self.n, self.k = w.n, w.k
+        self._kw = C.words_for(k)
+        self._t = Threshold(threshold, k)
+        if mode != "w1a1" and not self._t.zero:
+            raise ValueError(f"{_op}: threshold applies to activations='w1a1' only")
+        e = C.Epilogue(bias, out_threshold, n, "one per output channel N")
+        self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
+        self._ylen, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
+        self._sptr = C.ptr("float[]", w.scale)
+        if mode != "w1a1":  # (in_scale, group_scale, group_size, C activations value)
+            gs = w.group_scale
+            self._ws = (C.ptr("float[]", w.in_scale), C.ptr("float[]", gs),
+                        w.group_size if gs is not None else 0, C.C_ACTIVATIONS[mode])
+        else:
+            self._ws = None
+        self._u64 = self._ws is None and self._t.zero and not self._act_scale  # packed x: the fast path
+        self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
+        self._nk = n > 0 and k > 0
+        self._cf32 = self._bind_f32()
+
+    def __repr__(self) -> str:
+        return f"Linear(n={self.n}, k={self.k}, activations={self.activations!r})"
+
+    @property
+    def out_features(self) -> int:
+        """Elements of the last axis of a result: N, or ceil(N/64) words with out_threshold."""
+        return self._ylen
+
+    def __call__(self, x, out=None) -> np.ndarray:
+        """float32 (..., N), or with ``out_threshold`` packed uint64 (..., ceil(N/64))."""
+        if out is None and x.__class__ is _ndarray and x.dtype is F32:  # the common call, first
+            shape = x.shape
+            nd = len(shape)
+            if (nd == 2 or nd == 1) and shape[-1] == self.k:
+                flags = x.flags
+                if flags.c_contiguous and flags.aligned and self._nk:
+                    m = shape[0] if nd == 2 else 1
+                    if m:
+                        y = _empty((m, self._ylen) if nd == 2 else (self._ylen,), self._ydtype)
+                        status = self._cf32(m, _from_buffer("float[]", x), _from_buffer(self._yctype, y), self._bptr)
+                        if status:
+                            self._fail(status, x)
+                        return y
+        elif x.__class__ is _ndarray:  # packed x, or out= given
+            shape = x.shape
+            nd = len(shape)
+            if nd == 2 or nd == 1:
+                dt = x.dtype
+                f32 = dt is F32 and shape[-1] == self.k
+                if f32 or (dt is U64 and shape[-1] == self._kw and self._u64):
+                    flags = x.flags
+                    m = shape[0] if nd == 2 else 1
+                    if flags.c_contiguous and flags.aligned and m and self._nk:
+                        yshape = (m, self._ylen) if nd == 2 else (self._ylen,)
+                        y = _empty(yshape, self._ydtype) if out is None else C.ready_out(out, yshape, self._ydtype, x)
+                        if y is not None:
+                            yptr = _from_buffer(self._yctype, y)
+                            if f32:
+                                status = self._cf32(m, _from_buffer("float[]", x), yptr, self._bptr)
+                            else:
+                                status = self._run_u64(m, _from_buffer("uint64_t[]", x), yptr, self._bptr, _NULL)
+                            if status:
+                                self._fail(status, x)
+                            return y
+        return self._general(x, out)
+
+    def _bind_f32(self):
+        """``_cf32(m, xptr, yptr, bptr)``: the float32-input C call with every constant bound
+        (the fast path of a call; the torch modules call it with tensor memory)."""
+        h, k, n, ylen, threads = self._handle, self.k, self.n, self._ylen, self._threads
+        tptr, tlen, act, sptr, optr, olen = self._t.ptr, self._t.len, self._act_scale, self._sptr, self._optr, self._olen
+        if self._ws is not None:
+            ins, gs, g, mode = self._ws
+            return lambda m, xp, yp, bp: _wmm(h, m, xp, k, ins, sptr, gs, g, bp, mode, yp, n, threads)
+        if self._tout is None:
+            return lambda m, xp, yp, bp: _lin_f32(h, m, xp, k, tptr, tlen, act, sptr, bp, yp, ylen, threads)
+        return lambda m, xp, yp, bp: _lin_f32_bits(h, m, xp, k, tptr, tlen, act, sptr, bp, optr, olen, yp, ylen,
+                                                   threads)
+
+    # -- the C calls: x and y as pointers (the torch modules call these with tensor memory) --
+    def _run_f32(self, m, xptr, yptr, bptr, tptr=None, tlen=0):
+        """y = layer(x) for m C-contiguous float32 rows at xptr. ``bptr``: the bias."""
+        if tptr is None:
+            tptr, tlen = self._t.ptr, self._t.len
+        if self._ws is not None:
+            ins, gs, g, act = self._ws
+            return _wmm(self._handle, m, xptr, self.k, ins, self._sptr, gs, g, bptr, act, yptr, self.n,
+                        self._threads)
+        if self._tout is None:
+            return _lin_f32(self._handle, m, xptr, self.k, tptr, tlen, self._act_scale, self._sptr, bptr,
+                            yptr, self._ylen, self._threads)
+        return _lin_f32_bits(self._handle, m, xptr, self.k, tptr, tlen, self._act_scale, self._sptr, bptr,
+                             self._optr, self._olen, yptr, self._ylen, self._threads)
+
+    def _run_u64(self, m, xptr, yptr, bptr, rsptr):
+        """y = layer(x) for m packed rows at xptr (W1A1). ``rsptr``: per-row beta or NULL."""
+        if self._tout is None:
+            return _lin_u64(self._handle, m, xptr, self._kw, self._sptr, bptr, rsptr, yptr, self._ylen,
+                            self._threads)
+        return _lin_u64_bits(self._handle, m, xptr, self._kw, self._sptr, bptr, rsptr, self._optr, self._olen,
+                             yptr, self._ylen, self._threads)
+
+    def _general(self, x, out):
+        if self._ws is not None:
+            return self._general_weight_only(x, out)
+        op, k, kw, n = "binary_linear", self.k, self._kw, self.n
+        x, packed = C.check_activations(x, self._t, k, kw)
+        if packed and self._act_scale:
+            raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
+        shape = x.shape[:-1] + (self._ylen,)
+        y = C.out_array(out, shape, self._ydtype)
+        if out is not None and np.may_share_memory(out, x):
+            x = x.copy()  # the kernels read x while writing y: never let them alias
+        m = math.prod(x.shape[:-1])
+        if m == 0 or n == 0:
+            return y
+        yptr = _from_buffer(self._yctype, y, require_writable=True)
+        row_scale = None
+        if not packed:
+            rows, tptr, tlen = C.real_rows_for_c(x, self._t, k, "x")
+            if self._act_scale and x.dtype not in C.EXACT_IN_F32:
+                # Wide inputs were compared by numpy (rows are 0/1): beta comes from the real
+                # values, in float64, and the 0/1 rows are packed for the packed-x entry.
+                beta = np.abs(x.reshape(m, k).astype(np.float64)).sum(axis=1) / k if k else np.zeros(m)
+                row_scale = np.ascontiguousarray(beta, dtype=np.float32)
+                if not np.all(np.isfinite(row_scale)):
+                    raise ValueError(f"{op}: x has values whose mean |x| (activation_scale) is not finite in float32")
+                packed_rows = np.empty((m, kw), dtype=np.uint64)
+                if k:
+                    C.raise_status(lib.takane_pack_f32(m, k, _from_buffer("float[]", rows), k, C.HALF_PTR, 1,
+                                                       _from_buffer("uint64_t[]", packed_rows), kw), f"{op}: x")
+                x, packed = packed_rows, True
+        if packed:
+            xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
+            status = self._run_u64(m, C.ptr("uint64_t[]", xr), yptr, self._bptr, C.ptr("float[]", row_scale))
+        else:
+            status = self._run_f32(m, C.ptr("float[]", rows), yptr, self._bptr, tptr, tlen)
+        if status:
+            self._fail(status, x)
+        return y
+
+    def _general_weight_only(self, x, out):
+        k, n = self.k, self.n
+        x = C.as_real_array(x, "x")
+        if x.shape[-1] != k:
+            raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
+        shape = x.shape[:-1] + (n,)
+        y = C.out_array(out, shape, F32)
+        m = math.prod(x.shape[:-1])
+        if m == 0 or n == 0:
+            return y
+        rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
+        if out is not None and np.may_share_memory(out, rows):
+            rows = rows.copy()  # the kernels read x while writing y: never let them alias
+        status = self._run_f32(m, C.ptr("float[]", rows), _from_buffer("float[]", y, require_writable=True),
+                               self._bptr)
+        if status:
+            self._fail(status, x)
+        return y
+
+    def _fail(self, status, x=None):
+        """Raise the error a failed C call stands for, naming the argument."""
+        bias = self._bias
+        if self._ws is not None:
+            op = "binary_weight_matmul"
+            if status == lib.TAKANE_ERR_NOT_FINITE or status == lib.TAKANE_ERR_NAN:
+                # scales are finite by construction: the bias, or (q8_0) x * in_scale
+                if bias is not None and not np.isfinite(bias).all():
+                    raise ValueError("bias must be finite (after rounding to float32)")
+                raise ValueError(
+                    f"{op}: x contains NaN or ±inf, x * in_scale overflows float32, or a block's "
+                    "max |x| / 127 overflows fp16 (|x| > 127 * 65504): activations='q8_0' cannot form "
+                    "a block scale")
+            C.raise_status(status, op)
+        op = "binary_linear"
+        if status == lib.TAKANE_ERR_PADDING_BITS and x is not None and x.dtype == np.uint64:
+            C.check_packed(x, self.k, "x")  # raises, naming x (the handle's padding was checked at creation)
+        if status == lib.TAKANE_ERR_NOT_FINITE:
+            if bias is not None and not np.all(np.isfinite(bias)):
+                raise ValueError("bias must be finite (after rounding to float32)")
+            raise ValueError(f"{op}: x has an infinite value, so its mean |x| (activation_scale) is not finite")
+        if status == lib.TAKANE_ERR_NAN and self._tout is not None and np.isnan(self._tout).any():
             raise ValueError("out_threshold contains NaN (NaN has no sign)")
-        with np.errstate(over="ignore"):
-            f = np.float32(t)
-        if float(f) < t:
-            f = np.nextafter(f, np.float32(np.inf))
-        return np.array([f], dtype=np.float32)
-    return _ceil_f32(_threshold64(t, n, "out_threshold", "output channel"))
-
-
-def _out_array(out: object, shape: tuple, dtype: np.dtype) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"out must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}, expected {shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous")
-    if not out.flags.aligned:
-        raise ValueError("out is not aligned to its dtype (the C kernels write it in place)")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    return out
-
-
-def _ptr(ctype: str, a: np.ndarray | None, writable: bool = False):
-    if a is None or a.size == 0:
-        return ffi.NULL
-    return ffi.from_buffer(ctype, a, require_writable=writable)
-
-
-_F32 = np.dtype(np.float32)
-_U64 = np.dtype(np.uint64)
-_NULL = ffi.NULL
-_from_buffer = ffi.from_buffer
-
-
-def _plain_f32(v: object, length: int) -> bool:
-    """v is a float32 (length,) array the C library can read as it is."""
-    return (v.__class__ is np.ndarray and v.dtype is _F32 and v.shape == (length,)
-            and v.flags.c_contiguous and v.flags.aligned)
-
-
-def _fast_linear(x: np.ndarray, w: PackedWeights, threshold, bias, activation_scale, out_threshold,
-                 nthreads: int):
-    """binary_linear's common call with the fewest Python steps (a batch-1 network pays
-    this per layer): 1-D/2-D C-contiguous aligned float32 or packed x, threshold 0 or a
-    float32 (K,) array, bias None or float32 (N,), out_threshold None or float32 (N,),
-    activation_scale a bool, no out. Returns None to defer to the general path — also on
-    any error status, so that the general path produces the message (its checks run
-    first, the C call then repeats; errors are not the hot path)."""
-    shape = x.shape
-    if (len(shape) > 2 or not x.flags.c_contiguous or not x.flags.aligned or w.in_scale is not None
-            or w.group_scale is not None or activation_scale.__class__ is not bool):
-        return None
-    n, k = w.n, w.k
-    kw = (k + 63) >> 6
-    dt = x.dtype
-    if dt is _F32:
-        if shape[-1] != k:
-            return None
-        if threshold.__class__ in (float, int) and threshold == 0:
-            tptr, tlen = _NULL, 0
-        elif _plain_f32(threshold, k):
-            tptr, tlen = _from_buffer("float[]", threshold), k
-        else:
-            return None
-    elif dt is _U64:
-        if shape[-1] != kw or activation_scale or threshold.__class__ not in (float, int) or threshold != 0:
-            return None
-    else:
-        return None
-    if bias is not None and not _plain_f32(bias, n):
-        return None
-    if out_threshold is not None and not _plain_f32(out_threshold, n):
-        return None
-    m = shape[0] if len(shape) == 2 else 1
-    if m == 0 or n == 0 or k == 0:
-        return None
-    handle = w._prepacked()
-    sptr = _NULL if w.scale is None else _from_buffer("float[]", w.scale)
-    bptr = _NULL if bias is None else _from_buffer("float[]", bias)
-    if out_threshold is None:
-        ylen = n
-        y = np.empty((m, n) if len(shape) == 2 else (n,), dtype=np.float32)
-        yptr = _from_buffer("float[]", y)
-    else:
-        ylen = (n + 63) >> 6
-        y = np.empty((m, ylen) if len(shape) == 2 else (ylen,), dtype=np.uint64)
-        yptr = _from_buffer("uint64_t[]", y)
-        optr = _from_buffer("float[]", out_threshold)
-    if dt is _F32:
-        xptr = _from_buffer("float[]", x)
-        if out_threshold is None:
-            status = lib.takane_binary_linear_prepacked_f32(handle, m, xptr, k, tptr, tlen, activation_scale,
-                                                            sptr, bptr, yptr, ylen, nthreads)
-        else:
-            status = lib.takane_binary_linear_prepacked_f32_bits(handle, m, xptr, k, tptr, tlen, activation_scale,
-                                                                 sptr, bptr, optr, n, yptr, ylen, nthreads)
-    else:
-        xptr = _from_buffer("uint64_t[]", x)
-        if out_threshold is None:
-            status = lib.takane_binary_linear_prepacked(handle, m, xptr, kw, sptr, bptr, _NULL, yptr, ylen, nthreads)
-        else:
-            status = lib.takane_binary_linear_prepacked_bits(handle, m, xptr, kw, sptr, bptr, _NULL, optr, n, yptr,
-                                                             ylen, nthreads)
-    return y if status == 0 else None
+        C.raise_status(status, f"{op}: x" if status == lib.TAKANE_ERR_NAN else op)
 
 
 def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out_threshold=None,
@@ -187,97 +289,18 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``activation_scale`` is not available. ``w``: a :class:`PackedWeights` without
     ``in_scale`` (that is the W1A-float format: see :func:`binary_weight_matmul`).
     ``threads``: how many threads may share the matrix product (None = the default).
+    For many calls with the same weights and constants, bind them once: :class:`Linear`.
     """
-    if out is None and type(w) is PackedWeights and type(x) is np.ndarray:
-        nthreads = _plain_threads(threads)
-        y = _fast_linear(x, w, threshold, bias, activation_scale, out_threshold, nthreads) if nthreads >= 0 else None
-        if y is not None:
-            return y
-    op = "binary_linear"
-    w = _require_weights(w, op)
-    if w.in_scale is not None:
-        raise ValueError(
-            f"{op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
-            "binarized activations; use binary_weight_matmul for OneBit-style weights"
-        )
-    if w.group_scale is not None:
-        raise ValueError(
-            f"{op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
-            "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')"
-        )
-    if not isinstance(activation_scale, (bool, np.bool_)):
-        raise TypeError(f"activation_scale must be a bool, got {type(activation_scale).__name__}")
-    nthreads = _check_threads(threads)
-    n, k, kw = w.n, w.k, words_for(w.k)
-    x, packed = _check_x(x, threshold, k, kw)  # padding: the C call checks it, named below
-    if packed and activation_scale:
-        raise ValueError("activation_scale needs the real activations (mean |x|); x is already packed (uint64)")
-    bias32 = _vector_f32(bias, n, "bias", "one per output channel N")
-    if out_threshold is None:
-        shape, dtype, t_out = x.shape[:-1] + (n,), np.dtype(np.float32), None
-    else:
-        t_out = _out_threshold_f32(out_threshold, n)
-        shape, dtype = x.shape[:-1] + (words_for(n),), np.dtype(np.uint64)
-    y = _out_array(out, shape, dtype)
-    if out is not None and np.may_share_memory(out, x):
-        x = x.copy()  # the kernels read x while writing y: never let them alias
-    m = math.prod(x.shape[:-1])
-    if m == 0 or n == 0:
-        return y
-    ylen = shape[-1]
-    handle = w._prepacked()  # the panel layout, built once per PackedWeights
-    sptr = _ptr("float[]", w.scale)
-    bptr = _ptr("float[]", bias32)
-    yptr = ffi.from_buffer("float[]" if t_out is None else "uint64_t[]", y, require_writable=True)
-    row_scale = None
-    if not packed:
-        rows, t = _real_rows_for_c(x, threshold, k, "x")
-        if activation_scale and x.dtype not in _EXACT_IN_F32:
-            # Wide inputs were compared by numpy (rows are 0/1): beta comes from the real
-            # values, in float64, and the 0/1 rows are packed for the packed-x entry.
-            beta = np.abs(x.reshape(m, k).astype(np.float64)).sum(axis=1) / k if k else np.zeros(m)
-            row_scale = np.ascontiguousarray(beta, dtype=np.float32)
-            if not np.all(np.isfinite(row_scale)):
-                raise ValueError(f"{op}: x has values whose mean |x| (activation_scale) is not finite in float32")
-            packed_rows = np.empty((m, kw), dtype=np.uint64)
-            if k:
-                _raise_status(lib.takane_pack_f32(m, k, ffi.from_buffer("float[]", rows), k,
-                                                  ffi.from_buffer("float[]", _HALF), 1,
-                                                  ffi.from_buffer("uint64_t[]", packed_rows, require_writable=True), kw),
-                              f"{op}: x")
-            x, packed = packed_rows, True
-    if packed:
-        xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
-        xptr, rsptr = _ptr("uint64_t[]", xr), _ptr("float[]", row_scale)
-        if t_out is None:
-            status = lib.takane_binary_linear_prepacked(handle, m, xptr, kw, sptr, bptr, rsptr, yptr, ylen, nthreads)
-        else:
-            status = lib.takane_binary_linear_prepacked_bits(handle, m, xptr, kw, sptr, bptr, rsptr,
-                                                             ffi.from_buffer("float[]", t_out), t_out.size, yptr, ylen,
-                                                             nthreads)
-    else:
-        xptr, tptr = _ptr("float[]", rows), ffi.from_buffer("float[]", t)
-        if t_out is None:
-            status = lib.takane_binary_linear_prepacked_f32(handle, m, xptr, k, tptr, t.size, int(activation_scale),
-                                                            sptr, bptr, yptr, ylen, nthreads)
-        else:
-            status = lib.takane_binary_linear_prepacked_f32_bits(handle, m, xptr, k, tptr, t.size,
-                                                                 int(activation_scale), sptr, bptr,
-                                                                 ffi.from_buffer("float[]", t_out), t_out.size,
-                                                                 yptr, ylen, nthreads)
-    if status == lib.TAKANE_ERR_PADDING_BITS and packed:
-        check_packed(x, k, "x")  # raises, naming x (the handle's padding was checked at creation)
-    if status == lib.TAKANE_ERR_NOT_FINITE:
-        if bias32 is not None and not np.all(np.isfinite(bias32)):
-            raise ValueError("bias must be finite (after rounding to float32)")
-        raise ValueError(f"{op}: x has an infinite value, so its mean |x| (activation_scale) is not finite")
-    if status == lib.TAKANE_ERR_NAN and t_out is not None and np.isnan(t_out).any():
-        raise ValueError("out_threshold contains NaN (NaN has no sign)")
-    _raise_status(status, f"{op}: x" if status == lib.TAKANE_ERR_NAN else op)
-    return y
-
-
-_ACTIVATIONS = {"float32": 0, "q8_0": 1}  # TAKANE_ACTIVATIONS_F32 / _Q8_0
+    if (bias is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS
+            and (threads is None or threads.__class__ is int) and C.plain_scalar(out_threshold)
+            and activation_scale.__class__ is bool):
+        key = ("w1a1", threshold, activation_scale, out_threshold, threads)
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
+            w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
+            out_threshold=out_threshold, threads=threads, _op="binary_linear"))
+        return op(x, out)
+    return Linear(w, activations="w1a1", threshold=threshold, bias=bias, activation_scale=activation_scale,
+                  out_threshold=out_threshold, threads=threads, _op="binary_linear")(x, out)
 
 
 def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, threads=None) -> np.ndarray:
@@ -312,41 +335,11 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     partial sum is exactly representable (e.g. small-integer x, power-of-two scales) y is
     exact. ``threads``: how many threads may share the work (None = the default).
     """
-    op = "binary_weight_matmul"
-    w = _require_weights(w, op)
-    mode = _ACTIVATIONS.get(activations) if isinstance(activations, str) else None
-    if mode is None:
-        raise ValueError(f"{op}: activations must be 'float32' or 'q8_0', got {activations!r}")
-    nthreads = _check_threads(threads)
-    n, k = w.n, w.k
-    x = _as_real_array(x, "x")
-    if x.shape[-1] != k:
-        raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
-    bias32 = _vector_f32(bias, n, "bias", "one per output channel N")
-    shape = x.shape[:-1] + (n,)
-    y = _out_array(out, shape, np.dtype(np.float32))
-    m = math.prod(x.shape[:-1])
-    if m == 0 or n == 0:
-        return y
-    rows = np.require(x, np.float32, "CA").reshape(m, k)  # C-contiguous and aligned
-    if out is not None and np.may_share_memory(out, rows):
-        rows = rows.copy()  # the kernels read x while writing y: never let them alias
-    group_scale = w.group_scale  # (N, ceil(K/G)) float32, finite, or None
-    group_size = w.group_size if group_scale is not None else None
-    gs32 = None if group_scale is None else np.require(group_scale, np.float32, "CA")
-    status = lib.takane_binary_weight_matmul_prepacked_ex(
-        w._prepacked(), m, _ptr("float[]", rows), k, _ptr("float[]", w.in_scale), _ptr("float[]", w.scale),
-        _ptr("float[]", gs32), group_size or 0, _ptr("float[]", bias32), mode,
-        ffi.from_buffer("float[]", y, require_writable=True), n, nthreads,
-    )
-    if status == lib.TAKANE_ERR_NOT_FINITE or status == lib.TAKANE_ERR_NAN:
-        # scales are finite by construction: the bias, or (q8_0) x * in_scale
-        if bias32 is not None and not np.isfinite(bias32).all():
-            raise ValueError("bias must be finite (after rounding to float32)")
-        raise ValueError(
-            f"{op}: x contains NaN or ±inf, x * in_scale overflows float32, or a block's "
-            "max |x| / 127 overflows fp16 (|x| > 127 * 65504): activations='q8_0' cannot form "
-            "a block scale"
-        )
-    _raise_status(status, op)
-    return y
+    if bias is None and w.__class__ is PackedWeights and activations.__class__ is str and (
+            threads is None or threads.__class__ is int):
+        key = ("wmm", activations, threads)
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
+            w, activations=activations, threads=threads, _op="binary_weight_matmul", _modes=("f32", "q8_0")))
+        return op(x, out)
+    return Linear(w, activations=activations, bias=bias, threads=threads, _op="binary_weight_matmul",
+                  _modes=("f32", "q8_0"))(x, out)

@@ -1,11 +1,8 @@
-"""The public ops: thin numpy wrappers that validate, convert, and call the C library.
+"""The public ops on the packed format: pack_bits / unpack_bits / pack_weights, and the
+W1A1 product — :class:`Matmul` (bound once, called many times) and ``binary_matmul``.
 
-Threshold semantics (exact, whatever the dtypes): an element v becomes +1 iff v >= t as
-real numbers. Inputs exactly representable in float32 (float16/32, bool, 8/16-bit ints)
-go to the C kernels as float32 with each threshold rounded *up* to the nearest float32:
-for a float32 v, ``v >= t  <=>  v >= ceil_f32(t)``, so the comparison stays exact. Wider
-inputs (float64, 32/64-bit ints) are compared by numpy at their own precision and the
-boolean result is packed by the same C kernels (as 0/1 against 0.5).
+Every op is validate -> convert -> call on top of the C boundary module ``_capi`` (the
+threshold semantics are written down there).
 """
 
 from __future__ import annotations
@@ -14,157 +11,11 @@ import math
 
 import numpy as np
 
-from ._takane import ffi, lib
-from ._weights import PackedWeights, check_group_size, check_k, check_packed, words_for
-from . import isa as _isa
+from . import _capi as C
+from ._capi import F32, I32, U64, Threshold, ffi, lib
+from ._weights import PackedWeights
 
-__all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul"]
-
-# dtypes whose every value is exactly a float32
-_EXACT_IN_F32 = frozenset(np.dtype(t) for t in (np.float32, np.float16, np.bool_, np.int8, np.uint8, np.int16, np.uint16))
-_F32_INF = np.float32(np.inf)
-# numpy hands out these singleton dtype objects for its builtin types, so `is` compares
-_U64 = np.dtype(np.uint64)
-_F32 = np.dtype(np.float32)
-
-
-def _raise_status(status: int, context: str) -> None:
-    if status == lib.TAKANE_OK:
-        return
-    msg = ffi.string(lib.takane_status_string(status)).decode()
-    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
-        raise MemoryError(f"{context}: {msg}")
-    if status == lib.TAKANE_ERR_ENV_ISA:
-        import os
-
-        raise ValueError(
-            f"{context}: TAKANE_ISA={os.environ.get('TAKANE_ISA')!r} is unknown or not supported "
-            f"here (supported: {', '.join(_isa.supported())}); unset it or call isa.force()"
-        )
-    raise ValueError(f"{context}: {msg}")
-
-
-def _check_threads(threads: object) -> int:
-    if threads is None:
-        return 0
-    if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)):
-        raise TypeError(f"threads must be an int or None, got {type(threads).__name__}")
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(min(threads, 2**31 - 1))
-
-
-def _plain_threads(threads: object) -> int:
-    """threads as the C argument when it needs no validation (None -> 0, a plain int in
-    [1, 2**31)), else -1: the general path then validates it and raises."""
-    if threads is None:
-        return 0
-    return threads if threads.__class__ is int and 1 <= threads < 2**31 else -1
-
-
-def _check_x(x: object, threshold: object, k: int, kw: int) -> tuple[np.ndarray, bool]:
-    """(x as an array, packed?): canonical packed uint64 (..., kw) — then the threshold
-    must be 0; its padding bits are checked by the C call — or real (..., k)."""
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
-    if x.dtype == np.uint64:
-        if not (threshold.__class__ in (int, float) and threshold == 0) and np.any(np.asarray(threshold) != 0):
-            raise ValueError("threshold applies to real x only; x is already packed (uint64)")
-        if x.shape[-1] != kw:
-            check_packed(x, k, "x")  # raises: wrong number of words
-        return x, True
-    x = _as_real_array(x, "x")
-    if x.shape[-1] != k:
-        raise ValueError(f"x has shape {x.shape} but w has k={k}: the last dimension of x must be {k}")
-    return x, False
-
-
-def _as_real_array(x: object, name: str) -> np.ndarray:
-    a = x if isinstance(x, np.ndarray) else np.asarray(x)
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real (float, int or bool) array, got dtype {a.dtype}")
-    if a.ndim < 1:
-        raise ValueError(f"{name} must have at least 1 dimension (..., K), got shape {a.shape}")
-    return a
-
-
-def _threshold64(threshold: object, k: int, name: str = "threshold", per: str = "input channel") -> np.ndarray:
-    """Validated threshold as float64: shape () or (k,) (one per `per`)."""
-    t = np.asarray(threshold)
-    if t.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real scalar or array, got dtype {t.dtype}")
-    if t.shape not in ((), (k,)):
-        raise ValueError(f"{name} must be a scalar or have shape ({k},) (one per {per}), got {t.shape}")
-    t = t.astype(np.float64)
-    if np.isnan(t).any():
-        raise ValueError(f"{name} contains NaN (NaN has no sign)")
-    return t
-
-
-def _ceil_f32(t64: np.ndarray) -> np.ndarray:
-    """Smallest float32 >= each value (exact threshold for float32 inputs)."""
-    with np.errstate(over="ignore"):
-        t32 = np.atleast_1d(t64.astype(np.float32))
-    low = t32.astype(np.float64) < np.atleast_1d(t64)
-    if low.any():
-        t32[low] = np.nextafter(t32[low], _F32_INF)
-    return np.ascontiguousarray(t32)
-
-
-_HALF = np.array([0.5], dtype=np.float32)
-_ZERO = np.array([0.0], dtype=np.float32)
-
-
-def _scalar_threshold_f32(t: float) -> np.ndarray:
-    """ceil_f32 of one Python scalar, without numpy array machinery (hot path)."""
-    if t == 0:
-        return _ZERO
-    if t != t:
-        raise ValueError("threshold contains NaN (NaN has no sign)")
-    return _ceil_f32(np.asarray(float(t)))
-
-
-def _real_rows_for_c(x: np.ndarray, threshold: object, k: int, name: str):
-    """(x as C-contiguous float32 2-D rows, float32 threshold array) for the C kernels."""
-    m = math.prod(x.shape[:-1])
-    if x.dtype in _EXACT_IN_F32:
-        if threshold.__class__ in (float, int):
-            t32 = _scalar_threshold_f32(threshold)
-        elif (threshold.__class__ is np.ndarray and threshold.dtype is _F32
-              and threshold.shape in ((k,), ())):
-            # float32 thresholds are their own ceil_f32: no rounding pass per call
-            if np.isnan(threshold).any():
-                raise ValueError("threshold contains NaN (NaN has no sign)")
-            t32 = np.require(threshold, requirements="CA").reshape(-1)  # C reads float*: aligned
-        else:
-            t32 = _ceil_f32(_threshold64(threshold, k))
-        # C reads float32 rows: C-contiguous and aligned (a misaligned view is copied)
-        rows = x if x.dtype is _F32 and x.flags.c_contiguous and x.flags.aligned else np.require(x, np.float32, "CA")
-        return rows.reshape(m, k), t32
-    # Wider dtypes: compare at their own precision here, pack the 0/1 result in C.
-    t64 = _threshold64(threshold, k)
-    if x.dtype.kind == "f" and np.isnan(x).any():
-        raise ValueError(f"{name} contains NaN (NaN has no sign)")
-    ge = np.greater_equal(x, t64)
-    return np.ascontiguousarray(ge, dtype=np.float32).reshape(m, k), _HALF
-
-
-def _check_out(out: object, shape: tuple, name: str = "out") -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
-    if out.dtype != np.int32:
-        raise TypeError(f"{name} must have dtype int32, got {out.dtype}")
-    if out.shape != shape:
-        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
-    if not out.flags.aligned:
-        raise ValueError(f"{name} is not aligned to its dtype (the C kernels write it in place)")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return out
+__all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul", "Matmul"]
 
 
 def pack_bits(a: object, threshold: object = 0.0) -> np.ndarray:
@@ -173,27 +24,26 @@ def pack_bits(a: object, threshold: object = 0.0) -> np.ndarray:
     Returns canonical uint64 bits (..., ceil(K/64)): bit 1 iff ``a >= threshold``, LSB
     first, zero padding. NaN raises ``ValueError``.
     """
-    a = _as_real_array(a, "a")
+    a = C.as_real_array(a, "a")
     k = a.shape[-1]
-    check_k(k, "a.shape[-1]")
-    w = words_for(k)
+    C.check_k(k, "a.shape[-1]")
+    w = C.words_for(k)
     out = np.empty(a.shape[:-1] + (w,), dtype=np.uint64)
-    rows, t = _real_rows_for_c(a, threshold, k, "a")
+    t = Threshold(threshold, k)
+    rows, tptr, tlen = C.real_rows_for_c(a, t, k, "a")
     m = rows.shape[0]
     if m == 0 or k == 0:
         return out
-    status = lib.takane_pack_f32(
-        m, k, ffi.from_buffer("float[]", rows), k, ffi.from_buffer("float[]", t), t.size,
-        ffi.from_buffer("uint64_t[]", out, require_writable=True), w,
-    )
-    _raise_status(status, "pack_bits: a")
+    status = lib.takane_pack_f32(m, k, C.from_buffer("float[]", rows), k, tptr, tlen,
+                                 C.from_buffer("uint64_t[]", out, require_writable=True), w)
+    C.raise_status(status, "pack_bits: a")
     return out
 
 
 def unpack_bits(bits: object, k: int, dtype: object = np.int8) -> np.ndarray:
     """Canonical packed bits (..., ceil(k/64)) -> a ±1 array (..., k) of ``dtype``."""
-    k = check_k(k)
-    bits = check_packed(bits, k, "bits")
+    k = C.check_k(k)
+    bits = C.check_packed(bits, k, "bits")
     dt = np.dtype(dtype)
     if dt.kind not in "if":
         raise TypeError(f"dtype must be a signed integer or float dtype (to hold -1), got {dt}")
@@ -220,13 +70,13 @@ def pack_weights(w: object, *, scale: object = "mean_abs", in_scale: object = No
     that ``W ≈ sign(W) ⊙ (scale ⊗ in_scale)`` — the W1A-float layer of
     :func:`binary_weight_matmul`. ``in_scale`` must then be left ``None``.
     """
-    w = _as_real_array(w, "w")
+    w = C.as_real_array(w, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (N, K), got shape {w.shape}")
     if w.dtype.kind == "f" and np.isnan(w).any():
         raise ValueError("w contains NaN (NaN has no sign)")
     if group_size is not None:
-        g = check_group_size(group_size)
+        g = C.check_group_size(group_size)
         if not (isinstance(scale, str) and scale == "mean_abs"):
             raise ValueError(f"group_size computes group scales (mean |w| per group): scale must be "
                              f"'mean_abs', got {scale!r}")
@@ -293,62 +143,120 @@ def _onebit_factors(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(root * u, 0.0), np.maximum(root * v, 0.0)
 
 
-def _resolve_weights(w: object, k: object):
-    """(canonical bits, k, prepacked handle or None)."""
+def resolve_weights(w: object, k: object):
+    """(canonical bits, k, prepacked handle or None) of a PackedWeights or raw bits."""
     if isinstance(w, PackedWeights):
-        if k is not None and check_k(k) != w.k:
+        if k is not None and C.check_k(k) != w.k:
             raise ValueError(f"k={k} does not match the PackedWeights' k={w.k}")
         return w.bits, w.k, w._prepacked()
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w must be a PackedWeights or a canonical uint64 array, got {type(w).__name__}")
     if k is None:
         raise ValueError("w is a raw packed array: pass k= (the unpacked row length)")
-    k = check_k(k)
-    check_packed(w, k, "w")
+    k = C.check_k(k)
+    C.check_packed(w, k, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (N, ceil(K/64)), got shape {w.shape}")
     return np.require(w, requirements="CA"), k, None  # C-contiguous and aligned
 
 
-
-
+_matmul_u64 = lib.takane_binary_matmul_prepacked
+_matmul_f32 = lib.takane_binary_matmul_prepacked_f32
 _from_buffer = ffi.from_buffer
-_prepacked_u64 = lib.takane_binary_matmul_prepacked
-_prepacked_f32 = lib.takane_binary_matmul_prepacked_f32
-_NULL = ffi.NULL
+_ndarray, _empty = np.ndarray, np.empty
+_SCALARS = (int, float)
 
 
-def _fast_matmul(x: np.ndarray, w: PackedWeights, threshold, nthreads: int):
-    """The common call — PackedWeights, C-contiguous 1-D/2-D float32 or packed x, scalar
-    zero threshold, no out, threads None or a plain int >= 1 (nthreads: 0 or that int)
-    — with the fewest Python steps (per-call overhead is what a batch-1 decode loop
-    pays). Returns None to defer to the general path, which then also produces any
-    error message."""
-    shape = x.shape
-    if len(shape) > 2 or threshold.__class__ not in (float, int) or threshold != 0 or not x.flags.c_contiguous or not x.flags.aligned:
-        return None
-    dt = x.dtype
-    bits = w.bits
-    n, kw = bits.shape
-    kx = shape[-1]
-    if dt is _F32:
-        if kx != w.k:
-            return None
-    elif dt is not _U64 or kx != kw:
-        return None
-    m = shape[0] if len(shape) == 2 else 1
-    if m == 0 or n == 0 or kx == 0:
-        return None  # empty problems: the general path handles them
-    y = np.empty((m, n) if len(shape) == 2 else (n,), dtype=np.int32)
-    if dt is _F32:  # threshold NULL: 0 for every channel
-        status = _prepacked_f32(w._prepacked(), m, _from_buffer("float[]", x), kx, _NULL, 0, _from_buffer("int32_t[]", y), n, nthreads)
-    else:
-        status = _prepacked_u64(w._prepacked(), m, _from_buffer("uint64_t[]", x), kx, _from_buffer("int32_t[]", y), n, nthreads)
-    if status:
+class Matmul:
+    """``binary_matmul`` bound to its weights and constants: ``Matmul(w, threshold=t)(x)``
+    is ``binary_matmul(x, w, threshold=t)``.
+
+    Everything that does not change between calls — the weights (their re-tiled C copy),
+    the threshold (validated, rounded up to float32 once), ``threads`` — is checked and
+    converted here, once; a call ``op(x, out=None)`` with C-contiguous aligned float32 (or
+    packed uint64) x of 1 or 2 dimensions goes to the C kernel in a few Python steps. Any
+    other x (other dtypes, views, more dimensions, empty) takes the general path, with
+    every check of :func:`binary_matmul`. Immutable; safe to share between threads.
+    """
+
+    __slots__ = ("weights", "k", "n", "_bits", "_handle", "_t", "_threads", "_kw")
+
+    def __init__(self, w, *, threshold=0.0, k=None, threads=None):
+        bits, k, handle = resolve_weights(w, k)
+        self.weights = w
+        self.k, self.n = k, bits.shape[0]
+        self._bits, self._handle, self._kw = bits, handle, bits.shape[1]
+        self._threads = C.check_threads(threads)
+        self._t = Threshold(threshold, k)
+
+    def __repr__(self) -> str:
+        return f"Matmul(n={self.n}, k={self.k})"
+
+    def __call__(self, x, out=None) -> np.ndarray:
+        """int32 (..., N): the exact ±1 dot products of x's rows with the weights' rows."""
+        if x.__class__ is _ndarray and self._handle is not None:
+            shape = x.shape
+            nd = len(shape)
+            if nd == 2 or nd == 1:
+                dt = x.dtype
+                f32 = dt is F32 and shape[-1] == self.k
+                if f32 or (dt is U64 and shape[-1] == self._kw and self._t.zero):
+                    flags = x.flags
+                    n = self.n
+                    m = shape[0] if nd == 2 else 1
+                    if flags.c_contiguous and flags.aligned and m and n and shape[-1]:
+                        yshape = (m, n) if nd == 2 else (n,)
+                        y = _empty(yshape, I32) if out is None else C.ready_out(out, yshape, I32, x)
+                        if y is not None:
+                            if f32:
+                                t = self._t
+                                status = _matmul_f32(self._handle, m, _from_buffer("float[]", x), self.k, t.ptr, t.len,
+                                                     _from_buffer("int32_t[]", y), n, self._threads)
+                            else:
+                                status = _matmul_u64(self._handle, m, _from_buffer("uint64_t[]", x), self._kw,
+                                                     _from_buffer("int32_t[]", y), n, self._threads)
+                            if status:
+                                self._fail(status, x)
+                            return y
+        return self._general(x, out)
+
+    def _general(self, x, out):
+        k, kw, n, t = self.k, self._kw, self.n, self._t
+        x, packed = C.check_activations(x, t, k, kw)
+        shape = x.shape[:-1] + (n,)
+        y = C.out_array(out, shape, I32)
+        if out is not None and np.may_share_memory(out, x):
+            x = x.copy()  # the kernels read x while writing y: never let them alias
+        m = math.prod(x.shape[:-1])
+        if m == 0 or n == 0:
+            return y
+        yptr = _from_buffer("int32_t[]", y, require_writable=True)
+        handle, threads = self._handle, self._threads
+        if packed:
+            xptr = C.ptr("uint64_t[]", np.require(x, requirements="CA").reshape(m, kw))
+            if handle is not None:
+                status = lib.takane_binary_matmul_prepacked(handle, m, xptr, kw, yptr, n, threads)
+            else:
+                status = lib.takane_binary_matmul(m, n, k, xptr, kw, C.ptr("uint64_t[]", self._bits), kw, yptr, n,
+                                                  threads)
+        else:
+            rows, tptr, tlen = C.real_rows_for_c(x, t, k, "x")
+            xptr = C.ptr("float[]", rows)
+            if handle is not None:
+                status = lib.takane_binary_matmul_prepacked_f32(handle, m, xptr, k, tptr, tlen, yptr, n, threads)
+            else:
+                status = lib.takane_binary_matmul_f32(m, n, k, xptr, k, tptr, tlen, C.ptr("uint64_t[]", self._bits),
+                                                      kw, yptr, n, threads)
+        if status:
+            self._fail(status, x)
+        return y
+
+    def _fail(self, status, x):
         if status == lib.TAKANE_ERR_PADDING_BITS:
-            check_packed(x, w.k, "x")  # raises, naming x
-        _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
-    return y
+            if x.dtype == np.uint64:
+                C.check_packed(x, self.k, "x")  # raises if it is x's padding, else it was w's
+            C.check_packed(self._bits, self.k, "w")
+        C.raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
 
 
 def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.ndarray:
@@ -359,44 +267,12 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     (fast path: re-tiled once for the kernels, kept with the object) or a canonical
     uint64 (N, ceil(K/64)) array with ``k=``. Leading dims of x are kept.
     ``threads``: at most this many threads (default: env TAKANE_NUM_THREADS, else the
-    CPUs available); small problems run on the calling thread.
+    CPUs available); small problems run on the calling thread. For many calls with the
+    same weights and threshold, bind them once: :class:`Matmul`.
     """
-    if out is None and k is None and type(w) is PackedWeights and type(x) is np.ndarray:
-        nthreads = _plain_threads(threads)
-        y = _fast_matmul(x, w, threshold, nthreads) if nthreads >= 0 else None
-        if y is not None:
-            return y
-    wbits, k, handle = _resolve_weights(w, k)
-    nthreads = _check_threads(threads)
-    n, kw = wbits.shape
-    x, packed = _check_x(x, threshold, k, kw)  # padding: the C call checks it, named below
-    shape = x.shape[:-1] + (n,)
-    y = np.empty(shape, dtype=np.int32) if out is None else _check_out(out, shape)
-    if out is not None and np.may_share_memory(out, x):
-        x = x.copy()  # the kernels read x while writing y: never let them alias
-    m = math.prod(x.shape[:-1])
-    if m == 0 or n == 0:
-        return y
-    yptr = ffi.from_buffer("int32_t[]", y, require_writable=True)
-    if packed:
-        xr = np.require(x, requirements="CA").reshape(m, kw)  # C-contiguous and aligned
-        xptr = ffi.from_buffer("uint64_t[]", xr) if kw else ffi.NULL
-        if handle is not None:
-            status = lib.takane_binary_matmul_prepacked(handle, m, xptr, kw, yptr, n, nthreads)
-        else:
-            wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
-            status = lib.takane_binary_matmul(m, n, k, xptr, kw, wptr, kw, yptr, n, nthreads)
-    else:
-        rows, t = _real_rows_for_c(x, threshold, k, "x")
-        xptr = ffi.from_buffer("float[]", rows) if k else ffi.NULL
-        tptr = ffi.from_buffer("float[]", t)
-        if handle is not None:
-            status = lib.takane_binary_matmul_prepacked_f32(handle, m, xptr, k, tptr, t.size, yptr, n, nthreads)
-        else:
-            wptr = ffi.from_buffer("uint64_t[]", wbits) if kw else ffi.NULL
-            status = lib.takane_binary_matmul_f32(m, n, k, xptr, k, tptr, t.size, wptr, kw, yptr, n, nthreads)
-    if status == lib.TAKANE_ERR_PADDING_BITS:
-        check_packed(x, k, "x")  # raises if it is x's padding, else it was w's
-        check_packed(wbits, k, "w")
-    _raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
-    return y
+    if k is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS and (
+            threads is None or threads.__class__ is int):
+        key = ("matmul", threshold, threads)
+        op = w._bound.get(key) or C.bound_op(w, key, lambda: Matmul(w, threshold=threshold, threads=threads))
+        return op(x, out)
+    return Matmul(w, threshold=threshold, k=k, threads=threads)(x, out)

@@ -33,7 +33,7 @@ def get_library_dir() -> str:
 def get_library() -> str:
     """Full path of the shared library to load (``dlopen``/``ctypes``) or link by path:
     ``lib/libtakane_kernels.so.<ABI>``, the file named by its SONAME."""
-    from ._takane import lib
+    from ._capi import lib
 
     return _pkg_path("lib", f"libtakane_kernels.so.{lib.TAKANE_ABI_VERSION}")
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._weights import PackedWeights, check_k
+from ._capi import check_k, ffi, lib, raise_status
+from ._weights import PackedWeights
 
 __all__ = ["from_q1_0", "to_q1_0", "Q1_0_BLOCK", "Q1_0_BLOCK_BYTES", "Q1_0_GGML_TYPE"]
 
@@ -20,14 +21,6 @@ Q1_0_BLOCK = 128  # weights per block (QK1_0)
 Q1_0_BLOCK_BYTES = 18  # sizeof(block_q1_0): fp16 d + 16 sign bytes
 Q1_0_GGML_TYPE = 41  # GGML_TYPE_Q1_0
 FP16_OVERFLOW = 65520.0  # the smallest magnitude that rounds (to nearest even) to fp16 infinity
-
-
-def _status(st: int, what: str) -> None:
-    from ._takane import ffi, lib
-
-    if st == lib.TAKANE_OK:
-        return
-    raise ValueError(f"{what}: {ffi.string(lib.takane_status_string(st)).decode()}")  # pragma: no cover
 
 
 def _check_k128(k: int, what: str) -> int:
@@ -43,8 +36,6 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
     The bits are copied unchanged. ``k % 128 != 0``, a row length other than k/128·18
     bytes or an infinite / NaN ``d`` -> ``ValueError``; not a uint8 array -> ``TypeError``.
     """
-    from ._takane import ffi, lib
-
     k = check_k(k)
     if not isinstance(data, np.ndarray):
         raise TypeError(f"data must be a numpy uint8 array of Q1_0 rows, got {type(data).__name__}")
@@ -71,7 +62,7 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
             d = data.reshape(n, nb, Q1_0_BLOCK_BYTES)[:, :, :2].copy().view("<f2")[..., 0]
             r, b = np.argwhere(~np.isfinite(d))[0]
             raise ValueError(f"from_q1_0: block scale d of row {r}, block {b} is {d[r, b]} (not finite)")
-        _status(st, "from_q1_0")
+        raise_status(st, "from_q1_0")
     return PackedWeights(bits, k, group_scale=gs, group_size=Q1_0_BLOCK)
 
 
@@ -102,8 +93,6 @@ def to_q1_0(w: object) -> np.ndarray:
     a group size that is not a multiple of 128, an ``in_scale`` (Q1_0 has no per-column
     factor) or a scale that overflows fp16 (|d| >= 65520) -> ``ValueError``.
     """
-    from ._takane import ffi, lib
-
     if not isinstance(w, PackedWeights):
         raise TypeError(f"w must be a takane_kernels.PackedWeights, got {type(w).__name__}")
     nb = _check_k128(w.k, "to_q1_0")
@@ -123,5 +112,5 @@ def to_q1_0(w: object) -> np.ndarray:
                 f"to_q1_0: the block scale of row {bad[0]}, block {bad[1]} is {g[bad[0], bad[1]]}, "
                 f"which overflows fp16 (|d| >= {FP16_OVERFLOW:g}) or is not finite"
             )
-        _status(st, "to_q1_0")
+        raise_status(st, "to_q1_0")
     return out

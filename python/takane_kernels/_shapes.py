@@ -1,4 +1,4 @@
-"""One list of shapes for tests, benchmarks and the main job (DESIGN §7, §8)."""
+"""One list of shapes for tests, benchmarks and the main job (docs/development.md, docs/performance.md)."""
 
 # K values that hit every word edge: 1 bit, one word +-1, two words +-1, 8 words +-1, ...
 TEST_K = (1, 63, 64, 65, 127, 128, 129, 511, 513, 4097)

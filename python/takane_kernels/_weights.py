@@ -12,97 +12,14 @@ import zipfile
 
 import numpy as np
 
-MAX_K = 2**31 - 1  # TAKANE_MAX_K: dot products are int32
+from ._capi import MAX_K, check_group_size, check_k, check_packed, owned_vector, weights_handle
+
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
 READ_VERSIONS = (1, 2)
 
 
 _HANDLE_LOCK = threading.Lock()
-
-
-def _make_handle(bits: np.ndarray, k: int):
-    from ._takane import ffi, lib
-
-    out = ffi.new("takane_weights **")
-    n, kw = bits.shape
-    ptr = ffi.from_buffer("uint64_t[]", bits) if bits.size else ffi.NULL
-    status = lib.takane_weights_create(n, k, ptr, kw, out)
-    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
-        raise MemoryError("takane_weights_create: out of memory")
-    if status != lib.TAKANE_OK:  # pragma: no cover - bits were validated above
-        raise ValueError(ffi.string(lib.takane_status_string(status)).decode())
-    return ffi.gc(out[0], lib.takane_weights_free)
-
-
-def words_for(k: int) -> int:
-    return (k + 63) // 64
-
-
-def check_k(k: object, name: str = "k") -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
-    k = int(k)
-    if k < 0 or k > MAX_K:
-        raise ValueError(f"{name}={k} is out of range [0, {MAX_K}]")
-    return k
-
-
-def padding_is_zero(bits: np.ndarray, k: int) -> bool:
-    """True if no row of canonical bits (..., ceil(k/64)) has a 1 at a position >= k."""
-    r = k % 64
-    if r == 0 or bits.size == 0:
-        return True
-    pad = np.uint64(~((1 << r) - 1) & 0xFFFFFFFFFFFFFFFF)
-    return not np.any(bits[..., -1] & pad)
-
-
-def check_packed(bits: object, k: int, name: str) -> np.ndarray:
-    """Validate a raw canonical packed array (..., ceil(k/64)) uint64; return it as is."""
-    if not isinstance(bits, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint64 array, got {type(bits).__name__}")
-    if bits.dtype != np.uint64:
-        raise TypeError(f"{name} must have dtype uint64 (canonical packed bits), got {bits.dtype}")
-    if bits.ndim < 1:
-        raise ValueError(f"{name} must have at least 1 dimension, got shape {bits.shape}")
-    if bits.shape[-1] != words_for(k):
-        raise ValueError(
-            f"{name} has shape {bits.shape}: its last dimension must be ceil(k/64) = "
-            f"{words_for(k)} words for k={k}"
-        )
-    if not padding_is_zero(bits, k):
-        raise ValueError(f"{name} has non-zero padding bits (bit positions >= k={k} in the last word)")
-    return bits
-
-
-def real_vector(v: object, length: int, name: str, what: str) -> np.ndarray:
-    """v as an array of a real dtype and shape (length,), else TypeError/ValueError."""
-    a = np.asarray(v)
-    if a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real array, got dtype {a.dtype}")
-    if a.shape != (length,):
-        raise ValueError(f"{name} must have shape ({length},) ({what}), got {a.shape}")
-    return a
-
-
-def _check_vector(v: object, length: int, name: str, what: str) -> np.ndarray | None:
-    if v is None:
-        return None
-    a = np.array(real_vector(v, length, name, what), dtype=np.float32, order="C")  # owned copy
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite")
-    a.flags.writeable = False
-    return a
-
-
-def check_group_size(group_size: object) -> int:
-    """A group size: a positive int, multiple of 64 (a group spans whole words)."""
-    if isinstance(group_size, (bool, np.bool_)) or not isinstance(group_size, (int, np.integer)):
-        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    g = int(group_size)
-    if g <= 0 or g % 64 or g > MAX_K + 63:
-        raise ValueError(f"group_size={g} must be a positive multiple of 64")
-    return g
 
 
 def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[np.ndarray | None, int | None]:
@@ -123,6 +40,29 @@ def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[n
         raise ValueError("group_scale must be finite")
     a.flags.writeable = False
     return a, g
+
+
+def format_arrays(name: str, version: int, **arrays) -> dict:
+    """The arrays of a file format: its tag and version, then ``arrays`` minus the Nones."""
+    out = {"format": np.array(name), "format_version": np.array(version, dtype=np.int64)}
+    out.update((key, a) for key, a in arrays.items() if a is not None)
+    return out
+
+
+def loaded_int(data: dict, key: str, name: str) -> int:
+    """An integer scalar array of a loaded file, as an int (ValueError naming the file)."""
+    v = data[key]
+    if v.shape != () or v.dtype.kind not in "iu":
+        raise ValueError(f"{name}: {key} must be an integer scalar")
+    return int(v)
+
+
+def loaded_bits(data: dict, ndim: int, name: str) -> np.ndarray:
+    """The uint64 ``bits`` array of a loaded file, of ``ndim`` dimensions."""
+    bits = data["bits"]
+    if bits.dtype != np.uint64 or bits.ndim != ndim:
+        raise ValueError(f"{name}: bits must be a {ndim}-D uint64 array, got {bits.dtype} {bits.shape}")
+    return bits
 
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict) -> None:
@@ -186,7 +126,7 @@ class PackedWeights:
     factor 1 when absent. Instances are immutable: the arrays are private read-only copies.
     """
 
-    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle")
+    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle", "_bound", "__weakref__")
 
     def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None,
                  group_scale: object = None, group_size: object = None):
@@ -198,10 +138,11 @@ class PackedWeights:
         owned.flags.writeable = False
         self._bits = owned
         self._k = k
-        self._scale = _check_vector(scale, owned.shape[0], "scale", "one per output row N")
-        self._in_scale = _check_vector(in_scale, k, "in_scale", "one per input column K")
+        self._scale = owned_vector(scale, owned.shape[0], "scale", "one per output row N")
+        self._in_scale = owned_vector(in_scale, k, "in_scale", "one per input column K")
         self._group_scale, self._group_size = _check_group_scale(group_scale, owned.shape[0], k, group_size)
         self._handle = None
+        self._bound = {}  # bound ops of the module-level functions (_capi.bound_op)
 
     def _prepacked(self):
         """The C library's re-tiled copy of the bits (built once, on first use)."""
@@ -209,7 +150,7 @@ class PackedWeights:
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
-                    self._handle = _make_handle(self._bits, self._k)
+                    self._handle = weights_handle(self._bits, self._k)
                 handle = self._handle
         return handle
 
@@ -277,20 +218,11 @@ class PackedWeights:
     # target and renames it into place, so a crash never leaves a half-written file.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
-        version = 2 if self._group_scale is not None else 1
-        arrays = {
-            "format": np.array(FORMAT_NAME),
-            "format_version": np.array(version, dtype=np.int64),
-            "k": np.array(self._k, dtype=np.int64),
-            "bits": self._bits,
-        }
-        if self._scale is not None:
-            arrays["scale"] = self._scale
-        if self._in_scale is not None:
-            arrays["in_scale"] = self._in_scale
-        if self._group_scale is not None:
-            arrays["group_size"] = np.array(self._group_size, dtype=np.int64)
-            arrays["group_scale"] = self._group_scale
+        grouped = self._group_scale is not None
+        arrays = format_arrays(FORMAT_NAME, 2 if grouped else 1, k=np.array(self._k, dtype=np.int64),
+                               bits=self._bits, scale=self._scale, in_scale=self._in_scale,
+                               group_size=np.array(self._group_size, dtype=np.int64) if grouped else None,
+                               group_scale=self._group_scale)
         save_npz_atomic(path, arrays)
 
     @classmethod
@@ -318,12 +250,8 @@ class PackedWeights:
                              f"version-{int(version)} file")
         if int(version) == 2 and ("group_size" in data) != ("group_scale" in data):
             raise ValueError(f"{name}: group_size and group_scale must come together")
-        k = data["k"]
-        if k.shape != () or k.dtype.kind not in "iu":
-            raise ValueError(f"{name}: k must be an integer scalar")
-        bits = data["bits"]
-        if bits.dtype != np.uint64 or bits.ndim != 2:
-            raise ValueError(f"{name}: bits must be a 2-D uint64 array, got {bits.dtype} {bits.shape}")
+        k = loaded_int(data, "k", name)
+        bits = loaded_bits(data, 2, name)
         group_size = data.get("group_size")
         if group_size is not None:
             if group_size.shape != () or group_size.dtype.kind not in "iu":
@@ -333,7 +261,7 @@ class PackedWeights:
             if key in data and data[key].dtype != np.float32:
                 raise ValueError(f"{name}: {key} must be float32, got {data[key].dtype}")
         try:
-            return cls(bits, int(k), scale=data.get("scale"), in_scale=data.get("in_scale"),
+            return cls(bits, k, scale=data.get("scale"), in_scale=data.get("in_scale"),
                        group_scale=data.get("group_scale"), group_size=group_size)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{name}: invalid PackedWeights data: {e}") from e

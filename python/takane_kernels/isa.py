@@ -8,7 +8,7 @@ until :func:`force` is called. Forcing is process-wide (it is not per thread).
 
 from __future__ import annotations
 
-from ._takane import ffi, lib
+from ._capi import ffi, lib
 
 #: ISA names indexed by their ``takane_isa`` value.
 NAMES = ("scalar", "avx2", "avx512", "neon")

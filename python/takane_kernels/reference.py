@@ -336,7 +336,7 @@ class AdaptiveThreshold:
 
 
 
-# ---- convolution (DESIGN.md §10) -------------------------------------------------------
+# ---- convolution (docs/guide/convolution.md) -------------------------------------------------------
 
 
 def _pair_ref(v):

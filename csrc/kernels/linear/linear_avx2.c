@@ -65,7 +65,7 @@ static int pack_row(const float *x, int64_t k, const float *t, int per_channel, 
     return nan;
 }
 
-/* The epilogue value of 8 columns starting at j (see internal.h). */
+/* The epilogue value of 8 columns starting at j (see kernel.h). */
 static inline __m256 value8(const int32_t *d, const float *s, const float *beta, const float *b,
                             int64_t j) {
     __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(d + j)));

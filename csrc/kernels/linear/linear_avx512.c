@@ -56,7 +56,7 @@ static int pack_row(const float *x, int64_t k, const float *t, int per_channel, 
     return nan != 0;
 }
 
-/* The epilogue value of 16 columns starting at j (see internal.h). Always inlined: a
+/* The epilogue value of 16 columns starting at j (see kernel.h). Always inlined: a
  * real call returning a zmm would change the ABI in the SIMDe-emulated test build. */
 static inline __attribute__((always_inline)) __m512 value16(const int32_t *d, const float *s, const float *beta, const float *b,
                              int64_t j) {

@@ -25,7 +25,7 @@
  *   Edges: an odd last word is handled with 64-bit D-register loads (exactly 8 bytes
  *   per row), so there is no overread and no scalar popcount.
  *
- * panel_tile (prepacked panels, internal.h): per word q, the panel's 8 row words are
+ * panel_tile (prepacked panels, kernel.h): per word q, the panel's 8 row words are
  *   4 consecutive 128-bit loads (2 LDP, 2 rows per register); activation word x[i][q] is
  *   broadcast to both 64-bit lanes with LD1R (a load, no vector ALU op). EOR + CNT +
  *   UADALP leave each row's counts in the 4 u16 lanes of that row's own 64-bit lane, so

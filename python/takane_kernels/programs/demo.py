@@ -60,7 +60,7 @@ import numpy as np
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
-from takane_kernels.programs._report import write_report
+from takane_kernels.programs._report import pyplot, save_figure, write_report
 
 try:
     import torch
@@ -631,13 +631,8 @@ def markdown(report) -> str:
 
 
 def plot(report, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('  (no PNG: matplotlib is missing; pip install "takane-kernels[demo]")')
+    plt = pyplot("demo")
+    if plt is None:
         return None
     rows = report["rows"]
     timed = any("t1" in r for r in rows)
@@ -671,10 +666,7 @@ def plot(report, path):
         ax2.set_xlabel("PyTorch float32 FP32 network time / ours (> 1: ours faster)")
         ax2.set_title(f"whole-network latency, {report['meta']['isa']}, one thread each", fontsize=10)
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def main(argv=None) -> int:

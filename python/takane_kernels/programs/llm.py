@@ -7,7 +7,7 @@ The matrices of a Llama-shaped decoder — by default a 1B-class shape (hidden 2
 
 - token by token (decode, M = 1): every matrix once per token, in model order. The stack
   (~150 MB of 1-bit weights) far exceeds the caches, so each token streams every weight
-  from DRAM, the regime of real decoding (DESIGN §8, cold);
+  from DRAM, the regime of real decoding (docs/performance.md, cold);
 - as a prefill (M = 128 tokens per call, one pass over the stack),
 
 for three activation modes: ``w1a1`` (``binary_linear``: activations binarized, XNOR +
@@ -40,6 +40,7 @@ import time
 import numpy as np
 
 import takane_kernels as tk
+from takane_kernels.programs._report import timed_calls
 
 MODES = ("w1a1", "q8_0", "float32")
 GROUP_SIZE = 128
@@ -131,15 +132,7 @@ def check_layer(mode: str, fn, x: np.ndarray, w: tk.PackedWeights) -> str:
 
 
 def _time_passes(run, count: int, budget_s: float) -> list[float]:
-    times = []
-    start = time.perf_counter()
-    for _ in range(count):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 2:
-            break
-    return times
+    return timed_calls(run, count, budget_s, 2)
 
 
 def run_mode(mode: str, ws, note: str, threads: int, *, tokens: int, prefill: int, budget_s: float,

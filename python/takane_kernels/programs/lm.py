@@ -67,7 +67,7 @@ import numpy as np
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
-from takane_kernels.programs._report import write_report
+from takane_kernels.programs._report import pyplot, save_figure, write_report
 
 VOCAB = 256
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "__pycache__"})
@@ -703,13 +703,8 @@ def markdown(report) -> str:
 
 
 def plot(report, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print('  (no PNG: matplotlib is missing; pip install "takane-kernels[lm]")')
+    plt = pyplot("lm")
+    if plt is None:
         return None
     rows = report["rows"]
     timed = any("decode_s" in r for r in rows)
@@ -740,10 +735,7 @@ def plot(report, path):
         ax2.set_xlabel("PyTorch float32 time / ours (> 1: ours faster), one thread")
         ax2.set_title(f"whole-model latency, {report['meta']['isa']}", fontsize=10)
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,7 @@ import numpy as np
 import takane_kernels as tk
 from takane_kernels import reference as ref
 from takane_kernels._shapes import TEST_K, TEST_MN
+from takane_kernels.programs._report import timed_calls
 
 
 def self_check() -> bool:
@@ -71,15 +72,7 @@ def self_check() -> bool:
 
 def median_time(fn, repeat: int, budget_s: float) -> float:
     fn()  # warm up (page faults, caches, lazy init, thread pool start)
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 3:
-            break
-    return float(np.median(times))
+    return float(np.median(timed_calls(fn, repeat, budget_s, 3)))
 
 
 def fmt_time(s: float) -> str:

@@ -1,11 +1,16 @@
 """PyTorch modules on the bit-packed kernels, for CPU inference (extra ``torch``).
 
+The middle layer of :mod:`takane_kernels.torch` (custom-op library -> modules -> QAT ->
+convert).
+
 ``BinaryLinear.from_linear(linear, mode="w1a1" | "w1a_float")`` replaces an ``nn.Linear``
 with 1-bit weights kept packed (a :class:`takane_kernels.PackedWeights`, 32x smaller than
-float32). Nothing is converted per call: the packed weights (and their re-tiled copy,
-built once on first use) stay with the module, a contiguous CPU float32 input reaches the
-kernels as a numpy view of the tensor's memory (``Tensor.numpy()`` shares it), and the
-result is written straight into a new tensor's memory (``out=``). Inference only: no
+float32). Nothing is converted per call: each module holds a bound op
+(:class:`takane_kernels.Linear` / :class:`takane_kernels.Conv2d`: weights, thresholds and
+scales validated and converted once, rebuilt when one of them is assigned anew), a
+contiguous CPU float32 input reaches the C kernel as a pointer to the tensor's memory
+(``data_ptr()``), and the result is written straight into a new tensor's memory — the
+only allocation of a call. Inference only: no
 autograd (inputs that require grad are detached), CPU tensors only. ``state_dict()`` holds
 the bias and the packed weights (as ``_extra_state``), so ``torch.save`` / ``torch.load``
 (also with ``weights_only=True``) and ``load_state_dict`` work as for any module.
@@ -35,97 +40,177 @@ copied, ``group_size=128``), as do the PackedWeights of :func:`takane_kernels.gg
 
 from __future__ import annotations
 
-import itertools
-import weakref
-
 import numpy as np
-
-try:
-    import torch
-    from torch import nn
-except ImportError as e:  # pragma: no cover - exercised only without torch
-    raise ImportError(
-        "takane_kernels.torch needs PyTorch. For CPU inference install the CPU build, e.g. "
-        "pip install torch --index-url https://download.pytorch.org/whl/cpu"
-    ) from e
+import torch
+from torch import nn
 
 import takane_kernels as tk
-from takane_kernels._ops import _ceil_f32
+from .. import _capi as C
+from ._library import as_numpy, check_cpu_tensor, is_eager, nhwc_view, out_hw, register
 
-__all__ = ["BinaryLinear", "BinaryConv2d", "BinaryMaxPool2d"]
+__all__ = ["BinaryLinear", "BinaryConv2d", "BinaryMaxPool2d", "KernelModule", "MODES"]
 
+# BinaryLinear's modes; "w1a_float" and "w1a8" are the public aliases of the library-wide
+# names "f32" and "q8_0" (accepted too)
 MODES = ("w1a1", "w1a_float", "w1a8")
-_DEFAULT_SCALE = {"w1a1": "mean_abs", "w1a_float": "onebit", "w1a8": "mean_abs"}
-_ACTIVATIONS = {"w1a_float": "float32", "w1a8": "q8_0"}  # binary_weight_matmul's activations=
-# dtypes whose tensors numpy can view without a copy (the kernels accept all three;
-# binary_weight_matmul converts float16/float64 to float32 itself)
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
+_DEFAULT_SCALE = {"w1a1": "mean_abs", "f32": "onebit", "q8_0": "mean_abs"}
+_F32 = torch.float32
+_cast = C.ffi.cast
+_CL = torch.channels_last
 
 
-def _as_numpy(x: torch.Tensor) -> np.ndarray:
-    """A numpy view of a CPU tensor's memory (no copy when it is contiguous and of a dtype
-    numpy has; otherwise one contiguous float32 copy)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"BinaryLinear: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"BinaryLinear runs on the CPU: input is on {x.device}")
-    x = x.detach()
-    if x.dtype not in _NUMPY_DTYPES:
-        x = x.to(torch.float32)
-    return x.contiguous().numpy()
+def _canonical(mode: object) -> str:
+    return C.activation_mode(mode, what="mode")
 
 
-def _init_threshold_bias(module: nn.Module, threshold, bias, n: int) -> None:
-    """The inference modules' common state: the activation threshold (a scalar as given, or a
-    float64 array; tensors detached to numpy), the bias as an owned float32 CPU buffer of
-    shape (n,), and the module's registry key for its custom op."""
+def _check_mode(mode: object) -> str:
+    if mode not in MODES and mode not in ("f32", "q8_0"):
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r} (also accepted: 'f32', 'q8_0')")
+    return _canonical(mode)
+
+
+def _is_zero(t) -> bool:
+    return np.ndim(t) == 0 and float(t) == 0.0
+
+
+class KernelModule(nn.Module):
+    """Base class of the inference modules: a registry key for the custom op, the
+    activation ``threshold`` and ``bias`` state, a bound C op (``kernel_op``) rebuilt when
+    the weights, threshold or ``threads`` are assigned anew, and ``forward``'s choice
+    between computing directly (plain eager calls) and the ``takane::`` custom op (under
+    torch.compile / torch.export / a dispatch mode). Subclasses define ``_op_name``,
+    ``_make_op()`` and ``_compute(x, bias)``."""
+
+    _op_name = ""
+    _rebuild_on = frozenset({"weights", "threshold", "threads", "activation_scale"})
+
+    def __init__(self):
+        super().__init__()
+        register(self)
+
+    def __setattr__(self, name, value):
+        if name in self._rebuild_on:
+            if name == "threshold":
+                value = _threshold_state(value)
+            self.__dict__.pop("_kop", None)
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_kop", None)  # C handles and pointers: rebuilt on first use
+        state.pop("_bseen", None)
+        return state
+
+    def __setstate__(self, state):  # a copy gets its own registry key
+        super().__setstate__(state)
+        register(self)
+
+    @property
+    def kernel_op(self):
+        """The bound op (built on first use, and again after a constant is reassigned)."""
+        op = self.__dict__.get("_kop")
+        if op is None:
+            op = self.__dict__["_kop"] = self._make_op()
+        return op
+
+    def _init_bias(self, bias, n: int) -> None:
+        if bias is not None:
+            bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
+            if bias.shape != (n,):
+                raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+        self.register_buffer("bias", bias)
+
+    def _bias_ptr(self, bias, n: int):
+        """float * to a float32 contiguous (n,) CPU bias tensor's memory, NULL for None, or
+        None when the bias needs the general path (another dtype, layout or shape). The
+        check is made once per bias tensor and memory address (load_state_dict copies into
+        the same memory; .to(), .double() or an assignment bring a new tensor)."""
+        if bias is None:
+            return C.NULL
+        seen = self.__dict__.get("_bseen")
+        if seen is not None and seen[0] is bias and seen[1] == bias.data_ptr():
+            return seen[2]
+        if bias.dtype is _F32 and tuple(bias.shape) == (n,) and bias.is_contiguous() and bias.is_cpu:
+            ptr = _cast("float *", bias.data_ptr())
+            self.__dict__["_bseen"] = (bias, bias.data_ptr(), ptr)
+            return ptr
+        return None
+
+    def _load_threshold(self, state: dict, k: int) -> None:
+        """The activation threshold of a saved state (optional: a state saved without it
+        keeps the module's own): float64, finite, a scalar or (k,)."""
+        if state.get("threshold") is None:
+            return
+        t = state["threshold"].detach().cpu().numpy().astype(np.float64)
+        if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (k,)) or not np.all(np.isfinite(t)):
+            raise ValueError(f"state's threshold must be finite, a scalar or ({k},), got shape {t.shape}")
+        self.threshold = float(t) if t.ndim == 0 else t
+
+    def _dispatch(self, x):
+        bias = self._buffers["bias"]
+        if is_eager(x):
+            return self._compute(x, bias)
+        # through the registered custom op: torch.compile / torch.export see one opaque node
+        return getattr(torch.ops.takane, self._op_name)(x.detach(), bias, self._takane_key)
+
+
+def _threshold_state(threshold):
+    """The stored activation threshold: a scalar as given, or a read-only float64 array
+    (so it is reassigned, never written in place: the bound op holds its float32 copy)."""
     if isinstance(threshold, torch.Tensor):
         threshold = threshold.detach().cpu().numpy()
-    module.threshold = threshold if np.ndim(threshold) == 0 else np.array(threshold, dtype=np.float64)
-    if bias is not None:
-        bias = torch.as_tensor(bias).detach().to("cpu", torch.float32).contiguous().clone()
-        if bias.shape != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
-    module.register_buffer("bias", bias)
-    _register(module)
+    if np.ndim(threshold) == 0:
+        return threshold
+    t = np.array(threshold, dtype=np.float64)
+    t.flags.writeable = False
+    return t
 
 
-class BinaryLinear(nn.Module):
+class BinaryLinear(KernelModule):
     """A linear layer with ±1 weights packed 64 per word, run by takane_kernels' C kernels.
 
     Build it with :meth:`from_linear`, or directly from a :class:`~takane_kernels.PackedWeights`
-    (e.g. one loaded with ``PackedWeights.load``). ``threshold`` (``"w1a1"`` only) is the
-    activation threshold: a scalar or one per input feature (e.g.
+    (e.g. one loaded with ``PackedWeights.load``). ``mode``: ``"w1a1"``, ``"w1a_float"``
+    (alias of ``"f32"``) or ``"w1a8"`` (alias of ``"q8_0"``). ``threshold`` (``"w1a1"``
+    only) is the activation threshold: a scalar or one per input feature (e.g.
     ``AdaptiveThreshold.threshold``). ``threads`` caps the kernels' threads (``None``: the
     library default).
     """
+
+    _op_name = "binary_linear"
 
     def __init__(self, weights: tk.PackedWeights, mode: str = "w1a1", *, bias=None, threshold=0.0,
                  activation_scale: bool = False, threads: int | None = None):
         super().__init__()
         if not isinstance(weights, tk.PackedWeights):
             raise TypeError(f"weights must be a takane_kernels.PackedWeights, got {type(weights).__name__}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "w1a1" and weights.in_scale is not None:
+        kmode = _check_mode(mode)
+        if kmode == "w1a1" and weights.in_scale is not None:
             raise ValueError("mode 'w1a1' cannot apply an in_scale (per-input scale) to binary "
                              "activations: use mode 'w1a_float' or 'w1a8' for these weights")
-        if mode == "w1a1" and weights.group_scale is not None:
+        if kmode == "w1a1" and weights.group_scale is not None:
             raise ValueError("mode 'w1a1' does not apply group scales: use mode 'w1a_float' or "
                              "'w1a8' for these weights")
-        if mode != "w1a1" and (activation_scale or not _is_zero(threshold)):
+        if kmode != "w1a1" and (activation_scale or not _is_zero(threshold)):
             raise ValueError("threshold and activation_scale apply to mode 'w1a1' only")
         self.weights = weights
         self.mode = mode
+        self.__dict__["_kmode"] = kmode
         self.in_features = weights.k
         self.out_features = weights.n
         self.activation_scale = bool(activation_scale)
         self.threads = threads
-        _init_threshold_bias(self, threshold, bias, weights.n)
+        self.threshold = threshold
+        self._init_bias(bias, weights.n)
+        self.kernel_op  # validate threshold and threads now: errors at construction
 
-    def __setstate__(self, state):  # a copy gets its own registry key
-        super().__setstate__(state)
-        _register(self)
+    def _make_op(self):
+        if self._kmode == "w1a1":
+            return tk.Linear(self.weights, activations="w1a1", threshold=self.threshold,
+                             activation_scale=self.activation_scale, threads=self.threads)
+        return tk.Linear(self.weights, activations=self._kmode, threads=self.threads)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, mode: str = "w1a1", *, scale="default", threshold=0.0,
@@ -142,12 +227,10 @@ class BinaryLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if group_size is not None and mode == "w1a1":
+        if group_size is not None and _check_mode(mode) == "w1a1":
             raise ValueError("group_size: mode 'w1a1' does not apply group scales (use 'w1a_float' or 'w1a8')")
         if isinstance(scale, str) and scale == "default":
-            scale = "mean_abs" if group_size is not None else _DEFAULT_SCALE[mode]
+            scale = "mean_abs" if group_size is not None else _DEFAULT_SCALE[_canonical(mode)]
         w = linear.weight.detach().to("cpu", torch.float32).numpy()
         weights = tk.pack_weights(w, scale=scale, group_size=group_size)
         return cls(weights, mode, bias=linear.bias, threshold=threshold,
@@ -161,7 +244,7 @@ class BinaryLinear(nn.Module):
         in_features (a multiple of 128). The bits are copied unchanged and each block's fp16
         ``d`` becomes the group scale (:func:`takane_kernels.from_q1_0`). ``mode``:
         ``"w1a8"`` (llama.cpp's Q1_0 x Q8_0) or ``"w1a_float"``."""
-        if mode == "w1a1":
+        if _check_mode(mode) == "w1a1":
             raise ValueError("from_q1_0: Q1_0 weights carry group scales; use mode 'w1a8' or 'w1a_float'")
         if isinstance(data, torch.Tensor):
             if data.dtype != torch.uint8 or data.device.type != "cpu":
@@ -175,45 +258,41 @@ class BinaryLinear(nn.Module):
         return tk.to_q1_0(self.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_cpu_tensor(x, "BinaryLinear")
+        if x.__class__ is not torch.Tensor or not x.is_cpu:
+            check_cpu_tensor(x, "BinaryLinear")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear: input has shape {tuple(x.shape)}, expected (..., {self.in_features})")
-        if _eager(x):
-            return self._compute(x.detach(), None if self.bias is None else self.bias.detach())
-        # through the registered custom op: torch.compile / torch.export see one opaque node
-        return torch.ops.takane.binary_linear(x.detach(), self.bias, self._takane_key)
+        return self._dispatch(x)
 
     def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
-        xn = _as_numpy(x)
-        if xn.ndim < 1 or xn.shape[-1] != self.in_features:
-            raise ValueError(f"BinaryLinear: input has shape {tuple(xn.shape)}, expected (..., {self.in_features})")
-        y = torch.empty(xn.shape[:-1] + (self.out_features,), dtype=torch.float32)
-        bias = None if bias is None else bias.numpy()  # a view of the buffer
-        if self.mode == "w1a1":
-            t = self._threshold_f32() if xn.dtype == np.float32 and np.ndim(self.threshold) else self.threshold
-            tk.binary_linear(xn, self.weights, threshold=t, bias=bias,
+        """The layer on a CPU tensor: float32 contiguous input and bias go to the C kernel
+        as pointers to the tensors' memory; anything else through the numpy op."""
+        d = self.__dict__
+        op = d.get("_kop") or self.kernel_op
+        n, k = d["out_features"], d["in_features"]
+        nd = x.ndim
+        m = (x.shape[0] if nd == 2 else 1) if nd <= 2 else (x.numel() // k if k else 0)
+        if x.dtype is _F32 and m and n and k and x.is_contiguous():
+            bptr = self._bias_ptr(bias, n)
+            if bptr is not None:
+                y = torch.empty(m, n, dtype=_F32) if nd == 2 else (
+                    torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(x.shape[:-1] + (n,), dtype=_F32))
+                status = op._cf32(m, _cast("float *", x.data_ptr()), _cast("float *", y.data_ptr()), bptr)
+                if not status:
+                    return y
+        # general path (other dtypes, layouts, empty shapes; errors): the numpy op, on views
+        xn = as_numpy(x)
+        if xn.ndim < 1 or xn.shape[-1] != k:
+            raise ValueError(f"BinaryLinear: input has shape {tuple(xn.shape)}, expected (..., {k})")
+        y = torch.empty(xn.shape[:-1] + (n,), dtype=_F32)
+        b = None if bias is None else bias.detach().cpu().numpy()
+        if self._kmode == "w1a1":
+            tk.binary_linear(xn, self.weights, threshold=self.threshold, bias=b,
                              activation_scale=self.activation_scale, out=y.numpy(), threads=self.threads)
-        elif self.mode == "w1a_float":
-            tk.binary_weight_matmul(xn, self.weights, bias=bias, out=y.numpy(), threads=self.threads)
         else:
-            tk.binary_weight_matmul(xn, self.weights, bias=bias, activations="q8_0", out=y.numpy(),
+            tk.binary_weight_matmul(xn, self.weights, bias=b, activations=self._kmode, out=y.numpy(),
                                     threads=self.threads)
         return y
-
-    def _threshold_f32(self) -> np.ndarray:
-        """The per-feature threshold rounded up to float32, computed once: for float32
-        activations ``x >= t`` and ``x >= ceil_f32(t)`` are the same bits, and
-        ``binary_linear`` takes a float32 (K,) threshold as is, where a float64 one costs a
-        rounding pass on every call (~20 µs, as much as a small layer's kernel). The cache is
-        valid while ``self.threshold`` is the same, read-only array: it is made read-only
-        here, so a new threshold is assigned, never written in place."""
-        t = self.threshold
-        cached = self.__dict__.get("_t32")
-        if cached is None or cached[0] is not t or t.flags.writeable:
-            t.setflags(write=False)
-            cached = (t, _ceil_f32(t))
-            self.__dict__["_t32"] = cached
-        return cached[1]
 
     # state_dict() carries the packed weights as "_extra_state": plain tensors and ints,
     # so torch.load(..., weights_only=True) reads it back. Version 2 adds group_scale and
@@ -229,7 +308,7 @@ class BinaryLinear(nn.Module):
             "group_size": w.group_size,
             # the activation threshold is part of what a W1A1 layer computes (e.g. a trained
             # SignQuantizer's): float64, a 0-d scalar or (K,); optional when loading
-            "threshold": torch.as_tensor(np.asarray(self.threshold, dtype=np.float64)).clone(),
+            "threshold": torch.from_numpy(np.array(self.threshold, dtype=np.float64)),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -237,7 +316,7 @@ class BinaryLinear(nn.Module):
             raise ValueError("not a takane_kernels.BinaryLinear state")
         if state.get("version") not in (1, 2):
             raise ValueError(f"unsupported BinaryLinear state version {state.get('version')!r}")
-        if state["mode"] != self.mode:
+        if _canonical(state["mode"]) != self._kmode:
             raise ValueError(f"state is for mode {state['mode']!r}, this module is {self.mode!r}")
         bits = state["bits"].detach().cpu().numpy().view(np.uint64)
         keys = ("scale", "in_scale") + (("group_scale",) if state["version"] == 2 else ())
@@ -248,11 +327,7 @@ class BinaryLinear(nn.Module):
         if (weights.n, weights.k) != (self.out_features, self.in_features):
             raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
                              f"({self.out_features}, {self.in_features})")
-        if state.get("threshold") is not None:
-            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
-            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (weights.k,)) or not np.all(np.isfinite(t)):
-                raise ValueError(f"state's threshold must be finite, a scalar or ({weights.k},), got shape {t.shape}")
-            self.threshold = float(t) if t.ndim == 0 else t
+        self._load_threshold(state, weights.k)
         self.weights = weights
 
     def extra_repr(self) -> str:
@@ -261,99 +336,8 @@ class BinaryLinear(nn.Module):
                 f"bias={self.bias is not None}{group}, packed_bytes={self.weights.nbytes}")
 
 
-def _is_zero(t) -> bool:
-    return np.ndim(t) == 0 and float(t) == 0.0
 
-
-# ---- binary CNN modules (DESIGN.md §10) and the torch.library custom ops --------------------
-#
-# The modules call registered custom ops (namespace "takane"), so torch.compile and
-# torch.export trace a model that uses them as single opaque nodes with fake-tensor
-# shape functions, without graph breaks. A module passes itself to its op as an int key
-# into a registry of live modules (its packed weights and geometry are Python objects,
-# not tensors); bias tensors are passed as arguments so load_state_dict keeps working.
-
-_MODULES: "weakref.WeakValueDictionary[int, nn.Module]" = weakref.WeakValueDictionary()
-_NEXT_KEY = itertools.count(1)
-
-
-def _register(module: nn.Module) -> None:
-    """Give the module a fresh registry key (at construction, and for every deep copy or
-    unpickled copy, via __setstate__). forward reads the plain int attribute, which
-    torch.compile treats as a constant."""
-    key = next(_NEXT_KEY)
-    module.__dict__["_takane_key"] = key
-    _MODULES[key] = module
-
-
-class _Registered(nn.Module):
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        _register(self)
-
-
-def _module(key: int) -> nn.Module:
-    m = _MODULES.get(key)
-    if m is None:
-        raise RuntimeError(f"takane_kernels.torch: no live module with key {key} (the traced "
-                           "graph outlived the module it was traced from)")
-    return m
-
-
-def _eager(x: torch.Tensor) -> bool:
-    """True for a plain eager call: a plain tensor (no fake, functional or other subclass
-    tensor), no torch.compile / torch.export tracing, no dispatch mode (e.g. a FLOP counter)
-    watching. Then forward computes directly; the custom op's dispatch (~15 µs a call,
-    measured on Zen 4: as much as a small layer's kernel) buys nothing there. Otherwise the
-    call goes through the registered op, so tracers see one opaque node."""
-    return (type(x) is torch.Tensor and not torch.compiler.is_compiling()
-            and not torch._C._len_torch_dispatch_stack())
-
-
-def _check_cpu_tensor(x, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: input must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"{name} runs on the CPU: input is on {x.device}")
-
-
-@torch.library.custom_op("takane::binary_linear", mutates_args=())
-def _binary_linear_op(x: torch.Tensor, bias: torch.Tensor | None, key: int) -> torch.Tensor:
-    return _module(key)._compute(x, bias)
-
-
-@_binary_linear_op.register_fake
-def _(x, bias, key):
-    return x.new_empty(tuple(x.shape[:-1]) + (_module(key).out_features,), dtype=torch.float32)
-
-
-def _out_hw(h, w, kernel, stride, dilation, pads):
-    ho = (h + pads[0] + pads[1] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    wo = (w + pads[2] + pads[3] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    return ho, wo
-
-
-def _nhwc_view(x: torch.Tensor) -> np.ndarray:
-    """NCHW tensor -> numpy NHWC array: a view when x is channels_last (NHWC in memory)."""
-    x = x.detach()
-    if x.dtype not in _NUMPY_DTYPES:
-        x = x.to(torch.float32)
-    return x.permute(0, 2, 3, 1).contiguous().numpy()  # contiguous() is a no-op for channels_last
-
-
-@torch.library.custom_op("takane::binary_conv2d", mutates_args=())
-def _binary_conv2d_op(x: torch.Tensor, bias: torch.Tensor | None, key: int) -> torch.Tensor:
-    return _module(key)._compute(x, bias)
-
-
-@_binary_conv2d_op.register_fake
-def _(x, bias, key):
-    m = _module(key)
-    ho, wo = _out_hw(x.shape[2], x.shape[3], m.kernel_size, m.stride, m.dilation, m.pads)
-    return x.new_empty((x.shape[0], ho, wo, m.out_channels), dtype=torch.float32).permute(0, 3, 1, 2)
-
-
-class BinaryConv2d(_Registered):
+class BinaryConv2d(KernelModule):
     """A 2-D convolution with ±1 weights and ±1 activations on the packed NHWC kernels.
 
     NCHW float tensors in and out, as ``nn.Conv2d``: the input is binarized at
@@ -365,28 +349,33 @@ class BinaryConv2d(_Registered):
     Inference only (no autograd), CPU only.
     """
 
+    _op_name = "binary_conv2d"
+
     def __init__(self, weights: "tk.PackedConvWeights", *, stride=1, padding=0, dilation=1, groups=1,
                  pad_value=0, bias=None, threshold=0.0, threads: int | None = None):
         super().__init__()
         if not isinstance(weights, tk.PackedConvWeights):
             raise TypeError(f"weights must be a takane_kernels.PackedConvWeights, got {type(weights).__name__}")
-        from ._conv import _pair, _padding, _int
-
-        self.weights = weights
-        self.groups = _int(groups, "groups")
-        if weights.out_channels % self.groups:
-            raise ValueError(f"groups={groups} does not divide out_channels={weights.out_channels}")
-        self.in_channels = weights.in_channels * self.groups
-        self.out_channels = weights.out_channels
-        self.kernel_size = weights.kernel_size
-        self.stride, self.dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-        self.padding = padding
-        self.pads = _padding(padding, self.kernel_size, self.dilation, self.stride)
         if pad_value not in (0, 1, -1) or isinstance(pad_value, bool):
             raise ValueError(f"pad_value must be 0, +1 or -1, got {pad_value!r}")
-        self.pad_value = int(pad_value)
+        op = tk.Conv2d(weights, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       pad_value=pad_value, threshold=threshold, threads=threads)  # validates all
+        self.weights = weights
+        self.groups = op.groups
+        self.in_channels, self.out_channels, self.kernel_size = op.in_channels, op.out_channels, op.kernel_size
+        self.stride, self.dilation = op.stride, op.dilation
+        self.padding = padding
+        self.pads = op.pads
+        self.pad_value = op.pad_value
         self.threads = threads
-        _init_threshold_bias(self, threshold, bias, self.out_channels)
+        self.threshold = threshold
+        self.__dict__["_kop"] = op
+        self._init_bias(bias, self.out_channels)
+
+    def _make_op(self):
+        return tk.Conv2d(self.weights, stride=self.stride, padding=self.padding, dilation=self.dilation,
+                         groups=self.groups, pad_value=self.pad_value, threshold=self.threshold,
+                         threads=self.threads)
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, *, threshold=0.0, pad_value=0, scale="mean_abs",
@@ -405,22 +394,33 @@ class BinaryConv2d(_Registered):
                    threads=threads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_cpu_tensor(x, "BinaryConv2d")
+        check_cpu_tensor(x, "BinaryConv2d")
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"BinaryConv2d: input has shape {tuple(x.shape)}, expected (N, {self.in_channels}, H, W)")
-        if _eager(x):
-            return self._compute(x.detach(), None if self.bias is None else self.bias.detach())
-        return torch.ops.takane.binary_conv2d(x.detach(), self.bias, self._takane_key)
+        return self._dispatch(x)
 
     def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
-        xn = _nhwc_view(x)
-        n, h, w, _ = xn.shape
-        ho, wo = _out_hw(h, w, self.kernel_size, self.stride, self.dilation, self.pads)
-        y = torch.empty((n, max(ho, 0), max(wo, 0), self.out_channels), dtype=torch.float32)
+        op = self.kernel_op
+        n, _, h, w = x.shape
+        cout = op.out_channels
+        if x.dtype is _F32 and n and h and w:
+            bptr = self._bias_ptr(bias, cout)
+            if bptr is not None:
+                # NHWC memory: a channels_last tensor as it is, anything else copied once
+                xl = x if x.is_contiguous(memory_format=_CL) else x.detach().permute(0, 2, 3, 1).contiguous()
+                geo, ho, wo = op._geometry(n, h, w)
+                y = torch.empty((n, ho, wo, cout), dtype=_F32)
+                st = op._run_f32(geo, _cast("float *", xl.data_ptr()), _cast("float *", y.data_ptr()), bptr, C.NULL)
+                if not st:
+                    return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+        xn = nhwc_view(x)  # general path (other dtypes, empty images; errors): the numpy op
+        ho, wo = out_hw(h, w, self.kernel_size, self.stride, self.dilation, self.pads)
+        y = torch.empty((n, max(ho, 0), max(wo, 0), cout), dtype=_F32)
         tk.binary_conv2d(xn, self.weights, stride=self.stride, padding=self.padding, dilation=self.dilation,
                          groups=self.groups, pad_value=self.pad_value, threshold=self.threshold,
-                         bias=None if bias is None else bias.numpy(), out=y.numpy(), threads=self.threads)
-        return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
+                         bias=None if bias is None else bias.detach().cpu().numpy(), out=y.numpy(),
+                         threads=self.threads)
+        return y.permute(0, 3, 1, 2)
 
     def get_extra_state(self) -> dict:
         w = self.weights
@@ -430,7 +430,7 @@ class BinaryConv2d(_Registered):
             "scale": None if w.scale is None else torch.from_numpy(w.scale.copy()),
             # the input threshold (e.g. a converted SignQuantizer's): float64, 0-d or (Cin,);
             # optional when loading (a state saved without it keeps the module's own)
-            "threshold": torch.as_tensor(np.asarray(self.threshold, dtype=np.float64)).clone(),
+            "threshold": torch.from_numpy(np.array(self.threshold, dtype=np.float64)),
         }
 
     def set_extra_state(self, state: dict) -> None:
@@ -443,33 +443,13 @@ class BinaryConv2d(_Registered):
         weights = tk.PackedConvWeights(bits, int(state["in_channels"]), scale=scale)
         if weights.bits.shape != self.weights.bits.shape or weights.in_channels != self.weights.in_channels:
             raise ValueError(f"state holds {weights!r}, this module {self.weights!r}")
-        if state.get("threshold") is not None:
-            t = state["threshold"].detach().cpu().numpy().astype(np.float64)
-            if t.ndim not in (0, 1) or (t.ndim == 1 and t.shape != (self.in_channels,)) or not np.all(np.isfinite(t)):
-                raise ValueError(f"state's threshold must be finite, a scalar or ({self.in_channels},), got shape {t.shape}")
-            self.threshold = float(t) if t.ndim == 0 else t
+        self._load_threshold(state, self.in_channels)
         self.weights = weights
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, "
                 f"pad_value={self.pad_value}, bias={self.bias is not None}")
-
-
-@torch.library.custom_op("takane::binary_max_pool2d", mutates_args=())
-def _binary_max_pool2d_op(x: torch.Tensor, kh: int, kw: int, sh: int, sw: int, ph: int, pw: int) -> torch.Tensor:
-    xn = _nhwc_view(x)
-    c = xn.shape[3]
-    bits = tk.binary_max_pool2d(xn, (kh, kw), stride=(sh, sw), padding=(ph, pw))
-    y = torch.from_numpy(tk.unpack_bits(bits, c, np.float32)) if c else \
-        torch.empty(bits.shape[:3] + (0,), dtype=torch.float32)
-    return y.permute(0, 3, 1, 2)
-
-
-@_binary_max_pool2d_op.register_fake
-def _(x, kh, kw, sh, sw, ph, pw):
-    ho, wo = _out_hw(x.shape[2], x.shape[3], (kh, kw), (sh, sw), (1, 1), (ph, ph, pw, pw))
-    return x.new_empty((x.shape[0], ho, wo, x.shape[1]), dtype=torch.float32).permute(0, 3, 1, 2)
 
 
 class BinaryMaxPool2d(nn.Module):
@@ -479,23 +459,17 @@ class BinaryMaxPool2d(nn.Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        from ._conv import _pair
-
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        self.padding = _pair(padding, "padding", lo=0)
+        self.kernel_size = C.check_pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else C.check_pair(stride, "stride")
+        self.padding = C.check_pair(padding, "padding", lo=0)
         if self.padding[0] > self.kernel_size[0] // 2 or self.padding[1] > self.kernel_size[1] // 2:
             raise ValueError(f"padding {self.padding} must be at most half the kernel {self.kernel_size}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_cpu_tensor(x, "BinaryMaxPool2d")
+        check_cpu_tensor(x, "BinaryMaxPool2d")
         if x.ndim != 4:
             raise ValueError(f"BinaryMaxPool2d: input must be 4-D NCHW, got shape {tuple(x.shape)}")
         return torch.ops.takane.binary_max_pool2d(x.detach(), *self.kernel_size, *self.stride, *self.padding)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-
-from ._torch_qat import QuantConv2d, QuantLinear, SignQuantizer, convert, linear_error_bound  # noqa: E402,F401
-__all__ += ["SignQuantizer", "QuantLinear", "QuantConv2d", "convert", "linear_error_bound"]  # quantization-aware training
