@@ -197,6 +197,8 @@ typedef struct takane_q8_gemm_ukernel {
                  int64_t ldo);
     /* Smallest M (>= 2) for which the GEMM beats the set's panel kernels (measured). */
     int min_m;
+    /* NULL, or nonzero iff the GEMM may run on this CPU (a run-time feature: SDOT). */
+    int (*usable)(void);
 } takane_q8_gemm_ukernel;
 
 typedef struct takane_q8_ukernel {

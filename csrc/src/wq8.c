@@ -112,7 +112,8 @@ static int64_t gemm_min_m(const takane_q8_gemm_ukernel *g) {
 }
 
 int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m) {
-    return ks->q8->gemm && m >= 2 && m >= gemm_min_m(ks->q8->gemm);
+    const takane_q8_gemm_ukernel *g = ks->q8->gemm;
+    return g && m >= 2 && m >= gemm_min_m(g) && (!g->usable || g->usable());
 }
 
 /* Activation rows whose tables are built at a time by the panel path: each run of weight
@@ -194,7 +195,6 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
 
 static void q8_task(void *ctx, int64_t task) {
     q8_job *job = (q8_job *)ctx;
-    const takane_q8_ukernel *uk = job->ks->q8;
     const takane_weights *w = job->w;
     const int64_t kw = w->kw;
     const int64_t unit = job->unit_cols;
