@@ -133,7 +133,7 @@ static void tile(const int8_t *const *q, const float *const *d, const int32_t *c
 /* Smallest M for the GEMM: on AVX2 the panel kernel (8 bit planes x popcounts) is far
  * slower per MAC than VPMADDUBSW, so the GEMM pays off early (set from a measurement on
  * the avx2 kernels of a Zen 4: see wq8.c). */
-const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx2 = {MR, NR, pack_len, pack, tile, 4};
+const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx2 = {MR, NR, pack_len, pack, tile, 4, NULL};
 
 /* The int8 peak of this GEMM's instruction pair: 12 independent VPMADDUBSW + VPADDW
  * chains on register operands; 32 MACs per VPMADDUBSW. */

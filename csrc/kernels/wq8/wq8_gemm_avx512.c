@@ -171,7 +171,8 @@ static void tile(const int8_t *const *q, const float *const *d, const int32_t *c
 /* Smallest M for the GEMM, measured on Zen 4 (4096x4096, G = 128, 1 thread, CPU time):
  * the panel kernels win at M = 8 (1.16x) and 12 (1.05x), the GEMM from M = 16 (1.04x at
  * 16, 1.14-1.16x at 64..512). */
-const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx512 = {MR, NR, pack_len, pack, tile, 16};
+const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx512 = {MR, NR, pack_len, pack, tile, 16,
+                                                              NULL};
 
 /* The int8 peak: 16 independent VPDPBUSD chains (latency 4-5 cycles x up to 2 per cycle
  * needs >= 10) on register operands; 64 MACs each. */
