@@ -73,11 +73,13 @@ static inline int64_t takane_wq8_table_stride(const takane_q8_ukernel *uk, int64
  * + bias) into y (row stride ys; columns outside [c0, c1) untouched). tables: scratch of
  * takane_wq8_block_scratch(ks, kw, m) bytes, 64-byte aligned. Regimes: M >= the GEMM's
  * threshold (and a set with a GEMM) -> the prefill GEMM (wq8_gemm.c); else the panel
- * kernels, each run of weight panels loaded once for up to 16 rows (decode, batched). Returns nonzero iff a
- * group scale read was NaN or infinite. The threaded run and takane_matmul_q8_0_rows
+ * kernels, each run of weight panels loaded once for up to 16 rows whose tables fit
+ * 256 KiB (decode, batched decode). Returns nonzero iff a group scale read was NaN or
+ * infinite. The threaded run and takane_matmul_q8_0_rows
  * (byot.c) both compute through it. */
-/* wq8.c: bytes of the `tables` scratch takane_wq8_block needs for m rows (64-byte aligned
- * memory); nonzero iff takane_wq8_block(m rows) takes the prefill GEMM. */
+/* wq8.c: takane_wq8_block_scratch: bytes of the `tables` scratch takane_wq8_block needs
+ * for m rows (64-byte aligned memory); takane_wq8_uses_gemm: nonzero iff
+ * takane_wq8_block(m rows) takes the prefill GEMM. */
 int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m);
 int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m);
 

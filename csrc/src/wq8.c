@@ -12,7 +12,7 @@
  *  2. Tasks compute through takane_wq8_block (also the body of takane_matmul_q8_0_rows),
  *     which picks the regime by M:
  *     - decode / batched decode (M below the set's GEMM threshold, or a set without a
- *       GEMM): the rows' tables (the kernel's build_table, up to 16 rows at a time) in
+ *       GEMM): the rows' tables (the kernel's build_table, up to 16 rows / 256 KiB) in
  *       thread-local scratch, then every run of np panels once for all those rows, mr at a
  *       time — M = 1 streams every panel once, sequentially (np concurrent streams);
  *       tasks split the panels (takane_plan_grid), or the rows for a tall M;
@@ -118,12 +118,23 @@ int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m) {
 
 /* Activation rows whose tables are built at a time by the panel path: each run of weight
  * panels is loaded once and used for all of them (batched decode: M sequences share one
- * weight stream), so a bigger chunk saves weight traffic until the tables leave L2. */
+ * weight stream), so a bigger chunk saves weight traffic — as long as the chunk's tables
+ * stay in L2 (each run reads all of them): at most TABLE_ROWS rows and TABLE_BYTES of
+ * tables (AVX-512, K = 4096: 8 rows of 32 KiB; K = 12288: 2 rows), at least mr rows. */
 #define TABLE_ROWS 16
+#define TABLE_BYTES ((int64_t)256 << 10)
+
+static int64_t table_rows(const takane_q8_ukernel *uk, int64_t kw) {
+    int64_t rows = TABLE_BYTES / takane_wq8_table_stride(uk, kw);
+    if (rows > TABLE_ROWS) rows = TABLE_ROWS;
+    rows = rows / uk->mr * uk->mr;
+    return rows < uk->mr ? uk->mr : rows;
+}
 
 int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m) {
     const takane_q8_ukernel *uk = ks->q8;
-    int64_t bytes = (m < TABLE_ROWS ? m : TABLE_ROWS) * takane_wq8_table_stride(uk, kw);
+    const int64_t rows = table_rows(uk, kw);
+    int64_t bytes = (m < rows ? m : rows) * takane_wq8_table_stride(uk, kw);
     if (uk->mr > m) bytes = uk->mr * takane_wq8_table_stride(uk, kw);
     if (takane_wq8_uses_gemm(ks, m)) { /* groups: at most one per word */
         const int64_t g = takane_wq8_gemm_scratch(uk->gemm, kw, kw);
@@ -153,8 +164,8 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
     /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
     const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
     const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    const int64_t chunk = mr > TABLE_ROWS ? mr : TABLE_ROWS;
-    /* decode and batched decode: the tables of up to TABLE_ROWS rows, then every run of
+    const int64_t chunk = table_rows(uk, kw);
+    /* decode and batched decode: the tables of up to `chunk` rows, then every run of
      * panels once, for all those rows in tiles of mr (the run stays in L1/L2 between
      * tiles: M rows cost one weight stream, not M / mr) */
     for (int64_t c = 0; c < m; c += chunk) {
