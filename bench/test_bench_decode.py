@@ -5,7 +5,7 @@ Each group is one weight shape, run as a stack of layers whose weights together 
 benchmark round is one "token": every layer once, M = 1. Members: ``binary_matmul`` with packed
 activations and ``binary_linear`` with float activations (binarized in the call, row-scale
 epilogue) on the best ISA with 1 and 2 threads, each supported ISA on 1 thread, and the DRAM read
-bandwidth itself (numpy int64 sum over a 256 MB buffer, 1 and 2 threads) as members of the same
+bandwidth itself (the C probe tk.isa.dram_bandwidth over a 256 MB buffer, 1 and 2 threads) as members of the same
 group, so the ratio is measured under the same machine load. ``extra_info``: ``weight_GB_per_s``
 (bytes of the re-tiled weights streamed per second), ``dram_GB_per_s`` (measured right before
 the member, same thread count) and ``pct_dram``. Each takane member's first layer is checked
@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 import takane_kernels as tk
-from takane_kernels.programs.llm import dram_bandwidth
 
 STACK_BYTES = 256 * 2**20
 SHAPES = [(4096, 4096), (11008, 4096), (2048, 5632)]  # (N, K): square, LLaMA-7B FFN up, 1B FFN down
@@ -67,7 +66,7 @@ def test_decode_cold(benchmark, shape, member):
         buf = dram_buf()
 
         def read():
-            return dram_bandwidth(threads, buf=buf, repeat=1)
+            return tk.isa.dram_bandwidth(threads, buf=buf, repeat=1)
 
         benchmark(read)
         stats = getattr(benchmark, "stats", None)
@@ -93,7 +92,7 @@ def test_decode_cold(benchmark, shape, member):
                 for w in ws:
                     tk.binary_matmul(xb, w, threads=threads)
         token()
-        dram = None if disabled else dram_bandwidth(threads, buf=dram_buf(), repeat=3)
+        dram = None if disabled else tk.isa.dram_bandwidth(threads, buf=dram_buf(), repeat=3)
         benchmark(token)
         assert tk.isa.last_used() == isa
         y = tk.binary_matmul(xb, ws[0], threads=threads)

@@ -1,22 +1,22 @@
 """1-bit LLM layer benchmarks: W1A8 (activations="q8_0") and W1A-float with group scales
-(G = 128), decode (GEMV) warm and cold, and prefill (M = 64, 256), against numpy float32
-(DESIGN §8, §9).
+(G = 128), decode (GEMV) warm and cold, batched decode (M = 1..16 sharing one cold weight
+stream) and prefill (M = 64..512, N = 4096 and 11008; the W1A8 GEMM and, as a same-run
+"before", the panel kernels), against numpy float32 (DESIGN §8, §9; issue 21).
 
 Warm: the same call repeated (the weights stay in L2/L3). Cold (DESIGN §8): a stack of
 layers of the same shape whose weights (bits + group scales) total >= 256 MB is run
 back to back once per round — what decoding a model does — so every layer's weights come
 from DRAM. ``extra_info`` records GB/s of weight bytes and the percentage of the DRAM read
-bandwidth measured in the same session with the same thread count (a streaming read of a
-256 MB buffer: numpy sums of disjoint parts, one per thread).
+bandwidth measured in the same session with the same thread count (the C streaming read of
+tk.isa.dram_bandwidth over a 256 MB buffer, one reader per thread); prefill records G MAC/s
+and the percentage of the int8 VPDPBUSD peak (tk.isa.peak_int8, same session, per thread).
 
     python -m pytest bench/test_bench_q8.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
 With --benchmark-disable (CI) every member runs once on a 16 MB stack, as a smoke test.
 """
 
-import concurrent.futures
 import contextlib
-import time
 
 import numpy as np
 import pytest
@@ -66,20 +66,41 @@ def stack(n, k, mb):
 
 
 def dram_gbps(threads, mb=256):
-    """Streaming read bandwidth (GB/s) of a >= 256 MB buffer on `threads` threads: the
-    median of 5 rounds, each thread summing its own contiguous part (numpy releases the GIL)."""
+    """Streaming read bandwidth (GB/s) of a >= 256 MB buffer on `threads` threads: the C
+    probe (tk.isa.dram_bandwidth: one reader thread per part, started together, best of 3).
+    A numpy sum split over Python threads under-read at 2 threads (issue 21)."""
     key = ("dram", threads)
     if key not in _cache:
-        buf = np.ones(mb * 2**20 // 8, dtype=np.int64)
-        parts = np.array_split(buf, threads)
-        times = []
-        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for _ in range(6):
-                t = time.perf_counter()
-                list(pool.map(np.sum, parts))
-                times.append(time.perf_counter() - t)
-        _cache[key] = buf.nbytes / np.median(times[1:]) / 1e9
+        _cache[key] = tk.isa.dram_bandwidth(threads, mb=mb) / 1e9
     return _cache[key]
+
+
+def int8_peak():
+    """The int8 VPDPBUSD peak of the best ISA on one core (MAC/s), or None without one."""
+    if "peak" not in _cache:
+        try:
+            _cache["peak"] = tk.isa.peak_int8(BEST, seconds=0.2)
+        except ValueError:
+            _cache["peak"] = None
+    return _cache["peak"]
+
+
+@contextlib.contextmanager
+def q8_path(path):
+    """'gemm' / 'panels' forces the W1A8 regime (env TAKANE_Q8_GEMM_MIN_M, read per call):
+    before/after of the prefill GEMM in one run; None keeps the library's choice."""
+    import os
+    old = os.environ.get("TAKANE_Q8_GEMM_MIN_M")
+    if path is not None:
+        os.environ["TAKANE_Q8_GEMM_MIN_M"] = "2" if path == "gemm" else "1000000"
+    try:
+        yield
+    finally:
+        if path is not None:
+            if old is None:
+                os.environ.pop("TAKANE_Q8_GEMM_MIN_M", None)
+            else:
+                os.environ["TAKANE_Q8_GEMM_MIN_M"] = old
 
 
 def one_blas_thread():
@@ -173,16 +194,17 @@ def test_gemv_cold(benchmark, request, shape, member):
            pct_of_dram=100 * gbps / dram if gbps else None)
 
 
-PREFILL_M = [64, 256]
+PREFILL = [(64, 4096), (256, 4096), (512, 4096), (256, 11008)]  # (M, N), K = 4096
 PREFILL_MEMBERS = ["numpy float32 x @ w.T (1 thread)"]
 PREFILL_MEMBERS += [f"takane q8_0 {BEST} {t} thread{'s' if t > 1 else ''}" for t in THREADS]
+PREFILL_MEMBERS += [f"takane q8_0 {BEST} 1 thread panels"]  # the pre-GEMM kernels, same run
 PREFILL_MEMBERS += [f"takane float32 {BEST} 1 thread"]
 
 
 @pytest.mark.parametrize("member", PREFILL_MEMBERS)
-@pytest.mark.parametrize("m", PREFILL_M, ids=[f"{m}x4096x4096" for m in PREFILL_M])
-def test_prefill(benchmark, m, member):
-    n = k = 4096
+@pytest.mark.parametrize("m,n", PREFILL, ids=[f"{m}x{n}x4096" for m, n in PREFILL])
+def test_prefill(benchmark, m, n, member):
+    k = 4096
     benchmark.group = f"prefill {m}x{n}x{k} (G={G})"
     pw = stack(n, k, 1)[0]
     x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
@@ -193,11 +215,57 @@ def test_prefill(benchmark, m, member):
         record(benchmark, blas_threads=1 if threadpool_limits else "default")
     else:
         activations, isa_name, threads = parse(member)
-        with tk.isa.force(isa_name):
+        path = "panels" if member.endswith("panels") else None
+        with tk.isa.force(isa_name), q8_path(path):
             y = benchmark(tk.binary_weight_matmul, x, pw, activations=activations, threads=threads)
             assert tk.isa.last_used() == isa_name
         check(y[:2, :64], x[:2], tk.PackedWeights(pw.bits[:64], k, group_scale=pw.group_scale[:64], group_size=G),
               activations)
-        record(benchmark, isa=isa_name, threads=threads)
+        record(benchmark, isa=isa_name, threads=threads, path=path or "default")
     sec = per_round_seconds(benchmark)
-    record(benchmark, G_weight_MACs_per_s=m * n * k / sec / 1e9 if sec else None)
+    macs = m * n * k / sec if sec else None
+    record(benchmark, G_weight_MACs_per_s=macs / 1e9 if macs else None)
+    if macs and not member.startswith("numpy") and "q8_0" in member and int8_peak():
+        peak = int8_peak()
+        record(benchmark, int8_peak_G_MACs_per_s=peak / 1e9,
+               pct_of_int8_peak=100 * macs / peak / (threads if not member.startswith("numpy") else 1))
+
+
+BATCH_M = [1, 2, 4, 8, 16]
+BATCH_MEMBERS = [f"takane {a} {BEST} {t} thread{'s' if t > 1 else ''}" for a in ("q8_0", "float32")
+                 for t in THREADS]
+
+
+@pytest.mark.parametrize("m", BATCH_M, ids=[f"M={m}" for m in BATCH_M])
+@pytest.mark.parametrize("member", BATCH_MEMBERS)
+def test_batched_decode_cold(benchmark, request, member, m):
+    """M sequences sharing one weight stream (batched / speculative decode), cold stack of
+    4096x4096 G = 128 layers: ``x_M1`` is the time over the same member's M = 1 time (the
+    target: q8_0 M = 8 <= 2.0x, M = 16 <= 3.5x; float32 M = 8 <= 3x)."""
+    n = k = 4096
+    benchmark.group = f"batched decode cold {member} (4096x4096, G={G})"
+    layers = stack(n, k, cold_mb(request.config))
+    x = np.random.default_rng(4).standard_normal((m, k)).astype(np.float32)
+    activations, isa_name, threads = parse(member)
+    out = np.empty((m, n), np.float32)
+
+    def token():
+        for pw in layers:
+            tk.binary_weight_matmul(x, pw, activations=activations, out=out, threads=threads)
+
+    with tk.isa.force(isa_name):
+        benchmark.pedantic(token, rounds=1 if request.config.getoption("benchmark_disable") else 5,
+                           warmup_rounds=1)
+        assert tk.isa.last_used() == isa_name
+    sec = per_round_seconds(benchmark)
+    total = sum(layer_bytes(pw) for pw in layers)
+    info = dict(isa=isa_name, threads=threads, m=m, layers=len(layers),
+                us_per_layer=sec / len(layers) * 1e6 if sec else None)
+    if sec:
+        _cache[("batch", member, m)] = sec
+        base = _cache.get(("batch", member, 1))
+        dram = dram_gbps(threads)
+        info.update(GBps=total / sec / 1e9, pct_of_dram=100 * total / sec / 1e9 / dram,
+                    x_M1=sec / base if base else None,
+                    G_weight_MACs_per_s=m * n * k * len(layers) / sec / 1e9)
+    record(benchmark, **info)

@@ -200,6 +200,39 @@ typedef struct takane_wfloat_ukernel {
  *   a group scale it read is NaN or infinite. Requires 1 <= mr <= the set's mr,
  *   1 <= np <= the set's np, kw >= 1, 1 <= nrows.
  */
+/*
+ * W1A8 prefill GEMM microkernels (csrc/kernels/wq8/wq8_gemm_<isa>.c; BLIS structure, the
+ * framework in wq8_gemm.c). The weights of one strip of nr output columns (nr /
+ * TAKANE_PANEL_ROWS consecutive panels) are expanded once into a kernel-specific packed
+ * buffer (e.g. int8 bytes, with the strip's group scales), which the tile then reuses for
+ * every activation row:
+ * pack: panels of the strip (panel t at panels + t * pstride words; only np <= nr / 8 of
+ *   them exist, the missing ones are zero rows), kw words each, group scales gs (row j at
+ *   gs + j * ldg, groups of gw words; NULL: none) for rows j < nrows (rows past nrows read
+ *   no scale) into packed (pack_len(kw, ngroups) bytes, 64-byte aligned). Returns nonzero
+ *   iff a group scale it read is NaN or infinite.
+ * tile: for i < mr (1 <= mr <= the set's mr) activation rows (q[i]: kw * 64 int8, zero
+ *   past k; d[i], nq[i]: 2 * kw block scales and negated block sums, as the q8 ukernel
+ *   takes them) and j < nr,
+ *     out[i * ldo + j] = sum_g g[j][g] * sum_{b in g} d[i][b] * S_ib_j    (has_gs)
+ *                      = sum_b d[i][b] * S_ib_j                             (!has_gs)
+ *   S exact (int32), the float sum in any order with at most two roundings per product
+ *   (fl(fl(d * g) * S)) and one per add or FMA (the framework's bound, wq8.c).
+ */
+typedef struct takane_q8_gemm_ukernel {
+    int mr, nr;
+    int64_t (*pack_len)(int64_t kw, int64_t ngroups);
+    int (*pack)(const uint64_t *panels, int64_t pstride, int np, int64_t kw, int64_t gw,
+                const float *gs, int64_t ldg, int64_t nrows, void *packed);
+    void (*tile)(const int8_t *const *q, const float *const *d, const int32_t *const *nq,
+                 int mr, const void *packed, int64_t kw, int64_t gw, int has_gs, float *out,
+                 int64_t ldo);
+    /* Smallest M (>= 2) for which the GEMM beats the set's panel kernels (measured). */
+    int min_m;
+    /* NULL, or nonzero iff the GEMM may run on this CPU (a run-time feature: SDOT). */
+    int (*usable)(void);
+} takane_q8_gemm_ukernel;
+
 typedef struct takane_q8_ukernel {
     int mr, np;
     takane_status (*quantize_row)(const float *x, const float *in_scale, int64_t k,
@@ -209,6 +242,12 @@ typedef struct takane_q8_ukernel {
     int (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
                   int64_t gw, const float *gs, int64_t ldg, int64_t nrows, float *out);
+    /* Peak probe (may be NULL): a register-resident loop of the int8 multiply-accumulate
+     * instruction the GEMM uses, `iters` rounds; returns the MACs done (kept live through
+     * *sink). */
+    uint64_t (*probe_int8)(uint64_t iters, int32_t *sink);
+    /* The prefill GEMM (may be NULL: the panels kernel serves every M). */
+    const takane_q8_gemm_ukernel *gemm;
 } takane_q8_ukernel;
 
 /* wq8/wq8_quant.c: the portable Q8_0 quantizer (the quantize_row of the scalar set). */

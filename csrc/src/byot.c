@@ -31,6 +31,15 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * every weight panel of the range once per mr rows anyway, so a larger chunk would not
  * save weight traffic; it only bounds the scratch. */
 #define TAKANE_BYOT_ROWS 16
+/* With a prefill GEMM (M >= its threshold) each chunk re-expands the weights of the range,
+ * so prefill chunks are larger: the expansion is amortized over 64 rows. */
+#define TAKANE_BYOT_GEMM_ROWS 64
+
+/* Rows converted per pass for a call of m rows (the scratch query uses the same rule). */
+static int64_t byot_rows(const takane_kernel_set *ks, int64_t m) {
+    if (takane_wq8_uses_gemm(ks, m)) return min64(m, TAKANE_BYOT_GEMM_ROWS);
+    return min64(m, TAKANE_BYOT_ROWS);
+}
 #define HEADER_BYTES ((int64_t)((sizeof(takane_weights) + 63) / 64 * 64))
 
 /* ---- Q8_0 quantization ------------------------------------------------------------------ */
@@ -176,16 +185,16 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
 
 /* Scratch layout for a chunk of c rows: q (c * kw * 64 int8), d (c * 2kw float), nq
  * (c * 2kw int32), then the kernel's tables (mr rows), each part 64-byte aligned. */
-static int64_t scratch_bytes_for(const takane_q8_ukernel *uk, int64_t kw, int64_t rows) {
+static int64_t scratch_bytes_for(const takane_kernel_set *ks, int64_t kw, int64_t rows) {
     const int64_t act = rows * kw * 64 + 2 * ((rows * kw * 2 * 4 + 63) / 64 * 64);
-    return 64 + (act + 63) / 64 * 64 + (int64_t)uk->mr * takane_wq8_table_stride(uk, kw);
+    return 64 + (act + 63) / 64 * 64 + takane_wq8_block_scratch(ks, kw, rows);
 }
 
 int64_t takane_matmul_q8_0_scratch_size(const takane_weights *weights, int64_t m) {
     const takane_kernel_set *ks;
     if (!weights || m <= 0 || weights->kw == 0 || takane_select_kernels(&ks) != TAKANE_OK)
         return 0;
-    return scratch_bytes_for(ks->q8, weights->kw, min64(m, TAKANE_BYOT_ROWS));
+    return scratch_bytes_for(ks, weights->kw, byot_rows(ks, m));
 }
 
 takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64_t r1, int64_t m,
@@ -222,9 +231,8 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
         takane_note_used(ks->isa);
         return TAKANE_OK;
     }
-    const takane_q8_ukernel *uk = ks->q8;
-    const int64_t chunk = min64(m, TAKANE_BYOT_ROWS);
-    if (!scratch || scratch_bytes < scratch_bytes_for(uk, kw, chunk)) return TAKANE_ERR_OUT_OF_MEMORY;
+    const int64_t chunk = byot_rows(ks, m);
+    if (!scratch || scratch_bytes < scratch_bytes_for(ks, kw, chunk)) return TAKANE_ERR_OUT_OF_MEMORY;
     char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     int8_t *qq = (int8_t *)base;
     float *dd = (float *)(base + chunk * kw * 64);
@@ -233,8 +241,12 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
     tables = (char *)(((uintptr_t)tables + 63) & ~(uintptr_t)63);
     const int64_t gw = group_scale ? group_size / 64 : kw;
     const int64_t ngroups = (kw + gw - 1) / gw;
-    for (int64_t i0 = 0; i0 < m; i0 += chunk) {
-        const int64_t mi = min64(chunk, m - i0);
+    /* balanced chunks of at most `chunk` rows: with the GEMM (m >= its threshold) every
+     * chunk keeps more than 32 rows, so no tail chunk falls back to the panel kernels and
+     * each row gets the same bits as in the library's threaded run of the same m */
+    const int64_t nchunks = (m + chunk - 1) / chunk, per = m / nchunks, rem = m % nchunks;
+    for (int64_t ci = 0; ci < nchunks; ci++) {
+        const int64_t i0 = ci * per + min64(ci, rem), mi = per + (ci < rem);
         for (int64_t i = 0; i < mi; i++) {
             const uint8_t *src = (const uint8_t *)q + (i0 + i) * q_row_stride;
             int8_t *qi = qq + i * kw * 64;

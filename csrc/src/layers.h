@@ -71,9 +71,18 @@ static inline int64_t takane_wq8_table_stride(const takane_q8_ukernel *uk, int64
  * q8 ukernel's quantize_row writes them) against w, with group scales gs (n rows of
  * ngroups, gw words per group; NULL: gw = kw, ngroups = 1), epilogue y = fl(fl(v * scale)
  * + bias) into y (row stride ys; columns outside [c0, c1) untouched). tables: scratch of
- * ks->q8->mr * takane_wq8_table_stride() bytes, 64-byte aligned. Returns nonzero iff a
- * group scale read was NaN or infinite. The threaded run and takane_matmul_q8_0_rows
+ * takane_wq8_block_scratch(ks, kw, m) bytes, 64-byte aligned. Regimes: M >= the GEMM's
+ * threshold (and a set with a GEMM) -> the prefill GEMM (wq8_gemm.c); else the panel
+ * kernels, each run of weight panels loaded once for up to 16 rows whose tables fit
+ * 256 KiB (decode, batched decode). Returns nonzero iff a group scale read was NaN or
+ * infinite. The threaded run and takane_matmul_q8_0_rows
  * (byot.c) both compute through it. */
+/* wq8.c: takane_wq8_block_scratch: bytes of the `tables` scratch takane_wq8_block needs
+ * for m rows (64-byte aligned memory); takane_wq8_uses_gemm: nonzero iff
+ * takane_wq8_block(m rows) takes the prefill GEMM. */
+int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m);
+int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m);
+
 int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
                      const int8_t *q, const float *d, const int32_t *nq, const float *scale,
                      const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,

@@ -9,12 +9,18 @@
  *     thread-local scratch: q (kw*64 int8, zero past k), the fp16-rounded block scales
  *     d (float, 2*kw, 0 for padding blocks) and nq = -sum q per block. NaN / inf are
  *     reported here, before any output is written.
- *  2. Tasks (takane_plan_grid: rows split for prefill, panels split for decode) build
- *     their rows' tables (the kernel's build_table) in thread-local scratch, then walk
- *     their panels np at a time: one kernel call per (mr rows, np panels) covers all of K,
- *     so each weight word is loaded once per mr rows — M = 1 streams every panel once,
- *     sequentially (np concurrent streams); the M > 1 tile reuses each loaded word across
- *     mr activation rows.
+ *  2. Tasks compute through takane_wq8_block (also the body of takane_matmul_q8_0_rows),
+ *     which picks the regime by M:
+ *     - decode / batched decode (M below the set's GEMM threshold, or a set without a
+ *       GEMM): the rows' tables (the kernel's build_table, up to 16 rows / 256 KiB) in
+ *       thread-local scratch, then every run of np panels once for all those rows, mr at a
+ *       time — M = 1 streams every panel once, sequentially (np concurrent streams);
+ *       tasks split the panels (takane_plan_grid), or the rows for a tall M;
+ *     - prefill (M >= the threshold, issue 21): the GEMM of wq8_gemm.c — each strip of
+ *       output rows expanded once per row block to int8, a register-tiled VPDPBUSD /
+ *       VPMADDUBSW kernel over every row; tasks split the strips only.
+ *     The two regimes sum in different orders (both within the bound below); within one,
+ *     a row's result does not depend on the batch or the thread split.
  *  3. The kernel applies the group scales (sum_g g * group sum, see internal.h); the
  *     epilogue per output is y = fl(fl(v * scale) + bias).
  * Scratch lives in thread-local buffers that only grow (freed at thread exit), so a
@@ -33,6 +39,7 @@
 #include <string.h>
 
 #include "layers.h"
+#include "wq8_gemm.h"
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -87,53 +94,109 @@ typedef struct q8_job {
     int64_t gw, ngroups;    /* words per group (kw without group scales), groups per row */
     float *y;
     int64_t ys;
-    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = runs of np panels */
+    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = units of unit_cols columns */
+    int64_t unit_cols;                 /* np panels' rows (panel kernels), a GEMM strip */
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
+
+/* Smallest M that takes the GEMM: the kernel set's measured crossover (gemm->min_m); env
+ * TAKANE_Q8_GEMM_MIN_M overrides it (benchmarks and tests force either regime). */
+static int64_t gemm_min_m(const takane_q8_gemm_ukernel *g) {
+    const char *e = getenv("TAKANE_Q8_GEMM_MIN_M");
+    if (e && *e) {
+        char *end;
+        const long v = strtol(e, &end, 10);
+        if (*end == 0 && v >= 1) return v;
+    }
+    return g->min_m;
+}
+
+int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m) {
+    const takane_q8_gemm_ukernel *g = ks->q8->gemm;
+    return g && m >= 2 && m >= gemm_min_m(g) && (!g->usable || g->usable());
+}
+
+/* Activation rows whose tables are built at a time by the panel path: each run of weight
+ * panels is loaded once and used for all of them (batched decode: M sequences share one
+ * weight stream), so a bigger chunk saves weight traffic — as long as the chunk's tables
+ * stay in L2 (each run reads all of them): at most TABLE_ROWS rows and TABLE_BYTES of
+ * tables (AVX-512, K = 4096: 8 rows of 32 KiB; K = 12288: 2 rows), at least mr rows. */
+#define TABLE_ROWS 16
+#define TABLE_BYTES ((int64_t)256 << 10)
+
+static int64_t table_rows(const takane_q8_ukernel *uk, int64_t kw) {
+    int64_t rows = TABLE_BYTES / takane_wq8_table_stride(uk, kw);
+    if (rows > TABLE_ROWS) rows = TABLE_ROWS;
+    rows = rows / uk->mr * uk->mr;
+    return rows < uk->mr ? uk->mr : rows;
+}
+
+int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_t m) {
+    const takane_q8_ukernel *uk = ks->q8;
+    const int64_t rows = table_rows(uk, kw);
+    int64_t bytes = (m < rows ? m : rows) * takane_wq8_table_stride(uk, kw);
+    if (uk->mr > m) bytes = uk->mr * takane_wq8_table_stride(uk, kw);
+    if (takane_wq8_uses_gemm(ks, m)) { /* groups: at most one per word */
+        const int64_t g = takane_wq8_gemm_scratch(uk->gemm, kw, kw);
+        if (g > bytes) bytes = g;
+    }
+    return bytes;
+}
 
 int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
                      const int8_t *q, const float *d, const int32_t *nq, const float *scale,
                      const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
                      int64_t ys, int64_t c0, int64_t c1, void *tables) {
     const takane_q8_ukernel *uk = ks->q8;
+    /* prefill: the GEMM (weights expanded once per strip, reused by every row) */
+    if (takane_wq8_uses_gemm(ks, m))
+        return takane_wq8_gemm_cols(uk->gemm, w, m, q, d, nq, c0, c1, scale, gs, gw, ngroups,
+                                    bias, y, ys, tables) != TAKANE_OK;
     const int mr = uk->mr, np = uk->np;
     const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
     const int64_t tlen = takane_wq8_table_stride(uk, kw);
     const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
     char *buf = (char *)tables;
     float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
-    const void *tp[TAKANE_Q8_MAX_MR];
-    const float *dp[TAKANE_Q8_MAX_MR];
-    const int32_t *qp[TAKANE_Q8_MAX_MR];
+    const void *tp[TABLE_ROWS];
+    const float *dp[TABLE_ROWS];
+    const int32_t *qp[TABLE_ROWS];
     /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
     const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
     const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    for (int64_t i0 = 0; i0 < m; i0 += mr) {
-        const int mi = (int)min64(mr, m - i0);
-        for (int i = 0; i < mi; i++) {
-            uk->build_table(q + (i0 + i) * kw * 64, kw, buf + i * tlen);
+    const int64_t chunk = table_rows(uk, kw);
+    /* decode and batched decode: the tables of up to `chunk` rows, then every run of
+     * panels once, for all those rows in tiles of mr (the run stays in L1/L2 between
+     * tiles: M rows cost one weight stream, not M / mr) */
+    for (int64_t c = 0; c < m; c += chunk) {
+        const int64_t mc = min64(chunk, m - c);
+        for (int64_t i = 0; i < mc; i++) {
+            uk->build_table(q + (c + i) * kw * 64, kw, buf + i * tlen);
             tp[i] = buf + i * tlen;
-            dp[i] = d + (i0 + i) * 2 * kw;
-            qp[i] = nq + (i0 + i) * 2 * kw;
+            dp[i] = d + (c + i) * 2 * kw;
+            qp[i] = nq + (c + i) * 2 * kw;
         }
         for (int64_t p0 = p_begin; p0 < p_end; p0 += np) {
             const int npi = (int)min64(np, p_end - p0);
             const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
             const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, w->n - j0);
-            if (uk->panels(tp, dp, qp, mi, w->panels + p0 * pstride, pstride, npi, kw, gw,
-                           gs ? gs + j0 * ngroups : NULL, ngroups, nj, out))
-                return 1;
             /* only columns [c0, c1) are written: neighbours may belong to another thread */
             const int64_t ja = j0 < c0 ? c0 - j0 : 0;
             const int64_t jb = min64(nj, c1 - j0);
-            for (int i = 0; i < mi; i++) {
-                float *yrow = y + (i0 + i) * ys + j0;
-                const float *oi = out + i * prows;
-                for (int64_t j = ja; j < jb; j++) {
-                    float v = oi[j];
-                    if (scale) v = v * scale[j0 + j];
-                    if (bias) v = v + bias[j0 + j];
-                    yrow[j] = v;
+            for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+                const int mi = (int)min64(mr, mc - i0);
+                if (uk->panels(tp + i0, dp + i0, qp + i0, mi, w->panels + p0 * pstride, pstride,
+                               npi, kw, gw, gs ? gs + j0 * ngroups : NULL, ngroups, nj, out))
+                    return 1;
+                for (int i = 0; i < mi; i++) {
+                    float *yrow = y + (c + i0 + i) * ys + j0;
+                    const float *oi = out + i * prows;
+                    for (int64_t j = ja; j < jb; j++) {
+                        float v = oi[j];
+                        if (scale) v = v * scale[j0 + j];
+                        if (bias) v = v + bias[j0 + j];
+                        yrow[j] = v;
+                    }
                 }
             }
         }
@@ -143,25 +206,23 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
 
 static void q8_task(void *ctx, int64_t task) {
     q8_job *job = (q8_job *)ctx;
-    const takane_q8_ukernel *uk = job->ks->q8;
     const takane_weights *w = job->w;
     const int64_t kw = w->kw;
-    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    const int64_t unit = job->unit_cols;
     const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
     const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t r_begin = (task % job->g_tasks) * job->g_chunk;
-    const int64_t r_end = min64(nruns, r_begin + job->g_chunk);
-    if (i_begin >= i_end || r_begin >= r_end) return;
-    void *buf = scratch_get(1, (size_t)(uk->mr * takane_wq8_table_stride(uk, kw)));
+    const int64_t c_begin = (task % job->g_tasks) * job->g_chunk * unit;
+    const int64_t c_end = min64(w->n, c_begin + job->g_chunk * unit);
+    if (i_begin >= i_end || c_begin >= c_end) return;
+    void *buf = scratch_get(1, (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
     if (!buf) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
     }
-    const int64_t prows = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     if (takane_wq8_block(job->ks, w, i_end - i_begin, job->q + i_begin * kw * 64,
                          job->d + i_begin * 2 * kw, job->nq + i_begin * 2 * kw, job->scale,
                          job->gs, job->gw, job->ngroups, job->bias, job->y + i_begin * job->ys,
-                         job->ys, r_begin * prows, min64(w->n, r_end * prows), buf))
+                         job->ys, c_begin, c_end, buf))
         __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
 }
 
@@ -210,8 +271,19 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
     int nthreads = threads > 0 ? threads : takane_default_threads();
     if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    if (takane_wq8_uses_gemm(ks, m)) {
+        /* the GEMM: split the weights only (each task expands its strips once and sweeps
+         * every row against them); whole strips are the tasks' unit */
+        const int64_t nstrips = (n + uk->gemm->nr - 1) / uk->gemm->nr;
+        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nstrips, 1);
+        job.m_chunk = m, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+        job.unit_cols = uk->gemm->nr;
+        takane_parallel_run(nthreads, grid.p_tasks, q8_task, &job);
+        return (takane_status)job.failed;
+    }
     const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
     job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    job.unit_cols = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);
     return (takane_status)job.failed;
 }

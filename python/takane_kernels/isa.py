@@ -13,7 +13,8 @@ from ._capi import ffi, lib
 #: ISA names indexed by their ``takane_isa`` value.
 NAMES = ("scalar", "avx2", "avx512", "neon")
 
-__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force", "peak", "kernels"]
+__all__ = ["NAMES", "compiled", "supported", "active", "last_used", "force", "peak", "kernels",
+           "peak_int8", "dram_bandwidth"]
 
 
 def _from_mask(mask: int) -> list[str]:
@@ -112,3 +113,50 @@ def kernels(name: str | None = None) -> dict[str, str]:
     if text == ffi.NULL:
         raise ValueError(f"ISA {name!r} is not compiled into this build (compiled: {', '.join(compiled())})")
     return dict(pair.split("=", 1) for pair in ffi.string(text).decode().split())
+
+
+def peak_int8(name: str | None = None, seconds: float = 0.2) -> float:
+    """Measured int8 multiply-accumulate peak of ISA ``name`` (default: the active one) on
+    one core, in MACs per second: a register-resident loop of the instruction the W1A8
+    prefill GEMM uses (AVX-512 VNNI ``VPDPBUSD``; AVX2 ``VPMADDUBSW``), best of repeated
+    runs over about ``seconds`` of this thread's CPU time. ValueError for an ISA without an
+    int8 GEMM (its probe)."""
+    value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
+    out = ffi.new("double *")
+    status = lib.takane_probe_peak_int8(value, float(seconds), out)
+    if status == lib.TAKANE_ERR_ISA_UNSUPPORTED:
+        raise ValueError(f"ISA {name!r} has no int8 peak probe here (supported: {', '.join(supported())})")
+    if status != lib.TAKANE_OK:  # pragma: no cover
+        raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
+    return float(out[0])
+
+
+_dram_buffers: dict = {}
+
+
+def dram_bandwidth(threads: int = 1, mb: int = 256, repeat: int = 3, *, buf=None) -> float:
+    """Measured streaming read bandwidth of main memory in bytes per second with ``threads``
+    threads: a C loop on each thread reads its own contiguous part of a ``mb`` MiB buffer
+    (>= 256 MiB: far beyond the last-level cache; allocated and written once per size, then
+    kept), all started together, timed to the slowest (one thread: its CPU time, so time
+    given to other processes does not count); the best of ``repeat`` passes. The
+    figure "% of DRAM" is computed against (a numpy sum split over Python threads
+    under-reads at 2 threads). ``buf``: read this C-contiguous array instead (``mb`` unused)."""
+    import numpy as np
+
+    if int(threads) < 1 or int(repeat) < 1 or int(mb) < 1:
+        raise ValueError(f"threads, mb and repeat must be >= 1 (got {threads}, {mb}, {repeat})")
+    if buf is not None:
+        buf = np.ascontiguousarray(buf)
+    else:
+        buf = _dram_buffers.get(int(mb))
+    if buf is None:
+        buf = np.ones(int(mb) * 2**20 // 8, dtype=np.int64)  # written: the pages exist
+        _dram_buffers.clear()
+        _dram_buffers[int(mb)] = buf
+    out = ffi.new("double *")
+    status = lib.takane_probe_dram_bandwidth(ffi.from_buffer(buf), buf.nbytes, int(threads),
+                                             int(repeat), out)
+    if status != lib.TAKANE_OK:
+        raise ValueError(ffi.string(lib.takane_status_string(status)).decode())
+    return float(out[0])

@@ -548,8 +548,10 @@ static void check_prepacked_edges(const takane_isa *all, int n_all) {
  * give the model's value bit for bit (a single q off by one would show). */
 static void check_wq8_exact(const takane_isa *all, int n_all) {
     static const int64_t ks[] = {1, 31, 32, 33, 64, 65, 100, 200, 513};
-    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
-        const int64_t k = ks[a], kw = words_for(k), m = 3, n = 37;
+    /* m = 3: the panel kernels; m = 21: the prefill GEMM where a set has one (its
+     * threshold is <= 16), 5 row tiles of 4 and an edge row */
+    for (size_t a = 0; a < 2 * (sizeof ks / sizeof ks[0]); a++) {
+        const int64_t k = ks[a / 2], kw = words_for(k), m = a % 2 ? 21 : 3, n = 37;
         for (int grouped = 0; grouped < 2; grouped++) {
             const int64_t gsize = grouped ? 64 : 0, ng = grouped ? (k + 63) / 64 : 0;
             float *x = xmalloc((size_t)(m * k) * sizeof *x);
@@ -589,14 +591,14 @@ static void check_wq8_exact(const takane_isa *all, int n_all) {
                 const takane_status st = takane_binary_weight_matmul_prepacked_ex(
                     h, m, x, k, NULL, NULL, grouped ? g : NULL, gsize, NULL,
                     TAKANE_ACTIVATIONS_Q8_0, y, n, 2);
-                CHECK(st == TAKANE_OK, "wq8 %s k=%ld: %s", name(all[s]), (long)k,
-                      takane_status_string(st));
+                CHECK(st == TAKANE_OK, "wq8 %s k=%ld m=%ld: %s", name(all[s]), (long)k,
+                      (long)m, takane_status_string(st));
                 CHECK(takane_isa_last_used() == all[s], "wq8 ran %s, not %s",
                       name(takane_isa_last_used()), name(all[s]));
                 int bad = 0;
                 for (int64_t i = 0; i < m * n; i++) bad += (double)y[i] != model[i];
-                CHECK(bad == 0, "wq8 %s k=%ld grouped=%d: %d outputs differ from the exact model",
-                      name(all[s]), (long)k, grouped, bad);
+                CHECK(bad == 0, "wq8 %s k=%ld m=%ld grouped=%d: %d outputs differ from the exact model",
+                      name(all[s]), (long)k, (long)m, grouped, bad);
             }
             takane_weights_free(h);
             free(x), free(g), free(w), free(y), free(model);

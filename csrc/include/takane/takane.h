@@ -623,6 +623,29 @@ TAKANE_API takane_status takane_weights_get_bits(const takane_weights *weights, 
  * off SDOT even where the CPU has it. */
 TAKANE_API const char *takane_isa_kernels(takane_isa isa);
 
+/* ---- measured machine limits (issue 21) ------------------------------------------------ */
+
+/* Streaming read bandwidth of main memory: `threads` (>= 1) threads each read their own
+ * contiguous part of buf (bytes bytes, >= 64 per thread; for a DRAM figure >= 256 MB, at
+ * least 4x the last-level cache) front to back with vector loads, started together; the
+ * time is the slowest thread's (wall time; with threads == 1 the thread's CPU time, so
+ * that time given to other processes does not count). The best of `repeat` (>= 1) passes, in bytes per second,
+ * goes to *bytes_per_second. buf is only read (fault its pages in before, e.g. by writing
+ * it once). The threads are created for the call (not the library's pool). */
+TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t bytes,
+                                                     int32_t threads, int32_t repeat,
+                                                     double *bytes_per_second);
+
+/* Measure the int8 multiply-accumulate peak of `isa` (TAKANE_ISA_AUTO: the active one) on
+ * the calling thread for about `seconds` (clamped to [0.001, 10]): a register-resident
+ * loop of the instruction the W1A8 GEMM uses (AVX-512 VNNI VPDPBUSD; AVX2 VPMADDUBSW +
+ * VPMADDWD), enough independent chains to fill the pipes, best of repeated runs, each
+ * timed in the calling thread's CPU time (time given to other processes does not count).
+ * *macs_per_second receives int8 MACs per second. TAKANE_ERR_ISA_UNSUPPORTED for a set
+ * without an int8 probe. */
+TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
+                                                double *macs_per_second);
+
 #ifdef __cplusplus
 }
 #endif

@@ -107,5 +107,15 @@ static int panels(const void *const *tables, const float *const *d, const int32_
     return bad;
 }
 
-const takane_q8_ukernel takane_q8_ukernel_avx2 = {MR, NP, takane_q8_quantize_row_portable,
-                                                  table_len, build_table, panels};
+/* wq8_gemm_avx2.c: the prefill GEMM and the int8 peak probe */
+extern const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx2;
+uint64_t takane_q8_probe_int8_avx2(uint64_t iters, int32_t *sink);
+
+const takane_q8_ukernel takane_q8_ukernel_avx2 = {MR,
+                                                  NP,
+                                                  takane_q8_quantize_row_portable,
+                                                  table_len,
+                                                  build_table,
+                                                  panels,
+                                                  takane_q8_probe_int8_avx2,
+                                                  &takane_q8_gemm_ukernel_avx2};

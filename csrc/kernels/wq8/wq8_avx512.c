@@ -199,18 +199,22 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
         /* the scales of 8 groups at a time, transposed: gblk[group % 8][p][row] */       \
         float gblk[8][PANS][8];                                                            \
         __mmask8 bad = 0;                                                                  \
-        for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {                          \
-            const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;                                \
-            if (gs && grp % 8 == 0)                                                        \
-                for (int p = 0; p < PANS; p++)                                             \
-                    bad |= load_scales8(gs, ldg, p * 8, nrows, grp, (kw + gw - 1) / gw,    \
-                                        &gblk[0][p][0], PANS * 8);                         \
-            __m512 gz[PANS];                                                               \
-            for (int p = 0; p < PANS; p++)                                                 \
-                gz[p] = gs ? _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(            \
-                                 _mm256_loadu_ps(&gblk[grp % 8][p][0])))                   \
-                           : _mm512_set1_ps(1.0f);                                         \
-            for (int64_t q = g0; q < g1; q++) {                                            \
+        /* one loop over all words, a group's scales loaded when its first word comes (a  \
+         * loop per group — 2 words for G = 128 — measured ~4% slower in decode) */        \
+        __m512 gz[PANS];                                                                   \
+        for (int p = 0; p < PANS; p++) gz[p] = _mm512_set1_ps(1.0f);                       \
+        {                                                                                  \
+            for (int64_t q = 0, grp = 0, gleft = 0; q < kw; q++, gleft--) {                \
+                if (gs && gleft == 0) {                                                    \
+                    if (grp % 8 == 0)                                                      \
+                        for (int p = 0; p < PANS; p++)                                     \
+                            bad |= load_scales8(gs, ldg, p * 8, nrows, grp,                \
+                                                (kw + gw - 1) / gw, &gblk[0][p][0], PANS * 8); \
+                    for (int p = 0; p < PANS; p++)                                         \
+                        gz[p] = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(         \
+                            _mm256_loadu_ps(&gblk[grp % 8][p][0])));                       \
+                    grp++, gleft = gw;                                                     \
+                }                                                                          \
                 if (gnext && q * 64 < gbytes) _mm_prefetch(gnext + q * 64, _MM_HINT_T1);   \
                 __m512i il[PANS], ih[PANS];                                                \
                 for (int p = 0; p < PANS; p++) {                                           \
@@ -289,5 +293,15 @@ static int panels(const void *const *tables, const float *const *d, const int32_
     return tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, gs, ldg, nrows, out);
 }
 
-const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR, NP, quantize_row, table_len,
-                                                    build_table, panels};
+/* wq8_gemm_avx512.c: the prefill GEMM and the int8 peak probe */
+extern const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_avx512;
+uint64_t takane_q8_probe_int8_avx512(uint64_t iters, int32_t *sink);
+
+const takane_q8_ukernel takane_q8_ukernel_avx512 = {MR,
+                                                    NP,
+                                                    quantize_row,
+                                                    table_len,
+                                                    build_table,
+                                                    panels,
+                                                    takane_q8_probe_int8_avx512,
+                                                    &takane_q8_gemm_ukernel_avx512};

@@ -126,5 +126,14 @@ static int panels(const void *const *tables, const float *const *d, const int32_
     return panel_plain(q, d[0], nq[0], pan, kw, gw, gs, ldg, nrows, out);
 }
 
-const takane_q8_ukernel takane_q8_ukernel_neon = {MR, NP, takane_q8_quantize_row_portable,
-                                                  table_len, build_table, panels};
+/* wq8_gemm_neon.c: the prefill GEMM (SDOT CPUs only) */
+extern const takane_q8_gemm_ukernel takane_q8_gemm_ukernel_neon;
+
+const takane_q8_ukernel takane_q8_ukernel_neon = {MR,
+                                                  NP,
+                                                  takane_q8_quantize_row_portable,
+                                                  table_len,
+                                                  build_table,
+                                                  panels,
+                                                  NULL,
+                                                  &takane_q8_gemm_ukernel_neon};

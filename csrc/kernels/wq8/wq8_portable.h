@@ -65,5 +65,6 @@ static int panels(const void *const *tables, const float *const *d, const int32_
     return bad;
 }
 
-const takane_q8_ukernel WQ8_NAME = {MR, NP, takane_q8_quantize_row_portable, table_len,
-                                    build_table, panels};
+/* no int8 peak probe, no prefill GEMM: the panel kernel serves every M */
+const takane_q8_ukernel WQ8_NAME = {MR,         NP,     takane_q8_quantize_row_portable,
+                                    table_len,  build_table, panels, NULL, NULL};
