@@ -1,5 +1,6 @@
 """llama.cpp on takane_kernels (integrations/llama.cpp): the CPU_TAKANE buffer type against
-stock llama.cpp, same binary and model file, on a tiny synthetic Qwen3 model.
+stock llama.cpp, same binary and model file, on tiny synthetic Qwen3 models (``tiny``: untied
+output projection; ``tiny-tied``: token_embd serves both GET_ROWS and the output MUL_MAT).
 
 Needs a build: ``bash integrations/llama.cpp/build.sh DEST`` then ``TAKANE_LLAMA_CPP_TAKANE=DEST``
 (skips otherwise; CI sets it and fails on a skip). Checks: CPU_TAKANE really held the weights in
@@ -19,16 +20,25 @@ DEST = os.environ.get("TAKANE_LLAMA_CPP_TAKANE")
 pytestmark = pytest.mark.skipif(not DEST, reason="set TAKANE_LLAMA_CPP_TAKANE=DEST (integrations/llama.cpp/build.sh DEST)")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def _model(tmp_path_factory, name):
     pytest.importorskip("gguf")
-    path = tmp_path_factory.mktemp("llamacpp") / "tiny.gguf"
-    llamacpp.write_model("tiny", str(path), log=lambda *a: None)
+    path = tmp_path_factory.mktemp("llamacpp") / f"{name}.gguf"
+    llamacpp.write_model(name, str(path), log=lambda *a: None)
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _model(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_tied(tmp_path_factory):
+    return _model(tmp_path_factory, "tiny-tied")
+
+
 def test_kl_divergence_against_stock(tiny, tmp_path):
-    kl = llamacpp.kl_check(DEST, tiny, str(tmp_path), threads=2, ctx=256, min_tokens=4096)
+    kl = llamacpp.kl_check(DEST, tiny, str(tmp_path), threads=2, ctx=256, min_tokens=4096, baseline=False)
     assert kl["takane_used"], "CPU_TAKANE held no weights in the takane run"
     assert not kl["stock_used_takane"], "CPU_TAKANE held weights in the -nr (stock) run"
     assert kl["tokens"] >= 4096
@@ -38,14 +48,16 @@ def test_kl_divergence_against_stock(tiny, tmp_path):
     assert kl["same_top_pct"] >= 99.0, kl
 
 
-def test_greedy_generation_identical(tiny):
-    for g in llamacpp.greedy_check(DEST, tiny, threads=2):
+@pytest.mark.parametrize("model", ["tiny", "tiny_tied"])
+def test_greedy_generation_identical(model, request):
+    path = request.getfixturevalue(model)
+    for g in llamacpp.greedy_check(DEST, path, threads=2):
         assert g["takane_used"] and not g["stock_used_takane"], g
         assert g["identical"], g
         assert len(g["stock"]) > 0
 
 
-def test_bench_runs_both_paths(tiny):
-    out = llamacpp.llama_bench(DEST, tiny, [2], pp=64, tg=8, reps=1)["results"]
+def test_bench_runs_both_paths(tiny_tied):
+    out = llamacpp.llama_bench(DEST, tiny_tied, [2], pp=64, tg=8, reps=1)["results"]
     assert set(out) == {(r, 2, k) for r in (True, False) for k in ("pp", "tg")}
     assert all(v["tok_s"] > 0 for v in out.values())

@@ -21,10 +21,10 @@
 // bytes are no longer Q1_0), as in ggml's other repacking buffer types.
 //
 // Compute, on ggml's own threads (takane_kernels starts none here): every thread quantizes
-// its share of src1's rows to Q8_0 into the shared work buffer (takane_quantize_q8_0,
-// bit-identical to ggml's quantize_row_q8_0_ref, so the activations are exactly the ones the
-// stock Q1_0 x Q8_0 path would use), a barrier, then each thread computes its share of the
-// weight rows (output columns) for the whole batch with takane_matmul_q8_0_rows into dst.
+// its share of src1's rows to Q8_0 into the shared work buffer (with ggml's own quantizer, so
+// the activations are exactly the ones the stock Q1_0 x Q8_0 path uses; see mul_mat), a
+// barrier, then each thread computes its share of the weight rows (output columns) for the
+// whole batch with takane_matmul_q8_0_rows into dst.
 
 #include "ggml-cpu-takane.h"
 
@@ -37,6 +37,7 @@
 #include <takane/takane.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -64,6 +65,14 @@ void check(takane_status st, const char * what, const ggml_tensor * t) {
     if (st != TAKANE_OK) {
         GGML_ABORT("CPU_TAKANE: %s on tensor '%s' failed: %s", what, t->name, takane_status_string(st));
     }
+}
+
+bool use_ref_quantizer() {
+    static const bool ref = [] {
+        const char * v = getenv("TAKANE_GGML_Q8_0");
+        return v != nullptr && strcmp(v, "ref") == 0;
+    }();
+    return ref;
 }
 
 class takane_traits : public ggml::cpu::tensor_traits {
@@ -115,12 +124,22 @@ class takane_traits : public ggml::cpu::tensor_traits {
 
         // 1. Quantize rows [ith*m/nth, (ith+1)*m/nth) of src1 (flattened over i11, i12, i13;
         // src1's own strides, so a permuted or strided batch is read correctly) into q, one
-        // contiguous Q8_0 row per flat index. A NaN / infinity in the activations is not an
-        // error here: the block is written so that the product is NaN / infinite, as ggml's.
+        // contiguous Q8_0 row per flat index. By default with ggml's own Q8_0 quantizer, the one
+        // the stock Q1_0 path uses on this CPU: on x86 it is a SIMD version that differs from
+        // quantize_row_q8_0_ref (multiplier 127/amax, round half to even) in rare elements, so
+        // only with it are the activations exactly stock's and the comparison one of kernels.
+        // TAKANE_GGML_Q8_0=ref selects takane_quantize_q8_0 (bit-identical to the _ref version).
+        // A NaN / infinity in the activations is not an error here: the block is written so that
+        // the product is NaN / infinite, as ggml's is.
+        const ggml_from_float_t from_float = use_ref_quantizer() ? nullptr : ggml_get_type_traits_cpu(GGML_TYPE_Q8_0)->from_float;
         for (int64_t r = ith * m / nth; r < (ith + 1) * m / nth; r++) {
             const int64_t i11 = r % ne11, i12 = (r / ne11) % ne12, i13 = r / (ne11 * ne12);
             const float * x = (const float *) ((const char *) src1->data + i11 * src1->nb[1] + i12 * src1->nb[2] +
                                                i13 * src1->nb[3]);
+            if (from_float) {
+                from_float(x, q + r * row_q, k);
+                continue;
+            }
             const takane_status st = takane_quantize_q8_0(1, k, x, k, q + r * row_q, (int64_t) row_q);
             if (st != TAKANE_ERR_NAN && st != TAKANE_ERR_NOT_FINITE) {
                 check(st, "takane_quantize_q8_0", src1);
