@@ -50,11 +50,17 @@ def test_kl_divergence_against_stock(tiny, tmp_path):
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_tied"])
 def test_greedy_generation_identical(model, request):
+    """64 greedy tokens per prompt: identical to stock, or, where they part, at a near-tie that
+    stock llama.cpp itself flips when only its float summation order changes (flash attention
+    off): the baseline then parts from stock no later than takane does. At least one prompt must
+    be identical all the way."""
     path = request.getfixturevalue(model)
-    for g in llamacpp.greedy_check(DEST, path, threads=2):
+    runs = llamacpp.greedy_check(DEST, path, threads=2)
+    for g in runs:
         assert g["takane_used"] and not g["stock_used_takane"], g
-        assert g["identical"], g
         assert len(g["stock"]) > 0
+        assert g["identical"] or (not g["baseline_identical"] and g["baseline_common_prefix"] <= g["common_prefix"]), g
+    assert any(g["identical"] for g in runs)
 
 
 def test_bench_runs_both_paths(tiny_tied):

@@ -357,13 +357,14 @@ def kl_check(dest: str, model: str, workdir: str, *, threads: int, ctx: int, min
     return out
 
 
-def greedy(dest: str, model: str, prompt: str, *, takane: bool, threads: int, n: int = 64) -> tuple[str, bool]:
+def greedy(dest: str, model: str, prompt: str, *, takane: bool, threads: int, n: int = 64,
+           extra=()) -> tuple[str, bool]:
     """(generated text, whether CPU_TAKANE held weights) of llama-completion's greedy decoding.
     The text goes through llama.cpp's asynchronous logger, which can drop the last lines at exit
     (llama.cpp issue 22142): a run whose closing timing lines are missing is repeated."""
     cmd = [_exe(dest, "llama-completion"), "-m", model, "-p", prompt, "-n", str(n), "--temp", "0", "--top-k", "1",
            "--ignore-eos", "-no-cnv", "--no-display-prompt", "-t", str(threads), "-s", "1", "--no-warmup",
-           "-v"]  # -v: the load log (which buffer types hold weights) goes to stderr
+           "-v", *extra]  # -v: the load log (which buffer types hold weights) goes to stderr
     if not takane:
         cmd.append("-nr")
     for _ in range(5):
@@ -373,13 +374,26 @@ def greedy(dest: str, model: str, prompt: str, *, takane: bool, threads: int, n:
     raise RuntimeError(f"llama-completion's output was cut short 5 times: {' '.join(cmd)}")
 
 
-def greedy_check(dest: str, model: str, *, threads: int, prompts=PROMPTS, n: int = 64) -> list[dict]:
+def _common_prefix(a: str, b: str) -> int:
+    return next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+
+
+def greedy_check(dest: str, model: str, *, threads: int, prompts=PROMPTS, n: int = 64, baseline: bool = True) -> list[dict]:
+    """Greedy generation of n tokens per prompt, stock and takane, compared as text (common
+    prefix in characters when they differ). baseline: also stock with flash attention off, to
+    show whether the prompt sits on a near-tie that llama.cpp itself flips under a change of
+    float summation order."""
     out = []
     for p in prompts:
         stock, s_used = greedy(dest, model, p, takane=False, threads=threads, n=n)
         ours, t_used = greedy(dest, model, p, takane=True, threads=threads, n=n)
-        out.append({"prompt": p, "identical": stock == ours, "stock": stock, "takane": ours,
-                    "takane_used": t_used, "stock_used_takane": s_used})
+        rec = {"prompt": p, "identical": stock == ours, "common_prefix": _common_prefix(stock, ours),
+               "chars": len(stock), "stock": stock, "takane": ours, "takane_used": t_used, "stock_used_takane": s_used}
+        if baseline:
+            fa_off, _ = greedy(dest, model, p, takane=False, threads=threads, n=n, extra=("-fa", "off"))
+            rec["baseline_identical"] = fa_off == stock
+            rec["baseline_common_prefix"] = _common_prefix(stock, fa_off)
+        out.append(rec)
     return out
 
 
@@ -457,4 +471,9 @@ def print_side_by_side(rep: dict, file=None) -> None:
         same = sum(g["identical"] for g in rep["greedy"])
         p(f"\n  greedy generation, 64 tokens: {same}/{len(rep['greedy'])} prompts identical (stock vs takane)")
         for g in rep["greedy"]:
-            p(f"    {g['prompt']!r}: {'identical' if g['identical'] else 'DIFFERENT'}")
+            base = ""
+            if "baseline_identical" in g:
+                base = ("; stock vs stock -fa off: " + ("identical" if g["baseline_identical"] else
+                        f"differ after {g['baseline_common_prefix']} characters"))
+            p(f"    {g['prompt']!r}: " + ("identical" if g["identical"] else
+              f"differ after {g['common_prefix']} of {g['chars']} characters") + base)
