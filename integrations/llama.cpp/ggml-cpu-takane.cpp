@@ -23,8 +23,8 @@
 // Compute, on ggml's own threads (takane_kernels starts none here): every thread quantizes
 // its share of src1's rows to Q8_0 into the shared work buffer (with ggml's own quantizer, so
 // the activations are exactly the ones the stock Q1_0 x Q8_0 path uses; see mul_mat), a
-// barrier, then each thread computes its share of the weight rows (output columns) for the
-// whole batch with takane_matmul_q8_0_rows into dst.
+// barrier, then the threads take chunks of weight rows (output columns) for the whole batch
+// and compute them with takane_matmul_q8_0_rows into dst.
 
 #include "ggml-cpu-takane.h"
 
@@ -145,24 +145,35 @@ class takane_traits : public ggml::cpu::tensor_traits {
                 check(st, "takane_quantize_q8_0", src1);
             }
         }
+        // Chunks of weight rows are handed out dynamically (below): thread 0 sets the counter
+        // before the barrier, and every thread starts with chunk ith.
+        const int64_t nchunk = nth == 1 ? 1 : 8 * (int64_t) nth;
+        if (ith == 0 && nth > 1) {
+            ggml_threadpool_chunk_set(params->threadpool, nth);
+        }
         ggml_barrier(params->threadpool);
 
-        // 2. This thread's weight rows: equal shares of n, each a multiple of TAKANE_ROW_ALIGN
-        // (no edge work inside a share); threads past the end get an empty range.
-        const int64_t per = ((n + nth - 1) / nth + TAKANE_ROW_ALIGN - 1) / TAKANE_ROW_ALIGN * TAKANE_ROW_ALIGN;
-        const int64_t r0 = ith * per < n ? ith * per : n;
-        const int64_t r1 = r0 + per < n ? r0 + per : n;
-        if (r0 >= r1) {
-            return;
-        }
+        // 2. Weight rows (output columns) in nchunk chunks of equal size, each a multiple of
+        // TAKANE_ROW_ALIGN (no edge work inside a chunk), taken first-come first-served. Dynamic
+        // rather than a static 1/nth share: on a machine where other processes hold cores, a
+        // thread that is descheduled would otherwise leave the others spinning at ggml's next
+        // barrier (ggml's own matmul hands out chunks the same way).
         const takane_weights * w = handle_of(src0);
         const size_t scratch_bytes = pad64((size_t) takane_matmul_q8_0_scratch_size(w, m));
         char * scratch = q + pad64((size_t) m * row_q) + (size_t) ith * scratch_bytes;
-        // dst is contiguous (supports_op), so flat row r of the batch is at r * nb1.
-        check(takane_matmul_q8_0_rows(w, r0, r1, m, q, (int64_t) row_q, nullptr, nullptr, 0, nullptr,
-                                      (float *) dst->data, (int64_t) (dst->nb[1] / sizeof(float)),
-                                      scratch, (int64_t) scratch_bytes),
-              "takane_matmul_q8_0_rows", src0);
+        const int64_t per = ((n + nchunk - 1) / nchunk + TAKANE_ROW_ALIGN - 1) / TAKANE_ROW_ALIGN * TAKANE_ROW_ALIGN;
+        for (int64_t chunk = ith; chunk < nchunk;) {
+            const int64_t r0 = chunk * per;
+            const int64_t r1 = r0 + per < n ? r0 + per : n;
+            if (r0 < r1) {
+                // dst is contiguous (supports_op), so flat row r of the batch is at r * nb1.
+                check(takane_matmul_q8_0_rows(w, r0, r1, m, q, (int64_t) row_q, nullptr, nullptr, 0, nullptr,
+                                              (float *) dst->data, (int64_t) (dst->nb[1] / sizeof(float)),
+                                              scratch, (int64_t) scratch_bytes),
+                      "takane_matmul_q8_0_rows", src0);
+            }
+            chunk = nth == 1 ? nchunk : ggml_threadpool_chunk_add(params->threadpool, 1);
+        }
     }
 
     // dst row i = weight row ids[i], as float32 (the embedding lookup). Rows split over threads.

@@ -412,7 +412,9 @@ def side_by_side(dest: str, name: str, *, model_path: str | None = None, threads
     log(f"llama-bench pp{pp} / tg{tg}, --repack 1 (takane) vs 0 (stock), threads {list(threads)} ...")
     for t in threads:  # the bandwidth each thread count can draw, measured in this run
         rep["dram"][t] = dram_bandwidth(t)
+    rep["loadavg_before"] = os.getloadavg()[0]
     bench = llama_bench(dest, model, threads, pp=pp, tg=tg, reps=reps)
+    rep["loadavg_after"] = os.getloadavg()[0]
     rep["bench_command"] = bench["command"]
     rows = []
     for t in threads:
@@ -453,6 +455,9 @@ def print_side_by_side(rep: dict, file=None) -> None:
               if "takane_gb_s" in r else f"{'-':>11s} {'-':>10s} {'-':>9s} {'-':>6s}")
         p(f"  {r['test']:8s} {r['threads']:3d} {r['takane_tok_s']:12.1f} {r['stock_tok_s']:11.1f} {r['ratio']:5.2f}x {bw}")
     p(f"  command: {rep['bench_command']}")
+    if "loadavg_before" in rep:
+        p(f"  1-minute load average before / after: {rep['loadavg_before']:.1f} / {rep['loadavg_after']:.1f} "
+          f"on {os.cpu_count()} CPUs (other work on the machine slows both paths, unevenly)")
     p("  GB/s: Q1_0 bytes of every matrix a token multiplies (embedding: one row) x tok/s; DRAM: numpy read, same run")
     if "kl" in rep:
         k = rep["kl"]
