@@ -76,6 +76,9 @@ for f in ggml-cpu-takane.cpp ggml-cpu-takane.h; do
 done
 
 # 3. Configure (every run: cheap, and keeps the options right) and build the tools.
+# ccache keys on absolute paths unless given a base directory: with DEST as the base, a fresh
+# DEST (or a CI checkout in another directory) still hits the cache.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$dest}
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 cli=()
