@@ -121,6 +121,68 @@ def test_gguf_option_times_the_q1_0_tensors(monkeypatch, capsys, tmp_path):
         _llm.main(["--gguf", str(empty), "--threads", "1"])
 
 
+def test_gguf_option_treats_token_embd_as_a_lookup(monkeypatch, capsys, tmp_path):
+    """A Q1_0 token_embd is a lookup: left out when the file has output.weight; with tied
+    embeddings (no output.weight) it is timed once, as the output projection."""
+    from takane_kernels import gguf
+
+    w = dict(_llm.random_weights([("token_embd.weight", 64, 128), ("blk.0.attn_q.weight", 16, 128),
+                                  ("output.weight", 64, 128)]))
+    monkeypatch.delenv("TAKANE_LLAMA_CPP", raising=False)
+    args = ["--threads", "1", "--modes", "q8_0", "--tokens", "1", "--prefill", "0", "--budget", "0.1",
+            "--dram-mb", "8", "--json"]
+    for names, matrices in ((("token_embd.weight", "blk.0.attn_q.weight", "output.weight"), 2),
+                            (("token_embd.weight", "blk.0.attn_q.weight"), 2)):
+        path = tmp_path / f"m{len(names)}.gguf"
+        gguf.save(path, {n: w[n] for n in names}, arch="llama")
+        assert _llm.main(["--gguf", str(path), *args]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["matrices"] == matrices and report["params"] == 64 * 128 + 16 * 128
+
+
+def test_every_llm_option_has_a_help_text():
+    import argparse
+
+    captured = {}
+    real = argparse.ArgumentParser.parse_args
+
+    def grab(self, *a, **kw):
+        captured["p"] = self
+        raise SystemExit(0)
+
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        with pytest.raises(SystemExit):
+            _llm.main([])
+    finally:
+        argparse.ArgumentParser.parse_args = real
+    for action in captured["p"]._actions:
+        assert action.help, action.option_strings
+
+
+def test_model_option_writes_a_qwen3_gguf(tmp_path):
+    """llm --model tiny --out FILE: a Qwen3 GGUF llama.cpp can load — Q1_0 matrices, F32 norms,
+    the metadata keys of the architecture and a SentencePiece vocabulary with byte fallback."""
+    from takane_kernels import gguf
+    from takane_kernels.programs import llamacpp
+
+    out = tmp_path / "tiny.gguf"
+    assert _llm.main(["--model", "tiny", "--out", str(out)]) == 0
+    tensors, meta = gguf.load(out), gguf.load_metadata(out)
+    cfg = llamacpp.MODELS["tiny"]
+    assert meta["general.architecture"] == "qwen3" and meta["qwen3.block_count"] == cfg["layers"]
+    assert meta["qwen3.attention.key_length"] == cfg["head_dim"]
+    assert tensors["token_embd.weight"].n == cfg["vocab"] and tensors["token_embd.weight"].k == cfg["hidden"]
+    assert tensors["blk.1.ffn_down.weight"].k == cfg["ffn"] and "output.weight" in tensors
+    assert tensors["output_norm.weight"].dtype == np.float32
+    toks = meta["tokenizer.ggml.tokens"]
+    assert len(toks) == cfg["vocab"] == len(set(toks)) and toks[3] == "<0x00>" and toks[258] == "<0xFF>"
+    info = llamacpp.model_info("bonsai-1.7b")  # shapes only, nothing written
+    assert info["params"] == 151936 * 2048 + 28 * (2048 * 2048 * 2 + 1024 * 2048 * 2 + 3 * 6144 * 2048)
+    # tied: a token reads every layer, the whole embedding (output projection) and one row more
+    assert info["bytes_per_token"] == info["q1_0_bytes"] + 2048 // 128 * 18
+
+
 # under user-mode qemu (.ci/aarch64.sh) the host cannot exec the aarch64 interpreter itself
 EMULATOR = shlex.split(os.environ.get("TAKANE_TEST_EMULATOR", ""))
 

@@ -323,36 +323,95 @@ def main_job_section(threads_list, *, json_out: bool, file=None) -> dict:
     return report
 
 
+def _gguf_weights(path: str, log=print):
+    """The matrices a model multiplies per token, from a GGUF file's Q1_0 tensors. token_embd
+    is a lookup (a token reads one row), not a GEMV: it is left out — unless the file has no
+    output.weight, in which case llama.cpp uses token_embd as the output projection too (tied
+    embeddings) and it is timed once, as that projection."""
+    try:
+        from takane_kernels import gguf
+    except ImportError as e:
+        raise SystemExit(f"--gguf needs takane_kernels.gguf (pip install 'takane-kernels[gguf]'): {e}")
+    # other tensor types (embeddings, norms in other formats) are not ours to time
+    tensors = gguf.load(path, unsupported="skip")
+    weights = [(name, w) for name, w in tensors.items() if isinstance(w, tk.PackedWeights)]
+    if not weights:
+        raise SystemExit(f"{path}: no Q1_0 tensors")
+    if "output.weight" in tensors:
+        weights = [(n, w) for n, w in weights if n != "token_embd.weight"]
+    elif any(n == "token_embd.weight" for n, _ in weights):
+        log("  note: no output.weight: token_embd is timed once per token as the (tied) output projection")
+    return weights
+
+
 def main(argv=None) -> int:
+    from . import llamacpp
+
     p = argparse.ArgumentParser(prog="python -m takane_kernels llm", description=__doc__.split("\n")[0])
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--ffn", type=int, default=5632)
-    p.add_argument("--layers", type=int, default=22)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--gguf", metavar="PATH", help="use the Q1_0 tensors of this GGUF file instead (extra gguf)")
-    p.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and 2)")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    p.add_argument("--tokens", type=int, default=8, help="decode tokens timed per mode (median)")
-    p.add_argument("--prefill", type=int, default=128, help="prefill rows M (0: no prefill)")
-    p.add_argument("--budget", type=float, default=3.0, help="seconds per mode and phase at most (>= 2 runs)")
-    p.add_argument("--dram-mb", type=int, default=256, help="buffer of the DRAM bandwidth measurement (MB)")
-    p.add_argument("--llama-cpp", metavar="DIR", help="llama.cpp build (default: env TAKANE_LLAMA_CPP)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    g = p.add_argument_group("the layer benchmark (default): a Llama decoder's linear layers on takane_kernels")
+    g.add_argument("--hidden", type=int, default=2048, help="model width: K of q/k/v/o/gate/up, N of down (default 2048)")
+    g.add_argument("--ffn", type=int, default=5632, help="FFN width: N of gate/up, K of down (default 5632)")
+    g.add_argument("--layers", type=int, default=22, help="decoder layers (default 22)")
+    g.add_argument("--heads", type=int, default=32, help="attention heads (default 32)")
+    g.add_argument("--kv-heads", type=int, default=4,
+                   help="key/value heads (grouped-query attention: k and v are hidden*kv/heads wide; default 4)")
+    g.add_argument("--gguf", metavar="PATH",
+                   help="time the Q1_0 matrices of this GGUF file instead (extra gguf); token_embd counts as a "
+                        "lookup, or as the output projection when the file ties it")
+    g.add_argument("--threads", type=int, nargs="+", default=None, help="thread counts (default: 1 and 2)")
+    g.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="activation modes: w1a1 (binarized), q8_0 (llama.cpp's W1A8), float32 (default: all)")
+    g.add_argument("--tokens", type=int, default=8, help="decode tokens timed per mode (median)")
+    g.add_argument("--prefill", type=int, default=128, help="prefill rows M (0: no prefill)")
+    g.add_argument("--budget", type=float, default=3.0, help="seconds per mode and phase at most (>= 2 runs)")
+    g.add_argument("--dram-mb", type=int, default=256, help="buffer of the DRAM bandwidth measurement (MB)")
+    g.add_argument("--llama-cpp", metavar="DIR",
+                   help="llama.cpp build: without --model, the Q1_0 peer of bench/build_llamacpp.sh (default: env "
+                        "TAKANE_LLAMA_CPP); with --model, a CPU_TAKANE build of integrations/llama.cpp/build.sh "
+                        "(default: env TAKANE_LLAMA_CPP_TAKANE) for the end-to-end side-by-side")
+    g.add_argument("--json", action="store_true", help="print the report as JSON")
+    e = p.add_argument_group("llama.cpp end to end (--model)")
+    e.add_argument("--model", choices=list(llamacpp.MODELS),
+                   help="a Qwen3 model of this shape with random 1-bit weights: bonsai-1.7b / bonsai-8b "
+                        "(PrismML's Bonsai shapes), tiny (tests). With --out: write it as GGUF; with --llama-cpp: "
+                        "llama.cpp on takane_kernels (CPU_TAKANE) vs stock on it")
+    e.add_argument("--out", metavar="FILE.gguf", help="write the --model's GGUF file here and exit")
+    e.add_argument("--model-file", metavar="FILE.gguf",
+                   help="side-by-side: use this file (written by --out with the same --model) instead of writing "
+                        "one into --workdir")
+    e.add_argument("--seed", type=int, default=0, help="random seed of the model's weights (default 0)")
+    e.add_argument("--workdir", default="build/llamacpp-side-by-side",
+                   help="side-by-side: model file, KL text and logits go here (default build/llamacpp-side-by-side)")
+    e.add_argument("--pp", type=int, default=512, help="side-by-side: llama-bench prompt tokens (default 512)")
+    e.add_argument("--tg", type=int, default=128, help="side-by-side: llama-bench generated tokens (default 128)")
+    e.add_argument("--reps", type=int, default=2, help="side-by-side: llama-bench repetitions (default 2)")
+    e.add_argument("--kl-tokens", type=int, default=4096,
+                   help="side-by-side: tokens scored by the KL-divergence check, at least (default 4096)")
+    e.add_argument("--no-checks", action="store_true",
+                   help="side-by-side: speed only (no KL divergence, no greedy generation)")
     args = p.parse_args(argv)
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    if args.model:
+        if args.out:
+            llamacpp.write_model(args.model, args.out, seed=args.seed, log=log)
+            return 0
+        dest = args.llama_cpp or os.environ.get("TAKANE_LLAMA_CPP_TAKANE")
+        if not dest:
+            p.error("--model needs --out FILE.gguf, or --llama-cpp DEST (integrations/llama.cpp/build.sh DEST)")
+        rep = llamacpp.side_by_side(dest, args.model, model_path=args.model_file, threads=args.threads or [1, 2],
+                                    pp=args.pp, tg=args.tg, reps=args.reps, kl_tokens=args.kl_tokens,
+                                    workdir=args.workdir, checks=not args.no_checks, log=log)
+        if args.json:
+            print(json.dumps(rep, indent=1, default=str))
+        else:
+            llamacpp.print_side_by_side(rep)
+        return 0
+    if args.out:
+        p.error("--out writes a --model's file: give --model too")
     if args.gguf:
-        try:
-            from takane_kernels import gguf
-        except ImportError as e:
-            raise SystemExit(f"--gguf needs takane_kernels.gguf (pip install 'takane-kernels[gguf]'): {e}")
-        # other tensor types (embeddings, norms in other formats) are not ours to time
-        tensors = gguf.load(args.gguf, unsupported="skip")
-        weights = [(name, w) for name, w in tensors.items() if isinstance(w, tk.PackedWeights)]
-        if not weights:
-            raise SystemExit(f"{args.gguf}: no Q1_0 tensors")
+        weights = _gguf_weights(args.gguf, log=log)
     else:
         weights = random_weights(llama_shapes(args.hidden, args.ffn, args.layers, args.heads, args.kv_heads))
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     report = run(weights=weights, threads_list=args.threads or [1, 2], modes=args.modes, tokens=args.tokens,
                  prefill=args.prefill, budget_s=args.budget, dram_mb=args.dram_mb, llama_cpp=args.llama_cpp, log=log)
     if args.gguf and report["llama_cpp"]["available"]:
