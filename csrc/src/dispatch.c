@@ -215,17 +215,25 @@ static double thread_seconds(void) {
     return now_seconds();
 }
 
+/* The registry index a probe of `isa` measures (TAKANE_ISA_AUTO: the active set), or the
+ * error for an unknown or unsupported ISA. */
+static takane_status probe_set(takane_isa isa, int *idx) {
+    ensure_init();
+    if (isa == TAKANE_ISA_AUTO) {
+        *idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
+        return TAKANE_OK;
+    }
+    if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
+    if (!(supported_mask & (1u << isa)) || (*idx = index_of(isa)) < 0)
+        return TAKANE_ERR_ISA_UNSUPPORTED;
+    return TAKANE_OK;
+}
+
 takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_per_second) {
     if (!bitmacs_per_second) return TAKANE_ERR_NULL_POINTER;
-    ensure_init();
     int idx;
-    if (isa == TAKANE_ISA_AUTO) {
-        idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
-    } else {
-        if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
-        if (!(supported_mask & (1u << isa)) || (idx = index_of(isa)) < 0)
-            return TAKANE_ERR_ISA_UNSUPPORTED;
-    }
+    const takane_status st = probe_set(isa, &idx);
+    if (st != TAKANE_OK) return st;
     const takane_matmul_ukernel *uk = registry[idx].matmul;
     if (!uk->probe && !uk->panel_tile) return TAKANE_ERR_ISA_UNSUPPORTED;
     if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */
@@ -331,15 +339,9 @@ const char *takane_isa_kernels(takane_isa isa) {
 
 takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second) {
     if (!macs_per_second) return TAKANE_ERR_NULL_POINTER;
-    ensure_init();
     int idx;
-    if (isa == TAKANE_ISA_AUTO) {
-        idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
-    } else {
-        if (takane_isa_name(isa) == NULL) return TAKANE_ERR_ISA_UNKNOWN;
-        if (!(supported_mask & (1u << isa)) || (idx = index_of(isa)) < 0)
-            return TAKANE_ERR_ISA_UNSUPPORTED;
-    }
+    const takane_status st = probe_set(isa, &idx);
+    if (st != TAKANE_OK) return st;
     const takane_q8_ukernel *uk = registry[idx].q8;
     if (!uk->probe_int8) return TAKANE_ERR_ISA_UNSUPPORTED;
     if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */

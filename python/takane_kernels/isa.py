@@ -91,11 +91,16 @@ def peak(name: str | None = None, seconds: float = 0.2) -> float:
     in bit-MACs per second: the higher of a register-resident loop of the kernels' own
     instruction sequence and the panel microkernel on L1-resident data, best of repeated
     runs over about ``seconds``. Benchmarks divide by it."""
+    return _probe(lib.takane_probe_peak, name, seconds, "is not supported here")
+
+
+def _probe(fn, name: str | None, seconds: float, unsupported: str) -> float:
+    """Run a C peak probe on ISA ``name`` (None: the active one)."""
     value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
     out = ffi.new("double *")
-    status = lib.takane_probe_peak(value, float(seconds), out)
+    status = fn(value, float(seconds), out)
     if status == lib.TAKANE_ERR_ISA_UNSUPPORTED:
-        raise ValueError(f"ISA {name!r} is not supported here (supported: {', '.join(supported())})")
+        raise ValueError(f"ISA {name!r} {unsupported} (supported: {', '.join(supported())})")
     if status != lib.TAKANE_OK:  # pragma: no cover
         raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
     return float(out[0])
@@ -121,14 +126,7 @@ def peak_int8(name: str | None = None, seconds: float = 0.2) -> float:
     prefill GEMM uses (AVX-512 VNNI ``VPDPBUSD``; AVX2 ``VPMADDUBSW``), best of repeated
     runs over about ``seconds`` of this thread's CPU time. ValueError for an ISA without an
     int8 GEMM (its probe)."""
-    value = lib.TAKANE_ISA_AUTO if name is None else _isa_value(name)
-    out = ffi.new("double *")
-    status = lib.takane_probe_peak_int8(value, float(seconds), out)
-    if status == lib.TAKANE_ERR_ISA_UNSUPPORTED:
-        raise ValueError(f"ISA {name!r} has no int8 peak probe here (supported: {', '.join(supported())})")
-    if status != lib.TAKANE_OK:  # pragma: no cover
-        raise RuntimeError(ffi.string(lib.takane_status_string(status)).decode())
-    return float(out[0])
+    return _probe(lib.takane_probe_peak_int8, name, seconds, "has no int8 peak probe here")
 
 
 _dram_buffers: dict = {}
