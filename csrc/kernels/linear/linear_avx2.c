@@ -128,4 +128,4 @@ static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const
 
 /* no fused conv epilogue yet (panel_epi NULL): the conv framework's general path */
 const takane_linear_ukernel takane_linear_ukernel_avx2 = {pack_row, affine_row, affine_bits_row,
-                                                          int_bits_row, NULL};
+                                                          int_bits_row, NULL, 0};

@@ -74,4 +74,4 @@ static void int_bits_row(const int32_t *d, int64_t n, const int32_t *tint, const
 
 /* no fused conv epilogue (panel_epi NULL): the conv framework's general path */
 const takane_linear_ukernel takane_linear_ukernel_scalar = {pack_row, affine_row,
-                                                            affine_bits_row, int_bits_row, NULL};
+                                                            affine_bits_row, int_bits_row, NULL, 0};
