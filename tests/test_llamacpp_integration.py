@@ -58,7 +58,7 @@ def test_greedy_generation_identical(model, request):
     runs = llamacpp.greedy_check(DEST, path, threads=2)
     for g in runs:
         assert g["takane_used"] and not g["stock_used_takane"], g
-        assert len(g["stock"]) > 0
+        assert g["chars"] >= 64, g  # 64 tokens of 1-4 characters were compared (not a lost log)
         assert g["identical"] or (not g["baseline_identical"] and g["baseline_common_prefix"] <= g["common_prefix"]), g
     assert any(g["identical"] for g in runs)
 
