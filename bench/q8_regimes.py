@@ -3,6 +3,7 @@ vs numpy float32, batched decode from a cold stack, and the machine limits, in o
 
     python bench/q8_regimes.py prefill [--rounds 4]
     python bench/q8_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3]
+    python bench/q8_regimes.py gemv [--rounds 4]
 
 Every member runs once per round, rounds interleaved, and the best round counts (other jobs
 only ever slow a run down). One-thread members are timed in this thread's CPU time
@@ -125,15 +126,62 @@ def batched(ms, rounds, threads):
               f"{100 * total / s / dram[threads]:.0f}% of DRAM, {s / best[ms[0]]:.2f}x M={ms[0]}", flush=True)
 
 
+def q1_0_handle(pw):
+    """A C handle made by takane_weights_from_q1_0: it carries its group scales (stored
+    panel-major, in the kernels' lane order), so calls pass none."""
+    from takane_kernels._takane import ffi, lib
+
+    q = tk.to_q1_0(pw)
+    out = ffi.new("takane_weights **")
+    st = lib.takane_weights_from_q1_0(pw.n, pw.k, ffi.from_buffer("uint8_t[]", q), q.shape[1], ffi.NULL, 0, out)
+    assert st == lib.TAKANE_OK, st
+    return ffi.gc(out[0], lib.takane_weights_free)
+
+
+def gemv(rounds, calls=200):
+    """Warm decode GEMV 1x4096x4096 (G = 128), 1 thread: the group scales passed by the
+    caller (row-major, as PackedWeights does) vs carried by a Q1_0 handle (panel-major)."""
+    from takane_kernels._takane import ffi, lib
+
+    rng = np.random.default_rng(0)
+    n = k = 4096
+    pw = layer(rng, n, k)
+    h = q1_0_handle(pw)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    y = np.empty((1, n), np.float32)
+    xp, yp = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
+    q8 = lib.TAKANE_ACTIVATIONS_Q8_0
+
+    def handle_call():
+        for _ in range(calls):
+            lib.takane_binary_weight_matmul_prepacked_ex(h, 1, xp, k, ffi.NULL, ffi.NULL, ffi.NULL, 0,
+                                                         ffi.NULL, q8, yp, n, 1)
+
+    def caller_call():
+        for _ in range(calls):
+            tk.binary_weight_matmul(x, pw, activations="q8_0", out=y, threads=1)
+
+    members = {"caller scales (PackedWeights)": caller_call, "handle scales (from_q1_0)": handle_call}
+    best = {}
+    for _ in range(rounds):
+        for name, f in members.items():
+            best[name] = min(best.get(name, 1e9), timed(f) / calls)
+    print(f"warm GEMV 1x{n}x{k} q8_0 G={G}, 1 thread ({tk.isa.supported()[0]}), best of {rounds} "
+          f"rounds of {calls} calls, CPU time: "
+          + "; ".join(f"{name} {s * 1e6:.1f} us" for name, s in best.items()), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["prefill", "batched"])
+    p.add_argument("what", choices=["prefill", "batched", "gemv"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--ms", default="1,2,4,8,16")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     if a.what == "prefill":
         prefill(a.rounds)
+    elif a.what == "gemv":
+        gemv(a.rounds)
     else:
         batched([int(v) for v in a.ms.split(",")], a.rounds, a.threads)
 

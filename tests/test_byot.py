@@ -159,7 +159,9 @@ def test_q1_0_handle_holds_the_q1_0_weights(n, k, caller_memory):
     assert lib.takane_weights_info(h, *info) == lib.TAKANE_OK
     assert (info[0][0], info[1][0]) == (n, k)
     panels = -(-n // 8) * 8 * k // 8                      # rows padded to whole panels of 8
-    assert info[2][0] == panels + n * (k // 128) * 4        # signs + float32 block scales
+    # signs + float32 block scales, kept panel-major (the kernels' lane order) for whole
+    # panels of rows too (the padding rows' scales are 0)
+    assert info[2][0] == panels + -(-n // 8) * 8 * (k // 128) * 4
     assert info[2][0] <= size <= info[2][0] + 64 + 128      # + the header and alignment
     y = np.full((n, k), np.nan, np.float32)
     assert lib.takane_weights_dequantize_rows(h, 0, n, ffi.from_buffer("float[]", y), k) == lib.TAKANE_OK

@@ -45,6 +45,33 @@ typedef int (*takane_pack_row_fn)(const float *x, int64_t k, const float *t, int
  * last panel are zero (their results are computed and dropped).
  */
 #define TAKANE_PANEL_ROWS 8
+/*
+ * Group scales as every kernel and framework reads them: the scale of row r (counted from
+ * the first row a call covers, which is a multiple of TAKANE_PANEL_ROWS) and group g is
+ *   p[(r / 8) * ps + (r % 8) * rs + g * cs]                              (takane_gs_at)
+ * Two layouts exist: a caller's row-major array (ng per row, row stride ldg: ps = 8 ldg,
+ * rs = ldg, cs = 1) and a handle's own, panel-major in the panels' lane order (for each
+ * panel, group g's 8 rows contiguous: ps = 8 ng, rs = 1, cs = 8), which a kernel may load
+ * as one vector per panel and group with no transposition (takane_gs_panel_major). Rows
+ * past N of a panel-major array hold 0. A NULL takane_gscales pointer means no groups.
+ */
+typedef struct takane_gscales {
+    const float *p;
+    int64_t ps, rs, cs;
+} takane_gscales;
+static inline float takane_gs_at(const takane_gscales *g, int64_t r, int64_t grp) {
+    return g->p[(r / TAKANE_PANEL_ROWS) * g->ps + (r % TAKANE_PANEL_ROWS) * g->rs + grp * g->cs];
+}
+/* The same scales seen from row r0 (a multiple of TAKANE_PANEL_ROWS) on. */
+static inline takane_gscales takane_gs_from(const takane_gscales *g, int64_t r0) {
+    takane_gscales s = *g;
+    s.p += (r0 / TAKANE_PANEL_ROWS) * g->ps;
+    return s;
+}
+static inline int takane_gs_panel_major(const takane_gscales *g) {
+    return g->rs == 1 && g->cs == TAKANE_PANEL_ROWS;
+}
+
 /* Largest panel_np a kernel may declare (the framework's count buffer is sized by it). */
 #define TAKANE_MAX_PANEL_NP 64
 
@@ -165,12 +192,12 @@ typedef struct takane_wfloat_ukernel {
     /* panel_packed with group scales (NULL if the set has none: the framework then calls
      * panel_packed once per group): words [q0, q1) with q0 a multiple of gw cover whole
      * groups of gw words (the last may end at q1 = kw); for i < mr, j < nr,
-     *   acc[i * nr + j] += sum_g gs[j * ldg + g] * (sum over group g's words)
+     *   acc[i * nr + j] += sum_g takane_gs_at(gs, j, g) * (sum over group g's words)
      * (g the group index q / gw; one rounding per group product and add or FMA). Rows
      * j >= nrows must not read gs. Returns nonzero iff a scale read is NaN or infinite. */
     int (*panel_packed_groups)(const float *const *tables, int mr, const uint64_t *panels,
                                int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
-                               const float *gs, int64_t ldg, int64_t nrows, float *acc);
+                               const takane_gscales *gs, int64_t nrows, float *acc);
 } takane_wfloat_ukernel;
 
 /* Largest W1A8 tile any kernel set may declare (framework scratch is sized by it). */
@@ -191,10 +218,10 @@ typedef struct takane_wfloat_ukernel {
  * panels: for i < mr activation rows and the rows j < np * TAKANE_PANEL_ROWS of np
  *   consecutive panels (panel t at panels + t * pstride words), over the groups g of gw
  *   words (words [g*gw, min(kw, (g+1)*gw)); gw = kw without group scales):
- *     out[i * NP * TAKANE_PANEL_ROWS + j] = sum_g gs[j * ldg + g] * sum_{blocks b in g} d[b] * S_b
+ *     out[i * NP * TAKANE_PANEL_ROWS + j] = sum_g gs(j, g) * sum_{blocks b in g} d[b] * S_b
  *     S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b]
- *   with NP the set's np, S_b exact (int32), gs the group scales of the run's first row
- *   (NULL: every factor is 1), and the float sum in any order with at most two roundings
+ *   with NP the set's np, S_b exact (int32), gs(j, g) = takane_gs_at(gs, j, g) the group
+ *   scales seen from the run's first row (gs NULL: every factor is 1), and the float sum in any order with at most two roundings
  *   per product (fl(fl(d * g) * S) or fl(d * S) * g) and one per add or FMA. Rows
  *   j >= nrows (past N) must not read gs (their results are dropped). Returns nonzero iff
  *   a group scale it read is NaN or infinite. Requires 1 <= mr <= the set's mr,
@@ -207,8 +234,8 @@ typedef struct takane_wfloat_ukernel {
  * buffer (e.g. int8 bytes, with the strip's group scales), which the tile then reuses for
  * every activation row:
  * pack: panels of the strip (panel t at panels + t * pstride words; only np <= nr / 8 of
- *   them exist, the missing ones are zero rows), kw words each, group scales gs (row j at
- *   gs + j * ldg, groups of gw words; NULL: none) for rows j < nrows (rows past nrows read
+ *   them exist, the missing ones are zero rows), kw words each, group scales gs (row j,
+ *   group g at takane_gs_at(gs, j, g), groups of gw words; NULL: none) for rows j < nrows (rows past nrows read
  *   no scale) into packed (pack_len(kw, ngroups) bytes, 64-byte aligned). Returns nonzero
  *   iff a group scale it read is NaN or infinite.
  * tile: for i < mr (1 <= mr <= the set's mr) activation rows (q[i]: kw * 64 int8, zero
@@ -223,7 +250,7 @@ typedef struct takane_q8_gemm_ukernel {
     int mr, nr;
     int64_t (*pack_len)(int64_t kw, int64_t ngroups);
     int (*pack)(const uint64_t *panels, int64_t pstride, int np, int64_t kw, int64_t gw,
-                const float *gs, int64_t ldg, int64_t nrows, void *packed);
+                const takane_gscales *gs, int64_t nrows, void *packed);
     void (*tile)(const int8_t *const *q, const float *const *d, const int32_t *const *nq,
                  int mr, const void *packed, int64_t kw, int64_t gw, int has_gs, float *out,
                  int64_t ldo);
@@ -241,7 +268,7 @@ typedef struct takane_q8_ukernel {
     void (*build_table)(const int8_t *q, int64_t kw, void *table);
     int (*panels)(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *panels, int64_t pstride, int np, int64_t kw,
-                  int64_t gw, const float *gs, int64_t ldg, int64_t nrows, float *out);
+                  int64_t gw, const takane_gscales *gs, int64_t nrows, float *out);
     /* Peak probe (may be NULL): a register-resident loop of the int8 multiply-accumulate
      * instruction the GEMM uses, `iters` rounds; returns the MACs done (kept live through
      * *sink). */

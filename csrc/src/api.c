@@ -218,7 +218,8 @@ takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int
     if (k) *k = weights->k;
     if (nbytes)
         *nbytes = weights->npanels * weights->kw * TAKANE_PANEL_ROWS * 8 +
-                  (weights->group_scale ? weights->n * (weights->k / weights->group_size) * 4 : 0);
+                  (weights->group_scale ? weights->npanels * TAKANE_PANEL_ROWS *
+                                              (weights->k / weights->group_size) * 4 : 0);
     return TAKANE_OK;
 }
 

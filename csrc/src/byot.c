@@ -112,7 +112,8 @@ static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int
     if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
     const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
     const double pb = (double)npanels * (double)(k / 64) * TAKANE_PANEL_ROWS * 8.0;
-    const double sb = (double)n * (double)(k / TAKANE_Q1_0_BLOCK) * 4.0;
+    /* the scales panel-major (internal.h): whole panels of rows, those past n zero */
+    const double sb = (double)npanels * TAKANE_PANEL_ROWS * (double)(k / TAKANE_Q1_0_BLOCK) * 4.0;
     if (pb + sb + HEADER_BYTES + 64 > 9.0e18) return TAKANE_ERR_OUT_OF_MEMORY;
     *panel_bytes = (int64_t)pb;
     *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
@@ -157,6 +158,9 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
     h->group_size = h->group_scale ? TAKANE_Q1_0_BLOCK : 0;
     h->storage = mem ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
     const int64_t kw = h->kw;
+    /* panel-major scales: rows past n are 0 (a kernel may load a whole panel's lanes) */
+    if (h->group_scale)
+        memset(h->group_scale, 0, (size_t)(h->npanels * TAKANE_PANEL_ROWS * nb) * sizeof(float));
     /* panel p, word w, row r <- block w / 2 of row p * 8 + r, its (w % 2)-th 8 bytes;
      * rows past n are zero (the kernels compute and drop them) */
     for (int64_t p = 0; p < h->npanels; p++) {
@@ -164,13 +168,14 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
             const int64_t row = p * TAKANE_PANEL_ROWS + r;
             const uint8_t *src = row < n ? (const uint8_t *)q + row * q_row_stride : NULL;
-            float *g = src ? h->group_scale + row * nb : NULL;
+            /* the scale of block b: panel p, group b, lane r */
+            float *g = src ? h->group_scale + p * nb * TAKANE_PANEL_ROWS + r : NULL;
             for (int64_t b = 0; b < nb; b++) {
                 uint64_t wd[2] = {0, 0};
                 if (src) {
                     const uint8_t *blk = src + b * TAKANE_Q1_0_BLOCK_BYTES;
                     memcpy(wd, blk + 2, 16); /* little-endian: the canonical words */
-                    g[b] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                    g[b * TAKANE_PANEL_ROWS] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
                 }
                 panel[(2 * b) * TAKANE_PANEL_ROWS + r] = wd[0];
                 panel[(2 * b + 1) * TAKANE_PANEL_ROWS + r] = wd[1];
@@ -241,6 +246,7 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
     tables = (char *)(((uintptr_t)tables + 63) & ~(uintptr_t)63);
     const int64_t gw = group_scale ? group_size / 64 : kw;
     const int64_t ngroups = (kw + gw - 1) / gw;
+    const takane_gscales gsv = takane_gscales_for(w, group_scale, ngroups);
     /* balanced chunks of at most `chunk` rows: with the GEMM (m >= its threshold) every
      * chunk keeps more than 32 rows, so no tail chunk falls back to the panel kernels and
      * each row gets the same bits as in the library's threaded run of the same m */
@@ -266,7 +272,7 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
                 ni[b] = -sum;
             }
         }
-        if (takane_wq8_block(ks, w, mi, qq, dd, nq, scale, group_scale, gw, ngroups, bias,
+        if (takane_wq8_block(ks, w, mi, qq, dd, nq, scale, group_scale ? &gsv : NULL, gw, ngroups, bias,
                              y + i0 * y_row_stride, y_row_stride, r0, r1, tables))
             return TAKANE_ERR_NOT_FINITE;
     }
@@ -288,11 +294,14 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
     for (int64_t r = r0; r < r1; r++) {
         const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
         const int lane = (int)(r % TAKANE_PANEL_ROWS);
-        const float *g = w->group_scale ? w->group_scale + r * ng : NULL;
+        /* the handle's scales are panel-major: row r's group g at g[g * 8] (internal.h) */
+        const float *g = w->group_scale
+                             ? w->group_scale + (r / TAKANE_PANEL_ROWS) * ng * TAKANE_PANEL_ROWS + lane
+                             : NULL;
         float *yr = y + (r - r0) * y_row_stride;
         for (int64_t c = 0; c < w->k; c++) {
             const uint64_t word = panel[(c / 64) * TAKANE_PANEL_ROWS + lane];
-            const float s = g ? g[c / w->group_size] : 1.0f;
+            const float s = g ? g[(c / w->group_size) * TAKANE_PANEL_ROWS] : 1.0f;
             yr[c] = (word >> (c % 64)) & 1 ? s : -s;
         }
     }

@@ -43,9 +43,12 @@ struct takane_weights {
                           (rows with whole zero padding words; k counts the real bits) */
     int64_t npanels;   /* ceil(n / TAKANE_PANEL_ROWS) */
     uint64_t *panels;  /* npanels * kw * TAKANE_PANEL_ROWS words, 64-byte aligned; NULL if empty */
-    /* Group scales carried by the handle (takane_weights_from_q1_0): n rows of
-     * k / group_size floats (row stride k / group_size), or NULL and 0. The W1A-float and
-     * W1A8 entry points use them when the call passes none (byot.c, api_layers.c). */
+    /* Group scales carried by the handle (takane_weights_from_q1_0), or NULL and 0:
+     * ng = k / group_size per row, stored panel-major in the lane order the kernels read
+     * (kernel.h, takane_gscales): panel p, group g, row r of the panel at
+     * group_scale[(p * ng + g) * TAKANE_PANEL_ROWS + r]; rows past n hold 0. The W1A-float
+     * and W1A8 entry points use them when the call passes none (byot.c, api_layers.c),
+     * passing this pointer on as their group_scale (takane_gscales_for). */
     float *group_scale;
     int64_t group_size;
     /* Where the memory came from, for takane_weights_free: TAKANE_STORAGE_* */
@@ -54,6 +57,20 @@ struct takane_weights {
 #define TAKANE_STORAGE_SEPARATE 0 /* struct and panels allocated apart (weights_create) */
 #define TAKANE_STORAGE_BLOCK 1    /* one block from takane_panels_alloc: struct first */
 #define TAKANE_STORAGE_CALLER 2   /* inside caller memory: never freed by the library */
+
+/* The group scales of a W1A-float / W1A8 run as the kernels address them (kernel.h):
+ * group_scale == w->group_scale is the handle's own array (panel-major), anything else a
+ * caller's row-major array of ng per row; NULL gives p = NULL (no groups). */
+static inline takane_gscales takane_gscales_for(const takane_weights *w,
+                                                const float *group_scale, int64_t ng) {
+    takane_gscales g;
+    g.p = group_scale;
+    if (group_scale && group_scale == w->group_scale)
+        g.ps = ng * TAKANE_PANEL_ROWS, g.rs = 1, g.cs = TAKANE_PANEL_ROWS;
+    else
+        g.ps = ng * TAKANE_PANEL_ROWS, g.rs = ng, g.cs = 1;
+    return g;
+}
 
 /* q1_0.c: fp16 bits -> float32, exact (infinities and NaN kept). */
 float takane_fp16_to_f32(uint16_t h);

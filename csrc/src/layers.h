@@ -68,8 +68,9 @@ static inline int64_t takane_wq8_table_stride(const takane_q8_ukernel *uk, int64
 
 /* wq8.c: on the calling thread, output columns [c0, c1) (0 <= c0 < c1 <= n) of m rows of
  * already-quantized activations (q: rows of kw * 64 int8, d and nq: rows of 2 * kw, as the
- * q8 ukernel's quantize_row writes them) against w, with group scales gs (n rows of
- * ngroups, gw words per group; NULL: gw = kw, ngroups = 1), epilogue y = fl(fl(v * scale)
+ * q8 ukernel's quantize_row writes them) against w, with group scales gs (ngroups per row
+ * in either layout of takane_gscales, from row 0; gw words per group; NULL: gw = kw,
+ * ngroups = 1), epilogue y = fl(fl(v * scale)
  * + bias) into y (row stride ys; columns outside [c0, c1) untouched). tables: scratch of
  * takane_wq8_block_scratch(ks, kw, m) bytes, 64-byte aligned. Regimes: M >= the GEMM's
  * threshold (and a set with a GEMM) -> the prefill GEMM (wq8_gemm.c); else the panel
@@ -85,7 +86,7 @@ int takane_wq8_uses_gemm(const takane_kernel_set *ks, int64_t m);
 
 int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
                      const int8_t *q, const float *d, const int32_t *nq, const float *scale,
-                     const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
-                     int64_t ys, int64_t c0, int64_t c1, void *tables);
+                     const takane_gscales *gs, int64_t gw, int64_t ngroups, const float *bias,
+                     float *y, int64_t ys, int64_t c0, int64_t c1, void *tables);
 
 #endif /* TAKANE_LAYERS_H */

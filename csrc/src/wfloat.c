@@ -101,7 +101,7 @@ typedef struct wf_job {
     const float *x;
     int64_t xs;
     const float *in_scale, *scale, *bias;
-    const float *gs;                   /* group scales (n, ngk) or NULL */
+    const takane_gscales *gs;          /* group scales (ngk per row, either layout) or NULL */
     int64_t gw, ngk;                   /* words per group, groups per row */
     float *y;
     int64_t ys;
@@ -133,7 +133,7 @@ static void add_group(wf_job *job, const float *tmp, int mi, int nr, int64_t j0,
                       int64_t grp, float *acc) {
     const int64_t nj = min64(nr, job->w->n - j0);
     for (int64_t j = 0; j < nj; j++) {
-        const float g = job->gs[(j0 + j) * job->ngk + grp];
+        const float g = takane_gs_at(job->gs, j0 + j, grp);
         if (!isfinite(g)) __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
         for (int i = 0; i < mi; i++) acc[i * nr + j] = acc[i * nr + j] + tmp[i * nr + j] * g;
     }
@@ -212,9 +212,9 @@ static void wf_task(void *ctx, int64_t task) {
                         const int64_t ps = p + 1 < w->npanels ? pstride : 0;
                         if (uk->panel_packed_groups) { /* the groups inside the kernel */
                             const int64_t j0 = g * nr;
+                            const takane_gscales gsj = takane_gs_from(job->gs, j0);
                             if (uk->panel_packed_groups(tp, mi, w->panels + p * pstride, ps, q0,
-                                                        q1, gw, job->gs + j0 * job->ngk, job->ngk,
-                                                        min64(nr, n - j0),
+                                                        q1, gw, &gsj, min64(nr, n - j0),
                                                         acc + (g - g_begin) * mr * nr))
                                 __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE,
                                                  __ATOMIC_RELAXED);
@@ -283,8 +283,10 @@ takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const tak
     const takane_wfloat_ukernel *uk = ks->wfloat;
     const int mr = uk->mr, nr = uk->nr;
     const int64_t gw = group_scale ? group_size / 64 : 1;
-    const float *gs = group_scale && w->kw > 0 ? group_scale : NULL;
-    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, (w->kw + gw - 1) / gw,
+    const int64_t ngk = (w->kw + gw - 1) / gw;
+    const takane_gscales gsv = takane_gscales_for(w, group_scale, ngk);
+    const takane_gscales *gs = group_scale && w->kw > 0 ? &gsv : NULL;
+    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk,
                   y, ys, 0, 0, 0, TAKANE_OK};
     const int64_t ngroups = (w->n + nr - 1) / nr;
     int nthreads = threads > 0 ? threads : takane_default_threads();

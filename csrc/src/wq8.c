@@ -90,7 +90,9 @@ typedef struct q8_job {
     const int8_t *q;        /* m rows of kw*64 */
     const float *d;         /* m rows of 2*kw */
     const int32_t *nq;      /* m rows of 2*kw */
-    const float *scale, *gs, *bias;
+    const float *scale, *bias;
+    const takane_gscales *gs;  /* &gsv or NULL */
+    takane_gscales gsv;
     int64_t gw, ngroups;    /* words per group (kw without group scales), groups per row */
     float *y;
     int64_t ys;
@@ -145,8 +147,8 @@ int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_
 
 int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
                      const int8_t *q, const float *d, const int32_t *nq, const float *scale,
-                     const float *gs, int64_t gw, int64_t ngroups, const float *bias, float *y,
-                     int64_t ys, int64_t c0, int64_t c1, void *tables) {
+                     const takane_gscales *gs, int64_t gw, int64_t ngroups, const float *bias,
+                     float *y, int64_t ys, int64_t c0, int64_t c1, void *tables) {
     const takane_q8_ukernel *uk = ks->q8;
     /* prefill: the GEMM (weights expanded once per strip, reused by every row) */
     if (takane_wq8_uses_gemm(ks, m))
@@ -183,10 +185,11 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
             /* only columns [c0, c1) are written: neighbours may belong to another thread */
             const int64_t ja = j0 < c0 ? c0 - j0 : 0;
             const int64_t jb = min64(nj, c1 - j0);
+            const takane_gscales gsj = gs ? takane_gs_from(gs, j0) : (takane_gscales){0};
             for (int64_t i0 = 0; i0 < mc; i0 += mr) {
                 const int mi = (int)min64(mr, mc - i0);
                 if (uk->panels(tp + i0, dp + i0, qp + i0, mi, w->panels + p0 * pstride, pstride,
-                               npi, kw, gw, gs ? gs + j0 * ngroups : NULL, ngroups, nj, out))
+                               npi, kw, gw, gs ? &gsj : NULL, nj, out))
                     return 1;
                 for (int i = 0; i < mi; i++) {
                     float *yrow = y + (c + i0 + i) * ys + j0;
@@ -264,9 +267,11 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     q8_job job;
     memset(&job, 0, sizeof job);
     job.ks = ks, job.w = w, job.m = m, job.q = q, job.d = d, job.nq = nq;
-    job.scale = scale, job.gs = group_scale, job.bias = bias, job.y = y, job.ys = ys;
+    job.scale = scale, job.bias = bias, job.y = y, job.ys = ys;
     job.gw = group_scale ? group_size / 64 : kw;
     job.ngroups = (kw + job.gw - 1) / job.gw;
+    job.gsv = takane_gscales_for(w, group_scale, job.ngroups);
+    job.gs = group_scale ? &job.gsv : NULL;
     job.failed = TAKANE_OK;
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
     int nthreads = threads > 0 ? threads : takane_default_threads();

@@ -36,7 +36,7 @@ int64_t takane_wq8_gemm_scratch(const takane_q8_gemm_ukernel *g, int64_t kw, int
 takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane_weights *w,
                                    int64_t m, const int8_t *q, const float *d,
                                    const int32_t *nq, int64_t c0, int64_t c1,
-                                   const float *scale, const float *gs, int64_t gw,
+                                   const float *scale, const takane_gscales *gs, int64_t gw,
                                    int64_t ng, const float *bias, float *y, int64_t ys,
                                    void *scratch) {
     const int64_t n = w->n, kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
@@ -53,8 +53,9 @@ takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane
     for (int64_t sp = c0 / TAKANE_PANEL_ROWS; sp * TAKANE_PANEL_ROWS < c1; sp += npp) {
         const int np = (int)min64(npp, w->npanels - sp);
         const int64_t j0 = sp * TAKANE_PANEL_ROWS, nrows = min64(nr, n - j0);
-        if (g->pack(w->panels + sp * pstride, pstride, np, kw, gw, gs ? gs + j0 * ng : NULL, ng,
-                    nrows, packed))
+        const takane_gscales gsj = gs ? takane_gs_from(gs, j0) : (takane_gscales){0};
+        if (g->pack(w->panels + sp * pstride, pstride, np, kw, gw, gs ? &gsj : NULL, nrows,
+                    packed))
             return TAKANE_ERR_NOT_FINITE;
         const int64_t ja = max64(c0, j0), jb = min64(c1, j0 + nrows);
         for (int64_t i0 = r0; i0 < r1; i0 += mr) {

@@ -545,15 +545,18 @@ static void check_prepacked_edges(const takane_isa *all, int n_all) {
  * max |x| = 127 * 2^-3 (so d = 2^-3, an fp16 value, and x * (1/d) is exact), the other
  * values are halves (ties: away from zero), near-halves and integers times 2^-3, and the
  * group scales are powers of two. Then y = sum_b d * g * S_b exactly, so every ISA must
- * give the model's value bit for bit (a single q off by one would show). */
+ * give the model's value bit for bit (a single q off by one would show). grouped: 0 none,
+ * 1 the caller's row-major scales (G = 64), 2 a handle from Q1_0 carrying its own (G = 128,
+ * stored panel-major; n = 37 leaves padding rows in the last panel). */
 static void check_wq8_exact(const takane_isa *all, int n_all) {
-    static const int64_t ks[] = {1, 31, 32, 33, 64, 65, 100, 200, 513};
+    static const int64_t ks[] = {1, 31, 32, 33, 64, 65, 100, 200, 256, 513, 640};
     /* m = 3: the panel kernels; m = 21: the prefill GEMM where a set has one (its
      * threshold is <= 16), 5 row tiles of 4 and an edge row */
     for (size_t a = 0; a < 2 * (sizeof ks / sizeof ks[0]); a++) {
         const int64_t k = ks[a / 2], kw = words_for(k), m = a % 2 ? 21 : 3, n = 37;
-        for (int grouped = 0; grouped < 2; grouped++) {
-            const int64_t gsize = grouped ? 64 : 0, ng = grouped ? (k + 63) / 64 : 0;
+        for (int grouped = 0; grouped < 3; grouped++) {
+            if (grouped == 2 && k % 128 != 0) continue;
+            const int64_t gsize = grouped ? 64 * grouped : 0, ng = grouped ? (k + gsize - 1) / gsize : 0;
             float *x = xmalloc((size_t)(m * k) * sizeof *x);
             float *g = xmalloc((size_t)(n * ng + 1) * sizeof *g);
             uint64_t *w = xmalloc((size_t)(n * kw) * sizeof *w);
@@ -581,15 +584,32 @@ static void check_wq8_exact(const takane_isa *all, int n_all) {
                             const int64_t q = (int64_t)(v < 0 ? -floor(-v + 0.5) : floor(v + 0.5));
                             s += bit(w + j * kw, c) ? q : -q;
                         }
-                        acc += 0.125 * (grouped ? g[j * ng + b * 32 / 64] : 1.0) * (double)s;
+                        acc += 0.125 * (grouped ? g[j * ng + b * 32 / gsize] : 1.0) * (double)s;
                     }
                     model[i * n + j] = acc;
                 }
-            takane_weights *h = make_weights(n, k, w, kw);
+            takane_weights *h = NULL;
+            if (grouped == 2) { /* Q1_0 rows: fp16 d (0.5, 1 or 2: exact), then the words */
+                const int64_t nb = k / 128;
+                uint8_t *q1 = xmalloc((size_t)(n * nb * 18));
+                for (int64_t j = 0; j < n; j++)
+                    for (int64_t b = 0; b < nb; b++) {
+                        uint8_t *blk = q1 + (j * nb + b) * 18;
+                        const float gv = g[j * ng + b];
+                        const uint16_t hb = gv == 0.5f ? 0x3800 : gv == 1.0f ? 0x3C00 : 0x4000;
+                        blk[0] = (uint8_t)hb, blk[1] = (uint8_t)(hb >> 8);
+                        memcpy(blk + 2, w + j * kw + 2 * b, 16); /* little-endian words */
+                    }
+                CHECK(takane_weights_from_q1_0(n, k, q1, nb * 18, NULL, 0, &h) == TAKANE_OK,
+                      "wq8 from_q1_0 k=%ld", (long)k);
+                free(q1);
+            } else {
+                h = make_weights(n, k, w, kw);
+            }
             for (int s = 0; s < n_all; s++) {
                 force(all[s]);
                 const takane_status st = takane_binary_weight_matmul_prepacked_ex(
-                    h, m, x, k, NULL, NULL, grouped ? g : NULL, gsize, NULL,
+                    h, m, x, k, NULL, NULL, grouped == 1 ? g : NULL, grouped == 1 ? gsize : 0, NULL,
                     TAKANE_ACTIVATIONS_Q8_0, y, n, 2);
                 CHECK(st == TAKANE_OK, "wq8 %s k=%ld m=%ld: %s", name(all[s]), (long)k,
                       (long)m, takane_status_string(st));

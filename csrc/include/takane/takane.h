@@ -548,8 +548,9 @@ TAKANE_API takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const flo
                                               int64_t x_row_stride, void *q,
                                               int64_t q_row_stride);
 
-/* Bytes a handle made from Q1_0 rows takes (header, panels and float32 block scales;
- * about 1.11x the Q1_0 bytes). k % 128 != 0 gives TAKANE_ERR_BAD_GROUP_SIZE. */
+/* Bytes a handle made from Q1_0 rows takes (header, panels and float32 block scales, the
+ * scales stored in the kernels' panel order for rows padded to a multiple of 8; about
+ * 1.11x the Q1_0 bytes). k % 128 != 0 gives TAKANE_ERR_BAD_GROUP_SIZE. */
 TAKANE_API takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes);
 
 /* Build a prepacked handle from n rows of k weights in Q1_0 (q, row stride q_row_stride

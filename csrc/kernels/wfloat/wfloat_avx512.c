@@ -206,8 +206,9 @@ DEFINE_PANEL_PACKED(2)
 DEFINE_PANEL_PACKED(3)
 DEFINE_PANEL_PACKED(4)
 
-/* Group scales g0..g0+7 (those >= ldg read as 0) of 16 rows (rows >= nrows repeat row
- * nrows-1; ldg = groups per row) into gv[t], lane r = row r: two 8x8 transposes. */
+/* Row-major group scales g0..g0+7 (those >= ldg read as 0) of 16 rows (rows >= nrows
+ * repeat row nrows-1; ldg = groups per row = the row stride) into gv[t], lane r = row r:
+ * two 8x8 transposes. */
 static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, int64_t g0,
                                  __m512 gv[8]) {
     const __mmask8 m = (__mmask8)(ldg - g0 >= 8 ? 0xFF : (1u << (ldg - g0)) - 1);
@@ -231,8 +232,11 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
 #define DEFINE_PANEL_GROUPS(ROWS)                                                          \
     static int panel_groups_##ROWS(const float *const *tables, const uint64_t *p0,         \
                                    const uint64_t *p1, int64_t pstride, int64_t q0,        \
-                                   int64_t q1, int64_t gw, const float *gs, int64_t ldg,   \
+                                   int64_t q1, int64_t gw, const takane_gscales *gs,       \
                                    int64_t nrows, float *acc_out) {                        \
+        /* a handle's own scales (panel-major): one 256-bit load per panel and group; a   \
+         * caller's row-major ones (row stride = groups per row): transposed 8 at a time */ \
+        const int pm = takane_gs_panel_major(gs);                                          \
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,  \
                                                24, 26, 28, 30);                            \
         const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
@@ -267,8 +271,20 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
                 }                                                                          \
             }                                                                              \
             const int64_t grp = a / gw;                                                    \
-            if (a == q0 || grp % 8 == 0) load_scales16(gs, ldg, nrows, grp - grp % 8, gv);  \
-            const __m512 g = gv[grp % 8];                                                  \
+            __m512 g;                                                                      \
+            if (pm) {                                                                      \
+                /* rows past N hold 0; a missing second panel reads nothing */             \
+                const __m256 lo = _mm256_loadu_ps(gs->p + grp * TAKANE_PANEL_ROWS);        \
+                const __m256 hi = nrows > TAKANE_PANEL_ROWS                                \
+                                      ? _mm256_loadu_ps(gs->p + gs->ps + grp * TAKANE_PANEL_ROWS) \
+                                      : _mm256_setzero_ps();                               \
+                g = _mm512_castsi512_ps(_mm512_inserti64x4(                                \
+                    _mm512_castsi256_si512(_mm256_castps_si256(lo)), _mm256_castps_si256(hi), 1)); \
+            } else {                                                                       \
+                if (a == q0 || grp % 8 == 0)                                               \
+                    load_scales16(gs->p, gs->rs, nrows, grp - grp % 8, gv);                \
+                g = gv[grp % 8];                                                           \
+            }                                                                              \
             bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);                \
             for (int i = 0; i < ROWS; i++) total[i] = _mm512_fmadd_ps(acc[i], g, total[i]); \
         }                                                                                  \
@@ -282,13 +298,13 @@ DEFINE_PANEL_GROUPS(4)
 
 static int panel_packed_groups(const float *const *tables, int mr, const uint64_t *panels,
                                int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
-                               const float *gs, int64_t ldg, int64_t nrows, float *acc) {
+                               const takane_gscales *gs, int64_t nrows, float *acc) {
     const uint64_t *p1 = panels + pstride;
     switch (mr) {
-    case 1: return panel_groups_1(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
-    case 2: return panel_groups_2(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
-    case 3: return panel_groups_3(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
-    default: return panel_groups_4(tables, panels, p1, pstride, q0, q1, gw, gs, ldg, nrows, acc);
+    case 1: return panel_groups_1(tables, panels, p1, pstride, q0, q1, gw, gs, nrows, acc);
+    case 2: return panel_groups_2(tables, panels, p1, pstride, q0, q1, gw, gs, nrows, acc);
+    case 3: return panel_groups_3(tables, panels, p1, pstride, q0, q1, gw, gs, nrows, acc);
+    default: return panel_groups_4(tables, panels, p1, pstride, q0, q1, gw, gs, nrows, acc);
     }
 }
 

@@ -53,7 +53,7 @@ static inline __m256i popcount_bytes(__m256i x, __m256i lut, __m256i low4) {
 
 static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+                  const takane_gscales *gs, int64_t nrows, float *out) {
     (void)mr, (void)np, (void)pstride; /* MR = NP = 1 */
     const uint64_t *planes = (const uint64_t *)tables[0];
     const float *dd = d[0];
@@ -96,7 +96,7 @@ static int panels(const void *const *tables, const float *const *d, const int32_
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
             float v = f[2 * r] + f[2 * r + 1];
             if (gs) { /* else there is one group */
-                const float g = gs[(r < nrows ? r : nrows - 1) * ldg + grp];
+                const float g = takane_gs_at(gs, r < nrows ? r : nrows - 1, grp);
                 bad |= !(fabsf(g) <= 3.4028234663852886e38f);
                 v = total[r] + v * g;
             }

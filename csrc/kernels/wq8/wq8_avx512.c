@@ -173,124 +173,160 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
     return (__mmask8)bad;
 }
 
-/* ROWS activation rows x PANS panels over all words, groups of gw words. With group
- * scales, lanes 2r and 2r+1 of a group's scale vector hold row r's scale (transposed 8
- * groups at a time), folded into the block scales: acc += fl(d * g) * S. */
-#define DEFINE_TILE(ROWS, PANS)                                                            \
-    static int tile_##ROWS##_##PANS(const void *const *tables, const float *const *d,     \
-                                     const int32_t *const *nq, const uint64_t *pan,        \
-                                     int64_t pstride, int64_t kw, int64_t gw,              \
-                                     const float *gs, int64_t ldg, int64_t nrows,          \
-                                     float *out) {                                         \
-        const uint64_t *next = pan + PANS * pstride;                                       \
-        /* the next run's group scales (contiguous rows), one line per word into L2 */     \
-        const char *gnext = gs ? (const char *)(gs + PANS * TAKANE_PANEL_ROWS * ldg) : NULL; \
-        const int64_t gbytes = PANS * TAKANE_PANEL_ROWS * ldg * (int64_t)sizeof(float);    \
-        uint8_t pv[64];                                                                    \
+/* ROWS activation rows x PANS panels over all words, groups of gw words; PM: the group
+ * scales are a handle's own, panel-major (takane_gs_panel_major), else a caller's
+ * row-major ones or none. Lanes 2r and 2r+1 of a group's scale vector hold row r's scale.
+ * Row-major: the scales are transposed 8 groups at a time into gblk and folded into the
+ * block scales, acc += fl(d * g) * S (one multiply per word and panel). Panel-major: each
+ * group's terms fl(d * S) are summed alone (gacc), then folded in by one FMA per group and
+ * panel with the scale vector loaded as it is stored (no transposition, no multiply per
+ * word). Measured (Zen 4, 1 thread, warm 4096 x 4096, G = 128): see docs/performance.md. */
+#define DEFINE_TILE(ROWS, PANS, PM)                                                         \
+    static int tile_##ROWS##_##PANS##_##PM(const void *const *tables, const float *const *d, \
+                                           const int32_t *const *nq, const uint64_t *pan,   \
+                                           int64_t pstride, int64_t kw, int64_t gw,         \
+                                           const takane_gscales *gs, int64_t nrows,         \
+                                           float *out) {                                    \
+        const uint64_t *next = pan + PANS * pstride;                                        \
+        /* the next run's group scales (contiguous in either layout), one line per word     \
+         * into L2 */                                                                       \
+        const char *gnext = gs ? (const char *)(gs->p + PANS * gs->ps) : NULL;              \
+        const int64_t gbytes = gs ? PANS * gs->ps * (int64_t)sizeof(float) : 0;             \
+        uint8_t pv[64];                                                                     \
         for (int j = 0; j < 64; j++) pv[j] = (uint8_t)((((j >> 2) & 1) << 6) | ((j & 3) << 4)); \
-        const __m512i pos = _mm512_loadu_si512(pv);                                        \
-        const __m512i low4 = _mm512_set1_epi8(15);                                         \
-        const __m512i two = _mm512_set1_epi8(2), c32 = _mm512_set1_epi8(32);               \
-        /* lane 2r+h of a group's scale vector = row r's scale */                         \
+        const __m512i pos = _mm512_loadu_si512(pv);                                         \
+        const __m512i low4 = _mm512_set1_epi8(15);                                          \
+        const __m512i two = _mm512_set1_epi8(2), c32 = _mm512_set1_epi8(32);                \
+        /* lane 2r+h of a group's scale vector = row r's scale */                           \
         const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7); \
-        __m512 acc[ROWS][PANS];                                                            \
-        for (int i = 0; i < ROWS; i++)                                                     \
-            for (int p = 0; p < PANS; p++) acc[i][p] = _mm512_setzero_ps();                \
-        /* the scales of 8 groups at a time, transposed: gblk[group % 8][p][row] */       \
-        float gblk[8][PANS][8];                                                            \
-        __mmask8 bad = 0;                                                                  \
-        /* one loop over all words, a group's scales loaded when its first word comes (a  \
-         * loop per group — 2 words for G = 128 — measured ~4% slower in decode) */        \
-        __m512 gz[PANS];                                                                   \
-        for (int p = 0; p < PANS; p++) gz[p] = _mm512_set1_ps(1.0f);                       \
-        {                                                                                  \
-            for (int64_t q = 0, grp = 0, gleft = 0; q < kw; q++, gleft--) {                \
-                if (gs && gleft == 0) {                                                    \
-                    if (grp % 8 == 0)                                                      \
-                        for (int p = 0; p < PANS; p++)                                     \
-                            bad |= load_scales8(gs, ldg, p * 8, nrows, grp,                \
-                                                (kw + gw - 1) / gw, &gblk[0][p][0], PANS * 8); \
-                    for (int p = 0; p < PANS; p++)                                         \
-                        gz[p] = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(         \
-                            _mm256_loadu_ps(&gblk[grp % 8][p][0])));                       \
-                    grp++, gleft = gw;                                                     \
-                }                                                                          \
-                if (gnext && q * 64 < gbytes) _mm_prefetch(gnext + q * 64, _MM_HINT_T1);   \
-                __m512i il[PANS], ih[PANS];                                                \
-                for (int p = 0; p < PANS; p++) {                                           \
-                    const uint64_t *wp = pan + p * pstride + q * TAKANE_PANEL_ROWS;        \
-                    _mm_prefetch((const char *)(wp + PREFETCH_WORDS * TAKANE_PANEL_ROWS),  \
-                                 _MM_HINT_T0);                                             \
-                    /* the next run (contiguous after this one) into L2, at the rate this  \
-                     * run is consumed: one run ahead, 64 bytes per panel and word */      \
-                    _mm_prefetch((const char *)(next + (q * PANS + p) * TAKANE_PANEL_ROWS), \
-                                 _MM_HINT_T1);                                             \
-                    const __m512i w = _mm512_load_si512((const void *)wp);                 \
-                    /* (w & 15) | pos */                                                   \
-                    il[p] = _mm512_ternarylogic_epi32(w, low4, pos, 0xEA);                 \
-                    ih[p] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), low4, pos, 0xEA); \
-                }                                                                          \
-                for (int i = 0; i < ROWS; i++) {                                           \
-                    const uint8_t *t = (const uint8_t *)tables[i] + q * WORD_TABLE;        \
-                    const __m512i lla = _mm512_load_si512((const void *)t);                \
-                    const __m512i llb = _mm512_load_si512((const void *)(t + 64));         \
-                    const __m512i lha = _mm512_load_si512((const void *)(t + 128));        \
-                    const __m512i lhb = _mm512_load_si512((const void *)(t + 192));        \
-                    const __m512i hla = _mm512_load_si512((const void *)(t + 256));        \
-                    const __m512i hlb = _mm512_load_si512((const void *)(t + 320));        \
-                    const __m512i hha = _mm512_load_si512((const void *)(t + 384));        \
-                    const __m512i hhb = _mm512_load_si512((const void *)(t + 448));        \
-                    int64_t nq2, d2;                                                       \
-                    memcpy(&nq2, nq[i] + 2 * q, 8);                                        \
-                    memcpy(&d2, d[i] + 2 * q, 8);                                          \
-                    const __m512i nqv = _mm512_set1_epi64(nq2);                            \
-                    const __m512 dv = _mm512_castsi512_ps(_mm512_set1_epi64(d2));          \
-                    for (int p = 0; p < PANS; p++) {                                       \
-                        const __m512i pl =                                                 \
-                            _mm512_add_epi8(_mm512_permutex2var_epi8(lla, il[p], llb),     \
-                                            _mm512_permutex2var_epi8(hla, ih[p], hlb));    \
-                        const __m512i ph =                                                 \
-                            _mm512_add_epi8(_mm512_permutex2var_epi8(lha, il[p], lhb),     \
-                                            _mm512_permutex2var_epi8(hha, ih[p], hhb));    \
-                        __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                     \
-                        s = _mm512_dpbusd_epi32(s, c32, ph);                               \
-                        const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;              \
-                        acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]); \
-                    }                                                                      \
-                }                                                                          \
-            }                                                                              \
-        }                                                                                  \
-        /* lanes 2r and 2r+1 (the two block parities) of row r */                          \
-        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8,   \
-                                               10, 12, 14);                                \
-        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                  \
-        for (int i = 0; i < ROWS; i++)                                                     \
-            for (int p = 0; p < PANS; p++) {                                               \
-                const __m512 sum = _mm512_add_ps(_mm512_permutexvar_ps(even, acc[i][p]),   \
-                                                 _mm512_permutexvar_ps(odd, acc[i][p]));   \
-                _mm256_storeu_ps(out + (i * NP + p) * TAKANE_PANEL_ROWS,                   \
-                                 _mm512_castps512_ps256(sum));                             \
-            }                                                                              \
-        return bad != 0;                                                                   \
+        const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);                         \
+        /* PM: acc the folded groups, gacc the current group; else acc the result */        \
+        __m512 acc[ROWS][PANS], gacc[ROWS][PANS];                                           \
+        for (int i = 0; i < ROWS; i++)                                                      \
+            for (int p = 0; p < PANS; p++)                                                  \
+                acc[i][p] = _mm512_setzero_ps(), gacc[i][p] = _mm512_setzero_ps();          \
+        /* row-major: the scales of 8 groups at a time, transposed: gblk[group % 8][p][row] */ \
+        float gblk[8][PANS][8];                                                             \
+        __mmask16 bad = 0;                                                                  \
+        __m512 gz[PANS]; /* row-major: the current group's scales */                        \
+        for (int p = 0; p < PANS; p++) gz[p] = _mm512_set1_ps(1.0f);                        \
+        /* one loop over all words (a loop per group — 2 words for G = 128 — measured ~4%   \
+         * slower in decode); row-major scales are loaded when a group's first word comes,  \
+         * a panel-major group is folded when its last word is done */                      \
+        for (int64_t q = 0, grp = 0, gleft = 0; q < kw; q++, gleft--) {                     \
+            if (!PM && gs && gleft == 0) {                                                  \
+                if (grp % 8 == 0)                                                           \
+                    for (int p = 0; p < PANS; p++)                                          \
+                        bad |= load_scales8(gs->p, gs->rs, p * 8, nrows, grp, (kw + gw - 1) / gw, \
+                                            &gblk[0][p][0], PANS * 8);                      \
+                for (int p = 0; p < PANS; p++)                                              \
+                    gz[p] = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(              \
+                        _mm256_loadu_ps(&gblk[grp % 8][p][0])));                            \
+                grp++, gleft = gw;                                                          \
+            }                                                                               \
+            if (gnext && q * 64 < gbytes) _mm_prefetch(gnext + q * 64, _MM_HINT_T1);        \
+            __m512i il[PANS], ih[PANS];                                                     \
+            for (int p = 0; p < PANS; p++) {                                                \
+                const uint64_t *wp = pan + p * pstride + q * TAKANE_PANEL_ROWS;             \
+                _mm_prefetch((const char *)(wp + PREFETCH_WORDS * TAKANE_PANEL_ROWS),       \
+                             _MM_HINT_T0);                                                  \
+                /* the next run (contiguous after this one) into L2, at the rate this       \
+                 * run is consumed: one run ahead, 64 bytes per panel and word */           \
+                _mm_prefetch((const char *)(next + (q * PANS + p) * TAKANE_PANEL_ROWS),     \
+                             _MM_HINT_T1);                                                  \
+                const __m512i w = _mm512_load_si512((const void *)wp);                      \
+                /* (w & 15) | pos */                                                        \
+                il[p] = _mm512_ternarylogic_epi32(w, low4, pos, 0xEA);                      \
+                ih[p] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(w, 4), low4, pos, 0xEA); \
+            }                                                                               \
+            for (int i = 0; i < ROWS; i++) {                                                \
+                const uint8_t *t = (const uint8_t *)tables[i] + q * WORD_TABLE;             \
+                const __m512i lla = _mm512_load_si512((const void *)t);                     \
+                const __m512i llb = _mm512_load_si512((const void *)(t + 64));              \
+                const __m512i lha = _mm512_load_si512((const void *)(t + 128));             \
+                const __m512i lhb = _mm512_load_si512((const void *)(t + 192));             \
+                const __m512i hla = _mm512_load_si512((const void *)(t + 256));             \
+                const __m512i hlb = _mm512_load_si512((const void *)(t + 320));             \
+                const __m512i hha = _mm512_load_si512((const void *)(t + 384));             \
+                const __m512i hhb = _mm512_load_si512((const void *)(t + 448));             \
+                int64_t nq2, d2;                                                            \
+                memcpy(&nq2, nq[i] + 2 * q, 8);                                             \
+                memcpy(&d2, d[i] + 2 * q, 8);                                               \
+                const __m512i nqv = _mm512_set1_epi64(nq2);                                 \
+                const __m512 dv = _mm512_castsi512_ps(_mm512_set1_epi64(d2));               \
+                for (int p = 0; p < PANS; p++) {                                            \
+                    const __m512i pl =                                                      \
+                        _mm512_add_epi8(_mm512_permutex2var_epi8(lla, il[p], llb),          \
+                                        _mm512_permutex2var_epi8(hla, ih[p], hlb));         \
+                    const __m512i ph =                                                      \
+                        _mm512_add_epi8(_mm512_permutex2var_epi8(lha, il[p], lhb),          \
+                                        _mm512_permutex2var_epi8(hha, ih[p], hhb));         \
+                    __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                          \
+                    s = _mm512_dpbusd_epi32(s, c32, ph);                                    \
+                    if (PM) {                                                               \
+                        gacc[i][p] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(s), gacc[i][p]); \
+                    } else {                                                                \
+                        const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;               \
+                        acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]);  \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+            if (PM && ((q + 1) % gw == 0 || q + 1 == kw)) { /* fold group q / gw */         \
+                for (int p = 0; p < PANS; p++) {                                            \
+                    /* rows past N hold 0: every lane may be read */                        \
+                    const __m512 g = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(      \
+                        0xFF, gs->p + p * gs->ps + (q / gw) * TAKANE_PANEL_ROWS));          \
+                    bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);         \
+                    for (int i = 0; i < ROWS; i++) {                                        \
+                        acc[i][p] = _mm512_fmadd_ps(gacc[i][p], g, acc[i][p]);              \
+                        gacc[i][p] = _mm512_setzero_ps();                                   \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        /* lanes 2r and 2r+1 (the two block parities) of row r */                           \
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8,    \
+                                               10, 12, 14);                                 \
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                   \
+        for (int i = 0; i < ROWS; i++)                                                      \
+            for (int p = 0; p < PANS; p++) {                                                \
+                const __m512 sum = _mm512_add_ps(_mm512_permutexvar_ps(even, acc[i][p]),    \
+                                                 _mm512_permutexvar_ps(odd, acc[i][p]));    \
+                _mm256_storeu_ps(out + (i * NP + p) * TAKANE_PANEL_ROWS,                    \
+                                 _mm512_castps512_ps256(sum));                              \
+            }                                                                               \
+        return bad != 0;                                                                    \
     }
-DEFINE_TILE(1, 1)
-DEFINE_TILE(1, 2)
-DEFINE_TILE(1, 3)
-DEFINE_TILE(1, 4)
-DEFINE_TILE(2, 1)
-DEFINE_TILE(2, 2)
-DEFINE_TILE(2, 3)
-DEFINE_TILE(2, 4)
+DEFINE_TILE(1, 1, 0)
+DEFINE_TILE(1, 2, 0)
+DEFINE_TILE(1, 3, 0)
+DEFINE_TILE(1, 4, 0)
+DEFINE_TILE(2, 1, 0)
+DEFINE_TILE(2, 2, 0)
+DEFINE_TILE(2, 3, 0)
+DEFINE_TILE(2, 4, 0)
+DEFINE_TILE(1, 1, 1)
+DEFINE_TILE(1, 2, 1)
+DEFINE_TILE(1, 3, 1)
+DEFINE_TILE(1, 4, 1)
+DEFINE_TILE(2, 1, 1)
+DEFINE_TILE(2, 2, 1)
+DEFINE_TILE(2, 3, 1)
+DEFINE_TILE(2, 4, 1)
 
 static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+                  const takane_gscales *gs, int64_t nrows, float *out) {
     typedef int (*tile_fn)(const void *const *, const float *const *, const int32_t *const *,
-                           const uint64_t *, int64_t, int64_t, int64_t, const float *, int64_t,
-                           int64_t, float *);
-    static const tile_fn tiles[MR][NP] = {{tile_1_1, tile_1_2, tile_1_3, tile_1_4},
-                                          {tile_2_1, tile_2_2, tile_2_3, tile_2_4}};
-    return tiles[mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, gs, ldg, nrows, out);
+                           const uint64_t *, int64_t, int64_t, int64_t,
+                           const takane_gscales *, int64_t, float *);
+    static const tile_fn tiles[2][MR][NP] = {
+        {{tile_1_1_0, tile_1_2_0, tile_1_3_0, tile_1_4_0},
+         {tile_2_1_0, tile_2_2_0, tile_2_3_0, tile_2_4_0}},
+        {{tile_1_1_1, tile_1_2_1, tile_1_3_1, tile_1_4_1},
+         {tile_2_1_1, tile_2_2_1, tile_2_3_1, tile_2_4_1}}};
+    const int pm = gs && takane_gs_panel_major(gs);
+    return tiles[pm][mr - 1][np - 1](tables, d, nq, pan, pstride, kw, gw, gs, nrows, out);
 }
 
 /* wq8_gemm_avx512.c: the prefill GEMM and the int8 peak probe */

@@ -39,7 +39,7 @@ static int64_t pack_len(int64_t kw, int64_t ngroups) {
 }
 
 static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                const float *gs, int64_t ldg, int64_t nrows, void *packed) {
+                const takane_gscales *gs, int64_t nrows, void *packed) {
     (void)pstride, (void)np; /* one panel per strip (np == 1) */
     uint32_t nib[16];        /* byte t = 2 if bit t of e is set */
     for (int e = 0; e < 16; e++) {
@@ -61,7 +61,7 @@ static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_
     int bad = 0;
     for (int64_t g = 0; g < ng; g++)
         for (int j = 0; j < NR; j++) {
-            const float v = j < nrows ? gs[j * ldg + g] : 0.0f;
+            const float v = j < nrows ? takane_gs_at(gs, j, g) : 0.0f;
             bad |= !(v - v == 0.0f); /* NaN or infinite */
             gp[g * NR + j] = v;
         }

@@ -50,7 +50,7 @@ static int64_t pack_len(int64_t kw, int64_t ngroups) {
 }
 
 static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                const float *gs, int64_t ldg, int64_t nrows, void *packed) {
+                const takane_gscales *gs, int64_t nrows, void *packed) {
     uint8_t *out = (uint8_t *)packed;
     /* idx[j]: byte 4c + t = byte j of strip row c within the 128 bytes of two panel words */
     __m512i idx[8];
@@ -91,7 +91,7 @@ static int pack(const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_
     int bad = 0;
     for (int64_t g = 0; g < ng; g++)
         for (int j = 0; j < NR; j++) {
-            const float v = j < nrows ? gs[j * ldg + g] : 0.0f;
+            const float v = j < nrows ? takane_gs_at(gs, j, g) : 0.0f;
             bad |= !(v - v == 0.0f); /* NaN or infinite */
             gp[g * NR + j] = v;
         }

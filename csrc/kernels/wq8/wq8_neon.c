@@ -71,11 +71,11 @@ static inline int32_t block_sum_dot(uint8x16_t wt, const int8_t *q, int b) {
  * target (the SDOT variant is compiled for +dotprod and only called when detected). */
 #define DEFINE_PANELS(NAME, ATTR, BLOCK_SUM)                                               \
     ATTR static int NAME(const int8_t *q, const float *dd, const int32_t *nqq,              \
-                         const uint64_t *pan, int64_t kw, int64_t gw, const float *gs,     \
-                         int64_t ldg, int64_t nrows, float *out) {                         \
+                         const uint64_t *pan, int64_t kw, int64_t gw,                     \
+                         const takane_gscales *gs, int64_t nrows, float *out) {            \
         int bad = 0;                                                                       \
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {                                      \
-            const float *g = gs ? gs + (r < nrows ? r : nrows - 1) * ldg : NULL;           \
+            const int64_t rr = r < nrows ? r : nrows - 1;                                  \
             float total = 0.0f;                                                            \
             for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {                      \
                 const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;                            \
@@ -88,9 +88,10 @@ static inline int32_t block_sum_dot(uint8x16_t wt, const int8_t *q, int b) {
                         acc = acc + dd[2 * w + h] * (float)(2 * p + nqq[2 * w + h]);       \
                     }                                                                      \
                 }                                                                          \
-                if (g) { /* else there is one group */                                     \
-                    bad |= !(fabsf(g[grp]) <= 3.4028234663852886e38f);                     \
-                    acc = total + acc * g[grp];                                            \
+                if (gs) { /* else there is one group */                                    \
+                    const float g = takane_gs_at(gs, rr, grp);                             \
+                    bad |= !(fabsf(g) <= 3.4028234663852886e38f);                          \
+                    acc = total + acc * g;                                                 \
                 }                                                                          \
                 total = acc;                                                               \
             }                                                                              \
@@ -119,11 +120,11 @@ int takane_wq8_neon_dotprod(void) { return have_dotprod(); }
 
 static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+                  const takane_gscales *gs, int64_t nrows, float *out) {
     (void)mr, (void)np, (void)pstride; /* MR = NP = 1 */
     const int8_t *q = (const int8_t *)tables[0];
-    if (have_dotprod()) return panel_dot(q, d[0], nq[0], pan, kw, gw, gs, ldg, nrows, out);
-    return panel_plain(q, d[0], nq[0], pan, kw, gw, gs, ldg, nrows, out);
+    if (have_dotprod()) return panel_dot(q, d[0], nq[0], pan, kw, gw, gs, nrows, out);
+    return panel_plain(q, d[0], nq[0], pan, kw, gw, gs, nrows, out);
 }
 
 /* wq8_gemm_neon.c: the prefill GEMM (SDOT CPUs only) */

@@ -31,14 +31,14 @@ static void build_table(const int8_t *q, int64_t kw, void *table) {
 
 static int panels(const void *const *tables, const float *const *d, const int32_t *const *nq,
                   int mr, const uint64_t *pan, int64_t pstride, int np, int64_t kw, int64_t gw,
-                  const float *gs, int64_t ldg, int64_t nrows, float *out) {
+                  const takane_gscales *gs, int64_t nrows, float *out) {
     int bad = 0;
     (void)mr, (void)np, (void)pstride; /* MR = NP = 1 */
     const int16_t *t = (const int16_t *)tables[0];
     const float *dd = d[0];
     const int32_t *nqq = nq[0];
     for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
-        const float *g = gs ? gs + (r < nrows ? r : nrows - 1) * ldg : NULL;
+        const int64_t rr = r < nrows ? r : nrows - 1;
         float total = 0.0f;
         for (int64_t g0 = 0, grp = 0; g0 < kw; g0 += gw, grp++) {
             const int64_t g1 = g0 + gw < kw ? g0 + gw : kw;
@@ -54,9 +54,10 @@ static int panels(const void *const *tables, const float *const *d, const int32_
                     acc = acc + dd[b] * (float)(2 * p + nqq[b]);
                 }
             }
-            if (g) { /* else there is one group */
-                bad |= !(fabsf(g[grp]) <= 3.4028234663852886e38f);
-                acc = total + acc * g[grp];
+            if (gs) { /* else there is one group */
+                const float g = takane_gs_at(gs, rr, grp);
+                bad |= !(fabsf(g) <= 3.4028234663852886e38f);
+                acc = total + acc * g;
             }
             total = acc;
         }
