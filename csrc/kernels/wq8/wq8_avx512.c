@@ -173,14 +173,15 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
     return (__mmask8)bad;
 }
 
-/* ROWS activation rows x PANS panels over all words, groups of gw words; PM: the group
- * scales are a handle's own, panel-major (takane_gs_panel_major), else a caller's
- * row-major ones or none. Lanes 2r and 2r+1 of a group's scale vector hold row r's scale.
- * Row-major: the scales are transposed 8 groups at a time into gblk and folded into the
- * block scales, acc += fl(d * g) * S (one multiply per word and panel). Panel-major: each
- * group's terms fl(d * S) are summed alone (gacc), then folded in by one FMA per group and
- * panel with the scale vector loaded as it is stored (no transposition, no multiply per
- * word). Measured (Zen 4, 1 thread, warm 4096 x 4096, G = 128): see docs/performance.md. */
+/* ROWS activation rows x PANS panels over all words, groups of gw words. With group
+ * scales, lanes 2r and 2r+1 of a group's scale vector hold row r's scale, folded into the
+ * block scales: acc += fl(d * g) * S. PM: a handle's own panel-major scales
+ * (takane_gs_panel_major), one load per panel and group as they are stored; else a
+ * caller's row-major ones, transposed 8 groups at a time into gblk. Both layouts sum in
+ * the same order, so a Q1_0 handle and a PackedWeights with the same weights give the
+ * same bits. (Summing each group alone and folding it with one FMA per group, instead of
+ * a multiply per word, measured no faster here: Zen 4, 1 thread, warm 4096 x 4096,
+ * G = 128 — the transposes, not the multiplies, were the cost.) */
 #define DEFINE_TILE(ROWS, PANS, PM)                                                         \
     static int tile_##ROWS##_##PANS##_##PM(const void *const *tables, const float *const *d, \
                                            const int32_t *const *nq, const uint64_t *pan,   \
@@ -200,28 +201,29 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
         /* lane 2r+h of a group's scale vector = row r's scale */                           \
         const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7); \
         const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);                         \
-        /* PM: acc the folded groups, gacc the current group; else acc the result */        \
-        __m512 acc[ROWS][PANS], gacc[ROWS][PANS];                                           \
+        __m512 acc[ROWS][PANS];                                                             \
         for (int i = 0; i < ROWS; i++)                                                      \
-            for (int p = 0; p < PANS; p++)                                                  \
-                acc[i][p] = _mm512_setzero_ps(), gacc[i][p] = _mm512_setzero_ps();          \
+            for (int p = 0; p < PANS; p++) acc[i][p] = _mm512_setzero_ps();                 \
         /* row-major: the scales of 8 groups at a time, transposed: gblk[group % 8][p][row] */ \
         float gblk[8][PANS][8];                                                             \
         __mmask16 bad = 0;                                                                  \
-        __m512 gz[PANS]; /* row-major: the current group's scales */                        \
+        __m512 gz[PANS]; /* the current group's scales */                                   \
         for (int p = 0; p < PANS; p++) gz[p] = _mm512_set1_ps(1.0f);                        \
-        /* one loop over all words (a loop per group — 2 words for G = 128 — measured ~4%   \
-         * slower in decode); row-major scales are loaded when a group's first word comes,  \
-         * a panel-major group is folded when its last word is done */                      \
+        /* one loop over all words, a group's scales loaded when its first word comes (a    \
+         * loop per group — 2 words for G = 128 — measured ~4% slower in decode) */         \
         for (int64_t q = 0, grp = 0, gleft = 0; q < kw; q++, gleft--) {                     \
-            if (!PM && gs && gleft == 0) {                                                  \
-                if (grp % 8 == 0)                                                           \
+            if (gs && gleft == 0) {                                                         \
+                if (!PM && grp % 8 == 0)                                                    \
                     for (int p = 0; p < PANS; p++)                                          \
                         bad |= load_scales8(gs->p, gs->rs, p * 8, nrows, grp, (kw + gw - 1) / gw, \
                                             &gblk[0][p][0], PANS * 8);                      \
-                for (int p = 0; p < PANS; p++)                                              \
-                    gz[p] = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(              \
-                        _mm256_loadu_ps(&gblk[grp % 8][p][0])));                            \
+                for (int p = 0; p < PANS; p++) {                                            \
+                    /* panel-major: rows past N hold 0, every lane may be read */           \
+                    gz[p] = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(               \
+                        0xFF, PM ? gs->p + p * gs->ps + grp * TAKANE_PANEL_ROWS             \
+                                 : &gblk[grp % 8][p][0]));                                  \
+                    if (PM) bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(gz[p]), fmax, _CMP_NLE_UQ); \
+                }                                                                           \
                 grp++, gleft = gw;                                                          \
             }                                                                               \
             if (gnext && q * 64 < gbytes) _mm_prefetch(gnext + q * 64, _MM_HINT_T1);        \
@@ -263,24 +265,8 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
                                         _mm512_permutex2var_epi8(hha, ih[p], hhb));         \
                     __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                          \
                     s = _mm512_dpbusd_epi32(s, c32, ph);                                    \
-                    if (PM) {                                                               \
-                        gacc[i][p] = _mm512_fmadd_ps(dv, _mm512_cvtepi32_ps(s), gacc[i][p]); \
-                    } else {                                                                \
-                        const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;               \
-                        acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]);  \
-                    }                                                                       \
-                }                                                                           \
-            }                                                                               \
-            if (PM && ((q + 1) % gw == 0 || q + 1 == kw)) { /* fold group q / gw */         \
-                for (int p = 0; p < PANS; p++) {                                            \
-                    /* rows past N hold 0: every lane may be read */                        \
-                    const __m512 g = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(      \
-                        0xFF, gs->p + p * gs->ps + (q / gw) * TAKANE_PANEL_ROWS));          \
-                    bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);         \
-                    for (int i = 0; i < ROWS; i++) {                                        \
-                        acc[i][p] = _mm512_fmadd_ps(gacc[i][p], g, acc[i][p]);              \
-                        gacc[i][p] = _mm512_setzero_ps();                                   \
-                    }                                                                       \
+                    const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;                   \
+                    acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]);      \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
