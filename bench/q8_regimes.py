@@ -139,8 +139,9 @@ def q1_0_handle(pw):
 
 
 def gemv(rounds, calls=200):
-    """Warm decode GEMV 1x4096x4096 (G = 128), 1 thread: the group scales passed by the
-    caller (row-major, as PackedWeights does) vs carried by a Q1_0 handle (panel-major)."""
+    """Warm decode GEMV 1x4096x4096 (G = 128), 1 thread, W1A8 and W1A-float: the group
+    scales passed by the caller (row-major, as PackedWeights does) vs carried by a Q1_0
+    handle (panel-major, read without transposition)."""
     from takane_kernels._takane import ffi, lib
 
     rng = np.random.default_rng(0)
@@ -150,25 +151,34 @@ def gemv(rounds, calls=200):
     x = rng.standard_normal((1, k)).astype(np.float32)
     y = np.empty((1, n), np.float32)
     xp, yp = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
-    q8 = lib.TAKANE_ACTIVATIONS_Q8_0
+    modes = {"q8_0": lib.TAKANE_ACTIVATIONS_Q8_0, "float32": lib.TAKANE_ACTIVATIONS_F32}
 
-    def handle_call():
+    def handle_call(mode):
         for _ in range(calls):
             lib.takane_binary_weight_matmul_prepacked_ex(h, 1, xp, k, ffi.NULL, ffi.NULL, ffi.NULL, 0,
-                                                         ffi.NULL, q8, yp, n, 1)
+                                                         ffi.NULL, modes[mode], yp, n, 1)
 
-    def caller_call():
+    def caller_call(mode):
         for _ in range(calls):
-            tk.binary_weight_matmul(x, pw, activations="q8_0", out=y, threads=1)
+            tk.binary_weight_matmul(x, pw, activations=mode, out=y, threads=1)
 
-    members = {"caller scales (PackedWeights)": caller_call, "handle scales (from_q1_0)": handle_call}
+    hc, gp = pw._prepacked(), ffi.from_buffer("float[]", pw.group_scale)
+
+    def caller_c(mode):  # the same without the Python wrapper
+        for _ in range(calls):
+            lib.takane_binary_weight_matmul_prepacked_ex(hc, 1, xp, k, ffi.NULL, ffi.NULL, gp, G,
+                                                         ffi.NULL, modes[mode], yp, n, 1)
+
     best = {}
     for _ in range(rounds):
-        for name, f in members.items():
-            best[name] = min(best.get(name, 1e9), timed(f) / calls)
-    print(f"warm GEMV 1x{n}x{k} q8_0 G={G}, 1 thread ({tk.isa.supported()[0]}), best of {rounds} "
-          f"rounds of {calls} calls, CPU time: "
-          + "; ".join(f"{name} {s * 1e6:.1f} us" for name, s in best.items()), flush=True)
+        for mode in modes:
+            for member, f in (("caller scales (PackedWeights)", caller_call), ("caller scales, C call", caller_c),
+                              ("handle scales (from_q1_0)", handle_call)):
+                best[mode, member] = min(best.get((mode, member), 1e9), timed(lambda: f(mode)) / calls)
+    for mode in modes:
+        print(f"warm GEMV 1x{n}x{k} {mode} G={G}, 1 thread ({tk.isa.supported()[0]}), best of {rounds} "
+              f"rounds of {calls} calls, CPU time: "
+              + "; ".join(f"{member} {s * 1e6:.1f} us" for (md, member), s in best.items() if md == mode), flush=True)
 
 
 def main():

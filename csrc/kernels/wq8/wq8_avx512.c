@@ -189,10 +189,13 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
                                            const takane_gscales *gs, int64_t nrows,         \
                                            float *out) {                                    \
         const uint64_t *next = pan + PANS * pstride;                                        \
+        /* the scales' pointer and strides in locals (NULL: no groups) */                   \
+        const float *const gsp = gs ? gs->p : NULL;                                         \
+        const int64_t gps = gs ? gs->ps : 0, grs = gs ? gs->rs : 0;                         \
         /* the next run's group scales (contiguous in either layout), one line per word     \
          * into L2 */                                                                       \
-        const char *gnext = gs ? (const char *)(gs->p + PANS * gs->ps) : NULL;              \
-        const int64_t gbytes = gs ? PANS * gs->ps * (int64_t)sizeof(float) : 0;             \
+        const char *gnext = gsp ? (const char *)(gsp + PANS * gps) : NULL;                  \
+        const int64_t gbytes = PANS * gps * (int64_t)sizeof(float);                         \
         uint8_t pv[64];                                                                     \
         for (int j = 0; j < 64; j++) pv[j] = (uint8_t)((((j >> 2) & 1) << 6) | ((j & 3) << 4)); \
         const __m512i pos = _mm512_loadu_si512(pv);                                         \
@@ -212,15 +215,15 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
         /* one loop over all words, a group's scales loaded when its first word comes (a    \
          * loop per group — 2 words for G = 128 — measured ~4% slower in decode) */         \
         for (int64_t q = 0, grp = 0, gleft = 0; q < kw; q++, gleft--) {                     \
-            if (gs && gleft == 0) {                                                         \
+            if (gsp && gleft == 0) {                                                        \
                 if (!PM && grp % 8 == 0)                                                    \
                     for (int p = 0; p < PANS; p++)                                          \
-                        bad |= load_scales8(gs->p, gs->rs, p * 8, nrows, grp, (kw + gw - 1) / gw, \
+                        bad |= load_scales8(gsp, grs, p * 8, nrows, grp, (kw + gw - 1) / gw, \
                                             &gblk[0][p][0], PANS * 8);                      \
                 for (int p = 0; p < PANS; p++) {                                            \
                     /* panel-major: rows past N hold 0, every lane may be read */           \
                     gz[p] = _mm512_permutexvar_ps(dup, _mm512_maskz_loadu_ps(               \
-                        0xFF, PM ? gs->p + p * gs->ps + grp * TAKANE_PANEL_ROWS             \
+                        0xFF, PM ? gsp + p * gps + grp * TAKANE_PANEL_ROWS                  \
                                  : &gblk[grp % 8][p][0]));                                  \
                     if (PM) bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(gz[p]), fmax, _CMP_NLE_UQ); \
                 }                                                                           \
@@ -265,7 +268,7 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
                                         _mm512_permutex2var_epi8(hha, ih[p], hhb));         \
                     __m512i s = _mm512_dpbusd_epi32(nqv, pl, two);                          \
                     s = _mm512_dpbusd_epi32(s, c32, ph);                                    \
-                    const __m512 dg = gs ? _mm512_mul_ps(dv, gz[p]) : dv;                   \
+                    const __m512 dg = gsp ? _mm512_mul_ps(dv, gz[p]) : dv;                  \
                     acc[i][p] = _mm512_fmadd_ps(dg, _mm512_cvtepi32_ps(s), acc[i][p]);      \
                 }                                                                           \
             }                                                                               \
