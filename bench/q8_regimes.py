@@ -4,6 +4,7 @@ vs numpy float32, batched decode from a cold stack, and the machine limits, in o
     python bench/q8_regimes.py prefill [--rounds 4]
     python bench/q8_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3]
     python bench/q8_regimes.py gemv [--rounds 4]
+    python bench/q8_regimes.py decode [--rounds 3]     (1 and 2 threads, every mode)
 
 Every member runs once per round, rounds interleaved, and the best round counts (other jobs
 only ever slow a run down). One-thread members are timed in this thread's CPU time
@@ -181,9 +182,67 @@ def gemv(rounds, calls=200):
               + "; ".join(f"{member} {s * 1e6:.1f} us" for (md, member), s in best.items() if md == mode), flush=True)
 
 
+def decode(rounds):
+    """Cold decode (M = 1), a >= 256 MB stack of 4096 x 4096 layers with G = 128, in every
+    mode, on 1 thread (CPU time) and 2 threads (wall time), each against the C probe's DRAM
+    bandwidth for the same thread count measured in the same run: W1A1 (packed activations,
+    1 bit per weight), W1A8 and W1A-float with the caller's row-major group scales
+    (PackedWeights) and W1A8 from Q1_0 handles (panel-major scales)."""
+    from takane_kernels._takane import ffi, lib
+
+    rng = np.random.default_rng(0)
+    n = k = 4096
+    dram, _ = limits()
+    grouped = n * k // 8 + n * (k // G) * 4
+    nl = -(-256 * 2**20 // grouped)
+    layers = [layer(rng, n, k) for _ in range(nl)]
+    # W1A1 streams 1 bit per weight: a stack of its own, >= 256 MB too
+    w1a1 = [tk.PackedWeights(layers[i % nl].bits, k) for i in range(-(-256 * 2**20 // (n * k // 8)))]
+    for w in w1a1:
+        w._prepacked()
+    handles = [q1_0_handle(pw) for pw in layers]
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    xb = tk.pack_bits(x)
+    y = np.empty((1, n), np.float32)
+    yi = np.empty((1, n), np.int32)
+    xp, yp = ffi.from_buffer("float[]", x), ffi.from_buffer("float[]", y)
+
+    def run(mode, threads):
+        if mode == "w1a1":
+            for w in w1a1:
+                tk.binary_matmul(xb, w, out=yi, threads=threads)
+        elif mode == "q8_0 (Q1_0 handles)":
+            for h in handles:
+                lib.takane_binary_weight_matmul_prepacked_ex(h, 1, xp, k, ffi.NULL, ffi.NULL, ffi.NULL, 0,
+                                                             ffi.NULL, lib.TAKANE_ACTIVATIONS_Q8_0, yp, n, threads)
+        else:
+            for pw in layers:
+                tk.binary_weight_matmul(x, pw, activations=mode, out=y, threads=threads)
+
+    nbytes = {"w1a1": n * k // 8, "q8_0": grouped, "q8_0 (Q1_0 handles)": grouped, "float32": grouped}
+    count = {mode: len(w1a1) if mode == "w1a1" else nl for mode in nbytes}
+    best = {}
+    for _ in range(rounds):
+        for t in dram:  # re-probed every round: the best of all rounds counts
+            dram[t] = max(dram[t], tk.isa.dram_bandwidth(t, repeat=1))
+        for mode in nbytes:
+            for threads in (1, 2):
+                best[mode, threads] = min(best.get((mode, threads), 1e9), timed(lambda: run(mode, threads),
+                                                                                wall=threads > 1))
+    print(f"DRAM read, best of the rounds: 1 thread {dram[1] / 1e9:.1f} GB/s, 2 threads {dram[2] / 1e9:.1f} GB/s")
+    for mode, b in nbytes.items():
+        c = count[mode]
+        line = f"cold decode, {c} x {n}x{k} (G={G}), {mode}:"
+        for threads in (1, 2):
+            s = best[mode, threads]
+            line += (f" {threads} thread(s) {s / c * 1e6:.0f} us/layer, {b * c / s / 1e9:.1f} GB/s = "
+                     f"{100 * b * c / s / dram[threads]:.0f}% of DRAM;")
+        print(line + f" 2 threads {best[mode, 1] / best[mode, 2]:.2f}x 1 thread", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["prefill", "batched", "gemv"])
+    p.add_argument("what", choices=["prefill", "batched", "gemv", "decode"])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--ms", default="1,2,4,8,16")
     p.add_argument("--threads", type=int, default=1)
@@ -192,6 +251,8 @@ def main():
         prefill(a.rounds)
     elif a.what == "gemv":
         gemv(a.rounds)
+    elif a.what == "decode":
+        decode(a.rounds)
     else:
         batched([int(v) for v in a.ms.split(",")], a.rounds, a.threads)
 
