@@ -274,9 +274,10 @@ def test_rows_errors(on_isa):
                                         ffi.NULL, 0, out) == lib.TAKANE_ERR_NOT_FINITE
 
 
-def test_prepacked_entry_points_apply_a_q1_0_handles_scales(on_isa):
-    rng = np.random.default_rng(9)
-    n, k, m = 24, 512, 3
+@pytest.mark.parametrize("n", [24, 5, 21, 37])  # the handle's scales are panel-major: whole,
+def test_prepacked_entry_points_apply_a_q1_0_handles_scales(on_isa, n):  # padded, lone panels
+    rng = np.random.default_rng(9 + n)
+    k, m = 512, 3
     w, q1 = random_q1_0(rng, n, k)
     wq = tk.from_q1_0(q1, k)
     h, keep, _ = q1_0_handle(q1, n, k, caller_memory=False)

@@ -761,6 +761,27 @@ static void fuzz_byot(cursor *c, int64_t m, int64_t n, int64_t k) {
                                                       TAKANE_ACTIVATIONS_Q8_0, y2, n, 1);
         if (st == TAKANE_OK) /* (a block scale past fp16 is an error there, inf here) */
             for (int64_t i = 0; i < m * n; i++) CHECK(y[i] == y2[i] || (y[i] != y[i] && y2[i] != y2[i]));
+        /* the handle keeps its scales panel-major; the same weights as canonical rows with
+         * the caller's row-major scales must give the same bits (same summation order) */
+        const int64_t kw = k / 64;
+        uint64_t *bits = (uint64_t *)malloc((size_t)(n * kw) * 8);
+        float *g = (float *)malloc((size_t)(n * nb1) * sizeof *g), *y3 = (float *)malloc((size_t)(m * n) * sizeof *y3);
+        CHECK(bits && g && y3);
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t b = 0; b < nb1; b++) {
+                const uint8_t *blk = q1 + (r * nb1 + b) * 18;
+                g[r * nb1 + b] = (float)plain_f16((uint16_t)(blk[0] | blk[1] << 8));
+                memcpy(bits + r * kw + 2 * b, blk + 2, 16);
+            }
+        takane_weights *hc;
+        CHECK(takane_weights_create(n, k, bits, kw, &hc) == TAKANE_OK);
+        const takane_status st3 = takane_binary_weight_matmul_prepacked_ex(
+            hc, m, x, k, NULL, NULL, g, 128, NULL, TAKANE_ACTIVATIONS_Q8_0, y3, n, 1);
+        CHECK(st3 == st);
+        if (st == TAKANE_OK)
+            for (int64_t i = 0; i < m * n; i++) CHECK(memcmp(&y2[i], &y3[i], 4) == 0 || (y2[i] != y2[i] && y3[i] != y3[i]));
+        takane_weights_free(hc);
+        free(bits), free(g), free(y3);
         free(y), free(y2), free(scratch);
     }
     takane_weights_free(h); /* caller memory: releases nothing */
