@@ -194,7 +194,8 @@ typedef struct takane_wfloat_ukernel {
      * groups of gw words (the last may end at q1 = kw); for i < mr, j < nr,
      *   acc[i * nr + j] += sum_g takane_gs_at(gs, j, g) * (sum over group g's words)
      * (g the group index q / gw; one rounding per group product and add or FMA). Rows
-     * j >= nrows must not read gs. Returns nonzero iff a scale read is NaN or infinite. */
+     * j >= nrows must not read a row-major gs (a panel-major one holds 0 there and may be
+     * read). Returns nonzero iff a scale read is NaN or infinite. */
     int (*panel_packed_groups)(const float *const *tables, int mr, const uint64_t *panels,
                                int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
                                const takane_gscales *gs, int64_t nrows, float *acc);
@@ -221,11 +222,12 @@ typedef struct takane_wfloat_ukernel {
  *     out[i * NP * TAKANE_PANEL_ROWS + j] = sum_g gs(j, g) * sum_{blocks b in g} d[b] * S_b
  *     S_b = sum_{c in b} q[c] * sign(row j)[c] = 2 * sum_{c in b, bit c set} q[c] + nq[b]
  *   with NP the set's np, S_b exact (int32), gs(j, g) = takane_gs_at(gs, j, g) the group
- *   scales seen from the run's first row (gs NULL: every factor is 1), and the float sum in any order with at most two roundings
- *   per product (fl(fl(d * g) * S) or fl(d * S) * g) and one per add or FMA. Rows
- *   j >= nrows (past N) must not read gs (their results are dropped). Returns nonzero iff
- *   a group scale it read is NaN or infinite. Requires 1 <= mr <= the set's mr,
- *   1 <= np <= the set's np, kw >= 1, 1 <= nrows.
+ *   scales seen from the run's first row (gs NULL: every factor is 1), and the float sum
+ *   in any order with at most two roundings per product (fl(fl(d * g) * S) or
+ *   fl(d * S) * g) and one per add or FMA. Rows j >= nrows (past N) must not read a
+ *   row-major gs (a panel-major one holds 0 there and may be read; their results are
+ *   dropped). Returns nonzero iff a group scale it read is NaN or infinite. Requires
+ *   1 <= mr <= the set's mr, 1 <= np <= the set's np, kw >= 1, 1 <= nrows.
  */
 /*
  * W1A8 prefill GEMM microkernels (csrc/kernels/wq8/wq8_gemm_<isa>.c; BLIS structure, the
@@ -235,9 +237,9 @@ typedef struct takane_wfloat_ukernel {
  * every activation row:
  * pack: panels of the strip (panel t at panels + t * pstride words; only np <= nr / 8 of
  *   them exist, the missing ones are zero rows), kw words each, group scales gs (row j,
- *   group g at takane_gs_at(gs, j, g), groups of gw words; NULL: none) for rows j < nrows (rows past nrows read
- *   no scale) into packed (pack_len(kw, ngroups) bytes, 64-byte aligned). Returns nonzero
- *   iff a group scale it read is NaN or infinite.
+ *   group g at takane_gs_at(gs, j, g), groups of gw words; NULL: none) for rows
+ *   j < nrows (rows past nrows read no scale) into packed (pack_len(kw, ngroups) bytes,
+ *   64-byte aligned). Returns nonzero iff a group scale it read is NaN or infinite.
  * tile: for i < mr (1 <= mr <= the set's mr) activation rows (q[i]: kw * 64 int8, zero
  *   past k; d[i], nq[i]: 2 * kw block scales and negated block sums, as the q8 ukernel
  *   takes them) and j < nr,

@@ -175,7 +175,8 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
                 if (src) {
                     const uint8_t *blk = src + b * TAKANE_Q1_0_BLOCK_BYTES;
                     memcpy(wd, blk + 2, 16); /* little-endian: the canonical words */
-                    g[b * TAKANE_PANEL_ROWS] = takane_fp16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                    const uint16_t d = (uint16_t)(blk[0] | (blk[1] << 8));
+                    g[b * TAKANE_PANEL_ROWS] = takane_fp16_to_f32(d);
                 }
                 panel[(2 * b) * TAKANE_PANEL_ROWS + r] = wd[0];
                 panel[(2 * b + 1) * TAKANE_PANEL_ROWS + r] = wd[1];
@@ -272,7 +273,8 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
                 ni[b] = -sum;
             }
         }
-        if (takane_wq8_block(ks, w, mi, qq, dd, nq, scale, group_scale ? &gsv : NULL, gw, ngroups, bias,
+        if (takane_wq8_block(ks, w, mi, qq, dd, nq, scale, group_scale ? &gsv : NULL, gw, ngroups,
+                             bias,
                              y + i0 * y_row_stride, y_row_stride, r0, r1, tables))
             return TAKANE_ERR_NOT_FINITE;
     }
@@ -295,9 +297,9 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
         const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
         const int lane = (int)(r % TAKANE_PANEL_ROWS);
         /* the handle's scales are panel-major: row r's group g at g[g * 8] (internal.h) */
-        const float *g = w->group_scale
-                             ? w->group_scale + (r / TAKANE_PANEL_ROWS) * ng * TAKANE_PANEL_ROWS + lane
-                             : NULL;
+        const float *g = w->group_scale ? w->group_scale +
+                                              (r / TAKANE_PANEL_ROWS) * ng * TAKANE_PANEL_ROWS + lane
+                                        : NULL;
         float *yr = y + (r - r0) * y_row_stride;
         for (int64_t c = 0; c < w->k; c++) {
             const uint64_t word = panel[(c / 64) * TAKANE_PANEL_ROWS + lane];

@@ -15,8 +15,8 @@ int64_t takane_wq8_gemm_scratch(const takane_q8_gemm_ukernel *g, int64_t kw, int
 
 /* Rows [0, m) of quantized activations (q: m rows of kw * 64 int8; d, nq: m rows of 2 * kw)
  * times output columns [c0, c1) of w (0 <= c0 < c1 <= n), with group scales gs (ng per
- * row, groups of gw words, a takane_gscales from row 0; NULL: none, then gw = kw, ng = 1), then y = fl(fl(v * scale) +
- * bias) into y[i * ys + j] for c0 <= j < c1 only. TAKANE_ERR_NOT_FINITE if a group scale
+ * row, groups of gw words, a takane_gscales from row 0; NULL: none, then gw = kw,
+ * ng = 1), then y = fl(fl(v * scale) + bias) into y[i * ys + j] for c0 <= j < c1 only. TAKANE_ERR_NOT_FINITE if a group scale
  * read is NaN or infinite (y partly written). */
 takane_status takane_wq8_gemm_cols(const takane_q8_gemm_ukernel *g, const takane_weights *w,
                                    int64_t m, const int8_t *q, const float *d,
