@@ -410,6 +410,25 @@ def weights_handle(bits: np.ndarray, k: int):
     return ffi.gc(out[0], lib.takane_weights_free)
 
 
+def handle_bits(handle, n: int, kw: int) -> np.ndarray:
+    """A new read-only (n, kw) uint64 array of the canonical rows a weights handle holds
+    (``takane_weights_get_bits``: the inverse of :func:`weights_handle`)."""
+    bits = np.empty((n, kw), dtype=np.uint64)
+    if n and kw:
+        status = lib.takane_weights_get_bits(handle, 0, n, from_buffer("uint64_t[]", bits, require_writable=True),
+                                             kw)
+        raise_status(status, "takane_weights_get_bits")
+    bits.flags.writeable = False
+    return bits
+
+
+def handle_nbytes(handle) -> int:
+    """Bytes a weights handle holds (``takane_weights_info``)."""
+    nbytes = ffi.new("int64_t *")
+    raise_status(lib.takane_weights_info(handle, ffi.NULL, ffi.NULL, nbytes), "takane_weights_info")
+    return int(nbytes[0])
+
+
 def conv_weights_handle(bits: np.ndarray, cin: int, groups: int):
     """The C library's prepared convolution weights for one ``groups`` value."""
     cout, kh, kw, _ = bits.shape
