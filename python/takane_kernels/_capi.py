@@ -380,16 +380,19 @@ def plain_scalar(v) -> bool:
     return v is None or v.__class__ in _SCALARS
 
 
-def bound_op(w, key: tuple, make):
-    """The op ``make()`` builds for weights ``w`` and constants ``key``, cached on ``w``.
+def bound_op(w, key: tuple, make, *args, **kwargs):
+    """The op ``make(*args, **kwargs)`` builds for weights ``w`` and constants ``key``,
+    cached on ``w``.
 
     The module-level functions (``binary_linear(x, w, ...)``) are ``Op(w, ...)(x)``; when
     their constants are plain scalars the op is kept with the (immutable) weights, so a
-    repeated call costs a dictionary lookup, not a new op. At most 16 ops per weights."""
+    repeated call costs a dictionary lookup, not a new op. At most 16 ops per weights.
+    (Pass the op's class and arguments rather than a lambda: a lambda turns the caller's
+    arguments into closure cells, which every call then pays for.)"""
     cache = w._bound
     op = cache.get(key)
     if op is None:
-        op = make()
+        op = make(*args, **kwargs)
         op.weights = weakref.proxy(w)  # no reference cycle: the weights are freed on del
         if len(cache) >= 16:
             cache.clear()

@@ -275,6 +275,6 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     if k is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS and (
             threads is None or threads.__class__ is int):
         key = ("matmul", threshold, threads)
-        op = w._bound.get(key) or C.bound_op(w, key, lambda: Matmul(w, threshold=threshold, threads=threads))
-        return op(x, out)
+        op = w._bound.get(key) or C.bound_op(w, key, Matmul, w, threshold=threshold, threads=threads)
+        return op.__call__(x, out)  # (a method call: cheaper than calling the instance)
     return Matmul(w, threshold=threshold, k=k, threads=threads)(x, out)
