@@ -140,6 +140,16 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None):
     return y
 
 
+def _result(y, out_threshold, out):
+    """A layer's float32 y, or the packed bits of ``y >= out_threshold``; written into
+    ``out`` when given."""
+    result = y if out_threshold is None else pack_bits(y, out_threshold)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
 def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out_threshold=None, out=None,
                   threads=None):
     """The W1A1 layer, spelled out in numpy float32 steps (see takane_kernels.binary_linear).
@@ -161,11 +171,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         y = y * beta.astype(np.float32)[..., None]
     if bias is not None:
         y = y + np.asarray(bias).astype(np.float32)
-    result = y if out_threshold is None else pack_bits(y, out_threshold)
-    if out is not None:
-        out[...] = result
-        return out
-    return result
+    return _result(y, out_threshold, out)
 
 
 def quantize_q8_0(xs):
@@ -392,11 +398,7 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
         y = y + np.asarray(bias).astype(np.float32)
     if residual is not None:
         y = y + np.asarray(residual).astype(np.float32)
-    result = y if out_threshold is None else pack_bits(y, out_threshold)
-    if out is not None:
-        out[...] = result
-        return out
-    return result
+    return _result(y, out_threshold, out)
 
 
 def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None):
