@@ -174,6 +174,9 @@ def compile_cases(size: int) -> dict:
     torch = _torch()
     from takane_kernels.torch import BinaryLinear
 
+    # each BinaryLinear's registry key is a constant of its graph: past dynamo's recompile
+    # limit (8 per function) further modules would run eagerly, so start afresh per size
+    torch._dynamo.reset()
     ln = torch.nn.Linear(size, size)
     xt = torch.from_numpy(np.random.default_rng(size).standard_normal((1, size)).astype(np.float32))
     c = {"nn.Linear compiled": torch.compile(ln)}

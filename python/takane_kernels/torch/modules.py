@@ -295,7 +295,8 @@ class BinaryLinear(KernelModule):
             if bptr is not None:
                 if out is None:
                     y = torch.empty(m, n, dtype=_F32) if nd == 2 else (
-                        torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(shape[:-1] + (n,), dtype=_F32))
+                        torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(*shape[:-1], n, dtype=_F32))
+                    # (sizes as arguments: torch.empty parses a Size + tuple ~1.3 µs slower)
                 else:  # (the out shape compared element-wise: cheaper than building a Size)
                     os = out.shape
                     fits = (len(os) == 2 and os[0] == m and os[1] == n) if nd == 2 else os == shape[:-1] + (n,)
