@@ -141,13 +141,13 @@ step "whole test suite under qemu-aarch64: neon and scalar forced per test, neon
 env -u TAKANE_ISA TAKANE_EXPECT_ISA=neon HYPOTHESIS_PROFILE=ci \
   TAKANE_TEST_EMULATOR=qemu-aarch64 \
   "${PY_A64[@]}" -m pytest tests -q -p no:cacheprovider \
-  --ignore-glob='tests/test_torch*.py' --ignore=tests/test_demo.py --ignore=tests/test_lm.py # training / torch: native runs only
+  --ignore-glob='tests/test_torch*.py' --ignore=tests/programs/test_demo.py --ignore=tests/programs/test_lm.py # training / torch: native runs only
 
-step "W1A8 on plain NEON: tests/test_q8.py under qemu-aarch64 -cpu cortex-a53 (no SDOT)"
+step "W1A8 on plain NEON: tests/test_q8_0.py under qemu-aarch64 -cpu cortex-a53 (no SDOT)"
 # the default qemu CPU reports the dot-product extension, so the suite above ran the SDOT
 # kernel; an ARMv8.0 core makes wq8_neon.c take its AND + SADDLP path
 env -u TAKANE_ISA TAKANE_EXPECT_ISA=neon HYPOTHESIS_PROFILE=emulated QEMU_CPU=cortex-a53 \
   TAKANE_TEST_EMULATOR=qemu-aarch64 \
-  "${PY_A64[@]}" -m pytest tests/test_q8.py -q -p no:cacheprovider
+  "${PY_A64[@]}" -m pytest tests/test_q8_0.py -q -p no:cacheprovider
 
 step "passed in $((SECONDS - start)) s"

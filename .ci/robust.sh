@@ -27,7 +27,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # big thread-split shapes (minutes under valgrind; the asan job runs them), and timing
 # or subprocess-spawning tests (meaningless / not followed under valgrind).
 VALGRIND_TESTS=(tests/test_hostile.py tests/test_bitformat.py tests/test_linear.py
-  tests/test_wfloat.py tests/test_threads.py tests/test_properties.py tests/test_conv.py
+  tests/test_f32.py tests/test_threads.py tests/test_properties.py tests/test_conv.py
   tests/test_conv_errors.py tests/test_byot.py)
 VALGRIND_DESELECT="not test_k_at_max_exact and not test_dimension_products_past_32_bits"
 VALGRIND_DESELECT+=" and not test_threads_and_blocks_match_reference and not test_bits_output_grid_exact"

@@ -28,8 +28,8 @@ BEST = tk.isa.supported()[0]
 _cache = {}  # every shape's data stays (well under 1 GB): the parametrization varies shape fastest
 
 
-def wfloat_data(shape):
-    key = ("wfloat", shape)
+def f32_data(shape):
+    key = ("f32", shape)
     if key not in _cache:
         m, n, k = shape
         rng = np.random.default_rng(m * 7 + n * 3 + k)
@@ -85,9 +85,9 @@ if THREADS > 1:
 
 @pytest.mark.parametrize("member", WFLOAT_MEMBERS)
 @pytest.mark.parametrize("shape", BENCH_SHAPES, ids=SHAPE_IDS)
-def test_wfloat(benchmark, shape, member):
+def test_f32(benchmark, shape, member):
     benchmark.group = f"W1A-float {shape}"
-    d = wfloat_data(shape)
+    d = f32_data(shape)
     layer_bytes = dict(float32_layer_bytes=d["wf"].nbytes + d["bias"].nbytes, packed_layer_bytes=d["pw"].nbytes + d["bias"].nbytes)
     if member.startswith("numpy"):
         def layer(x, wf, bias):

@@ -8,11 +8,14 @@ Python glue.
 
     python -m pytest bench/test_bench_overhead.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
-Run as a script it prints the issue-22 table instead (median µs per call over repeated
-warm loops, and the ratios to numpy / nn.Linear from the same run); ``--cold`` adds the
-same calls with the caches flushed (a 64 MiB buffer read) before each timed call:
+Run as a script it prints the issue-22 table instead (µs per call of this thread's CPU
+time, best and median of interleaved rounds of warm loops, and the ratios to numpy /
+nn.Linear from the same run: everything runs on the calling thread, so CPU time is the
+figure a shared machine disturbs least); ``--compile`` adds the PyTorch modules under
+``torch.compile`` against a compiled ``nn.Linear``; ``--cold`` adds the same calls with the
+caches flushed (a 64 MiB buffer read) before each timed call:
 
-    python bench/test_bench_overhead.py [--cold]
+    python bench/test_bench_overhead.py [--compile] [--cold]
 """
 
 from __future__ import annotations
@@ -137,19 +140,20 @@ def test_overhead_conv(benchmark, member):
 # ---- the issue-22 table -----------------------------------------------------------------------
 
 def loop_us(fns: dict, calls: int = 2000, repeats: int = 15) -> dict:
-    """name -> (best, median) over `repeats` loops of `calls` warm calls, in µs per call.
-    The members take turns loop by loop, so a noisy neighbour slows them all alike; on a
-    shared machine the best loop is the steadiest figure (the median is printed too)."""
+    """name -> (best, median) over `repeats` loops of `calls` warm calls, in µs of this
+    thread's CPU time per call. The members take turns loop by loop, so a noisy neighbour
+    slows them all alike; on a shared machine the best loop is the steadiest figure (the
+    median is printed too)."""
     for fn in fns.values():
         for _ in range(200):
             fn()
     per = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time_ns()
             for _ in range(calls):
                 fn()
-            per[name].append((time.perf_counter() - t0) / calls * 1e6)
+            per[name].append((time.thread_time_ns() - t0) / calls * 1e-3)
     return {name: (min(v), statistics.median(v)) for name, v in per.items()}
 
 
@@ -165,6 +169,24 @@ def cold_median_us(fn, calls: int = 200) -> float:
     return statistics.median(per)
 
 
+def compile_cases(size: int) -> dict:
+    """nn.Linear and BinaryLinear (each mode) under torch.compile (inductor), one size."""
+    torch = _torch()
+    from takane_kernels.torch import BinaryLinear
+
+    # each BinaryLinear's registry key is a constant of its graph: past dynamo's recompile
+    # limit (8 per function) further modules would run eagerly, so start afresh per size
+    torch._dynamo.reset()
+    ln = torch.nn.Linear(size, size)
+    xt = torch.from_numpy(np.random.default_rng(size).standard_normal((1, size)).astype(np.float32))
+    c = {"nn.Linear compiled": torch.compile(ln)}
+    for mode in ("w1a1", "w1a_float", "w1a8"):
+        c[f"BinaryLinear {mode} compiled"] = torch.compile(BinaryLinear.from_linear(ln, mode=mode, threads=1))
+    for fn in c.values():  # compile now, not in the first timed loop
+        fn(xt)
+    return {name: (lambda fn=fn: fn(xt)) for name, fn in c.items()}
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     cold = "--cold" in argv
@@ -176,12 +198,16 @@ def main(argv=None) -> None:
     for size in SIZES:
         rows[f"{size}x{size}"] = loop_us(cases(size), calls=2000 if size < 1024 else 300)
     rows[f"conv {CONV[1]}ch {CONV[2]}x{CONV[3]}"] = loop_us(conv_cases(), calls=200)
-    print(f"isa {tk.isa.active()}, batch 1, 1 thread, warm: µs per call, best and median loop, "
-          "and the best's ratio to numpy f32 (numpy API) or nn.Linear / nn.Conv2d (modules)")
+    if "--compile" in argv and torch is not None:
+        for size in SIZES:
+            rows[f"torch.compile {size}x{size}"] = loop_us(compile_cases(size), calls=500)
+    print(f"isa {tk.isa.active()}, batch 1, 1 thread, warm: µs of CPU time per call, best and median loop, "
+          "and the best's ratio to numpy f32 (numpy API) or nn.Linear / nn.Conv2d (modules); "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end")
     for label, r in rows.items():
         print(f"\n{label}")
         base_np = r.get("numpy f32 x @ w.T", (None,))[0]
-        base_t = (r.get("nn.Linear") or r.get("nn.Conv2d") or (None,))[0]
+        base_t = (r.get("nn.Linear") or r.get("nn.Conv2d") or r.get("nn.Linear compiled") or (None,))[0]
         for name, (best, med) in r.items():
             base = base_t if ("Binary" in name or name.startswith("nn.")) else base_np
             ratio = f"{best / base:5.2f}x" if base else ""

@@ -73,7 +73,7 @@ def test_linear_canonical_equals_prepacked(isa_name, m, n, k, out):
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 33, 129), (5, 17, 4097), (9, 40, 700)])
-def test_wfloat_canonical_and_prepacked_within_bound(isa_name, m, n, k):
+def test_f32_canonical_and_prepacked_within_bound(isa_name, m, n, k):
     rng = np.random.default_rng(m + n + k)
     x = rng.standard_normal((m, k)).astype(np.float32)
     pw = tk.pack_weights(rng.standard_normal((n, k)), scale="onebit")
@@ -99,7 +99,7 @@ THREADED = [(2, 700, 1100), (64, 300, 400)]
 
 
 @pytest.mark.parametrize("m,n,k", THREADED)
-def test_wfloat_same_bits_for_every_thread_count(isa_name, m, n, k):
+def test_f32_same_bits_for_every_thread_count(isa_name, m, n, k):
     rng = np.random.default_rng(m)
     x = rng.standard_normal((m, k)).astype(np.float32)
     pw = tk.pack_weights(rng.standard_normal((n, k)), scale="onebit")

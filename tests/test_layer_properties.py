@@ -61,7 +61,7 @@ def test_binary_linear_property(isa_name, problem):
 
 
 @st.composite
-def wfloat_problems(draw):
+def f32_problems(draw):
     m = draw(st.integers(0, 10))
     n = draw(st.integers(0, 40))
     k = draw(KS)
@@ -80,7 +80,7 @@ def wfloat_problems(draw):
     return x, pw, bias, integer
 
 
-@given(wfloat_problems())
+@given(f32_problems())
 def test_binary_weight_matmul_property(isa_name, problem):
     x, pw, bias, integer = problem
     count_example(isa_name)

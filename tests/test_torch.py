@@ -422,3 +422,37 @@ def test_the_custom_op_finds_live_modules_only():
     gc.collect()
     with pytest.raises(RuntimeError, match="no live module"):
         torch.ops.takane.binary_linear(x, None, key)
+    with pytest.raises(RuntimeError, match="no live module"):
+        torch.ops.takane.binary_linear_out(x, None, key, torch.empty(2, 8))
+
+
+@pytest.mark.parametrize("mode", ["w1a1", "w1a_float", "w1a8"])
+def test_the_out_form_of_the_custom_op(mode):
+    """binary_linear_out (what a compiled graph calls: it allocates the result itself)
+    writes exactly the module's result into out, on the fast path and the general one
+    (float64 or strided x, a strided out, batch dims), and passes torch's op checks."""
+    torch.manual_seed(5)
+    m = BinaryLinear.from_linear(nn.Linear(96, 24), mode=mode)
+    key = m._takane_key
+    for x in (torch.randn(3, 96), torch.randn(96), torch.randn(2, 3, 96), torch.randn(3, 96, dtype=torch.float64),
+              torch.randn(96, 3).t(), torch.randn(0, 96)):
+        want = m(x)
+        out = torch.full(want.shape, float("nan"))
+        torch.ops.takane.binary_linear_out(x, m.bias, key, out)
+        assert torch.equal(out, want)
+        strided = torch.full(want.shape + (2,), float("nan"))[..., 0]
+        torch.ops.takane.binary_linear_out(x, m.bias, key, strided)
+        assert torch.equal(strided, want)
+    with pytest.raises(ValueError, match="out must be a CPU float32 tensor of shape"):
+        torch.ops.takane.binary_linear_out(torch.randn(3, 96), m.bias, key, torch.empty(2, 24))
+    with pytest.raises(ValueError, match="out must be a CPU float32 tensor of shape"):
+        torch.ops.takane.binary_linear_out(torch.randn(3, 96), m.bias, key, torch.empty(3, 24, dtype=torch.float64))
+    for op in (torch.ops.takane.binary_linear, lambda x, b, k: torch.ops.takane.binary_linear_out(
+            x, b, k, torch.empty(3, 24))):
+        with pytest.raises(ValueError, match=r"input has shape \(3, 95\), expected \(\.\.\., 96\)"):
+            op(torch.randn(3, 95), m.bias, key)
+    torch.library.opcheck(torch.ops.takane.binary_linear_out.default, (torch.randn(3, 96), m.bias, key,
+                                                                       torch.empty(3, 24)))
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    x = torch.randn(5, 96)
+    assert torch.equal(compiled(x), m(x))

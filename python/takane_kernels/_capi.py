@@ -380,16 +380,19 @@ def plain_scalar(v) -> bool:
     return v is None or v.__class__ in _SCALARS
 
 
-def bound_op(w, key: tuple, make):
-    """The op ``make()`` builds for weights ``w`` and constants ``key``, cached on ``w``.
+def bound_op(w, key: tuple, make, *args, **kwargs):
+    """The op ``make(*args, **kwargs)`` builds for weights ``w`` and constants ``key``,
+    cached on ``w``.
 
     The module-level functions (``binary_linear(x, w, ...)``) are ``Op(w, ...)(x)``; when
     their constants are plain scalars the op is kept with the (immutable) weights, so a
-    repeated call costs a dictionary lookup, not a new op. At most 16 ops per weights."""
+    repeated call costs a dictionary lookup, not a new op. At most 16 ops per weights.
+    (Pass the op's class and arguments rather than a lambda: a lambda turns the caller's
+    arguments into closure cells, which every call then pays for.)"""
     cache = w._bound
     op = cache.get(key)
     if op is None:
-        op = make()
+        op = make(*args, **kwargs)
         op.weights = weakref.proxy(w)  # no reference cycle: the weights are freed on del
         if len(cache) >= 16:
             cache.clear()
@@ -408,6 +411,25 @@ def weights_handle(bits: np.ndarray, k: int):
         raise MemoryError("takane_weights_create: out of memory")
     raise_status(status, "takane_weights_create")
     return ffi.gc(out[0], lib.takane_weights_free)
+
+
+def handle_bits(handle, n: int, kw: int) -> np.ndarray:
+    """A new read-only (n, kw) uint64 array of the canonical rows a weights handle holds
+    (``takane_weights_get_bits``: the inverse of :func:`weights_handle`)."""
+    bits = np.empty((n, kw), dtype=np.uint64)
+    if n and kw:
+        status = lib.takane_weights_get_bits(handle, 0, n, from_buffer("uint64_t[]", bits, require_writable=True),
+                                             kw)
+        raise_status(status, "takane_weights_get_bits")
+    bits.flags.writeable = False
+    return bits
+
+
+def handle_nbytes(handle) -> int:
+    """Bytes a weights handle holds (``takane_weights_info``)."""
+    nbytes = ffi.new("int64_t *")
+    raise_status(lib.takane_weights_info(handle, ffi.NULL, ffi.NULL, nbytes), "takane_weights_info")
+    return int(nbytes[0])
 
 
 def conv_weights_handle(bits: np.ndarray, cin: int, groups: int):

@@ -412,10 +412,9 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
             and C.plain_scalar(out_threshold) and C.plain_scalar(threads) and _hashable(stride, padding, dilation)
             and C.plain_scalar(groups) and C.plain_scalar(pad_value)):
         key = (stride, padding, dilation, groups, pad_value, threshold, out_threshold, threads)
-        op = C.bound_op(w, key, lambda: Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                               pad_value=pad_value, threshold=threshold, out_threshold=out_threshold,
-                                               threads=threads))
-        return op(x, out, residual)
+        op = C.bound_op(w, key, Conv2d, w, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                        pad_value=pad_value, threshold=threshold, out_threshold=out_threshold, threads=threads)
+        return op.__call__(x, out, residual)
     return Conv2d(w, stride=stride, padding=padding, dilation=dilation, groups=groups, pad_value=pad_value,
                   threshold=threshold, bias=bias, out_threshold=out_threshold, threads=threads)(x, out, residual)
 

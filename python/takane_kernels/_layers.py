@@ -21,6 +21,9 @@ from ._weights import PackedWeights
 __all__ = ["binary_linear", "binary_weight_matmul", "Linear"]
 
 _ndarray, _empty = np.ndarray, np.empty
+_from_buffer_type = C.ffi.typeof
+_FLOAT_ARRAY = _from_buffer_type("float[]")
+_plain_scalar = C.plain_scalar  # a cffi type, not a string to look up per call
 _SCALARS = (int, float)
 _lin_f32 = lib.takane_binary_linear_prepacked_f32
 _lin_f32_bits = lib.takane_binary_linear_prepacked_f32_bits
@@ -50,7 +53,8 @@ class Linear:
     """
 
     __slots__ = ("weights", "activations", "k", "n", "_kw", "_handle", "_t", "_threads", "_act_scale",
-                 "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64", "_nk", "_cf32")
+                 "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64", "_nk", "_cf32",
+                 "_fk", "_y1", "_cfxy")
 
     def __init__(self, w, *, activations="w1a1", threshold=0.0, bias=None, activation_scale=False,
                  out_threshold=None, threads=None, _op="Linear", _modes=C.ACTIVATION_MODES):
@@ -93,6 +97,12 @@ class Linear:
         self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
         self._nk = n > 0 and k > 0
         self._cf32 = self._bind_f32()
+        # the common call's constants: K of an x it takes (-1, matching no x, when the layer is
+        # empty: those calls take the general path), the 1-D result's shape, and the C call on
+        # x and y themselves (the two pointers taken inside: one Python frame fewer)
+        self._fk = k if self._nk else -1
+        self._y1 = (self._ylen,)
+        self._cfxy = self._bind_f32(arrays=True)
 
     def __repr__(self) -> str:
         return f"Linear(n={self.n}, k={self.k}, activations={self.activations!r})"
@@ -104,20 +114,25 @@ class Linear:
 
     def __call__(self, x, out=None) -> np.ndarray:
         """float32 (..., N), or with ``out_threshold`` packed uint64 (..., ceil(N/64))."""
-        if out is None and x.__class__ is _ndarray and x.dtype is F32:  # the common call, first
+        # The common call first, in the fewest steps: float32 x of (M, K) or (K,), no out=.
+        # Anything else (and every failed check here) takes the paths below.
+        if x.__class__ is _ndarray and x.dtype is F32 and out is None:
             shape = x.shape
             nd = len(shape)
-            if (nd == 2 or nd == 1) and shape[-1] == self.k:
+            if nd == 2:
+                m, kx = shape
+                yshape = (m, self._ylen)
+            else:
+                m, kx, yshape = 1, (shape[0] if nd == 1 else None), self._y1
+            if kx == self._fk and m:
                 flags = x.flags
-                if flags.c_contiguous and flags.aligned and self._nk:
-                    m = shape[0] if nd == 2 else 1
-                    if m:
-                        y = _empty((m, self._ylen) if nd == 2 else (self._ylen,), self._ydtype)
-                        status = self._cf32(m, _from_buffer("float[]", x), _from_buffer(self._yctype, y), self._bptr)
-                        if status:
-                            self._fail(status, x)
-                        return y
-        elif x.__class__ is _ndarray:  # packed x, or out= given
+                if flags.c_contiguous and flags.aligned:
+                    y = _empty(yshape, self._ydtype)
+                    status = self._cfxy(m, x, y)
+                    if status:
+                        self._fail(status, x)
+                    return y
+        if x.__class__ is _ndarray:  # packed x, or out= given
             shape = x.shape
             nd = len(shape)
             if nd == 2 or nd == 1:
@@ -140,16 +155,26 @@ class Linear:
                             return y
         return self._general(x, out)
 
-    def _bind_f32(self):
-        """``_cf32(m, xptr, yptr, bptr)``: the float32-input C call with every constant bound
-        (the fast path of a call; the torch modules call it with tensor memory)."""
+    def _bind_f32(self, arrays=False):
+        """The float32-input C call with every constant bound: ``_cf32(m, xptr, yptr, bptr)``
+        (the torch modules call it with tensor memory) or, ``arrays=True``, ``_cfxy(m, x, y)``
+        on C-contiguous aligned arrays with the layer's bias (a call's fast path: the two
+        pointers are taken inside, so the call is one Python frame above C)."""
         h, k, n, ylen, threads = self._handle, self.k, self.n, self._ylen, self._threads
         tptr, tlen, act, sptr, optr, olen = self._t.ptr, self._t.len, self._act_scale, self._sptr, self._optr, self._olen
+        fb, fa, ya, b = _from_buffer, _FLOAT_ARRAY, _from_buffer_type(self._yctype), self._bptr
         if self._ws is not None:
             ins, gs, g, mode = self._ws
+            if arrays:
+                return lambda m, x, y: _wmm(h, m, fb(fa, x), k, ins, sptr, gs, g, b, mode, fb(ya, y), n, threads)
             return lambda m, xp, yp, bp: _wmm(h, m, xp, k, ins, sptr, gs, g, bp, mode, yp, n, threads)
         if self._tout is None:
+            if arrays:
+                return lambda m, x, y: _lin_f32(h, m, fb(fa, x), k, tptr, tlen, act, sptr, b, fb(ya, y), ylen, threads)
             return lambda m, xp, yp, bp: _lin_f32(h, m, xp, k, tptr, tlen, act, sptr, bp, yp, ylen, threads)
+        if arrays:
+            return lambda m, x, y: _lin_f32_bits(h, m, fb(fa, x), k, tptr, tlen, act, sptr, b, optr, olen, fb(ya, y),
+                                                 ylen, threads)
         return lambda m, xp, yp, bp: _lin_f32_bits(h, m, xp, k, tptr, tlen, act, sptr, bp, optr, olen, yp, ylen,
                                                    threads)
 
@@ -291,14 +316,19 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
     ``threads``: how many threads may share the matrix product (None = the default).
     For many calls with the same weights and constants, bind them once: :class:`Linear`.
     """
-    if (bias is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS
-            and (threads is None or threads.__class__ is int) and C.plain_scalar(out_threshold)
-            and activation_scale.__class__ is bool):
-        key = ("w1a1", threshold, activation_scale, out_threshold, threads)
-        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
-            w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
-            out_threshold=out_threshold, threads=threads, _op="binary_linear"))
-        return op(x, out)
+    if (w.__class__ is PackedWeights and bias is None and threshold.__class__ in _SCALARS
+            and (threads is None or threads.__class__ is int)):
+        if out_threshold is None and activation_scale is False:  # the common call: a short key
+            key = ("w1a1", threshold, threads)
+        elif _plain_scalar(out_threshold) and activation_scale.__class__ is bool:
+            key = ("w1a1", threshold, activation_scale, out_threshold, threads)
+        else:
+            key = None
+        if key is not None:
+            op = w._bound.get(key) or C.bound_op(
+                w, key, Linear, w, activations="w1a1", threshold=threshold, activation_scale=activation_scale,
+                out_threshold=out_threshold, threads=threads, _op="binary_linear")
+            return op.__call__(x, out)  # (a method call: cheaper than calling the instance)
     return Linear(w, activations="w1a1", threshold=threshold, bias=bias, activation_scale=activation_scale,
                   out_threshold=out_threshold, threads=threads, _op="binary_linear")(x, out)
 
@@ -338,8 +368,8 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     if bias is None and w.__class__ is PackedWeights and activations.__class__ is str and (
             threads is None or threads.__class__ is int):
         key = ("wmm", activations, threads)
-        op = w._bound.get(key) or C.bound_op(w, key, lambda: Linear(
-            w, activations=activations, threads=threads, _op="binary_weight_matmul", _modes=("f32", "q8_0")))
-        return op(x, out)
+        op = w._bound.get(key) or C.bound_op(w, key, Linear, w, activations=activations, threads=threads,
+                                             _op="binary_weight_matmul", _modes=("f32", "q8_0"))
+        return op.__call__(x, out)
     return Linear(w, activations=activations, bias=bias, threads=threads, _op="binary_weight_matmul",
                   _modes=("f32", "q8_0"))(x, out)

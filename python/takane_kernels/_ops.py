@@ -144,11 +144,12 @@ def _onebit_factors(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resolve_weights(w: object, k: object):
-    """(canonical bits, k, prepacked handle or None) of a PackedWeights or raw bits."""
+    """(canonical bits or None, n, k, prepacked handle or None) of a PackedWeights (its
+    handle only: the weights keep one copy) or raw bits (no handle)."""
     if isinstance(w, PackedWeights):
         if k is not None and C.check_k(k) != w.k:
             raise ValueError(f"k={k} does not match the PackedWeights' k={w.k}")
-        return w.bits, w.k, w._prepacked()
+        return None, w.n, w.k, w._prepacked()
     if not isinstance(w, np.ndarray):
         raise TypeError(f"w must be a PackedWeights or a canonical uint64 array, got {type(w).__name__}")
     if k is None:
@@ -157,7 +158,7 @@ def resolve_weights(w: object, k: object):
     C.check_packed(w, k, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (N, ceil(K/64)), got shape {w.shape}")
-    return np.require(w, requirements="CA"), k, None  # C-contiguous and aligned
+    return np.require(w, requirements="CA"), w.shape[0], k, None  # C-contiguous and aligned
 
 
 _matmul_u64 = lib.takane_binary_matmul_prepacked
@@ -182,10 +183,10 @@ class Matmul:
     __slots__ = ("weights", "k", "n", "_bits", "_handle", "_t", "_threads", "_kw")
 
     def __init__(self, w, *, threshold=0.0, k=None, threads=None):
-        bits, k, handle = resolve_weights(w, k)
+        bits, n, k, handle = resolve_weights(w, k)
         self.weights = w
-        self.k, self.n = k, bits.shape[0]
-        self._bits, self._handle, self._kw = bits, handle, bits.shape[1]
+        self.k, self.n = k, n
+        self._bits, self._handle, self._kw = bits, handle, C.words_for(k)
         self._threads = C.check_threads(threads)
         self._t = Threshold(threshold, k)
 
@@ -255,7 +256,8 @@ class Matmul:
         if status == lib.TAKANE_ERR_PADDING_BITS:
             if x.dtype == np.uint64:
                 C.check_packed(x, self.k, "x")  # raises if it is x's padding, else it was w's
-            C.check_packed(self._bits, self.k, "w")
+            if self._bits is not None:  # (a handle's padding was checked when it was made)
+                C.check_packed(self._bits, self.k, "w")
         C.raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
 
 
@@ -273,6 +275,6 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     if k is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS and (
             threads is None or threads.__class__ is int):
         key = ("matmul", threshold, threads)
-        op = w._bound.get(key) or C.bound_op(w, key, lambda: Matmul(w, threshold=threshold, threads=threads))
-        return op(x, out)
+        op = w._bound.get(key) or C.bound_op(w, key, Matmul, w, threshold=threshold, threads=threads)
+        return op.__call__(x, out)  # (a method call: cheaper than calling the instance)
     return Matmul(w, threshold=threshold, k=k, threads=threads)(x, out)

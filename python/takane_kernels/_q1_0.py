@@ -103,8 +103,9 @@ def to_q1_0(w: object) -> np.ndarray:
     g = _block_scales(w, nb)
     out = np.empty((w.n, nb * Q1_0_BLOCK_BYTES), dtype=np.uint8)
     if w.n and nb:
+        bits = w.bits  # (rebuilt from the kernels' copy if the weights hold only that)
         st = lib.takane_bits_to_q1_0(
-            w.n, w.k, ffi.from_buffer("uint64_t[]", w.bits), w.bits.shape[1],
+            w.n, w.k, ffi.from_buffer("uint64_t[]", bits), bits.shape[1],
             ffi.NULL if g is None else ffi.from_buffer("float[]", g), nb,
             ffi.from_buffer("uint8_t[]", out, require_writable=True), out.shape[1],
         )

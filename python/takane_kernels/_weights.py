@@ -12,7 +12,8 @@ import zipfile
 
 import numpy as np
 
-from ._capi import MAX_K, check_group_size, check_k, check_packed, owned_vector, weights_handle
+from ._capi import (MAX_K, check_group_size, check_k, check_packed, handle_bits, handle_nbytes, owned_vector,
+                    weights_handle)
 
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
@@ -124,9 +125,19 @@ class PackedWeights:
     128). The effective weight is
     ``sign(W)[n, k] * scale[n] * in_scale[k] * group_scale[n, k // group_size]``, each
     factor 1 when absent. Instances are immutable: the arrays are private read-only copies.
+
+    One resident copy of the signs: once a kernel has built the C library's re-tiled
+    layout (the handle, on the first op call), the canonical rows are dropped and ``bits``
+    rebuilds them from the handle on each access (a new read-only array, exact — hold on to
+    it rather than reading ``bits`` in a loop). Saving, pickling, ``to_q1_0`` and equality
+    go through ``bits`` and are unchanged.
     """
 
-    __slots__ = ("_bits", "_k", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle", "_bound", "__weakref__")
+    # Invariant: _bits (canonical rows, owned, read-only) or _handle (the re-tiled C copy)
+    # is set, possibly both; _prepacked() sets _handle before it clears _bits, and neither
+    # is set back, so a reader that finds _bits None always finds the handle.
+    __slots__ = ("_bits", "_k", "_n", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle", "_bound",
+                 "__weakref__")
 
     def __init__(self, bits: np.ndarray, k: int, *, scale: object = None, in_scale: object = None,
                  group_scale: object = None, group_size: object = None):
@@ -137,7 +148,7 @@ class PackedWeights:
         owned = np.array(bits, dtype=np.uint64, order="C")
         owned.flags.writeable = False
         self._bits = owned
-        self._k = k
+        self._k, self._n = k, owned.shape[0]
         self._scale = owned_vector(scale, owned.shape[0], "scale", "one per output row N")
         self._in_scale = owned_vector(in_scale, k, "in_scale", "one per input column K")
         self._group_scale, self._group_size = _check_group_scale(group_scale, owned.shape[0], k, group_size)
@@ -152,7 +163,7 @@ class PackedWeights:
         self = cls.__new__(cls)
         bits.flags.writeable = False
         group_scale.flags.writeable = False
-        self._bits, self._k = bits, k
+        self._bits, self._k, self._n = bits, k, bits.shape[0]
         self._scale = self._in_scale = None
         self._group_scale, self._group_size = group_scale, group_size
         self._handle = None
@@ -160,18 +171,41 @@ class PackedWeights:
         return self
 
     def _prepacked(self):
-        """The C library's re-tiled copy of the bits (built once, on first use)."""
+        """The C library's re-tiled copy of the bits (built once, on first use); from then
+        on it is the only copy the weights keep (the canonical rows are dropped)."""
         handle = self._handle
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
                     self._handle = weights_handle(self._bits, self._k)
+                    self._bits = None  # after the handle is set: see the invariant above
                 handle = self._handle
         return handle
 
-    bits = property(lambda self: self._bits, doc="(N, ceil(K/64)) uint64, read-only")
+    @property
+    def bits(self) -> np.ndarray:
+        """(N, ceil(K/64)) uint64, read-only: the canonical rows (rebuilt from the C
+        library's copy, a new array, once the kernels have prepared the weights)."""
+        b = self._bits
+        if b is not None:
+            return b
+        h = self._handle
+        if h is None:  # unreachable with ordered stores; the lock makes it so everywhere
+            with _HANDLE_LOCK:
+                b, h = self._bits, self._handle
+            if b is not None:
+                return b
+        return handle_bits(h, self._n, -(-self._k // 64))
+
+    def _resident_nbytes(self) -> int:
+        """Bytes these weights hold now (canonical rows if kept, the C handle if built,
+        scales): the accounting behind "one resident copy", for tests and the llm program."""
+        b, h = self._bits, self._handle
+        return ((0 if b is None else b.nbytes) + (0 if h is None else handle_nbytes(h))
+                + self.nbytes - self._n * -(-self._k // 64) * 8)
+
     k = property(lambda self: self._k, doc="K, the number of inputs")
-    n = property(lambda self: self._bits.shape[0], doc="N, the number of outputs")
+    n = property(lambda self: self._n, doc="N, the number of outputs")
     scale = property(lambda self: self._scale, doc="(N,) float32 per-row scale, or None")
     in_scale = property(lambda self: self._in_scale, doc="(K,) float32 per-column scale, or None")
     group_scale = property(lambda self: self._group_scale,
@@ -180,9 +214,9 @@ class PackedWeights:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of bits plus scales."""
-        return sum(a.nbytes for a in (self._bits, self._scale, self._in_scale, self._group_scale)
-                   if a is not None)
+        """Bytes of the canonical bits plus scales (the logical size, however stored)."""
+        return self._n * -(-self._k // 64) * 8 + sum(
+            a.nbytes for a in (self._scale, self._in_scale, self._group_scale) if a is not None)
 
     def __repr__(self) -> str:
         return (
@@ -198,9 +232,10 @@ class PackedWeights:
         def same(a, b):
             return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
-        return (
+        return self is other or (
             self._k == other._k
-            and np.array_equal(self._bits, other._bits)
+            and self._n == other._n
+            and np.array_equal(self.bits, other.bits)
             and same(self._scale, other._scale)
             and same(self._in_scale, other._in_scale)
             and self._group_size == other._group_size
@@ -211,7 +246,7 @@ class PackedWeights:
 
     def __reduce__(self):
         # pickle/copy the arrays only: the C handle is a cache, rebuilt on first use
-        return (_rebuild, (self._bits, self._k, self._scale, self._in_scale, self._group_scale,
+        return (_rebuild, (self.bits, self._k, self._scale, self._in_scale, self._group_scale,
                            self._group_size))
 
     # ---- persistence ------------------------------------------------------------------
@@ -235,7 +270,7 @@ class PackedWeights:
         """Write to ``path`` exactly (no extension is added), atomically."""
         grouped = self._group_scale is not None
         arrays = format_arrays(FORMAT_NAME, 2 if grouped else 1, k=np.array(self._k, dtype=np.int64),
-                               bits=self._bits, scale=self._scale, in_scale=self._in_scale,
+                               bits=self.bits, scale=self._scale, in_scale=self._in_scale,
                                group_size=np.array(self._group_size, dtype=np.int64) if grouped else None,
                                group_scale=self._group_scale)
         save_npz_atomic(path, arrays)

@@ -140,6 +140,16 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None):
     return y
 
 
+def _result(y, out_threshold, out):
+    """A layer's float32 y, or the packed bits of ``y >= out_threshold``; written into
+    ``out`` when given."""
+    result = y if out_threshold is None else pack_bits(y, out_threshold)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
 def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out_threshold=None, out=None,
                   threads=None):
     """The W1A1 layer, spelled out in numpy float32 steps (see takane_kernels.binary_linear).
@@ -161,11 +171,7 @@ def binary_linear(x, w, *, threshold=0.0, bias=None, activation_scale=False, out
         y = y * beta.astype(np.float32)[..., None]
     if bias is not None:
         y = y + np.asarray(bias).astype(np.float32)
-    result = y if out_threshold is None else pack_bits(y, out_threshold)
-    if out is not None:
-        out[...] = result
-        return out
-    return result
+    return _result(y, out_threshold, out)
 
 
 def quantize_q8_0(xs):
@@ -213,7 +219,7 @@ def _activations(activations):
 def _group_factor(w, cols):
     """(N, len(cols)) float64: group_scale[n, col // G] for each column index, or ones."""
     if w.group_scale is None:
-        return np.ones((w.bits.shape[0], len(cols)))
+        return np.ones((w.n, len(cols)))
     return w.group_scale.astype(np.float64)[:, np.asarray(cols) // w.group_size]
 
 
@@ -225,7 +231,7 @@ def _q8_terms(x, w):
         xs = (xs * w.in_scale.astype(np.float32)).astype(np.float32)
     q, d = quantize_q8_0(xs)
     nb = d.shape[-1]
-    signs = np.zeros((w.bits.shape[0], nb * 32))
+    signs = np.zeros((w.n, nb * 32))
     signs[:, :w.k] = unpack_bits(w.bits, w.k, np.float64)
     qb = q.astype(np.float64).reshape(-1, nb, 32)
     sb = signs.reshape(-1, nb, 32)
@@ -247,7 +253,7 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     batch = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
     if activations == "q8_0":
-        y = _q8_terms(rows, w).sum(axis=-1) if rows.size else np.zeros((rows.shape[0], w.bits.shape[0]))
+        y = _q8_terms(rows, w).sum(axis=-1) if rows.size else np.zeros((rows.shape[0], w.n))
     else:
         x64 = rows.astype(np.float64)
         signs = unpack_bits(w.bits, w.k, np.float64) * _group_factor(w, np.arange(w.k))
@@ -258,7 +264,7 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
         y = y * w.scale.astype(np.float64)
     if bias is not None:
         y = y + np.asarray(bias).astype(np.float64)
-    y = y.reshape(batch + (w.bits.shape[0],))
+    y = y.reshape(batch + (w.n,))
     if out is not None:
         out[...] = y
         return out
@@ -287,7 +293,7 @@ def binary_weight_matmul_error_bound(x, w, bias=None, activations="float32"):
     x = np.asarray(x)
     batch = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
-    n = w.bits.shape[0]
+    n = w.n
     if activations == "q8_0":
         nb = -(-w.k // 32)
         total = np.abs(_q8_terms(rows, w)).sum(axis=-1) if rows.size else np.zeros((rows.shape[0], n))
@@ -392,11 +398,7 @@ def binary_conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1, pad_value=
         y = y + np.asarray(bias).astype(np.float32)
     if residual is not None:
         y = y + np.asarray(residual).astype(np.float32)
-    result = y if out_threshold is None else pack_bits(y, out_threshold)
-    if out is not None:
-        out[...] = result
-        return out
-    return result
+    return _result(y, out_threshold, out)
 
 
 def binary_max_pool2d(x, kernel_size, *, stride=None, padding=0, channels=None, out=None, threads=None):

@@ -10,6 +10,6 @@
 - :mod:`takane_kernels.programs.lm`: a small 1-bit language model trained here (extra ``lm``);
 - :mod:`takane_kernels.programs.peers`: adapters for the peers the main job times.
 
-The library never imports this package (``tests/test_programs.py`` checks): programs are
+The library never imports this package (``tests/programs/test_programs.py`` checks): programs are
 built on the public API, not the other way round.
 """

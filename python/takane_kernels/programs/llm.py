@@ -16,9 +16,10 @@ Q1_0 x Q8_0 arithmetic) and ``float32`` (``binary_weight_matmul``), on each thre
 
 Reported: tokens/s of the linear-layer work alone (no attention, norms or sampling), the GB/s
 of weight bytes each mode streams against the DRAM read bandwidth measured in the same run
-with the same thread count, the weight memory against fp16/fp32, and llama.cpp's Q1_0 side by
-side when a build is found (``--llama-cpp DIR`` or env ``TAKANE_LLAMA_CPP``, made by
-``bench/build_llamacpp.sh``): its ``takane-ggml-q1-matmul`` runs the same matrix shapes as one
+with the same thread count, the weight memory against fp16/fp32, the resident memory of each
+model measured as RSS growth (one copy of the signs, the kernels' panels, plus scales), and
+llama.cpp's Q1_0 side by side when a build is found (``--llama-cpp DIR`` or env
+``TAKANE_LLAMA_CPP``, made by ``bench/build_llamacpp.sh``): its ``takane-ggml-q1-matmul`` runs the same matrix shapes as one
 ggml graph of Q1_0 matmuls per token, as llama.cpp runs a model's linear layers.
 
 DRAM bandwidth: numpy's int64 ``sum`` over a 256 MB buffer, split in contiguous slices over
@@ -105,12 +106,36 @@ def prepare_mode(mode: str, weights):
 
 def _streamed_bytes(ws) -> int:
     """Weight bytes one pass reads: the bits (as re-tiled in the handle) and the scales used."""
-    total = 0
+    return sum(w.nbytes for w in ws)  # PackedWeights.nbytes: canonical bits + scales
+
+
+def _sign_bytes(w: tk.PackedWeights) -> int:
+    """Bytes of w's 1-bit rows, (N, ceil(K/64)) words (without rebuilding them: the weights
+    may hold only the kernels' copy)."""
+    return w.n * -(-w.k // 64) * 8
+
+
+def rss_bytes() -> int | None:
+    """This process's resident set size now (Linux /proc/self/statm), or None elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def resident(label: str, ws, rss_before: int | None) -> dict:
+    """The measured RSS growth since ``rss_before`` of a model whose weights ``ws`` are
+    prepared (every C handle built, so each holds its one resident copy), next to its 1-bit
+    + scale bytes. None growth where RSS cannot be read."""
     for w in ws:
-        total += w.bits.nbytes
-        for a in (w.scale, w.in_scale, w.group_scale):
-            total += 0 if a is None else a.nbytes
-    return total
+        w._prepacked()
+    now = rss_bytes()
+    growth = None if now is None or rss_before is None else now - rss_before
+    payload = sum(w.nbytes for w in ws)
+    return {"model": label, "rss_growth": growth, "bytes_1bit_scales": payload,
+            "ratio": None if growth is None or not payload else growth / payload,
+            "held_bytes": sum(w._resident_nbytes() for w in ws)}
 
 
 def check_layer(mode: str, fn, x: np.ndarray, w: tk.PackedWeights) -> str:
@@ -216,9 +241,9 @@ def run_llama_bench(path: str, gguf_path: str, threads: int, tokens: int = 16, t
 
 def memory_table(shapes, weights) -> list[dict]:
     params = sum(n * k for _, n, k in shapes)
-    bits = sum(w.bits.nbytes for _, w in weights)
-    group = sum(w.bits.nbytes + (0 if w.group_scale is None else w.group_scale.nbytes) for _, w in weights)
-    rows = sum(w.bits.nbytes + w.n * 4 for _, w in weights)
+    bits = sum(_sign_bytes(w) for _, w in weights)
+    group = sum(_sign_bytes(w) + (0 if w.group_scale is None else w.group_scale.nbytes) for _, w in weights)
+    rows = sum(_sign_bytes(w) + w.n * 4 for _, w in weights)
     q1 = sum(n * -(-k // 128) * Q1_0_BYTES_PER_BLOCK for _, n, k in shapes)
     table = [("fp32", params * 4), ("fp16", params * 2), ("Q1_0 (llama.cpp)", q1),
              (f"1-bit + group scales (G={GROUP_SIZE})", group), ("1-bit + row scale", rows), ("1-bit signs only", bits)]
@@ -226,17 +251,27 @@ def memory_table(shapes, weights) -> list[dict]:
 
 
 def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill: int = 128,
-        budget_s: float = 3.0, dram_mb: int = 256, llama_cpp: str | None = None, log=print) -> dict:
+        budget_s: float = 3.0, dram_mb: int = 256, llama_cpp: str | None = None, log=print,
+        rss_before: int | None = None) -> dict:
+    """``rss_before``: the RSS before ``weights`` were made (by the caller), for the
+    measured resident memory of the loaded model (made here when ``weights`` is None)."""
     if weights is None:
+        rss_before = rss_bytes()
         weights = random_weights(shapes)
     shapes = [(name, w.n, w.k) for name, w in weights]
     params = sum(n * k for _, n, k in shapes)
     report = {"isa": tk.isa.active(), "matrices": len(shapes), "params": params, "group_size": GROUP_SIZE,
               "tokens": tokens, "prefill_m": prefill, "dram_mb": dram_mb, "memory": memory_table(shapes, weights),
               "dram": {}, "results": []}
+    # resident memory, measured: RSS growth of the loaded model once prepared, and of each
+    # mode's own copy (w1a1 runs row-scaled weights made from the loaded ones)
+    report["resident"] = [resident("as loaded (group scales)", [w for _, w in weights], rss_before)]
     buf = np.ones(dram_mb * 2**20 // 8, dtype=np.int64)
     for mode in modes:
+        before = rss_bytes()
         ws, note = prepare_mode(mode, weights)
+        if any(w is not v for w, (_, v) in zip(ws, weights)):
+            report["resident"].append(resident(f"{mode} ({note.split(' (')[0]})", ws, before))
         for threads in threads_list:
             # the bandwidth is measured right before each run, with the same thread count
             bw = dram_bandwidth(threads, buf=buf)
@@ -276,7 +311,11 @@ def print_report(report: dict, file=None) -> None:
     p(f"  {'weights':34s} {'memory':>10s} {'vs fp16':>8s} {'vs fp32':>8s}")
     for r in report["memory"]:
         p(f"  {r['format']:34s} {_fmt_bytes(r['bytes']):>10s} {r['vs_fp16']:7.1f}x {r['vs_fp32']:7.1f}x")
-    p("  (in memory the kernels also keep a re-tiled copy of the signs: resident 1-bit weights are ~2x the 1-bit rows)")
+    for r in report.get("resident", []):
+        grown = ("not measured (no /proc/self/statm)" if r["rss_growth"] is None else
+                 f"{_fmt_bytes(r['rss_growth'])} = {r['ratio']:.2f}x its 1-bit + scale bytes "
+                 f"({_fmt_bytes(r['bytes_1bit_scales'])})")
+        p(f"  resident, measured (RSS growth), {r['model']}: {grown}")
     head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
             f"{'% DRAM':>7s} {'prefill tok/s':>13s}")
     p("\n" + head)
@@ -315,8 +354,10 @@ def main_job_section(threads_list, *, json_out: bool, file=None) -> dict:
     decode only (5 tokens per mode), each thread count; a few seconds."""
     log = (lambda *a: None) if json_out else (lambda *a: print(*a, file=file or sys.stdout))
     log("\n1-bit LLM decode (python -m takane_kernels llm for prefill, --gguf, and the full run):")
+    before = rss_bytes()
     weights = random_weights(llama_shapes(2048, 5632, 22, 32, 4))
-    report = run(weights=weights, threads_list=threads_list, tokens=5, prefill=0, budget_s=1.0, log=lambda *a: None)
+    report = run(weights=weights, threads_list=threads_list, tokens=5, prefill=0, budget_s=1.0, log=lambda *a: None,
+                 rss_before=before)
     report["source"] = "random: hidden 2048, ffn 5632, layers 22, heads 32/4"
     if not json_out:
         print_report(report, file=file)
@@ -408,12 +449,14 @@ def main(argv=None) -> int:
         return 0
     if args.out:
         p.error("--out writes a --model's file: give --model too")
+    before = rss_bytes()
     if args.gguf:
         weights = _gguf_weights(args.gguf, log=log)
     else:
         weights = random_weights(llama_shapes(args.hidden, args.ffn, args.layers, args.heads, args.kv_heads))
     report = run(weights=weights, threads_list=args.threads or [1, 2], modes=args.modes, tokens=args.tokens,
-                 prefill=args.prefill, budget_s=args.budget, dram_mb=args.dram_mb, llama_cpp=args.llama_cpp, log=log)
+                 prefill=args.prefill, budget_s=args.budget, dram_mb=args.dram_mb, llama_cpp=args.llama_cpp, log=log,
+                 rss_before=before)
     if args.gguf and report["llama_cpp"]["available"]:
         report["llama_cpp"]["llama_bench"] = [run_llama_bench(report["llama_cpp"]["path"], args.gguf, t)
                                               for t in args.threads or [1, 2]]

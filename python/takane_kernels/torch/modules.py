@@ -56,6 +56,7 @@ MODES = ("w1a1", "w1a_float", "w1a8")
 _DEFAULT_SCALE = {"w1a1": "mean_abs", "f32": "onebit", "q8_0": "mean_abs"}
 _F32 = torch.float32
 _cast = C.ffi.cast
+_FLOAT_P = C.ffi.typeof("float *")  # (a cffi type: no string to parse per cast)
 _CL = torch.channels_last
 
 
@@ -82,6 +83,7 @@ class KernelModule(nn.Module):
     ``_make_op()`` and ``_compute(x, bias)``."""
 
     _op_name = ""
+    _out_op_name = ""  # the op's out= form (result allocated by the caller), if it has one
     _rebuild_on = frozenset({"weights", "threshold", "threads", "activation_scale"})
 
     def __init__(self):
@@ -133,7 +135,7 @@ class KernelModule(nn.Module):
         if seen is not None and seen[0] is bias and seen[1] == bias.data_ptr():
             return seen[2]
         if bias.dtype is _F32 and tuple(bias.shape) == (n,) and bias.is_contiguous() and bias.is_cpu:
-            ptr = _cast("float *", bias.data_ptr())
+            ptr = _cast(_FLOAT_P, bias.data_ptr())
             self.__dict__["_bseen"] = (bias, bias.data_ptr(), ptr)
             return ptr
         return None
@@ -153,6 +155,13 @@ class KernelModule(nn.Module):
         if is_eager(x):
             return self._compute(x, bias)
         # through the registered custom op: torch.compile / torch.export see one opaque node
+        if self._out_op_name:
+            # the out= form: the compiled graph allocates the result itself (inductor's
+            # empty_strided, a C++ call) and the op returns nothing, so a call pays no
+            # Python allocation and no result travelling back through the dispatcher
+            y = x.new_empty(self._out_shape(x), dtype=_F32)
+            getattr(torch.ops.takane, self._out_op_name)(x.detach(), bias, self._takane_key, y)
+            return y
         return getattr(torch.ops.takane, self._op_name)(x.detach(), bias, self._takane_key)
 
 
@@ -180,6 +189,7 @@ class BinaryLinear(KernelModule):
     """
 
     _op_name = "binary_linear"
+    _out_op_name = "binary_linear_out"
 
     def __init__(self, weights: tk.PackedWeights, mode: str = "w1a1", *, bias=None, threshold=0.0,
                  activation_scale: bool = False, threads: int | None = None):
@@ -264,26 +274,43 @@ class BinaryLinear(KernelModule):
             raise ValueError(f"BinaryLinear: input has shape {tuple(x.shape)}, expected (..., {self.in_features})")
         return self._dispatch(x)
 
-    def _compute(self, x: torch.Tensor, bias) -> torch.Tensor:
+    def _compute(self, x: torch.Tensor, bias, out: torch.Tensor | None = None) -> torch.Tensor:
         """The layer on a CPU tensor: float32 contiguous input and bias go to the C kernel
-        as pointers to the tensors' memory; anything else through the numpy op."""
+        as pointers to the tensors' memory; anything else through the numpy op. ``out``:
+        a CPU float32 tensor of the result's shape to write (the custom op's out= form).
+        Checks x's last dimension itself (the custom ops reach here without forward)."""
         d = self.__dict__
         op = d.get("_kop") or self.kernel_op
         n, k = d["out_features"], d["in_features"]
-        nd = x.ndim
-        m = (x.shape[0] if nd == 2 else 1) if nd <= 2 else (x.numel() // k if k else 0)
-        if x.dtype is _F32 and m and n and k and x.is_contiguous():
+        shape = x.shape
+        nd = len(shape)
+        if nd == 2:
+            m, kx = shape
+        elif nd == 1:
+            m, kx = 1, shape[0]
+        else:
+            m, kx = (x.numel() // k if k else 0), (shape[-1] if nd else -1)
+        if kx == k and x.dtype is _F32 and m and n and x.is_contiguous():
             bptr = self._bias_ptr(bias, n)
             if bptr is not None:
-                y = torch.empty(m, n, dtype=_F32) if nd == 2 else (
-                    torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(x.shape[:-1] + (n,), dtype=_F32))
-                status = op._cf32(m, _cast("float *", x.data_ptr()), _cast("float *", y.data_ptr()), bptr)
-                if not status:
+                if out is None:
+                    y = torch.empty(m, n, dtype=_F32) if nd == 2 else (
+                        torch.empty(n, dtype=_F32) if nd == 1 else torch.empty(*shape[:-1], n, dtype=_F32))
+                    # (sizes as arguments: torch.empty parses a Size + tuple ~1.3 µs slower)
+                else:  # (the out shape compared element-wise: cheaper than building a Size)
+                    os = out.shape
+                    fits = (len(os) == 2 and os[0] == m and os[1] == n) if nd == 2 else os == shape[:-1] + (n,)
+                    y = out if fits and out.dtype is _F32 and out.is_cpu and out.is_contiguous() else None
+                if y is not None and not op._cf32(m, _cast(_FLOAT_P, x.data_ptr()), _cast(_FLOAT_P, y.data_ptr()),
+                                                  bptr):
                     return y
         # general path (other dtypes, layouts, empty shapes; errors): the numpy op, on views
         xn = as_numpy(x)
         if xn.ndim < 1 or xn.shape[-1] != k:
             raise ValueError(f"BinaryLinear: input has shape {tuple(xn.shape)}, expected (..., {k})")
+        if out is not None and (out.dtype != _F32 or tuple(out.shape) != xn.shape[:-1] + (n,) or not out.is_cpu):
+            raise ValueError(f"BinaryLinear: out must be a CPU float32 tensor of shape {xn.shape[:-1] + (n,)}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
         y = torch.empty(xn.shape[:-1] + (n,), dtype=_F32)
         b = None if bias is None else bias.detach().cpu().numpy()
         if self._kmode == "w1a1":
@@ -292,7 +319,10 @@ class BinaryLinear(KernelModule):
         else:
             tk.binary_weight_matmul(xn, self.weights, bias=b, activations=self._kmode, out=y.numpy(),
                                     threads=self.threads)
-        return y
+        return y if out is None else out.copy_(y)
+
+    def _out_shape(self, x):
+        return tuple(x.shape[:-1]) + (self.out_features,)
 
     # state_dict() carries the packed weights as "_extra_state": plain tensors and ints,
     # so torch.load(..., weights_only=True) reads it back. Version 2 adds group_scale and
@@ -410,7 +440,7 @@ class BinaryConv2d(KernelModule):
                 xl = x if x.is_contiguous(memory_format=_CL) else x.detach().permute(0, 2, 3, 1).contiguous()
                 geo, ho, wo = op._geometry(n, h, w)
                 y = torch.empty((n, ho, wo, cout), dtype=_F32)
-                st = op._run_f32(geo, _cast("float *", xl.data_ptr()), _cast("float *", y.data_ptr()), bptr, C.NULL)
+                st = op._run_f32(geo, _cast(_FLOAT_P, xl.data_ptr()), _cast(_FLOAT_P, y.data_ptr()), bptr, C.NULL)
                 if not st:
                     return y.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
         xn = nhwc_view(x)  # general path (other dtypes, empty images; errors): the numpy op

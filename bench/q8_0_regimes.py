@@ -1,17 +1,17 @@
 """W1A8 regimes side by side on a shared machine (issue 21): prefill GEMM vs the panel kernels
 vs numpy float32, batched decode from a cold stack, and the machine limits, in one run.
 
-    python bench/q8_regimes.py prefill [--rounds 4]
-    python bench/q8_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3]
-    python bench/q8_regimes.py gemv [--rounds 4]
-    python bench/q8_regimes.py decode [--rounds 3]     (1 and 2 threads, every mode)
+    python bench/q8_0_regimes.py prefill [--rounds 4]
+    python bench/q8_0_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3]
+    python bench/q8_0_regimes.py gemv [--rounds 4]
+    python bench/q8_0_regimes.py decode [--rounds 3]     (1 and 2 threads, every mode)
 
 Every member runs once per round, rounds interleaved, and the best round counts (other jobs
 only ever slow a run down). One-thread members are timed in this thread's CPU time
 (``time.thread_time``: time the scheduler gives to other processes does not count; memory
 stalls do), two-thread members in wall time. "% of peak" is against tk.isa.peak_int8() and
 "% of DRAM" against tk.isa.dram_bandwidth(), both measured in the same run (best of 3).
-The pytest-benchmark groups in test_bench_q8.py time the same members with wall clocks.
+The pytest-benchmark groups in test_bench_q8_0.py time the same members with wall clocks.
 """
 
 import argparse

@@ -11,7 +11,7 @@ bandwidth measured in the same session with the same thread count (the C streami
 tk.isa.dram_bandwidth over a 256 MB buffer, one reader per thread); prefill records G MAC/s
 and the percentage of the int8 VPDPBUSD peak (tk.isa.peak_int8, same session, per thread).
 
-    python -m pytest bench/test_bench_q8.py --benchmark-only --benchmark-columns=median,iqr,rounds
+    python -m pytest bench/test_bench_q8_0.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
 With --benchmark-disable (CI) every member runs once on a 16 MB stack, as a smoke test.
 """

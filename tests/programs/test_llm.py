@@ -209,6 +209,14 @@ def test_cli_json_report():
     assert set(report["dram"]) == {"1", "2"}
     assert report["llama_cpp"]["available"] is False
     assert "TAKANE_LLAMA_CPP" in report["llama_cpp"]["reason"]
+    # resident memory: measured per model (the loaded one, w1a1's row-scaled copy); the
+    # weights hold one copy of the signs (the handle) plus scales
+    loaded, rows = report["resident"]
+    assert loaded["model"].startswith("as loaded") and rows["model"].startswith("w1a1")
+    for r in (loaded, rows):
+        assert r["bytes_1bit_scales"] > 0 and r["held_bytes"] < 1.1 * r["bytes_1bit_scales"]
+        if sys.platform.startswith("linux"):  # RSS from /proc (a number, never asserted against)
+            assert isinstance(r["rss_growth"], int)
 
 
 def test_llama_cpp_needs_whole_q1_0_blocks(tmp_path):
