@@ -86,25 +86,21 @@ uint16_t takane_f32_to_fp16(float f, int *ok) {
 static takane_status check_q1_0(int64_t n, int64_t k, int64_t q_row_stride,
                                 int64_t bits_row_stride, const float *group_scale,
                                 int64_t gs_row_stride, int q_is_output) {
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
     if (k % Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
-    if (q_row_stride < 0 || bits_row_stride < 0 || gs_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(q_row_stride, bits_row_stride));
+    TAKANE_TRY(takane_check_in_strides(gs_row_stride, 0));
     const int64_t nb = k / Q1_0_BLOCK;
-    if (n > 1 && nb > 0) {
-        if (q_is_output && q_row_stride < nb * Q1_0_BYTES) return TAKANE_ERR_BAD_STRIDE;
-        if (!q_is_output && (bits_row_stride < nb * 2 || (group_scale && gs_row_stride < nb)))
-            return TAKANE_ERR_BAD_STRIDE;
-    }
-    return TAKANE_OK;
+    if (q_is_output) return takane_check_stride(n, nb * Q1_0_BYTES, q_row_stride);
+    TAKANE_TRY(takane_check_stride(n, nb * 2, bits_row_stride));
+    return group_scale ? takane_check_stride(n, nb, gs_row_stride) : TAKANE_OK;
 }
 
 takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q, int64_t q_row_stride,
                                   uint64_t *bits, int64_t bits_row_stride, float *group_scale,
                                   int64_t group_scale_row_stride) {
-    takane_status st = check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
-                                  group_scale_row_stride, 0);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
+                          group_scale_row_stride, 0));
     if (n == 0 || k == 0) return TAKANE_OK;
     if (!q || !bits) return TAKANE_ERR_NULL_POINTER;
     const int64_t nb = k / Q1_0_BLOCK;
@@ -132,9 +128,8 @@ takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
                                   int64_t bits_row_stride, const float *group_scale,
                                   int64_t group_scale_row_stride, uint8_t *q,
                                   int64_t q_row_stride) {
-    takane_status st = check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
-                                  group_scale_row_stride, 1);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
+                          group_scale_row_stride, 1));
     if (n == 0 || k == 0) return TAKANE_OK;
     if (!q || !bits) return TAKANE_ERR_NULL_POINTER;
     const int64_t nb = k / Q1_0_BLOCK;
