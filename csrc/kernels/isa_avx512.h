@@ -103,4 +103,37 @@ static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
 #else
 #include <immintrin.h>
 #endif
+
+#include "kernel.h"
+
+/*
+ * The W1A1 panel tile's XOR + popcount loop, shared by matmul_avx512.c (panel_tile: the
+ * counts are stored) and linear_avx512.c (panel_epi: the counts go straight into the
+ * fused epilogue). For mr activation rows x np panels (each <= 4):
+ *   acc[i * np + p] = 64-bit lane r: popcount(x[i][0..kw) XOR row r of panel p)
+ * One activation word is broadcast (VPBROADCASTQ, folded into VPXORQ's {1to8} memory
+ * operand where the compiler can) against word q of the panel's 8 weight rows (one
+ * 512-bit load); each lane is one output, so no horizontal reduction. Per 512-bit
+ * XOR-popcount: VPXORQ + VPOPCNTQ + VPADDQ, 3 uops, VPOPCNTQ-port bound. Up to 4 x 4 = 16
+ * independent accumulators cover VPOPCNTQ's 3-cycle latency; np panel loads serve mr
+ * broadcasts, so loads never bind. Call with constant mr and np: it is always inlined,
+ * its loops unroll and acc lives in registers (measured: the same speed as the loop
+ * written out in each kernel).
+ */
+static inline __attribute__((always_inline)) void takane_avx512_panel_counts(
+    const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride, int np,
+    int64_t kw, __m512i *acc) {
+    for (int i = 0; i < mr * np; i++) acc[i] = _mm512_setzero_si512();
+    for (int64_t q = 0; q < kw; q++) {
+        __m512i pw[4];
+        for (int p = 0; p < np; p++)
+            pw[p] = _mm512_loadu_si512((const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));
+        for (int i = 0; i < mr; i++) {
+            const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);
+            for (int p = 0; p < np; p++)
+                acc[i * np + p] =
+                    _mm512_add_epi64(acc[i * np + p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));
+        }
+    }
+}
 #endif

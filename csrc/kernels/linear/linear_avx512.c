@@ -146,31 +146,20 @@ static inline __attribute__((always_inline)) void epi_pair(__m512i lo, __m512i h
     }
 }
 
-/* MRC rows x NPC (2 or 4) panels from the call's column c: matmul_avx512.c's panel tile,
- * then epi_pair on the accumulators. */
+/* MRC rows x NPC (2 or 4) panels from the call's column c: the panel tile's XOR +
+ * popcount loop (isa_avx512.h, shared with matmul_avx512.c), then epi_pair on the
+ * accumulators. */
 #define EPI_TILE(MRC, NPC)                                                                 \
     static inline __attribute__((always_inline)) void epi_##MRC##x##NPC(                    \
         const uint64_t *const *x, const uint64_t *panels, int64_t pstride, int64_t kw,      \
         const takane_panel_epi *e, int64_t c) {                                             \
-        __m512i acc[MRC][NPC];                                                              \
-        for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) acc[i][p] = _mm512_setzero_si512();               \
-        for (int64_t q = 0; q < kw; q++) {                                                  \
-            __m512i pw[NPC];                                                                \
-            for (int p = 0; p < NPC; p++)                                                   \
-                pw[p] = _mm512_loadu_si512(                                                 \
-                    (const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));          \
-            for (int i = 0; i < MRC; i++) {                                                 \
-                const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);                   \
-                for (int p = 0; p < NPC; p++)                                               \
-                    acc[i][p] = _mm512_add_epi64(                                           \
-                        acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
-            }                                                                               \
-        }                                                                                   \
+        __m512i acc[MRC * NPC];                                                             \
+        takane_avx512_panel_counts(x, MRC, panels, pstride, NPC, kw, acc);                  \
         /* unrolled: the accumulators stay in registers (a runtime index spills them) */      \
         _Pragma("GCC unroll 4") for (int i = 0; i < MRC; i++)                               \
             _Pragma("GCC unroll 4") for (int p = 0; p < NPC; p += 2)                        \
-                epi_pair(acc[i][p], acc[i][p + 1], e->base[i], c + p * TAKANE_PANEL_ROWS, e, i); \
+                epi_pair(acc[i * NPC + p], acc[i * NPC + p + 1], e->base[i],                \
+                         c + p * TAKANE_PANEL_ROWS, e, i);                                  \
     }
 EPI_TILE(1, 2) EPI_TILE(1, 4)
 EPI_TILE(2, 2) EPI_TILE(2, 4)
