@@ -173,6 +173,15 @@ void takane_note_used(takane_isa isa);
 typedef void (*takane_task_fn)(void *ctx, int64_t task);
 void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
 
+/* threads.c: per-thread scratch that only grows and is kept for the thread's later calls
+ * (freed when the thread exits), so a decode loop allocates nothing after its first call.
+ * A 64-byte aligned buffer of at least `bytes`, or NULL (out of memory). Two slots: CALL
+ * for what the calling thread holds across takane_parallel_run (e.g. quantized rows),
+ * TASK for a task's own buffers (a task body must not hold it across another call that
+ * uses TASK). A new request for a slot invalidates that slot's previous buffer. */
+enum { TAKANE_SCRATCH_CALL = 0, TAKANE_SCRATCH_TASK = 1 };
+void *takane_scratch_get(int slot, size_t bytes);
+
 /* matmul.c: the W1A1 frameworks (validated calls with m, n, k > 0; see matmul.c).
  * Canonical rows, single-threaded: */
 void takane_matmul_packed_run(const takane_kernel_set *ks, int64_t m, int64_t n, int64_t k,
@@ -220,6 +229,21 @@ typedef struct takane_grid {
     int64_t m_chunk, p_chunk, p_tasks, ntasks;
 } takane_grid;
 
+/* The threads of a framework call: `threads` (>= 1), or the default for 0; and 1 when the
+ * call's work (in the framework's own unit) is below min_work: waking a worker costs
+ * ~10-50 us, so small calls stay on the calling thread. */
+static inline int takane_plan_threads(int threads, double work, double min_work) {
+    const int n = threads > 0 ? threads : takane_default_threads();
+    return work < min_work ? 1 : n;
+}
+
+/* One-dimensional split (packing, pooling): items per task for `count` items, aiming at
+ * TAKANE_TASKS_PER_THREAD tasks per thread; tasks = ceil(count / chunk). */
+static inline int64_t takane_plan_chunk(int nthreads, int64_t count) {
+    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
+    return (count + want - 1) / want;
+}
+
 static inline takane_grid takane_plan_grid(int nthreads, int64_t m, int mr, int64_t nblocks,
                                            int64_t p_align) {
     takane_grid g;
@@ -238,6 +262,20 @@ static inline takane_grid takane_plan_grid(int nthreads, int64_t m, int mr, int6
     g.p_tasks = (nblocks + g.p_chunk - 1) / g.p_chunk;
     g.ntasks = ((m + g.m_chunk - 1) / g.m_chunk) * g.p_tasks;
     return g;
+}
+
+/* Task `task` of grid g over m rows and nblocks blocks: rows [i0, i1) and blocks [b0, b1)
+ * (the last chunks clipped). Returns 0 when the task has no rows or no blocks. */
+typedef struct takane_task_range {
+    int64_t i0, i1, b0, b1;
+} takane_task_range;
+static inline int takane_grid_task(const takane_grid *g, int64_t task, int64_t m,
+                                   int64_t nblocks, takane_task_range *r) {
+    r->i0 = (task / g->p_tasks) * g->m_chunk;
+    r->i1 = r->i0 + g->m_chunk < m ? r->i0 + g->m_chunk : m;
+    r->b0 = (task % g->p_tasks) * g->p_chunk;
+    r->b1 = r->b0 + g->p_chunk < nblocks ? r->b0 + g->p_chunk : nblocks;
+    return r->i0 < r->i1 && r->b0 < r->b1;
 }
 
 #endif /* TAKANE_INTERNAL_H */
