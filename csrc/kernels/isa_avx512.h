@@ -120,6 +120,17 @@ static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
  * its loops unroll and acc lives in registers (measured: the same speed as the loop
  * written out in each kernel).
  */
+/* The panel kernels' dispatch on the tile's row count: ROWS(c), a macro of the calling
+ * kernel, with the constant c = mr for mr in 1..3, else 4 (tiles are specialized per row
+ * count so that their accumulators stay in registers). */
+#define TAKANE_AVX512_SWITCH_MR(mr, ROWS)                                                  \
+    switch (mr) {                                                                          \
+    case 1: ROWS(1) break;                                                                 \
+    case 2: ROWS(2) break;                                                                 \
+    case 3: ROWS(3) break;                                                                 \
+    default: ROWS(4) break;                                                                \
+    }
+
 static inline __attribute__((always_inline)) void takane_avx512_panel_counts(
     const uint64_t *const *x, int mr, const uint64_t *panels, int64_t pstride, int np,
     int64_t kw, __m512i *acc) {

@@ -175,12 +175,7 @@ __attribute__((aligned(64))) static void panel_epi(const uint64_t *const *x, int
 #define ROWS(MRC)                                                                          \
     while (p + 4 <= np) { STEP(MRC, 4); }                                                  \
     while (p < np) { STEP(MRC, 2); } /* np is even */
-    switch (mr) {
-    case 1: ROWS(1) break;
-    case 2: ROWS(2) break;
-    case 3: ROWS(3) break;
-    default: ROWS(4) break;
-    }
+    TAKANE_AVX512_SWITCH_MR(mr, ROWS)
 #undef ROWS
 #undef STEP
 }

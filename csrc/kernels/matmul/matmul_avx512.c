@@ -82,12 +82,7 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
     while (p + 4 <= np) { STEP(MRC, 4); }                                                  \
     while (p + 2 <= np) { STEP(MRC, 2); }                                                  \
     while (p < np) { STEP(MRC, 1); }
-    switch (mr) {
-    case 1: ROWS(1) break;
-    case 2: ROWS(2) break;
-    case 3: ROWS(3) break;
-    default: ROWS(4) break;
-    }
+    TAKANE_AVX512_SWITCH_MR(mr, ROWS)
 #undef ROWS
 #undef STEP
 }
