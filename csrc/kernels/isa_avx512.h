@@ -120,6 +120,54 @@ static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
  * its loops unroll and acc lives in registers (measured: the same speed as the loop
  * written out in each kernel).
  */
+/*
+ * One row of k floats binarized against t (one threshold, or k per_channel) into
+ * ceil(k/64) canonical words, padding bits 0; returns nonzero iff x or t held a NaN. With
+ * abs_sum non-NULL, *abs_sum = sum |x| in double (for beta = mean |x|), in the same pass.
+ * Shared by pack_avx512.c (abs_sum NULL: the sum folds away) and linear_avx512.c.
+ * 16 lanes per step: VCMPPS into a mask register IS 16 packed bits, so 4 steps make one
+ * word with no movemask; a second compare (UNORD_Q) collects NaNs on either side; |x|
+ * (VPANDD 0x7fffffff) is widened by two VCVTPS2PD into two double accumulators. The last
+ * partial group is read with a zero-masked load compared under the same mask (padding
+ * bits 0, no overread, zeros add 0 to the sum).
+ */
+static inline __attribute__((always_inline)) int takane_avx512_pack_row(
+    const float *x, int64_t k, const float *t, int per_channel, uint64_t *out, double *abs_sum) {
+    const __m512 t_all = _mm512_set1_ps(t[0]);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    __m512d sum0 = _mm512_setzero_pd(), sum1 = _mm512_setzero_pd();
+    __mmask16 nan = 0;
+    const int64_t kw = takane_words_for(k);
+    for (int64_t q = 0; q < kw; q++) {
+        uint64_t word = 0;
+        for (int g = 0; g < 4; g++) {
+            const int64_t c = q * 64 + g * 16;
+            if (c >= k) break;
+            const __mmask16 valid =
+                (c + 16 <= k) ? (__mmask16)0xffff : (__mmask16)((1u << (k - c)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(valid, x + c);
+            const __m512 th = per_channel ? _mm512_maskz_loadu_ps(valid, t + c) : t_all;
+            const __mmask16 ge = _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_GE_OQ);
+            nan |= _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_UNORD_Q);
+            word |= (uint64_t)ge << (g * 16);
+            if (abs_sum) {
+                const __m512d a = _mm512_castps_pd(
+                    _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask)));
+                sum0 = _mm512_add_pd(sum0, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_castpd512_pd256(a))));
+                sum1 = _mm512_add_pd(sum1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(a, 1))));
+            }
+        }
+        out[q] = word;
+    }
+    if (abs_sum) {
+        const __m512d s = _mm512_add_pd(sum0, sum1);
+        const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
+        const __m128d h2 = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
+        *abs_sum = _mm_cvtsd_f64(_mm_add_sd(h2, _mm_unpackhi_pd(h2, h2)));
+    }
+    return nan != 0;
+}
+
 /* The panel kernels' dispatch on the tile's row count: ROWS(c), a macro of the calling
  * kernel, with the constant c = mr for mr in 1..3, else 4 (tiles are specialized per row
  * count so that their accumulators stay in registers). */
