@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "kernel.h"
+#include "transpose8.h"
 
 /*
  * Words [q_begin, ceil(k/64)) of one row of k floats binarized against t (one threshold,

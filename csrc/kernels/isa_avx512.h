@@ -105,6 +105,7 @@ static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
 #endif
 
 #include "kernel.h"
+#include "transpose8.h"
 
 /*
  * The W1A1 panel tile's XOR + popcount loop, shared by matmul_avx512.c (panel_tile: the
