@@ -9,19 +9,31 @@
 
 #include "layers.h"
 
+/* The prepacked entry points pass their handle as pw with from_handle set: the handle and
+ * m are checked first (NULL handle, negative m), then its n and k stand for the call's. */
+static takane_status handle_dims(int from_handle, const takane_weights *pw, int64_t m,
+                                 int64_t *n, int64_t *k) {
+    if (!from_handle) return TAKANE_OK;
+    TAKANE_TRY(takane_check_handle(pw, m));
+    *n = pw->n, *k = pw->k;
+    return TAKANE_OK;
+}
+
 /*
- * Everything the four binary_linear entry points share. y_words: output row length (n
- * floats or ceil(n/64) words). On return with TAKANE_OK, *empty says m == 0 or n == 0
- * (nothing to compute, nothing else was checked beyond dims and strides).
+ * Everything the eight binary_linear entry points share (handle: see handle_dims). The
+ * output y has rows of n floats, or of ceil(n/64) words when bits. On return with
+ * TAKANE_OK, *empty says m == 0 or n == 0 (nothing to compute, nothing else was checked
+ * beyond dims and strides).
  */
-static takane_status check_linear(int64_t m, int64_t n, int64_t k, const void *x,
-                                  int64_t x_row_stride, const takane_weights *pw,
+static takane_status check_linear(int from_handle, int64_t m, int64_t *n_io, int64_t *k_io,
+                                  const void *x, int64_t x_row_stride, const takane_weights *pw,
                                   const uint64_t *w, int64_t w_row_stride,
-                                  const float *scale, const float *bias, const void *y,
-                                  int64_t y_row_stride, int64_t y_len, int32_t threads,
-                                  int *empty) {
+                                  const float *scale, const float *bias, int bits, const void *y,
+                                  int64_t y_row_stride, int32_t threads, int *empty) {
+    TAKANE_TRY(handle_dims(from_handle, pw, m, n_io, k_io));
+    const int64_t n = *n_io, k = *k_io;
     TAKANE_TRY(takane_check_product(m, n, k, threads, x_row_stride, w_row_stride, y_row_stride,
-                                    y_len));
+                                    bits ? takane_words_for(n) : n));
     *empty = m == 0 || n == 0;
     if (*empty) return TAKANE_OK;
     TAKANE_TRY(takane_check_operands(k, x, pw ? (const void *)pw : (const void *)w, y));
@@ -38,19 +50,20 @@ static takane_status run_linear(takane_linear_args *a) {
     return TAKANE_OK;
 }
 
-/* Packed activations: validate x, row_scale and build the arguments. With a handle pw,
- * n and k are the handle's and w is unused. */
-static takane_status linear_packed(const takane_weights *pw, int64_t m, int64_t n, int64_t k,
+/* Packed activations: validate x, row_scale and build the arguments. With a handle pw
+ * (from_handle), n and k are the handle's and w is unused. */
+static takane_status linear_packed(int from_handle, const takane_weights *pw, int64_t m,
+                                   int64_t n, int64_t k,
                                    const uint64_t *x, int64_t x_row_stride, const uint64_t *w,
                                    int64_t w_row_stride,
                                    const float *scale, const float *bias, const float *row_scale,
                                    int bits, const float *out_t, int64_t out_t_len, float *y,
                                    uint64_t *yb, int64_t y_row_stride, int32_t threads) {
-    const int64_t y_len = bits ? takane_words_for(n) : n;
     int empty;
-    takane_status st = check_linear(m, n, k, x, x_row_stride, pw, w, w_row_stride, scale, bias,
-                                    bits ? (const void *)yb : (const void *)y, y_row_stride,
-                                    y_len, threads, &empty);
+    const takane_status st = check_linear(from_handle, m, &n, &k, x, x_row_stride, pw, w,
+                                          w_row_stride, scale, bias, bits,
+                                          bits ? (const void *)yb : (const void *)y,
+                                          y_row_stride, threads, &empty);
     if (st != TAKANE_OK || empty) return st;
     TAKANE_TRY(takane_check_padding(m, k, x, x_row_stride));
     TAKANE_TRY(takane_check_finite(row_scale, m));
@@ -68,7 +81,8 @@ static takane_status linear_packed(const takane_weights *pw, int64_t m, int64_t 
 }
 
 /* Float activations: validate threshold and build the arguments (pw: as linear_packed). */
-static takane_status linear_f32(const takane_weights *pw, int64_t m, int64_t n, int64_t k,
+static takane_status linear_f32(int from_handle, const takane_weights *pw, int64_t m,
+                                int64_t n, int64_t k,
                                 const float *x,
                                 int64_t x_row_stride, const float *threshold,
                                 int64_t threshold_len, int32_t activation_scale,
@@ -76,11 +90,11 @@ static takane_status linear_f32(const takane_weights *pw, int64_t m, int64_t n, 
                                 const float *bias, int bits, const float *out_t,
                                 int64_t out_t_len, float *y, uint64_t *yb, int64_t y_row_stride,
                                 int32_t threads) {
-    const int64_t y_len = bits ? takane_words_for(n) : n;
     int empty;
-    takane_status st = check_linear(m, n, k, x, x_row_stride, pw, w, w_row_stride, scale, bias,
-                                    bits ? (const void *)yb : (const void *)y, y_row_stride,
-                                    y_len, threads, &empty);
+    const takane_status st = check_linear(from_handle, m, &n, &k, x, x_row_stride, pw, w,
+                                          w_row_stride, scale, bias, bits,
+                                          bits ? (const void *)yb : (const void *)y,
+                                          y_row_stride, threads, &empty);
     if (st != TAKANE_OK) return st;
     TAKANE_TRY(takane_check_threshold(threshold, threshold_len, k, 1));
     if (empty) return TAKANE_OK;
@@ -103,7 +117,7 @@ takane_status takane_binary_linear(int64_t m, int64_t n, int64_t k, const uint64
                                    int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
                                    const float *scale, const float *bias, const float *row_scale,
                                    float *y, int64_t y_row_stride, int32_t threads) {
-    return linear_packed(NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 0,
+    return linear_packed(0, NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 0,
                          NULL, 0, y, NULL, y_row_stride, threads);
 }
 
@@ -113,7 +127,7 @@ takane_status takane_binary_linear_f32(int64_t m, int64_t n, int64_t k, const fl
                                        const uint64_t *w, int64_t w_row_stride,
                                        const float *scale, const float *bias, float *y,
                                        int64_t y_row_stride, int32_t threads) {
-    return linear_f32(NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
+    return linear_f32(0, NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
                       w_row_stride, scale, bias, 0, NULL, 0, y, NULL, y_row_stride, threads);
 }
 
@@ -123,7 +137,7 @@ takane_status takane_binary_linear_bits(int64_t m, int64_t n, int64_t k, const u
                                         const float *bias, const float *row_scale,
                                         const float *out_threshold, int64_t out_threshold_len,
                                         uint64_t *y, int64_t y_row_stride, int32_t threads) {
-    return linear_packed(NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 1,
+    return linear_packed(0, NULL, m, n, k, x, x_row_stride, w, w_row_stride, scale, bias, row_scale, 1,
                          out_threshold, out_threshold_len, NULL, y, y_row_stride, threads);
 }
 
@@ -135,7 +149,7 @@ takane_status takane_binary_linear_f32_bits(int64_t m, int64_t n, int64_t k, con
                                             const float *out_threshold,
                                             int64_t out_threshold_len, uint64_t *y,
                                             int64_t y_row_stride, int32_t threads) {
-    return linear_f32(NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
+    return linear_f32(0, NULL, m, n, k, x, x_row_stride, threshold, threshold_len, activation_scale, w,
                       w_row_stride, scale, bias, 1, out_threshold, out_threshold_len, NULL, y,
                       y_row_stride, threads);
 }
@@ -167,8 +181,7 @@ takane_status takane_binary_linear_prepacked(const takane_weights *weights, int6
                                              const float *scale, const float *bias,
                                              const float *row_scale, float *y,
                                              int64_t y_row_stride, int32_t threads) {
-    TAKANE_TRY(takane_check_handle(weights, m));
-    return linear_packed(weights, m, weights->n, weights->k, x, x_row_stride, NULL, 0, scale,
+    return linear_packed(1, weights, m, 0, 0, x, x_row_stride, NULL, 0, scale,
                          bias, row_scale, 0, NULL, 0, y, NULL, y_row_stride, threads);
 }
 
@@ -178,8 +191,7 @@ takane_status takane_binary_linear_prepacked_f32(const takane_weights *weights, 
                                                  int32_t activation_scale, const float *scale,
                                                  const float *bias, float *y,
                                                  int64_t y_row_stride, int32_t threads) {
-    TAKANE_TRY(takane_check_handle(weights, m));
-    return linear_f32(weights, m, weights->n, weights->k, x, x_row_stride, threshold,
+    return linear_f32(1, weights, m, 0, 0, x, x_row_stride, threshold,
                       threshold_len, activation_scale, NULL, 0, scale, bias, 0, NULL, 0, y,
                       NULL, y_row_stride, threads);
 }
@@ -191,8 +203,7 @@ takane_status takane_binary_linear_prepacked_bits(const takane_weights *weights,
                                                   const float *out_threshold,
                                                   int64_t out_threshold_len, uint64_t *y,
                                                   int64_t y_row_stride, int32_t threads) {
-    TAKANE_TRY(takane_check_handle(weights, m));
-    return linear_packed(weights, m, weights->n, weights->k, x, x_row_stride, NULL, 0, scale,
+    return linear_packed(1, weights, m, 0, 0, x, x_row_stride, NULL, 0, scale,
                          bias, row_scale, 1, out_threshold, out_threshold_len, NULL, y,
                          y_row_stride, threads);
 }
@@ -202,8 +213,7 @@ takane_status takane_binary_linear_prepacked_f32_bits(
     const float *threshold, int64_t threshold_len, int32_t activation_scale, const float *scale,
     const float *bias, const float *out_threshold, int64_t out_threshold_len, uint64_t *y,
     int64_t y_row_stride, int32_t threads) {
-    TAKANE_TRY(takane_check_handle(weights, m));
-    return linear_f32(weights, m, weights->n, weights->k, x, x_row_stride, threshold,
+    return linear_f32(1, weights, m, 0, 0, x, x_row_stride, threshold,
                       threshold_len, activation_scale, NULL, 0, scale, bias, 1, out_threshold,
                       out_threshold_len, NULL, y, y_row_stride, threads);
 }
