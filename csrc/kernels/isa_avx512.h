@@ -35,61 +35,48 @@ static inline __m512 takane_emu_maskz_loadu_ps(__mmask16 k, const float *p) {
         if (k & (1u << i)) lane[i] = p[i];
     return _mm512_loadu_ps(lane);
 }
-static inline int64_t takane_emu_reduce_add_epi64(__m512i v) {
-    int64_t lane[8], sum = 0;
-    _mm512_storeu_si512(lane, v);
-    for (int i = 0; i < 8; i++) sum += lane[i];
-    return sum;
-}
+/* Lane-wise conversions: the N lanes of a stored, each converted by the C cast CAST (the
+ * instruction's semantics, see below), the results loaded. */
+#define TAKANE_EMU_MAP(NAME, RET, ARG, N, IN_T, STORE, OUT_T, LOAD, CAST)                  \
+    static inline RET NAME(ARG a) {                                                        \
+        IN_T in[N];                                                                        \
+        OUT_T lane[N];                                                                     \
+        STORE(in, a);                                                                      \
+        for (int i = 0; i < N; i++) lane[i] = CAST in[i];                                  \
+        return LOAD(lane);                                                                 \
+    }
+/* Reductions: the N lanes of v stored and folded from lane 0 up by OP(acc, lane). */
+#define TAKANE_EMU_FOLD(NAME, T, ARG, N, STORE, OP)                                        \
+    static inline T NAME(ARG v) {                                                          \
+        T lane[N];                                                                         \
+        STORE(lane, v);                                                                    \
+        T acc = lane[0];                                                                   \
+        for (int i = 1; i < N; i++) acc = OP(acc, lane[i]);                                \
+        return acc;                                                                        \
+    }
+#define TAKANE_EMU_ADD(a, b) ((a) + (b))
+#define TAKANE_EMU_MAX(a, b) ((b) > (a) ? (b) : (a))
+#define TAKANE_EMU_LOADU_128(p) _mm_loadu_si128((const __m128i *)(p))
+TAKANE_EMU_FOLD(takane_emu_reduce_add_epi64, int64_t, __m512i, 8, _mm512_storeu_si512, TAKANE_EMU_ADD)
 /* Conversions used by the layer kernels (linear_avx512.c): float -> double is exact;
  * int32 -> float rounds to nearest even, as (float) does in C and the hardware does
  * under the default MXCSR rounding. */
-static inline __m512d takane_emu_cvtps_pd(__m256 a) {
-    float in[8];
-    double lane[8];
-    _mm256_storeu_ps(in, a);
-    for (int i = 0; i < 8; i++) lane[i] = (double)in[i];
-    return _mm512_loadu_pd(lane);
-}
-static inline __m512 takane_emu_cvtepi32_ps(__m512i a) {
-    int32_t in[16];
-    float lane[16];
-    _mm512_storeu_si512(in, a);
-    for (int i = 0; i < 16; i++) lane[i] = (float)in[i];
-    return _mm512_loadu_ps(lane);
-}
+TAKANE_EMU_MAP(takane_emu_cvtps_pd, __m512d, __m256, 8, float, _mm256_storeu_ps, double,
+               _mm512_loadu_pd, (double))
+TAKANE_EMU_MAP(takane_emu_cvtepi32_ps, __m512, __m512i, 16, int32_t, _mm512_storeu_si512, float,
+               _mm512_loadu_ps, (float))
 /* Used by the W1A8 kernel (wq8_avx512.c). VCVTTPS2DQ truncates toward zero and VPMOVDB
  * keeps the low byte of each lane; the kernel only feeds them values in int8 range. */
 #ifndef __mmask64
 #define __mmask64 simde__mmask64
 #endif
-static inline float takane_emu_reduce_max_ps(__m512 v) {
-    float lane[16], m;
-    _mm512_storeu_ps(lane, v);
-    m = lane[0];
-    for (int i = 1; i < 16; i++) m = lane[i] > m ? lane[i] : m;
-    return m;
-}
-static inline int32_t takane_emu_reduce_add_epi32(__m512i v) {
-    int32_t lane[16], sum = 0;
-    _mm512_storeu_si512(lane, v);
-    for (int i = 0; i < 16; i++) sum += lane[i];
-    return sum;
-}
-static inline __m512i takane_emu_cvttps_epi32(__m512 a) {
-    float in[16];
-    int32_t lane[16];
-    _mm512_storeu_ps(in, a);
-    for (int i = 0; i < 16; i++) lane[i] = (int32_t)in[i];
-    return _mm512_loadu_si512(lane);
-}
-static inline __m128i takane_emu_cvtepi32_epi8(__m512i a) {
-    int32_t in[16];
-    int8_t lane[16];
-    _mm512_storeu_si512(in, a);
-    for (int i = 0; i < 16; i++) lane[i] = (int8_t)(uint8_t)(uint32_t)in[i];
-    return _mm_loadu_si128((const __m128i *)lane);
-}
+TAKANE_EMU_FOLD(takane_emu_reduce_max_ps, float, __m512, 16, _mm512_storeu_ps, TAKANE_EMU_MAX)
+TAKANE_EMU_FOLD(takane_emu_reduce_add_epi32, int32_t, __m512i, 16, _mm512_storeu_si512,
+                TAKANE_EMU_ADD)
+TAKANE_EMU_MAP(takane_emu_cvttps_epi32, __m512i, __m512, 16, float, _mm512_storeu_ps, int32_t,
+               _mm512_loadu_si512, (int32_t))
+TAKANE_EMU_MAP(takane_emu_cvtepi32_epi8, __m128i, __m512i, 16, int32_t, _mm512_storeu_si512,
+               int8_t, TAKANE_EMU_LOADU_128, (int8_t)(uint8_t)(uint32_t))
 #define _mm512_reduce_max_ps takane_emu_reduce_max_ps
 #define _mm512_reduce_add_epi32 takane_emu_reduce_add_epi32
 #define _mm512_cvttps_epi32 takane_emu_cvttps_epi32
