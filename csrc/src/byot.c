@@ -57,12 +57,10 @@ static inline int8_t round_q(float v) {
 
 takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
                                    int64_t x_row_stride, void *q, int64_t q_row_stride) {
-    if (rows < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(rows, 0, k));
     const int64_t nb = (k + TAKANE_Q8_0_BLOCK - 1) / TAKANE_Q8_0_BLOCK;
-    if (x_row_stride < 0 || q_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
-    if (rows > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES)
-        return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(x_row_stride, 0));
+    TAKANE_TRY(takane_check_stride(rows, nb * TAKANE_Q8_0_BLOCK_BYTES, q_row_stride));
     if (rows == 0 || k == 0) return TAKANE_OK;
     if (!x || !q) return TAKANE_ERR_NULL_POINTER;
     takane_status st = TAKANE_OK;
@@ -107,8 +105,7 @@ takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
 /* ---- handles from Q1_0 ------------------------------------------------------------------ */
 
 static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int64_t *total) {
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
     if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
     const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
     const double pb = (double)npanels * (double)(k / 64) * TAKANE_PANEL_ROWS * 8.0;
@@ -131,11 +128,10 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
     if (!out) return TAKANE_ERR_NULL_POINTER;
     *out = NULL;
     int64_t pb, total;
-    takane_status st = q1_0_layout(n, k, &pb, &total);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(q1_0_layout(n, k, &pb, &total));
     const int64_t nb = k / TAKANE_Q1_0_BLOCK;
-    if (q_row_stride < 0 || (n > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q1_0_BLOCK_BYTES))
-        return TAKANE_ERR_BAD_STRIDE;
+    /* q is read in its fixed row format: rows must not overlap */
+    TAKANE_TRY(takane_check_stride(n, nb * TAKANE_Q1_0_BLOCK_BYTES, q_row_stride));
     if (n > 0 && nb > 0 && !q) return TAKANE_ERR_NULL_POINTER;
     if (mem && (((uintptr_t)mem & 63) != 0 || mem_bytes < total)) return TAKANE_ERR_BAD_STRIDE;
     /* validate every d first: an error leaves the destination untouched */
@@ -208,22 +204,18 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
                                       const float *group_scale, int64_t group_size,
                                       const float *bias, float *y, int64_t y_row_stride,
                                       void *scratch, int64_t scratch_bytes) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (m < 0 || r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_handle(w, m));
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
     const int64_t k = w->k, kw = w->kw, nb = (k + 31) / 32;
-    if (q_row_stride < 0 || y_row_stride < 0 || (m > 1 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES) ||
-        (m > 1 && y_row_stride < w->n))
-        return TAKANE_ERR_BAD_STRIDE;
-    if (group_scale ? (group_size <= 0 || group_size % 64 != 0) : group_size != 0)
-        return TAKANE_ERR_BAD_GROUP_SIZE;
+    TAKANE_TRY(takane_check_stride(m, nb * TAKANE_Q8_0_BLOCK_BYTES, q_row_stride));
+    TAKANE_TRY(takane_check_stride(m, w->n, y_row_stride));
+    TAKANE_TRY(takane_check_group_size(group_scale, group_size));
     if (w->group_scale) {
         if (group_scale) return TAKANE_ERR_BAD_GROUP_SIZE; /* the handle carries its own */
         group_scale = w->group_scale, group_size = w->group_size;
     }
     const takane_kernel_set *ks;
-    takane_status st = takane_select_kernels(&ks);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_select_kernels(&ks));
     if (m == 0 || r0 == r1) return TAKANE_OK;
     if (!y || (k > 0 && !q)) return TAKANE_ERR_NULL_POINTER;
     if (k == 0) { /* empty sums: y = 0 * scale + bias, as the other entry points give */
@@ -286,10 +278,8 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
 
 takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0, int64_t r1,
                                              float *y, int64_t y_row_stride) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
-    if (y_row_stride < 0 || (r1 - r0 > 1 && y_row_stride < w->k)) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
+    TAKANE_TRY(takane_check_stride(r1 - r0, w->k, y_row_stride));
     if (r0 == r1 || w->k == 0) return TAKANE_OK;
     if (!y) return TAKANE_ERR_NULL_POINTER;
     const int64_t kw = w->kw, ng = w->group_scale ? w->k / w->group_size : 0;
@@ -312,11 +302,9 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
 
 takane_status takane_weights_get_bits(const takane_weights *w, int64_t r0, int64_t r1,
                                       uint64_t *bits, int64_t bits_row_stride) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
     const int64_t kw = w->kw;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
-    if (bits_row_stride < 0 || (r1 - r0 > 1 && bits_row_stride < kw)) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_stride(r1 - r0, kw, bits_row_stride));
     if (r0 == r1 || kw == 0) return TAKANE_OK;
     if (!bits) return TAKANE_ERR_NULL_POINTER;
     for (int64_t r = r0; r < r1; r++) {
