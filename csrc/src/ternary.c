@@ -132,7 +132,8 @@ typedef struct tern_job {
     int64_t m;
     int32_t mode;
     const float *xs;  /* f32: m rows of kw * 64 */
-    const int8_t *q;  /* int8: m rows of kw * 64 */
+    const char *a;    /* int8: m rows of the kernel's table (or q itself), astride bytes apart */
+    int64_t astride;
     const float *d;   /* int8_row: m scales; q8_0: m rows of 2 * kw */
     int64_t dstride;
     const float *scale, *gs, *bias;
@@ -160,7 +161,7 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
         /* one exact sum per output: int32 chunks added in int64 */
         int64_t acc[OUTS];
         int32_t part[OUTS];
-        const int8_t *q = job->q + i * kw * 64;
+        const void *q = job->a + i * job->astride;
         for (int j = 0; j < outs; j++) acc[j] = 0;
         for (int64_t b = 0; b < 2 * kw; b += TAKANE_TERNARY_CHUNK_BLOCKS) {
             uk->dot_i8(q, pan, pstride, np, b, min64(2 * kw, b + TAKANE_TERNARY_CHUNK_BLOCKS), part);
@@ -181,7 +182,7 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
             int64_t acc[OUTS];
             for (int j = 0; j < outs; j++) acc[j] = 0;
             for (int64_t b = 2 * q0; b < 2 * q1; b += TAKANE_TERNARY_CHUNK_BLOCKS) {
-                uk->dot_i8(job->q + i * kw * 64, pan, pstride, np, b,
+                uk->dot_i8(job->a + i * job->astride, pan, pstride, np, b,
                            min64(2 * q1, b + TAKANE_TERNARY_CHUNK_BLOCKS), part);
                 for (int j = 0; j < outs; j++) acc[j] += part[j];
             }
@@ -192,7 +193,7 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
             for (int j = 0; j < outs; j++) grp[j] = 0.0f;
             for (int64_t b = 2 * q0; b < 2 * q1; b++) {
                 if (d[b] == 0.0f) continue; /* padding block, or a block of zeros */
-                uk->dot_i8(job->q + i * kw * 64, pan, pstride, np, b, b + 1, part);
+                uk->dot_i8(job->a + i * job->astride, pan, pstride, np, b, b + 1, part);
                 for (int j = 0; j < outs; j++) grp[j] = grp[j] + d[b] * (float)part[j];
             }
         }
@@ -294,11 +295,18 @@ takane_status takane_ternary_matmul_prepacked(
     if (activations == TAKANE_ACTIVATIONS_F32) bytes = (size_t)m * row_bytes * sizeof(float);
     else bytes = (size_t)m * row_bytes + (size_t)m * (size_t)kw * 2 * (sizeof(float) + sizeof(int32_t)) +
                  row_bytes * sizeof(float) + 64;
+    /* the kernel's per-row tables (64-byte aligned rows), after the quantized rows */
+    const takane_ternary_ukernel *uk = ks->ternary;
+    const int64_t tlen = activations != TAKANE_ACTIVATIONS_F32 && uk->table_len_i8
+                             ? (uk->table_len_i8(kw) + 63) / 64 * 64 : 0;
+    if (tlen && (uint64_t)m > (uint64_t)(SIZE_MAX / 4 - bytes) / (uint64_t)tlen) return TAKANE_ERR_OUT_OF_MEMORY;
+    const size_t tab_off = (bytes + 63) / 64 * 64;
+    if (tlen) bytes = tab_off + (size_t)m * (size_t)tlen;
     char *buf = (char *)aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!buf) return TAKANE_ERR_OUT_OF_MEMORY;
     tern_job job;
     memset(&job, 0, sizeof job);
-    job.uk = ks->ternary, job.w = w, job.m = m, job.mode = activations;
+    job.uk = uk, job.w = w, job.m = m, job.mode = activations;
     job.scale = scale, job.gs = group_scale, job.bias = bias, job.y = y, job.ys = y_row_stride;
     job.gw = group_scale ? group_size / 64 : kw;
     job.ngroups = (kw + job.gw - 1) / job.gw;
@@ -325,7 +333,11 @@ takane_status takane_ternary_matmul_prepacked(
                 st = ks->q8->quantize_row(x + i * x_row_stride, in_scale, k, kw, q + i * row_bytes,
                                           d + i * 2 * kw, nq + i * 2 * kw);
         }
-        job.q = q, job.d = d;
+        job.a = (const char *)q, job.astride = (int64_t)row_bytes, job.d = d;
+        if (tlen && st == TAKANE_OK) {
+            for (int64_t i = 0; i < m; i++) uk->build_i8(q + i * row_bytes, kw, buf + tab_off + i * tlen);
+            job.a = buf + tab_off, job.astride = tlen;
+        }
         job.dstride = activations == TAKANE_ACTIVATIONS_INT8_ROW ? 1 : 2 * kw;
     }
     if (st == TAKANE_OK) {

@@ -37,8 +37,9 @@ static inline float hsum_ps(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static void dot_i8(const int8_t *q, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
+static void dot_i8(const void *a, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
                    int64_t b1, int32_t *out) {
+    const int8_t *q = (const int8_t *)a; /* no table: the row itself */
     /* byte i of a 32-bit block mask: byte i / 8 of the bits, tested against 1 << (i % 8) */
     const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
                                           2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
@@ -94,4 +95,4 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
     }
 }
 
-const takane_ternary_ukernel takane_ternary_ukernel_avx2 = {dot_i8, dot_f32};
+const takane_ternary_ukernel takane_ternary_ukernel_avx2 = {NULL, NULL, dot_i8, dot_f32};

@@ -2,22 +2,40 @@
  * ternary_avx512.c — ternary microkernels for x86-64 AVX-512 (see ternary_kernel.h).
  *
  * ISA and flags: the *_avx512.c flags (F+BW+VL+VPOPCNTDQ+VBMI+VNNI); this file uses BW
- *   byte masks and VNNI VPDPBUSD.
- * int8: per weight word (64 columns) one 64-byte load of q and its negation; per row the
- *   plus and minus words become byte masks: v = q where +1, -q where -1, 0 elsewhere
- *   (q in [-127, 127], so -q never wraps), and VPDPBUSD(acc, 1...1, v) adds the 4-byte
- *   groups into 16 int32 lanes. A lane gains at most 4 * 127 per word; a call covers at
- *   most TAKANE_TERNARY_CHUNK_BLOCKS / 2 = 2^15 words: <= 1.7e7, no overflow. Edge words of
- *   a block range (odd b0 / b1) take a half-word column mask.
+ *   byte tests, VPTERNLOGQ and VPOPCNTQ.
+ * int8 (bit-serial over the activation bits): q = -128 b7 + sum_{i<7} 2^i b_i (two's
+ *   complement bits b_i of each activation). The row's table holds, per weight word w, the
+ *   8 bit planes B_i (a 64-column mask each, VPTESTMB). One 64-byte load of a panel's plus
+ *   words P (8 rows, one per 64-bit lane) and minus words M, then per plane
+ *     X_i = (P & B_i) | (M & ~B_i)      (one VPTERNLOGQ; P and M are disjoint)
+ *     popcount(X_i) = |P & B_i| - |M & B_i| + |M|
+ *   so sum_c q_c t_c = sum_i coef_i * popcount(X_i) + |M| (coef = 1, 2, ..., 64, -128;
+ *   sum coef = -1). Per word and 8 rows: 8 broadcasts (loads), 8 VPTERNLOGQ, 8 VPOPCNTQ, 8
+ *   adds, plus |M|: the counts stay in 64-bit lanes (no overflow for any k), the
+ *   coefficients are applied once per call. Edge words of a block range (odd b0 / b1) mask
+ *   P and M to the range's half.
  * f32: per word 4 loads of 16 floats; per row the 16-bit pieces of the plus / minus words
  *   mask an add into a plus and a minus accumulator (masked-off lanes keep their value:
  *   a NaN next to a zero weight is not added); out = sum(plus) - sum(minus).
- * Tile: one panel (8 rows) at a time, its word range streamed once; q / xs come from L1.
+ * Tile: one panel (8 rows) at a time, its word range streamed once; the table / xs come
+ *   from L1/L2.
  */
 #include "../isa_avx512.h"
 #include "ternary_kernel.h"
 
 #define R TAKANE_PANEL_ROWS
+
+static int64_t table_len_i8(int64_t kw) { return kw * 8 * (int64_t)sizeof(uint64_t); }
+
+/* table[w * 8 + i] = bit plane i of the 64 activations of word w */
+static void build_i8(const int8_t *q, int64_t kw, void *table) {
+    uint64_t *t = (uint64_t *)table;
+    for (int64_t w = 0; w < kw; w++) {
+        const __m512i qv = _mm512_load_si512((const void *)(q + w * 64));
+        for (int i = 0; i < 8; i++)
+            t[w * 8 + i] = (uint64_t)_mm512_test_epi8_mask(qv, _mm512_set1_epi8((char)(1 << i)));
+    }
+}
 
 /* Column mask of word w within the block range [b0, b1). */
 static inline uint64_t colmask(int64_t w, int64_t b0, int64_t b1) {
@@ -27,28 +45,37 @@ static inline uint64_t colmask(int64_t w, int64_t b0, int64_t b1) {
     return m;
 }
 
-static void dot_i8(const int8_t *q, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
+static void dot_i8(const void *a, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
                    int64_t b1, int32_t *out) {
-    const __m512i ones = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+    const uint64_t *tab = (const uint64_t *)a;
     const int64_t w0 = b0 / 2, w1 = (b1 + 1) / 2;
     for (int t = 0; t < np; t++) {
         const uint64_t *pan = panels + t * pstride;
-        __m512i acc[R];
-        for (int r = 0; r < R; r++) acc[r] = zero;
+        __m512i acc[8], accm = _mm512_setzero_si512();
+        for (int i = 0; i < 8; i++) acc[i] = _mm512_setzero_si512();
         for (int64_t w = w0; w < w1; w++) {
+            __m512i p = _mm512_load_si512((const void *)(pan + 2 * w * R));
+            __m512i m = _mm512_load_si512((const void *)(pan + (2 * w + 1) * R));
             const uint64_t cm = colmask(w, b0, b1);
-            const __m512i qv = _mm512_load_si512((const void *)(q + w * 64));
-            const __m512i qn = _mm512_sub_epi8(zero, qv);
-            const uint64_t *pw = pan + 2 * w * R;
-            for (int r = 0; r < R; r++) {
-                const __mmask64 plus = _cvtu64_mask64(pw[r] & cm);
-                const __mmask64 minus = _cvtu64_mask64(pw[R + r] & cm);
-                __m512i v = _mm512_maskz_mov_epi8(plus, qv);
-                v = _mm512_mask_mov_epi8(v, minus, qn);
-                acc[r] = _mm512_dpbusd_epi32(acc[r], ones, v);
+            if (cm != ~UINT64_C(0)) {
+                const __m512i cmv = _mm512_set1_epi64((long long)cm);
+                p = _mm512_and_si512(p, cmv);
+                m = _mm512_and_si512(m, cmv);
             }
+            const uint64_t *bw = tab + w * 8;
+            for (int i = 0; i < 8; i++) {
+                const __m512i b = _mm512_set1_epi64((long long)bw[i]);
+                acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(p, m, b, 0xE4)));
+            }
+            accm = _mm512_add_epi64(accm, _mm512_popcnt_epi64(m));
         }
-        for (int r = 0; r < R; r++) out[t * R + r] = _mm512_reduce_add_epi32(acc[r]);
+        /* coef_i * acc_i, exact in int64: sum = sum_{i<7} acc_i << i - 128 acc_7 + |M| */
+        __m512i sum = accm;
+        for (int i = 0; i < 7; i++) sum = _mm512_add_epi64(sum, _mm512_slli_epi64(acc[i], (unsigned)i));
+        sum = _mm512_sub_epi64(sum, _mm512_slli_epi64(acc[7], 7));
+        long long lanes[8];
+        _mm512_storeu_si512((void *)lanes, sum);
+        for (int r = 0; r < R; r++) out[t * R + r] = (int32_t)lanes[r];
     }
 }
 
@@ -80,4 +107,4 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
     }
 }
 
-const takane_ternary_ukernel takane_ternary_ukernel_avx512 = {dot_i8, dot_f32};
+const takane_ternary_ukernel takane_ternary_ukernel_avx512 = {table_len_i8, build_i8, dot_i8, dot_f32};

@@ -24,11 +24,16 @@
 
 typedef struct takane_ternary_ukernel {
     /* int8 activations: q holds kw * 64 int8 (zero past k, values in [-127, 127], 64-byte
-     * aligned); for np (1 <= np <= TAKANE_TERNARY_MAX_NP) consecutive panels starting at
-     * `panels` (panel t at panels + t * pstride words) and the 32-column blocks [b0, b1)
-     * (0 <= b0 < b1 <= 2 * kw, b1 - b0 <= TAKANE_TERNARY_CHUNK_BLOCKS):
+     * aligned). Optionally the set turns each activation row into a table once per call:
+     * table_len_i8(kw) bytes (64-byte aligned) built by build_i8(q, kw, table); both NULL:
+     * the table is q itself. dot_i8 reads the row's table `a`: for np (1 <= np <=
+     * TAKANE_TERNARY_MAX_NP) consecutive panels starting at `panels` (panel t at panels +
+     * t * pstride words) and the 32-column blocks [b0, b1) (0 <= b0 < b1 <= 2 * kw,
+     * b1 - b0 <= TAKANE_TERNARY_CHUNK_BLOCKS):
      *   out[t * 8 + r] = sum_{c in blocks} q[c] * t_{row r of panel t}[c]   (exact, int32) */
-    void (*dot_i8)(const int8_t *q, const uint64_t *panels, int64_t pstride, int np,
+    int64_t (*table_len_i8)(int64_t kw);
+    void (*build_i8)(const int8_t *q, int64_t kw, void *table);
+    void (*dot_i8)(const void *a, const uint64_t *panels, int64_t pstride, int np,
                    int64_t b0, int64_t b1, int32_t *out);
     /* float activations: xs holds kw * 64 floats (zero past k, 64-byte aligned); words
      * [q0, q1) (0 <= q0 < q1 <= kw):

@@ -5,8 +5,9 @@
  */
 #include "ternary_kernel.h"
 
-static void dot_i8(const int8_t *q, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
+static void dot_i8(const void *a, const uint64_t *panels, int64_t pstride, int np, int64_t b0,
                    int64_t b1, int32_t *out) {
+    const int8_t *q = (const int8_t *)a; /* no table: the row itself */
     for (int t = 0; t < np; t++) {
         const uint64_t *pan = panels + t * pstride;
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
@@ -54,4 +55,4 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
     }
 }
 
-const takane_ternary_ukernel takane_ternary_ukernel_scalar = {dot_i8, dot_f32};
+const takane_ternary_ukernel takane_ternary_ukernel_scalar = {NULL, NULL, dot_i8, dot_f32};
