@@ -20,7 +20,7 @@ __all__ = [
     "matmul_unpacked", "matmul_popcount", "PackedWeights",
     "binary_linear", "binary_weight_matmul", "binary_weight_matmul_error_bound", "AdaptiveThreshold",
     "quantize_q8_0",
-    "TernaryWeights", "pack_ternary", "unpack_ternary", "quantize_int8_row",
+    "TernaryWeights", "pack_ternary", "unpack_ternary", "quantize_int8_row", "decode_tq2_0", "decode_tq1_0",
     "binary_conv2d", "binary_max_pool2d", "pack_conv_weights",
 ]
 
@@ -269,6 +269,60 @@ def unpack_ternary(w):
     sign = unpack_bits(w.sign, k, np.float64)  # +1 / -1
     nz = (unpack_bits(w.nonzero, k, np.float64) + 1) / 2  # 1 / 0
     return sign * nz  # a zero weight: its sign bit 0 reads as -1, times nonzero 0
+
+
+def _fp16_value(lo, hi):
+    """The value of little-endian fp16 bytes, from the definition (sign, exponent, mantissa)."""
+    h = int(lo) | int(hi) << 8
+    e, m = (h >> 10) & 31, h & 1023
+    if e == 31:
+        v = np.inf if m == 0 else np.nan
+    else:
+        v = (1024 + m) * 2.0 ** (e - 25) if e else m * 2.0**-24
+    return -v if h & 0x8000 else v
+
+
+def decode_tq2_0(row, k):
+    """One TQ2_0 row (bytes, K/256 blocks of 66) -> (codes - 1 as int (K,), d per block as
+    float64), element by element from llama.cpp's layout: element j of a block is bits
+    2 * ((j % 128) // 32) of byte 32 * (j // 128) + j % 32; d is the fp16 in bytes 64, 65."""
+    row = np.asarray(row, dtype=np.uint8)
+    t = np.zeros(k, dtype=np.int64)
+    d = np.zeros(k // 256)
+    for b in range(k // 256):
+        blk = row[66 * b:66 * b + 66]
+        for j in range(256):
+            byte = blk[32 * (j // 128) + j % 32]
+            t[256 * b + j] = ((int(byte) >> (2 * ((j % 128) // 32))) & 3) - 1
+        d[b] = _fp16_value(blk[64], blk[65])
+    return t, d
+
+
+def decode_tq1_0(row, k):
+    """One TQ1_0 row (bytes, K/256 blocks of 54) -> (codes - 1 (K,), d per block), by
+    llama.cpp's rule: trit n of byte b is ((b * 3^n) mod 256) * 3 // 256; qs[0..31] give
+    elements 32 n + m, qs[32..47] 160 + 16 n + m, qh[0..3] 240 + 4 n + j; d = fp16 at 52."""
+    row = np.asarray(row, dtype=np.uint8)
+    t = np.zeros(k, dtype=np.int64)
+    d = np.zeros(k // 256)
+
+    def trit(byte, n):
+        return ((int(byte) * 3**n) % 256) * 3 // 256
+
+    for b in range(k // 256):
+        blk = row[54 * b:54 * b + 54]
+        base = 256 * b
+        for m in range(32):
+            for n in range(5):
+                t[base + 32 * n + m] = trit(blk[m], n) - 1
+        for m in range(16):
+            for n in range(5):
+                t[base + 160 + 16 * n + m] = trit(blk[32 + m], n) - 1
+        for j in range(4):
+            for n in range(4):
+                t[base + 240 + 4 * n + j] = trit(blk[48 + j], n) - 1
+        d[b] = _fp16_value(blk[52], blk[53])
+    return t, d
 
 
 def quantize_int8_row(xs):
