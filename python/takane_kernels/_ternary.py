@@ -46,7 +46,7 @@ class TernaryWeights:
     ``sign`` and ``nonzero`` (N, ceil(K/64)) uint64 (bit c % 64 of word c // 64, LSB first,
     zero padding): +1 is sign 1 / nonzero 1, -1 is sign 0 / nonzero 1, 0 is sign 0 /
     nonzero 0 (a set sign bit on a zero weight is refused: the planes are canonical).
-    Scales as :class:`PackedWeights` — ``scale`` (N,), ``in_scale`` (K,), ``group_scale``
+    Scales as :class:`~takane_kernels.PackedWeights` — ``scale`` (N,), ``in_scale`` (K,), ``group_scale``
     (N, ceil(K/group_size)) with ``group_size`` a positive multiple of 64 — plus
     ``tensor_scale``, one float for the whole matrix. The effective weight is
     ``t[n, k] * scale[n] * in_scale[k] * group_scale[n, k // group_size] * tensor_scale``,

@@ -79,6 +79,16 @@ static void dot_i8(const void *a, const uint64_t *panels, int64_t pstride, int n
     }
 }
 
+/* Sum of 16 lanes (any order is within the bound; no _mm512_reduce_add_ps: the SIMDe
+ * emulation build lacks it). */
+static inline float hsum_ps(__m512 v) {
+    float l[16];
+    _mm512_storeu_ps(l, v);
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += l[i];
+    return s;
+}
+
 static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, int np, int64_t q0,
                     int64_t q1, float *out) {
     for (int t = 0; t < np; t++) {
@@ -102,8 +112,7 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
                 accn[r] = _mm512_mask_add_ps(accn[r], (__mmask16)(n >> 48), accn[r], x3);
             }
         }
-        for (int r = 0; r < R; r++)
-            out[t * R + r] = _mm512_reduce_add_ps(accp[r]) - _mm512_reduce_add_ps(accn[r]);
+        for (int r = 0; r < R; r++) out[t * R + r] = hsum_ps(_mm512_sub_ps(accp[r], accn[r]));
     }
 }
 
