@@ -157,3 +157,29 @@ def test_foreign_types_refused_by_name(tmp_path, raw_type, what):
     for skip in ("error", "skip"):
         with pytest.raises(ValueError, match=rf"'blk.0.attn_q.weight' has GGML type {raw_type}: .*{what}"):
             tg.load(tmp_path / "m.gguf", unsupported=skip)
+
+
+def test_llama_cpp_runs_a_tq2_0_model_we_wrote(tmp_path):
+    """llama.cpp loads and runs a tiny Llama whose projections we wrote as TQ2_0 (runs when
+    TAKANE_LLAMA_CPP names a llama.cpp build; skipped with that reason otherwise)."""
+    import json
+    import subprocess
+
+    from test_gguf import _llama_cpp, tiny_llama
+
+    bench = _llama_cpp()
+    t, meta = tiny_llama(n_embd=256, n_ff=512)
+    rng = np.random.default_rng(5)
+    for name, w in list(t.items()):
+        if isinstance(w, tk.PackedWeights):  # same shapes, ternary weights with fp16 block scales
+            tw = tk.pack_ternary(rng.standard_normal((w.n, w.k)), group_size=256)
+            t[name] = tk._tq.from_tq2_0(tk._tq.to_tq2_0(tw), w.k)
+    meta["general.file_type"] = 37  # LLAMA_FTYPE_MOSTLY_TQ2_0
+    path = tmp_path / "tiny-tq2_0.gguf"
+    tg.save(path, t, arch="llama", metadata=meta)
+    assert tg.load(path)["blk.0.ffn_up.weight"] == t["blk.0.ffn_up.weight"]
+    r = subprocess.run([str(bench), "-m", str(path), "-p", "16", "-n", "4", "-t", "1", "-r", "1", "-o", "json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = json.loads(r.stdout)
+    assert all(x["avg_ts"] > 0 for x in runs) and all("TQ2_0" in x["model_type"] for x in runs), runs
