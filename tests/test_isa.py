@@ -173,7 +173,7 @@ def test_kernels_per_op_are_reported_honestly():
             assert k["matmul"] == k["pack"] == "neon"
             assert k["linear"] == k["wfloat"] == "scalar"
             assert k["q8_0"] in ("neon", "neon+sdot")
-            assert k["ternary"] == "scalar"
+            assert k["ternary"] == "neon"
     assert tk.isa.kernels() == tk.isa.kernels(tk.isa.active())
     missing = [n for n in tk.isa.NAMES if n not in tk.isa.compiled()]
     for n in missing:

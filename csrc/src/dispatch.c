@@ -38,7 +38,7 @@ static const takane_kernel_set registry[] = {
     /* no NEON layer kernels yet: the portable ones, correct on any CPU */
     {TAKANE_ISA_NEON, &takane_matmul_ukernel_neon, takane_pack_row_neon,
      &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon,
-     &takane_ternary_ukernel_scalar},
+     &takane_ternary_ukernel_neon},
 #endif
     KERNEL_SET(SCALAR, scalar),
 };
