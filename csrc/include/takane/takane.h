@@ -661,7 +661,8 @@ TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
 typedef struct takane_ternary_weights takane_ternary_weights;
 
 /* Create from two canonical bit planes of n rows, ceil(k/64) words each, row stride
- * row_stride words: value t[r][c] = nonzero bit ? (sign bit ? +1 : -1) : 0 (bit c % 64 of
+ * row_stride words (>= ceil(k/64) when n > 1, else TAKANE_ERR_BAD_STRIDE): value
+ * t[r][c] = nonzero bit ? (sign bit ? +1 : -1) : 0 (bit c % 64 of
  * word c / 64; a sign bit whose nonzero bit is clear is not read). Non-zero padding bits past
  * k in either plane give TAKANE_ERR_PADDING_BITS. k == 0 and n == 0 are valid. Free with
  * takane_ternary_weights_free (NULL is a no-op). */
