@@ -20,6 +20,7 @@
  * q8_0: dh * S (1) + nb - 1 adds + g (1) + scale (1) <= nb + 4; int8_row: float(D) (1) + g
  * (1) + ng - 1 adds + d (1) + scale (1) <= ng + 4.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,9 +90,15 @@ void takane_ternary_weights_free(takane_ternary_weights *weights) {
 /* ---- BitNet b1.58 per-row int8 quantizer ---------------------------------------------- */
 
 /* round half to even for |v| < 2^22 (default rounding mode): adding and removing 1.5 * 2^23
- * leaves an integer; volatile keeps the compiler from folding the pair away */
+ * leaves an integer. Compilers do not reassociate float arithmetic without -ffast-math; where
+ * floats are evaluated in a wider format (x87, FLT_EVAL_METHOD != 0) a volatile float forces
+ * the rounding of the sum to float32. */
 static inline int32_t rne(float v) {
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    const float t = v + 12582912.0f;
+#else
     volatile float t = v + 12582912.0f;
+#endif
     return (int32_t)(t - 12582912.0f);
 }
 
