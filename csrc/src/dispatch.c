@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "../kernels/ternary/ternary_kernel.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define TAKANE_X86 1
@@ -24,7 +25,8 @@
  * the portable ones (&takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar). */
 #define KERNEL_SET(ISA, isa)                                                               \
     {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
-     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa, &takane_q8_ukernel_##isa}
+     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa, &takane_q8_ukernel_##isa,   \
+     &takane_ternary_ukernel_##isa}
 static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX512
     KERNEL_SET(AVX512, avx512),
@@ -35,7 +37,8 @@ static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_NEON
     /* no NEON layer kernels yet: the portable ones, correct on any CPU */
     {TAKANE_ISA_NEON, &takane_matmul_ukernel_neon, takane_pack_row_neon,
-     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon},
+     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon,
+     &takane_ternary_ukernel_neon},
 #endif
     KERNEL_SET(SCALAR, scalar),
 };
@@ -339,7 +342,8 @@ static void init_names(void) {
                                                (const void *)takane_pack_row_scalar, ks->isa),
                                " linear=", owner(ks->linear, &takane_linear_ukernel_scalar, ks->isa),
                                " wfloat=", owner(ks->wfloat, &takane_wfloat_ukernel_scalar, ks->isa),
-                               " q8_0=", q8, q8_variant};
+                               " q8_0=", q8, q8_variant,
+                               " ternary=", owner(ks->ternary, &takane_ternary_ukernel_scalar, ks->isa)};
         size_t n = 0;
         for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++)
             for (const char *c = parts[p]; *c && n + 1 < sizeof kernel_names[i]; c++)

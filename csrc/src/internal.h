@@ -25,6 +25,7 @@ typedef struct takane_kernel_set {
     const takane_linear_ukernel *linear;
     const takane_wfloat_ukernel *wfloat;
     const takane_q8_ukernel *q8;
+    const struct takane_ternary_ukernel *ternary; /* csrc/kernels/ternary/ternary_kernel.h */
 } takane_kernel_set;
 
 /* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */

@@ -634,7 +634,8 @@ TAKANE_API takane_status takane_weights_get_bits(const takane_weights *weights, 
  * space-separated "op=isa" pairs, e.g. "matmul=neon pack=neon linear=scalar wfloat=scalar
  * q8_0=neon+sdot" — a set may use the portable kernels of an op it has none of its own for,
  * and a sub-variant chosen at run time is named after a '+'. Ops: matmul (W1A1 products),
- * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8).
+ * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8),
+ * ternary (ternary weights, takane_ternary_matmul_prepacked).
  * Static storage. On aarch64, env TAKANE_NEON_DOTPROD=0 (read once) keeps the W1A8 kernel
  * off SDOT even where the CPU has it. */
 TAKANE_API const char *takane_isa_kernels(takane_isa isa);
@@ -661,6 +662,51 @@ TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t by
  * without an int8 probe. */
 TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
                                                 double *macs_per_second);
+
+/* ---- ternary weights (issue 23): {-1, 0, +1} as two bit planes ---------------------------- */
+
+/* Activation mode of the ternary entry point (with TAKANE_ACTIVATIONS_F32 / _Q8_0): BitNet
+ * b1.58's per-row ("per token") absmax int8. Per row of xs, in float32:
+ *   a = max(max_c |xs[c]|, 1e-5f), q[c] = clamp(rne(xs[c] * (127 / a)), -128, 127) (the
+ *   quotient and the product each rounded to float32, rne = round half to even), d = a / 127
+ *   (rounded to float32); then y[i][j] = scale[j] * d * sum_g g[j][g] * D_g + bias[j] with
+ *   D_g = sum_{c in group g} q[c] * t_j[c] exact integers (any k). */
+#define TAKANE_ACTIVATIONS_INT8_ROW 2
+
+/* A ternary weight matrix (n rows of k values in {-1, 0, +1}), re-tiled for the kernels. */
+typedef struct takane_ternary_weights takane_ternary_weights;
+
+/* Create from two canonical bit planes of n rows, ceil(k/64) words each, row stride
+ * row_stride words (>= ceil(k/64) when n > 1, else TAKANE_ERR_BAD_STRIDE): value
+ * t[r][c] = nonzero bit ? (sign bit ? +1 : -1) : 0 (bit c % 64 of
+ * word c / 64; a sign bit whose nonzero bit is clear is not read). Non-zero padding bits past
+ * k in either plane give TAKANE_ERR_PADDING_BITS. k == 0 and n == 0 are valid. Free with
+ * takane_ternary_weights_free (NULL is a no-op). */
+TAKANE_API takane_status takane_ternary_weights_create(int64_t n, int64_t k,
+                                                       const uint64_t *sign,
+                                                       const uint64_t *nonzero,
+                                                       int64_t row_stride,
+                                                       takane_ternary_weights **out);
+TAKANE_API void takane_ternary_weights_free(takane_ternary_weights *weights);
+
+/* y[i][j] = scale[j] * sum_c xs[i][c] * t_j[c] * group_scale[j][c / group_size] + bias[j],
+ * xs = x * in_scale (float32), for the weights of a ternary handle; arguments, NULL rules
+ * and errors as takane_binary_weight_matmul_prepacked_ex. activations:
+ *   TAKANE_ACTIVATIONS_F32: float32 accumulation in a kernel-specific order,
+ *     |y - exact| <= gamma(k + 4) * |scale[j]| * sum_c |xs[i][c] * t_j[c] * g| + gamma(2) |bias[j]|;
+ *     NaN and infinities in x propagate where t is nonzero.
+ *   TAKANE_ACTIVATIONS_Q8_0: xs quantized as for the 1-bit entry point (llama.cpp Q8_0),
+ *     S_b = sum_{c in block b} q[c] * t_j[c] exact; |y - exact| <= gamma(nb + 4) *
+ *     |scale[j]| * sum_b |dh_b * g * S_b| + gamma(2) |bias[j]|.
+ *   TAKANE_ACTIVATIONS_INT8_ROW: as defined above; |y - exact| <= gamma(ng + 4) * |scale[j]|
+ *     * d * sum_g |g * D_g| + gamma(2) |bias[j]|, ng = ceil(k / group_size) (1 without
+ *     group scales). NaN in xs gives TAKANE_ERR_NAN, an infinite xs TAKANE_ERR_NOT_FINITE,
+ *     before y is written.
+ * Runs on up to `threads` threads. */
+TAKANE_API takane_status takane_ternary_matmul_prepacked(
+    const takane_ternary_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
 
 #ifdef __cplusplus
 }
