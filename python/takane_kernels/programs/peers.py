@@ -31,7 +31,13 @@ def _faiss(xbits, wbits, k):
     wu8 = np.ascontiguousarray(wbits).view(np.uint8)
     dis = np.empty((xu8.shape[0], wu8.shape[0]), dtype=np.int32)
     args = (faiss.swig_ptr(xu8), faiss.swig_ptr(wu8), xu8.shape[0], wu8.shape[0], xu8.shape[1], faiss.swig_ptr(dis))
-    run = lambda: faiss.hammings(*args) or dis  # noqa: E731
+
+    # args holds raw pointers into xu8 / wu8, which may be the only references to their
+    # arrays (e.g. a PackedWeights' .bits, rebuilt per access once the kernels hold the
+    # weights): the default argument keeps them alive as long as run is.
+    def run(_keep=(xu8, wu8)):
+        faiss.hammings(*args)
+        return dis
     to_dot = lambda h: (k - 2 * h.astype(np.int64)).astype(np.int32)  # noqa: E731
     return run, to_dot
 
