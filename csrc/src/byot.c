@@ -11,7 +11,11 @@
  *  - takane_weights_q1_0_size / takane_weights_from_q1_0: a prepacked handle built from
  *    Q1_0 rows, possibly inside caller memory (ggml's set_tensor repacks into the tensor's
  *    own buffer, so the runtime's buffer holds the only copy of the weights). Layout of the
- *    one block: [struct, padded to 64 bytes][panels][n * k/128 float32 block scales].
+ *    one block: [struct, padded to 64 bytes][panels][float32 block scales, panel-major].
+ *  - takane_weights_create_grouped: the same kind of handle from canonical rows plus
+ *    row-major float32 group scales (any group size the kernels take), so that callers
+ *    with group scales (Python's PackedWeights) get the kernels' panel-major scale loads
+ *    instead of a per-call transposition.
  *  - takane_matmul_q8_0_rows: output columns [r0, r1) against block_q8_0 activations.
  *    The activations are converted, TAKANE_BYOT_ROWS rows at a time, into the q8 kernels'
  *    own row format (int8 q, float fp16-rounded d, nq = -sum q per block: a cheap pass, M*K
@@ -19,6 +23,7 @@
  *    library's own threaded run uses — so both give the same bits for the same split.
  *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -104,20 +109,54 @@ takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
     return st;
 }
 
-/* ---- handles from Q1_0 ------------------------------------------------------------------ */
+/* ---- handles that carry group scales (from Q1_0 rows, or canonical rows + scales) ------- */
+
+/* One block holds the whole handle: [struct, padded to 64 bytes][panels: npanels * kw * 8
+ * words][scales: npanels * 8 * ng floats, panel-major (internal.h), padded to 64 bytes].
+ * ng = group scales per row. The sizes are computed in double first so that a shape
+ * whose bytes do not fit is out of memory, never a wrapped product. */
+static takane_status grouped_layout(int64_t n, int64_t kw, int64_t ng, int64_t *panel_bytes,
+                                    int64_t *total) {
+    const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    const double pb = (double)npanels * (double)kw * TAKANE_PANEL_ROWS * 8.0;
+    /* the scales panel-major: whole panels of rows, those past n zero */
+    const double sb = (double)npanels * TAKANE_PANEL_ROWS * (double)ng * 4.0;
+    if (pb + sb + HEADER_BYTES + 64 > 9.0e18 || pb + sb + HEADER_BYTES + 64 > (double)SIZE_MAX / 2)
+        return TAKANE_ERR_OUT_OF_MEMORY;
+    *panel_bytes = (int64_t)pb;
+    *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
+    return TAKANE_OK;
+}
+
+/* Lay the header out at base (mem != NULL: caller memory) and zero the scales, so that
+ * rows past n read 0 (a kernel may load a whole panel's lanes). Returns the handle. */
+static takane_weights *grouped_init(char *base, int64_t n, int64_t k, int64_t kw, int64_t ng,
+                                    int64_t group_size, int64_t panel_bytes, int caller_memory) {
+    takane_weights *h = (takane_weights *)base;
+    memset(h, 0, sizeof *h);
+    h->n = n, h->k = k, h->kw = kw;
+    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    h->panels = panel_bytes > 0 ? (uint64_t *)(base + HEADER_BYTES) : NULL;
+    h->group_scale = n > 0 && ng > 0 ? (float *)(base + HEADER_BYTES + panel_bytes) : NULL;
+    h->group_size = h->group_scale ? group_size : 0;
+    h->storage = caller_memory ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
+    if (h->group_scale)
+        memset(h->group_scale, 0, (size_t)(h->npanels * TAKANE_PANEL_ROWS * ng) * sizeof(float));
+    return h;
+}
+
+/* Where the scale of group 0 of `row` lives in a handle's panel-major scales; group g is
+ * at [g * TAKANE_PANEL_ROWS] from there (internal.h). */
+static inline float *grouped_slot(const takane_weights *h, int64_t row, int64_t ng) {
+    return h->group_scale + (row / TAKANE_PANEL_ROWS) * ng * TAKANE_PANEL_ROWS +
+           row % TAKANE_PANEL_ROWS;
+}
 
 static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int64_t *total) {
     if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
     if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
     if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
-    const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    const double pb = (double)npanels * (double)(k / 64) * TAKANE_PANEL_ROWS * 8.0;
-    /* the scales panel-major (internal.h): whole panels of rows, those past n zero */
-    const double sb = (double)npanels * TAKANE_PANEL_ROWS * (double)(k / TAKANE_Q1_0_BLOCK) * 4.0;
-    if (pb + sb + HEADER_BYTES + 64 > 9.0e18) return TAKANE_ERR_OUT_OF_MEMORY;
-    *panel_bytes = (int64_t)pb;
-    *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
-    return TAKANE_OK;
+    return grouped_layout(n, k / 64, k / TAKANE_Q1_0_BLOCK, panel_bytes, total);
 }
 
 takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes) {
@@ -149,18 +188,8 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
         base = (char *)takane_panels_alloc((size_t)total);
         if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
     }
-    takane_weights *h = (takane_weights *)base;
-    memset(h, 0, sizeof *h);
-    h->n = n, h->k = k, h->kw = k / 64;
-    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    h->panels = pb > 0 ? (uint64_t *)(base + HEADER_BYTES) : NULL;
-    h->group_scale = n > 0 && nb > 0 ? (float *)(base + HEADER_BYTES + pb) : NULL;
-    h->group_size = h->group_scale ? TAKANE_Q1_0_BLOCK : 0;
-    h->storage = mem ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
+    takane_weights *h = grouped_init(base, n, k, k / 64, nb, TAKANE_Q1_0_BLOCK, pb, mem != NULL);
     const int64_t kw = h->kw;
-    /* panel-major scales: rows past n are 0 (a kernel may load a whole panel's lanes) */
-    if (h->group_scale)
-        memset(h->group_scale, 0, (size_t)(h->npanels * TAKANE_PANEL_ROWS * nb) * sizeof(float));
     /* panel p, word w, row r <- block w / 2 of row p * 8 + r, its (w % 2)-th 8 bytes;
      * rows past n are zero (the kernels compute and drop them) */
     for (int64_t p = 0; p < h->npanels; p++) {
@@ -168,8 +197,7 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
             const int64_t row = p * TAKANE_PANEL_ROWS + r;
             const uint8_t *src = row < n ? (const uint8_t *)q + row * q_row_stride : NULL;
-            /* the scale of block b: panel p, group b, lane r */
-            float *g = src ? h->group_scale + p * nb * TAKANE_PANEL_ROWS + r : NULL;
+            float *g = src ? grouped_slot(h, row, nb) : NULL; /* block b at g[b * 8] */
             for (int64_t b = 0; b < nb; b++) {
                 uint64_t wd[2] = {0, 0};
                 if (src) {
@@ -183,6 +211,46 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
             }
         }
     }
+    *out = h;
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_create_grouped(int64_t n, int64_t k, const uint64_t *w,
+                                            int64_t w_row_stride, const float *group_scale,
+                                            int64_t group_scale_row_stride, int64_t group_size,
+                                            takane_weights **out) {
+    if (!out) return TAKANE_ERR_NULL_POINTER;
+    *out = NULL;
+    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    if (group_size <= 0 || group_size % 64 != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
+    const int64_t kw = (k + 63) / 64, gw = group_size / 64, ng = (kw + gw - 1) / gw;
+    if (w_row_stride < 0 || group_scale_row_stride < 0 ||
+        (n > 1 && ng > 0 && group_scale_row_stride < ng))
+        return TAKANE_ERR_BAD_STRIDE;
+    if (n > 0 && kw > 0 && (!w || !group_scale)) return TAKANE_ERR_NULL_POINTER;
+    takane_status st = takane_check_padding(n, k, w, w_row_stride);
+    if (st != TAKANE_OK) return st;
+    /* every scale finite, checked before anything is allocated (the kernels then never
+     * meet a NaN or infinite carried scale; a call's own row-major ones are checked as
+     * they are read) */
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            const float v = group_scale[r * group_scale_row_stride + g];
+            if (!(fabsf(v) <= FLT_MAX)) return TAKANE_ERR_NOT_FINITE; /* NaN, +-inf */
+        }
+    int64_t pb, total;
+    if ((st = grouped_layout(n, kw, ng, &pb, &total)) != TAKANE_OK) return st;
+    char *base = (char *)takane_panels_alloc((size_t)total);
+    if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
+    takane_weights *h = grouped_init(base, n, k, kw, ng, group_size, pb, 0);
+    if (h->panels) takane_fill_panels(h, w, w_row_stride);
+    if (h->group_scale)
+        for (int64_t r = 0; r < n; r++) {
+            float *g = grouped_slot(h, r, ng);
+            for (int64_t j = 0; j < ng; j++)
+                g[j * TAKANE_PANEL_ROWS] = group_scale[r * group_scale_row_stride + j];
+        }
     *out = h;
     return TAKANE_OK;
 }
@@ -292,7 +360,7 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
     if (y_row_stride < 0 || (r1 - r0 > 1 && y_row_stride < w->k)) return TAKANE_ERR_BAD_STRIDE;
     if (r0 == r1 || w->k == 0) return TAKANE_OK;
     if (!y) return TAKANE_ERR_NULL_POINTER;
-    const int64_t kw = w->kw, ng = w->group_scale ? w->k / w->group_size : 0;
+    const int64_t kw = w->kw, ng = takane_handle_ngroups(w);
     for (int64_t r = r0; r < r1; r++) {
         const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
         const int lane = (int)(r % TAKANE_PANEL_ROWS);

@@ -647,6 +647,31 @@ TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t by
 TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
                                                 double *macs_per_second);
 
+/* ---- handles that carry group scales --------------------------------------------------- */
+
+/* Build a prepacked handle from n canonical rows of k weights (w, row stride w_row_stride
+ * words, as takane_weights_create) plus float32 group scales: row-major, n rows of
+ * ceil(k / group_size) (row stride group_scale_row_stride floats, >= that count when
+ * n > 1), group_size > 0 a multiple of 64 (else TAKANE_ERR_BAD_GROUP_SIZE; the last group
+ * of a row may be partial). The handle carries the scales as a handle from
+ * takane_weights_from_q1_0 does (stored in the kernels' panel order, so no call transposes
+ * them), and is used the same way: the W1A-float and W1A8 entry points
+ * (takane_binary_weight_matmul_prepacked[_ex], takane_matmul_q8_0_rows) apply them as part
+ * of the weights, with results bit-identical to passing the same group_scale/group_size
+ * per call with a handle from takane_weights_create; the call's own group_scale must then
+ * be NULL (else TAKANE_ERR_BAD_GROUP_SIZE); the W1A1 ones use the signs only;
+ * takane_weights_dequantize_rows applies them; takane_weights_get_bits returns w's rows;
+ * takane_weights_info's bytes include them. Errors, nothing allocated: a NaN or infinite
+ * scale TAKANE_ERR_NOT_FINITE, bits set past k TAKANE_ERR_PADDING_BITS, negative
+ * strides TAKANE_ERR_BAD_STRIDE, w or group_scale NULL with n > 0 and k > 0
+ * TAKANE_ERR_NULL_POINTER. n == 0 or k == 0 give a handle without scales. Free with
+ * takane_weights_free. Calling thread only. */
+TAKANE_API takane_status takane_weights_create_grouped(int64_t n, int64_t k, const uint64_t *w,
+                                                       int64_t w_row_stride,
+                                                       const float *group_scale,
+                                                       int64_t group_scale_row_stride,
+                                                       int64_t group_size, takane_weights **out);
+
 #ifdef __cplusplus
 }
 #endif
