@@ -18,6 +18,7 @@ import pytest
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
+from takane_kernels._capi import weights_handle
 from takane_kernels._takane import ffi, lib
 
 from conftest import assert_ran
@@ -238,7 +239,7 @@ def test_rows_with_a_canonical_handle_and_explicit_group_scales(on_isa, k):
     rng = np.random.default_rng(k)
     n, m = 19, 3
     w = tk.pack_weights(rng.standard_normal((n, k)), group_size=64)
-    h = w._prepacked()
+    h = weights_handle(w.bits, k)  # no scales of its own (takane_weights_create)
     x = rng.standard_normal((m, k)).astype(np.float32)
     qa, st = quantize(x)
     assert st == lib.TAKANE_OK
@@ -248,6 +249,15 @@ def test_rows_with_a_canonical_handle_and_explicit_group_scales(on_isa, k):
     assert_ran(on_isa)
     exact = ref.binary_weight_matmul(x, w, activations="q8_0")
     assert (np.abs(y - exact) <= ref.binary_weight_matmul_error_bound(x, w, activations="q8_0")).all()
+    # the PackedWeights' own handle carries the same scales (takane_weights_create_grouped):
+    # the same bits with none passed, and a call's own scales refused
+    carried = w._prepacked()
+    y2 = np.full((m, n), np.nan, np.float32)
+    assert rows_product(carried, n, qa, m, 0, 8, y2) == lib.TAKANE_OK
+    assert rows_product(carried, n, qa, m, 8, n, y2) == lib.TAKANE_OK
+    assert_ran(on_isa)
+    np.testing.assert_array_equal(y2.view(np.uint32), y.view(np.uint32))
+    assert rows_product(carried, n, qa, m, 0, n, y2, group_scale=gs, group_size=64) == lib.TAKANE_ERR_BAD_GROUP_SIZE
 
 
 def test_rows_errors(on_isa):

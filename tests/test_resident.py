@@ -54,9 +54,10 @@ def test_canonical_copy_is_freed_and_accounted():
     assert canonical() is None  # the array itself is gone, not only our reference
     held = w._resident_nbytes()
     assert w.nbytes == logical  # the logical size is unchanged
-    # the handle (panels of TAKANE_PANEL_ROWS = 8 rows: 304 rows here) and the scales, no
-    # second copy of the signs
-    assert held == 304 * 16 * 8 + (logical - words)
+    # the handle (panels of TAKANE_PANEL_ROWS = 8 rows: 304 rows here, and the group scales
+    # it carries, ceil(1000/128) = 8 per row, panel-major) and the scales the Python object
+    # keeps for its users (group_scale), no second copy of the signs
+    assert held == 304 * 16 * 8 + 304 * 8 * 4 + (logical - words)
     b1, b2 = w.bits, w.bits
     assert b1 is not b2  # rebuilt on demand, never cached
     del b1, b2
@@ -137,3 +138,65 @@ def test_release_races_with_readers():
             t.join()
         assert w._bits is None
     assert not errors
+
+
+# ---- handles that carry the group scales (takane_weights_create_grouped) ----------------------
+
+def _per_call(x, w, mode, threads):
+    """The path before carried scales: a handle of the signs only, the row-major group
+    scales passed with every call (takane_binary_weight_matmul_prepacked_ex)."""
+    from takane_kernels._capi import weights_handle
+    from takane_kernels._takane import ffi, lib
+
+    h = weights_handle(w.bits, w.k)
+    m = x.shape[0]
+    y = np.full((m, w.n), np.nan, np.float32)
+    f = lambda a: ffi.NULL if a is None or a.size == 0 else ffi.from_buffer("float[]", a)  # noqa: E731
+    act = lib.TAKANE_ACTIVATIONS_Q8_0 if mode == "q8_0" else lib.TAKANE_ACTIVATIONS_F32
+    st = lib.takane_binary_weight_matmul_prepacked_ex(
+        h, m, f(x), w.k, f(w.in_scale), f(w.scale), f(w.group_scale), w.group_size, ffi.NULL, act,
+        ffi.from_buffer("float[]", y), w.n, threads)
+    assert st == lib.TAKANE_OK
+    return y
+
+
+@pytest.mark.parametrize("mode", ["float32", "q8_0"])
+@pytest.mark.parametrize("n,k,g", [(1, 64, 64), (7, 65, 64), (9, 200, 128), (17, 513, 192), (37, 1100, 256),
+                                   (8, 4096, 128), (33, 1000, 128), (5, 130, 1024)])
+def test_carried_group_scales_same_bits_as_per_call(on_isa, mode, n, k, g):
+    """PackedWeights with group scales hand them to the C handle once; every call on it
+    gives the bits the per-call row-major scales gave, on every ISA: padded last panels (n
+    not a multiple of 8), partial words and groups, panel and GEMM row tiles (m), threads."""
+    rng = np.random.default_rng(n * 7919 + k + g)
+    ng = -(-k // g)
+    w = tk.PackedWeights(tk.pack_bits(rng.standard_normal((n, k))), k,
+                         scale=rng.uniform(0.5, 2, n).astype(np.float32),
+                         in_scale=rng.uniform(0.5, 2, k).astype(np.float32),
+                         group_scale=rng.uniform(-2, 2, (n, ng)).astype(np.float32), group_size=g)
+    for m in (1, 3, 21, 70):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for threads in (1, 2):
+            y = tk.binary_weight_matmul(x, w, activations=mode, threads=threads)
+            assert w._bits is None and w._carries_group_scale
+            np.testing.assert_array_equal(y.view(np.uint32), _per_call(x, w, mode, threads).view(np.uint32))
+        np.testing.assert_array_equal(tk.Linear(w, activations=mode)(x[0]).view(np.uint32),
+                                      _per_call(x[:1], w, mode, 1)[0].view(np.uint32))
+    # and within the documented bound of the oracle
+    assert (np.abs(y - ref.binary_weight_matmul(x, w, activations=mode))
+            <= ref.binary_weight_matmul_error_bound(x, w, activations=mode)).all()
+
+
+def test_carried_group_scales_accounting_and_rows():
+    rng = np.random.default_rng(3)
+    n, k, g = 13, 300, 128
+    w = tk.pack_weights(rng.standard_normal((n, k)), group_size=g)
+    bits, gs = w.bits.copy(), w.group_scale.copy()
+    tk.binary_weight_matmul(np.ones(k, np.float32), w)
+    # the handle: 16 rows of panels (5 words each) and of carried scales (3 per row); the
+    # Python-side group_scale (kept for users) counted once more in nbytes
+    assert w._resident_nbytes() == 16 * 5 * 8 + 16 * 3 * 4 + gs.nbytes
+    np.testing.assert_array_equal(w.bits, bits)
+    np.testing.assert_array_equal(w.group_scale, gs)
+    # the W1A1 path reads the signs only, as before
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    np.testing.assert_array_equal(tk.binary_matmul(x, w), ref.binary_matmul(x, w))

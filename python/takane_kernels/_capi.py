@@ -413,6 +413,20 @@ def weights_handle(bits: np.ndarray, k: int):
     return ffi.gc(out[0], lib.takane_weights_free)
 
 
+def grouped_weights_handle(bits: np.ndarray, k: int, group_scale: np.ndarray, group_size: int):
+    """A weights handle that carries row-major float32 group scales (N, ceil(K/G)), stored
+    the kernels' way (``takane_weights_create_grouped``): the W1A-float / W1A8 calls on it
+    pass no group scales of their own (freed with the cdata)."""
+    out = ffi.new("takane_weights **")
+    n, kw = bits.shape
+    status = lib.takane_weights_create_grouped(n, k, ptr("uint64_t[]", bits), kw, ptr("float[]", group_scale),
+                                               group_scale.shape[1], group_size, out)
+    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError("takane_weights_create_grouped: out of memory")
+    raise_status(status, "takane_weights_create_grouped")
+    return ffi.gc(out[0], lib.takane_weights_free)
+
+
 def handle_bits(handle, n: int, kw: int) -> np.ndarray:
     """A new read-only (n, kw) uint64 array of the canonical rows a weights handle holds
     (``takane_weights_get_bits``: the inverse of :func:`weights_handle`)."""

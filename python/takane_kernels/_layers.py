@@ -87,14 +87,15 @@ class Linear:
         self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
         self._ylen, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
         self._sptr = C.ptr("float[]", w.scale)
+        self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
         if mode != "w1a1":  # (in_scale, group_scale, group_size, C activations value)
-            gs = w.group_scale
+            # a handle that carries the group scales takes none per call (_prepacked)
+            gs = None if w._carries_group_scale else w.group_scale
             self._ws = (C.ptr("float[]", w.in_scale), C.ptr("float[]", gs),
                         w.group_size if gs is not None else 0, C.C_ACTIVATIONS[mode])
         else:
             self._ws = None
         self._u64 = self._ws is None and self._t.zero and not self._act_scale  # packed x: the fast path
-        self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
         self._nk = n > 0 and k > 0
         self._cf32 = self._bind_f32()
         # the common call's constants: K of an x it takes (-1, matching no x, when the layer is

@@ -12,8 +12,8 @@ import zipfile
 
 import numpy as np
 
-from ._capi import (MAX_K, check_group_size, check_k, check_packed, handle_bits, handle_nbytes, owned_vector,
-                    weights_handle)
+from ._capi import (MAX_K, check_group_size, check_k, check_packed, grouped_weights_handle, handle_bits,
+                    handle_nbytes, owned_vector, weights_handle)
 
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
@@ -172,12 +172,18 @@ class PackedWeights:
 
     def _prepacked(self):
         """The C library's re-tiled copy of the bits (built once, on first use); from then
-        on it is the only copy the weights keep (the canonical rows are dropped)."""
+        on it is the only copy the weights keep (the canonical rows are dropped). Weights
+        with group scales get a handle that carries them in the kernels' panel order
+        (every group size is one the kernels take: a multiple of 64), and the W1A-float /
+        W1A8 calls on it pass none of their own (``_carries_group_scale``); the
+        results are the same bits as with per-call scales."""
         handle = self._handle
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
-                    self._handle = weights_handle(self._bits, self._k)
+                    gs = self._group_scale
+                    self._handle = (weights_handle(self._bits, self._k) if gs is None else
+                                    grouped_weights_handle(self._bits, self._k, gs, self._group_size))
                     self._bits = None  # after the handle is set: see the invariant above
                 handle = self._handle
         return handle
@@ -197,9 +203,16 @@ class PackedWeights:
                 return b
         return handle_bits(h, self._n, -(-self._k // 64))
 
+    # True if the handle of _prepacked() carries the group scales (then the W1A-float / W1A8
+    # calls pass none): exactly when there are group scales (_prepacked() says why)
+    _carries_group_scale = property(lambda self: self._group_scale is not None)
+
     def _resident_nbytes(self) -> int:
         """Bytes these weights hold now (canonical rows if kept, the C handle if built,
-        scales): the accounting behind "one resident copy", for tests and the llm program."""
+        scales): the accounting behind "one resident copy", for tests and the llm program.
+        A handle's bytes include the group scales it carries (panel-major, rows padded to
+        a multiple of 8); the ``group_scale`` array kept for users is counted too, once,
+        in :attr:`nbytes` — both copies are resident."""
         b, h = self._bits, self._handle
         return ((0 if b is None else b.nbytes) + (0 if h is None else handle_nbytes(h))
                 + self.nbytes - self._n * -(-self._k // 64) * 8)
