@@ -130,7 +130,7 @@ fuzz)
   .venv/bin/pip install -q atheris
   CC=clang cmake -S tests/fuzz -B build/fuzz -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build build/fuzz -j2 >/dev/null
-  mkdir -p build/fuzz/packed-corpus build/fuzz/load-corpus build/fuzz/gguf-corpus
+  mkdir -p build/fuzz/packed-corpus build/fuzz/load-corpus build/fuzz/gguf-corpus build/fuzz/ternary-corpus
   # saved C crash inputs first: each must now pass (libFuzzer runs file arguments once);
   # the load target's (tests/fuzz/load_regressions/) are replayed by the test suite
   for f in tests/fuzz/packed_regressions/*; do
@@ -139,6 +139,8 @@ fuzz)
   .venv/bin/python tests/fuzz/fuzz_load.py --make-seeds build/fuzz/load-corpus >/dev/null
   .venv/bin/python tests/fuzz/fuzz_gguf.py --make-seeds build/fuzz/gguf-corpus >/dev/null
   (cd build/fuzz && ./fuzz_packed -max_total_time="$secs" -print_final_stats=1 packed-corpus 2>&1 |
+    grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|check failed")
+  (cd build/fuzz && ./fuzz_ternary -max_total_time="$secs" -print_final_stats=1 ternary-corpus 2>&1 |
     grep -E "^stat::(number_of_executed_units|average_exec_per_sec|new_units_added)|^Done|ERROR|check failed")
   (cd build/fuzz && ../../.venv/bin/python ../../tests/fuzz/fuzz_load.py -max_total_time="$secs" \
     -print_final_stats=1 load-corpus 2>&1 |

@@ -130,7 +130,9 @@ def pytest_terminal_summary(terminalreporter):
 # does with a non-finite input and how its result is compared:
 #   "binary": binarizes x (NaN is a ValueError), integer-exact result;
 #   "f32":    real activations (NaN propagates), float result within the documented bound;
-#   "q8_0":   Q8_0 activations (NaN / inf is a ValueError), float result within its bound.
+#   "q8_0":   Q8_0 activations (NaN / inf is a ValueError), float result within its bound;
+#   "int8_row": BitNet's per-row int8 activations (ternary weights; NaN / inf is a
+#             ValueError naming the mode), float result within its bound.
 # A new op, weight format or activation mode adds one entry here (docs/architecture.md);
 # the hostile-input, property, thread and fork tests then cover it.
 
@@ -146,7 +148,19 @@ def op_weights(rng, n: int, k: int) -> dict:
         # a (3, 1) convolution over an (M, 1) image with K channels: N output channels
         "conv": tk.pack_conv_weights(rng.standard_normal((n, 3, 1, k))) if n and k else None,
         "bias": rng.standard_normal(n).astype(np.float32),
+        # ternary (issue 23): BitNet's absmean per tensor; per row-group of 64; and every
+        # scale at once on threshold-0 planes (no zero weight, so NaN reaches every output)
+        "tern": tk.pack_ternary(w),
+        "tern_group": tk.pack_ternary(w, group_size=64) if k else tk.pack_ternary(w),
+        "tern_full": _tern_full(rng, w),
     }
+
+
+def _tern_full(rng, w):
+    t = tk.pack_ternary(w, threshold=0.0)
+    n, k = w.shape
+    return tk.TernaryWeights(t.sign, t.nonzero, k, scale=rng.uniform(-2, 2, n), in_scale=rng.uniform(0.5, 2, k),
+                             group_scale=rng.uniform(0.1, 1, (n, -(-k // 128))), group_size=128, tensor_scale=0.75)
 
 
 def _img(x):
@@ -170,6 +184,14 @@ OPS = {
                                                                                 threads=threads), "f32"),
     "binary_weight_matmul q8_0": (lambda x, ws, threads: tk.binary_weight_matmul(
         x, ws["group"], bias=ws["bias"], activations="q8_0", threads=threads), "q8_0"),
+    "binary_weight_matmul ternary f32": (lambda x, ws, threads: tk.binary_weight_matmul(
+        x, ws["tern_full"], bias=ws["bias"], threads=threads), "f32"),
+    "binary_weight_matmul ternary q8_0": (lambda x, ws, threads: tk.binary_weight_matmul(
+        x, ws["tern_group"], bias=ws["bias"], activations="q8_0", threads=threads), "q8_0"),
+    "binary_weight_matmul ternary int8_row": (lambda x, ws, threads: tk.binary_weight_matmul(
+        x, ws["tern_full"], bias=ws["bias"], activations="int8_row", threads=threads), "int8_row"),
+    "Linear ternary int8_row": (lambda x, ws, threads: tk.Linear(ws["tern"], activations="int8_row",
+                                                                 threads=threads)(x), "int8_row"),
     "binary_conv2d": (lambda x, ws, threads: tk.binary_conv2d(_img(x), ws["conv"], padding=(1, 0), bias=ws["bias"],
                                                               threads=threads), "binary"),
     "binary_conv2d bits": (lambda x, ws, threads: tk.binary_conv2d(_img(x), ws["conv"], padding=(1, 0),
@@ -197,6 +219,15 @@ def op_reference(name: str, x, ws):
     if name == "binary_weight_matmul q8_0":
         return (ref.binary_weight_matmul(x, ws["group"], bias=ws["bias"], activations="q8_0"),
                 ref.binary_weight_matmul_error_bound(x, ws["group"], bias=ws["bias"], activations="q8_0"))
+    if name.startswith("binary_weight_matmul ternary "):
+        mode = name.split()[-1]
+        w = ws["tern_group"] if mode == "q8_0" else ws["tern_full"]
+        act = "float32" if mode == "f32" else mode
+        return (ref.binary_weight_matmul(x, w, bias=ws["bias"], activations=act),
+                ref.binary_weight_matmul_error_bound(x, w, bias=ws["bias"], activations=act))
+    if name == "Linear ternary int8_row":
+        return (ref.binary_weight_matmul(x, ws["tern"], activations="int8_row"),
+                ref.binary_weight_matmul_error_bound(x, ws["tern"], activations="int8_row"))
     if name == "binary_conv2d":
         return ref.binary_conv2d(_img(x), ws["conv"], padding=(1, 0), bias=ws["bias"]), None
     if name == "binary_conv2d bits":

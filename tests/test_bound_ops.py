@@ -89,7 +89,7 @@ def test_constants_are_checked_once_at_binding():
         tk.Linear(PW, activations="q8_0", out_threshold=0.0)
     with pytest.raises(ValueError, match="group scales"):
         tk.Linear(PWG)
-    with pytest.raises(ValueError, match="activations must be 'float32' or 'q8_0', got 'w1a1'"):
+    with pytest.raises(ValueError, match="activations must be one of 'float32', 'q8_0', 'int8_row', got 'w1a1'"):
         tk.binary_weight_matmul(X, PW, activations="w1a1")
     with pytest.raises(TypeError, match="PackedConvWeights"):
         tk.Conv2d(PW)

@@ -157,7 +157,7 @@ def test_shared_library_exports_only_takane_symbols():
         lib.takane_select_kernels  # noqa: B018
 
 
-OPS = {"matmul", "pack", "linear", "wfloat", "q8_0"}
+OPS = {"matmul", "pack", "linear", "wfloat", "q8_0", "ternary"}
 
 
 def test_kernels_per_op_are_reported_honestly():
@@ -173,6 +173,7 @@ def test_kernels_per_op_are_reported_honestly():
             assert k["matmul"] == k["pack"] == "neon"
             assert k["linear"] == k["wfloat"] == "scalar"
             assert k["q8_0"] in ("neon", "neon+sdot")
+            assert k["ternary"] == "neon"
     assert tk.isa.kernels() == tk.isa.kernels(tk.isa.active())
     missing = [n for n in tk.isa.NAMES if n not in tk.isa.compiled()]
     for n in missing:

@@ -46,50 +46,19 @@ const char *takane_status_string(takane_status status) {
     return "unknown status";
 }
 
-takane_status takane_check_padding(int64_t rows, int64_t k, const uint64_t *bits,
-                                   int64_t row_stride) {
-    if (rows < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
-    if (rows == 0 || k % 64 == 0) return TAKANE_OK; /* no padding bits exist */
-    if (!bits) return TAKANE_ERR_NULL_POINTER;
-    const int64_t last = takane_words_for(k) - 1;
-    const uint64_t pad = ~takane_last_word_mask(k);
-    uint64_t seen = 0;
-    for (int64_t r = 0; r < rows; r++) seen |= bits[r * row_stride + last] & pad;
-    return seen ? TAKANE_ERR_PADDING_BITS : TAKANE_OK;
-}
-
-/* Shared checks of dims and threshold arguments. */
-static takane_status check_dims(int64_t a, int64_t b, int64_t k) {
-    if (a < 0 || b < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
-    return TAKANE_OK;
-}
-
-static takane_status check_threshold(int64_t k, const float *t, int64_t t_len) {
-    if (!t) return TAKANE_OK;
-    if (t_len != 1 && t_len != k) return TAKANE_ERR_BAD_THRESHOLD_LEN;
-    for (int64_t c = 0; c < t_len; c++)
-        if (t[c] != t[c]) return TAKANE_ERR_NAN;
-    return TAKANE_OK;
-}
-
 takane_status takane_pack_f32(int64_t rows, int64_t k, const float *x, int64_t x_row_stride,
                               const float *threshold, int64_t threshold_len, uint64_t *bits,
                               int64_t bits_row_stride) {
-    takane_status st = check_dims(rows, 0, k);
-    if (st != TAKANE_OK) return st;
-    const int64_t kw = takane_words_for(k);
-    if (x_row_stride < 0 || bits_row_stride < 0 || (rows > 1 && bits_row_stride < kw))
-        return TAKANE_ERR_BAD_STRIDE;
-    if ((st = check_threshold(k, threshold, threshold_len)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_dims(rows, 0, k));
+    TAKANE_TRY(takane_check_in_strides(x_row_stride, 0));
+    TAKANE_TRY(takane_check_stride(rows, takane_words_for(k), bits_row_stride));
+    TAKANE_TRY(takane_check_threshold(threshold, threshold_len, k, 1));
     if (rows == 0 || k == 0) return TAKANE_OK;
     if (!x || !bits) return TAKANE_ERR_NULL_POINTER;
     const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    static const float zero = 0.0f;
-    const float *t = threshold ? threshold : &zero;
-    const int per_channel = threshold && threshold_len == k && k != 1;
+    TAKANE_TRY(takane_select_kernels(&ks));
+    const float *t = takane_threshold_or_zero(threshold);
+    const int per_channel = takane_per_channel(threshold, threshold_len, k);
     for (int64_t r = 0; r < rows; r++)
         if (ks->pack_row(x + r * x_row_stride, k, t, per_channel, bits + r * bits_row_stride))
             return TAKANE_ERR_NAN;
@@ -101,14 +70,9 @@ takane_status takane_pack_f32(int64_t rows, int64_t k, const float *x, int64_t x
 static takane_status check_matmul(int64_t m, int64_t n, int64_t k, const void *x,
                                   int64_t x_row_stride, const uint64_t *w, int64_t w_row_stride,
                                   const int32_t *y, int64_t y_row_stride, int32_t threads) {
-    takane_status st = check_dims(m, n, k);
-    if (st != TAKANE_OK) return st;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
-    if (x_row_stride < 0 || w_row_stride < 0 || y_row_stride < 0 ||
-        (m > 1 && n > 0 && y_row_stride < n))
-        return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_product(m, n, k, threads, x_row_stride, w_row_stride, y_row_stride, n));
     if (m == 0 || n == 0) return TAKANE_OK;
-    if (!y || (k > 0 && (!x || !w))) return TAKANE_ERR_NULL_POINTER;
+    TAKANE_TRY(takane_check_operands(k, x, w, y));
     return takane_check_padding(n, k, w, w_row_stride);
 }
 
@@ -122,12 +86,12 @@ takane_status takane_binary_matmul(int64_t m, int64_t n, int64_t k, const uint64
                                    int64_t x_row_stride, const uint64_t *w,
                                    int64_t w_row_stride, int32_t *y, int64_t y_row_stride,
                                    int32_t threads) {
-    takane_status st = check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y,
-                                    y_row_stride, threads);
-    if (st != TAKANE_OK || m == 0 || n == 0) return st;
-    if ((st = takane_check_padding(m, k, x, x_row_stride)) != TAKANE_OK) return st;
+    TAKANE_TRY(check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y, y_row_stride,
+                            threads));
+    if (m == 0 || n == 0) return TAKANE_OK;
+    TAKANE_TRY(takane_check_padding(m, k, x, x_row_stride));
     const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_select_kernels(&ks));
     if (k == 0) fill_zero(m, n, y, y_row_stride);
     else takane_matmul_packed_run(ks, m, n, k, x, x_row_stride, w, w_row_stride, y,
                                   y_row_stride);
@@ -140,23 +104,19 @@ takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k, const fl
                                        int64_t threshold_len, const uint64_t *w,
                                        int64_t w_row_stride, int32_t *y, int64_t y_row_stride,
                                        int32_t threads) {
-    takane_status st = check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y,
-                                    y_row_stride, threads);
-    if (st != TAKANE_OK) return st;
-    if ((st = check_threshold(k, threshold, threshold_len)) != TAKANE_OK) return st;
+    TAKANE_TRY(check_matmul(m, n, k, x, x_row_stride, w, w_row_stride, y, y_row_stride,
+                            threads));
+    TAKANE_TRY(takane_check_threshold(threshold, threshold_len, k, 1));
     if (m == 0 || n == 0) return TAKANE_OK;
     const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    if (k == 0) {
+    TAKANE_TRY(takane_select_kernels(&ks));
+    if (k == 0)
         fill_zero(m, n, y, y_row_stride);
-    } else {
-        static const float zero = 0.0f;
-        const float *t = threshold ? threshold : &zero;
-        const int per_channel = threshold && threshold_len == k && k != 1;
-        st = takane_matmul_f32_run(ks, m, n, k, x, x_row_stride, t, per_channel, w,
-                                   w_row_stride, y, y_row_stride);
-        if (st != TAKANE_OK) return st;
-    }
+    else
+        TAKANE_TRY(takane_matmul_f32_run(ks, m, n, k, x, x_row_stride,
+                                         takane_threshold_or_zero(threshold),
+                                         takane_per_channel(threshold, threshold_len, k), w,
+                                         w_row_stride, y, y_row_stride));
     takane_note_used(ks->isa);
     return TAKANE_OK;
 }
@@ -181,12 +141,11 @@ takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
                                     int64_t w_row_stride, takane_weights **out) {
     if (!out) return TAKANE_ERR_NULL_POINTER;
     *out = NULL;
-    takane_status st = check_dims(n, 0, k);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
     const int64_t kw = takane_words_for(k);
-    if (w_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(w_row_stride, 0));
     if (n > 0 && kw > 0 && !w) return TAKANE_ERR_NULL_POINTER;
-    if ((st = takane_check_padding(n, k, w, w_row_stride)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_padding(n, k, w, w_row_stride));
     takane_weights *h = (takane_weights *)calloc(1, sizeof *h);
     if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
     h->n = n, h->k = k, h->kw = kw;
@@ -232,35 +191,38 @@ takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int
 static takane_status check_prepacked(const takane_weights *w, int64_t m, const void *x,
                                      int64_t x_row_stride, const int32_t *y,
                                      int64_t y_row_stride, int32_t threads) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (m < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
-    if (x_row_stride < 0 || y_row_stride < 0 || (m > 1 && w->n > 0 && y_row_stride < w->n))
-        return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_handle(w, m));
+    TAKANE_TRY(takane_check_product(m, w->n, w->k, threads, x_row_stride, 0, y_row_stride,
+                                    w->n));
     if (m == 0 || w->n == 0) return TAKANE_OK;
-    if (!y || (w->k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
+    return takane_check_operands(w->k, x, w, y);
+}
+
+/* The product of a validated non-empty prepacked call: packed x, or float x (x NULL)
+ * binarized against t. */
+static takane_status run_prepacked(const takane_weights *w, int64_t m, const uint64_t *x,
+                                   const float *xf, int64_t xs, const float *t,
+                                   int per_channel, int32_t *y, int64_t ys, int32_t threads) {
+    const takane_kernel_set *ks;
+    TAKANE_TRY(takane_select_kernels(&ks));
+    if (w->k == 0)
+        fill_zero(m, w->n, y, ys);
+    else if (ks->matmul->panel_tile)
+        TAKANE_TRY(takane_matmul_prepacked_run(ks, w, m, x, xs, xf, t, per_channel, y, ys,
+                                               threads));
+    else
+        return TAKANE_ERR_ISA_UNSUPPORTED; /* every registered set has a panel kernel */
+    takane_note_used(ks->isa);
     return TAKANE_OK;
 }
 
 takane_status takane_binary_matmul_prepacked(const takane_weights *weights, int64_t m,
                                              const uint64_t *x, int64_t x_row_stride, int32_t *y,
                                              int64_t y_row_stride, int32_t threads) {
-    takane_status st = check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads);
-    if (st != TAKANE_OK || m == 0 || weights->n == 0) return st;
-    if ((st = takane_check_padding(m, weights->k, x, x_row_stride)) != TAKANE_OK) return st;
-    const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    if (weights->k == 0) {
-        fill_zero(m, weights->n, y, y_row_stride);
-    } else if (ks->matmul->panel_tile) {
-        st = takane_matmul_prepacked_run(ks, weights, m, x, x_row_stride, NULL, NULL, 0, y,
-                                         y_row_stride, threads);
-        if (st != TAKANE_OK) return st;
-    } else {
-        return TAKANE_ERR_ISA_UNSUPPORTED; /* every registered set has a panel kernel */
-    }
-    takane_note_used(ks->isa);
-    return TAKANE_OK;
+    TAKANE_TRY(check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads));
+    if (m == 0 || weights->n == 0) return TAKANE_OK;
+    TAKANE_TRY(takane_check_padding(m, weights->k, x, x_row_stride));
+    return run_prepacked(weights, m, x, NULL, x_row_stride, NULL, 0, y, y_row_stride, threads);
 }
 
 takane_status takane_binary_matmul_prepacked_f32(const takane_weights *weights, int64_t m,
@@ -268,24 +230,10 @@ takane_status takane_binary_matmul_prepacked_f32(const takane_weights *weights, 
                                                  const float *threshold, int64_t threshold_len,
                                                  int32_t *y, int64_t y_row_stride,
                                                  int32_t threads) {
-    takane_status st = check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads);
-    if (st != TAKANE_OK) return st;
-    if ((st = check_threshold(weights->k, threshold, threshold_len)) != TAKANE_OK) return st;
+    TAKANE_TRY(check_prepacked(weights, m, x, x_row_stride, y, y_row_stride, threads));
+    TAKANE_TRY(takane_check_threshold(threshold, threshold_len, weights->k, 1));
     if (m == 0 || weights->n == 0) return TAKANE_OK;
-    const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
-    if (weights->k == 0) {
-        fill_zero(m, weights->n, y, y_row_stride);
-    } else if (ks->matmul->panel_tile) {
-        static const float zero = 0.0f;
-        const float *t = threshold ? threshold : &zero;
-        const int per_channel = threshold && threshold_len == weights->k && weights->k != 1;
-        st = takane_matmul_prepacked_run(ks, weights, m, NULL, x_row_stride, x, t, per_channel,
-                                         y, y_row_stride, threads);
-        if (st != TAKANE_OK) return st;
-    } else {
-        return TAKANE_ERR_ISA_UNSUPPORTED;
-    }
-    takane_note_used(ks->isa);
-    return TAKANE_OK;
+    return run_prepacked(weights, m, NULL, x, x_row_stride, takane_threshold_or_zero(threshold),
+                         takane_per_channel(threshold, threshold_len, weights->k), y,
+                         y_row_stride, threads);
 }

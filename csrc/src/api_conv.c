@@ -46,8 +46,8 @@ takane_status takane_conv_weights_create(int64_t cout, int64_t kh, int64_t kw, i
     if (rowk > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
     if ((double)cout * (double)taps * (double)cw * 8.0 > (double)SIZE_MAX / 4)
         return TAKANE_ERR_OUT_OF_MEMORY;
-    takane_status st = takane_check_padding(cout * taps, cin, w, cw);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_padding(cout * taps, cin, w, cw));
+    takane_status st;
     takane_conv_weights *h = (takane_conv_weights *)calloc(1, sizeof *h);
     uint64_t *rows = NULL;
     if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
@@ -135,8 +135,6 @@ takane_status takane_conv2d_output_size(const takane_conv_weights *w,
     return check_geometry(g, w->kh, w->kw, out_h, out_w);
 }
 
-static const float zero_threshold = 0.0f;
-
 /* Every conv entry point: validate (float_input: x is xf, else xb; bits: the output is yb,
  * else y), then the framework (conv.c) on the selected kernel set. */
 static takane_status conv_call(const takane_conv_weights *w, const takane_conv2d_geometry *geo,
@@ -147,41 +145,39 @@ static takane_status conv_call(const takane_conv_weights *w, const takane_conv2d
                                int32_t threads) {
     if (!w) return TAKANE_ERR_NULL_POINTER;
     int64_t ho, wo;
-    takane_status st = check_geometry(geo, w->kh, w->kw, &ho, &wo);
-    if (st != TAKANE_OK) return st;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    TAKANE_TRY(check_geometry(geo, w->kh, w->kw, &ho, &wo));
+    TAKANE_TRY(takane_check_threads(threads));
     const int64_t cin = w->cin_g * w->groups, cw = takane_words_for(cin), cout = w->cout;
-    if (float_input && (st = takane_check_threshold(t, t_len, cin, 1)) != TAKANE_OK) return st;
+    if (float_input) TAKANE_TRY(takane_check_threshold(t, t_len, cin, 1));
     if (geo->batch == 0) return TAKANE_OK;
     const int64_t npix = geo->batch * geo->in_h * geo->in_w; /* each <= 2^31: may overflow */
     if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cin > 9.0e18 ||
         (double)geo->batch * (double)ho * (double)wo * (double)cout > 9.0e18)
         return TAKANE_ERR_BAD_GEOMETRY; /* no buffer of that many elements can exist */
     if ((float_input ? !xf : !xb) || (bits ? !yb : !y)) return TAKANE_ERR_NULL_POINTER;
-    if (bits && (st = takane_check_threshold(out_t, out_t_len, cout, 0)) != TAKANE_OK) return st;
-    if ((st = takane_check_finite(scale, cout)) != TAKANE_OK) return st;
-    if ((st = takane_check_finite(bias, cout)) != TAKANE_OK) return st;
-    if (!float_input && (st = takane_check_padding(npix, cin, xb, cw)) != TAKANE_OK) return st;
+    if (bits) TAKANE_TRY(takane_check_threshold(out_t, out_t_len, cout, 0));
+    TAKANE_TRY(takane_check_scale_bias(scale, bias, cout));
+    if (!float_input) TAKANE_TRY(takane_check_padding(npix, cin, xb, cw));
     const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_select_kernels(&ks));
     takane_conv_args a;
     memset(&a, 0, sizeof a);
     a.w = w, a.geo = *geo, a.ho = ho, a.wo = wo;
     if (float_input) {
         a.xf = xf;
-        a.t = t ? t : &zero_threshold; /* NULL: every threshold 0 */
-        a.t_per_channel = t && t_len == cin && cin != 1;
+        a.t = takane_threshold_or_zero(t);
+        a.t_per_channel = takane_per_channel(t, t_len, cin);
     } else {
         a.xb = xb;
     }
     a.scale = scale, a.bias = bias, a.residual = residual;
     if (bits) {
-        a.yb = yb, a.out_t = out_t, a.out_t_per_col = out_t_len == cout && cout != 1;
+        a.yb = yb, a.out_t = out_t, a.out_t_per_col = takane_per_channel(out_t, out_t_len, cout);
     } else {
         a.y = y;
     }
     a.threads = threads;
-    if ((st = takane_conv_run(ks, &a)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_conv_run(ks, &a));
     takane_note_used(ks->isa);
     return TAKANE_OK;
 }
@@ -232,24 +228,21 @@ takane_status takane_binary_max_pool2d(const takane_conv2d_geometry *geo, int64_
         kernel_w > DIM_MAX)
         return TAKANE_ERR_BAD_GEOMETRY;
     int64_t ho, wo;
-    takane_status st = check_geometry(geo, kernel_h, kernel_w, &ho, &wo);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(check_geometry(geo, kernel_h, kernel_w, &ho, &wo));
     if (geo->dilation_h != 1 || geo->dilation_w != 1 || geo->pad_value != 0 ||
         geo->pad_top > kernel_h / 2 || geo->pad_bottom > kernel_h / 2 ||
         geo->pad_left > kernel_w / 2 || geo->pad_right > kernel_w / 2)
         return TAKANE_ERR_BAD_GEOMETRY;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    TAKANE_TRY(takane_check_threads(threads));
     if (geo->batch == 0 || channels == 0) return TAKANE_OK;
     const int64_t cw = takane_words_for(channels);
     if ((double)geo->batch * (double)geo->in_h * (double)geo->in_w * (double)cw > 1.0e18 ||
         (double)geo->batch * (double)ho * (double)wo * (double)cw > 1.0e18)
         return TAKANE_ERR_BAD_GEOMETRY;
     if (!x || !y) return TAKANE_ERR_NULL_POINTER;
-    if ((st = takane_check_padding(geo->batch * geo->in_h * geo->in_w, channels, x, cw)) !=
-        TAKANE_OK)
-        return st;
+    TAKANE_TRY(takane_check_padding(geo->batch * geo->in_h * geo->in_w, channels, x, cw));
     const takane_kernel_set *ks;
-    if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
+    TAKANE_TRY(takane_select_kernels(&ks));
     takane_pool_run(geo, kernel_h, kernel_w, cw, ho, wo, x, y, threads);
     /* portable code (the OR loop is memory-bound and auto-vectorized), run under the
      * active kernel set */

@@ -23,7 +23,6 @@
  *    library's own threaded run uses — so both give the same bits for the same split.
  *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS).
  */
-#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -62,12 +61,10 @@ static inline int8_t round_q(float v) {
 
 takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
                                    int64_t x_row_stride, void *q, int64_t q_row_stride) {
-    if (rows < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(rows, 0, k));
     const int64_t nb = (k + TAKANE_Q8_0_BLOCK - 1) / TAKANE_Q8_0_BLOCK;
-    if (x_row_stride < 0 || q_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
-    if (rows > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES)
-        return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(x_row_stride, 0));
+    TAKANE_TRY(takane_check_stride(rows, nb * TAKANE_Q8_0_BLOCK_BYTES, q_row_stride));
     if (rows == 0 || k == 0) return TAKANE_OK;
     if (!x || !q) return TAKANE_ERR_NULL_POINTER;
     takane_status st = TAKANE_OK;
@@ -153,8 +150,7 @@ static inline float *grouped_slot(const takane_weights *h, int64_t row, int64_t 
 }
 
 static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int64_t *total) {
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
     if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
     return grouped_layout(n, k / 64, k / TAKANE_Q1_0_BLOCK, panel_bytes, total);
 }
@@ -170,11 +166,10 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
     if (!out) return TAKANE_ERR_NULL_POINTER;
     *out = NULL;
     int64_t pb, total;
-    takane_status st = q1_0_layout(n, k, &pb, &total);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(q1_0_layout(n, k, &pb, &total));
     const int64_t nb = k / TAKANE_Q1_0_BLOCK;
-    if (q_row_stride < 0 || (n > 1 && nb > 0 && q_row_stride < nb * TAKANE_Q1_0_BLOCK_BYTES))
-        return TAKANE_ERR_BAD_STRIDE;
+    /* q is read in its fixed row format: rows must not overlap */
+    TAKANE_TRY(takane_check_stride(n, nb * TAKANE_Q1_0_BLOCK_BYTES, q_row_stride));
     if (n > 0 && nb > 0 && !q) return TAKANE_ERR_NULL_POINTER;
     if (mem && (((uintptr_t)mem & 63) != 0 || mem_bytes < total)) return TAKANE_ERR_BAD_STRIDE;
     /* validate every d first: an error leaves the destination untouched */
@@ -221,26 +216,23 @@ takane_status takane_weights_create_grouped(int64_t n, int64_t k, const uint64_t
                                             takane_weights **out) {
     if (!out) return TAKANE_ERR_NULL_POINTER;
     *out = NULL;
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
+    /* group scales are required here, so a group_size is too (takane_check_group_size
+     * would call a NULL group_scale with group_size 0 valid) */
     if (group_size <= 0 || group_size % 64 != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
-    const int64_t kw = (k + 63) / 64, gw = group_size / 64, ng = (kw + gw - 1) / gw;
-    if (w_row_stride < 0 || group_scale_row_stride < 0 ||
-        (n > 1 && ng > 0 && group_scale_row_stride < ng))
-        return TAKANE_ERR_BAD_STRIDE;
+    const int64_t kw = takane_words_for(k), gw = group_size / 64, ng = (kw + gw - 1) / gw;
+    TAKANE_TRY(takane_check_in_strides(w_row_stride, 0));
+    /* the scales are read in their own row format: rows must not overlap */
+    TAKANE_TRY(takane_check_stride(n, ng, group_scale_row_stride));
     if (n > 0 && kw > 0 && (!w || !group_scale)) return TAKANE_ERR_NULL_POINTER;
-    takane_status st = takane_check_padding(n, k, w, w_row_stride);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_padding(n, k, w, w_row_stride));
     /* every scale finite, checked before anything is allocated (the kernels then never
      * meet a NaN or infinite carried scale; a call's own row-major ones are checked as
      * they are read) */
     for (int64_t r = 0; r < n; r++)
-        for (int64_t g = 0; g < ng; g++) {
-            const float v = group_scale[r * group_scale_row_stride + g];
-            if (!(fabsf(v) <= FLT_MAX)) return TAKANE_ERR_NOT_FINITE; /* NaN, +-inf */
-        }
+        TAKANE_TRY(takane_check_finite(group_scale + r * group_scale_row_stride, ng));
     int64_t pb, total;
-    if ((st = grouped_layout(n, kw, ng, &pb, &total)) != TAKANE_OK) return st;
+    TAKANE_TRY(grouped_layout(n, kw, ng, &pb, &total));
     char *base = (char *)takane_panels_alloc((size_t)total);
     if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
     takane_weights *h = grouped_init(base, n, k, kw, ng, group_size, pb, 0);
@@ -276,22 +268,18 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
                                       const float *group_scale, int64_t group_size,
                                       const float *bias, float *y, int64_t y_row_stride,
                                       void *scratch, int64_t scratch_bytes) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (m < 0 || r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_handle(w, m));
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
     const int64_t k = w->k, kw = w->kw, nb = (k + 31) / 32;
-    if (q_row_stride < 0 || y_row_stride < 0 || (m > 1 && q_row_stride < nb * TAKANE_Q8_0_BLOCK_BYTES) ||
-        (m > 1 && y_row_stride < w->n))
-        return TAKANE_ERR_BAD_STRIDE;
-    if (group_scale ? (group_size <= 0 || group_size % 64 != 0) : group_size != 0)
-        return TAKANE_ERR_BAD_GROUP_SIZE;
+    TAKANE_TRY(takane_check_stride(m, nb * TAKANE_Q8_0_BLOCK_BYTES, q_row_stride));
+    TAKANE_TRY(takane_check_stride(m, w->n, y_row_stride));
+    TAKANE_TRY(takane_check_group_size(group_scale, group_size));
     if (w->group_scale) {
         if (group_scale) return TAKANE_ERR_BAD_GROUP_SIZE; /* the handle carries its own */
         group_scale = w->group_scale, group_size = w->group_size;
     }
     const takane_kernel_set *ks;
-    takane_status st = takane_select_kernels(&ks);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_select_kernels(&ks));
     if (m == 0 || r0 == r1) return TAKANE_OK;
     if (!y || (k > 0 && !q)) return TAKANE_ERR_NULL_POINTER;
     if (k == 0) { /* empty sums: y = 0 * scale + bias, as the other entry points give */
@@ -354,10 +342,8 @@ takane_status takane_matmul_q8_0_rows(const takane_weights *w, int64_t r0, int64
 
 takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0, int64_t r1,
                                              float *y, int64_t y_row_stride) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
-    if (y_row_stride < 0 || (r1 - r0 > 1 && y_row_stride < w->k)) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
+    TAKANE_TRY(takane_check_stride(r1 - r0, w->k, y_row_stride));
     if (r0 == r1 || w->k == 0) return TAKANE_OK;
     if (!y) return TAKANE_ERR_NULL_POINTER;
     const int64_t kw = w->kw, ng = takane_handle_ngroups(w);
@@ -380,11 +366,9 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
 
 takane_status takane_weights_get_bits(const takane_weights *w, int64_t r0, int64_t r1,
                                       uint64_t *bits, int64_t bits_row_stride) {
-    if (!w) return TAKANE_ERR_NULL_POINTER;
-    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
     const int64_t kw = w->kw;
-    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
-    if (bits_row_stride < 0 || (r1 - r0 > 1 && bits_row_stride < kw)) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_stride(r1 - r0, kw, bits_row_stride));
     if (r0 == r1 || kw == 0) return TAKANE_OK;
     if (!bits) return TAKANE_ERR_NULL_POINTER;
     for (int64_t r = r0; r < r1; r++) {

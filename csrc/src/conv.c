@@ -98,7 +98,7 @@ typedef struct conv_job {
     float *y;
     uint64_t *yb;
     int64_t block;                     /* rows per gathered block */
-    int64_t m_chunk, p_chunk, p_tasks; /* the task grid */
+    takane_grid grid;                  /* rows x panels (one group), else rows x 1 */
     int failed;                        /* atomic: a takane_status */
 } conv_job;
 
@@ -448,16 +448,15 @@ static void conv_rows_zstack(const conv_job *j, int64_t i_begin, int64_t i_end,
 static void conv_task(void *ctx, int64_t task) {
     conv_job *j = (conv_job *)ctx;
     const takane_conv_weights *w = j->w;
-    const int64_t i_begin = (task / j->p_tasks) * j->m_chunk;
-    const int64_t i_end = min64(j->m, i_begin + j->m_chunk);
+    takane_task_range r;
+    if (!takane_grid_task(&j->grid, task, j->m, w->groups == 1 ? w->g[0]->npanels : 1, &r))
+        return;
+    const int64_t i_begin = r.i0, i_end = r.i1;
     int64_t p_begin = 0, p_end = 0, c0 = 0, c1 = w->cout;
     if (w->groups == 1) { /* columns may be split between tasks (one group only) */
-        p_begin = (task % j->p_tasks) * j->p_chunk;
-        p_end = min64(w->g[0]->npanels, p_begin + j->p_chunk);
-        if (p_begin >= p_end) return;
+        p_begin = r.b0, p_end = r.b1;
         c0 = p_begin * TAKANE_PANEL_ROWS, c1 = min64(w->cout, p_end * TAKANE_PANEL_ROWS);
     }
-    if (i_begin >= i_end) return;
     const int64_t block = j->block;
     /* the z-stack path's buffer: (block - 1) * stride_w + kw columns of kh * cw words */
     const size_t zwords = (size_t)(((block - 1) * j->geo.stride_w + w->kw) * (w->colbits / 64));
@@ -559,7 +558,6 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     float *y = a->y;
     uint64_t *yb = a->yb;
     const int bits = yb != NULL;
-    int nthreads = a->threads > 0 ? a->threads : takane_default_threads();
 
     conv_job j;
     memset(&j, 0, sizeof j);
@@ -600,8 +598,8 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
         for (int64_t o = 0; o < cout; o++) kvec[o] = (int32_t)w->g[0]->k;
         j.kvec = kvec;
     }
-    const double work = (double)j.m * (double)cout * (double)w->k;
-    if (work < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
+    const int nthreads = takane_plan_threads(a->threads, (double)j.m * (double)cout * (double)w->k,
+                                             (double)MIN_PARALLEL_BITMACS);
     if (xf) {
         if ((double)npix * (double)cw * 8.0 > (double)SIZE_MAX / 4 ||
             !(packed = (uint64_t *)malloc((size_t)(npix * cw) * sizeof(uint64_t)))) {
@@ -610,8 +608,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
         pack_job pj = {ks, xf, cin, cw, npix, 0, a->t, a->t_per_channel, packed, TAKANE_OK};
-        const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
-        pj.chunk = (npix + want - 1) / want;
+        pj.chunk = takane_plan_chunk(nthreads, npix);
         takane_parallel_run(nthreads, (npix + pj.chunk - 1) / pj.chunk, pack_task, &pj);
         if (pj.failed != TAKANE_OK) {
             free(packed);
@@ -628,7 +625,7 @@ takane_status takane_conv_run(const takane_kernel_set *ks, const takane_conv_arg
     const int64_t nblocks = w->groups == 1 ? w->g[0]->npanels : 1;
     const takane_grid grid = takane_plan_grid(nthreads, j.m, ks->matmul->panel_mr, nblocks,
                                               64 / TAKANE_PANEL_ROWS);
-    j.m_chunk = grid.m_chunk, j.p_chunk = grid.p_chunk, j.p_tasks = grid.p_tasks;
+    j.grid = grid;
     j.failed = TAKANE_OK;
     takane_parallel_run(nthreads, grid.ntasks, conv_task, &j);
     free(packed);
@@ -674,12 +671,10 @@ static void pool_task(void *ctx, int64_t task) {
 void takane_pool_run(const takane_conv2d_geometry *geo, int64_t kernel_h, int64_t kernel_w,
                      int64_t cw, int64_t ho, int64_t wo, const uint64_t *x, uint64_t *y,
                      int threads) {
-    int nthreads = threads > 0 ? threads : takane_default_threads();
     const int64_t rows = geo->batch * ho;
-    if ((double)rows * (double)wo * (double)cw * (double)(kernel_h * kernel_w) < 262144.0)
-        nthreads = 1;
+    const int nthreads = takane_plan_threads(
+        threads, (double)rows * (double)wo * (double)cw * (double)(kernel_h * kernel_w), 262144.0);
     pool_job p = {*geo, kernel_h, kernel_w, cw, ho, wo, 0, x, y};
-    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
-    p.chunk = (rows + want - 1) / want;
+    p.chunk = takane_plan_chunk(nthreads, rows);
     takane_parallel_run(nthreads, (rows + p.chunk - 1) / p.chunk, pool_task, &p);
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "internal.h"
+#include "../kernels/ternary/ternary_kernel.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #define TAKANE_X86 1
@@ -24,7 +25,8 @@
  * the portable ones (&takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar). */
 #define KERNEL_SET(ISA, isa)                                                               \
     {TAKANE_ISA_##ISA, &takane_matmul_ukernel_##isa, takane_pack_row_##isa,                    \
-     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa, &takane_q8_ukernel_##isa}
+     &takane_linear_ukernel_##isa, &takane_wfloat_ukernel_##isa, &takane_q8_ukernel_##isa,   \
+     &takane_ternary_ukernel_##isa}
 static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_AVX512
     KERNEL_SET(AVX512, avx512),
@@ -35,7 +37,8 @@ static const takane_kernel_set registry[] = {
 #ifdef TAKANE_HAVE_NEON
     /* no NEON layer kernels yet: the portable ones, correct on any CPU */
     {TAKANE_ISA_NEON, &takane_matmul_ukernel_neon, takane_pack_row_neon,
-     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon},
+     &takane_linear_ukernel_scalar, &takane_wfloat_ukernel_scalar, &takane_q8_ukernel_neon,
+     &takane_ternary_ukernel_neon},
 #endif
     KERNEL_SET(SCALAR, scalar),
 };
@@ -215,9 +218,13 @@ static double thread_seconds(void) {
     return now_seconds();
 }
 
-/* The registry index a probe of `isa` measures (TAKANE_ISA_AUTO: the active set), or the
- * error for an unknown or unsupported ISA. */
-static takane_status probe_set(takane_isa isa, int *idx) {
+/* The arguments of a peak probe: its result pointer (NULL: an error), the budget clamped to
+ * [0.001, 10] seconds (NaN: 0.001), and the registry index it measures (TAKANE_ISA_AUTO:
+ * the active set), or the error for an unknown or unsupported ISA. */
+static takane_status probe_set(takane_isa isa, const double *result, double *seconds, int *idx) {
+    if (!result) return TAKANE_ERR_NULL_POINTER;
+    if (!(*seconds >= 0.001)) *seconds = 0.001; /* also catches NaN */
+    if (*seconds > 10) *seconds = 10;
     ensure_init();
     if (isa == TAKANE_ISA_AUTO) {
         *idx = __atomic_load_n(&active_index, __ATOMIC_ACQUIRE);
@@ -229,15 +236,56 @@ static takane_status probe_set(takane_isa isa, int *idx) {
     return TAKANE_OK;
 }
 
+/* The measuring loop of the peak probes: run(ctx, rounds) does `rounds` rounds and returns
+ * the work they did; the round count doubles until one run lasts >= min_run seconds on
+ * `clock`, and the best rate of the repeated runs (the least disturbed on a shared
+ * machine) is returned once `budget` seconds of wall time have passed. */
+typedef double (*probe_run_fn)(void *ctx, uint64_t rounds);
+static double best_rate(probe_run_fn run, void *ctx, uint64_t rounds, double min_run,
+                        double budget, double (*clock)(void)) {
+    double best = 0;
+    const double t_start = now_seconds();
+    for (;;) {
+        const double t0 = clock();
+        const double work = run(ctx, rounds);
+        const double dt = clock() - t0;
+        if (dt > 0 && dt >= min_run) {
+            if (work / dt > best) best = work / dt;
+        } else if (rounds < (UINT64_C(1) << 40)) {
+            rounds *= 2;
+        }
+        if (now_seconds() - t_start >= budget && best > 0) return best;
+    }
+}
+
+typedef struct peak_probe {
+    const takane_matmul_ukernel *uk;
+    uint64_t sink;
+    const uint64_t *const *xr; /* the panel tile's operands */
+    const uint64_t *panels;
+    uint32_t *pc;
+    int mr, np;
+} peak_probe;
+
+static double run_probe(void *ctx, uint64_t rounds) {
+    peak_probe *p = (peak_probe *)ctx;
+    return (double)p->uk->probe(rounds, &p->sink);
+}
+
+enum { PROBE_KW = 32, PROBE_NPMAX = 4 };
+static double run_panel(void *ctx, uint64_t calls) {
+    peak_probe *p = (peak_probe *)ctx;
+    for (uint64_t c = 0; c < calls; c++)
+        p->uk->panel_tile(p->xr, p->mr, p->panels, PROBE_KW * TAKANE_PANEL_ROWS, p->np,
+                          PROBE_KW, p->pc, PROBE_NPMAX * TAKANE_PANEL_ROWS);
+    return (double)p->mr * p->np * TAKANE_PANEL_ROWS * PROBE_KW * 64 * (double)calls;
+}
+
 takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_per_second) {
-    if (!bitmacs_per_second) return TAKANE_ERR_NULL_POINTER;
     int idx;
-    const takane_status st = probe_set(isa, &idx);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(probe_set(isa, bitmacs_per_second, &seconds, &idx));
     const takane_matmul_ukernel *uk = registry[idx].matmul;
     if (!uk->probe && !uk->panel_tile) return TAKANE_ERR_ISA_UNSUPPORTED;
-    if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */
-    if (seconds > 10) seconds = 10;
     /* Two ceilings, the higher wins: the register-resident loop of the kernels'
      * instruction sequence, and the panel microkernel itself on L1-resident operands
      * (its loads and broadcasts included: out-of-order cores can overlap them so well
@@ -245,52 +293,25 @@ takane_status takane_probe_peak(takane_isa isa, double seconds, double *bitmacs_
      * Each grows its round count until one run lasts >= 1/10 of the budget and keeps
      * the best rate of repeated runs (the least disturbed on a shared machine). */
     double best = 0;
-    uint64_t sink = 0;
-    if (uk->probe) {
-        uint64_t iters = 1024;
-        const double t_start = now_seconds();
-        for (;;) {
-            const double t0 = now_seconds();
-            const uint64_t bits = uk->probe(iters, &sink);
-            const double dt = now_seconds() - t0;
-            if (dt > 0 && dt >= seconds / 10) {
-                if ((double)bits / dt > best) best = (double)bits / dt;
-            } else if (iters < (UINT64_C(1) << 40)) {
-                iters *= 2;
-            }
-            if (now_seconds() - t_start >= seconds / 2 && best > 0) break;
-        }
-    }
+    peak_probe pp = {uk, 0, NULL, NULL, NULL, 0, 0};
+    if (uk->probe) best = best_rate(run_probe, &pp, 1024, seconds / 10, seconds / 2, now_seconds);
     if (uk->panel_tile) {
         /* kw = 32 words x mr rows of activations, np panels of 8 rows: a few KiB */
-        enum { KW = 32, NPMAX = 4 };
-        uint64_t xbuf[TAKANE_MAX_MR][KW], panels[NPMAX * KW * TAKANE_PANEL_ROWS]; /* ~10 KiB */
-        uint32_t pc[TAKANE_MAX_MR * NPMAX * TAKANE_PANEL_ROWS];
+        uint64_t xbuf[TAKANE_MAX_MR][PROBE_KW], panels[PROBE_NPMAX * PROBE_KW * TAKANE_PANEL_ROWS];
+        uint32_t pc[TAKANE_MAX_MR * PROBE_NPMAX * TAKANE_PANEL_ROWS];
         const uint64_t *xr[TAKANE_MAX_MR];
-        const int mr = uk->panel_mr, np = uk->panel_np[mr] < NPMAX ? uk->panel_np[mr] : NPMAX;
+        const int mr = uk->panel_mr;
+        const int np = uk->panel_np[mr] < PROBE_NPMAX ? uk->panel_np[mr] : PROBE_NPMAX;
         uint64_t v = 0x9e3779b97f4a7c15ull;
         for (int i = 0; i < mr; i++) {
-            for (int q = 0; q < KW; q++) xbuf[i][q] = (v = v * 6364136223846793005ull + 1442695040888963407ull);
+            for (int q = 0; q < PROBE_KW; q++) xbuf[i][q] = (v = v * 6364136223846793005ull + 1442695040888963407ull);
             xr[i] = xbuf[i];
         }
-        for (int j = 0; j < NPMAX * KW * TAKANE_PANEL_ROWS; j++)
+        for (int j = 0; j < PROBE_NPMAX * PROBE_KW * TAKANE_PANEL_ROWS; j++)
             panels[j] = (v = v * 6364136223846793005ull + 1442695040888963407ull);
-        const double bits_per_call = (double)mr * np * TAKANE_PANEL_ROWS * KW * 64;
-        uint64_t calls = 64;
-        const double t_start = now_seconds();
-        for (;;) {
-            const double t0 = now_seconds();
-            for (uint64_t c = 0; c < calls; c++)
-                uk->panel_tile(xr, mr, panels, KW * TAKANE_PANEL_ROWS, np, KW, pc,
-                               NPMAX * TAKANE_PANEL_ROWS);
-            const double dt = now_seconds() - t0;
-            if (dt > 0 && dt >= seconds / 10) {
-                if (bits_per_call * (double)calls / dt > best) best = bits_per_call * (double)calls / dt;
-            } else if (calls < (UINT64_C(1) << 40)) {
-                calls *= 2;
-            }
-            if (now_seconds() - t_start >= seconds / 2 && best > 0) break;
-        }
+        pp.xr = xr, pp.panels = panels, pp.pc = pc, pp.mr = mr, pp.np = np;
+        const double rate = best_rate(run_panel, &pp, 64, seconds / 10, seconds / 2, now_seconds);
+        if (rate > best) best = rate;
     }
     *bitmacs_per_second = best;
     return TAKANE_OK;
@@ -321,7 +342,8 @@ static void init_names(void) {
                                                (const void *)takane_pack_row_scalar, ks->isa),
                                " linear=", owner(ks->linear, &takane_linear_ukernel_scalar, ks->isa),
                                " wfloat=", owner(ks->wfloat, &takane_wfloat_ukernel_scalar, ks->isa),
-                               " q8_0=", q8, q8_variant};
+                               " q8_0=", q8, q8_variant,
+                               " ternary=", owner(ks->ternary, &takane_ternary_ukernel_scalar, ks->isa)};
         size_t n = 0;
         for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++)
             for (const char *c = parts[p]; *c && n + 1 < sizeof kernel_names[i]; c++)
@@ -337,32 +359,22 @@ const char *takane_isa_kernels(takane_isa isa) {
     return kernel_names[i];
 }
 
+typedef struct int8_probe {
+    const takane_q8_ukernel *uk;
+    int32_t sink;
+} int8_probe;
+static double run_int8(void *ctx, uint64_t rounds) {
+    int8_probe *p = (int8_probe *)ctx;
+    return (double)p->uk->probe_int8(rounds, &p->sink);
+}
+
 takane_status takane_probe_peak_int8(takane_isa isa, double seconds, double *macs_per_second) {
-    if (!macs_per_second) return TAKANE_ERR_NULL_POINTER;
     int idx;
-    const takane_status st = probe_set(isa, &idx);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(probe_set(isa, macs_per_second, &seconds, &idx));
     const takane_q8_ukernel *uk = registry[idx].q8;
     if (!uk->probe_int8) return TAKANE_ERR_ISA_UNSUPPORTED;
-    if (!(seconds >= 0.001)) seconds = 0.001; /* also catches NaN */
-    if (seconds > 10) seconds = 10;
-    /* as takane_probe_peak: grow the round count until a run lasts >= 1/10 of the budget,
-     * keep the best rate of the repeated runs (the least disturbed on a shared machine) */
-    double best = 0;
-    int32_t sink = 0;
-    uint64_t iters = 1024;
-    const double t_start = now_seconds();
-    for (;;) {
-        const double t0 = thread_seconds();
-        const uint64_t macs = uk->probe_int8(iters, &sink);
-        const double dt = thread_seconds() - t0;
-        if (dt > 0 && dt >= seconds / 10) {
-            if ((double)macs / dt > best) best = (double)macs / dt;
-        } else if (iters < (UINT64_C(1) << 40)) {
-            iters *= 2;
-        }
-        if (now_seconds() - t_start >= seconds && best > 0) break;
-    }
-    *macs_per_second = best;
+    /* as takane_probe_peak, on the thread's CPU time */
+    int8_probe ip = {uk, 0};
+    *macs_per_second = best_rate(run_int8, &ip, 1024, seconds / 10, seconds, thread_seconds);
     return TAKANE_OK;
 }

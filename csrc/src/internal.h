@@ -25,6 +25,7 @@ typedef struct takane_kernel_set {
     const takane_linear_ukernel *linear;
     const takane_wfloat_ukernel *wfloat;
     const takane_q8_ukernel *q8;
+    const struct takane_ternary_ukernel *ternary; /* csrc/kernels/ternary/ternary_kernel.h */
 } takane_kernel_set;
 
 /* Exported by csrc/kernels/<op>/<op>_<isa>.c, for the ISAs compiled for this target. */
@@ -106,11 +107,93 @@ TAKANE_DECLARE_LAYER_KERNELS(avx2)
 TAKANE_DECLARE_LAYER_KERNELS(avx512)
 extern const takane_q8_ukernel takane_q8_ukernel_neon;
 
-/* api_layers.c: argument checks shared by the layer and convolution entry points.
- * TAKANE_ERR_NOT_FINITE unless v is NULL or all of v[0..len) is finite. */
+/* ---- argument validation -------------------------------------------------------------
+ * The checks every entry point (api.c, api_layers.c, api_conv.c, byot.c, q1_0.c) makes,
+ * written once. Each returns the status takane.h documents for its argument; an entry
+ * point calls them in a fixed order (dimensions, threads, strides, modes, then -- unless
+ * the problem is empty -- pointers, padding and values), so which argument yields which
+ * status is decided by that order, not by the helpers. TAKANE_TRY returns the first error. */
+#define TAKANE_TRY(expr)                                                                   \
+    do {                                                                                   \
+        const takane_status takane_try_st_ = (expr);                                       \
+        if (takane_try_st_ != TAKANE_OK) return takane_try_st_;                            \
+    } while (0)
+
+/* a, b, k >= 0 (else NEGATIVE_DIMENSION), then k <= TAKANE_MAX_K (else K_TOO_LARGE). */
+static inline takane_status takane_check_dims(int64_t a, int64_t b, int64_t k) {
+    if (a < 0 || b < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    return k > TAKANE_MAX_K ? TAKANE_ERR_K_TOO_LARGE : TAKANE_OK;
+}
+static inline takane_status takane_check_threads(int32_t threads) {
+    return threads < 0 ? TAKANE_ERR_BAD_THREADS : TAKANE_OK;
+}
+/* BAD_STRIDE unless stride >= 0 and, for more than one row, rows of len elements at that
+ * stride do not overlap (outputs, and inputs in a fixed row format such as Q1_0 / Q8_0).
+ * rows = 0 checks the sign only (an input row stride may be 0). */
+static inline takane_status takane_check_stride(int64_t rows, int64_t len, int64_t stride) {
+    return stride < 0 || (rows > 1 && stride < len) ? TAKANE_ERR_BAD_STRIDE : TAKANE_OK;
+}
+/* Input row strides (read-only rows may share memory: 0 is allowed): >= 0. */
+static inline takane_status takane_check_in_strides(int64_t a, int64_t b) {
+    return a < 0 || b < 0 ? TAKANE_ERR_BAD_STRIDE : TAKANE_OK;
+}
+/* The front of every (m, n, k) product: dimensions, threads, the input strides xs and ws
+ * (>= 0) and the output's (m rows of y_len elements). */
+static inline takane_status takane_check_product(int64_t m, int64_t n, int64_t k,
+                                                 int32_t threads, int64_t xs, int64_t ws,
+                                                 int64_t ys, int64_t y_len) {
+    TAKANE_TRY(takane_check_dims(m, n, k));
+    TAKANE_TRY(takane_check_threads(threads));
+    TAKANE_TRY(takane_check_in_strides(xs, ws));
+    return takane_check_stride(m, y_len, ys);
+}
+/* A non-empty product's operands: y always, x and the weights w (canonical rows or a
+ * handle) when k > 0. */
+static inline takane_status takane_check_operands(int64_t k, const void *x, const void *w,
+                                                  const void *y) {
+    return !y || (k > 0 && (!x || !w)) ? TAKANE_ERR_NULL_POINTER : TAKANE_OK;
+}
+/* A handle and the activation rows of a call on it: NULL handle, then negative m (the
+ * errors the handle-less entry points give for the same arguments). */
+static inline takane_status takane_check_handle(const takane_weights *w, int64_t m) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    return m < 0 ? TAKANE_ERR_NEGATIVE_DIMENSION : TAKANE_OK;
+}
+/* Weight rows [r0, r1) of a handle (byot.c): NULL handle, negative bounds, then a range
+ * that is reversed or past n (BAD_STRIDE, as takane.h documents). */
+static inline takane_status takane_check_row_range(const takane_weights *w, int64_t r0,
+                                                   int64_t r1) {
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    return r0 > r1 || r1 > w->n ? TAKANE_ERR_BAD_STRIDE : TAKANE_OK;
+}
+/* Group scales: with them a positive multiple of 64, without them 0. */
+static inline takane_status takane_check_group_size(const float *group_scale,
+                                                    int64_t group_size) {
+    return (group_scale ? group_size <= 0 || group_size % 64 != 0 : group_size != 0)
+               ? TAKANE_ERR_BAD_GROUP_SIZE
+               : TAKANE_OK;
+}
+/* validate.c: NOT_FINITE unless v is NULL or all of v[0..len) is finite. */
 takane_status takane_check_finite(const float *v, int64_t len);
-/* A threshold array of len 1 or `full` without NaN (NULL allowed when may_be_null). */
+/* validate.c: a threshold array of len 1 or `full` (else BAD_THRESHOLD_LEN) without NaN
+ * (else NAN); NULL is allowed when may_be_null (else NULL_POINTER). */
 takane_status takane_check_threshold(const float *t, int64_t len, int64_t full, int may_be_null);
+/* An epilogue's per-output scale and bias (n each, NULL: none): finite. */
+static inline takane_status takane_check_scale_bias(const float *scale, const float *bias,
+                                                    int64_t n) {
+    TAKANE_TRY(takane_check_finite(scale, n));
+    return takane_check_finite(bias, n);
+}
+/* The thresholds a validated call binarizes against: t, or one threshold 0 for NULL, and
+ * whether t holds one per channel (len == full != 1). */
+extern const float takane_zero_threshold;
+static inline const float *takane_threshold_or_zero(const float *t) {
+    return t ? t : &takane_zero_threshold;
+}
+static inline int takane_per_channel(const float *t, int64_t len, int64_t full) {
+    return t && len == full && full != 1;
+}
 
 /* dispatch.c: the kernel set compute calls use now, or an error (env TAKANE_ISA). */
 takane_status takane_select_kernels(const takane_kernel_set **out);
@@ -121,6 +204,15 @@ void takane_note_used(takane_isa isa);
  * caller included; returns when all are done. Tasks must be independent. */
 typedef void (*takane_task_fn)(void *ctx, int64_t task);
 void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *ctx);
+
+/* threads.c: per-thread scratch that only grows and is kept for the thread's later calls
+ * (freed when the thread exits), so a decode loop allocates nothing after its first call.
+ * A 64-byte aligned buffer of at least `bytes`, or NULL (out of memory). Two slots: CALL
+ * for what the calling thread holds across takane_parallel_run (e.g. quantized rows),
+ * TASK for a task's own buffers (a task body must not hold it across another call that
+ * uses TASK). A new request for a slot invalidates that slot's previous buffer. */
+enum { TAKANE_SCRATCH_CALL = 0, TAKANE_SCRATCH_TASK = 1 };
+void *takane_scratch_get(int slot, size_t bytes);
 
 /* matmul.c: the W1A1 frameworks (validated calls with m, n, k > 0; see matmul.c).
  * Canonical rows, single-threaded: */
@@ -169,6 +261,21 @@ typedef struct takane_grid {
     int64_t m_chunk, p_chunk, p_tasks, ntasks;
 } takane_grid;
 
+/* The threads of a framework call: `threads` (>= 1), or the default for 0; and 1 when the
+ * call's work (in the framework's own unit) is below min_work: waking a worker costs
+ * ~10-50 us, so small calls stay on the calling thread. */
+static inline int takane_plan_threads(int threads, double work, double min_work) {
+    const int n = threads > 0 ? threads : takane_default_threads();
+    return work < min_work ? 1 : n;
+}
+
+/* One-dimensional split (packing, pooling): items per task for `count` items, aiming at
+ * TAKANE_TASKS_PER_THREAD tasks per thread; tasks = ceil(count / chunk). */
+static inline int64_t takane_plan_chunk(int nthreads, int64_t count) {
+    const int64_t want = nthreads > 1 ? (int64_t)nthreads * TAKANE_TASKS_PER_THREAD : 1;
+    return (count + want - 1) / want;
+}
+
 static inline takane_grid takane_plan_grid(int nthreads, int64_t m, int mr, int64_t nblocks,
                                            int64_t p_align) {
     takane_grid g;
@@ -187,6 +294,20 @@ static inline takane_grid takane_plan_grid(int nthreads, int64_t m, int mr, int6
     g.p_tasks = (nblocks + g.p_chunk - 1) / g.p_chunk;
     g.ntasks = ((m + g.m_chunk - 1) / g.m_chunk) * g.p_tasks;
     return g;
+}
+
+/* Task `task` of grid g over m rows and nblocks blocks: rows [i0, i1) and blocks [b0, b1)
+ * (the last chunks clipped). Returns 0 when the task has no rows or no blocks. */
+typedef struct takane_task_range {
+    int64_t i0, i1, b0, b1;
+} takane_task_range;
+static inline int takane_grid_task(const takane_grid *g, int64_t task, int64_t m,
+                                   int64_t nblocks, takane_task_range *r) {
+    r->i0 = (task / g->p_tasks) * g->m_chunk;
+    r->i1 = r->i0 + g->m_chunk < m ? r->i0 + g->m_chunk : m;
+    r->b0 = (task % g->p_tasks) * g->p_chunk;
+    r->b1 = r->b0 + g->p_chunk < nblocks ? r->b0 + g->p_chunk : nblocks;
+    return r->i0 < r->i1 && r->b0 < r->b1;
 }
 
 #endif /* TAKANE_INTERNAL_H */

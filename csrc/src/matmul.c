@@ -119,7 +119,7 @@ typedef struct gemm_job {
     int64_t ys;
     takane_epilogue_fn epi; /* or NULL */
     void *epi_ctx;
-    int64_t m_chunk, p_chunk, p_tasks; /* the task grid */
+    takane_grid grid; /* rows x panels */
     int failed;                        /* atomic: a takane_status != OK, first one wins */
 } gemm_job;
 
@@ -181,17 +181,15 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
 void takane_matmul_prepacked_block(const takane_kernel_set *ks, const takane_weights *w,
                                    int64_t m, const uint64_t *x, int64_t xs, int64_t p_begin,
                                    int64_t p_end, int32_t *y, int64_t ys) {
-    gemm_job job = {ks, w, m, x, xs, NULL, NULL, 0, y, ys, NULL, NULL, 0, 0, 0, TAKANE_OK};
+    gemm_job job = {ks, w, m, x, xs, NULL, NULL, 0, y, ys, NULL, NULL, {0, 0, 0, 0}, TAKANE_OK};
     gemm_block(&job, x, xs, 0, m, p_begin, p_end);
 }
 
 static void gemm_task(void *ctx, int64_t task) {
     gemm_job *job = (gemm_job *)ctx;
-    const int64_t i_begin = (task / job->p_tasks) * job->m_chunk;
-    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t p_begin = (task % job->p_tasks) * job->p_chunk;
-    const int64_t p_end = min64(job->w->npanels, p_begin + job->p_chunk);
-    if (i_begin >= i_end || p_begin >= p_end) return;
+    takane_task_range r;
+    if (!takane_grid_task(&job->grid, task, job->m, job->w->npanels, &r)) return;
+    const int64_t i_begin = r.i0, i_end = r.i1, p_begin = r.b0, p_end = r.b1;
     if (job->x) {
         gemm_block(job, job->x + i_begin * job->xs, job->xs, i_begin, i_end, p_begin, p_end);
         return;
@@ -240,14 +238,12 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
                                               const float *t, int per_channel, int32_t *y,
                                               int64_t ys, int threads, takane_epilogue_fn epi,
                                               void *epi_ctx) {
-    gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, epi, epi_ctx, 0, 0, 0, TAKANE_OK};
-    int nthreads = threads > 0 ? threads : takane_default_threads();
-    if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_BITMACS) nthreads = 1;
+    const int nthreads = takane_plan_threads(threads, (double)m * (double)w->n * (double)w->k,
+                                             (double)MIN_PARALLEL_BITMACS);
     /* with an epilogue, tasks own whole 64-column words of its output */
     const takane_grid grid = takane_plan_grid(nthreads, m, ks->matmul->panel_mr, w->npanels,
                                               epi ? EPI_PANELS : 1);
-    job.m_chunk = grid.m_chunk, job.p_chunk = grid.p_chunk, job.p_tasks = grid.p_tasks;
-    int64_t ntasks = grid.ntasks;
+    gemm_job job = {ks, w, m, x, xs, xf, t, per_channel, y, ys, epi, epi_ctx, grid, TAKANE_OK};
     if (grid.m_chunk == m && grid.p_tasks > 1) {
         /* Weights split over tasks (few rows, decode): tasks of ~WEIGHT_TASK_BYTES, taken
          * dynamically, so a worker that joins late still takes a share and the caller's
@@ -256,14 +252,14 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
         int64_t pc = WEIGHT_TASK_BYTES / (w->kw * TAKANE_PANEL_ROWS * 8);
         pc = (pc + align - 1) / align * align;
         if (pc < align) pc = align;
-        if (pc < job.p_chunk) {
-            job.p_chunk = pc;
-            job.p_tasks = (w->npanels + pc - 1) / pc;
-            ntasks = job.p_tasks;
+        if (pc < job.grid.p_chunk) {
+            job.grid.p_chunk = pc;
+            job.grid.p_tasks = (w->npanels + pc - 1) / pc;
+            job.grid.ntasks = job.grid.p_tasks;
         }
     }
     uint64_t *packed = NULL, stack_buf[STACK_WORDS];
-    if (!x && job.p_tasks > 1) {
+    if (!x && job.grid.p_tasks > 1) {
         /* Weights are split across tasks and every task needs all (few) rows: pack them
          * once here rather than once per task. m < 4 * nthreads * mr rows: small. */
         const int64_t kw = w->kw;
@@ -278,7 +274,7 @@ takane_status takane_matmul_prepacked_run_epi(const takane_kernel_set *ks,
         }
         job.x = packed, job.xs = kw;
     }
-    takane_parallel_run(nthreads, ntasks, gemm_task, &job);
+    takane_parallel_run(nthreads, job.grid.ntasks, gemm_task, &job);
     if (packed != stack_buf) free(packed);
     return (takane_status)job.failed;
 }

@@ -82,31 +82,34 @@ uint16_t takane_f32_to_fp16(float f, int *ok) {
 }
 
 /* Shared argument checks. Input rows may share memory (stride 0); output rows are written
- * one after another, so an output row stride below the row's length is an error. */
-static takane_status check_q1_0(int64_t n, int64_t k, int64_t q_row_stride,
-                                int64_t bits_row_stride, const float *group_scale,
-                                int64_t gs_row_stride, int q_is_output) {
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
+ * one after another, so an output row stride below the row's length is an error. On
+ * TAKANE_OK, *empty says there is nothing to convert (then q and bits were not checked). */
+static takane_status check_q1_0(int64_t n, int64_t k, const void *q, int64_t q_row_stride,
+                                const uint64_t *bits, int64_t bits_row_stride,
+                                const float *group_scale, int64_t gs_row_stride, int q_is_output,
+                                int *empty) {
+    TAKANE_TRY(takane_check_dims(n, 0, k));
     if (k % Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
-    if (q_row_stride < 0 || bits_row_stride < 0 || gs_row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(q_row_stride, bits_row_stride));
+    TAKANE_TRY(takane_check_in_strides(gs_row_stride, 0));
     const int64_t nb = k / Q1_0_BLOCK;
-    if (n > 1 && nb > 0) {
-        if (q_is_output && q_row_stride < nb * Q1_0_BYTES) return TAKANE_ERR_BAD_STRIDE;
-        if (!q_is_output && (bits_row_stride < nb * 2 || (group_scale && gs_row_stride < nb)))
-            return TAKANE_ERR_BAD_STRIDE;
+    if (q_is_output) {
+        TAKANE_TRY(takane_check_stride(n, nb * Q1_0_BYTES, q_row_stride));
+    } else {
+        TAKANE_TRY(takane_check_stride(n, nb * 2, bits_row_stride));
+        if (group_scale) TAKANE_TRY(takane_check_stride(n, nb, gs_row_stride));
     }
-    return TAKANE_OK;
+    *empty = n == 0 || k == 0;
+    return *empty || (q && bits) ? TAKANE_OK : TAKANE_ERR_NULL_POINTER;
 }
 
 takane_status takane_q1_0_to_bits(int64_t n, int64_t k, const uint8_t *q, int64_t q_row_stride,
                                   uint64_t *bits, int64_t bits_row_stride, float *group_scale,
                                   int64_t group_scale_row_stride) {
-    takane_status st = check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
-                                  group_scale_row_stride, 0);
-    if (st != TAKANE_OK) return st;
-    if (n == 0 || k == 0) return TAKANE_OK;
-    if (!q || !bits) return TAKANE_ERR_NULL_POINTER;
+    int empty;
+    TAKANE_TRY(check_q1_0(n, k, q, q_row_stride, bits, bits_row_stride, group_scale,
+                          group_scale_row_stride, 0, &empty));
+    if (empty) return TAKANE_OK;
     const int64_t nb = k / Q1_0_BLOCK;
     /* validate every d first, so that an error leaves the outputs untouched */
     for (int64_t r = 0; r < n; r++)
@@ -132,11 +135,10 @@ takane_status takane_bits_to_q1_0(int64_t n, int64_t k, const uint64_t *bits,
                                   int64_t bits_row_stride, const float *group_scale,
                                   int64_t group_scale_row_stride, uint8_t *q,
                                   int64_t q_row_stride) {
-    takane_status st = check_q1_0(n, k, q_row_stride, bits_row_stride, group_scale,
-                                  group_scale_row_stride, 1);
-    if (st != TAKANE_OK) return st;
-    if (n == 0 || k == 0) return TAKANE_OK;
-    if (!q || !bits) return TAKANE_ERR_NULL_POINTER;
+    int empty;
+    TAKANE_TRY(check_q1_0(n, k, q, q_row_stride, bits, bits_row_stride, group_scale,
+                          group_scale_row_stride, 1, &empty));
+    if (empty) return TAKANE_OK;
     const int64_t nb = k / Q1_0_BLOCK;
     int ok = 1;
     if (group_scale) /* validate first: an error leaves q untouched */

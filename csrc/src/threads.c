@@ -259,3 +259,40 @@ void takane_parallel_run(int nthreads, int64_t ntasks, takane_task_fn fn, void *
     }
     pthread_mutex_unlock(&run_lock);
 }
+
+/* ---- per-thread scratch ---------------------------------------------------------------- */
+
+typedef struct scratch {
+    void *p;
+    size_t cap;
+} scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+/* TAKANE_SCRATCH_CALL and TAKANE_SCRATCH_TASK (internal.h) */
+static __thread scratch tls_scratch[2];
+
+static void scratch_release(void *unused) {
+    (void)unused;
+    for (int i = 0; i < 2; i++) {
+        free(tls_scratch[i].p);
+        tls_scratch[i].p = NULL;
+        tls_scratch[i].cap = 0;
+    }
+}
+static void scratch_init(void) { (void)pthread_key_create(&scratch_key, scratch_release); }
+
+void *takane_scratch_get(int slot, size_t bytes) {
+    scratch *s = &tls_scratch[slot];
+    if (s->cap >= bytes && s->p) return s->p;
+    pthread_once(&scratch_once, scratch_init);
+    free(s->p);
+    s->cap = 0;
+    const size_t rounded = (bytes + 63) / 64 * 64 + 64;
+    s->p = aligned_alloc(64, rounded);
+    if (!s->p) return NULL;
+    s->cap = rounded;
+    /* a non-NULL value makes the key's destructor run when this thread exits */
+    (void)pthread_setspecific(scratch_key, s);
+    return s->p;
+}

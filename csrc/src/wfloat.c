@@ -105,7 +105,7 @@ typedef struct wf_job {
     int64_t gw, ngk;                   /* words per group, groups per row */
     float *y;
     int64_t ys;
-    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = groups of nr weight rows */
+    takane_grid grid;                  /* rows x groups of nr weight rows */
     int failed;                        /* atomic: a takane_status != OK, first one wins */
 } wf_job;
 
@@ -145,12 +145,9 @@ static void wf_task(void *ctx, int64_t task) {
     const takane_weights *w = job->w;
     const int mr = uk->mr, nr = uk->nr;
     const int64_t n = w->n, k = w->k, kw = w->kw, kpad = kw * 64;
-    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
-    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t ngroups = (n + nr - 1) / nr;
-    const int64_t g_begin = (task % job->g_tasks) * job->g_chunk;
-    const int64_t g_end = min64(ngroups, g_begin + job->g_chunk);
-    if (i_begin >= i_end || g_begin >= g_end) return;
+    takane_task_range r;
+    if (!takane_grid_task(&job->grid, task, job->m, (n + nr - 1) / nr, &r)) return;
+    const int64_t i_begin = r.i0, i_end = r.i1, g_begin = r.b0, g_end = r.b1;
     const int64_t tlen = uk->table_len(k), gcount = g_end - g_begin;
     const int packed = uk->panel_packed != NULL;
     /* acc: group g's mr x nr sums at acc + (g - g_begin) * mr * nr */
@@ -286,15 +283,13 @@ takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const tak
     const int64_t ngk = (w->kw + gw - 1) / gw;
     const takane_gscales gsv = takane_gscales_for(w, group_scale, ngk);
     const takane_gscales *gs = group_scale && w->kw > 0 ? &gsv : NULL;
-    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk,
-                  y, ys, 0, 0, 0, TAKANE_OK};
     const int64_t ngroups = (w->n + nr - 1) / nr;
-    int nthreads = threads > 0 ? threads : takane_default_threads();
-    if ((double)m * (double)w->n * (double)w->k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    const int nthreads = takane_plan_threads(threads, (double)m * (double)w->n * (double)w->k,
+                                             (double)MIN_PARALLEL_MACS);
     /* when the weights are split, each task builds the (few) rows' tables itself:
      * O(k) against O(k * n / tasks) */
     const takane_grid grid = takane_plan_grid(nthreads, m, mr, ngroups, 1);
-    job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk, y, ys, grid, TAKANE_OK};
     takane_parallel_run(nthreads, grid.ntasks, wf_task, &job);
     return (takane_status)job.failed;
 }

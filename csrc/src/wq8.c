@@ -23,8 +23,8 @@
  *     a row's result does not depend on the batch or the thread split.
  *  3. The kernel applies the group scales (sum_g g * group sum, see internal.h); the
  *     epilogue per output is y = fl(fl(v * scale) + bias).
- * Scratch lives in thread-local buffers that only grow (freed at thread exit), so a
- * decode loop allocates nothing after its first call.
+ * Scratch lives in the per-thread buffers of takane_scratch_get (threads.c), which only
+ * grow (freed at thread exit), so a decode loop allocates nothing after its first call.
  *
  * Float error: a block's d * S is one rounding (or an FMA), a group's blocks are summed
  * (<= its blocks - 1 adds), then one multiply by g and ngroups - 1 adds (or FMAs), scale,
@@ -33,7 +33,6 @@
  * which is the documented gamma(nb + 4) bound (takane.h).
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,44 +41,6 @@
 #include "wq8_gemm.h"
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-/* ---- thread-local scratch ------------------------------------------------------------ */
-
-typedef struct scratch {
-    void *p;
-    size_t cap;
-} scratch;
-
-static pthread_key_t scratch_key;
-static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
-/* slot 0: the calling thread's quantized rows; slot 1: a task's tables */
-static __thread scratch tls_scratch[2];
-
-static void scratch_release(void *unused) {
-    (void)unused;
-    for (int i = 0; i < 2; i++) {
-        free(tls_scratch[i].p);
-        tls_scratch[i].p = NULL;
-        tls_scratch[i].cap = 0;
-    }
-}
-static void scratch_init(void) { (void)pthread_key_create(&scratch_key, scratch_release); }
-
-/* A 64-byte aligned buffer of at least `bytes`, kept for the thread's later calls. */
-static void *scratch_get(int slot, size_t bytes) {
-    scratch *s = &tls_scratch[slot];
-    if (s->cap >= bytes && s->p) return s->p;
-    pthread_once(&scratch_once, scratch_init);
-    free(s->p);
-    s->cap = 0;
-    const size_t rounded = (bytes + 63) / 64 * 64 + 64;
-    s->p = aligned_alloc(64, rounded);
-    if (!s->p) return NULL;
-    s->cap = rounded;
-    /* a non-NULL value makes the key's destructor run when this thread exits */
-    (void)pthread_setspecific(scratch_key, s);
-    return s->p;
-}
 
 /* ---- the threaded run ---------------------------------------------------------------- */
 
@@ -96,7 +57,7 @@ typedef struct q8_job {
     int64_t gw, ngroups;    /* words per group (kw without group scales), groups per row */
     float *y;
     int64_t ys;
-    int64_t m_chunk, g_chunk, g_tasks; /* the task grid; g = units of unit_cols columns */
+    takane_grid grid;                  /* rows x units of unit_cols columns */
     int64_t unit_cols;                 /* np panels' rows (panel kernels), a GEMM strip */
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
@@ -212,12 +173,12 @@ static void q8_task(void *ctx, int64_t task) {
     const takane_weights *w = job->w;
     const int64_t kw = w->kw;
     const int64_t unit = job->unit_cols;
-    const int64_t i_begin = (task / job->g_tasks) * job->m_chunk;
-    const int64_t i_end = min64(job->m, i_begin + job->m_chunk);
-    const int64_t c_begin = (task % job->g_tasks) * job->g_chunk * unit;
-    const int64_t c_end = min64(w->n, c_begin + job->g_chunk * unit);
-    if (i_begin >= i_end || c_begin >= c_end) return;
-    void *buf = scratch_get(1, (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
+    takane_task_range r;
+    if (!takane_grid_task(&job->grid, task, job->m, (w->n + unit - 1) / unit, &r)) return;
+    const int64_t i_begin = r.i0, i_end = r.i1;
+    const int64_t c_begin = r.b0 * unit, c_end = min64(w->n, r.b1 * unit);
+    void *buf = takane_scratch_get(TAKANE_SCRATCH_TASK,
+                                   (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
     if (!buf) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
@@ -254,7 +215,7 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     if ((uint64_t)m > (uint64_t)(SIZE_MAX / 2) / ((uint64_t)kw * 80)) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t qbytes = (size_t)m * (size_t)kw * 64;
     const size_t dbytes = (size_t)m * (size_t)kw * 2 * sizeof(float);
-    char *buf = (char *)scratch_get(0, qbytes + 2 * dbytes);
+    char *buf = (char *)takane_scratch_get(TAKANE_SCRATCH_CALL, qbytes + 2 * dbytes);
     if (!buf) return TAKANE_ERR_OUT_OF_MEMORY;
     int8_t *q = (int8_t *)buf;
     float *d = (float *)(buf + qbytes);
@@ -274,20 +235,20 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     job.gs = group_scale ? &job.gsv : NULL;
     job.failed = TAKANE_OK;
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
-    int nthreads = threads > 0 ? threads : takane_default_threads();
-    if ((double)m * (double)n * (double)k < (double)MIN_PARALLEL_MACS) nthreads = 1;
+    const int nthreads = takane_plan_threads(threads, (double)m * (double)n * (double)k,
+                                             (double)MIN_PARALLEL_MACS);
     if (takane_wq8_uses_gemm(ks, m)) {
         /* the GEMM: split the weights only (each task expands its strips once and sweeps
          * every row against them); whole strips are the tasks' unit */
         const int64_t nstrips = (n + uk->gemm->nr - 1) / uk->gemm->nr;
         const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nstrips, 1);
-        job.m_chunk = m, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+        job.grid = grid, job.grid.m_chunk = m;
         job.unit_cols = uk->gemm->nr;
         takane_parallel_run(nthreads, grid.p_tasks, q8_task, &job);
         return (takane_status)job.failed;
     }
     const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
-    job.m_chunk = grid.m_chunk, job.g_chunk = grid.p_chunk, job.g_tasks = grid.p_tasks;
+    job.grid = grid;
     job.unit_cols = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);
     return (takane_status)job.failed;

@@ -10,6 +10,7 @@ from ._paths import get_cmake_dir, get_include, get_library, get_library_dir, ge
 from ._capi import ffi as _ffi, lib as _lib
 from ._capi import MAX_K
 from ._weights import PackedWeights
+from ._ternary import TernaryWeights, pack_ternary
 from ._layers import Linear, binary_linear, binary_weight_matmul
 from ._adaptive import AdaptiveThreshold
 from ._interop import flip_polarity, from_packbits, to_packbits
@@ -33,6 +34,7 @@ __all__ = [
     "PackedConvWeights", "pack_conv_weights", "binary_conv2d", "binary_max_pool2d",
     "conv2d_output_size", "nchw_to_nhwc", "nhwc_to_nchw",
     "Matmul", "Linear", "Conv2d",
+    "TernaryWeights", "pack_ternary",
 ]
 
 

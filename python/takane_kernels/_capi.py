@@ -45,11 +45,11 @@ ZERO = np.array([0.0], dtype=np.float32)
 # ---- the one vocabulary for activation modes ---------------------------------------------
 # canonical name -> the C library's activations value (TAKANE_ACTIVATIONS_F32 / _Q8_0);
 # "w1a1" (binary activations) has its own entry points.
-ACTIVATION_MODES = ("w1a1", "f32", "q8_0")
+ACTIVATION_MODES = ("w1a1", "f32", "q8_0", "int8_row")
 # public aliases, kept where they are API: binary_weight_matmul's activations="float32",
 # BinaryLinear's mode="w1a_float" / "w1a8"
 ACTIVATION_ALIASES = {"float32": "f32", "w1a_float": "f32", "w1a8": "q8_0"}
-C_ACTIVATIONS = {"f32": 0, "q8_0": 1}
+C_ACTIVATIONS = {"f32": 0, "q8_0": 1, "int8_row": 2}  # int8_row: ternary weights only (issue 23)
 
 
 def activation_mode(name: object, allowed=ACTIVATION_MODES, what: str = "activations", names=None) -> str:
@@ -444,6 +444,17 @@ def handle_nbytes(handle) -> int:
     nbytes = ffi.new("int64_t *")
     raise_status(lib.takane_weights_info(handle, ffi.NULL, ffi.NULL, nbytes), "takane_weights_info")
     return int(nbytes[0])
+
+
+def ternary_handle(sign: np.ndarray, nonzero: np.ndarray, k: int):
+    """The C library's re-tiled copy of canonical ternary planes (freed with the cdata)."""
+    out = ffi.new("takane_ternary_weights **")
+    n, kw = sign.shape
+    status = lib.takane_ternary_weights_create(n, k, ptr("uint64_t[]", sign), ptr("uint64_t[]", nonzero), kw, out)
+    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError("takane_ternary_weights_create: out of memory")
+    raise_status(status, "takane_ternary_weights_create")
+    return ffi.gc(out[0], lib.takane_ternary_weights_free)
 
 
 def conv_weights_handle(bits: np.ndarray, cin: int, groups: int):

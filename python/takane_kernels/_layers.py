@@ -16,6 +16,7 @@ import numpy as np
 from . import _capi as C
 from ._capi import F32, U64, Threshold, lib
 from ._capi import NULL as _NULL, from_buffer as _from_buffer
+from ._ternary import TernaryWeights
 from ._weights import PackedWeights
 
 __all__ = ["binary_linear", "binary_weight_matmul", "Linear"]
@@ -30,6 +31,8 @@ _lin_f32_bits = lib.takane_binary_linear_prepacked_f32_bits
 _lin_u64 = lib.takane_binary_linear_prepacked
 _lin_u64_bits = lib.takane_binary_linear_prepacked_bits
 _wmm = lib.takane_binary_weight_matmul_prepacked_ex
+_tmm = lib.takane_ternary_matmul_prepacked  # same arguments, a ternary handle (issue 23)
+_WMM_MODES = ("f32", "q8_0", "int8_row")
 
 
 class Linear:
@@ -41,7 +44,11 @@ class Linear:
       ``activation_scale``, ``bias`` and ``out_threshold`` as there;
     - ``"f32"`` (alias ``"float32"``): real activations, :func:`binary_weight_matmul`;
     - ``"q8_0"``: activations quantized to llama.cpp's Q8_0 blocks (W1A8),
-      ``binary_weight_matmul(..., activations="q8_0")``.
+      ``binary_weight_matmul(..., activations="q8_0")``;
+    - ``"int8_row"`` (``w`` a :class:`TernaryWeights` only): BitNet b1.58's per-row
+      absmax int8 activations (docs/guide/ternary.md).
+
+    ``w``: a :class:`PackedWeights`, or for the weight-only modes a :class:`TernaryWeights`.
 
     Everything that does not change between calls is validated and converted here, once:
     the weights' re-tiled C copy and scale pointers, the threshold (rounded up to float32),
@@ -54,14 +61,22 @@ class Linear:
 
     __slots__ = ("weights", "activations", "k", "n", "_kw", "_handle", "_t", "_threads", "_act_scale",
                  "_bias", "_bptr", "_sptr", "_tout", "_optr", "_olen", "_ylen", "_ydtype", "_yctype", "_ws", "_u64", "_nk", "_cf32",
-                 "_fk", "_y1", "_cfxy")
+                 "_fk", "_y1", "_cfxy", "_wfn")
 
     def __init__(self, w, *, activations="w1a1", threshold=0.0, bias=None, activation_scale=False,
                  out_threshold=None, threads=None, _op="Linear", _modes=C.ACTIVATION_MODES):
         mode = C.activation_mode(activations, _modes, f"{_op}: activations",
-                                 None if _modes is C.ACTIVATION_MODES else ("float32", "q8_0"))
-        if not isinstance(w, PackedWeights):
-            raise TypeError(f"{_op}: w must be a PackedWeights (from pack_weights), got {type(w).__name__}")
+                                 None if _modes is C.ACTIVATION_MODES else ("float32", "q8_0", "int8_row"))
+        ternary = isinstance(w, TernaryWeights)
+        if not isinstance(w, PackedWeights) and not ternary:
+            raise TypeError(f"{_op}: w must be a PackedWeights (from pack_weights) or a TernaryWeights "
+                            f"(from pack_ternary), got {type(w).__name__}")
+        if ternary and mode == "w1a1":
+            raise ValueError(f"{_op}: TernaryWeights need a weight-only mode: activations='float32', 'q8_0' "
+                             "or 'int8_row' (a ternary W1A1 layer is not implemented)")
+        if mode == "int8_row" and not ternary:
+            raise ValueError(f"{_op}: activations='int8_row' (BitNet b1.58's per-row int8) takes TernaryWeights "
+                             "(pack_ternary); 1-bit weights take 'float32' or 'q8_0'")
         if mode == "w1a1":
             if w.in_scale is not None:
                 raise ValueError(
@@ -86,11 +101,13 @@ class Linear:
         e = C.Epilogue(bias, out_threshold, n, "one per output channel N")
         self._bias, self._bptr, self._tout, self._optr, self._olen = e.bias, e.bptr, e.tout, e.optr, e.olen
         self._ylen, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
-        self._sptr = C.ptr("float[]", w.scale)
-        self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
+        self._sptr = C.ptr("float[]", w._row_scale if ternary else w.scale)
+        self._wfn = _tmm if ternary else _wmm
+        self._handle = w._prepacked()  # the panel layout, built once per weights object
         if mode != "w1a1":  # (in_scale, group_scale, group_size, C activations value)
-            # a handle that carries the group scales takes none per call (_prepacked)
-            gs = None if w._carries_group_scale else w.group_scale
+            # a PackedWeights handle that carries the group scales takes none per call
+            # (PackedWeights._prepacked); a ternary handle takes them per call
+            gs = None if not ternary and w._carries_group_scale else w.group_scale
             self._ws = (C.ptr("float[]", w.in_scale), C.ptr("float[]", gs),
                         w.group_size if gs is not None else 0, C.C_ACTIVATIONS[mode])
         else:
@@ -166,9 +183,10 @@ class Linear:
         fb, fa, ya, b = _from_buffer, _FLOAT_ARRAY, _from_buffer_type(self._yctype), self._bptr
         if self._ws is not None:
             ins, gs, g, mode = self._ws
+            wfn = self._wfn
             if arrays:
-                return lambda m, x, y: _wmm(h, m, fb(fa, x), k, ins, sptr, gs, g, b, mode, fb(ya, y), n, threads)
-            return lambda m, xp, yp, bp: _wmm(h, m, xp, k, ins, sptr, gs, g, bp, mode, yp, n, threads)
+                return lambda m, x, y: wfn(h, m, fb(fa, x), k, ins, sptr, gs, g, b, mode, fb(ya, y), n, threads)
+            return lambda m, xp, yp, bp: wfn(h, m, xp, k, ins, sptr, gs, g, bp, mode, yp, n, threads)
         if self._tout is None:
             if arrays:
                 return lambda m, x, y: _lin_f32(h, m, fb(fa, x), k, tptr, tlen, act, sptr, b, fb(ya, y), ylen, threads)
@@ -186,8 +204,8 @@ class Linear:
             tptr, tlen = self._t.ptr, self._t.len
         if self._ws is not None:
             ins, gs, g, act = self._ws
-            return _wmm(self._handle, m, xptr, self.k, ins, self._sptr, gs, g, bptr, act, yptr, self.n,
-                        self._threads)
+            return self._wfn(self._handle, m, xptr, self.k, ins, self._sptr, gs, g, bptr, act, yptr, self.n,
+                             self._threads)
         if self._tout is None:
             return _lin_f32(self._handle, m, xptr, self.k, tptr, tlen, self._act_scale, self._sptr, bptr,
                             yptr, self._ylen, self._threads)
@@ -269,6 +287,9 @@ class Linear:
                 # scales are finite by construction: the bias, or (q8_0) x * in_scale
                 if bias is not None and not np.isfinite(bias).all():
                     raise ValueError("bias must be finite (after rounding to float32)")
+                if self.activations == "int8_row":
+                    raise ValueError(f"{op}: x contains NaN or ±inf, or x * in_scale overflows float32: "
+                                     "activations='int8_row' cannot form a row scale")
                 raise ValueError(
                     f"{op}: x contains NaN or ±inf, x * in_scale overflows float32, or a block's "
                     "max |x| / 127 overflows fp16 (|x| > 127 * 65504): activations='q8_0' cannot form "
@@ -365,12 +386,18 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     in float64 and ``reference.binary_weight_matmul_error_bound`` this bound. When every
     partial sum is exactly representable (e.g. small-integer x, power-of-two scales) y is
     exact. ``threads``: how many threads may share the work (None = the default).
+
+    ``w`` may be a :class:`TernaryWeights` ({-1, 0, +1} weights, :func:`pack_ternary`):
+    then sign(W) above is the ternary matrix, ``w.scale`` is ``fl(scale * tensor_scale)``,
+    the bounds gain one rounding (γ(K + 5), γ(nb + 5)), and ``activations="int8_row"``
+    (BitNet b1.58's per-row absmax int8) is also accepted; docs/guide/ternary.md states
+    its definition and bound.
     """
-    if bias is None and w.__class__ is PackedWeights and activations.__class__ is str and (
-            threads is None or threads.__class__ is int):
+    if bias is None and (w.__class__ is PackedWeights or w.__class__ is TernaryWeights) and (
+            activations.__class__ is str and (threads is None or threads.__class__ is int)):
         key = ("wmm", activations, threads)
         op = w._bound.get(key) or C.bound_op(w, key, Linear, w, activations=activations, threads=threads,
-                                             _op="binary_weight_matmul", _modes=("f32", "q8_0"))
+                                             _op="binary_weight_matmul", _modes=_WMM_MODES)
         return op.__call__(x, out)
     return Linear(w, activations=activations, bias=bias, threads=threads, _op="binary_weight_matmul",
-                  _modes=("f32", "q8_0"))(x, out)
+                  _modes=_WMM_MODES)(x, out)

@@ -2,11 +2,16 @@
 
 ``load(path)`` returns ``{name: tensor}``: Q1_0 tensors (GGUF type 41, llama.cpp's 1-bit
 format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, the bits copied
-unchanged, see :func:`takane_kernels.from_q1_0`), F32 and F16 tensors as numpy arrays
-(shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``).
+unchanged, see :func:`takane_kernels.from_q1_0`), the ternary TQ2_0 (35) and TQ1_0 (34)
+tensors as :class:`takane_kernels.TernaryWeights` (``group_size=256``, bit-exact; see
+docs/guide/ternary.md), F32 and F16 tensors as numpy arrays
+(shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``). Tensors of
+types this module cannot decode faithfully — bitnet.cpp's I2_S (36), PrismML's
+Hadamard-rotated PQ2_0 (142) / PTQ1_0 (143), any type the ``gguf`` package does not know —
+make the file a ``ValueError`` naming the tensor and the type, never garbage.
 ``load_metadata(path)`` returns the key/value metadata. ``save(path, tensors, arch=...,
 metadata=...)`` writes a GGUF file that llama.cpp reads: PackedWeights become Q1_0
-(:func:`takane_kernels.to_q1_0`), float32 / float16 arrays F32 / F16.
+(:func:`takane_kernels.to_q1_0`), TernaryWeights TQ2_0, float32 / float16 arrays F32 / F16.
 
 The file format itself is read and written by the ``gguf`` package (llama.cpp's own Python
 library: ``GGUFReader`` / ``GGUFWriter``); this module adds the conversions and makes the
@@ -34,12 +39,26 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, from_q1_0, to_q1_0
+from ._ternary import TernaryWeights
+from ._tq import TQ1_0_BYTES, TQ1_0_GGML_TYPE, TQ2_0_BYTES, TQ2_0_GGML_TYPE, TQ_BLOCK, from_tq1_0, from_tq2_0, to_tq2_0
 from ._weights import PackedWeights
 
 __all__ = ["load", "load_metadata", "save", "GGUFValueType"]
 
 if int(GGMLQuantizationType.Q1_0) != Q1_0_GGML_TYPE:  # pragma: no cover - a gguf release renumbering it
     raise ImportError("takane_kernels.gguf: this gguf package numbers Q1_0 differently from llama.cpp (41)")
+if (int(GGMLQuantizationType.TQ1_0), int(GGMLQuantizationType.TQ2_0)) != (TQ1_0_GGML_TYPE, TQ2_0_GGML_TYPE):
+    raise ImportError("takane_kernels.gguf: this gguf package numbers TQ1_0 / TQ2_0 differently from llama.cpp")  # pragma: no cover
+
+# Tensor types outside the gguf package's table that ternary-model files carry: named in the
+# error, never decoded (a rotated basis or an unknown layout would be garbage).
+_FOREIGN_TYPES = {
+    36: "bitnet.cpp's I2_S (ternary, layout depends on the converter's build target), which "
+        "takane_kernels.gguf does not read",
+    142: "PrismML's PQ2_0 (ternary weights in a Hadamard-rotated basis: not plain ternary)",
+    143: "PrismML's PTQ1_0 (ternary weights in a Hadamard-rotated basis: not plain ternary)",
+}
+_KNOWN_TYPES = frozenset(int(t) for t in GGMLQuantizationType)
 
 GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 GGML_MAX_NAME = 64  # tensor names are at most 63 bytes (plus the C string's NUL)
@@ -57,6 +76,10 @@ _NP_SCALAR = {np.dtype(v): k for k, v in _SCALAR_NP.items()}
 
 class _HostileFile(ValueError):
     pass
+
+
+class _RefusedType(ValueError):
+    """A tensor type this module refuses to decode (reported as is, not as a corrupt file)."""
 
 
 class _CheckedReader(_gguf.GGUFReader):
@@ -87,6 +110,15 @@ class _CheckedReader(_gguf.GGUFReader):
             plain = self._plain = self.data.view(np.ndarray)
         order = self.byte_order if override_order is None else override_order
         return plain[offset:offset + itemsize * count].view(dtype.newbyteorder(order))
+
+    def _build_tensors(self, start_offs, fields):
+        for field in fields:  # the stock reader would fail on GGMLQuantizationType(raw) unnamed
+            raw = int(field.parts[4][0])
+            if raw not in _KNOWN_TYPES:
+                tname = bytes(field.parts[1]).decode("utf-8", "replace")
+                what = _FOREIGN_TYPES.get(raw, "a type the gguf package does not know")
+                raise _RefusedType(f"tensor {tname!r} has GGML type {raw}: {what}; refused")
+        return super()._build_tensors(start_offs, fields)
 
     def _get_field_parts(self, orig_offs, raw_type):
         if int(raw_type) == GGUFValueType.ARRAY:
@@ -145,6 +177,8 @@ def _open(path) -> _CheckedReader:
     name = repr(os.fspath(path))
     try:
         reader = _CheckedReader(path, "r")
+    except _RefusedType as e:
+        raise ValueError(f"{name}: {e}") from None
     except Exception as e:  # noqa: BLE001 - hostile bytes raise many types inside the reader
         # (IndexError/KeyError/OverflowError/UnicodeDecodeError/RecursionError/MemoryError...):
         # every one of them is a corrupt file, which this module reports as ValueError
@@ -201,14 +235,17 @@ def _check_tensors(reader: _CheckedReader, name: str) -> None:
             raise ValueError(f"{name}: tensors {n0!r} and {n1!r} overlap in the file")
 
 
-def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, PackedWeights | np.ndarray]:
-    """Read the tensors of a GGUF file: Q1_0 -> PackedWeights (N, K), F32 / F16 -> numpy
-    arrays (owned copies, numpy axis order).
+def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, PackedWeights | TernaryWeights | np.ndarray]:
+    """Read the tensors of a GGUF file: Q1_0 -> PackedWeights (N, K), TQ2_0 / TQ1_0 ->
+    TernaryWeights (N, K) with group_size=256, F32 / F16 -> numpy arrays (owned copies,
+    numpy axis order).
 
     ``unsupported``: what to do with tensors of other types (Q4_0, BF16, ...):
     ``"error"`` (``ValueError`` naming the tensor and type) or ``"skip"`` (left out).
     Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file (metadata
-    included: it is decoded and checked too) -> ``ValueError``.
+    included: it is decoded and checked too) -> ``ValueError``; so is a file holding a type
+    the ``gguf`` package does not know, I2_S (36) or PrismML's rotated PQ2_0 (142) / PTQ1_0
+    (143), whatever ``unsupported`` says (the message names the tensor and the type).
     """
     if unsupported not in ("error", "skip"):
         raise ValueError(f"unsupported must be 'error' or 'skip', got {unsupported!r}")
@@ -231,11 +268,25 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
                 except ValueError as e:
                     raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
                 _release(reader, int(t.data_offset), int(t.n_bytes))
+            elif tt in (GGMLQuantizationType.TQ2_0, GGMLQuantizationType.TQ1_0):
+                dims = [int(d) for d in t.shape]
+                if len(dims) != 2:
+                    raise ValueError(f"{name}: {tt.name} tensor {t.name!r} has shape {dims}: a weight "
+                                     f"matrix must be 2-D [K, N]")
+                k, n = dims
+                two = tt == GGMLQuantizationType.TQ2_0
+                row = k // TQ_BLOCK * (TQ2_0_BYTES if two else TQ1_0_BYTES)
+                try:
+                    out[t.name] = (from_tq2_0 if two else from_tq1_0)(np.asarray(t.data).reshape(n, row), k)
+                except ValueError as e:
+                    raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
+                _release(reader, int(t.data_offset), int(t.n_bytes))
             elif tt in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
                 out[t.name] = np.array(t.data, dtype=np.float32 if tt == GGMLQuantizationType.F32 else np.float16)
             elif unsupported == "error":
                 raise ValueError(f"{name}: tensor {t.name!r} has type {tt.name}, which takane_kernels.gguf "
-                                 f"does not read (Q1_0, F32, F16); pass unsupported='skip' to leave it out")
+                                 f"does not read (Q1_0, TQ2_0, TQ1_0, F32, F16); pass unsupported='skip' to "
+                                 f"leave it out")
         return out
     finally:
         del reader  # drop the memory map now (the arrays returned are copies)
@@ -361,7 +412,9 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
     llama.cpp can load; atomically (a temporary file renamed into place).
 
     ``tensors``: name -> :class:`~takane_kernels.PackedWeights` (written as Q1_0 via :func:`~takane_kernels.to_q1_0`:
-    K % 128 == 0, see there for scales) or a float32 / float16 numpy array (F32 / F16,
+    K % 128 == 0, see there for scales), :class:`~takane_kernels.TernaryWeights` (written as
+    TQ2_0: K % 256 == 0, block scale = group_scale (G a multiple of 256) x scale x
+    tensor_scale rounded to fp16, no in_scale) or a float32 / float16 numpy array (F32 / F16,
     1 to 4 dims, numpy axis order: an (N, K) array is GGUF ``ne = [K, N]``). Names are at
     most 63 UTF-8 bytes. ``arch`` is ``general.architecture`` (e.g. ``"llama"``).
 
@@ -395,6 +448,8 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
         if isinstance(t, PackedWeights):
             q = to_q1_0(t)
             items.append((tname, q, GGMLQuantizationType.Q1_0))
+        elif isinstance(t, TernaryWeights):
+            items.append((tname, to_tq2_0(t), GGMLQuantizationType.TQ2_0))
         elif isinstance(t, np.ndarray):
             if t.dtype not in (np.float32, np.float16):
                 raise TypeError(f"tensor {tname!r}: arrays must be float32 or float16, got {t.dtype}")
@@ -402,7 +457,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
                 raise ValueError(f"tensor {tname!r}: 1 to {GGML_MAX_DIMS} dimensions, got shape {t.shape}")
             items.append((tname, np.ascontiguousarray(t, dtype=t.dtype.newbyteorder("<")), None))
         else:
-            raise TypeError(f"tensor {tname!r}: expected PackedWeights or a numpy array, got {type(t).__name__}")
+            raise TypeError(f"tensor {tname!r}: expected TernaryWeights, PackedWeights or a numpy array, got {type(t).__name__}")
 
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._ternary import TernaryWeights
 from ._weights import PackedWeights
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "matmul_unpacked", "matmul_popcount", "PackedWeights",
     "binary_linear", "binary_weight_matmul", "binary_weight_matmul_error_bound", "AdaptiveThreshold",
     "quantize_q8_0",
+    "TernaryWeights", "pack_ternary", "unpack_ternary", "quantize_int8_row", "decode_tq2_0", "decode_tq1_0",
     "binary_conv2d", "binary_max_pool2d", "pack_conv_weights",
 ]
 
@@ -210,10 +212,206 @@ def quantize_q8_0(xs):
     return q.astype(np.int8).reshape(xs.shape[:-1] + (nb * 32,)), d16
 
 
-def _activations(activations):
-    if activations not in ("float32", "q8_0"):
-        raise ValueError(f"activations must be 'float32' or 'q8_0', got {activations!r}")
+def _activations(activations, w=None):
+    modes = ("float32", "q8_0", "int8_row") if isinstance(w, TernaryWeights) else ("float32", "q8_0")
+    if activations not in modes:
+        raise ValueError(f"activations must be one of {modes}, got {activations!r}")
     return activations
+
+
+# ---- ternary weights (docs/guide/ternary.md) -------------------------------------------
+
+def _ternary_planes(t):
+    """Canonical (sign, nonzero) planes of an (N, K) {-1, 0, +1} array, word by word with
+    shifts (not np.packbits)."""
+    n, k = t.shape
+    words = -(-k // 64)
+    sign = np.zeros((n, words), dtype=np.uint64)
+    nz = np.zeros((n, words), dtype=np.uint64)
+    for c in range(k):
+        bit = np.uint64(1) << np.uint64(c % 64)
+        sign[:, c // 64] |= np.where(t[:, c] > 0, bit, np.uint64(0))
+        nz[:, c // 64] |= np.where(t[:, c] != 0, bit, np.uint64(0))
+    return sign, nz
+
+
+def pack_ternary(w, *, threshold=None, group_size=None, eps=1e-5):
+    """The oracle's :func:`takane_kernels.pack_ternary`: absmean (BitNet b1.58: γ = mean |w|
+    per tensor or per row-group, t = clip(round-half-even(w / (γ + eps)), -1, 1)) or an
+    explicit threshold (t = sign(w) where |w| > threshold; scale = mean |w| of the kept
+    weights per row or row-group), in float64, element by element per group."""
+    w = _real(w, "w").astype(np.float64)
+    n, k = w.shape
+    groups = [(0, k)] if group_size is None else [(c, min(k, c + group_size)) for c in range(0, k, group_size)]
+    t = np.zeros((n, k))
+    per = np.zeros((n, len(groups)))
+    if threshold is None and group_size is None:
+        gamma = np.abs(w).sum() / w.size if w.size else 0.0
+        if gamma + eps > 0:
+            t = np.clip(np.round(w / (gamma + eps)), -1, 1)
+        sign, nz = _ternary_planes(t)
+        return TernaryWeights(sign, nz, k, tensor_scale=gamma)
+    for r in range(n):
+        for g, (c0, c1) in enumerate(groups):
+            seg = w[r, c0:c1]
+            if threshold is None:
+                gamma = np.abs(seg).sum() / len(seg) if len(seg) else 0.0
+                per[r, g] = gamma
+                if gamma + eps > 0:
+                    t[r, c0:c1] = np.clip(np.round(seg / (gamma + eps)), -1, 1)
+            else:
+                kept = np.abs(seg) > threshold
+                t[r, c0:c1] = np.sign(seg) * kept
+                per[r, g] = np.abs(seg[kept]).sum() / kept.sum() if kept.any() else 0.0
+    sign, nz = _ternary_planes(t)
+    if group_size is None:
+        return TernaryWeights(sign, nz, k, scale=per[:, 0])
+    return TernaryWeights(sign, nz, k, group_scale=per, group_size=group_size)
+
+
+def unpack_ternary(w):
+    """The {-1, 0, +1} values of TernaryWeights as float64 (N, K) (scales not applied)."""
+    k = w.k
+    sign = unpack_bits(w.sign, k, np.float64)  # +1 / -1
+    nz = (unpack_bits(w.nonzero, k, np.float64) + 1) / 2  # 1 / 0
+    return sign * nz  # a zero weight: its sign bit 0 reads as -1, times nonzero 0
+
+
+def _fp16_value(lo, hi):
+    """The value of little-endian fp16 bytes, from the definition (sign, exponent, mantissa)."""
+    h = int(lo) | int(hi) << 8
+    e, m = (h >> 10) & 31, h & 1023
+    if e == 31:
+        v = np.inf if m == 0 else np.nan
+    else:
+        v = (1024 + m) * 2.0 ** (e - 25) if e else m * 2.0**-24
+    return -v if h & 0x8000 else v
+
+
+def decode_tq2_0(row, k):
+    """One TQ2_0 row (bytes, K/256 blocks of 66) -> (codes - 1 as int (K,), d per block as
+    float64), element by element from llama.cpp's layout: element j of a block is bits
+    2 * ((j % 128) // 32) of byte 32 * (j // 128) + j % 32; d is the fp16 in bytes 64, 65."""
+    row = np.asarray(row, dtype=np.uint8)
+    t = np.zeros(k, dtype=np.int64)
+    d = np.zeros(k // 256)
+    for b in range(k // 256):
+        blk = row[66 * b:66 * b + 66]
+        for j in range(256):
+            byte = blk[32 * (j // 128) + j % 32]
+            t[256 * b + j] = ((int(byte) >> (2 * ((j % 128) // 32))) & 3) - 1
+        d[b] = _fp16_value(blk[64], blk[65])
+    return t, d
+
+
+def decode_tq1_0(row, k):
+    """One TQ1_0 row (bytes, K/256 blocks of 54) -> (codes - 1 (K,), d per block), by
+    llama.cpp's rule: trit n of byte b is ((b * 3^n) mod 256) * 3 // 256; qs[0..31] give
+    elements 32 n + m, qs[32..47] 160 + 16 n + m, qh[0..3] 240 + 4 n + j; d = fp16 at 52."""
+    row = np.asarray(row, dtype=np.uint8)
+    t = np.zeros(k, dtype=np.int64)
+    d = np.zeros(k // 256)
+
+    def trit(byte, n):
+        return ((int(byte) * 3**n) % 256) * 3 // 256
+
+    for b in range(k // 256):
+        blk = row[54 * b:54 * b + 54]
+        base = 256 * b
+        for m in range(32):
+            for n in range(5):
+                t[base + 32 * n + m] = trit(blk[m], n) - 1
+        for m in range(16):
+            for n in range(5):
+                t[base + 160 + 16 * n + m] = trit(blk[32 + m], n) - 1
+        for j in range(4):
+            for n in range(4):
+                t[base + 240 + 4 * n + j] = trit(blk[48 + j], n) - 1
+        d[b] = _fp16_value(blk[52], blk[53])
+    return t, d
+
+
+def quantize_int8_row(xs):
+    """BitNet b1.58's per-row absmax int8 on float32 rows (..., K), in float32 arithmetic:
+    a = max(max |xs|, 1e-5), q = clip(round-half-even(xs * (127 / a)), -128, 127) (the
+    quotient and the product rounded to float32), d = a / 127 (float32). Returns
+    (q int8 (..., K), d float32 (...)). NaN or ±inf -> ValueError."""
+    xs = np.asarray(xs)
+    if xs.dtype != np.float32:
+        raise TypeError(f"quantize_int8_row takes float32, got {xs.dtype}")
+    if not np.all(np.isfinite(xs)):
+        raise ValueError("int8_row activations must be finite (NaN or inf: no row scale)")
+    amax = np.abs(xs).max(axis=-1, initial=np.float32(0))
+    a = np.maximum(amax, np.float32(1e-5)).astype(np.float32)
+    inv = (np.float32(127) / a).astype(np.float32)
+    v = (xs * inv[..., None]).astype(np.float32)
+    q = np.clip(np.rint(v.astype(np.float64)), -128, 127).astype(np.int8)
+    return q, (a / np.float32(127)).astype(np.float32)
+
+
+def _ternary_terms(x, w, activations):
+    """(M, N, terms) float64 exact terms whose sum, times scale * tensor_scale, is the
+    ternary product: f32: xs * t * g per column; q8_0: d_b * g * S_b per block; int8_row:
+    d * g * D_g per group (S_b, D_g exact integer sums)."""
+    n, k = w.n, w.k
+    if k == 0:  # every sum is empty
+        return np.zeros((np.asarray(x).shape[0], n, 1))
+    t = unpack_ternary(w)
+    xs = np.asarray(x).astype(np.float32)
+    if w.in_scale is not None:
+        xs = (xs * w.in_scale.astype(np.float32)).astype(np.float32)
+    g = _group_factor(w, np.arange(k))  # (N, K)
+    if activations == "float32":
+        x64 = np.asarray(x).astype(np.float64)
+        if w.in_scale is not None:
+            x64 = x64 * w.in_scale.astype(np.float64)
+        return x64[:, None, :] * (t * g)[None, :, :]
+    if activations == "q8_0":
+        q, d = quantize_q8_0(xs)
+        nb = d.shape[-1]
+        tp = np.zeros((n, nb * 32))
+        tp[:, :k] = t
+        s_int = np.einsum("mbk,nbk->mnb", q.astype(np.float64).reshape(-1, nb, 32), tp.reshape(n, nb, 32))
+        gb = _group_factor(w, np.arange(nb) * 32)
+        return d.reshape(-1, nb)[:, None, :] * gb[None, :, :] * s_int
+    q, d = quantize_int8_row(xs)
+    size = w.group_size or max(k, 1)
+    starts = list(range(0, k, size)) or [0]
+    terms = []
+    for c0 in starts:
+        c1 = min(k, c0 + size)
+        dg = q[:, c0:c1].astype(np.int64) @ t[:, c0:c1].astype(np.int64).T  # exact integers
+        gg = _group_factor(w, [c0])[:, 0] if k else np.ones(n)
+        terms.append(d.astype(np.float64)[:, None] * gg[None, :] * dg.astype(np.float64))
+    return np.stack(terms, axis=-1)
+
+
+def _ternary_row_scale(w):
+    s = np.ones(w.n) if w.scale is None else w.scale.astype(np.float64)
+    return s * (1.0 if w.tensor_scale is None else float(w.tensor_scale))
+
+
+def _ternary_matmul(x, w, bias, activations, bound):
+    x = np.asarray(x)
+    batch = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
+    n = w.n
+    if rows.shape[0] == 0 or n == 0:
+        return np.zeros(batch + (n,))
+    terms = _ternary_terms(rows, w, activations)
+    s = _ternary_row_scale(w)
+    if not bound:
+        y = terms.sum(axis=-1) * s
+        if bias is not None:
+            y = y + np.asarray(bias).astype(np.float64)
+        return y.reshape(batch + (n,))
+    u = 2.0**-24
+    j = {"float32": w.k, "q8_0": -(-w.k // 32), "int8_row": -(-w.k // (w.group_size or max(w.k, 1)))}[activations]
+    j = max(j, 1) + 5
+    y = (j * u / (1 - j * u)) * np.abs(terms).sum(axis=-1) * np.abs(s)
+    if bias is not None:
+        y = y + (2 * u / (1 - 2 * u)) * np.abs(np.asarray(bias).astype(np.float64))
+    return y.reshape(batch + (n,))
 
 
 def _group_factor(w, cols):
@@ -247,8 +445,18 @@ def binary_weight_matmul(x, w, *, bias=None, activations="float32", out=None, th
     float32: ((x * in_scale) @ (sign(W) * group_scale).T) * scale + bias, all in float64.
     q8_0: the rows x * in_scale (rounded to float32) quantized by quantize_q8_0, then
     scale[n] * sum_b d_b * group_scale[n, 32b // G] * S_b + bias[n] with
-    S_b = sum over block b of q[k] * sign(W)[n, k] (exact integers), in float64."""
-    _activations(activations)
+    S_b = sum over block b of q[k] * sign(W)[n, k] (exact integers), in float64.
+
+    TernaryWeights: the same with the ternary matrix in place of sign(W), the row factor
+    scale * tensor_scale, and also activations="int8_row" (quantize_int8_row, then
+    scale * d * sum_G group_scale * D_G with D_G exact integer sums per group)."""
+    _activations(activations, w)
+    if isinstance(w, TernaryWeights):
+        y = _ternary_matmul(x, w, bias, activations, bound=False)
+        if out is not None:
+            out[...] = y
+            return out
+        return y
     x = np.asarray(x)
     batch = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1]) if x.shape[-1] else np.zeros((int(np.prod(batch)), 0))
@@ -283,8 +491,14 @@ def binary_weight_matmul_error_bound(x, w, bias=None, activations="float32"):
 
     with u = 2**-24, gamma(j) = j u / (1 - j u), g = group_scale (1 when absent): every
     product and sum of a kernel is one float32 rounding, in any order (K terms per row, a
-    group-scale and a row-scale product and the bias add; for q8_0 one term per block)."""
-    _activations(activations)
+    group-scale and a row-scale product and the bias add; for q8_0 one term per block).
+
+    TernaryWeights: gamma(j + 5) * |scale * tensor_scale| * sum |terms| + gamma(2) * |bias|,
+    j = K (float32), nb = ceil(K / 32) (q8_0) or ceil(K / group_size) groups (int8_row, 1
+    without group scales), the terms those of the exact value (docs/guide/ternary.md)."""
+    _activations(activations, w)
+    if isinstance(w, TernaryWeights):
+        return _ternary_matmul(x, w, bias, activations, bound=True)
     u = 2.0**-24
 
     def gamma(j):

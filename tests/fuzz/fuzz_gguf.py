@@ -45,13 +45,18 @@ def check_gguf_bytes(data: bytes, path: str) -> str:
             assert t.group_size == 128 and t.k % 128 == 0 and t.scale is None and t.in_scale is None
             assert t.group_scale.dtype == np.float32 and np.all(np.isfinite(t.group_scale))
             assert tk.from_q1_0(tk.to_q1_0(t), t.k) == t  # fp16 values convert back exactly
+        elif isinstance(t, tk.TernaryWeights):  # TQ2_0 / TQ1_0 (issue 23)
+            assert t.group_size == 256 and t.k % 256 == 0 and t.scale is None and t.in_scale is None
+            assert t.group_scale.dtype == np.float32 and np.all(np.isfinite(t.group_scale))
+            assert not np.any(t.sign & ~t.nonzero)  # canonical planes
+            assert tk._tq.from_tq2_0(tk._tq.to_tq2_0(t), t.k) == t  # fp16 scales convert back exactly
         else:
             assert isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float16) and 1 <= t.ndim <= 4
     return "ok"
 
 
 def make_seeds(directory: str) -> list[str]:
-    """A few small valid files: Q1_0, F32, F16 tensors and every metadata kind."""
+    """A few small valid files: Q1_0, TQ2_0, TQ1_0, F32, F16 tensors and every metadata kind."""
     import numpy as np
     import takane_kernels as tk
     import takane_kernels.gguf as tg
@@ -67,6 +72,22 @@ def make_seeds(directory: str) -> list[str]:
         p = os.path.join(directory, f"seed{i}.gguf")
         tg.save(p, t, arch="llama", metadata=meta)
         paths.append(p)
+    # ternary: TQ2_0 through save(), TQ1_0 as raw blocks (bytes of any value decode to trits)
+    import gguf
+
+    p = os.path.join(directory, "seed-tq2_0.gguf")
+    tg.save(p, {"t": tk.pack_ternary(rng.standard_normal((3, 512)), group_size=256)}, arch="llama")
+    paths.append(p)
+    p = os.path.join(directory, "seed-tq1_0.gguf")
+    raw = rng.integers(0, 256, (2, 54), dtype=np.uint8)
+    raw[:, 52:] = np.array([0.5], np.float16).view(np.uint8)
+    w = gguf.GGUFWriter(p, "llama")
+    w.add_tensor("t", raw, raw_dtype=gguf.GGMLQuantizationType.TQ1_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    paths.append(p)
     return paths
 
 

@@ -24,7 +24,20 @@
  *   - All entry points are thread-safe; concurrent calls on shared inputs are allowed.
  *     CPU detection runs once, lazily, on first use.
  *   - `threads`: 0 means the default (env TAKANE_NUM_THREADS, else the CPUs available to
- *     the process); n >= 1 caps the worker threads at n. Negative is an error.
+ *     the process); n >= 1 caps the worker threads at n. Negative is an error. Entry
+ *     points documented as running on the calling thread validate it and then ignore it.
+ *   - The thread pool: one per process, shared by every entry point that takes `threads`;
+ *     workers are created lazily, up to the largest count asked for. A call splits its work
+ *     into tasks and works on them itself; small calls stay on the calling thread. After a
+ *     job, workers spin for about 0.2 ms (back-to-back calls then start in well under a
+ *     microsecond), then nap in 0.1 ms steps for about 20 ms, then sleep on a condition
+ *     variable: an idle pool costs no CPU. On Linux workers run as SCHED_BATCH (a woken
+ *     worker never preempts the caller). The pool runs one call at a time: a concurrent
+ *     call that finds it busy runs all its tasks on its own thread instead of waiting, so
+ *     concurrent callers never deadlock or queue. When joined workers keep arriving late
+ *     (an oversubscribed machine), calls run single-threaded for a short, growing backoff
+ *     period. fork() waits until no call of the process is inside the pool; the child
+ *     does not inherit the workers, and its first threaded call creates its own pool.
  *
  * ABI policy: takane_status and takane_isa values are pinned; new values are only ever
  * appended. TAKANE_ABI_VERSION changes when an existing prototype or meaning changes.
@@ -147,7 +160,9 @@ TAKANE_API takane_status takane_check_padding(int64_t rows, int64_t k,
  * x: m packed rows of ceil(k/64) words, row stride x_row_stride (words);
  * w: n packed rows (the nn.Linear (N, K) layout), row stride w_row_stride (words);
  * y: int32, row stride y_row_stride (elements, >= n when m > 1).
- * k == 0 writes zeros. Non-zero padding in x or w gives TAKANE_ERR_PADDING_BITS. */
+ * k == 0 writes zeros. Non-zero padding in x or w gives TAKANE_ERR_PADDING_BITS.
+ * threads: validated, then ignored: this entry point and takane_binary_matmul_f32 run on
+ * the calling thread (the _prepacked variants below are the threaded fast path). */
 TAKANE_API takane_status takane_binary_matmul(int64_t m, int64_t n, int64_t k,
                                               const uint64_t *x, int64_t x_row_stride,
                                               const uint64_t *w, int64_t w_row_stride,
@@ -619,7 +634,8 @@ TAKANE_API takane_status takane_weights_get_bits(const takane_weights *weights, 
  * space-separated "op=isa" pairs, e.g. "matmul=neon pack=neon linear=scalar wfloat=scalar
  * q8_0=neon+sdot" — a set may use the portable kernels of an op it has none of its own for,
  * and a sub-variant chosen at run time is named after a '+'. Ops: matmul (W1A1 products),
- * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8).
+ * pack (binarization), linear (W1A1 layer epilogues), wfloat (W1A-float), q8_0 (W1A8),
+ * ternary (ternary weights, takane_ternary_matmul_prepacked).
  * Static storage. On aarch64, env TAKANE_NEON_DOTPROD=0 (read once) keeps the W1A8 kernel
  * off SDOT even where the CPU has it. */
 TAKANE_API const char *takane_isa_kernels(takane_isa isa);
@@ -646,6 +662,51 @@ TAKANE_API takane_status takane_probe_dram_bandwidth(const void *buf, int64_t by
  * without an int8 probe. */
 TAKANE_API takane_status takane_probe_peak_int8(takane_isa isa, double seconds,
                                                 double *macs_per_second);
+
+/* ---- ternary weights (issue 23): {-1, 0, +1} as two bit planes ---------------------------- */
+
+/* Activation mode of the ternary entry point (with TAKANE_ACTIVATIONS_F32 / _Q8_0): BitNet
+ * b1.58's per-row ("per token") absmax int8. Per row of xs, in float32:
+ *   a = max(max_c |xs[c]|, 1e-5f), q[c] = clamp(rne(xs[c] * (127 / a)), -128, 127) (the
+ *   quotient and the product each rounded to float32, rne = round half to even), d = a / 127
+ *   (rounded to float32); then y[i][j] = scale[j] * d * sum_g g[j][g] * D_g + bias[j] with
+ *   D_g = sum_{c in group g} q[c] * t_j[c] exact integers (any k). */
+#define TAKANE_ACTIVATIONS_INT8_ROW 2
+
+/* A ternary weight matrix (n rows of k values in {-1, 0, +1}), re-tiled for the kernels. */
+typedef struct takane_ternary_weights takane_ternary_weights;
+
+/* Create from two canonical bit planes of n rows, ceil(k/64) words each, row stride
+ * row_stride words (>= ceil(k/64) when n > 1, else TAKANE_ERR_BAD_STRIDE): value
+ * t[r][c] = nonzero bit ? (sign bit ? +1 : -1) : 0 (bit c % 64 of
+ * word c / 64; a sign bit whose nonzero bit is clear is not read). Non-zero padding bits past
+ * k in either plane give TAKANE_ERR_PADDING_BITS. k == 0 and n == 0 are valid. Free with
+ * takane_ternary_weights_free (NULL is a no-op). */
+TAKANE_API takane_status takane_ternary_weights_create(int64_t n, int64_t k,
+                                                       const uint64_t *sign,
+                                                       const uint64_t *nonzero,
+                                                       int64_t row_stride,
+                                                       takane_ternary_weights **out);
+TAKANE_API void takane_ternary_weights_free(takane_ternary_weights *weights);
+
+/* y[i][j] = scale[j] * sum_c xs[i][c] * t_j[c] * group_scale[j][c / group_size] + bias[j],
+ * xs = x * in_scale (float32), for the weights of a ternary handle; arguments, NULL rules
+ * and errors as takane_binary_weight_matmul_prepacked_ex. activations:
+ *   TAKANE_ACTIVATIONS_F32: float32 accumulation in a kernel-specific order,
+ *     |y - exact| <= gamma(k + 4) * |scale[j]| * sum_c |xs[i][c] * t_j[c] * g| + gamma(2) |bias[j]|;
+ *     NaN and infinities in x propagate where t is nonzero.
+ *   TAKANE_ACTIVATIONS_Q8_0: xs quantized as for the 1-bit entry point (llama.cpp Q8_0),
+ *     S_b = sum_{c in block b} q[c] * t_j[c] exact; |y - exact| <= gamma(nb + 4) *
+ *     |scale[j]| * sum_b |dh_b * g * S_b| + gamma(2) |bias[j]|.
+ *   TAKANE_ACTIVATIONS_INT8_ROW: as defined above; |y - exact| <= gamma(ng + 4) * |scale[j]|
+ *     * d * sum_g |g * D_g| + gamma(2) |bias[j]|, ng = ceil(k / group_size) (1 without
+ *     group scales). NaN in xs gives TAKANE_ERR_NAN, an infinite xs TAKANE_ERR_NOT_FINITE,
+ *     before y is written.
+ * Runs on up to `threads` threads. */
+TAKANE_API takane_status takane_ternary_matmul_prepacked(
+    const takane_ternary_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
+    const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
+    const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
 
 /* ---- handles that carry group scales --------------------------------------------------- */
 

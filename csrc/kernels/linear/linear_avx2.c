@@ -16,53 +16,12 @@
  *   finish the last n % 8 columns with scalar code computing the same float32 steps.
  * Invariants: exactly ceil(k/64) / ceil(n/64) words written, padding bits 0.
  */
-#include <immintrin.h>
+#include "../isa_avx2.h"
 
-#include "../kernel.h"
-
+/* pack_avx2.c's packing 8 lanes at a time, summing |x| in the same pass (isa_avx2.h). */
 static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
                     double *abs_sum) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 t_all = _mm256_set1_ps(t[0]);
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256d sum0 = _mm256_setzero_pd(), sum1 = _mm256_setzero_pd();
-    int nan = 0;
-    const int64_t kw = takane_words_for(k);
-    for (int64_t q = 0; q < kw; q++) {
-        uint64_t word = 0;
-        for (int g = 0; g < 8; g++) {
-            const int64_t c = q * 64 + g * 8;
-            if (c >= k) break;
-            __m256 v, th;
-            unsigned valid = 0xffu;
-            if (c + 8 <= k) {
-                v = _mm256_loadu_ps(x + c);
-                th = per_channel ? _mm256_loadu_ps(t + c) : t_all;
-            } else {
-                const int n = (int)(k - c);
-                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
-                v = _mm256_maskload_ps(x + c, m);
-                th = per_channel ? _mm256_maskload_ps(t + c, m) : t_all;
-                valid = (1u << n) - 1;
-            }
-            const unsigned ge = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, th, _CMP_GE_OQ));
-            const unsigned un = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, th, _CMP_UNORD_Q));
-            nan |= (un & valid) != 0;
-            word |= (uint64_t)(ge & valid) << (g * 8);
-            if (abs_sum) {
-                const __m256 a = _mm256_and_ps(v, abs_mask);
-                sum0 = _mm256_add_pd(sum0, _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
-                sum1 = _mm256_add_pd(sum1, _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
-            }
-        }
-        out[q] = word;
-    }
-    if (abs_sum) {
-        const __m256d s = _mm256_add_pd(sum0, sum1);
-        const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
-        *abs_sum = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
-    }
-    return nan;
+    return takane_avx2_pack_words(x, k, t, per_channel, out, 0, abs_sum);
 }
 
 /* The epilogue value of 8 columns starting at j (see kernel.h). */

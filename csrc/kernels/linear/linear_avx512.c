@@ -26,41 +26,10 @@
 
 #include "../kernel.h"
 
+/* pack_avx512.c's packing, summing |x| in the same pass (isa_avx512.h). */
 static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
                     double *abs_sum) {
-    const __m512 t_all = _mm512_set1_ps(t[0]);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-    __m512d sum0 = _mm512_setzero_pd(), sum1 = _mm512_setzero_pd();
-    __mmask16 nan = 0;
-    const int64_t kw = takane_words_for(k);
-    for (int64_t q = 0; q < kw; q++) {
-        uint64_t word = 0;
-        for (int g = 0; g < 4; g++) {
-            const int64_t c = q * 64 + g * 16;
-            if (c >= k) break;
-            const __mmask16 valid =
-                (c + 16 <= k) ? (__mmask16)0xffff : (__mmask16)((1u << (k - c)) - 1);
-            const __m512 v = _mm512_maskz_loadu_ps(valid, x + c);
-            const __m512 th = per_channel ? _mm512_maskz_loadu_ps(valid, t + c) : t_all;
-            const __mmask16 ge = _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_GE_OQ);
-            nan |= _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_UNORD_Q);
-            word |= (uint64_t)ge << (g * 16);
-            if (abs_sum) {
-                const __m512d a = _mm512_castps_pd(
-                    _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask)));
-                sum0 = _mm512_add_pd(sum0, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_castpd512_pd256(a))));
-                sum1 = _mm512_add_pd(sum1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(a, 1))));
-            }
-        }
-        out[q] = word;
-    }
-    if (abs_sum) {
-        const __m512d s = _mm512_add_pd(sum0, sum1);
-        const __m256d h = _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
-        const __m128d h2 = _mm_add_pd(_mm256_castpd256_pd128(h), _mm256_extractf128_pd(h, 1));
-        *abs_sum = _mm_cvtsd_f64(_mm_add_sd(h2, _mm_unpackhi_pd(h2, h2)));
-    }
-    return nan != 0;
+    return takane_avx512_pack_row(x, k, t, per_channel, out, abs_sum);
 }
 
 /* The epilogue value of 16 columns starting at j (see kernel.h). Always inlined: a
@@ -146,31 +115,20 @@ static inline __attribute__((always_inline)) void epi_pair(__m512i lo, __m512i h
     }
 }
 
-/* MRC rows x NPC (2 or 4) panels from the call's column c: matmul_avx512.c's panel tile,
- * then epi_pair on the accumulators. */
+/* MRC rows x NPC (2 or 4) panels from the call's column c: the panel tile's XOR +
+ * popcount loop (isa_avx512.h, shared with matmul_avx512.c), then epi_pair on the
+ * accumulators. */
 #define EPI_TILE(MRC, NPC)                                                                 \
     static inline __attribute__((always_inline)) void epi_##MRC##x##NPC(                    \
         const uint64_t *const *x, const uint64_t *panels, int64_t pstride, int64_t kw,      \
         const takane_panel_epi *e, int64_t c) {                                             \
-        __m512i acc[MRC][NPC];                                                              \
-        for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) acc[i][p] = _mm512_setzero_si512();               \
-        for (int64_t q = 0; q < kw; q++) {                                                  \
-            __m512i pw[NPC];                                                                \
-            for (int p = 0; p < NPC; p++)                                                   \
-                pw[p] = _mm512_loadu_si512(                                                 \
-                    (const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));          \
-            for (int i = 0; i < MRC; i++) {                                                 \
-                const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);                   \
-                for (int p = 0; p < NPC; p++)                                               \
-                    acc[i][p] = _mm512_add_epi64(                                           \
-                        acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
-            }                                                                               \
-        }                                                                                   \
+        __m512i acc[MRC * NPC];                                                             \
+        takane_avx512_panel_counts(x, MRC, panels, pstride, NPC, kw, acc);                  \
         /* unrolled: the accumulators stay in registers (a runtime index spills them) */      \
         _Pragma("GCC unroll 4") for (int i = 0; i < MRC; i++)                               \
             _Pragma("GCC unroll 4") for (int p = 0; p < NPC; p += 2)                        \
-                epi_pair(acc[i][p], acc[i][p + 1], e->base[i], c + p * TAKANE_PANEL_ROWS, e, i); \
+                epi_pair(acc[i * NPC + p], acc[i * NPC + p + 1], e->base[i],                \
+                         c + p * TAKANE_PANEL_ROWS, e, i);                                  \
     }
 EPI_TILE(1, 2) EPI_TILE(1, 4)
 EPI_TILE(2, 2) EPI_TILE(2, 4)
@@ -186,12 +144,7 @@ __attribute__((aligned(64))) static void panel_epi(const uint64_t *const *x, int
 #define ROWS(MRC)                                                                          \
     while (p + 4 <= np) { STEP(MRC, 4); }                                                  \
     while (p < np) { STEP(MRC, 2); } /* np is even */
-    switch (mr) {
-    case 1: ROWS(1) break;
-    case 2: ROWS(2) break;
-    case 3: ROWS(3) break;
-    default: ROWS(4) break;
-    }
+    TAKANE_AVX512_SWITCH_MR(mr, ROWS)
 #undef ROWS
 #undef STEP
 }

@@ -12,27 +12,12 @@
  *   padding bits 0; NaN is reported, never packed silently.
  */
 #include "../kernel.h"
+#include "../pack/pack_portable.h"
 
+/* pack_scalar.c's packing, summing |x| in the same pass (pack/pack_portable.h). */
 static int pack_row(const float *x, int64_t k, const float *t, int per_channel, uint64_t *out,
                     double *abs_sum) {
-    int nan = 0;
-    double sum = 0.0;
-    const int64_t kw = takane_words_for(k);
-    for (int64_t q = 0; q < kw; q++) {
-        const int64_t base = q * 64;
-        const int nb = (k - base) < 64 ? (int)(k - base) : 64;
-        uint64_t word = 0;
-        for (int b = 0; b < nb; b++) {
-            const float v = x[base + b];
-            const float th = per_channel ? t[base + b] : t[0];
-            word |= (uint64_t)(v >= th) << b;
-            nan |= (v != v) | (th != th);
-            sum += (double)(v < 0 ? -v : v);
-        }
-        out[q] = word; /* bits >= nb stay 0: canonical padding */
-    }
-    if (abs_sum) *abs_sum = sum;
-    return nan;
+    return takane_pack_row_portable(x, k, t, per_channel, out, abs_sum);
 }
 
 static inline float value(int32_t d, const float *s, const float *beta, const float *b,

@@ -49,37 +49,19 @@ static void popcount_tile(const uint64_t *const *x, const uint64_t *const *w, in
         for (int j = 0; j < NR; j++) pc[i * NR + j] = (uint64_t)_mm512_reduce_add_epi64(acc[i][j]);
 }
 
-/*
- * Panel tile: one activation word broadcast (VPBROADCASTQ, folded into VPXORQ's
- * {1to8} memory operand where the compiler can) against word q of 8 weight rows (one
- * 512-bit load); each 64-bit lane is one output, so no horizontal reduction. Per
- * 512-bit XOR-popcount: VPXORQ + VPOPCNTQ + VPADDQ, 3 uops, VPOPCNTQ-port bound.
- * Up to 4 x 4 = 16 independent zmm accumulators cover VPOPCNTQ's 3-cycle latency; np
- * panel loads serve mr broadcasts, so loads never bind.
- */
+/* Panel tile: the XOR + popcount loop of isa_avx512.h (takane_avx512_panel_counts), then
+ * the counts stored. */
 #define PANEL_TILE(MRC, NPC)                                                               \
-    static inline __attribute__((always_inline)) void panel_##MRC##x##NPC(const uint64_t *const *x, const uint64_t *panels,       \
-                                    int64_t pstride, int64_t kw, uint32_t *pc, int ldc) {   \
-        __m512i acc[MRC][NPC];                                                              \
-        for (int i = 0; i < MRC; i++)                                                       \
-            for (int p = 0; p < NPC; p++) acc[i][p] = _mm512_setzero_si512();               \
-        for (int64_t q = 0; q < kw; q++) {                                                  \
-            __m512i pw[NPC];                                                                \
-            for (int p = 0; p < NPC; p++)                                                   \
-                pw[p] = _mm512_loadu_si512(                                                 \
-                    (const void *)(panels + p * pstride + q * TAKANE_PANEL_ROWS));          \
-            for (int i = 0; i < MRC; i++) {                                                 \
-                const __m512i xb = _mm512_set1_epi64((long long)x[i][q]);                   \
-                for (int p = 0; p < NPC; p++)                                               \
-                    acc[i][p] = _mm512_add_epi64(                                           \
-                        acc[i][p], _mm512_popcnt_epi64(_mm512_xor_si512(xb, pw[p])));       \
-            }                                                                               \
-        }                                                                                   \
+    static inline __attribute__((always_inline)) void panel_##MRC##x##NPC(                  \
+        const uint64_t *const *x, const uint64_t *panels, int64_t pstride, int64_t kw,      \
+        uint32_t *pc, int ldc) {                                                            \
+        __m512i acc[MRC * NPC];                                                             \
+        takane_avx512_panel_counts(x, MRC, panels, pstride, NPC, kw, acc);                  \
         /* counts < 2^32: VPMOVQD narrows each lane to its low dword, 8 outputs stored */  \
         for (int i = 0; i < MRC; i++)                                                       \
             for (int p = 0; p < NPC; p++)                                                   \
                 _mm256_storeu_si256((__m256i *)(pc + i * ldc + p * TAKANE_PANEL_ROWS),      \
-                                    _mm512_cvtepi64_epi32(acc[i][p]));                      \
+                                    _mm512_cvtepi64_epi32(acc[i * NPC + p]));               \
     }
 
 #define PANEL_TILES_FOR_MR(MRC) PANEL_TILE(MRC, 1) PANEL_TILE(MRC, 2) PANEL_TILE(MRC, 4)
@@ -100,12 +82,7 @@ static void panel_tile(const uint64_t *const *x, int mr, const uint64_t *panels,
     while (p + 4 <= np) { STEP(MRC, 4); }                                                  \
     while (p + 2 <= np) { STEP(MRC, 2); }                                                  \
     while (p < np) { STEP(MRC, 1); }
-    switch (mr) {
-    case 1: ROWS(1) break;
-    case 2: ROWS(2) break;
-    case 3: ROWS(3) break;
-    default: ROWS(4) break;
-    }
+    TAKANE_AVX512_SWITCH_MR(mr, ROWS)
 #undef ROWS
 #undef STEP
 }

@@ -13,16 +13,12 @@
  *   as 0.0 and never touch memory) and its bits are cut to the valid lanes, so padding
  *   bits are 0 and there is no overread.
  */
-#include <immintrin.h>
-
-#include "../kernel.h"
+#include "../isa_avx2.h"
 
 int takane_pack_row_avx2(const float *x, int64_t k, const float *t, int per_channel,
                          uint64_t *out) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 t_all = _mm256_set1_ps(t[0]);
     int nan = 0;
-    const int64_t kw = takane_words_for(k);
     /* dword order after the two packs: [a0lo a1lo a2lo a3lo a0hi a1hi a2hi a3hi] */
     const __m256i unshuffle = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     __m256 unord = _mm256_setzero_ps();
@@ -47,29 +43,6 @@ int takane_pack_row_avx2(const float *x, int64_t k, const float *t, int per_chan
         out[q] = word;
     }
     nan |= _mm256_movemask_ps(unord) != 0;
-    for (int64_t q = full; q < kw; q++) {
-        uint64_t word = 0;
-        for (int g = 0; g < 8; g++) {
-            const int64_t c = q * 64 + g * 8;
-            if (c >= k) break;
-            __m256 v, th;
-            unsigned valid = 0xffu;
-            if (c + 8 <= k) {
-                v = _mm256_loadu_ps(x + c);
-                th = per_channel ? _mm256_loadu_ps(t + c) : t_all;
-            } else {
-                const int n = (int)(k - c);
-                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
-                v = _mm256_maskload_ps(x + c, m);
-                th = per_channel ? _mm256_maskload_ps(t + c, m) : t_all;
-                valid = (1u << n) - 1;
-            }
-            const unsigned ge = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, th, _CMP_GE_OQ));
-            const unsigned un = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, th, _CMP_UNORD_Q));
-            nan |= (un & valid) != 0;
-            word |= (uint64_t)(ge & valid) << (g * 8);
-        }
-        out[q] = word;
-    }
-    return nan;
+    /* the partial last word, 8 lanes at a time (isa_avx2.h) */
+    return nan | takane_avx2_pack_words(x, k, t, per_channel, out, full, NULL);
 }

@@ -14,23 +14,5 @@
 
 int takane_pack_row_avx512(const float *x, int64_t k, const float *t, int per_channel,
                            uint64_t *out) {
-    const __m512 t_all = _mm512_set1_ps(t[0]);
-    __mmask16 nan = 0;
-    const int64_t kw = takane_words_for(k);
-    for (int64_t q = 0; q < kw; q++) {
-        uint64_t word = 0;
-        for (int g = 0; g < 4; g++) {
-            const int64_t c = q * 64 + g * 16;
-            if (c >= k) break;
-            const __mmask16 valid =
-                (c + 16 <= k) ? (__mmask16)0xffff : (__mmask16)((1u << (k - c)) - 1);
-            const __m512 v = _mm512_maskz_loadu_ps(valid, x + c);
-            const __m512 th = per_channel ? _mm512_maskz_loadu_ps(valid, t + c) : t_all;
-            const __mmask16 ge = _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_GE_OQ);
-            nan |= _mm512_mask_cmp_ps_mask(valid, v, th, _CMP_UNORD_Q);
-            word |= (uint64_t)ge << (g * 16);
-        }
-        out[q] = word;
-    }
-    return nan != 0;
+    return takane_avx512_pack_row(x, k, t, per_channel, out, NULL); /* isa_avx512.h */
 }

@@ -26,9 +26,7 @@
  *   takane.h applies.
  * Invariants: xs holds ceil(k/64)*64 floats, zero past k; weight padding bits are zero.
  */
-#include <immintrin.h>
-
-#include "../kernel.h"
+#include "../isa_avx2.h"
 
 #define MR 4
 #define NR 8
@@ -64,26 +62,6 @@ static void build_table(const float *xs, int64_t k, float *table) {
     }
 }
 
-/* 8x8 transpose of 32-bit elements: r[i] lane j <-> r[j] lane i. */
-static inline void transpose8(__m256i r[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 /* Chunk q of the 8 rows: lane r = bits 32q..32q+31 of row r, for q in [0, 8) of the
  * 4-word block starting at word w0 (words past kw read as 0). */
 static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, __m256i r[8]) {
@@ -95,7 +73,7 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
         for (int j = 0; j < NR; j++)
             r[j] = _mm256_maskload_epi64((const long long *)(w[j] + w0), m);
     }
-    transpose8(r);
+    takane_transpose8x32(r);
 }
 
 #define LOOKUP(j) _mm256_permutevar8x32_ps(_mm256_loadu_ps(t + 8 * (j)), idx[j])

@@ -61,26 +61,6 @@ static void build_table(const float *xs, int64_t k, float *table) {
     }
 }
 
-/* 8x8 transpose of 32-bit elements: r[i] lane j <-> r[j] lane i. */
-static inline void transpose8(__m256i r[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 /* Chunks q in [0, 8) of the 4-word block at word w0 for 16 rows: lane r of out[q] holds
  * bits 32q..32q+31 of row r (words past kw read as 0). */
 static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, __m512i out[8]) {
@@ -99,8 +79,8 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
             hi[j] = _mm512_castsi512_si256(_mm512_maskz_loadu_epi64(m, w[8 + j] + w0));
         }
     }
-    transpose8(lo);
-    transpose8(hi);
+    takane_transpose8x32(lo);
+    takane_transpose8x32(hi);
     for (int q = 0; q < 8; q++) out[q] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[q]), hi[q], 1);
 }
 
@@ -220,8 +200,8 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
         hi[r] = _mm256_castps_si256(
             _mm512_castps512_ps256(_mm512_maskz_loadu_ps((__mmask16)m, gs + r1 * ldg + g0)));
     }
-    transpose8(lo);
-    transpose8(hi);
+    takane_transpose8x32(lo);
+    takane_transpose8x32(hi);
     for (int t = 0; t < 8; t++)
         gv[t] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo[t]), hi[t], 1));
 }

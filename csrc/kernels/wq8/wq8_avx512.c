@@ -132,26 +132,6 @@ static takane_status quantize_row(const float *x, const float *in_scale, int64_t
     return TAKANE_OK;
 }
 
-/* 8x8 transpose of 32-bit elements: r[i] lane j <-> r[j] lane i. */
-static inline void transpose8(__m256i r[8]) {
-    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
-    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
-    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
-    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
-    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
-    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
-    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
-    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
-    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
-    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
-    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
-    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
-    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
-    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
-    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
-    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
-}
-
 /* Group scales of rows r0..r0+7 (rows >= nrows repeat row nrows-1), groups grp..grp+7
  * (those >= ng read as 0), transposed into out[t * ostride + r] for t < 8. Returns a mask,
  * nonzero iff one of them is NaN or infinite. */
@@ -168,7 +148,7 @@ static inline __mmask8 load_scales8(const float *gs, int64_t ldg, int64_t r0, in
         bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);
         v[r] = _mm256_castps_si256(_mm512_castps512_ps256(g));
     }
-    transpose8(v);
+    takane_transpose8x32(v);
     for (int t = 0; t < 8; t++) _mm256_storeu_si256((__m256i *)(out + t * ostride), v[t]);
     return (__mmask8)bad;
 }

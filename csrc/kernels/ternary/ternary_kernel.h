@@ -1,0 +1,51 @@
+/*
+ * ternary_kernel.h — the ternary-weight microkernel contract (issue 23), next to kernel.h
+ * (kernel files include this, which includes kernel.h).
+ *
+ * Handle layout (csrc/src/ternary.c builds it): rows grouped in panels of
+ * TAKANE_PANEL_ROWS = 8; panel p holds, for each word q of its rows, first the "plus" words
+ * of its 8 rows, then the "minus" words:
+ *   panel[(2 q) * 8 + r]     = plus plane of row r, word q   (t = +1: sign & nonzero)
+ *   panel[(2 q + 1) * 8 + r] = minus plane of row r, word q  (t = -1: nonzero & ~sign)
+ * so one weight word-group (16 words, 128 bytes) of a panel is contiguous and a GEMV streams
+ * the handle front to back. Rows past n in the last panel are zero (t = 0). Panel stride:
+ * 16 * kw words. Plus and minus are never both set.
+ */
+#ifndef TAKANE_TERNARY_KERNEL_H
+#define TAKANE_TERNARY_KERNEL_H
+
+#include "../kernel.h"
+
+/* Largest number of panels one microkernel call takes. */
+#define TAKANE_TERNARY_MAX_NP 8
+/* Largest number of 32-column blocks of one int8 call: |sum| <= 127 * 32 * blocks must stay
+ * below 2^31 in every int32 accumulator (here <= 2^21 columns: 2.7e8). */
+#define TAKANE_TERNARY_CHUNK_BLOCKS ((int64_t)1 << 16)
+
+typedef struct takane_ternary_ukernel {
+    /* int8 activations: q holds kw * 64 int8 (zero past k, values in [-127, 127], 64-byte
+     * aligned). Optionally the set turns each activation row into a table once per call:
+     * table_len_i8(kw) bytes (64-byte aligned) built by build_i8(q, kw, table); both NULL:
+     * the table is q itself. dot_i8 reads the row's table `a`: for np (1 <= np <=
+     * TAKANE_TERNARY_MAX_NP) consecutive panels starting at `panels` (panel t at panels +
+     * t * pstride words) and the 32-column blocks [b0, b1) (0 <= b0 < b1 <= 2 * kw,
+     * b1 - b0 <= TAKANE_TERNARY_CHUNK_BLOCKS):
+     *   out[t * 8 + r] = sum_{c in blocks} q[c] * t_{row r of panel t}[c]   (exact, int32) */
+    int64_t (*table_len_i8)(int64_t kw);
+    void (*build_i8)(const int8_t *q, int64_t kw, void *table);
+    void (*dot_i8)(const void *a, const uint64_t *panels, int64_t pstride, int np,
+                   int64_t b0, int64_t b1, int32_t *out);
+    /* float activations: xs holds kw * 64 floats (zero past k, 64-byte aligned); words
+     * [q0, q1) (0 <= q0 < q1 <= kw):
+     *   out[t * 8 + r] = sum_{c in words} xs[c] * t[c]   in float32, any order, terms with
+     *   t = 0 not added (a NaN or inf there does not propagate). */
+    void (*dot_f32)(const float *xs, const uint64_t *panels, int64_t pstride, int np,
+                    int64_t q0, int64_t q1, float *out);
+} takane_ternary_ukernel;
+
+extern const takane_ternary_ukernel takane_ternary_ukernel_scalar;
+extern const takane_ternary_ukernel takane_ternary_ukernel_avx2;
+extern const takane_ternary_ukernel takane_ternary_ukernel_avx512;
+extern const takane_ternary_ukernel takane_ternary_ukernel_neon;
+
+#endif /* TAKANE_TERNARY_KERNEL_H */

@@ -1,0 +1,120 @@
+"""llama.cpp's ternary GGUF formats TQ2_0 (type 35) and TQ1_0 (type 34) <-> TernaryWeights.
+
+Both hold a row of K weights (K a multiple of 256) as blocks of 256 ternary codes and one
+fp16 scale d (the block's last 2 bytes), weight = (code - 1) * d. The codes map to the
+canonical planes exactly; d becomes ``group_scale`` with ``group_size=256`` (fp16 -> float32
+is exact). Layouts (llama.cpp ggml-common.h; docs/guide/ternary.md):
+
+- TQ2_0, 66 bytes: ``qs[64]`` then d. Element j of the block: chunk c = j // 128, m = j % 32,
+  l = (j % 128) // 32 -> bits 2l..2l+1 of qs[32c + m]. Code 3 (+2) is not ternary: refused.
+- TQ1_0, 54 bytes: ``qs[48]``, ``qh[4]``, d. Trit n (n = 0 most significant) of a byte b is
+  ((b * 3^n) mod 256) * 3 >> 8. Elements 0..159: byte m < 32, trit n -> 32n + m; 160..239:
+  byte 32 + m (m < 16), trit n -> 160 + 16n + m; 240..255: qh[j], trit n -> 240 + 4n + j.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._ternary import TernaryWeights
+
+TQ_BLOCK = 256
+TQ2_0_BYTES, TQ1_0_BYTES = 66, 54
+TQ1_0_GGML_TYPE, TQ2_0_GGML_TYPE = 34, 35
+_FP16_OVERFLOW = 65520.0
+
+
+def _check_k(k: int, what: str) -> int:
+    if k % TQ_BLOCK:
+        raise ValueError(f"{what}: K={k} is not a multiple of {TQ_BLOCK} (the TQ block)")
+    return k // TQ_BLOCK
+
+
+def _planes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical planes of (N, K) codes in {0, 1, 2} (K % 64 == 0)."""
+    n, k = codes.shape
+
+    def pack(mask):
+        return np.ascontiguousarray(np.packbits(mask, axis=-1, bitorder="little")).view("<u8").reshape(n, k // 64)
+
+    return pack(codes == 2).astype(np.uint64), pack(codes != 1).astype(np.uint64)
+
+
+def _scales(raw: np.ndarray, n: int, nb: int, what: str) -> np.ndarray:
+    d = np.ascontiguousarray(raw).view("<f2").reshape(n, nb).astype(np.float32)
+    if not np.all(np.isfinite(d)):
+        r, b = np.argwhere(~np.isfinite(d))[0]
+        raise ValueError(f"{what}: row {r}, block {b}: the scale d is fp16 {d[r, b]} (not finite)")
+    return d
+
+
+def from_tq2_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ2_0 rows (N, K/256 * 66) uint8 -> TernaryWeights (group_size 256)."""
+    nb = _check_k(k, "TQ2_0")
+    q = np.asarray(q, dtype=np.uint8)
+    n = q.shape[0]
+    if q.shape != (n, nb * TQ2_0_BYTES):
+        raise ValueError(f"TQ2_0: rows must be (N, {nb * TQ2_0_BYTES}) bytes for K={k}, got {q.shape}")
+    blocks = q.reshape(n, nb, TQ2_0_BYTES)
+    qs = blocks[:, :, :64].reshape(n, nb, 2, 1, 32)
+    codes = (qs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & np.uint8(3)
+    codes = codes.reshape(n, k)
+    if np.any(codes == 3):
+        r, c = np.argwhere(codes == 3)[0]
+        raise ValueError(f"TQ2_0: row {r}, column {c} has code 3 (+2), which is not a ternary weight")
+    sign, nz = _planes(codes)
+    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 64:], n, nb, "TQ2_0"), group_size=TQ_BLOCK)
+
+
+def from_tq1_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ1_0 rows (N, K/256 * 54) uint8 -> TernaryWeights (group_size 256)."""
+    nb = _check_k(k, "TQ1_0")
+    q = np.asarray(q, dtype=np.uint8)
+    n = q.shape[0]
+    if q.shape != (n, nb * TQ1_0_BYTES):
+        raise ValueError(f"TQ1_0: rows must be (N, {nb * TQ1_0_BYTES}) bytes for K={k}, got {q.shape}")
+    blocks = q.reshape(n, nb, TQ1_0_BYTES)
+
+    def trits(b, count):  # (..., bytes) -> (..., count, bytes): trit n of every byte
+        pw = np.array([1, 3, 9, 27, 81][:count], np.uint8).reshape((1,) * (b.ndim - 1) + (count, 1))
+        v = (b[..., None, :] * pw).astype(np.uint8)  # mod 256
+        return (v.astype(np.uint16) * 3 >> 8).astype(np.uint8)
+
+    codes = np.concatenate([trits(blocks[:, :, :32], 5).reshape(n, nb, 160),
+                            trits(blocks[:, :, 32:48], 5).reshape(n, nb, 80),
+                            trits(blocks[:, :, 48:52], 4).reshape(n, nb, 16)], axis=-1).reshape(n, k)
+    sign, nz = _planes(codes)
+    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 52:], n, nb, "TQ1_0"), group_size=TQ_BLOCK)
+
+
+def to_tq2_0(w: TernaryWeights) -> np.ndarray:
+    """TernaryWeights (N, K) -> TQ2_0 rows uint8 (N, K/256 * 66).
+
+    The block scale is ``group_scale[n, k // G]`` (G a multiple of 256), times ``scale[n]``
+    and ``tensor_scale`` when present (the float32 product), rounded to fp16 (to nearest,
+    ties to even); 1 when there is no scale. K % 256 != 0, a group size that is not a
+    multiple of 256, an ``in_scale`` or a scale that overflows fp16 -> ``ValueError``."""
+    if not isinstance(w, TernaryWeights):
+        raise TypeError(f"w must be a takane_kernels.TernaryWeights, got {type(w).__name__}")
+    nb = _check_k(w.k, "to_tq2_0")
+    if w.in_scale is not None:
+        raise ValueError("to_tq2_0: TQ2_0 has no per-input-column scale; these weights have an in_scale")
+    n = w.n
+    d = np.ones((n, nb), np.float32)
+    if w.group_scale is not None:
+        if w.group_size % TQ_BLOCK:
+            raise ValueError(f"to_tq2_0: group_size={w.group_size} is not a multiple of {TQ_BLOCK}")
+        d = np.repeat(w.group_scale, w.group_size // TQ_BLOCK, axis=1)[:, :nb].astype(np.float32)
+    if w._row_scale is not None:  # fl(scale * tensor_scale), as the kernels use it
+        d = (d * w._row_scale[:, None]).astype(np.float32)
+    if not np.all(np.abs(d) < _FP16_OVERFLOW):
+        r, b = np.argwhere(~(np.abs(d) < _FP16_OVERFLOW))[0]
+        raise ValueError(f"to_tq2_0: row {r}, block {b}: scale {d[r, b]} overflows fp16 (|d| >= 65520)")
+    codes = (w.to_dense().astype(np.int16) + 1).astype(np.uint8).reshape(n, nb, 2, 4, 32)
+    qs = np.zeros((n, nb, 2, 32), np.uint8)
+    for lane in range(4):
+        qs |= codes[:, :, :, lane, :] << np.uint8(2 * lane)
+    out = np.empty((n, nb, TQ2_0_BYTES), np.uint8)
+    out[:, :, :64] = qs.reshape(n, nb, 64)
+    out[:, :, 64:] = d.astype("<f2").view(np.uint8).reshape(n, nb, 2)
+    return out.reshape(n, nb * TQ2_0_BYTES)
