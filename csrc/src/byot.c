@@ -21,7 +21,9 @@
  *    own row format (int8 q, float fp16-rounded d, nq = -sum q per block: a cheap pass, M*K
  *    bytes) in the caller's scratch, then computed by takane_wq8_block, the same code the
  *    library's own threaded run uses — so both give the same bits for the same split.
- *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS).
+ *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS);
+ *    takane_weights_get_bits / takane_weights_get_group_scales: its canonical rows and its
+ *    row-major group scales back (a caller may then keep the handle only).
  */
 #include <math.h>
 #include <stdint.h>
@@ -376,6 +378,23 @@ takane_status takane_weights_get_bits(const takane_weights *w, int64_t r0, int64
         const int lane = (int)(r % TAKANE_PANEL_ROWS);
         uint64_t *out = bits + (r - r0) * bits_row_stride;
         for (int64_t q = 0; q < kw; q++) out[q] = panel[q * TAKANE_PANEL_ROWS + lane];
+    }
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_get_group_scales(const takane_weights *w, int64_t r0, int64_t r1,
+                                              float *group_scale, int64_t group_scale_row_stride) {
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
+    if (!w->group_scale) return TAKANE_ERR_BAD_GROUP_SIZE;
+    const int64_t ng = takane_handle_ngroups(w); /* > 0: a handle with scales has n, k > 0 */
+    TAKANE_TRY(takane_check_stride(r1 - r0, ng, group_scale_row_stride));
+    if (r0 == r1) return TAKANE_OK;
+    if (!group_scale) return TAKANE_ERR_NULL_POINTER;
+    /* the inverse of create_grouped's scatter: group j of row r at grouped_slot(r)[j * 8] */
+    for (int64_t r = r0; r < r1; r++) {
+        const float *g = grouped_slot(w, r, ng);
+        float *out = group_scale + (r - r0) * group_scale_row_stride;
+        for (int64_t j = 0; j < ng; j++) out[j] = g[j * TAKANE_PANEL_ROWS];
     }
     return TAKANE_OK;
 }

@@ -6,7 +6,8 @@
  * W1A-float / W1A8 entry points with group scales and an activations mode
  * (takane_binary_weight_matmul_ex and _prepacked_ex: raw float bits in x and the group
  * scales, any group_size and mode; results within the documented bound of a plain model;
- * takane_weights_create_grouped: the same scales carried by the handle, the same bits),
+ * takane_weights_create_grouped: the same scales carried by the handle, the same bits,
+ * and takane_weights_get_group_scales gives them back exactly),
  * the GGUF Q1_0 converters takane_q1_0_to_bits / takane_bits_to_q1_0 (raw block bytes and
  * raw float scales: infinities, NaN, fp16 overflow, subnormals, ties), and
  * takane_conv_weights_create + takane_binary_conv2d / _bits / _f32 + takane_binary_max_pool2d
@@ -361,6 +362,18 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
             if (sh != TAKANE_OK) {
                 CHECK(h == NULL);
                 continue;
+            }
+            /* the carried scales come back row-major, bit for bit (NULL-free: a handle
+             * carries scales exactly when it has rows and columns) */
+            if (n > 0 && k > 0) {
+                float *gb = (float *)malloc((size_t)(n * ng) * sizeof *gb);
+                CHECK(gb);
+                CHECK(takane_weights_get_group_scales(h, 0, n, gb, ng) == TAKANE_OK);
+                CHECK(memcmp(gb, g, (size_t)(n * ng) * sizeof *gb) == 0);
+                free(gb);
+            } else {
+                float dummy;
+                CHECK(takane_weights_get_group_scales(h, 0, n, &dummy, ng) == TAKANE_ERR_BAD_GROUP_SIZE);
             }
             st = takane_binary_weight_matmul_prepacked_ex(h, m, x, xs, NULL, NULL, NULL, 0, NULL, mode, y,
                                                           n, threads);

@@ -733,6 +733,24 @@ TAKANE_API takane_status takane_weights_create_grouped(int64_t n, int64_t k, con
                                                        int64_t group_scale_row_stride,
                                                        int64_t group_size, takane_weights **out);
 
+/* The float32 group scales a handle carries, for weight rows [r0, r1): row r - r0 at
+ * group_scale + (r - r0) * group_scale_row_stride, ceil(k / group_size) floats, row-major
+ * (group_size the handle's: the one given to takane_weights_create_grouped, 128 for a
+ * handle from takane_weights_from_q1_0, whose fp16 block scales come back widened to
+ * float32). Exactly the values the kernels apply, bit for bit. The counterpart of
+ * takane_weights_get_bits for the scales: lets a caller keep only the handle and rebuild
+ * its row-major scales when it needs them. Statuses as takane_weights_get_bits (weights
+ * NULL TAKANE_ERR_NULL_POINTER; r0 or r1 negative TAKANE_ERR_NEGATIVE_DIMENSION; r0 > r1
+ * or r1 > n TAKANE_ERR_BAD_STRIDE; a negative stride, or one below ceil(k / group_size)
+ * for more than one row, TAKANE_ERR_BAD_STRIDE; group_scale NULL for a non-empty range
+ * TAKANE_ERR_NULL_POINTER), checked in that order, plus TAKANE_ERR_BAD_GROUP_SIZE after
+ * the range check for a handle that carries no scales (from takane_weights_create, or one
+ * with n == 0 or k == 0). Calling thread only. */
+TAKANE_API takane_status takane_weights_get_group_scales(const takane_weights *weights,
+                                                         int64_t r0, int64_t r1,
+                                                         float *group_scale,
+                                                         int64_t group_scale_row_stride);
+
 #ifdef __cplusplus
 }
 #endif
