@@ -82,7 +82,7 @@ class Linear:
                 raise ValueError(
                     f"{_op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
                     "binarized activations; use binary_weight_matmul for OneBit-style weights")
-            if w.group_scale is not None:
+            if w.group_size is not None:  # (not group_scale: it may be rebuilt)
                 raise ValueError(
                     f"{_op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
                     "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')")
