@@ -140,9 +140,10 @@ def q1_0_handle(pw):
 
 
 def gemv(rounds, calls=200):
-    """Warm decode GEMV 1x4096x4096 (G = 128), 1 thread, W1A8 and W1A-float: the group
-    scales passed by the caller (row-major, as PackedWeights does) vs carried by a Q1_0
-    handle (panel-major, read without transposition)."""
+    """Warm decode GEMV 1x4096x4096 (G = 128), 1 thread, W1A8 and W1A-float: PackedWeights
+    (its handle carries the group scales panel-major since takane_weights_create_grouped;
+    before, it passed them row-major per call), the row-major scales passed per call with a
+    signs-only handle (C call), and a Q1_0 handle (panel-major, read without transposition)."""
     from takane_kernels._takane import ffi, lib
 
     rng = np.random.default_rng(0)
@@ -163,7 +164,10 @@ def gemv(rounds, calls=200):
         for _ in range(calls):
             tk.binary_weight_matmul(x, pw, activations=mode, out=y, threads=1)
 
-    hc, gp = pw._prepacked(), ffi.from_buffer("float[]", pw.group_scale)
+    # a handle of the signs only (takane_weights_create), the row-major scales passed per
+    # call: what PackedWeights did before its handles carried their group scales
+    from takane_kernels._capi import weights_handle
+    hc, gp = weights_handle(pw.bits, k), ffi.from_buffer("float[]", pw.group_scale)
 
     def caller_c(mode):  # the same without the Python wrapper
         for _ in range(calls):
@@ -173,7 +177,7 @@ def gemv(rounds, calls=200):
     best = {}
     for _ in range(rounds):
         for mode in modes:
-            for member, f in (("caller scales (PackedWeights)", caller_call), ("caller scales, C call", caller_c),
+            for member, f in (("PackedWeights", caller_call), ("caller scales, C call", caller_c),
                               ("handle scales (from_q1_0)", handle_call)):
                 best[mode, member] = min(best.get((mode, member), 1e9), timed(lambda: f(mode)) / calls)
     for mode in modes:
@@ -187,7 +191,8 @@ def decode(rounds):
     mode, on 1 thread (CPU time) and 2 threads (wall time), each against the C probe's DRAM
     bandwidth for the same thread count measured in the same run: W1A1 (packed activations,
     1 bit per weight), W1A8 and W1A-float with the caller's row-major group scales
-    (PackedWeights) and W1A8 from Q1_0 handles (panel-major scales)."""
+    (PackedWeights before takane_weights_create_grouped; its handles carry them panel-major
+    since) and W1A8 from Q1_0 handles (panel-major scales)."""
     from takane_kernels._takane import ffi, lib
 
     rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ import pytest
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
+from takane_kernels._capi import grouped_weights_handle, handle_group_scales, weights_handle
 from takane_kernels._takane import ffi, lib
 
 from conftest import assert_ran
@@ -238,7 +239,7 @@ def test_rows_with_a_canonical_handle_and_explicit_group_scales(on_isa, k):
     rng = np.random.default_rng(k)
     n, m = 19, 3
     w = tk.pack_weights(rng.standard_normal((n, k)), group_size=64)
-    h = w._prepacked()
+    h = weights_handle(w.bits, k)  # no scales of its own (takane_weights_create)
     x = rng.standard_normal((m, k)).astype(np.float32)
     qa, st = quantize(x)
     assert st == lib.TAKANE_OK
@@ -248,6 +249,15 @@ def test_rows_with_a_canonical_handle_and_explicit_group_scales(on_isa, k):
     assert_ran(on_isa)
     exact = ref.binary_weight_matmul(x, w, activations="q8_0")
     assert (np.abs(y - exact) <= ref.binary_weight_matmul_error_bound(x, w, activations="q8_0")).all()
+    # the PackedWeights' own handle carries the same scales (takane_weights_create_grouped):
+    # the same bits with none passed, and a call's own scales refused
+    carried = w._prepacked()
+    y2 = np.full((m, n), np.nan, np.float32)
+    assert rows_product(carried, n, qa, m, 0, 8, y2) == lib.TAKANE_OK
+    assert rows_product(carried, n, qa, m, 8, n, y2) == lib.TAKANE_OK
+    assert_ran(on_isa)
+    np.testing.assert_array_equal(y2.view(np.uint32), y.view(np.uint32))
+    assert rows_product(carried, n, qa, m, 0, n, y2, group_scale=gs, group_size=64) == lib.TAKANE_ERR_BAD_GROUP_SIZE
 
 
 def test_rows_errors(on_isa):
@@ -348,6 +358,60 @@ def test_get_bits_returns_the_canonical_rows(n, k):
     assert lib.takane_weights_get_bits(h, 0, n + 1, ffi.from_buffer("uint64_t[]", out), kw) == lib.TAKANE_ERR_BAD_STRIDE
     if n > 1:
         assert lib.takane_weights_get_bits(h, 0, n, ffi.from_buffer("uint64_t[]", out), kw - 1) == lib.TAKANE_ERR_BAD_STRIDE
+
+
+def get_group_scales(h, r0, r1, out, stride):
+    return lib.takane_weights_get_group_scales(h, r0, r1, ffi.NULL if out is None else ffi.from_buffer("float[]", out),
+                                               stride)
+
+
+@pytest.mark.parametrize("n,k,g", [(1, 1, 64), (9, 65, 64), (8, 200, 128), (33, 384, 192), (17, 1100, 256)])
+def test_get_group_scales_returns_the_carried_scales(n, k, g):
+    """takane_weights_get_group_scales gives back the row-major scales a grouped handle was
+    built from, bit for bit (a -0, a subnormal), for the whole range and sub-ranges at a
+    padded stride whose padding it leaves alone."""
+    rng = np.random.default_rng(n * k + g)
+    bits = tk.pack_weights(rng.standard_normal((n, k))).bits
+    ng = -(-k // g)
+    gs = rng.standard_normal((n, ng)).astype(np.float32)
+    gs.flat[0] = -0.0
+    gs.flat[-1] = np.float32(1e-42)
+    h = grouped_weights_handle(bits, k, gs, g)
+    back = handle_group_scales(h, n, ng)
+    assert back.dtype == np.float32 and back.shape == (n, ng) and not back.flags.writeable
+    np.testing.assert_array_equal(back.view(np.uint32), gs.view(np.uint32))
+    for r0, r1 in [(0, n), (n // 2, n), (n - 1, n), (0, min(n, 8))]:
+        out = np.full((r1 - r0, ng + 3), 99.0, np.float32)
+        assert get_group_scales(h, r0, r1, out, ng + 3) == lib.TAKANE_OK
+        np.testing.assert_array_equal(out[:, :ng].view(np.uint32), gs[r0:r1].view(np.uint32))
+        assert (out[:, ng:] == 99.0).all()
+    out = np.zeros((n, ng), np.float32)
+    assert get_group_scales(h, 0, n + 1, out, ng) == lib.TAKANE_ERR_BAD_STRIDE
+    assert get_group_scales(h, -1, n, out, ng) == lib.TAKANE_ERR_NEGATIVE_DIMENSION
+    assert get_group_scales(h, 0, n, out, -1) == lib.TAKANE_ERR_BAD_STRIDE
+    assert get_group_scales(h, 0, n, None, ng) == (lib.TAKANE_ERR_NULL_POINTER if n else lib.TAKANE_OK)
+    assert get_group_scales(h, 0, 0, None, ng) == lib.TAKANE_OK
+    assert get_group_scales(ffi.NULL, 0, 1, out, ng) == lib.TAKANE_ERR_NULL_POINTER
+    if n > 1:
+        assert get_group_scales(h, 0, n, out, ng - 1) == lib.TAKANE_ERR_BAD_STRIDE
+
+
+def test_get_group_scales_without_scales_and_of_q1_0_handles():
+    rng = np.random.default_rng(4)
+    n, k = 13, 256
+    w, q1 = random_q1_0(rng, n, k)
+    # a handle without scales: takane_weights_create's, and an empty grouped one
+    plain = weights_handle(w.bits, k)
+    out = np.zeros((n, 2), np.float32)
+    assert get_group_scales(plain, 0, n, out, 2) == lib.TAKANE_ERR_BAD_GROUP_SIZE
+    assert get_group_scales(plain, 0, n + 1, out, 2) == lib.TAKANE_ERR_BAD_STRIDE  # the range first
+    empty = grouped_weights_handle(np.zeros((0, 4), np.uint64), k, np.zeros((0, 2), np.float32), 128)
+    assert get_group_scales(empty, 0, 0, out, 2) == lib.TAKANE_ERR_BAD_GROUP_SIZE
+    # Q1_0 handles (own block and caller memory): the fp16 block scales as float32
+    want = tk.from_q1_0(q1, k).group_scale
+    for caller_memory in (False, True):
+        h, keep, _ = q1_0_handle(q1, n, k, caller_memory=caller_memory)
+        np.testing.assert_array_equal(handle_group_scales(h, n, k // 128).view(np.uint32), want.view(np.uint32))
 
 
 def test_get_bits_of_a_q1_0_handle_are_its_signs():

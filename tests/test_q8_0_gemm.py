@@ -11,6 +11,7 @@ import pytest
 
 import takane_kernels as tk
 from takane_kernels import reference as ref
+from takane_kernels._capi import weights_handle
 from takane_kernels._takane import ffi, lib
 
 from conftest import assert_ran
@@ -138,15 +139,17 @@ def test_rows_entry_point_matches_the_threaded_run(isa_name, m):
     q = np.zeros((m, k // 32 * 34), np.uint8)
     assert lib.takane_quantize_q8_0(m, k, ffi.from_buffer("float[]", x), k,
                                     ffi.from_buffer("uint8_t[]", q), q.shape[1]) == lib.TAKANE_OK
-    h = pw._prepacked()
-    size = lib.takane_matmul_q8_0_scratch_size(h, m)
-    scratch = np.zeros(size, np.uint8)
-    y = np.zeros((m, n), np.float32)
-    for r0, r1 in ((0, n), (0, 40), (40, n)):  # two "threads" writing disjoint ranges
-        st = lib.takane_matmul_q8_0_rows(
-            h, r0, r1, m, ffi.from_buffer("uint8_t[]", q), q.shape[1], ffi.NULL,
-            ffi.from_buffer("float[]", gs), 128, ffi.NULL, ffi.from_buffer("float[]", y), n,
-            ffi.from_buffer("uint8_t[]", scratch), size)
-        assert st == lib.TAKANE_OK
-        assert_ran(isa_name)
-        np.testing.assert_array_equal(y, expected)
+    # the PackedWeights' own handle (carries the group scales: none passed) and a
+    # signs-only handle with the row-major scales passed per call
+    for h, g, gsize in ((pw._prepacked(), ffi.NULL, 0),
+                        (weights_handle(pw.bits, k), ffi.from_buffer("float[]", gs), 128)):
+        size = lib.takane_matmul_q8_0_scratch_size(h, m)
+        scratch = np.zeros(size, np.uint8)
+        y = np.zeros((m, n), np.float32)
+        for r0, r1 in ((0, n), (0, 40), (40, n)):  # two "threads" writing disjoint ranges
+            st = lib.takane_matmul_q8_0_rows(
+                h, r0, r1, m, ffi.from_buffer("uint8_t[]", q), q.shape[1], ffi.NULL, g, gsize, ffi.NULL,
+                ffi.from_buffer("float[]", y), n, ffi.from_buffer("uint8_t[]", scratch), size)
+            assert st == lib.TAKANE_OK
+            assert_ran(isa_name)
+            np.testing.assert_array_equal(y, expected)

@@ -123,6 +123,20 @@ takane_status takane_binary_matmul_f32(int64_t m, int64_t n, int64_t k, const fl
 
 /* ---- prepacked weights ---------------------------------------------------------------- */
 
+void takane_fill_panels(takane_weights *h, const uint64_t *w, int64_t w_row_stride) {
+    const int64_t n = h->n, kw = h->kw;
+    /* panel p, word q, row r <- w[(p*8 + r) * stride + q]; rows >= n are zero */
+    for (int64_t p = 0; p < h->npanels; p++) {
+        uint64_t *panel = h->panels + p * kw * TAKANE_PANEL_ROWS;
+        for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
+            const int64_t row = p * TAKANE_PANEL_ROWS + r;
+            const uint64_t *src = row < n ? w + row * w_row_stride : NULL;
+            for (int64_t q = 0; q < kw; q++)
+                panel[q * TAKANE_PANEL_ROWS + r] = src ? src[q] : 0;
+        }
+    }
+}
+
 takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
                                     int64_t w_row_stride, takane_weights **out) {
     if (!out) return TAKANE_ERR_NULL_POINTER;
@@ -148,16 +162,7 @@ takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
             free(h);
             return TAKANE_ERR_OUT_OF_MEMORY;
         }
-        /* panel p, word q, row r <- w[(p*8 + r) * stride + q]; rows >= n are zero */
-        for (int64_t p = 0; p < h->npanels; p++) {
-            uint64_t *panel = h->panels + p * kw * TAKANE_PANEL_ROWS;
-            for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
-                const int64_t row = p * TAKANE_PANEL_ROWS + r;
-                const uint64_t *src = row < n ? w + row * w_row_stride : NULL;
-                for (int64_t q = 0; q < kw; q++)
-                    panel[q * TAKANE_PANEL_ROWS + r] = src ? src[q] : 0;
-            }
-        }
+        takane_fill_panels(h, w, w_row_stride);
     }
     *out = h;
     return TAKANE_OK;
@@ -178,7 +183,7 @@ takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int
     if (nbytes)
         *nbytes = weights->npanels * weights->kw * TAKANE_PANEL_ROWS * 8 +
                   (weights->group_scale ? weights->npanels * TAKANE_PANEL_ROWS *
-                                              (weights->k / weights->group_size) * 4 : 0);
+                                              takane_handle_ngroups(weights) * 4 : 0);
     return TAKANE_OK;
 }
 

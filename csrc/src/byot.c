@@ -11,13 +11,19 @@
  *  - takane_weights_q1_0_size / takane_weights_from_q1_0: a prepacked handle built from
  *    Q1_0 rows, possibly inside caller memory (ggml's set_tensor repacks into the tensor's
  *    own buffer, so the runtime's buffer holds the only copy of the weights). Layout of the
- *    one block: [struct, padded to 64 bytes][panels][n * k/128 float32 block scales].
+ *    one block: [struct, padded to 64 bytes][panels][float32 block scales, panel-major].
+ *  - takane_weights_create_grouped: the same kind of handle from canonical rows plus
+ *    row-major float32 group scales (any group size the kernels take), so that callers
+ *    with group scales (Python's PackedWeights) get the kernels' panel-major scale loads
+ *    instead of a per-call transposition.
  *  - takane_matmul_q8_0_rows: output columns [r0, r1) against block_q8_0 activations.
  *    The activations are converted, TAKANE_BYOT_ROWS rows at a time, into the q8 kernels'
  *    own row format (int8 q, float fp16-rounded d, nq = -sum q per block: a cheap pass, M*K
  *    bytes) in the caller's scratch, then computed by takane_wq8_block, the same code the
  *    library's own threaded run uses — so both give the same bits for the same split.
- *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS).
+ *  - takane_weights_dequantize_rows: rows of a handle back to float (GET_ROWS);
+ *    takane_weights_get_bits / takane_weights_get_group_scales: its canonical rows and its
+ *    row-major group scales back (a caller may then keep the handle only).
  */
 #include <math.h>
 #include <stdint.h>
@@ -102,19 +108,53 @@ takane_status takane_quantize_q8_0(int64_t rows, int64_t k, const float *x,
     return st;
 }
 
-/* ---- handles from Q1_0 ------------------------------------------------------------------ */
+/* ---- handles that carry group scales (from Q1_0 rows, or canonical rows + scales) ------- */
+
+/* One block holds the whole handle: [struct, padded to 64 bytes][panels: npanels * kw * 8
+ * words][scales: npanels * 8 * ng floats, panel-major (internal.h), padded to 64 bytes].
+ * ng = group scales per row. The sizes are computed in double first so that a shape
+ * whose bytes do not fit is out of memory, never a wrapped product. */
+static takane_status grouped_layout(int64_t n, int64_t kw, int64_t ng, int64_t *panel_bytes,
+                                    int64_t *total) {
+    const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    const double pb = (double)npanels * (double)kw * TAKANE_PANEL_ROWS * 8.0;
+    /* the scales panel-major: whole panels of rows, those past n zero */
+    const double sb = (double)npanels * TAKANE_PANEL_ROWS * (double)ng * 4.0;
+    if (pb + sb + HEADER_BYTES + 64 > 9.0e18 || pb + sb + HEADER_BYTES + 64 > (double)SIZE_MAX / 2)
+        return TAKANE_ERR_OUT_OF_MEMORY;
+    *panel_bytes = (int64_t)pb;
+    *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
+    return TAKANE_OK;
+}
+
+/* Lay the header out at base (mem != NULL: caller memory) and zero the scales, so that
+ * rows past n read 0 (a kernel may load a whole panel's lanes). Returns the handle. */
+static takane_weights *grouped_init(char *base, int64_t n, int64_t k, int64_t kw, int64_t ng,
+                                    int64_t group_size, int64_t panel_bytes, int caller_memory) {
+    takane_weights *h = (takane_weights *)base;
+    memset(h, 0, sizeof *h);
+    h->n = n, h->k = k, h->kw = kw;
+    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    h->panels = panel_bytes > 0 ? (uint64_t *)(base + HEADER_BYTES) : NULL;
+    h->group_scale = n > 0 && ng > 0 ? (float *)(base + HEADER_BYTES + panel_bytes) : NULL;
+    h->group_size = h->group_scale ? group_size : 0;
+    h->storage = caller_memory ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
+    if (h->group_scale)
+        memset(h->group_scale, 0, (size_t)(h->npanels * TAKANE_PANEL_ROWS * ng) * sizeof(float));
+    return h;
+}
+
+/* Where the scale of group 0 of `row` lives in a handle's panel-major scales; group g is
+ * at [g * TAKANE_PANEL_ROWS] from there (internal.h). */
+static inline float *grouped_slot(const takane_weights *h, int64_t row, int64_t ng) {
+    return h->group_scale + (row / TAKANE_PANEL_ROWS) * ng * TAKANE_PANEL_ROWS +
+           row % TAKANE_PANEL_ROWS;
+}
 
 static takane_status q1_0_layout(int64_t n, int64_t k, int64_t *panel_bytes, int64_t *total) {
     TAKANE_TRY(takane_check_dims(n, 0, k));
     if (k % TAKANE_Q1_0_BLOCK != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
-    const int64_t npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    const double pb = (double)npanels * (double)(k / 64) * TAKANE_PANEL_ROWS * 8.0;
-    /* the scales panel-major (internal.h): whole panels of rows, those past n zero */
-    const double sb = (double)npanels * TAKANE_PANEL_ROWS * (double)(k / TAKANE_Q1_0_BLOCK) * 4.0;
-    if (pb + sb + HEADER_BYTES + 64 > 9.0e18) return TAKANE_ERR_OUT_OF_MEMORY;
-    *panel_bytes = (int64_t)pb;
-    *total = HEADER_BYTES + (int64_t)pb + ((int64_t)sb + 63) / 64 * 64;
-    return TAKANE_OK;
+    return grouped_layout(n, k / 64, k / TAKANE_Q1_0_BLOCK, panel_bytes, total);
 }
 
 takane_status takane_weights_q1_0_size(int64_t n, int64_t k, int64_t *bytes) {
@@ -145,18 +185,8 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
         base = (char *)takane_panels_alloc((size_t)total);
         if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
     }
-    takane_weights *h = (takane_weights *)base;
-    memset(h, 0, sizeof *h);
-    h->n = n, h->k = k, h->kw = k / 64;
-    h->npanels = (n + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
-    h->panels = pb > 0 ? (uint64_t *)(base + HEADER_BYTES) : NULL;
-    h->group_scale = n > 0 && nb > 0 ? (float *)(base + HEADER_BYTES + pb) : NULL;
-    h->group_size = h->group_scale ? TAKANE_Q1_0_BLOCK : 0;
-    h->storage = mem ? TAKANE_STORAGE_CALLER : TAKANE_STORAGE_BLOCK;
+    takane_weights *h = grouped_init(base, n, k, k / 64, nb, TAKANE_Q1_0_BLOCK, pb, mem != NULL);
     const int64_t kw = h->kw;
-    /* panel-major scales: rows past n are 0 (a kernel may load a whole panel's lanes) */
-    if (h->group_scale)
-        memset(h->group_scale, 0, (size_t)(h->npanels * TAKANE_PANEL_ROWS * nb) * sizeof(float));
     /* panel p, word w, row r <- block w / 2 of row p * 8 + r, its (w % 2)-th 8 bytes;
      * rows past n are zero (the kernels compute and drop them) */
     for (int64_t p = 0; p < h->npanels; p++) {
@@ -164,8 +194,7 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
         for (int r = 0; r < TAKANE_PANEL_ROWS; r++) {
             const int64_t row = p * TAKANE_PANEL_ROWS + r;
             const uint8_t *src = row < n ? (const uint8_t *)q + row * q_row_stride : NULL;
-            /* the scale of block b: panel p, group b, lane r */
-            float *g = src ? h->group_scale + p * nb * TAKANE_PANEL_ROWS + r : NULL;
+            float *g = src ? grouped_slot(h, row, nb) : NULL; /* block b at g[b * 8] */
             for (int64_t b = 0; b < nb; b++) {
                 uint64_t wd[2] = {0, 0};
                 if (src) {
@@ -179,6 +208,43 @@ takane_status takane_weights_from_q1_0(int64_t n, int64_t k, const void *q, int6
             }
         }
     }
+    *out = h;
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_create_grouped(int64_t n, int64_t k, const uint64_t *w,
+                                            int64_t w_row_stride, const float *group_scale,
+                                            int64_t group_scale_row_stride, int64_t group_size,
+                                            takane_weights **out) {
+    if (!out) return TAKANE_ERR_NULL_POINTER;
+    *out = NULL;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
+    /* group scales are required here, so a group_size is too (takane_check_group_size
+     * would call a NULL group_scale with group_size 0 valid) */
+    if (group_size <= 0 || group_size % 64 != 0) return TAKANE_ERR_BAD_GROUP_SIZE;
+    const int64_t kw = takane_words_for(k), gw = group_size / 64, ng = (kw + gw - 1) / gw;
+    TAKANE_TRY(takane_check_in_strides(w_row_stride, 0));
+    /* the scales are read in their own row format: rows must not overlap */
+    TAKANE_TRY(takane_check_stride(n, ng, group_scale_row_stride));
+    if (n > 0 && kw > 0 && (!w || !group_scale)) return TAKANE_ERR_NULL_POINTER;
+    TAKANE_TRY(takane_check_padding(n, k, w, w_row_stride));
+    /* every scale finite, checked before anything is allocated (the kernels then never
+     * meet a NaN or infinite carried scale; a call's own row-major ones are checked as
+     * they are read) */
+    for (int64_t r = 0; r < n; r++)
+        TAKANE_TRY(takane_check_finite(group_scale + r * group_scale_row_stride, ng));
+    int64_t pb, total;
+    TAKANE_TRY(grouped_layout(n, kw, ng, &pb, &total));
+    char *base = (char *)takane_panels_alloc((size_t)total);
+    if (!base) return TAKANE_ERR_OUT_OF_MEMORY;
+    takane_weights *h = grouped_init(base, n, k, kw, ng, group_size, pb, 0);
+    if (h->panels) takane_fill_panels(h, w, w_row_stride);
+    if (h->group_scale)
+        for (int64_t r = 0; r < n; r++) {
+            float *g = grouped_slot(h, r, ng);
+            for (int64_t j = 0; j < ng; j++)
+                g[j * TAKANE_PANEL_ROWS] = group_scale[r * group_scale_row_stride + j];
+        }
     *out = h;
     return TAKANE_OK;
 }
@@ -282,7 +348,7 @@ takane_status takane_weights_dequantize_rows(const takane_weights *w, int64_t r0
     TAKANE_TRY(takane_check_stride(r1 - r0, w->k, y_row_stride));
     if (r0 == r1 || w->k == 0) return TAKANE_OK;
     if (!y) return TAKANE_ERR_NULL_POINTER;
-    const int64_t kw = w->kw, ng = w->group_scale ? w->k / w->group_size : 0;
+    const int64_t kw = w->kw, ng = takane_handle_ngroups(w);
     for (int64_t r = r0; r < r1; r++) {
         const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * TAKANE_PANEL_ROWS;
         const int lane = (int)(r % TAKANE_PANEL_ROWS);
@@ -312,6 +378,23 @@ takane_status takane_weights_get_bits(const takane_weights *w, int64_t r0, int64
         const int lane = (int)(r % TAKANE_PANEL_ROWS);
         uint64_t *out = bits + (r - r0) * bits_row_stride;
         for (int64_t q = 0; q < kw; q++) out[q] = panel[q * TAKANE_PANEL_ROWS + lane];
+    }
+    return TAKANE_OK;
+}
+
+takane_status takane_weights_get_group_scales(const takane_weights *w, int64_t r0, int64_t r1,
+                                              float *group_scale, int64_t group_scale_row_stride) {
+    TAKANE_TRY(takane_check_row_range(w, r0, r1));
+    if (!w->group_scale) return TAKANE_ERR_BAD_GROUP_SIZE;
+    const int64_t ng = takane_handle_ngroups(w); /* > 0: a handle with scales has n, k > 0 */
+    TAKANE_TRY(takane_check_stride(r1 - r0, ng, group_scale_row_stride));
+    if (r0 == r1) return TAKANE_OK;
+    if (!group_scale) return TAKANE_ERR_NULL_POINTER;
+    /* the inverse of create_grouped's scatter: group j of row r at grouped_slot(r)[j * 8] */
+    for (int64_t r = r0; r < r1; r++) {
+        const float *g = grouped_slot(w, r, ng);
+        float *out = group_scale + (r - r0) * group_scale_row_stride;
+        for (int64_t j = 0; j < ng; j++) out[j] = g[j * TAKANE_PANEL_ROWS];
     }
     return TAKANE_OK;
 }

@@ -59,6 +59,20 @@ struct takane_weights {
 #define TAKANE_STORAGE_BLOCK 1    /* one block from takane_panels_alloc: struct first */
 #define TAKANE_STORAGE_CALLER 2   /* inside caller memory: never freed by the library */
 
+/* Group scales per row a handle carries: ceil(k / group_size) = ceil(kw / (group_size / 64))
+ * (group_size a multiple of 64; the last group may be partial); 0 without them. */
+static inline int64_t takane_handle_ngroups(const takane_weights *w) {
+    if (!w->group_scale) return 0;
+    const int64_t gw = w->group_size / 64;
+    return (w->kw + gw - 1) / gw;
+}
+
+/* api.c: re-tile rows [0, h->n) of canonical bits (h->kw words each, row stride
+ * w_row_stride words) into h->panels (allocated, npanels * kw * 8 words); rows past n of
+ * the last panel become 0. The one copy of the panel layout's fill, for every handle
+ * built from canonical rows. */
+void takane_fill_panels(takane_weights *h, const uint64_t *w, int64_t w_row_stride);
+
 /* The group scales of a W1A-float / W1A8 run as the kernels address them (kernel.h):
  * group_scale == w->group_scale is the handle's own array (panel-major), anything else a
  * caller's row-major array of ng per row; NULL gives p = NULL (no groups). */

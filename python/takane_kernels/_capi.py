@@ -413,16 +413,43 @@ def weights_handle(bits: np.ndarray, k: int):
     return ffi.gc(out[0], lib.takane_weights_free)
 
 
+def grouped_weights_handle(bits: np.ndarray, k: int, group_scale: np.ndarray, group_size: int):
+    """A weights handle that carries row-major float32 group scales (N, ceil(K/G)), stored
+    the kernels' way (``takane_weights_create_grouped``): the W1A-float / W1A8 calls on it
+    pass no group scales of their own (freed with the cdata)."""
+    out = ffi.new("takane_weights **")
+    n, kw = bits.shape
+    status = lib.takane_weights_create_grouped(n, k, ptr("uint64_t[]", bits), kw, ptr("float[]", group_scale),
+                                               group_scale.shape[1], group_size, out)
+    if status == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError("takane_weights_create_grouped: out of memory")
+    raise_status(status, "takane_weights_create_grouped")
+    return ffi.gc(out[0], lib.takane_weights_free)
+
+
+def _handle_rows(getter, handle, shape: tuple, dtype, ctype: str, name: str) -> np.ndarray:
+    """A new read-only array of ``shape`` that ``getter`` (a takane_weights_get_* accessor:
+    rows [0, n) of a handle, row-major, row stride shape[1]) fills."""
+    out = np.empty(shape, dtype=dtype)
+    if out.size:
+        raise_status(getter(handle, 0, shape[0], from_buffer(ctype, out, require_writable=True), shape[1]), name)
+    out.flags.writeable = False
+    return out
+
+
 def handle_bits(handle, n: int, kw: int) -> np.ndarray:
     """A new read-only (n, kw) uint64 array of the canonical rows a weights handle holds
     (``takane_weights_get_bits``: the inverse of :func:`weights_handle`)."""
-    bits = np.empty((n, kw), dtype=np.uint64)
-    if n and kw:
-        status = lib.takane_weights_get_bits(handle, 0, n, from_buffer("uint64_t[]", bits, require_writable=True),
-                                             kw)
-        raise_status(status, "takane_weights_get_bits")
-    bits.flags.writeable = False
-    return bits
+    return _handle_rows(lib.takane_weights_get_bits, handle, (n, kw), np.uint64, "uint64_t[]",
+                        "takane_weights_get_bits")
+
+
+def handle_group_scales(handle, n: int, ng: int) -> np.ndarray:
+    """A new read-only (n, ng) float32 array of the row-major group scales a weights handle
+    carries (``takane_weights_get_group_scales``: the inverse of the scale part of
+    :func:`grouped_weights_handle`, bit for bit)."""
+    return _handle_rows(lib.takane_weights_get_group_scales, handle, (n, ng), np.float32, "float[]",
+                        "takane_weights_get_group_scales")
 
 
 def handle_nbytes(handle) -> int:

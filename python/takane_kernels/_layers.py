@@ -82,7 +82,7 @@ class Linear:
                 raise ValueError(
                     f"{_op}: w has an in_scale (per-input-column scale), which a W1A1 layer cannot apply to "
                     "binarized activations; use binary_weight_matmul for OneBit-style weights")
-            if w.group_scale is not None:
+            if w.group_size is not None:  # (not group_scale: it may be rebuilt)
                 raise ValueError(
                     f"{_op}: w has group scales (group_size={w.group_size}), which the W1A1 layer's integer "
                     "epilogue does not apply; use binary_weight_matmul (activations='float32' or 'q8_0')")
@@ -103,14 +103,16 @@ class Linear:
         self._ylen, self._ydtype, self._yctype = e.ylast, e.ydtype, e.yctype
         self._sptr = C.ptr("float[]", w._row_scale if ternary else w.scale)
         self._wfn = _tmm if ternary else _wmm
+        self._handle = w._prepacked()  # the panel layout, built once per weights object
         if mode != "w1a1":  # (in_scale, group_scale, group_size, C activations value)
-            gs = w.group_scale
+            # a PackedWeights handle that carries the group scales takes none per call
+            # (PackedWeights._prepacked); a ternary handle takes them per call
+            gs = None if not ternary and w._carries_group_scale else w.group_scale
             self._ws = (C.ptr("float[]", w.in_scale), C.ptr("float[]", gs),
                         w.group_size if gs is not None else 0, C.C_ACTIVATIONS[mode])
         else:
             self._ws = None
         self._u64 = self._ws is None and self._t.zero and not self._act_scale  # packed x: the fast path
-        self._handle = w._prepacked()  # the panel layout, built once per PackedWeights
         self._nk = n > 0 and k > 0
         self._cf32 = self._bind_f32()
         # the common call's constants: K of an x it takes (-1, matching no x, when the layer is

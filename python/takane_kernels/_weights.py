@@ -12,8 +12,8 @@ import zipfile
 
 import numpy as np
 
-from ._capi import (MAX_K, check_group_size, check_k, check_packed, handle_bits, handle_nbytes, owned_vector,
-                    weights_handle)
+from ._capi import (MAX_K, check_group_size, check_k, check_packed, grouped_weights_handle, handle_bits,
+                    handle_group_scales, handle_nbytes, owned_vector, weights_handle)
 
 FORMAT_NAME = "takane_kernels.PackedWeights"
 FORMAT_VERSION = 2  # written when the weights carry group scales; version 1 otherwise
@@ -126,16 +126,23 @@ class PackedWeights:
     ``sign(W)[n, k] * scale[n] * in_scale[k] * group_scale[n, k // group_size]``, each
     factor 1 when absent. Instances are immutable: the arrays are private read-only copies.
 
-    One resident copy of the signs: once a kernel has built the C library's re-tiled
-    layout (the handle, on the first op call), the canonical rows are dropped and ``bits``
-    rebuilds them from the handle on each access (a new read-only array, exact — hold on to
-    it rather than reading ``bits`` in a loop). Saving, pickling, ``to_q1_0`` and equality
-    go through ``bits`` and are unchanged.
+    One resident copy of the signs and group scales: once a kernel has built the C
+    library's re-tiled layout (the handle, on the first op call), the canonical rows are
+    dropped and ``bits`` rebuilds them from the handle on each access (a new read-only
+    array, exact — hold on to it rather than reading ``bits`` in a loop). The handle of
+    weights with group scales carries them, and their row-major array is dropped too:
+    ``group_scale`` then rebuilds it the same way (a new read-only float32 array, bit for
+    bit the same values). Saving, pickling, ``to_q1_0`` and equality go through ``bits``
+    and ``group_scale`` and are unchanged.
     """
 
     # Invariant: _bits (canonical rows, owned, read-only) or _handle (the re-tiled C copy)
-    # is set, possibly both; _prepacked() sets _handle before it clears _bits, and neither
-    # is set back, so a reader that finds _bits None always finds the handle.
+    # is set, possibly both; likewise, for weights with group scales (_group_size set),
+    # _group_scale (row-major, owned, read-only) or a _handle that carries them. _prepacked()
+    # sets _handle before it clears _bits and _group_scale, and none is set back, so a reader
+    # that finds _bits or _group_scale None always finds the handle. Weights with group
+    # scales but no rows or columns (an empty array; the C handle then carries none) keep
+    # _group_scale.
     __slots__ = ("_bits", "_k", "_n", "_scale", "_in_scale", "_group_scale", "_group_size", "_handle", "_bound",
                  "__weakref__")
 
@@ -172,13 +179,22 @@ class PackedWeights:
 
     def _prepacked(self):
         """The C library's re-tiled copy of the bits (built once, on first use); from then
-        on it is the only copy the weights keep (the canonical rows are dropped)."""
+        on it is the only copy the weights keep (the canonical rows are dropped). Weights
+        with group scales get a handle that carries them in the kernels' panel order
+        (every group size is one the kernels take: a multiple of 64), and the W1A-float /
+        W1A8 calls on it pass none of their own (``_carries_group_scale``); the
+        results are the same bits as with per-call scales."""
         handle = self._handle
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
-                    self._handle = weights_handle(self._bits, self._k)
-                    self._bits = None  # after the handle is set: see the invariant above
+                    gs = self._group_scale
+                    self._handle = (weights_handle(self._bits, self._k) if gs is None else
+                                    grouped_weights_handle(self._bits, self._k, gs, self._group_size))
+                    # after the handle is set: see the invariant above
+                    self._bits = None
+                    if gs is not None and gs.size:
+                        self._group_scale = None
                 handle = self._handle
         return handle
 
@@ -186,37 +202,56 @@ class PackedWeights:
     def bits(self) -> np.ndarray:
         """(N, ceil(K/64)) uint64, read-only: the canonical rows (rebuilt from the C
         library's copy, a new array, once the kernels have prepared the weights)."""
-        b = self._bits
-        if b is not None:
-            return b
+        return self._kept_or_rebuilt("_bits", handle_bits, -(-self._k // 64))
+
+    @property
+    def group_scale(self) -> np.ndarray | None:
+        """(N, ceil(K/group_size)) float32 per-row-and-group scale, read-only, or None (rebuilt
+        from the C library's copy, a new array, once the kernels have prepared the weights)."""
+        if self._group_size is None:
+            return None
+        return self._kept_or_rebuilt("_group_scale", handle_group_scales, -(-self._k // self._group_size))
+
+    def _kept_or_rebuilt(self, slot: str, rebuild, cols: int) -> np.ndarray:
+        """The array in ``slot`` if still kept, else rebuild(handle, N, cols) from the handle
+        that replaced it (the invariant above: the handle is set first)."""
+        a = getattr(self, slot)
+        if a is not None:
+            return a
         h = self._handle
         if h is None:  # unreachable with ordered stores; the lock makes it so everywhere
             with _HANDLE_LOCK:
-                b, h = self._bits, self._handle
-            if b is not None:
-                return b
-        return handle_bits(h, self._n, -(-self._k // 64))
+                a, h = getattr(self, slot), self._handle
+            if a is not None:
+                return a
+        return rebuild(h, self._n, cols)
+
+    # True if the handle of _prepacked() carries the group scales (then the W1A-float / W1A8
+    # calls pass none): exactly when there are group scales (_prepacked() says why)
+    _carries_group_scale = property(lambda self: self._group_size is not None)
 
     def _resident_nbytes(self) -> int:
-        """Bytes these weights hold now (canonical rows if kept, the C handle if built,
-        scales): the accounting behind "one resident copy", for tests and the llm program."""
-        b, h = self._bits, self._handle
-        return ((0 if b is None else b.nbytes) + (0 if h is None else handle_nbytes(h))
-                + self.nbytes - self._n * -(-self._k // 64) * 8)
+        """Bytes these weights hold now: canonical rows and the row-major group scales while
+        kept, the C handle once built (its bytes include the group scales it carries,
+        panel-major, rows padded to a multiple of 8), the row and column scales. The
+        accounting behind "one resident copy", for tests and the llm program."""
+        with _HANDLE_LOCK:  # one consistent snapshot while _prepacked() may be releasing
+            b, g, h = self._bits, self._group_scale, self._handle
+        return (sum(a.nbytes for a in (b, g, self._scale, self._in_scale) if a is not None)
+                + (0 if h is None else handle_nbytes(h)))
 
     k = property(lambda self: self._k, doc="K, the number of inputs")
     n = property(lambda self: self._n, doc="N, the number of outputs")
     scale = property(lambda self: self._scale, doc="(N,) float32 per-row scale, or None")
     in_scale = property(lambda self: self._in_scale, doc="(K,) float32 per-column scale, or None")
-    group_scale = property(lambda self: self._group_scale,
-                           doc="(N, ceil(K/group_size)) float32 per-row-and-group scale, or None")
     group_size = property(lambda self: self._group_size, doc="columns per group_scale entry, or None")
 
     @property
     def nbytes(self) -> int:
         """Bytes of the canonical bits plus scales (the logical size, however stored)."""
-        return self._n * -(-self._k // 64) * 8 + sum(
-            a.nbytes for a in (self._scale, self._in_scale, self._group_scale) if a is not None)
+        groups = 0 if self._group_size is None else self._n * -(-self._k // self._group_size) * 4
+        return self._n * -(-self._k // 64) * 8 + groups + sum(
+            a.nbytes for a in (self._scale, self._in_scale) if a is not None)
 
     def __repr__(self) -> str:
         return (
@@ -239,14 +274,14 @@ class PackedWeights:
             and same(self._scale, other._scale)
             and same(self._in_scale, other._in_scale)
             and self._group_size == other._group_size
-            and same(self._group_scale, other._group_scale)
+            and same(self.group_scale, other.group_scale)
         )
 
     __hash__ = None  # mutable-looking arrays inside; equality is by value
 
     def __reduce__(self):
         # pickle/copy the arrays only: the C handle is a cache, rebuilt on first use
-        return (_rebuild, (self.bits, self._k, self._scale, self._in_scale, self._group_scale,
+        return (_rebuild, (self.bits, self._k, self._scale, self._in_scale, self.group_scale,
                            self._group_size))
 
     # ---- persistence ------------------------------------------------------------------
@@ -268,11 +303,11 @@ class PackedWeights:
     # target and renames it into place, so a crash never leaves a half-written file.
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
-        grouped = self._group_scale is not None
+        grouped = self._group_size is not None
         arrays = format_arrays(FORMAT_NAME, 2 if grouped else 1, k=np.array(self._k, dtype=np.int64),
                                bits=self.bits, scale=self._scale, in_scale=self._in_scale,
                                group_size=np.array(self._group_size, dtype=np.int64) if grouped else None,
-                               group_scale=self._group_scale)
+                               group_scale=self.group_scale)
         save_npz_atomic(path, arrays)
 
     @classmethod

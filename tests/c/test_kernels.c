@@ -626,6 +626,256 @@ static void check_wq8_exact(const takane_isa *all, int n_all) {
     }
 }
 
+/* takane_weights_create_grouped: a handle carrying row-major group scales must give the
+ * same bits as a plain handle with the same scales passed per call (the kernels read the
+ * panel-major copy in the same summation order), for W1A-float and W1A8, the threaded and
+ * the row-range entry points, on every ISA: k at and off word and group edges (a partial
+ * last group), n with a padded last panel, several group sizes. Also its errors, and the
+ * handle's other uses (bits back, dequantized rows, byte count). */
+static void check_grouped_handle(const takane_isa *all, int n_all) {
+    static const int64_t ks[] = {1, 63, 64, 65, 200, 256, 513, 640, 1100};
+    static const int64_t ns[] = {1, 7, 8, 9, 37};
+    static const int64_t gsizes[] = {64, 128, 192, 256};
+    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof gsizes / sizeof gsizes[0]; c++) {
+                const int64_t k = ks[a], n = ns[b], gsize = gsizes[c], kw = words_for(k);
+                const int64_t ng = (k + gsize - 1) / gsize, m = (a + b) % 2 ? 21 : 3;
+                float *x = xmalloc((size_t)(m * k) * sizeof *x);
+                float *g = xmalloc((size_t)(n * ng) * sizeof *g);
+                uint64_t *w = xmalloc((size_t)(n * kw) * sizeof *w);
+                float *y0 = xmalloc((size_t)(m * n) * sizeof *y0);
+                float *y1 = xmalloc((size_t)(m * n) * sizeof *y1);
+                float *dq = xmalloc((size_t)(n * k) * sizeof *dq);
+                uint64_t *back = xmalloc((size_t)(n * kw) * sizeof *back);
+                for (int64_t i = 0; i < m * k; i++) x[i] = uniform(-3.0f, 3.0f);
+                for (int64_t i = 0; i < n * ng; i++) g[i] = uniform(-2.0f, 2.0f);
+                for (int64_t i = 0; i < n * kw; i++) w[i] = next_u64();
+                for (int64_t j = 0; j < n; j++)
+                    if (k % 64) w[j * kw + kw - 1] &= (UINT64_C(1) << (k % 64)) - 1;
+                takane_weights *plain = make_weights(n, k, w, kw), *h = NULL;
+                takane_status st = takane_weights_create_grouped(n, k, w, kw, g, ng, gsize, &h);
+                CHECK(st == TAKANE_OK && h, "create_grouped n=%ld k=%ld G=%ld: %s", (long)n, (long)k,
+                      (long)gsize, takane_status_string(st));
+                if (!h) goto done;
+                int64_t nbytes = 0;
+                takane_weights_info(h, NULL, NULL, &nbytes);
+                CHECK(nbytes == ((n + 7) / 8) * 8 * (kw * 8 + ng * 4), "create_grouped info bytes %ld",
+                      (long)nbytes);
+                CHECK(takane_weights_get_bits(h, 0, n, back, kw) == TAKANE_OK &&
+                          memcmp(back, w, (size_t)(n * kw) * 8) == 0,
+                      "create_grouped get_bits n=%ld k=%ld", (long)n, (long)k);
+                CHECK(takane_weights_dequantize_rows(h, 0, n, dq, k) == TAKANE_OK, "dequantize_rows");
+                int bad = 0;
+                for (int64_t j = 0; j < n; j++)
+                    for (int64_t cc = 0; cc < k; cc++) {
+                        const float v = g[j * ng + cc / gsize];
+                        bad += dq[j * k + cc] != (bit(w + j * kw, cc) ? v : -v);
+                    }
+                CHECK(bad == 0, "create_grouped dequantize_rows n=%ld k=%ld: %d differ", (long)n,
+                      (long)k, bad);
+                /* a call's own scales with a handle that carries them: refused */
+                CHECK(takane_binary_weight_matmul_prepacked_ex(h, m, x, k, NULL, NULL, g, gsize, NULL,
+                                                               TAKANE_ACTIVATIONS_F32, y1, n, 1) ==
+                          TAKANE_ERR_BAD_GROUP_SIZE,
+                      "create_grouped: per-call scales accepted");
+                for (int s = 0; s < n_all; s++) {
+                    force(all[s]);
+                    for (int act = 0; act < 2; act++) {
+                        const int32_t mode = act ? TAKANE_ACTIVATIONS_Q8_0 : TAKANE_ACTIVATIONS_F32;
+                        memset(y0, 0, (size_t)(m * n) * sizeof *y0);
+                        memset(y1, 0xff, (size_t)(m * n) * sizeof *y1);
+                        st = takane_binary_weight_matmul_prepacked_ex(plain, m, x, k, NULL, NULL, g, gsize,
+                                                                      NULL, mode, y0, n, 2);
+                        CHECK(st == TAKANE_OK, "per-call %s: %s", name(all[s]), takane_status_string(st));
+                        st = takane_binary_weight_matmul_prepacked_ex(h, m, x, k, NULL, NULL, NULL, 0, NULL,
+                                                                      mode, y1, n, 2);
+                        CHECK(st == TAKANE_OK, "carried %s: %s", name(all[s]), takane_status_string(st));
+                        CHECK(takane_isa_last_used() == all[s], "grouped ran %s, not %s",
+                              name(takane_isa_last_used()), name(all[s]));
+                        CHECK(memcmp(y0, y1, (size_t)(m * n) * sizeof *y0) == 0,
+                              "grouped %s act=%d n=%ld k=%ld G=%ld m=%ld: carried scales differ from "
+                              "per-call ones", name(all[s]), act, (long)n, (long)k, (long)gsize, (long)m);
+                    }
+                    /* the row-range W1A8 entry point, in two ranges (the second from a
+                     * panel edge, or mid-panel when n < 8) */
+                    const int64_t nb = (k + 31) / 32, r0 = n > 8 ? 8 : n / 2;
+                    uint8_t *q = xmalloc((size_t)(m * nb * 34));
+                    CHECK(takane_quantize_q8_0(m, k, x, k, q, nb * 34) == TAKANE_OK, "quantize");
+                    const int64_t sb = takane_matmul_q8_0_scratch_size(h, m);
+                    void *scr = xmalloc((size_t)sb + 64);
+                    memset(y0, 0, (size_t)(m * n) * sizeof *y0);
+                    memset(y1, 0xff, (size_t)(m * n) * sizeof *y1);
+                    for (int part = 0; part < 2; part++) {
+                        const int64_t lo = part ? r0 : 0, hi = part ? n : r0;
+                        st = takane_matmul_q8_0_rows(plain, lo, hi, m, q, nb * 34, NULL, g, gsize, NULL,
+                                                     y0, n, scr, sb + 64);
+                        CHECK(st == TAKANE_OK, "rows per-call: %s", takane_status_string(st));
+                        st = takane_matmul_q8_0_rows(h, lo, hi, m, q, nb * 34, NULL, NULL, 0, NULL, y1, n,
+                                                     scr, sb + 64);
+                        CHECK(st == TAKANE_OK, "rows carried: %s", takane_status_string(st));
+                    }
+                    CHECK(memcmp(y0, y1, (size_t)(m * n) * sizeof *y0) == 0,
+                          "q8_0_rows %s n=%ld k=%ld G=%ld: carried scales differ", name(all[s]), (long)n,
+                          (long)k, (long)gsize);
+                    free(q), free(scr);
+                }
+                takane_weights_free(h);
+            done:
+                takane_weights_free(plain);
+                free(x), free(g), free(w), free(y0), free(y1), free(dq), free(back);
+            }
+    /* argument checks: each error returns its status and no handle */
+    uint64_t w[4] = {1, 2, 3, 4};
+    float g[4] = {1, 2, 3, 4};
+    takane_weights *h = (takane_weights *)&h;
+#define GROUPED_ERR(expect, ...)                                                               \
+    do {                                                                                       \
+        h = (takane_weights *)&h;                                                              \
+        const takane_status st_ = takane_weights_create_grouped(__VA_ARGS__, &h);              \
+        CHECK(st_ == (expect) && h == NULL, "create_grouped(%s): %s", #__VA_ARGS__,             \
+              takane_status_string(st_));                                                      \
+    } while (0)
+    GROUPED_ERR(TAKANE_ERR_NEGATIVE_DIMENSION, -1, 64, w, 1, g, 1, 64);
+    GROUPED_ERR(TAKANE_ERR_NEGATIVE_DIMENSION, 2, -1, w, 1, g, 1, 64);
+    GROUPED_ERR(TAKANE_ERR_K_TOO_LARGE, 1, (int64_t)TAKANE_MAX_K + 1, w, 1, g, 1, 64);
+    GROUPED_ERR(TAKANE_ERR_BAD_GROUP_SIZE, 2, 128, w, 2, g, 2, 0);
+    GROUPED_ERR(TAKANE_ERR_BAD_GROUP_SIZE, 2, 128, w, 2, g, 2, 32);
+    GROUPED_ERR(TAKANE_ERR_BAD_GROUP_SIZE, 2, 128, w, 2, g, 2, -64);
+    GROUPED_ERR(TAKANE_ERR_BAD_STRIDE, 2, 128, w, -2, g, 2, 64);
+    GROUPED_ERR(TAKANE_ERR_BAD_STRIDE, 2, 128, w, 2, g, -2, 64);
+    GROUPED_ERR(TAKANE_ERR_BAD_STRIDE, 2, 128, w, 2, g, 1, 64);
+    GROUPED_ERR(TAKANE_ERR_NULL_POINTER, 2, 128, NULL, 2, g, 2, 64);
+    GROUPED_ERR(TAKANE_ERR_NULL_POINTER, 2, 128, w, 2, NULL, 2, 64);
+    const uint64_t wpad[4] = {1, 2, 3, UINT64_C(1) << 40}; /* row 1: bit 104 set, k = 100 */
+    GROUPED_ERR(TAKANE_ERR_PADDING_BITS, 2, 100, wpad, 2, g, 2, 64);
+    g[3] = NAN;
+    GROUPED_ERR(TAKANE_ERR_NOT_FINITE, 2, 128, w, 2, g, 2, 64);
+    g[3] = -INFINITY;
+    GROUPED_ERR(TAKANE_ERR_NOT_FINITE, 2, 128, w, 2, g, 2, 64);
+#undef GROUPED_ERR
+    CHECK(takane_weights_create_grouped(2, 128, w, 2, g, 2, 64, NULL) == TAKANE_ERR_NULL_POINTER,
+          "create_grouped out NULL");
+    /* empty shapes: a handle without scales */
+    CHECK(takane_weights_create_grouped(0, 128, NULL, 0, NULL, 0, 64, &h) == TAKANE_OK && h, "n = 0");
+    takane_weights_free(h);
+    CHECK(takane_weights_create_grouped(3, 0, NULL, 0, NULL, 0, 64, &h) == TAKANE_OK && h, "k = 0");
+    takane_weights_free(h);
+}
+
+/* fp16 bits (finite) to float, exactly: the value a Q1_0 block's d means. */
+static float half_value(uint16_t hb) {
+    const int e = (hb >> 10) & 31, mant = hb & 1023;
+    const float v = e == 0 ? ldexpf((float)mant, -24) : ldexpf((float)(mant | 1024), e - 25);
+    return hb >> 15 ? -v : v;
+}
+
+/* takane_weights_get_group_scales: the row-major scales back, bit for bit, from handles
+ * built by takane_weights_create_grouped (group sizes, partial last groups, padded last
+ * panels) and by takane_weights_from_q1_0 (fp16 block scales widened: subnormal, -0, the
+ * largest finite), for the whole range and sub-ranges at and across panel edges with a
+ * padded stride (the padding untouched); and its statuses, in get_bits' order. */
+static void check_group_scales_accessor(void) {
+    static const int64_t ks[] = {1, 64, 65, 200, 512, 1100};
+    static const int64_t ns[] = {1, 7, 8, 9, 37};
+    static const int64_t gsizes[] = {64, 128, 192, 256};
+    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof gsizes / sizeof gsizes[0]; c++) {
+                const int64_t k = ks[a], n = ns[b], gsize = gsizes[c], kw = words_for(k);
+                const int64_t ng = (k + gsize - 1) / gsize, gs = ng + 3; /* padded stride */
+                float *g = xmalloc((size_t)(n * ng) * sizeof *g);
+                float *back = xmalloc((size_t)(n * gs) * sizeof *back);
+                uint64_t *w = xmalloc((size_t)(n * kw) * sizeof *w);
+                for (int64_t i = 0; i < n * ng; i++) g[i] = uniform(-2.0f, 2.0f);
+                if (n * ng > 2) g[1] = -0.0f, g[2] = 1e-42f; /* sign of zero, a subnormal */
+                for (int64_t i = 0; i < n * kw; i++) w[i] = next_u64();
+                for (int64_t j = 0; j < n; j++)
+                    if (k % 64) w[j * kw + kw - 1] &= (UINT64_C(1) << (k % 64)) - 1;
+                takane_weights *h = NULL;
+                CHECK(takane_weights_create_grouped(n, k, w, kw, g, ng, gsize, &h) == TAKANE_OK && h,
+                      "get_group_scales: create_grouped n=%ld k=%ld", (long)n, (long)k);
+                if (!h) goto next;
+                /* ranges: all rows; [0, min(8, n)); [n/2, n) (mid-panel start); one row */
+                const int64_t lo[] = {0, 0, n / 2, n - 1}, hi[] = {n, n < 8 ? n : 8, n, n};
+                for (int r = 0; r < 4; r++) {
+                    for (int64_t i = 0; i < n * gs; i++) back[i] = 99.0f;
+                    const takane_status st =
+                        takane_weights_get_group_scales(h, lo[r], hi[r], back, gs);
+                    CHECK(st == TAKANE_OK, "get_group_scales [%ld, %ld): %s", (long)lo[r],
+                          (long)hi[r], takane_status_string(st));
+                    int bad = 0;
+                    for (int64_t j = lo[r]; j < hi[r]; j++) {
+                        bad += memcmp(back + (j - lo[r]) * gs, g + j * ng, (size_t)ng * sizeof *g) != 0;
+                        for (int64_t q = ng; q < gs; q++) bad += back[(j - lo[r]) * gs + q] != 99.0f;
+                    }
+                    for (int64_t i = (hi[r] - lo[r]) * gs; i < n * gs; i++) bad += back[i] != 99.0f;
+                    CHECK(bad == 0, "get_group_scales n=%ld k=%ld G=%ld [%ld, %ld): %d rows differ",
+                          (long)n, (long)k, (long)gsize, (long)lo[r], (long)hi[r], bad);
+                }
+                /* one row: any stride, even 0 */
+                CHECK(takane_weights_get_group_scales(h, n - 1, n, back, 0) == TAKANE_OK &&
+                          memcmp(back, g + (n - 1) * ng, (size_t)ng * sizeof *g) == 0,
+                      "get_group_scales one row, stride 0");
+                takane_weights_free(h);
+            next:
+                free(g), free(back), free(w);
+            }
+    /* Q1_0 handles: the fp16 block scales widened to float32 */
+    static const uint16_t halves[] = {0x3C00, 0xBC00, 0x3555, 0x7BFF, 0xFBFF, 0x0001, 0x8000,
+                                      0x0000, 0x03FF, 0x0400, 0x4000, 0xB800};
+    const int64_t nh = (int64_t)(sizeof halves / sizeof halves[0]);
+    for (int64_t n = 1; n <= 17; n += 8)
+        for (int64_t nb = 1; nb <= 3; nb++) {
+            const int64_t k = nb * 128;
+            uint8_t *q1 = xmalloc((size_t)(n * nb * 18));
+            float *want = xmalloc((size_t)(n * nb) * sizeof *want);
+            float *back = xmalloc((size_t)(n * nb) * sizeof *back);
+            for (int64_t i = 0; i < n * nb; i++) {
+                const uint16_t hb = halves[(i * 5 + nb) % nh];
+                uint8_t *blk = q1 + i * 18;
+                blk[0] = (uint8_t)hb, blk[1] = (uint8_t)(hb >> 8);
+                for (int j = 2; j < 18; j++) blk[j] = (uint8_t)next_u64();
+                want[i] = half_value(hb);
+            }
+            takane_weights *h = NULL;
+            CHECK(takane_weights_from_q1_0(n, k, q1, nb * 18, NULL, 0, &h) == TAKANE_OK && h,
+                  "get_group_scales: from_q1_0");
+            if (h) {
+                CHECK(takane_weights_get_group_scales(h, 0, n, back, nb) == TAKANE_OK &&
+                          memcmp(back, want, (size_t)(n * nb) * sizeof *want) == 0,
+                      "get_group_scales of a Q1_0 handle n=%ld nb=%ld", (long)n, (long)nb);
+                takane_weights_free(h);
+            }
+            free(q1), free(want), free(back);
+        }
+    /* statuses, in get_bits' order */
+    uint64_t w[6] = {1, 2, 3, 4, 5, 6};
+    float g[6] = {1, 2, 3, 4, 5, 6}, out[8];
+    takane_weights *h = NULL, *plain = make_weights(3, 128, w, 2), *empty = NULL;
+    CHECK(takane_weights_create_grouped(3, 128, w, 2, g, 2, 64, &h) == TAKANE_OK, "grouped 3x128");
+    CHECK(takane_weights_create_grouped(0, 128, NULL, 0, NULL, 0, 64, &empty) == TAKANE_OK, "n = 0");
+    CHECK(takane_weights_get_group_scales(NULL, 0, 1, out, 2) == TAKANE_ERR_NULL_POINTER, "NULL handle");
+    CHECK(takane_weights_get_group_scales(h, -1, 1, out, 2) == TAKANE_ERR_NEGATIVE_DIMENSION, "r0 < 0");
+    CHECK(takane_weights_get_group_scales(h, 0, -1, out, 2) == TAKANE_ERR_NEGATIVE_DIMENSION, "r1 < 0");
+    CHECK(takane_weights_get_group_scales(h, 2, 1, out, 2) == TAKANE_ERR_BAD_STRIDE, "r0 > r1");
+    CHECK(takane_weights_get_group_scales(h, 0, 4, out, 2) == TAKANE_ERR_BAD_STRIDE, "r1 > n");
+    CHECK(takane_weights_get_group_scales(h, 0, 2, out, -2) == TAKANE_ERR_BAD_STRIDE, "stride < 0");
+    CHECK(takane_weights_get_group_scales(h, 0, 2, out, 1) == TAKANE_ERR_BAD_STRIDE, "overlapping rows");
+    CHECK(takane_weights_get_group_scales(h, 0, 2, NULL, 2) == TAKANE_ERR_NULL_POINTER, "NULL out");
+    CHECK(takane_weights_get_group_scales(h, 1, 1, NULL, 2) == TAKANE_OK, "empty range, NULL out");
+    CHECK(takane_weights_get_group_scales(plain, 0, 1, out, 2) == TAKANE_ERR_BAD_GROUP_SIZE,
+          "a handle without scales");
+    CHECK(takane_weights_get_group_scales(plain, 0, 4, out, 2) == TAKANE_ERR_BAD_STRIDE,
+          "range before scales");
+    CHECK(takane_weights_get_group_scales(empty, 0, 0, out, 2) == TAKANE_ERR_BAD_GROUP_SIZE,
+          "an empty handle carries no scales");
+    CHECK(takane_weights_get_group_scales(h, 1, 3, out, 2) == TAKANE_OK &&
+              memcmp(out, g + 2, 4 * sizeof *g) == 0,
+          "rows 1..3");
+    takane_weights_free(h), takane_weights_free(plain), takane_weights_free(empty);
+}
+
 int main(void) {
     const uint32_t supported = takane_isa_supported();
     /* The SIMD sets to compare with scalar, best first. */
@@ -660,6 +910,8 @@ int main(void) {
     check_prepacked_threads(all, n_isas + 1);
     check_prepacked_edges(all, n_isas + 1);
     check_wq8_exact(all, n_isas + 1);
+    check_grouped_handle(all, n_isas + 1);
+    check_group_scales_accessor();
     force(TAKANE_ISA_AUTO);
 
     printf("%ld checks, %ld failed\n", checks, failures);

@@ -5,7 +5,9 @@
  * bits: NaN, infinities, signed zeros, subnormals), takane_binary_linear_bits, the
  * W1A-float / W1A8 entry points with group scales and an activations mode
  * (takane_binary_weight_matmul_ex and _prepacked_ex: raw float bits in x and the group
- * scales, any group_size and mode; results within the documented bound of a plain model),
+ * scales, any group_size and mode; results within the documented bound of a plain model;
+ * takane_weights_create_grouped: the same scales carried by the handle, the same bits,
+ * and takane_weights_get_group_scales gives them back exactly),
  * the GGUF Q1_0 converters takane_q1_0_to_bits / takane_bits_to_q1_0 (raw block bytes and
  * raw float scales: infinities, NaN, fp16 overflow, subnormals, ties), and
  * takane_conv_weights_create + takane_binary_conv2d / _bits / _f32 + takane_binary_max_pool2d
@@ -340,9 +342,52 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
             }
         for (int64_t i = 0; with_gs && i < n * ng; i++) g_bad |= !isfinite(g[i]);
     }
-    for (int prepacked = 0; prepacked < 2; prepacked++) {
+    /* prepacked 2: a handle carrying the scales (takane_weights_create_grouped), called
+     * with none; its results must be prepacked 1's (per-call scales) bit for bit */
+    float *y1 = (float *)malloc((size_t)(m * n + 1) * sizeof *y1);
+    CHECK(y1);
+    takane_status st1 = TAKANE_OK;
+    for (int prepacked = 0; prepacked < (with_gs ? 3 : 2); prepacked++) {
         for (int64_t i = 0; i < m * n + 1; i++) y[i] = -7.0f;
         takane_status st;
+        if (prepacked == 2) {
+            int any_bad = 0;
+            for (int64_t i = 0; n > 0 && k > 0 && gsize > 0 && i < n * ng; i++) any_bad |= !isfinite(g[i]);
+            const takane_status want_h = gsize <= 0 || gsize % 64 ? TAKANE_ERR_BAD_GROUP_SIZE
+                                         : any_bad                ? TAKANE_ERR_NOT_FINITE
+                                                                  : TAKANE_OK;
+            takane_weights *h = (takane_weights *)&h;
+            const takane_status sh = takane_weights_create_grouped(n, k, w, kw, g, ng, gsize, &h);
+            CHECK(sh == want_h);
+            if (sh != TAKANE_OK) {
+                CHECK(h == NULL);
+                continue;
+            }
+            /* the carried scales come back row-major, bit for bit (NULL-free: a handle
+             * carries scales exactly when it has rows and columns) */
+            if (n > 0 && k > 0) {
+                float *gb = (float *)malloc((size_t)(n * ng) * sizeof *gb);
+                CHECK(gb);
+                CHECK(takane_weights_get_group_scales(h, 0, n, gb, ng) == TAKANE_OK);
+                CHECK(memcmp(gb, g, (size_t)(n * ng) * sizeof *gb) == 0);
+                free(gb);
+            } else {
+                float dummy;
+                CHECK(takane_weights_get_group_scales(h, 0, n, &dummy, ng) == TAKANE_ERR_BAD_GROUP_SIZE);
+            }
+            st = takane_binary_weight_matmul_prepacked_ex(h, m, x, xs, NULL, NULL, NULL, 0, NULL, mode, y,
+                                                          n, threads);
+            CHECK(y[m * n] == -7.0f);
+            CHECK(st == st1);
+            if (st == TAKANE_OK && !empty)
+                CHECK(memcmp(y, y1, (size_t)(m * n) * sizeof *y) == 0);
+            /* a call's own scales with a handle that carries them: refused (y1 is free now) */
+            if (st == TAKANE_OK && !empty && k > 0)
+                CHECK(takane_binary_weight_matmul_prepacked_ex(h, m, x, xs, NULL, NULL, g, gsize, NULL, mode,
+                                                               y1, n, threads) == TAKANE_ERR_BAD_GROUP_SIZE);
+            takane_weights_free(h);
+            continue;
+        }
         if (prepacked) {
             takane_weights *h = NULL;
             for (int64_t j = 0; j < n && kw; j++) w[j * kw + kw - 1] &= ~pad_mask(k);
@@ -351,6 +396,8 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
                                                           gsize, NULL, mode, y, n, threads);
             takane_weights_free(h);
             padding = 0;
+            st1 = st;
+            memcpy(y1, y, (size_t)(m * n + 1) * sizeof *y);
         } else {
             st = takane_binary_weight_matmul_ex(m, n, k, x, xs, w, kw, NULL, NULL, with_gs ? g : NULL,
                                                 gsize, NULL, mode, y, n, threads);
@@ -411,7 +458,7 @@ static void fuzz_wq8(cursor *c, int64_t m, int64_t n, int64_t k, int threads) {
                 CHECK(wq8_result_ok(y[i * n + j], exact, mag, ssum, gam, nb));
             }
     }
-    free(x), free(g), free(w), free(y);
+    free(x), free(g), free(w), free(y), free(y1);
 }
 
 /* ---- GGUF Q1_0 ------------------------------------------------------------------------- */

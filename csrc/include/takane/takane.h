@@ -708,6 +708,49 @@ TAKANE_API takane_status takane_ternary_matmul_prepacked(
     const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
     const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads);
 
+/* ---- handles that carry group scales --------------------------------------------------- */
+
+/* Build a prepacked handle from n canonical rows of k weights (w, row stride w_row_stride
+ * words, as takane_weights_create) plus float32 group scales: row-major, n rows of
+ * ceil(k / group_size) (row stride group_scale_row_stride floats, >= that count when
+ * n > 1), group_size > 0 a multiple of 64 (else TAKANE_ERR_BAD_GROUP_SIZE; the last group
+ * of a row may be partial). The handle carries the scales as a handle from
+ * takane_weights_from_q1_0 does (stored in the kernels' panel order, so no call transposes
+ * them), and is used the same way: the W1A-float and W1A8 entry points
+ * (takane_binary_weight_matmul_prepacked[_ex], takane_matmul_q8_0_rows) apply them as part
+ * of the weights, with results bit-identical to passing the same group_scale/group_size
+ * per call with a handle from takane_weights_create; the call's own group_scale must then
+ * be NULL (else TAKANE_ERR_BAD_GROUP_SIZE); the W1A1 ones use the signs only;
+ * takane_weights_dequantize_rows applies them; takane_weights_get_bits returns w's rows;
+ * takane_weights_info's bytes include them. Errors, nothing allocated: a NaN or infinite
+ * scale TAKANE_ERR_NOT_FINITE, bits set past k TAKANE_ERR_PADDING_BITS, negative
+ * strides TAKANE_ERR_BAD_STRIDE, w or group_scale NULL with n > 0 and k > 0
+ * TAKANE_ERR_NULL_POINTER. n == 0 or k == 0 give a handle without scales. Free with
+ * takane_weights_free. Calling thread only. */
+TAKANE_API takane_status takane_weights_create_grouped(int64_t n, int64_t k, const uint64_t *w,
+                                                       int64_t w_row_stride,
+                                                       const float *group_scale,
+                                                       int64_t group_scale_row_stride,
+                                                       int64_t group_size, takane_weights **out);
+
+/* The float32 group scales a handle carries, for weight rows [r0, r1): row r - r0 at
+ * group_scale + (r - r0) * group_scale_row_stride, ceil(k / group_size) floats, row-major
+ * (group_size the handle's: the one given to takane_weights_create_grouped, 128 for a
+ * handle from takane_weights_from_q1_0, whose fp16 block scales come back widened to
+ * float32). Exactly the values the kernels apply, bit for bit. The counterpart of
+ * takane_weights_get_bits for the scales: lets a caller keep only the handle and rebuild
+ * its row-major scales when it needs them. Statuses as takane_weights_get_bits (weights
+ * NULL TAKANE_ERR_NULL_POINTER; r0 or r1 negative TAKANE_ERR_NEGATIVE_DIMENSION; r0 > r1
+ * or r1 > n TAKANE_ERR_BAD_STRIDE; a negative stride, or one below ceil(k / group_size)
+ * for more than one row, TAKANE_ERR_BAD_STRIDE; group_scale NULL for a non-empty range
+ * TAKANE_ERR_NULL_POINTER), checked in that order, plus TAKANE_ERR_BAD_GROUP_SIZE after
+ * the range check for a handle that carries no scales (from takane_weights_create, or one
+ * with n == 0 or k == 0). Calling thread only. */
+TAKANE_API takane_status takane_weights_get_group_scales(const takane_weights *weights,
+                                                         int64_t r0, int64_t r1,
+                                                         float *group_scale,
+                                                         int64_t group_scale_row_stride);
+
 #ifdef __cplusplus
 }
 #endif

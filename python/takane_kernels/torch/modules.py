@@ -200,7 +200,7 @@ class BinaryLinear(KernelModule):
         if kmode == "w1a1" and weights.in_scale is not None:
             raise ValueError("mode 'w1a1' cannot apply an in_scale (per-input scale) to binary "
                              "activations: use mode 'w1a_float' or 'w1a8' for these weights")
-        if kmode == "w1a1" and weights.group_scale is not None:
+        if kmode == "w1a1" and weights.group_size is not None:  # (group_scale may be rebuilt)
             raise ValueError("mode 'w1a1' does not apply group scales: use mode 'w1a_float' or "
                              "'w1a8' for these weights")
         if kmode != "w1a1" and (activation_scale or not _is_zero(threshold)):
