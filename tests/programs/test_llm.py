@@ -245,3 +245,69 @@ def test_llama_cpp_peer_runs_the_same_shapes():
     assert "error" not in rec["decode"], rec["decode"]
     assert rec["decode"]["matrices"] == 14 and rec["decode"]["median_s"] > 0
     assert rec["decode"]["weight_bytes"] == sum(n * (k // 128) * 18 for _, n, k in _llm.llama_shapes(128, 256, 2, 4, 2))
+
+
+def _separate_and_fused(mode, names, weights, threads, x_by_k):
+    """Each matrix's result from its own call, and the same rows cut from fuse_plan's calls."""
+    ws, _ = _llm.prepare_mode(mode, list(zip(names, weights)))
+    fn = _llm._layer_fn(mode, threads)
+    separate = {n: fn(x_by_k[w.k], w) for n, w in zip(names, ws)}
+    fused = {}
+    for w, parts in _llm.fuse_plan(names, ws):
+        y = fn(x_by_k[w.k], w)
+        for n, b0, b1 in parts:
+            fused[n] = y[..., b0:b1]
+    return separate, fused
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("mode", _llm.MODES)
+def test_fused_calls_give_the_separate_results_bit_for_bit(mode, threads, isa_name, on_isa):
+    # odd shapes: K not a multiple of 64 (nor of the group size 128), N not a multiple of 8
+    # (a panel) or 64 (a W1A1 output word), batched rows too (prefill); the last layer's
+    # stacked gate/up (12002 x 1400) is above every mode's threshold for splitting a call
+    # across threads, so with threads=2 the fused call is split where the separate ones are not
+    rng = np.random.default_rng(7)
+    names, shapes = [], []
+    for layer, (n_q, n_kv, n_ff, k) in enumerate([(37, 5, 70, 200), (64, 8, 129, 448), (300, 40, 6001, 1400)]):
+        for kind, n, kk in [("attn_q", n_q, k), ("attn_k", n_kv, k), ("attn_v", n_kv, k), ("attn_output", k, n_q),
+                            ("ffn_gate", n_ff, k), ("ffn_up", n_ff, k), ("ffn_down", k, n_ff)]:
+            names.append(f"blk.{layer}.{kind}.weight")
+            shapes.append((names[-1], n, kk))
+    weights = [w for _, w in _llm.random_weights(shapes, seed=3)]
+    for m in ((), (3,)):
+        x_by_k = {k: rng.standard_normal(m + (k,)).astype(np.float32) for k in {w.k for w in weights}}
+        separate, fused = _separate_and_fused(mode, names, weights, threads, x_by_k)
+        assert separate.keys() == fused.keys() == set(names)
+        for n in names:
+            assert fused[n].shape == separate[n].shape
+            assert np.array_equal(fused[n], separate[n]), n
+
+
+def test_fuse_plan_groups_only_matrices_that_share_an_input():
+    shapes = _llm.llama_shapes(128, 192, 2, 4, 2)
+    weights = _llm.random_weights(shapes)
+    names = [n for n, _ in weights]
+    ws = [w for _, w in weights]
+    plan = _llm.fuse_plan(names, ws)
+    kinds = [tuple(n.split(".")[2] for n, _, _ in parts) for _, parts in plan]
+    assert kinds == [("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"), ("ffn_down",)] * 2
+    for w, parts in plan:
+        assert parts[0][1] == 0 and parts[-1][2] == w.n
+        assert all(a[2] == b[1] for a, b in zip(parts, parts[1:]))
+    # a group whose members differ in K, scales or layer is not stacked
+    odd = _llm.random_weights([("blk.0.attn_q.weight", 8, 128), ("blk.0.attn_k.weight", 8, 192),
+                               ("blk.0.attn_v.weight", 8, 128), ("blk.1.ffn_gate.weight", 8, 128),
+                               ("blk.2.ffn_up.weight", 8, 128)])
+    plan = _llm.fuse_plan([n for n, _ in odd], [w for _, w in odd])
+    assert [len(parts) for _, parts in plan] == [1] * 5
+    row = _llm._row_scaled(ws[0])
+    assert len(_llm.fuse_plan(names[:3], [row] + ws[1:3])) == 3  # row scale vs group scales
+
+
+def test_run_reports_the_calls_per_token():
+    weights = _llm.random_weights(_llm.llama_shapes(128, 192, 2, 4, 2))
+    for fuse, calls in ((True, 8), (False, 14)):
+        rep = _llm.run(weights=weights, threads_list=(1,), modes=("q8_0",), tokens=1, prefill=0, budget_s=0.05,
+                       dram_mb=8, log=lambda *a: None, fuse=fuse)
+        assert rep["fused"] is fuse and rep["results"][0]["calls_per_token"] == calls

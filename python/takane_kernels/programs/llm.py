@@ -5,7 +5,9 @@ The matrices of a Llama-shaped decoder — by default a 1B-class shape (hidden 2
 32 heads, 4 KV heads, so k and v are 2048 -> 256) with random ±1 weights and group scales
 (group_size 128), or the Q1_0 tensors of a GGUF file (``--gguf PATH``) — run
 
-- token by token (decode, M = 1): every matrix once per token, in model order. The stack
+- token by token (decode, M = 1): every matrix once per token, in model order, the matrices
+  of a layer that share an input (q/k/v, gate/up) as one call on their stacked rows
+  (``fuse_plan``: 88 calls per token for the 154 matrices, results identical). The stack
   (~150 MB of 1-bit weights) far exceeds the caches, so each token streams every weight
   from DRAM, the regime of real decoding (docs/performance.md, cold);
 - as a prefill (M = 128 tokens per call, one pass over the stack),
@@ -104,6 +106,59 @@ def prepare_mode(mode: str, weights):
     return [w for _, w in weights], "group scales" if weights[0][1].group_scale is not None else "as loaded"
 
 
+# Matrices of one decoder layer that multiply the same input, fused into one call per token
+# (FUSED_GROUPS): attention's q, k, v all read the normed hidden state, the FFN's gate and up
+# both read the normed attention output. One call per group instead of one per matrix: the
+# small k and v (64 KB each at the default shape) no longer pay a call of their own and too
+# little work to be split across threads; the fused matrix is big enough to split; q8_0
+# quantizes the shared activations once; and a token makes 88 calls instead of 154. The
+# results are those of the separate calls bit for bit: every kernel computes each output row
+# from that row's weights and scales and the input alone (y[:, rows of q] = x @ q.T).
+FUSED_GROUPS = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
+
+
+def _kind(name: str) -> str:
+    return name.rsplit(".", 2)[-2] if name.count(".") >= 2 else name
+
+
+def _fusable(ws) -> bool:
+    """Weights whose rows can be stacked into one PackedWeights: the same K, no input
+    scales, and the same kind of row / group scales (and group size)."""
+    a = ws[0]
+    return all(w.__class__ is tk.PackedWeights and w.k == a.k and w.in_scale is None
+               and (w.scale is None) == (a.scale is None) and (w.group_scale is None) == (a.group_scale is None)
+               and w.group_size == a.group_size for w in ws)
+
+
+def _stack(ws) -> tk.PackedWeights:
+    """The rows of ws stacked in order, as one PackedWeights (scales stacked alike)."""
+    a = ws[0]
+    cat = lambda arrs: None if arrs[0] is None else np.concatenate(arrs)  # noqa: E731
+    return tk.PackedWeights(np.concatenate([w.bits for w in ws]), a.k, scale=cat([w.scale for w in ws]),
+                            group_scale=cat([w.group_scale for w in ws]), group_size=a.group_size)
+
+
+def fuse_plan(names, ws):
+    """The decode plan: [(weights of one call, [(name, first row, end row), ...])], in model
+    order. Consecutive matrices of a FUSED_GROUPS group (same layer, same input) that can be
+    stacked become one call; every other matrix is a call of its own."""
+    plan, i = [], 0
+    while i < len(ws):
+        for group in FUSED_GROUPS:
+            j = i + len(group)
+            if (j <= len(ws) and tuple(_kind(n) for n in names[i:j]) == group
+                    and len({n.rsplit(".", 2)[0] for n in names[i:j]}) == 1 and _fusable(ws[i:j])):
+                bounds = np.cumsum([0] + [w.n for w in ws[i:j]])
+                plan.append((_stack(ws[i:j]), [(n, int(b0), int(b1))
+                                               for n, b0, b1 in zip(names[i:j], bounds[:-1], bounds[1:])]))
+                i = j
+                break
+        else:
+            plan.append((ws[i], [(names[i], 0, ws[i].n)]))
+            i += 1
+    return plan
+
+
 def _streamed_bytes(ws) -> int:
     """Weight bytes one pass reads: the bits (as re-tiled in the handle) and the scales used."""
     return sum(w.nbytes for w in ws)  # PackedWeights.nbytes: canonical bits + scales
@@ -161,20 +216,30 @@ def _time_passes(run, count: int, budget_s: float) -> list[float]:
 
 
 def run_mode(mode: str, ws, note: str, threads: int, *, tokens: int, prefill: int, budget_s: float,
-             seed: int = 1) -> dict:
+             seed: int = 1, calls=None) -> dict:
+    """Decode (and prefill) of the weights ws on `threads` threads: one call per matrix, or
+    per entry of ``calls`` (fuse_plan of ws: matrices that share an input as one call)."""
     rec = {"mode": mode, "threads": threads, "note": note}
     fn = _layer_fn(mode, threads)
     rng = np.random.default_rng(seed)
     ks = sorted({w.k for w in ws})
     xs = {k: rng.standard_normal(k).astype(np.float32) for k in ks}
-    plan = [(xs[w.k], w) for w in ws]
+    if calls is None:
+        calls = [(w, [("", 0, w.n)]) for w in ws]
+    rec["calls_per_token"] = len(calls)
+    # each call's outputs, as the next layers would take them: views of the fused result
+    plan = [(xs[w.k], w, [slice(b0, b1) for _, b0, b1 in parts] if len(parts) > 1 else None)
+            for w, parts in calls]
 
     def token():
-        for x, w in plan:
-            fn(x, w)
+        for x, w, parts in plan:
+            y = fn(x, w)
+            if parts is not None:
+                for p in parts:
+                    y[..., p]
 
     token()  # warm-up: builds every handle, faults every page, starts the pool
-    rec["check"] = check_layer(mode, fn, *plan[0])
+    rec["check"] = check_layer(mode, fn, *plan[0][:2])
     times = _time_passes(token, tokens, budget_s)
     nbytes = _streamed_bytes(ws)
     t = float(np.median(times))
@@ -182,7 +247,7 @@ def run_mode(mode: str, ws, note: str, threads: int, *, tokens: int, prefill: in
                decode_bytes_per_s=nbytes / t)
     if prefill:
         xm = {k: rng.standard_normal((prefill, k)).astype(np.float32) for k in ks}
-        pplan = [(xm[w.k], w) for w in ws]
+        pplan = [(xm[w.k], w) for w, _ in calls]
 
         def pass_():
             for x, w in pplan:
@@ -252,15 +317,19 @@ def memory_table(shapes, weights) -> list[dict]:
 
 def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill: int = 128,
         budget_s: float = 3.0, dram_mb: int = 256, llama_cpp: str | None = None, log=print,
-        rss_before: int | None = None) -> dict:
+        rss_before: int | None = None, fuse: bool = True) -> dict:
     """``rss_before``: the RSS before ``weights`` were made (by the caller), for the
-    measured resident memory of the loaded model (made here when ``weights`` is None)."""
+    measured resident memory of the loaded model (made here when ``weights`` is None).
+    ``fuse``: the matrices of a layer that share an input (q/k/v, gate/up) run as one call
+    each token (fuse_plan; the stacked copies are made per mode and thread count, outside
+    the timing); False: one call per matrix."""
     if weights is None:
         rss_before = rss_bytes()
         weights = random_weights(shapes)
     shapes = [(name, w.n, w.k) for name, w in weights]
+    names = [name for name, _ in weights]
     params = sum(n * k for _, n, k in shapes)
-    report = {"isa": tk.isa.active(), "matrices": len(shapes), "params": params, "group_size": GROUP_SIZE,
+    report = {"fused": fuse, "isa": tk.isa.active(), "matrices": len(shapes), "params": params, "group_size": GROUP_SIZE,
               "tokens": tokens, "prefill_m": prefill, "dram_mb": dram_mb, "memory": memory_table(shapes, weights),
               "dram": {}, "results": []}
     # resident memory, measured: RSS growth of the loaded model once prepared, and of each
@@ -272,15 +341,17 @@ def run(*, shapes=None, weights=None, threads_list=(1, 2), modes=MODES, tokens: 
         ws, note = prepare_mode(mode, weights)
         if any(w is not v for w, (_, v) in zip(ws, weights)):
             report["resident"].append(resident(f"{mode} ({note.split(' (')[0]})", ws, before))
+        calls = fuse_plan(names, ws) if fuse else None  # stacked once per mode, not timed
         for threads in threads_list:
             # the bandwidth is measured right before each run, with the same thread count
             bw = dram_bandwidth(threads, buf=buf)
-            rec = run_mode(mode, ws, note, threads, tokens=tokens, prefill=prefill, budget_s=budget_s)
+            rec = run_mode(mode, ws, note, threads, tokens=tokens, prefill=prefill, budget_s=budget_s,
+                           calls=calls)
             rec["dram_bytes_per_s"] = bw
             rec["pct_dram"] = 100.0 * rec["decode_bytes_per_s"] / bw
             report["results"].append(rec)
             log(f"  {mode:8s} {threads} thread(s): " + f"{rec['decode_s'] * 1e3:.2f} ms/token")
-        del ws  # the mode's handles (re-tiled copies) go before the next mode builds its own
+        del ws, calls  # the mode's handles (re-tiled copies) go before the next mode builds its own
     for threads in threads_list:
         report["dram"][str(threads)] = dram_bandwidth(threads, buf=buf)
     del buf
@@ -342,6 +413,10 @@ def print_report(report: dict, file=None) -> None:
     notes = sorted({f"{r['mode']}: {r['note']}" for r in report["results"]})
     for n in notes:
         p(f"  note: {n}")
+    cpt = {r["calls_per_token"] for r in report["results"] if "calls_per_token" in r}
+    if report.get("fused") and cpt:
+        p(f"  note: decode runs the matrices that share an input (q/k/v, gate/up) as one call: "
+          f"{'/'.join(map(str, sorted(cpt)))} calls per token for {report['matrices']} matrices")
     if not report.get("llama_cpp", {}).get("available"):
         p(f"  llama.cpp: skipped: {report.get('llama_cpp', {}).get('reason', 'not run')}")
     else:
