@@ -134,7 +134,7 @@ class Int8RowQuantizer(nn.Module):
     For each row (the last dimension, "per token") of a float32 input ``x``, in float32
     exactly as the ``int8_row`` kernels and ``takane_kernels.reference.quantize_int8_row``:
     ``a = max(max |x|, 1e-5)``, ``q = RoundClip(x * fl(127 / a), -128, 127)`` (product
-    rounded to float32, round half to even) and ``d = fl(a / 127)``: :meth:`quantize`
+    rounded to float32, round half to even) and ``d = fl(a / 127)``: ``quantize``
     returns ``(q, d)`` (``q`` integer-valued float32 (..., K), ``d`` (...)). ``forward``
     returns the fake-quantized ``q * d[..., None]``; a ternary :class:`QuantLinear` uses
     ``q`` and ``d`` separately (its integer dot product is then exact). Backward: the
