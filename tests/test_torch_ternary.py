@@ -240,6 +240,10 @@ def test_ternary_binary_linear_state_dict_round_trip():
     w1a1 = BinaryLinear(tk.pack_weights(np.ones((20, 130), np.float32)), "w1a1", bias=torch.zeros(20))
     with pytest.raises(ValueError, match="mode"):
         w1a1.load_state_dict(state)
+    # a version-3 state without its planes: a clear error, not a KeyError
+    broken = {k: v for k, v in state["_extra_state"].items() if k != "nonzero"}
+    with pytest.raises(ValueError, match="lacks.*nonzero"):
+        other.set_extra_state(broken)
     # a 1-bit layer still writes version 2
     assert BinaryLinear(tk.pack_weights(np.ones((2, 64), np.float32)), "w1a8").get_extra_state()["version"] == 2
 

@@ -252,3 +252,15 @@ def test_bad_arguments_are_refused():
         main(["lm", "--seeds", "0"])
     with pytest.raises(SystemExit):
         main(["lm", "--width", "64", "--heads", "3"])
+
+
+def test_command_runs_chosen_variants_only(tmp_path):
+    from takane_kernels.__main__ import main
+
+    out = tmp_path / "lm"
+    assert main(["lm", *TINY_ARGS, "--no-timing", "--out", str(out), "--variants", "qat_ternary"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in report["rows"]] == ["fp32", "qat_ternary"]  # fp32: the teacher, always there
+    assert report["rows"][1]["check"]["layers"]["int8_row"] == 6
+    with pytest.raises(SystemExit):
+        main(["lm", "--variants", "no_such_variant"])

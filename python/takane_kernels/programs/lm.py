@@ -778,6 +778,9 @@ def main(argv=None) -> int:
     p.add_argument("--time-budget", type=float, default=d.time_budget,
                    help=f"seconds per latency measurement pair (default {d.time_budget:g})")
     p.add_argument("--no-timing", action="store_true", help="skip the latency columns")
+    p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], metavar="KEY",
+                   help="only these variants (fp32 and the variants they reuse always run; default all: "
+                        + ", ".join(v.key for v in VARIANTS) + ")")
     p.add_argument("--out", default=os.path.join("build", "lm"),
                    help="directory for table.md, results.json and lm.png (default build/lm)")
     args = p.parse_args(argv)
@@ -797,7 +800,7 @@ def main(argv=None) -> int:
         return 2
     print(f"takane_kernels {tk.__version__} lm: {cfg.layers} layers x {cfg.width}, {cfg.seeds} seed(s), "
           f"{cfg.steps} + {cfg.ft_steps} steps, ISA {tk.isa.active()} (checked: {', '.join(tk.isa.supported())})")
-    report = run(cfg, timing=not args.no_timing)
+    report = run(cfg, variants=args.variants, timing=not args.no_timing)
     write_report(args.out, markdown(report), report, plot, "lm.png")
     return 0
 

@@ -380,6 +380,11 @@ class BinaryLinear(KernelModule):
         if _canonical(state["mode"]) != self._kmode:
             raise ValueError(f"state is for mode {state['mode']!r}, this module is {self.mode!r}")
         if state["version"] == 3:
+            missing = {"k", "sign", "nonzero", "scale", "in_scale", "group_scale", "group_size",
+                       "tensor_scale"} - set(state)
+            if missing:
+                raise ValueError(f"BinaryLinear state version 3 (ternary weights) lacks {sorted(missing)}")
+
             def arr(key):
                 return None if state[key] is None else state[key].detach().cpu().numpy()
 
