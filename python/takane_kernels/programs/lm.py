@@ -710,7 +710,7 @@ def markdown(report) -> str:
         f"Evaluated on {c['eval_windows']} validation windows ({m['eval_bytes']:,} predicted bytes, "
         f"contexts 1–{c['context']}); 1-bit variants on our kernels (`convert()` → `BinaryLinear`), every 1-bit "
         f"layer checked against `takane_kernels.reference` on {', '.join(m['isas_checked'])} (W1A1 bit-exact, "
-        f"float/q8_0 within the documented bound) and against its training module. Bytes: 1-bit layers = packed "
+        f"float/q8_0/int8_row within the documented bound) and against its training module. Bytes: 1-bit layers = packed "
         f"bits + float32 scales; whole model adds the float32 embedding, head, norms and the W1A1 thresholds; "
         f"FP16 = every parameter in 2 bytes." + (
             f" Latency: whole model, batch 1, {m['isa']}, one thread each (our kernels for the block linears, "
