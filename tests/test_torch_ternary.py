@@ -301,4 +301,5 @@ def test_pytorch_guide_ternary_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(textwrap.dedent(blocks[0]), str(page), "exec"), namespace)
-    assert namespace["deployed"].mode == "int8_row" and namespace["loss"].item() < 0.1  # (the float teacher's outputs have variance ~1/3)
+    # (the float teacher's outputs have variance ~1/3)
+    assert namespace["deployed"].mode == "int8_row" and namespace["loss"].item() < 0.1

@@ -74,7 +74,8 @@ def _check_weights(weights, kmode: str) -> None:
     """The weights a mode runs: ``PackedWeights`` for every mode but ``"int8_row"``,
     ``TernaryWeights`` for the weight-only ones (``"w1a_float"``, ``"w1a8"``, ``"int8_row"``)."""
     if not isinstance(weights, (tk.PackedWeights, tk.TernaryWeights)):
-        raise TypeError(f"weights must be a takane_kernels.PackedWeights or TernaryWeights, got {type(weights).__name__}")
+        raise TypeError(f"weights must be a takane_kernels.PackedWeights or TernaryWeights, "
+                        f"got {type(weights).__name__}")
     ternary = isinstance(weights, tk.TernaryWeights)
     if ternary and kmode == "w1a1":
         raise ValueError("TernaryWeights need a weight-only mode: 'w1a_float', 'w1a8' or 'int8_row' "
