@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import takane_kernels as tk  # noqa: E402
 from takane_kernels.programs import lm as _lm  # noqa: E402
 from takane_kernels import reference as ref  # noqa: E402
-from takane_kernels.torch import BinaryLinear, QuantLinear, SignQuantizer  # noqa: E402
+from takane_kernels.torch import BinaryLinear, Int8RowQuantizer, QuantLinear, SignQuantizer  # noqa: E402
 
 from conftest import assert_ran  # noqa: E402
 
@@ -58,7 +58,7 @@ def test_every_variant_is_produced_and_measured(reduced):
     report, models = reduced
     rows = {r["key"]: r for r in report["rows"]}
     assert list(rows) == [v.key for v in _lm.VARIANTS]
-    assert {r["item"] for r in rows.values()} == {"1", "2", "3", "4", "5", "6"}
+    assert {r["item"] for r in rows.values()} == {"1", "2", "3", "4", "5", "6", "7"}
     for key, r in rows.items():
         assert len(r["acc"]) == len(r["bpb"]) == 1 and r["acc_std"] == 0.0
         assert 0.0 <= r["acc_mean"] <= 1.0 and 0.0 < r["bpb_mean"] < 12.0
@@ -72,10 +72,13 @@ def test_every_variant_is_produced_and_measured(reduced):
     assert rows["fp32"]["acc_mean"] > 0.1  # a few steps already learn the frequent bytes (chance: 1/256)
     n = TINY.layers
     for key in ("ptq_naive", "ptq_group", "ptq_onebit", "qat_onebit"):
-        assert rows[key]["check"]["layers"] == {"w1a1": 0, "w1a_float": 6 * n, "w1a8": 0}, key
+        assert rows[key]["check"]["layers"] == {"w1a1": 0, "w1a_float": 6 * n, "w1a8": 0, "int8_row": 0}, key
     for key in ("w1a1_naive", "w1a1_adaptive", "w1a1_centred"):  # MLP W1A1, attention W1A-float
-        assert rows[key]["check"]["layers"] == {"w1a1": 2 * n, "w1a_float": 4 * n, "w1a8": 0}, key
-    assert rows["qat_onebit_q8"]["check"]["layers"] == {"w1a1": 0, "w1a_float": 0, "w1a8": 6 * n}
+        assert rows[key]["check"]["layers"] == {"w1a1": 2 * n, "w1a_float": 4 * n, "w1a8": 0, "int8_row": 0}, key
+    assert rows["qat_onebit_q8"]["check"]["layers"] == {"w1a1": 0, "w1a_float": 0, "w1a8": 6 * n, "int8_row": 0}
+    # 7, BitNet b1.58: every block linear W1.58A8 on TernaryWeights
+    assert rows["qat_ternary"]["check"]["layers"] == {"w1a1": 0, "w1a_float": 0, "w1a8": 0, "int8_row": 6 * n}
+    assert all(isinstance(m.weights, tk.TernaryWeights) for _, m in _lm.binary_layers(models["qat_ternary"][1]))
     # 6 converts 4's trained model: the same weights, other activations
     (q4, d4), (q6, d6) = models["qat_onebit"], models["qat_onebit_q8"]
     assert q6 is q4
@@ -93,7 +96,10 @@ def test_variants_train_what_they_say(reduced):
         quant = [m for m in trained.modules() if isinstance(m, QuantLinear)]
         assert len(quant) == 6 * TINY.layers and all(m.scale == v.scale for m in quant), v.key
         signs = [m.input_quantizer for m in quant if m.input_quantizer is not None]
-        if v.act is None:
+        if v.int8_inputs:  # BitNet b1.58: every block linear's input int8 per token
+            assert len(signs) == 6 * TINY.layers and all(isinstance(s, Int8RowQuantizer) for s in signs)
+            assert all(m.weight_ste == "identity" for m in quant)
+        elif v.act is None:
             assert not signs
         else:
             assert len(signs) == 2 * TINY.layers and all(isinstance(s, SignQuantizer) for s in signs)
@@ -131,7 +137,7 @@ def test_deployed_layers_match_reference_on_every_isa(reduced, val, on_isa, isa_
                 with torch.inference_mode():  # and bit-identical to the training module
                     np.testing.assert_array_equal(y, trained.get_submodule(name)(x).numpy())
             else:
-                acts = "q8_0" if layer.mode == "w1a8" else "float32"
+                acts = _lm.layer_activations(layer)
                 err = np.abs(y.astype(np.float64) - ref.binary_weight_matmul(xn, layer.weights, activations=acts))
                 assert np.all(err <= ref.binary_weight_matmul_error_bound(xn, layer.weights, activations=acts)), name
 
@@ -159,7 +165,7 @@ def test_checker_catches_a_wrong_bit_and_a_value_outside_the_bound(reduced, val,
         return y
 
     monkeypatch.setattr(ref, "binary_weight_matmul", shifted)
-    for key in ("ptq_group", "qat_onebit_q8"):
+    for key in ("ptq_group", "qat_onebit_q8", "qat_ternary"):
         with pytest.raises(AssertionError, match="outside the reference bound"):
             _lm.check_layers(models[key][1], models[key][0], chunks)
 
@@ -196,6 +202,7 @@ def test_bytes_are_the_packed_sizes(reduced):
     row_scales = n * 4 * sum(rows_ for rows_, _ in shapes)
     assert rows["ptq_naive"]["bytes"]["one_bit"] == bits + row_scales
     assert rows["ptq_onebit"]["bytes"]["one_bit"] == bits + row_scales + n * 4 * sum(k for _, k in shapes)
+    assert rows["qat_ternary"]["bytes"]["one_bit"] == 2 * bits + n * 6 * 4  # sign + nonzero planes, a float per tensor
     groups = n * 4 * sum(rows_ * -(-k // 128) for rows_, k in shapes)
     assert rows["ptq_group"]["bytes"]["one_bit"] == bits + groups
     w = rows["w1a1_adaptive"]["bytes"]
@@ -245,3 +252,15 @@ def test_bad_arguments_are_refused():
         main(["lm", "--seeds", "0"])
     with pytest.raises(SystemExit):
         main(["lm", "--width", "64", "--heads", "3"])
+
+
+def test_command_runs_chosen_variants_only(tmp_path):
+    from takane_kernels.__main__ import main
+
+    out = tmp_path / "lm"
+    assert main(["lm", *TINY_ARGS, "--no-timing", "--out", str(out), "--variants", "qat_ternary"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert [r["key"] for r in report["rows"]] == ["fp32", "qat_ternary"]  # fp32: the teacher, always there
+    assert report["rows"][1]["check"]["layers"]["int8_row"] == 6
+    with pytest.raises(SystemExit):
+        main(["lm", "--variants", "no_such_variant"])

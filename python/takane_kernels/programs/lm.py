@@ -34,13 +34,19 @@ stated; the embedding, the head and the norms stay float32 and are counted in th
    the FP32 model exactly as 4 (same steps, learning rate, distillation). At inference the
    MLP layers are W1A1 ``binary_linear``.
 6. ``qat_onebit_q8``: the model of 4 with q8_0 activations (``BinaryLinear`` mode ``w1a8``).
+7. ``qat_ternary``: BitNet b1.58 (W1.58A8), the format the published "1-bit" LLMs use:
+   every block linear ``QuantLinear(scale="ternary")`` (absmean ternary weights, one
+   mean |W| per tensor) with an ``Int8RowQuantizer`` on its input (per-token absmax int8),
+   BitNet's identity straight-through estimators, fine-tuned from the FP32 model exactly as
+   4 (same steps, learning rate, distillation). At inference ``BinaryLinear`` mode
+   ``int8_row`` on ``TernaryWeights`` (2 bits per weight: the "1-bit layers" bytes).
 
 Training uses ``takane_kernels.torch``'s ``QuantLinear`` / ``SignQuantizer``; inference of
 every 1-bit variant runs on ``convert()``-ed models (``BinaryLinear``: our kernels), and every
 1-bit layer's output is checked during the run against ``takane_kernels.reference`` on every
-ISA the machine supports (W1A1 bit-exact; float and q8_0 within
+ISA the machine supports (W1A1 bit-exact; float, q8_0 and int8_row within
 ``reference.binary_weight_matmul_error_bound``) and against the training module it came from
-(W1A1 bit-identical; float within ``linear_error_bound``).
+(W1A1 bit-identical; float and int8_row within ``linear_error_bound``).
 
 Metrics, mean ± std over seeds (each seed: initialisation, batch order, fine-tunes):
 validation next-byte top-1 accuracy and bits per byte (perplexity = 2^bpb), each also as a
@@ -87,7 +93,7 @@ class Config:
     context: int = 128
     batch: int = 8
     steps: int = 500  # FP32 training steps
-    ft_steps: int = 100  # every fine-tune (4 and 5)
+    ft_steps: int = 100  # every fine-tune (4, 5 and 7)
     lr: float = 2e-3
     ft_lr: float = 1e-3
     seeds: int = 3
@@ -108,11 +114,14 @@ class Variant:
     act: str | None = None  # SignQuantizer on the MLP inputs: "zero" | "adaptive" | "centred"
     activations: str = "float32"  # convert(): "float32" | "q8_0"
     reuse: str | None = None  # the trained variant whose model this one converts differently
+    int8_inputs: bool = False  # an Int8RowQuantizer on every block linear's input (scale "ternary")
 
     @property
     def mode(self) -> str:
         if self.scale is None:
             return "PyTorch float32"
+        if self.scale == "ternary":
+            return "w1.58a8 (int8_row)" if self.int8_inputs else "w1.58a_float"
         lin = "w1a8" if self.activations == "q8_0" else "w1a_float"
         return f"{lin} attn + w1a1 MLP" if self.act else lin
 
@@ -132,6 +141,8 @@ VARIANTS = [
             "mean_abs", "centred"),
     Variant("qat_onebit_q8", "OneBit QAT fine-tune, q8_0 activations (W1A8)", "6", "reuse", "onebit",
             activations="q8_0", reuse="qat_onebit"),
+    Variant("qat_ternary", "BitNet b1.58 QAT fine-tune: ternary absmean weights, per-token int8 activations "
+            "(W1.58A8) + distillation", "7", "finetune", "ternary", int8_inputs=True),
 ]
 
 
@@ -266,8 +277,8 @@ def _rope(x, cos, sin):
 def quantize(fp32_model, v: Variant):
     """A copy of the FP32 model with every block linear a ``QuantLinear`` for variant ``v``
     (the FP32 weights as latent weights; SignQuantizers on the MLP inputs for the seed's
-    method)."""
-    from takane_kernels.torch import QuantLinear, SignQuantizer
+    method; an ``Int8RowQuantizer`` on every block linear for BitNet b1.58)."""
+    from takane_kernels.torch import Int8RowQuantizer, QuantLinear, SignQuantizer
 
     def quantizer(channels):
         if v.act == "zero":
@@ -287,6 +298,8 @@ def quantize(fp32_model, v: Variant):
                 kw["group_size"] = GROUP_SIZE
             if v.act is not None and name in MLP_NAMES:
                 kw["input_quantizer"] = quantizer(lin.in_features)
+            if v.int8_inputs:
+                kw["input_quantizer"] = Int8RowQuantizer()
             setattr(blk, name, QuantLinear.from_linear(lin, **kw))
     return model.eval()
 
@@ -403,9 +416,9 @@ def binary_layers(model):
 def check_layers(deployed, trained, chunks: np.ndarray) -> dict:
     """Every 1-bit layer of ``deployed`` (a converted model) on the inputs it sees for
     ``chunks``, on every supported ISA (forced, and asserted to have run): W1A1 outputs equal
-    ``reference.binary_linear``'s bit for bit and the training module's; float and q8_0
-    outputs within ``reference.binary_weight_matmul_error_bound`` of the reference, and float
-    within ``linear_error_bound`` of the training module. Raises AssertionError otherwise."""
+    ``reference.binary_linear``'s bit for bit and the training module's; float, q8_0 and
+    int8_row outputs within ``reference.binary_weight_matmul_error_bound`` of the reference,
+    and float and int8_row within ``linear_error_bound`` of the training module. Raises AssertionError otherwise."""
     torch = _torch()
     from takane_kernels.torch import linear_error_bound
 
@@ -419,7 +432,7 @@ def check_layers(deployed, trained, chunks: np.ndarray) -> dict:
         for h in hooks:
             h.remove()
     isas = tk.isa.supported()
-    counts = {"w1a1": 0, "w1a_float": 0, "w1a8": 0}
+    counts = {"w1a1": 0, "w1a_float": 0, "w1a8": 0, "int8_row": 0}
     worst = 0.0  # largest |kernel - reference| / bound over the float layers
     for name, layer in binary_layers(deployed):
         x = inputs[name].reshape(-1, layer.in_features).contiguous()
@@ -427,7 +440,7 @@ def check_layers(deployed, trained, chunks: np.ndarray) -> dict:
         w = layer.weights
         with torch.inference_mode():
             y_train = trained.get_submodule(name)(x).numpy()
-        acts = "q8_0" if layer.mode == "w1a8" else "float32"
+        acts = layer_activations(layer)
         if layer.mode == "w1a1":
             y_ref = ref.binary_linear(xn, w, threshold=layer.threshold, bias=None)
         else:
@@ -449,12 +462,17 @@ def check_layers(deployed, trained, chunks: np.ndarray) -> dict:
                 if not np.all(err <= bound):
                     raise AssertionError(f"{name} ({isa}): {layer.mode} output outside the reference bound")
                 worst = max(worst, float(np.max(err / np.maximum(bound, 1e-300))))
-                if layer.mode == "w1a_float" and not np.all(
+                if layer.mode in ("w1a_float", "int8_row") and not np.all(
                         np.abs(y.astype(np.float64) - y_train) <= linear_error_bound(x, layer)):
                     raise AssertionError(f"{name} ({isa}): output outside linear_error_bound of the training module")
         counts[layer.mode] += 1
     return {"isas": isas, "layers": counts, "rows": int(len(chunks) * (chunks.shape[1] - 1)),
             "worst_err_over_bound": worst}
+
+
+def layer_activations(layer) -> str:
+    """The ``activations=`` of ``reference.binary_weight_matmul`` for a converted layer."""
+    return {"w1a8": "q8_0", "int8_row": "int8_row"}.get(layer.mode, "float32")
 
 
 # ---- memory and latency ------------------------------------------------------------------
@@ -686,12 +704,13 @@ def markdown(report) -> str:
         f"(tests excluded), split by file: {cp['train_bytes']:,} training bytes ({cp['train_files']} files), "
         f"{cp['val_bytes']:,} validation bytes ({cp['val_files']} files; sha256 {cp['sha256'][:12]}…). "
         f"FP32: {c['steps']} steps of {c['batch']} × {c['context']} bytes, AdamW, lr {c['lr']:g}, cosine; every "
-        f"fine-tune (4, 5 and the FP32 control): {c['ft_steps']} steps from the FP32 model, lr {c['ft_lr']:g}, cross-entropy + KL to the "
-        f"FP32 logits, straight-through estimators (weights: clipped at |w| ≤ 1; activations: the seed's). "
+        f"fine-tune (4, 5, 7 and the FP32 control): {c['ft_steps']} steps from the FP32 model, lr {c['ft_lr']:g}, cross-entropy + KL to the "
+        f"FP32 logits, straight-through estimators (weights: clipped at |w| ≤ 1; activations: the seed's; 7, "
+        f"BitNet b1.58: identity through both roundings, ternary weights counted in the 1-bit layers' bytes at 2 bits). "
         f"Evaluated on {c['eval_windows']} validation windows ({m['eval_bytes']:,} predicted bytes, "
         f"contexts 1–{c['context']}); 1-bit variants on our kernels (`convert()` → `BinaryLinear`), every 1-bit "
         f"layer checked against `takane_kernels.reference` on {', '.join(m['isas_checked'])} (W1A1 bit-exact, "
-        f"float/q8_0 within the documented bound) and against its training module. Bytes: 1-bit layers = packed "
+        f"float/q8_0/int8_row within the documented bound) and against its training module. Bytes: 1-bit layers = packed "
         f"bits + float32 scales; whole model adds the float32 embedding, head, norms and the W1A1 thresholds; "
         f"FP16 = every parameter in 2 bytes." + (
             f" Latency: whole model, batch 1, {m['isa']}, one thread each (our kernels for the block linears, "
@@ -746,7 +765,7 @@ def main(argv=None) -> int:
                                             "library and measure the 1-bit table (accuracy, bits/byte, memory, "
                                             "latency on our kernels vs PyTorch float32).")
     for name, help_ in (("seeds", "training seeds"), ("steps", "FP32 training steps"),
-                        ("ft_steps", "fine-tune steps (variants 4, 5)"), ("layers", "transformer blocks"),
+                        ("ft_steps", "fine-tune steps (variants 4, 5, 7)"), ("layers", "transformer blocks"),
                         ("width", "model width"), ("heads", "attention heads"), ("context", "context bytes"),
                         ("batch", "windows per training step"), ("eval_windows", "validation windows"),
                         ("check_windows", "windows whose 1-bit layers are checked on every ISA"),
@@ -759,6 +778,9 @@ def main(argv=None) -> int:
     p.add_argument("--time-budget", type=float, default=d.time_budget,
                    help=f"seconds per latency measurement pair (default {d.time_budget:g})")
     p.add_argument("--no-timing", action="store_true", help="skip the latency columns")
+    p.add_argument("--variants", nargs="+", choices=[v.key for v in VARIANTS], metavar="KEY",
+                   help="only these variants (fp32 and the variants they reuse always run; default all: "
+                        + ", ".join(v.key for v in VARIANTS) + ")")
     p.add_argument("--out", default=os.path.join("build", "lm"),
                    help="directory for table.md, results.json and lm.png (default build/lm)")
     args = p.parse_args(argv)
@@ -778,7 +800,7 @@ def main(argv=None) -> int:
         return 2
     print(f"takane_kernels {tk.__version__} lm: {cfg.layers} layers x {cfg.width}, {cfg.seeds} seed(s), "
           f"{cfg.steps} + {cfg.ft_steps} steps, ISA {tk.isa.active()} (checked: {', '.join(tk.isa.supported())})")
-    report = run(cfg, timing=not args.no_timing)
+    report = run(cfg, variants=args.variants, timing=not args.no_timing)
     write_report(args.out, markdown(report), report, plot, "lm.png")
     return 0
 

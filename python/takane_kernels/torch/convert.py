@@ -15,7 +15,7 @@ import takane_kernels as tk
 from takane_kernels import reference as ref
 
 from .modules import BinaryConv2d, BinaryLinear
-from .qat import QuantConv2d, QuantLinear, SignQuantizer
+from .qat import Int8RowQuantizer, QuantConv2d, QuantLinear, SignQuantizer
 
 __all__ = ["convert", "linear_error_bound"]
 
@@ -35,7 +35,31 @@ def _flip_columns(bits: np.ndarray, flip_in) -> np.ndarray:
     return bits ^ mask
 
 
+def _convert_ternary(q: QuantLinear, activations: str, threads) -> nn.Module:
+    """A ``QuantLinear(scale="ternary")`` as a ``BinaryLinear`` on ``TernaryWeights``: the
+    very ternary values and per-tensor scale its forward uses (``ternary_weight()``, float32,
+    so the planes and ``tensor_scale`` are those of the training model, not a float64
+    re-derivation), mode ``"int8_row"`` with an :class:`Int8RowQuantizer` input (whatever
+    ``activations`` says: the model's own quantizer), else ``"w1a_float"`` / ``"w1a8"``."""
+    with torch.no_grad():
+        t, gamma = q.ternary_weight()
+    t = t.to("cpu", torch.float32).numpy()
+    gamma = float(gamma.to(torch.float32))
+    if np.isnan(t).any() or not np.isfinite(gamma):
+        raise ValueError("convert: a ternary QuantLinear's weights are not finite (NaN or inf)")
+    # canonical planes: sign bit iff t = +1, nonzero bit iff t != 0 (so sign implies nonzero)
+    weights = tk.TernaryWeights(tk.pack_bits(t, 0.5), tk.pack_bits(np.abs(t), 0.5), q.in_features,
+                                tensor_scale=gamma)
+    if isinstance(q.input_quantizer, Int8RowQuantizer):
+        mode = "int8_row"
+    else:
+        mode = "w1a_float" if activations == "float32" else "w1a8"
+    return BinaryLinear(weights, mode, bias=q.bias, threads=threads)
+
+
 def _convert_linear(q: QuantLinear, activations: str, threads, threshold=None, flip_in=None) -> nn.Module:
+    if q.scale == "ternary":
+        return _convert_ternary(q, activations, threads)
     w = q.weight.detach().to("cpu", torch.float32).numpy()
     if np.isnan(w).any():
         raise ValueError("convert: a QuantLinear's weights contain NaN (NaN has no sign)")
@@ -382,7 +406,13 @@ def convert(model: nn.Module, *, activations: str = "float32", fold_batchnorm: b
       model's eval outputs for ``"float32"``;
     - a SignQuantizer input with ``"onebit"`` / ``"group"`` scales: the quantizer (eval mode,
       exact) followed by a ``"w1a_float"`` layer (the W1A1 kernel has no per-input or group
-      scales), within the same bound.
+      scales), within the same bound;
+    - ``scale="ternary"`` (BitNet b1.58): a layer on :class:`~takane_kernels.TernaryWeights`
+      holding the forward's own ternary values and mean |W| (``tensor_scale``); with an
+      :class:`Int8RowQuantizer` input mode ``"int8_row"`` (W1.58A8: the kernels quantize
+      each row exactly as the quantizer does, so the integer dot products are equal),
+      without one ``"w1a_float"`` (or ``"w1a8"`` for ``activations="q8_0"``) — within
+      :func:`linear_error_bound` of the training model's eval outputs (``"q8_0"`` aside).
 
     In an ``nn.Sequential``, a W1A1 ``QuantLinear`` → ``BatchNorm1d`` → W1A1 ``QuantLinear``
     run is folded (``fold_batchnorm=True``): the BatchNorm, the first layer's scale and bias and
@@ -425,7 +455,11 @@ def linear_error_bound(x, layer: nn.Module) -> np.ndarray:
     """|converted − training| bound (float64, (..., N)) for a weight-only converted linear
     layer's output on input ``x``: twice ``reference.binary_weight_matmul_error_bound`` (each
     of the two float32 evaluations — the kernel's and PyTorch's at its default float32 matmul
-    precision — is within that bound of the exact value)."""
+    precision — is within that bound of the exact value). For a ternary ``"int8_row"`` layer
+    the bound is that of ``activations="int8_row"``: both sides quantize ``x`` to the same
+    integers, the training forward's dot product is exact (K <= 2**17) and its epilogue
+    ``fl(fl(D * fl(d * gamma)) + bias)`` is within γ(3)·|gamma·d·D| + u·|bias| of the exact
+    value, inside that bound."""
     if isinstance(layer, nn.Sequential) and len(layer) == 2:
         x = layer[0](torch.as_tensor(x))
         layer = layer[1]
@@ -433,4 +467,5 @@ def linear_error_bound(x, layer: nn.Module) -> np.ndarray:
         raise TypeError(f"linear_error_bound needs a converted BinaryLinear, got {type(layer).__name__}")
     xn = np.asarray(torch.as_tensor(x).detach().cpu().numpy(), dtype=np.float32)
     bias = None if layer.bias is None else layer.bias.numpy()
-    return 2.0 * ref.binary_weight_matmul_error_bound(xn, layer.weights, bias=bias)
+    acts = "int8_row" if layer.mode == "int8_row" else "float32"
+    return 2.0 * ref.binary_weight_matmul_error_bound(xn, layer.weights, bias=bias, activations=acts)

@@ -52,7 +52,7 @@ __all__ = ["BinaryLinear", "BinaryConv2d", "BinaryMaxPool2d", "KernelModule", "M
 
 # BinaryLinear's modes; "w1a_float" and "w1a8" are the public aliases of the library-wide
 # names "f32" and "q8_0" (accepted too)
-MODES = ("w1a1", "w1a_float", "w1a8")
+MODES = ("w1a1", "w1a_float", "w1a8", "int8_row")
 _DEFAULT_SCALE = {"w1a1": "mean_abs", "f32": "onebit", "q8_0": "mean_abs"}
 _F32 = torch.float32
 _cast = C.ffi.cast
@@ -68,6 +68,21 @@ def _check_mode(mode: object) -> str:
     if mode not in MODES and mode not in ("f32", "q8_0"):
         raise ValueError(f"mode must be one of {MODES}, got {mode!r} (also accepted: 'f32', 'q8_0')")
     return _canonical(mode)
+
+
+def _check_weights(weights, kmode: str) -> None:
+    """The weights a mode runs: ``PackedWeights`` for every mode but ``"int8_row"``,
+    ``TernaryWeights`` for the weight-only ones (``"w1a_float"``, ``"w1a8"``, ``"int8_row"``)."""
+    if not isinstance(weights, (tk.PackedWeights, tk.TernaryWeights)):
+        raise TypeError(f"weights must be a takane_kernels.PackedWeights or TernaryWeights, "
+                        f"got {type(weights).__name__}")
+    ternary = isinstance(weights, tk.TernaryWeights)
+    if ternary and kmode == "w1a1":
+        raise ValueError("TernaryWeights need a weight-only mode: 'w1a_float', 'w1a8' or 'int8_row' "
+                         "(a ternary W1A1 layer is not implemented)")
+    if kmode == "int8_row" and not ternary:
+        raise ValueError("mode 'int8_row' (BitNet b1.58's per-token int8 activations) takes TernaryWeights "
+                         "(takane_kernels.pack_ternary); 1-bit weights take 'w1a1', 'w1a_float' or 'w1a8'")
 
 
 def _is_zero(t) -> bool:
@@ -182,7 +197,11 @@ class BinaryLinear(KernelModule):
 
     Build it with :meth:`from_linear`, or directly from a :class:`~takane_kernels.PackedWeights`
     (e.g. one loaded with ``PackedWeights.load``). ``mode``: ``"w1a1"``, ``"w1a_float"``
-    (alias of ``"f32"``) or ``"w1a8"`` (alias of ``"q8_0"``). ``threshold`` (``"w1a1"``
+    (alias of ``"f32"``) or ``"w1a8"`` (alias of ``"q8_0"``). ``weights`` may also be a
+    :class:`~takane_kernels.TernaryWeights` ({-1, 0, +1}, docs/guide/ternary.md) with mode
+    ``"w1a_float"``, ``"w1a8"`` or ``"int8_row"`` (BitNet b1.58's per-token absmax int8
+    activations: W1.58A8), e.g. from :func:`~takane_kernels.torch.convert` of a
+    ``QuantLinear(scale="ternary")``. ``threshold`` (``"w1a1"``
     only) is the activation threshold: a scalar or one per input feature (e.g.
     ``AdaptiveThreshold.threshold``). ``threads`` caps the kernels' threads (``None``: the
     library default).
@@ -194,9 +213,8 @@ class BinaryLinear(KernelModule):
     def __init__(self, weights: tk.PackedWeights, mode: str = "w1a1", *, bias=None, threshold=0.0,
                  activation_scale: bool = False, threads: int | None = None):
         super().__init__()
-        if not isinstance(weights, tk.PackedWeights):
-            raise TypeError(f"weights must be a takane_kernels.PackedWeights, got {type(weights).__name__}")
         kmode = _check_mode(mode)
+        _check_weights(weights, kmode)
         if kmode == "w1a1" and weights.in_scale is not None:
             raise ValueError("mode 'w1a1' cannot apply an in_scale (per-input scale) to binary "
                              "activations: use mode 'w1a_float' or 'w1a8' for these weights")
@@ -327,8 +345,22 @@ class BinaryLinear(KernelModule):
     # state_dict() carries the packed weights as "_extra_state": plain tensors and ints,
     # so torch.load(..., weights_only=True) reads it back. Version 2 adds group_scale and
     # group_size (None when absent); version 1 states (no group scales) still load.
+    # Version 3 is TernaryWeights ("sign", "nonzero", "tensor_scale"; no "bits"); a
+    # PackedWeights layer still writes version 2, so older readers load it.
     def get_extra_state(self) -> dict:
         w = self.weights
+        if isinstance(w, tk.TernaryWeights):
+            def opt(a):
+                return None if a is None else torch.from_numpy(a.copy())
+
+            return {
+                "format": "takane_kernels.BinaryLinear", "version": 3, "mode": self.mode, "k": w.k,
+                "sign": torch.from_numpy(w.sign.view(np.int64).copy()),
+                "nonzero": torch.from_numpy(w.nonzero.view(np.int64).copy()),
+                "scale": opt(w.scale), "in_scale": opt(w.in_scale), "group_scale": opt(w.group_scale),
+                "group_size": w.group_size,
+                "tensor_scale": None if w.tensor_scale is None else torch.tensor(w.tensor_scale, dtype=torch.float32),
+            }
         return {
             "format": "takane_kernels.BinaryLinear", "version": 2, "mode": self.mode, "k": w.k,
             "bits": torch.from_numpy(w.bits.view(np.int64).copy()),  # uint64 bit patterns
@@ -344,20 +376,39 @@ class BinaryLinear(KernelModule):
     def set_extra_state(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("format") != "takane_kernels.BinaryLinear":
             raise ValueError("not a takane_kernels.BinaryLinear state")
-        if state.get("version") not in (1, 2):
+        if state.get("version") not in (1, 2, 3):
             raise ValueError(f"unsupported BinaryLinear state version {state.get('version')!r}")
         if _canonical(state["mode"]) != self._kmode:
             raise ValueError(f"state is for mode {state['mode']!r}, this module is {self.mode!r}")
+        if state["version"] == 3:
+            missing = {"k", "sign", "nonzero", "scale", "in_scale", "group_scale", "group_size",
+                       "tensor_scale"} - set(state)
+            if missing:
+                raise ValueError(f"BinaryLinear state version 3 (ternary weights) lacks {sorted(missing)}")
+
+            def arr(key):
+                return None if state[key] is None else state[key].detach().cpu().numpy()
+
+            ts = state["tensor_scale"]
+            weights = tk.TernaryWeights(arr("sign").view(np.uint64), arr("nonzero").view(np.uint64), int(state["k"]),
+                                        scale=arr("scale"), in_scale=arr("in_scale"), group_scale=arr("group_scale"),
+                                        group_size=state["group_size"], tensor_scale=None if ts is None else float(ts))
+            self._set_loaded(weights)
+            return
         bits = state["bits"].detach().cpu().numpy().view(np.uint64)
         keys = ("scale", "in_scale") + (("group_scale",) if state["version"] == 2 else ())
         opt = {key: None if state[key] is None else state[key].detach().cpu().numpy() for key in keys}
         if state["version"] == 2:
             opt["group_size"] = state["group_size"]
         weights = tk.PackedWeights(bits, int(state["k"]), **opt)  # validates the format
+        self._load_threshold(state, weights.k)
+        self._set_loaded(weights)
+
+    def _set_loaded(self, weights) -> None:
+        _check_weights(weights, self._kmode)  # (a state's weights must suit this module's mode)
         if (weights.n, weights.k) != (self.out_features, self.in_features):
             raise ValueError(f"state holds ({weights.n}, {weights.k}) weights, this module "
                              f"({self.out_features}, {self.in_features})")
-        self._load_threshold(state, weights.k)
         self.weights = weights
 
     def extra_repr(self) -> str:
@@ -452,8 +503,22 @@ class BinaryConv2d(KernelModule):
                          threads=self.threads)
         return y.permute(0, 3, 1, 2)
 
+    # Version 3 is TernaryWeights ("sign", "nonzero", "tensor_scale"; no "bits"); a
+    # PackedWeights layer still writes version 2, so older readers load it.
     def get_extra_state(self) -> dict:
         w = self.weights
+        if isinstance(w, tk.TernaryWeights):
+            def opt(a):
+                return None if a is None else torch.from_numpy(a.copy())
+
+            return {
+                "format": "takane_kernels.BinaryLinear", "version": 3, "mode": self.mode, "k": w.k,
+                "sign": torch.from_numpy(w.sign.view(np.int64).copy()),
+                "nonzero": torch.from_numpy(w.nonzero.view(np.int64).copy()),
+                "scale": opt(w.scale), "in_scale": opt(w.in_scale), "group_scale": opt(w.group_scale),
+                "group_size": w.group_size,
+                "tensor_scale": None if w.tensor_scale is None else torch.tensor(w.tensor_scale, dtype=torch.float32),
+            }
         return {
             "format": "takane_kernels.BinaryConv2d", "version": 1, "in_channels": w.in_channels,
             "bits": torch.from_numpy(w.bits.view(np.int64).copy()),

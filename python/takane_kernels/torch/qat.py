@@ -28,11 +28,12 @@ from torch import nn
 import takane_kernels as tk
 from .. import _capi as C
 
-__all__ = ["SignQuantizer", "QuantLinear", "QuantConv2d", "binarize"]
+__all__ = ["SignQuantizer", "Int8RowQuantizer", "QuantLinear", "QuantConv2d", "binarize", "ternarize"]
 
 STE_VARIANTS = ("seed", "clip", "identity")
 THRESHOLD_KINDS = ("adaptive", "fixed", "learned")
-LINEAR_SCALES = (None, "mean_abs", "onebit", "group")
+LINEAR_SCALES = (None, "mean_abs", "onebit", "group", "ternary")
+INT8_ROW_FLOOR = 1e-5  # the kernels' floor on a row's max |x| (docs/guide/ternary.md, int8_row)
 CONV_SCALES = (None, "mean_abs")
 
 
@@ -87,6 +88,77 @@ def binarize(x: torch.Tensor, t, ste: str = "clip") -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         t = torch.tensor(float(t), dtype=x.dtype, device=x.device)
     return _BinarizeSTE.apply(x, t, _check_ste(ste))
+
+
+class _RoundClipSTE(torch.autograd.Function):
+    """Forward: ``clamp(round(v), lo, hi)`` (round half to even, as the kernels and
+    ``tk.pack_ternary``). Backward, by ``ste``: ``"identity"`` passes the gradient (BitNet
+    b1.58's ``x + (quant(x) - x).detach()``); ``"clip"`` zeroes it where ``v`` lies outside
+    ``[lo - 1/2, hi + 1/2]`` (beyond the last rounding bucket); ``"seed"`` zeroes it where
+    ``|grad| > 1`` (as :class:`_BinarizeSTE`)."""
+
+    @staticmethod
+    def forward(ctx, v, lo, hi, ste):
+        ctx.ste, ctx.lo, ctx.hi = ste, lo, hi
+        if ste == "clip":
+            ctx.save_for_backward(v)
+        return torch.round(v).clamp_(lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        if ctx.ste == "seed":
+            return torch.where(g.abs() > 1, torch.zeros_like(g), g), None, None, None
+        if ctx.ste == "clip":
+            (v,) = ctx.saved_tensors
+            out = (v < ctx.lo - 0.5) | (v > ctx.hi + 0.5)
+            return torch.where(out, torch.zeros_like(g), g), None, None, None
+        return g, None, None, None
+
+
+def ternarize(w: torch.Tensor, eps: float = 1e-5, ste: str = "identity") -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58's absmean weight quantizer: ``(t, gamma)`` with ``gamma = mean |w|``
+    (over the whole tensor, detached) and ``t = RoundClip(w / (gamma + eps), -1, 1)`` in
+    ``{-1, 0, +1}``, each step one op in ``w``'s dtype (float32: ``fl(gamma + eps)``, then the
+    correctly rounded quotient, then round half to even). The effective weight is
+    ``t * gamma``. Backward: the ``ste`` of the rounding on ``w / (gamma + eps)`` (default
+    ``"identity"``, so ``d(t * gamma)/dw = gamma / (gamma + eps)`` ≈ 1, BitNet's STE; no
+    gradient through ``gamma``). ``eps`` > 0 (so the quotient is always defined)."""
+    gamma = w.detach().abs().mean() if w.numel() else w.new_zeros(())
+    t = _RoundClipSTE.apply(w / (gamma + eps), -1.0, 1.0, ste)
+    return t, gamma
+
+
+class Int8RowQuantizer(nn.Module):
+    """BitNet b1.58's per-token absmax int8 activation quantizer, with an STE backward.
+
+    For each row (the last dimension, "per token") of a float32 input ``x``, in float32
+    exactly as the ``int8_row`` kernels and ``takane_kernels.reference.quantize_int8_row``:
+    ``a = max(max |x|, 1e-5)``, ``q = RoundClip(x * fl(127 / a), -128, 127)`` (product
+    rounded to float32, round half to even) and ``d = fl(a / 127)``: ``quantize``
+    returns ``(q, d)`` (``q`` integer-valued float32 (..., K), ``d`` (...)). ``forward``
+    returns the fake-quantized ``q * d[..., None]``; a ternary :class:`QuantLinear` uses
+    ``q`` and ``d`` separately (its integer dot product is then exact). Backward: the
+    identity through the rounding (``dq/dx = 127 / a``, ``a`` treated as a constant, BitNet's
+    STE). A non-float32 input is computed in float32. NaN or ±inf in a row propagates NaN
+    into that row (the converted kernel raises ``ValueError`` instead). No parameters or
+    buffers: the state dict is empty.
+    """
+
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1:
+            what = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"Int8RowQuantizer: input must be a floating-point tensor (..., K), got {what}")
+        x = x.to(torch.float32)
+        if x.shape[-1]:
+            a = x.detach().abs().amax(dim=-1).clamp_min(INT8_ROW_FLOOR)
+        else:
+            a = x.new_full(x.shape[:-1], INT8_ROW_FLOOR)
+        q = _RoundClipSTE.apply(x * (127.0 / a).unsqueeze(-1), -128.0, 127.0, "identity")
+        return q, a / 127.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, d = self.quantize(x)
+        return q * d.unsqueeze(-1)
 
 
 class SignQuantizer(nn.Module):
@@ -267,6 +339,14 @@ class QuantLinear(nn.Linear):
     - ``"group"``: ``G[n, k]`` = mean |W| of row n's group ``k // group_size`` (a partial last
       group averages its real elements) — llama.cpp Q1_0 style; ``group_size`` a positive
       multiple of 64.
+    - ``"ternary"``: BitNet b1.58 — the weights are ternarized, not binarized, by
+      :func:`ternarize` (``t = RoundClip(W / (mean|W| + eps), -1, 1)``, ``eps`` =
+      ``ternary_eps``), and ``s`` = mean |W| over the whole tensor (detached). The input
+      quantizer is ``None`` (W1.58A-float: ``y = (x @ t.T) * s + bias``) or an
+      :class:`Int8RowQuantizer` (W1.58A8: ``y = (q @ t.T) * (d * s) + bias`` with the
+      quantizer's integer ``q`` and row scale ``d``; the dot product is an exact integer in
+      float32 for K <= 2**17). ``weight_ste`` then applies to the rounding, and its default
+      is ``"identity"`` (BitNet's STE).
 
     ``weight_ste``: the weights' STE (default ``"clip"``: no gradient where ``|w| > 1``).
     Each step above is one float32 op, in the order the kernels use, so ``convert`` can
@@ -276,9 +356,21 @@ class QuantLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, scale="mean_abs",
                  group_size: int | None = None, input_quantizer: nn.Module | None = None,
-                 weight_ste: str = "clip", device=None, dtype=None):
+                 weight_ste: str | None = None, ternary_eps: float = 1e-5, device=None, dtype=None):
         if scale not in LINEAR_SCALES:
             raise ValueError(f"scale must be one of {LINEAR_SCALES}, got {scale!r}")
+        if scale == "ternary":
+            if input_quantizer is not None and not isinstance(input_quantizer, Int8RowQuantizer):
+                raise ValueError(f"scale='ternary' takes input_quantizer=None (float activations) or an "
+                                 f"Int8RowQuantizer (BitNet's int8 activations), got {type(input_quantizer).__name__} "
+                                 "(ternary weights with ±1 activations have no kernel)")
+        elif isinstance(input_quantizer, Int8RowQuantizer):
+            raise ValueError(f"an Int8RowQuantizer needs scale='ternary' (1-bit weights have no int8_row kernel: "
+                             f"use mode 'w1a8' via convert(activations='q8_0')), got scale={scale!r}")
+        ternary_eps = _finite_real(ternary_eps, "ternary_eps")
+        if not ternary_eps > 0:
+            raise ValueError(f"ternary_eps must be > 0 (W / (mean|W| + eps) must be defined), got {ternary_eps}")
+        self.ternary_eps = ternary_eps  # (used by scale="ternary" only)
         if (scale == "group") != (group_size is not None):
             raise ValueError("group_size goes with scale='group' (and only with it)")
         if group_size is not None:
@@ -288,6 +380,8 @@ class QuantLinear(nn.Linear):
         self.scale = scale
         self.group_size = group_size
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        if weight_ste is None:
+            weight_ste = "identity" if scale == "ternary" else "clip"
         self.weight_ste = _check_ste(weight_ste, "weight_ste")
         self.input_quantizer = _check_input_quantizer(input_quantizer)
         if scale == "onebit":
@@ -326,8 +420,17 @@ class QuantLinear(nn.Linear):
         counts[-1] = k - (groups - 1) * g
         return a / counts
 
+    def ternary_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale="ternary"``: ``(t, gamma)`` of :func:`ternarize` — the ternary values the
+        forward uses (with the STE) and the 0-d per-tensor scale mean |W| (detached)."""
+        if self.scale != "ternary":
+            raise ValueError(f"ternary_weight: this QuantLinear's scale is {self.scale!r}, not 'ternary'")
+        return ternarize(self.weight, self.ternary_eps, self.weight_ste)
+
     def row_scale(self) -> torch.Tensor | None:
         """The (N,) output scale the forward applies (None for none)."""
+        if self.scale == "ternary":
+            return self.ternary_weight()[1].expand(self.out_features)
         if self.scale == "mean_abs":  # K = 0: 0, as pack_weights (the mean of nothing is NaN)
             return self.weight.abs().mean(dim=1) if self.in_features else self.weight.new_zeros(self.out_features)
         if self.scale == "onebit":
@@ -335,17 +438,35 @@ class QuantLinear(nn.Linear):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale == "ternary":
+            return self._ternary_forward(x)
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.in_features:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"QuantLinear: input has shape {shape}, expected (..., {self.in_features})")
+        self._check_input(x)
         wb = binarize(self.weight, 0.0, self.weight_ste)
         if self.scale == "onebit":
             x = x * self.input_scale
         if self.scale == "group":
             wb = wb * self.group_scales().repeat_interleave(self.group_size, dim=1)[:, :self.in_features]
         return self._epilogue(F.linear(x, wb))
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[-1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"QuantLinear: input has shape {shape}, expected (..., {self.in_features})")
+
+    def _ternary_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One float32 op per step, so that convert()'s TernaryWeights (t, tensor_scale gamma)
+        # reproduce it within the documented bound: W1.58A8 computes the exact integer
+        # q @ t.T, then * fl(d * gamma), then + bias; W1.58A-float x @ t.T, * gamma, + bias.
+        self._check_input(x)
+        t, gamma = self.ternary_weight()
+        if self.input_quantizer is None:
+            y = F.linear(x, t) * gamma
+        else:
+            q, d = self.input_quantizer.quantize(x)
+            y = F.linear(q, t) * (d.unsqueeze(-1) * gamma)
+        return y + self.bias if self.bias is not None else y
 
     def _epilogue(self, y: torch.Tensor) -> torch.Tensor:
         # one float32 op per step, like the kernels: (y * s) + bias, no fused multiply-add
@@ -358,6 +479,8 @@ class QuantLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", scale={self.scale!r}, weight_ste={self.weight_ste!r}"
+        if self.scale == "ternary":
+            s += f", ternary_eps={self.ternary_eps}"
         return s + (f", group_size={self.group_size}" if self.group_size else "")
 
 
