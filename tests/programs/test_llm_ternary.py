@@ -61,6 +61,7 @@ def test_table_structure_and_results_match_reference():
         assert r["pct_dram"] == pytest.approx(100 * r["decode_bytes_per_s"] / r["dram_bytes_per_s"])
         assert r["prefill_m"] == 4 and r["prefill_tok_s"] == pytest.approx(4 / r["prefill_s"])
         assert ("pct_int8_peak" in r) == (rep["int8_peak_macs_per_s"] is not None)
+        assert r["decode_cpu_s"] > 0 and ("pct_dram_cpu" in r) == (r["threads"] == 1)
     assert set(rep["dram"]) == {"1", "2"}
     assert not rep["llama_cpp"]["available"] and "--llama-cpp" in rep["llama_cpp"]["reason"]
     assert len(lines) == 6

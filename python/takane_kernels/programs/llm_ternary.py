@@ -33,6 +33,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -109,12 +110,19 @@ def run_mode(mode: str, ws, threads: int, *, tokens: int, prefill: int, budget_s
         for w in ws:
             tk.binary_weight_matmul(xs[w.k], w, activations=mode, threads=threads)
 
+    cpu = []
+
+    def token_cpu():  # the process's CPU time too: on a loaded host, wall time counts others' slices
+        c0 = time.process_time()
+        token()
+        cpu.append(time.process_time() - c0)
+
     token()  # warm-up: every handle built, every page faulted, the pool started
-    times = llm._time_passes(token, tokens, budget_s)
+    times = llm._time_passes(token_cpu, tokens, budget_s)
     nbytes = sum(w.nbytes for w in ws)
     t = float(np.median(times))
     rec.update(weight_bytes=nbytes, decode_s=t, decode_times_s=times, decode_tok_s=1.0 / t,
-               decode_bytes_per_s=nbytes / t)
+               decode_bytes_per_s=nbytes / t, decode_cpu_s=float(np.median(cpu)))
     if prefill:
         xm = {k: rng.standard_normal((prefill, k)).astype(np.float32) for k in ks}
 
@@ -237,6 +245,8 @@ def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill
                            budget_s=budget_s)
             rec["dram_bytes_per_s"] = bw
             rec["pct_dram"] = 100.0 * rec["decode_bytes_per_s"] / bw
+            if threads == 1:  # one thread: its CPU time per token, as the probe's (tk.isa.dram_bandwidth(1))
+                rec["pct_dram_cpu"] = 100.0 * rec["weight_bytes"] / rec["decode_cpu_s"] / bw
             if "prefill_macs_per_s" in rec and peak:
                 rec["pct_int8_peak"] = 100.0 * rec["prefill_macs_per_s"] / (peak * threads)
             report["results"].append(rec)
@@ -273,14 +283,15 @@ def print_report(report: dict, file=None) -> None:
       f"matrices, {report['params'] / 1e6:.1f}M weights; {report['weight_bytes'] / 1e6:.1f} MB as 2-bit planes + "
       f"scales (TQ2_0: {report['tq2_0_bytes'] / 1e6:.1f} MB)")
     head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
-            f"{'% DRAM':>7s} {'prefill tok/s':>13s} {'% int8 peak':>11s}")
+            f"{'% DRAM':>7s} {'prefill tok/s':>13s} {'% int8 peak':>11s} {'CPU ms/token':>12s} {'% DRAM (CPU)':>12s}")
     p(head)
     p("  " + "-" * (len(head) - 2))
     for r in sorted(report["results"], key=lambda r: (r["threads"], MODES.index(r["mode"]))):
         pre = f"{r['prefill_tok_s']:13.1f}" if "prefill_tok_s" in r else f"{'-':>13s}"
         pk = f"{r['pct_int8_peak']:10.0f}%" if "pct_int8_peak" in r else f"{'-':>11s}"
         p(f"  {r['mode']:16s} {r['threads']:3d} {r['decode_s'] * 1e3:9.2f} {r['decode_tok_s']:7.2f} "
-          f"{r['decode_bytes_per_s'] / 1e9:12.1f} {r['dram_bytes_per_s'] / 1e9:9.1f} {r['pct_dram']:6.0f}% {pre} {pk}")
+          f"{r['decode_bytes_per_s'] / 1e9:12.1f} {r['dram_bytes_per_s'] / 1e9:9.1f} {r['pct_dram']:6.0f}% {pre} {pk} "
+          f"{r['decode_cpu_s'] * 1e3:12.2f} " + (f"{r['pct_dram_cpu']:11.0f}%" if "pct_dram_cpu" in r else f"{'-':>12s}"))
     lc = report["llama_cpp"]
     if not lc["available"]:
         p(f"  llama.cpp: skipped: {lc['reason']}")
@@ -311,6 +322,9 @@ def print_report(report: dict, file=None) -> None:
     if report.get("int8_peak_macs_per_s"):
         p(f"  int8 peak (tk.isa.peak_int8, one core): {report['int8_peak_macs_per_s'] / 1e9:.0f} GMAC/s; "
           "% int8 peak = prefill MAC/s / (peak x threads)")
+    p("  CPU ms/token: the process's CPU time per token (all its threads); % DRAM (CPU): 1 thread, bytes per "
+      "CPU second against the probe, which also times one thread's CPU time — the figure that load from "
+      "other processes does not distort")
     p("  weights GB/s counts both bit planes (2 bits per weight) and the scales; % DRAM against "
       "tk.isa.dram_bandwidth measured just before each row with the same thread count")
 
