@@ -223,6 +223,28 @@ def run_llama_bench(path: str, model: str, threads, *, prefill: int, tokens: int
     return out
 
 
+def llama_cpu_per_token(path: str, model: str, *, short: int = 4, long: int = 20, timeout: float = 3600.0) -> dict:
+    """llama.cpp's CPU seconds per generated token on 1 thread, which load from other processes
+    does not inflate: the CPU time of two llama-bench tg runs (``getrusage`` of the children)
+    of `short` and `long` tokens, differenced, so that loading the model and the warm-up
+    cancel. One thread only: with more, ggml's threads spin at barriers and their CPU time is
+    not work."""
+    import resource
+
+    exe = os.path.join(path, "bin", "llama-bench")
+    cpu = {}
+    for n in (short, long):
+        cmd = [exe, "-m", model, "-p", "0", "-n", str(n), "-t", "1", "-r", "1", "-o", "json", "--repack", "0"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            return {"error": (proc.stderr or proc.stdout).strip()[-800:], "command": " ".join(cmd)}
+        cpu[n] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {"cpu_s_per_token": (cpu[long] - cpu[short]) / (long - short), "cpu_s": cpu,
+            "command": f"{exe} -m {model} -p 0 -n {short}|{long} -t 1 -r 1 --repack 0 (CPU time differenced)"}
+
+
 # ---- the table -------------------------------------------------------------------------------
 
 def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill: int = 128,
@@ -270,6 +292,8 @@ def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill
             write_tq2_0_model(cfg, model)
         lc["model"] = model
         lc["bench"] = run_llama_bench(llama_cpp, model, threads_list, prefill=prefill, tokens=llama_tokens)
+        if 1 in threads_list:
+            lc["cpu_1_thread"] = llama_cpu_per_token(llama_cpp, model)
         log("  llama.cpp TQ2_0: done")
     report["llama_cpp"] = lc
     return report
@@ -315,6 +339,14 @@ def print_report(report: dict, file=None) -> None:
                   f"{ours[threads]['decode_tok_s'] / tg['tok_s']:.2f}x per token"
                   + (f", prefill {ours[threads]['prefill_tok_s'] / pp['tok_s']:.2f}x"
                      if pp and "prefill_tok_s" in ours[threads] else ""))
+        cpu = lc.get("cpu_1_thread", {})
+        if "cpu_s_per_token" in cpu and 1 in ours:
+            lt = cpu["cpu_s_per_token"]
+            p(f"  llama.cpp TQ2_0, 1 thread, CPU time: {lt * 1e3:.2f} ms/token = "
+              f"{100 * report['tq2_0_bytes'] / lt / report['dram']['1']:.0f}% DRAM (CPU); int8_row vs llama.cpp "
+              f"TQ2_0 by CPU time: {lt / ours[1]['decode_cpu_s']:.2f}x per token")
+        elif "error" in cpu:
+            p(f"  llama.cpp CPU time: error: {cpu['error']}")
         p(f"  llama.cpp: {lc['bench']['command']}")
         p("  llama.cpp: llama-bench of a llama-architecture model of the same shapes, every matrix TQ2_0 (token "
           "embedding tied as the output projection); its time covers the whole model (attention, norms, RoPE "
