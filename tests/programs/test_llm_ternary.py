@@ -111,3 +111,27 @@ def test_tq2_0_model_file(tmp_path):
     assert w.group_size == 256 and np.all(w.group_scale == np.float32(np.float16(1 / np.sqrt(256))))
     with pytest.raises(ValueError, match="256"):
         llm_ternary.write_tq2_0_model({**TINY, "ffn": 320}, str(tmp_path / "bad.gguf"))
+
+
+def test_llama_cpp_side_by_side_with_a_stand_in(tmp_path):
+    """The llama.cpp path end to end (model written, llama-bench's JSON parsed, the ratios
+    printed) with a stand-in llama-bench that prints fixed rates: the parsing, not llama.cpp."""
+    pytest.importorskip("gguf")
+    bin_dir = tmp_path / "llama" / "bin"
+    bin_dir.mkdir(parents=True)
+    exe = bin_dir / "llama-bench"
+    exe.write_text("#!/bin/sh\ncat <<'J'\n[{\"n_threads\": 1, \"n_prompt\": 4, \"avg_ts\": 40.0, \"stddev_ts\": 1.0},"
+                   " {\"n_threads\": 1, \"n_prompt\": 0, \"avg_ts\": 20.0, \"stddev_ts\": 1.0}]\nJ\n")
+    exe.chmod(0o755)
+    rep = llm_ternary.run(TINY, threads_list=(1,), modes=("int8_row",), tokens=2, prefill=4, budget_s=0.1,
+                          dram_mb=8, llama_cpp=str(tmp_path / "llama"), workdir=str(tmp_path / "w"), log=lambda *a: None)
+    lc = rep["llama_cpp"]
+    assert lc["available"] and lc["bench"]["command"].endswith("--repack 0")
+    assert lc["bench"]["results"] == [{"threads": 1, "kind": "pp", "tok_s": 40.0, "stddev": 1.0},
+                                      {"threads": 1, "kind": "tg", "tok_s": 20.0, "stddev": 1.0}]
+    assert "cpu_s_per_token" in lc["cpu_1_thread"]
+    out = io.StringIO()
+    llm_ternary.print_report(rep, file=out)
+    ours = rep["results"][0]
+    assert f"decode {ours['decode_tok_s'] / 20.0:.2f}x per token, prefill {ours['prefill_tok_s'] / 40.0:.2f}x" \
+        in out.getvalue()

@@ -340,7 +340,7 @@ def print_report(report: dict, file=None) -> None:
                   + (f", prefill {ours[threads]['prefill_tok_s'] / pp['tok_s']:.2f}x"
                      if pp and "prefill_tok_s" in ours[threads] else ""))
         cpu = lc.get("cpu_1_thread", {})
-        if "cpu_s_per_token" in cpu and 1 in ours:
+        if cpu.get("cpu_s_per_token", 0) > 0 and 1 in ours:
             lt = cpu["cpu_s_per_token"]
             p(f"  llama.cpp TQ2_0, 1 thread, CPU time: {lt * 1e3:.2f} ms/token = "
               f"{100 * report['tq2_0_bytes'] / lt / report['dram']['1']:.0f}% DRAM (CPU); int8_row vs llama.cpp "
