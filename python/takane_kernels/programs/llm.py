@@ -461,6 +461,11 @@ def _gguf_weights(path: str, log=print):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--ternary" in argv:  # the ternary (BitNet b1.58) table has its own options: llm_ternary.py
+        from .llm_ternary import main as ternary_main
+
+        return ternary_main(argv)
     from . import llamacpp
 
     p = argparse.ArgumentParser(prog="python -m takane_kernels llm", description=__doc__.split("\n")[0])
@@ -486,6 +491,9 @@ def main(argv=None) -> int:
                         "TAKANE_LLAMA_CPP); with --model, a CPU_TAKANE build of integrations/llama.cpp/build.sh "
                         "(default: env TAKANE_LLAMA_CPP_TAKANE) for the end-to-end side-by-side")
     g.add_argument("--json", action="store_true", help="print the report as JSON")
+    g.add_argument("--ternary", action="store_true",
+                   help="the ternary table instead: BitNet b1.58 2B4T's shapes, int8_row / q8_0 / float32, llama.cpp "
+                        "TQ2_0 side by side (python -m takane_kernels llm --ternary --help)")
     e = p.add_argument_group("llama.cpp end to end (--model)")
     e.add_argument("--model", choices=list(llamacpp.MODELS),
                    help="a Qwen3 model of this shape with random 1-bit weights: bonsai-1.7b / bonsai-8b "
