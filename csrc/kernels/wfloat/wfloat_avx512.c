@@ -345,6 +345,11 @@ static int gemv_groups_pair(const float *table, const uint64_t *const pan[2],
             }
         }
         const int64_t grp = a / gw;
+        if (pm0) /* the next call's scales (4 panels on; panel-major: a 32-byte run per
+                  * panel and group, 1 KiB apart, too short for the hardware prefetcher) */
+            for (int u = 4; u < 8; u++)
+                _mm_prefetch((const char *)(gs[0].p + u * gs[0].ps + grp * TAKANE_PANEL_ROWS),
+                             _MM_HINT_T0);
         const __m512 g0 = tile_scales(&gs[0], pm0, nrows[0], grp, a == q0, gv0);
         const __m512 g1 = tile_scales(&gs[1], pm1, nrows[1], grp, a == q0, gv1);
         bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g0), fmax, _CMP_NLE_UQ);
