@@ -20,6 +20,9 @@
  * Measured on a Zen 4 with AVX-512, (1,4096,4096), 1 thread: 229 -> 208 us against the
  * canonical path; the kernel is VPERMPS-throughput bound (a VPERMPS zmm costs about two
  * VPADDD; shifts and adds hide behind it), so K blocking itself was neutral there.
+ * Decode (one row) with group scales pairs the 16-row tiles of a task (gemv_groups_pair,
+ * where the set has it: one table load serves two tiles); an odd last tile goes alone
+ * through panel_packed_groups, which gives it the same bits.
  *
  * Invariants: api_layers.c validated everything (m, n > 0, k <= TAKANE_MAX_K, weight
  * padding zero, in_scale/scale/bias finite). Scratch is O(mr * k) on the canonical path,

@@ -9,8 +9,9 @@
  *   the index for group j is the rows' 32-bit chunk shifted right by 4j (higher bits are
  *   ignored by the instruction). Each table holds the 16 signed sums
  *   (s0 x0 + s1 x1) + (s2 x2 + s3 x3) of its group (s_b from bit b of the entry index).
- * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 VPSRLD shared by the MR
- *   rows, then per row 8 VPERMPS (table from memory) + 8 VADDPS as a tree: 64 row-weights
+ * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 index ops (VPMADDWD,
+ *   VPMULHUW: nibble_indices) shared by the MR rows, then per row 8 VPERMPS (table from
+ *   memory) + 8 VADDPS as a tree: 64 row-weights
  *   per VPERMPS, against 24 for AVX2's 8-entry tables, and half the table bytes per
  *   column. On canonical rows, lane r's chunks come from two 8x8 32-bit transposes
  *   (rows 0-7, rows 8-15) joined with VINSERTI64X4; on prepacked panels, from two
@@ -22,6 +23,13 @@
  *   larger tables cost more than the saved lookups. Microbenchmarks here: VPERMPS zmm
  *   throughput is about half of VPADDD zmm, and a VPSRLD + VPERMPS + VADDPS triple costs
  *   the same as VPERMPS alone, so the kernel is VPERMPS-bound (~70% of that bound).
+ * Session 7 (Zen 4, AVX-512, 1 thread; microbenchmarks of 8 independent chains, CPU time,
+ *   load average 12-15 on 2 vCPUs): 8 VPERMPS+VADDPS 8 cycles; with 8 VPSRLD 16 cycles (the
+ *   same pipe), with 8 VPMULHUW still 8; 8 VPERMPS with a memory table + VADDPS 11.5 cycles,
+ *   8 loads + VADDPS 9. Hence nibble indices without VPSRLD, and for decode with group
+ *   scales (the LLM case) gemv_groups_pair: two tiles per table load. Warm GEMV 4096x4096
+ *   G = 128, Q1_0 handle: 230-235 -> 170-177 us; cold 128-layer stack: ~300 -> ~240
+ *   us/layer (alternating processes, main against this kernel).
  * Edges: the last 1..3 words of a row are read with a zero-masked VMOVDQU64 (no
  *   overread, zeros); activations are zero past k, so columns past k add ±0.
  * Float error: one float32 summation tree per output over the k signed activations, so
