@@ -10,7 +10,7 @@
  *   ignored by the instruction). Each table holds the 16 signed sums
  *   (s0 x0 + s1 x1) + (s2 x2 + s3 x3) of its group (s_b from bit b of the entry index).
  * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 index ops (VPMADDWD,
- *   VPMULHW: nibble_indices) shared by the MR rows, then per row 8 VPERMPS (table from
+ *   VPMULHUW: nibble_indices) shared by the MR rows, then per row 8 VPERMPS (table from
  *   memory) + 8 VADDPS as a tree: 64 row-weights
  *   per VPERMPS, against 24 for AVX2's 8-entry tables, and half the table bytes per
  *   column. On canonical rows, lane r's chunks come from two 8x8 32-bit transposes
@@ -25,7 +25,7 @@
  *   the same as VPERMPS alone, so the kernel is VPERMPS-bound (~70% of that bound).
  * Session 7 (Zen 4, AVX-512, 1 thread; microbenchmarks of 8 independent chains, CPU time,
  *   load average 12-15 on 2 vCPUs): 8 VPERMPS+VADDPS 8 cycles; with 8 VPSRLD 16 cycles (the
- *   same pipe), with 8 VPMULHW still 8; 8 VPERMPS with a memory table + VADDPS 11.5 cycles,
+ *   same pipe), with 8 VPMULHUW still 8; 8 VPERMPS with a memory table + VADDPS 11.5 cycles,
  *   8 loads + VADDPS 9. Hence nibble indices without VPSRLD, and for decode with group
  *   scales (the LLM case) gemv_groups_pair: two tiles per table load. Warm GEMV 4096x4096
  *   G = 128, Q1_0 handle: 230-235 -> 170-177 us; cold 128-layer stack: ~300 -> ~240
@@ -92,32 +92,44 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
     for (int q = 0; q < 8; q++) out[q] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[q]), hi[q], 1);
 }
 
+/* Word-wise right shift by s (1 <= s <= 12) off the shift pipe: VPMULHUW by 2^(16-s). The
+ * multiplier goes through an empty asm so that the compiler cannot turn the multiply back
+ * into a shift (GCC 12 rewrote the signed VPMULHW by a power of two into VPSRAW: 1.25x
+ * slower GEMV, measured). SIMDe 0.7 has no _mm512_mulhi_epu16: the emulated build shifts. */
+static inline __m512i word_shift_right(__m512i v, int s) {
+#ifdef TAKANE_AVX512_EMULATION
+    return _mm512_srli_epi16(v, (unsigned)s);
+#else
+    __m512i c = _mm512_set1_epi16((short)(1 << (16 - s)));
+    __asm__("" : "+v"(c));
+    return _mm512_mulhi_epu16(v, c);
+#endif
+}
+
 /* The 8 lookup indices of one 32-column chunk r (lane = weight row): bits [3:0] of lane r
  * of idx[j] are bits 4j..4j+3 of r (VPERMPS ignores the higher bits). Shifts are not used:
  * on Zen 4, VPSRLD zmm issues to the same pipe as VPERMPS zmm (8 VPERMPS + 8 VPSRLD take
  * 16 cycles, measured), so 7 shifts per 8 lookups nearly halved the lookup rate, while
- * VPMULHW / VPMADDWD issue to another (8 VPERMPS+VADDPS alone and with 8 VPMULHW: the
- * same 8 cycles, measured with independent chains, 1 thread). VPMULHW by 2^(16-s) is a
+ * VPMULHUW / VPMADDWD issue to another (8 VPERMPS+VADDPS alone and with 8 VPMULHUW: the
+ * same 8 cycles, measured with independent chains, 1 thread). VPMULHUW by 2^(16-s) is a
  * right shift by s of each 16-bit word (nibbles 1-3 of the low word), VPMADDWD with word
- * factors (0, 1) brings the high word down (sign-extended: bits [15:0] unchanged). The
- * signed VPMULHW is used (SIMDe 0.7 lacks the unsigned one; same cost): it is an
- * arithmetic shift of each word, whose bits below 16 - s are those of the logical one, and
- * only bits [3:0] (s <= 12) are read. */
+ * factors (0, 1) brings the high word down (sign-extended: bits [15:0] unchanged). */
 static inline void nibble_indices(__m512i r, __m512i idx[GROUPS]) {
 #ifdef TAKANE_AVX512_EMULATION /* SIMDe 0.7's _mm512_madd_epi16 is a 4-argument macro */
     const __m512i h = _mm512_srli_epi32(r, 16); /* the same bits [15:0] */
 #else
-    const __m512i hi_word = _mm512_set1_epi32(1 << 16); /* words (lo, hi) = (0, 1) */
-    const __m512i h = _mm512_madd_epi16(r, hi_word);   /* low 16 bits: bits 16-31 of r */
+    __m512i hi_word = _mm512_set1_epi32(1 << 16); /* words (lo, hi) = (0, 1) */
+    __asm__("" : "+v"(hi_word));
+    const __m512i h = _mm512_madd_epi16(r, hi_word); /* low 16 bits: bits 16-31 of r */
 #endif
     idx[0] = r;
-    idx[1] = _mm512_mulhi_epi16(r, _mm512_set1_epi16(1 << 12));
-    idx[2] = _mm512_mulhi_epi16(r, _mm512_set1_epi16(1 << 8));
-    idx[3] = _mm512_mulhi_epi16(r, _mm512_set1_epi16(1 << 4));
+    idx[1] = word_shift_right(r, 4);
+    idx[2] = word_shift_right(r, 8);
+    idx[3] = word_shift_right(r, 12);
     idx[4] = h;
-    idx[5] = _mm512_mulhi_epi16(h, _mm512_set1_epi16(1 << 12));
-    idx[6] = _mm512_mulhi_epi16(h, _mm512_set1_epi16(1 << 8));
-    idx[7] = _mm512_mulhi_epi16(h, _mm512_set1_epi16(1 << 4));
+    idx[5] = word_shift_right(h, 4);
+    idx[6] = word_shift_right(h, 8);
+    idx[7] = word_shift_right(h, 12);
 }
 
 #define LOOKUP(j) _mm512_permutexvar_ps(idx[j], _mm512_loadu_ps(t + 16 * (j)))
