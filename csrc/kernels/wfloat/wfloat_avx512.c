@@ -92,17 +92,15 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
     for (int q = 0; q < 8; q++) out[q] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[q]), hi[q], 1);
 }
 
-/* Word-wise right shift by s (1 <= s <= 12) off the shift pipe: VPMULHUW by 2^(16-s). The
- * multiplier goes through an empty asm so that the compiler cannot turn the multiply back
- * into a shift (GCC 12 rewrote the signed VPMULHW by a power of two into VPSRAW: 1.25x
- * slower GEMV, measured). SIMDe 0.7 has no _mm512_mulhi_epu16: the emulated build shifts. */
+/* Word-wise right shift by s (1 <= s <= 12) off the shift pipe: VPMULHUW by 2^(16-s).
+ * Unsigned on purpose: GCC 12 rewrote the signed VPMULHW by a power of two into VPSRAW
+ * (1.25x slower GEMV, measured), and hiding the multiplier from it in an empty asm cost
+ * as much. SIMDe 0.7 has no _mm512_mulhi_epu16: the emulated build shifts. */
 static inline __m512i word_shift_right(__m512i v, int s) {
 #ifdef TAKANE_AVX512_EMULATION
     return _mm512_srli_epi16(v, (unsigned)s);
 #else
-    __m512i c = _mm512_set1_epi16((short)(1 << (16 - s)));
-    __asm__("" : "+v"(c));
-    return _mm512_mulhi_epu16(v, c);
+    return _mm512_mulhi_epu16(v, _mm512_set1_epi16((short)(1 << (16 - s))));
 #endif
 }
 
@@ -118,8 +116,7 @@ static inline void nibble_indices(__m512i r, __m512i idx[GROUPS]) {
 #ifdef TAKANE_AVX512_EMULATION /* SIMDe 0.7's _mm512_madd_epi16 is a 4-argument macro */
     const __m512i h = _mm512_srli_epi32(r, 16); /* the same bits [15:0] */
 #else
-    __m512i hi_word = _mm512_set1_epi32(1 << 16); /* words (lo, hi) = (0, 1) */
-    __asm__("" : "+v"(hi_word));
+    const __m512i hi_word = _mm512_set1_epi32(1 << 16); /* words (lo, hi) = (0, 1) */
     const __m512i h = _mm512_madd_epi16(r, hi_word); /* low 16 bits: bits 16-31 of r */
 #endif
     idx[0] = r;
