@@ -28,8 +28,8 @@
  *   same pipe), with 8 VPMULHUW still 8; 8 VPERMPS with a memory table + VADDPS 11.5 cycles,
  *   8 loads + VADDPS 9. Hence nibble indices without VPSRLD, and for decode with group
  *   scales (the LLM case) gemv_groups_pair: two tiles per table load. Warm GEMV 4096x4096
- *   G = 128, Q1_0 handle: 230-235 -> 170-177 us; cold 128-layer stack: ~300 -> ~240
- *   us/layer (alternating processes, main against this kernel).
+ *   G = 128, Q1_0 handle: 201-204 -> 168-171 us; cold 128-layer stack: 302-307 -> 205-207
+ *   us/layer (alternating processes, main against this kernel, load average 7-9).
  * Edges: the last 1..3 words of a row are read with a zero-masked VMOVDQU64 (no
  *   overread, zeros); activations are zero past k, so columns past k add ±0.
  * Float error: one float32 summation tree per output over the k signed activations, so
