@@ -172,3 +172,84 @@ def test_onebit_layer_approximates_the_float_layer(isa_name):
     # the factorisation is closer to |W| than the XNOR-Net mean-abs scaling
     mean_abs = np.where(w >= 0, 1.0, -1.0) * np.abs(w).mean(axis=1, keepdims=True)
     assert np.linalg.norm(w - approx) < np.linalg.norm(w - mean_abs)
+
+
+# ---- decode (M = 1) with group scales: the paired-tile kernel (gemv_groups_pair) ------------
+
+def _grouped(rng, n, k, g, magnitudes=False):
+    ng = -(-k // g)
+    gs = rng.uniform(-2, 2, (n, ng))
+    if magnitudes:  # scales spanning 2^-40 .. 2^40, products far from 1 in both directions
+        gs = gs * 2.0 ** rng.integers(-40, 41, (n, ng))
+    return tk.PackedWeights(tk.pack_bits(rng.standard_normal((n, k))), k,
+                            scale=rng.uniform(0.5, 2, n).astype(np.float32),
+                            in_scale=rng.uniform(0.5, 2, k).astype(np.float32),
+                            group_scale=gs.astype(np.float32), group_size=g)
+
+
+def _c_call(x, w, threads, group_scale=None):
+    """The C call with the caller's row-major group scales (a signs-only handle)."""
+    from takane_kernels._capi import weights_handle
+    from takane_kernels._takane import ffi, lib
+
+    h = weights_handle(w.bits, w.k)
+    gs = w.group_scale if group_scale is None else group_scale
+    y = np.full((x.shape[0], w.n), np.nan, np.float32)
+    f = lambda a: ffi.NULL if a is None or a.size == 0 else ffi.from_buffer("float[]", a)  # noqa: E731
+    st = lib.takane_binary_weight_matmul_prepacked_ex(
+        h, x.shape[0], f(x), w.k, f(w.in_scale), f(w.scale), f(gs), w.group_size, ffi.NULL,
+        lib.TAKANE_ACTIVATIONS_F32, ffi.from_buffer("float[]", y), w.n, threads)
+    return st, y
+
+
+# n: one partial tile, odd and even numbers of 16-row tiles, partial last tiles, tiles whose
+# second 8-row panel is missing (n % 16 in 1..8)
+@pytest.mark.parametrize("n", [1, 8, 15, 16, 17, 24, 31, 32, 33, 40, 48, 63, 64, 65, 100])
+@pytest.mark.parametrize("k,g", [(64, 64), (65, 64), (200, 128), (513, 192), (1100, 256)])
+def test_decode_with_group_scales(isa_name, n, k, g):
+    """M = 1 with group scales (decode): within the bound of the oracle; bit-identical to
+    the same row in a batch (whose rows go through the one-tile kernels), on 1 and 2
+    threads, and with the scales carried by the handle or passed row-major per call."""
+    rng = np.random.default_rng(n * 1009 + k + g)
+    w = _grouped(rng, n, k, g)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    batch = tk.binary_weight_matmul(x, w, threads=1)
+    for i in range(3):
+        for threads in (1, 2):
+            y = tk.binary_weight_matmul(x[i:i + 1], w, threads=threads)
+            np.testing.assert_array_equal(y[0].view(np.uint32), batch[i].view(np.uint32))
+            st, yc = _c_call(x[i:i + 1], w, threads)
+            assert st == 0
+            np.testing.assert_array_equal(yc[0].view(np.uint32), batch[i].view(np.uint32))
+    assert_ran(isa_name)
+    assert_within_bound(batch, x, w)
+
+
+@pytest.mark.parametrize("n", [16, 33, 64])
+def test_decode_with_group_scales_adversarial_magnitudes(isa_name, n):
+    """Activations from 1e-20 to 1e20 with cancelling pairs, scales from 2^-40 to 2^40: the
+    decode result stays within the documented bound (it depends on sum |x|, not on the
+    result, so a cancelled sum must still be near its exact value)."""
+    rng = np.random.default_rng(n)
+    k, g = 1024, 128
+    w = _grouped(rng, n, k, g, magnitudes=True)
+    x = (rng.standard_normal(k) * 10.0 ** rng.integers(-20, 21, k)).astype(np.float32)
+    x[1::2] = -x[::2]  # exact cancellation against equal weight signs
+    x[:8] = [3e20, -3e20, 1e-20, 1.0, 2.0 ** -24, 1.0, -1.0, 7e19]  # finite products: no overflow
+    y = tk.binary_weight_matmul(x[None], w)
+    assert_ran(isa_name)
+    assert np.isfinite(y).all()
+    assert_within_bound(y, x[None], w)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("row", [3, 20, 40])  # first tile, second tile of a pair, an unpaired tile
+def test_decode_non_finite_group_scale(isa_name, bad, row):
+    rng = np.random.default_rng(5)
+    w = _grouped(rng, 45, 256, 128)
+    gs = np.array(w.group_scale)
+    gs[row, 1] = bad
+    st, _ = _c_call(rng.standard_normal((1, 256)).astype(np.float32), w, 1, group_scale=gs)
+    from takane_kernels._takane import lib
+    assert st == lib.TAKANE_ERR_NOT_FINITE
+    assert_ran(isa_name)

@@ -199,6 +199,16 @@ typedef struct takane_wfloat_ukernel {
     int (*panel_packed_groups)(const float *const *tables, int mr, const uint64_t *panels,
                                int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
                                const takane_gscales *gs, int64_t nrows, float *acc);
+    /* Optional (NULL if the set has none), for mr == 1 (decode): panel_packed_groups over
+     * two tiles of nr rows at once, tile t at pan[t] with panel stride pstr[t], scales
+     * gs[t] (the tile's first row at row 0), nrows[t] rows, sums added to acc[t][j]; each
+     * tile's result bit-identical to a panel_packed_groups call of its own (a kernel may
+     * share table loads between the tiles, never change a tile's summation order).
+     * Returns nonzero iff a scale read is NaN or infinite. */
+    int (*gemv_groups_pair)(const float *table, const uint64_t *const pan[2],
+                            const int64_t pstr[2], int64_t q0, int64_t q1, int64_t gw,
+                            const takane_gscales gs[2], const int64_t nrows[2],
+                            float *const acc[2]);
 } takane_wfloat_ukernel;
 
 /* Largest W1A8 tile any kernel set may declare (framework scratch is sized by it). */

@@ -20,6 +20,9 @@
  * Measured on a Zen 4 with AVX-512, (1,4096,4096), 1 thread: 229 -> 208 us against the
  * canonical path; the kernel is VPERMPS-throughput bound (a VPERMPS zmm costs about two
  * VPADDD; shifts and adds hide behind it), so K blocking itself was neutral there.
+ * Decode (one row) with group scales pairs the 16-row tiles of a task (gemv_groups_pair,
+ * where the set has it: one table load serves two tiles); an odd last tile goes alone
+ * through panel_packed_groups, which gives it the same bits.
  *
  * Invariants: api_layers.c validated everything (m, n > 0, k <= TAKANE_MAX_K, weight
  * padding zero, in_scale/scale/bias finite). Scratch is O(mr * k) on the canonical path,
@@ -202,11 +205,27 @@ static void wf_task(void *ctx, int64_t task) {
                  * 1 KB at a time). Without group kernels (panel_packed per group) the
                  * groups are formed alone in tmp: acc = fl(acc + fl(tmp * g)). */
                 const int64_t gw = job->gw, kcb = uk->panel_packed_groups ? kw : (kc >= gw ? kc / gw * gw : gw);
+                /* decode: tiles in pairs that share their table loads (gemv_groups_pair:
+                 * each tile's result is the one panel_packed_groups gives it alone) */
+                const int pairs = mi == 1 && uk->gemv_groups_pair && uk->panel_packed_groups;
                 for (int64_t q0 = 0; q0 < kw; q0 += kcb) {
                     const int64_t q1 = min64(kw, q0 + kcb);
                     for (int64_t g = g_begin; g < g_end; g++) {
                         const int64_t p = g * ppg;
                         const int64_t ps = p + 1 < w->npanels ? pstride : 0;
+                        if (pairs && g + 1 < g_end) {
+                            const int64_t p2 = p + ppg;
+                            const uint64_t *pan[2] = {w->panels + p * pstride, w->panels + p2 * pstride};
+                            const int64_t pstr[2] = {ps, p2 + 1 < w->npanels ? pstride : 0};
+                            const takane_gscales gsj[2] = {takane_gs_from(job->gs, g * nr),
+                                                           takane_gs_from(job->gs, (g + 1) * nr)};
+                            const int64_t nrows[2] = {min64(nr, n - g * nr), min64(nr, n - (g + 1) * nr)};
+                            float *const out[2] = {acc + (g - g_begin) * mr * nr, acc + (g + 1 - g_begin) * mr * nr};
+                            if (uk->gemv_groups_pair(tp[0], pan, pstr, q0, q1, gw, gsj, nrows, out))
+                                __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+                            g++;
+                            continue;
+                        }
                         if (uk->panel_packed_groups) { /* the groups inside the kernel */
                             const int64_t j0 = g * nr;
                             const takane_gscales gsj = takane_gs_from(job->gs, j0);

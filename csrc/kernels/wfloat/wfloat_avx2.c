@@ -199,4 +199,4 @@ static void panel_packed(const float *const *tables, int mr, const uint64_t *pan
 }
 
 const takane_wfloat_ukernel takane_wfloat_ukernel_avx2 = {MR, NR, table_len, build_table,
-                                                          panel, panel_packed, NULL};
+                                                          panel, panel_packed, NULL, NULL};

@@ -9,8 +9,9 @@
  *   the index for group j is the rows' 32-bit chunk shifted right by 4j (higher bits are
  *   ignored by the instruction). Each table holds the 16 signed sums
  *   (s0 x0 + s1 x1) + (s2 x2 + s3 x3) of its group (s_b from bit b of the entry index).
- * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 VPSRLD shared by the MR
- *   rows, then per row 8 VPERMPS (table from memory) + 8 VADDPS as a tree: 64 row-weights
+ * Tile: MR <= 4 activation rows x NR=16 weight rows. Per chunk: 7 index ops (VPMADDWD,
+ *   VPMULHUW: nibble_indices) shared by the MR rows, then per row 8 VPERMPS (table from
+ *   memory) + 8 VADDPS as a tree: 64 row-weights
  *   per VPERMPS, against 24 for AVX2's 8-entry tables, and half the table bytes per
  *   column. On canonical rows, lane r's chunks come from two 8x8 32-bit transposes
  *   (rows 0-7, rows 8-15) joined with VINSERTI64X4; on prepacked panels, from two
@@ -22,6 +23,13 @@
  *   larger tables cost more than the saved lookups. Microbenchmarks here: VPERMPS zmm
  *   throughput is about half of VPADDD zmm, and a VPSRLD + VPERMPS + VADDPS triple costs
  *   the same as VPERMPS alone, so the kernel is VPERMPS-bound (~70% of that bound).
+ * Session 7 (Zen 4, AVX-512, 1 thread; microbenchmarks of 8 independent chains, CPU time,
+ *   load average 12-15 on 2 vCPUs): 8 VPERMPS+VADDPS 8 cycles; with 8 VPSRLD 16 cycles (the
+ *   same pipe), with 8 VPMULHUW still 8; 8 VPERMPS with a memory table + VADDPS 11.5 cycles,
+ *   8 loads + VADDPS 9. Hence nibble indices without VPSRLD, and for decode with group
+ *   scales (the LLM case) gemv_groups_pair: two tiles per table load. Warm GEMV 4096x4096
+ *   G = 128, Q1_0 handle: 201-204 -> 168-171 us; cold 128-layer stack: 302-307 -> 205-207
+ *   us/layer (alternating processes, main against this kernel, load average 7-9).
  * Edges: the last 1..3 words of a row are read with a zero-masked VMOVDQU64 (no
  *   overread, zeros); activations are zero past k, so columns past k add ±0.
  * Float error: one float32 summation tree per output over the k signed activations, so
@@ -84,6 +92,43 @@ static inline void load_block(const uint64_t *const *w, int64_t w0, int64_t kw, 
     for (int q = 0; q < 8; q++) out[q] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[q]), hi[q], 1);
 }
 
+/* Word-wise right shift by s (1 <= s <= 12) off the shift pipe: VPMULHUW by 2^(16-s).
+ * Unsigned on purpose: GCC 12 rewrote the signed VPMULHW by a power of two into VPSRAW
+ * (1.25x slower GEMV, measured), and hiding the multiplier from it in an empty asm cost
+ * as much. SIMDe 0.7 has no _mm512_mulhi_epu16: the emulated build shifts. */
+static inline __m512i word_shift_right(__m512i v, int s) {
+#ifdef TAKANE_AVX512_EMULATION
+    return _mm512_srli_epi16(v, (unsigned)s);
+#else
+    return _mm512_mulhi_epu16(v, _mm512_set1_epi16((short)(1 << (16 - s))));
+#endif
+}
+
+/* The 8 lookup indices of one 32-column chunk r (lane = weight row): bits [3:0] of lane r
+ * of idx[j] are bits 4j..4j+3 of r (VPERMPS ignores the higher bits). Shifts are not used:
+ * on Zen 4, VPSRLD zmm issues to the same pipe as VPERMPS zmm (8 VPERMPS + 8 VPSRLD take
+ * 16 cycles, measured), so 7 shifts per 8 lookups nearly halved the lookup rate, while
+ * VPMULHUW / VPMADDWD issue to another (8 VPERMPS+VADDPS alone and with 8 VPMULHUW: the
+ * same 8 cycles, measured with independent chains, 1 thread). VPMULHUW by 2^(16-s) is a
+ * right shift by s of each 16-bit word (nibbles 1-3 of the low word), VPMADDWD with word
+ * factors (0, 1) brings the high word down (sign-extended: bits [15:0] unchanged). */
+static inline void nibble_indices(__m512i r, __m512i idx[GROUPS]) {
+#ifdef TAKANE_AVX512_EMULATION /* SIMDe 0.7's _mm512_madd_epi16 is a 4-argument macro */
+    const __m512i h = _mm512_srli_epi32(r, 16); /* the same bits [15:0] */
+#else
+    const __m512i hi_word = _mm512_set1_epi32(1 << 16); /* words (lo, hi) = (0, 1) */
+    const __m512i h = _mm512_madd_epi16(r, hi_word); /* low 16 bits: bits 16-31 of r */
+#endif
+    idx[0] = r;
+    idx[1] = word_shift_right(r, 4);
+    idx[2] = word_shift_right(r, 8);
+    idx[3] = word_shift_right(r, 12);
+    idx[4] = h;
+    idx[5] = word_shift_right(h, 4);
+    idx[6] = word_shift_right(h, 8);
+    idx[7] = word_shift_right(h, 12);
+}
+
 #define LOOKUP(j) _mm512_permutexvar_ps(idx[j], _mm512_loadu_ps(t + 16 * (j)))
 
 /* The 16 row sums of one chunk for one activation row's table t (chunk-relative). */
@@ -108,14 +153,7 @@ static inline __m512 chunk_sum(const float *t, const __m512i idx[GROUPS]) {
             const int nq = chunks - c0 < 8 ? (int)(chunks - c0) : 8;                       \
             for (int q = 0; q < nq; q++) {                                                 \
                 __m512i idx[GROUPS];                                                       \
-                idx[0] = r[q];                                                             \
-                idx[1] = _mm512_srli_epi32(r[q], 4);                                       \
-                idx[2] = _mm512_srli_epi32(r[q], 8);                                       \
-                idx[3] = _mm512_srli_epi32(r[q], 12);                                      \
-                idx[4] = _mm512_srli_epi32(r[q], 16);                                      \
-                idx[5] = _mm512_srli_epi32(r[q], 20);                                      \
-                idx[6] = _mm512_srli_epi32(r[q], 24);                                      \
-                idx[7] = _mm512_srli_epi32(r[q], 28);                                      \
+                nibble_indices(r[q], idx);                                                 \
                 for (int i = 0; i < ROWS; i++)                                             \
                     acc[i] = _mm512_add_ps(                                                \
                         acc[i], chunk_sum(tables[i] + (c0 + q) * CHUNK_FLOATS, idx));      \
@@ -164,14 +202,7 @@ static void panel(const float *const *tables, int mr, const uint64_t *const *w, 
             for (int h = 0; h < 2; h++) {                                                  \
                 const __m512i r = _mm512_permutex2var_epi32(a, h ? odd : even, b);         \
                 __m512i idx[GROUPS];                                                       \
-                idx[0] = r;                                                                \
-                idx[1] = _mm512_srli_epi32(r, 4);                                          \
-                idx[2] = _mm512_srli_epi32(r, 8);                                          \
-                idx[3] = _mm512_srli_epi32(r, 12);                                         \
-                idx[4] = _mm512_srli_epi32(r, 16);                                         \
-                idx[5] = _mm512_srli_epi32(r, 20);                                         \
-                idx[6] = _mm512_srli_epi32(r, 24);                                         \
-                idx[7] = _mm512_srli_epi32(r, 28);                                         \
+                nibble_indices(r, idx);                                                    \
                 for (int i = 0; i < ROWS; i++)                                             \
                     acc[i] = _mm512_add_ps(                                                \
                         acc[i], chunk_sum(tables[i] + (2 * q + h) * CHUNK_FLOATS, idx));   \
@@ -206,6 +237,24 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
         gv[t] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo[t]), hi[t], 1));
 }
 
+/* The scales of group grp of one 16-row tile, lane r = row r (panel-major: one 256-bit
+ * load per panel; row-major: transposed 8 groups at a time into gv, refreshed when `fresh`
+ * or at a multiple of 8). Rows past N of a panel-major array hold 0; a missing second panel
+ * (nrows <= 8) is not read. */
+static inline __m512 tile_scales(const takane_gscales *gs, int pm, int64_t nrows, int64_t grp,
+                                 int fresh, __m512 gv[8]) {
+    if (pm) {
+        const __m256 lo = _mm256_loadu_ps(gs->p + grp * TAKANE_PANEL_ROWS);
+        const __m256 hi = nrows > TAKANE_PANEL_ROWS
+                              ? _mm256_loadu_ps(gs->p + gs->ps + grp * TAKANE_PANEL_ROWS)
+                              : _mm256_setzero_ps();
+        return _mm512_castsi512_ps(_mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_castps_si256(lo)), _mm256_castps_si256(hi), 1));
+    }
+    if (fresh || grp % 8 == 0) load_scales16(gs->p, gs->rs, nrows, grp - grp % 8, gv);
+    return gv[grp % 8];
+}
+
 /* panel_packed with group scales: each group's 16 row sums are formed alone, then
  * multiplied by the 16 rows' scales (loaded and transposed 8 groups at a time) and added
  * with one FMA. */
@@ -237,34 +286,14 @@ static inline void load_scales16(const float *gs, int64_t ldg, int64_t nrows, in
                 for (int h = 0; h < 2; h++) {                                              \
                     const __m512i r = _mm512_permutex2var_epi32(wa, h ? odd : even, wb);   \
                     __m512i idx[GROUPS];                                                   \
-                    idx[0] = r;                                                            \
-                    idx[1] = _mm512_srli_epi32(r, 4);                                      \
-                    idx[2] = _mm512_srli_epi32(r, 8);                                      \
-                    idx[3] = _mm512_srli_epi32(r, 12);                                     \
-                    idx[4] = _mm512_srli_epi32(r, 16);                                     \
-                    idx[5] = _mm512_srli_epi32(r, 20);                                     \
-                    idx[6] = _mm512_srli_epi32(r, 24);                                     \
-                    idx[7] = _mm512_srli_epi32(r, 28);                                     \
+                    nibble_indices(r, idx);                                                \
                     for (int i = 0; i < ROWS; i++)                                         \
                         acc[i] = _mm512_add_ps(                                            \
                             acc[i], chunk_sum(tables[i] + (2 * q + h) * CHUNK_FLOATS, idx)); \
                 }                                                                          \
             }                                                                              \
             const int64_t grp = a / gw;                                                    \
-            __m512 g;                                                                      \
-            if (pm) {                                                                      \
-                /* rows past N hold 0; a missing second panel reads nothing */             \
-                const __m256 lo = _mm256_loadu_ps(gs->p + grp * TAKANE_PANEL_ROWS);        \
-                const __m256 hi = nrows > TAKANE_PANEL_ROWS                                \
-                                      ? _mm256_loadu_ps(gs->p + gs->ps + grp * TAKANE_PANEL_ROWS) \
-                                      : _mm256_setzero_ps();                               \
-                g = _mm512_castsi512_ps(_mm512_inserti64x4(                                \
-                    _mm512_castsi256_si512(_mm256_castps_si256(lo)), _mm256_castps_si256(hi), 1)); \
-            } else {                                                                       \
-                if (a == q0 || grp % 8 == 0)                                               \
-                    load_scales16(gs->p, gs->rs, nrows, grp - grp % 8, gv);                \
-                g = gv[grp % 8];                                                           \
-            }                                                                              \
+            const __m512 g = tile_scales(gs, pm, nrows, grp, a == q0, gv);                \
             bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g), fmax, _CMP_NLE_UQ);                \
             for (int i = 0; i < ROWS; i++) total[i] = _mm512_fmadd_ps(acc[i], g, total[i]); \
         }                                                                                  \
@@ -275,6 +304,87 @@ DEFINE_PANEL_GROUPS(1)
 DEFINE_PANEL_GROUPS(2)
 DEFINE_PANEL_GROUPS(3)
 DEFINE_PANEL_GROUPS(4)
+
+/* chunk_sum with the chunk's 8 group tables already in registers (the same tree, so the
+ * same result). */
+static inline __m512 chunk_sum_reg(const __m512 t[GROUPS], const __m512i idx[GROUPS]) {
+#define LOOKUP_REG(j) _mm512_permutexvar_ps(idx[j], t[j])
+    const __m512 s0 = _mm512_add_ps(LOOKUP_REG(0), LOOKUP_REG(1));
+    const __m512 s1 = _mm512_add_ps(LOOKUP_REG(2), LOOKUP_REG(3));
+    const __m512 s2 = _mm512_add_ps(LOOKUP_REG(4), LOOKUP_REG(5));
+    const __m512 s3 = _mm512_add_ps(LOOKUP_REG(6), LOOKUP_REG(7));
+#undef LOOKUP_REG
+    return _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3));
+}
+
+/*
+ * Decode (one activation row) with group scales over two 16-row tiles at once: each of a
+ * chunk's 8 group tables is loaded once and looked up by both tiles' indices. Why: the
+ * single-tile kernel issues one table load per VPERMPS (16 per word), and on a Zen 4 a
+ * VPERMPS with a memory operand costs more than either a load or a VPERMPS alone (8 of
+ * them with VADDPS: 11.5 cycles against 8 from a register and 9 for load + VADDPS,
+ * measured, independent chains, 1 thread); sharing the load halves the table traffic per
+ * weight (the tables are 16 bytes per column, 64 KiB for K = 4096, so they stream from L2
+ * once per call per tile). Each tile's sums are formed exactly as panel_groups_1 forms
+ * them (same tree, same order, one FMA per group), so the result is bit-identical.
+ * Tile t: panels pan[t] and pan[t] + pstr[t], scales gs[t], nrows[t] rows, acc_out[t].
+ */
+static int gemv_groups_pair(const float *table, const uint64_t *const pan[2],
+                            const int64_t pstr[2], int64_t q0, int64_t q1, int64_t gw,
+                            const takane_gscales gs[2], const int64_t nrows[2],
+                            float *const acc_out[2]) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);
+    const int pm0 = takane_gs_panel_major(&gs[0]), pm1 = takane_gs_panel_major(&gs[1]);
+    const uint64_t *a0 = pan[0], *b0 = pan[0] + pstr[0], *a1 = pan[1], *b1 = pan[1] + pstr[1];
+    /* the next call's first panel: 2 tiles on (prefetch never faults past the end) */
+    const int64_t ahead = 4 * pstr[0];
+    __m512 gv0[8], gv1[8];
+    __mmask16 bad = 0;
+    __m512 total0 = _mm512_loadu_ps(acc_out[0]), total1 = _mm512_loadu_ps(acc_out[1]);
+    for (int64_t a = q0; a < q1; a += gw) {
+        const int64_t b = a + gw < q1 ? a + gw : q1;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        for (int64_t q = a; q < b; q++) {
+            const int64_t o = q * TAKANE_PANEL_ROWS;
+            _mm_prefetch((const char *)(a0 + ahead + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a0 + ahead + pstr[0] + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a0 + ahead + 2 * pstr[0] + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a0 + ahead + 3 * pstr[0] + o), _MM_HINT_T0);
+            const __m512i wa0 = _mm512_load_si512((const void *)(a0 + o));
+            const __m512i wb0 = _mm512_load_si512((const void *)(b0 + o));
+            const __m512i wa1 = _mm512_load_si512((const void *)(a1 + o));
+            const __m512i wb1 = _mm512_load_si512((const void *)(b1 + o));
+            for (int h = 0; h < 2; h++) {
+                const float *tc = table + (2 * q + h) * CHUNK_FLOATS;
+                __m512 t[GROUPS];
+                for (int j = 0; j < GROUPS; j++) t[j] = _mm512_loadu_ps(tc + 16 * j);
+                __m512i idx[GROUPS];
+                nibble_indices(_mm512_permutex2var_epi32(wa0, h ? odd : even, wb0), idx);
+                acc0 = _mm512_add_ps(acc0, chunk_sum_reg(t, idx));
+                nibble_indices(_mm512_permutex2var_epi32(wa1, h ? odd : even, wb1), idx);
+                acc1 = _mm512_add_ps(acc1, chunk_sum_reg(t, idx));
+            }
+        }
+        const int64_t grp = a / gw;
+        if (pm0) /* the next call's scales (4 panels on; panel-major: a 32-byte run per
+                  * panel and group, 1 KiB apart, too short for the hardware prefetcher) */
+            for (int u = 4; u < 8; u++)
+                _mm_prefetch((const char *)(gs[0].p + u * gs[0].ps + grp * TAKANE_PANEL_ROWS),
+                             _MM_HINT_T0);
+        const __m512 g0 = tile_scales(&gs[0], pm0, nrows[0], grp, a == q0, gv0);
+        const __m512 g1 = tile_scales(&gs[1], pm1, nrows[1], grp, a == q0, gv1);
+        bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g0), fmax, _CMP_NLE_UQ);
+        bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g1), fmax, _CMP_NLE_UQ);
+        total0 = _mm512_fmadd_ps(acc0, g0, total0);
+        total1 = _mm512_fmadd_ps(acc1, g1, total1);
+    }
+    _mm512_storeu_ps(acc_out[0], total0);
+    _mm512_storeu_ps(acc_out[1], total1);
+    return bad != 0;
+}
 
 static int panel_packed_groups(const float *const *tables, int mr, const uint64_t *panels,
                                int64_t pstride, int64_t q0, int64_t q1, int64_t gw,
@@ -300,4 +410,5 @@ static void panel_packed(const float *const *tables, int mr, const uint64_t *pan
 }
 
 const takane_wfloat_ukernel takane_wfloat_ukernel_avx512 = {
-    MR, NR, table_len, build_table, panel, panel_packed, panel_packed_groups};
+    MR, NR, table_len, build_table, panel, panel_packed, panel_packed_groups,
+    gemv_groups_pair};

@@ -64,4 +64,4 @@ static void panel(const float *const *tables, int mr, const uint64_t *const *w, 
 }
 
 const takane_wfloat_ukernel takane_wfloat_ukernel_scalar = {MR, NR, table_len, build_table,
-                                                            panel, NULL, NULL};
+                                                            panel, NULL, NULL, NULL};
