@@ -177,6 +177,11 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
         for (int j = 0; j < outs; j++) v[j] = (float)acc[j];
         return 0;
     }
+    if (job->mode == TAKANE_ACTIVATIONS_INT8_ROW && uk->dot_i8_groups &&
+        2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS) { /* group scales in the kernel */
+        const takane_gscales g = {gs + j0 * ng, TAKANE_PANEL_ROWS * ng, ng, 1};
+        return uk->dot_i8_groups(job->a + i * job->astride, pan, pstride, np, kw, gw, &g, nrows, v);
+    }
     float tot[OUTS], grp[OUTS];
     for (int j = 0; j < outs; j++) tot[j] = 0.0f;
     for (int64_t g = 0; g < ng; g++) {

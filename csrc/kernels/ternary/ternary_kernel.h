@@ -41,6 +41,17 @@ typedef struct takane_ternary_ukernel {
      *   t = 0 not added (a NaN or inf there does not propagate). */
     void (*dot_f32)(const float *xs, const uint64_t *panels, int64_t pstride, int np,
                     int64_t q0, int64_t q1, float *out);
+    /* int8 activations with group scales, all kw words in one call (NULL if the set has
+     * none: the framework then calls dot_i8 once per group). Groups of gw words
+     * (2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS, so a group's sum is exact in int32; the last
+     * group may end at kw); for t < np, r < 8, j = t * 8 + r, in group order g = 0, 1, ...:
+     *   out[j] = fl(out[j] + fl(float(S_g) * takane_gs_at(gs, j, g)))   (or one FMA)
+     * from out[j] = 0, S_g the exact sum over group g's words as dot_i8 gives it. Rows
+     * j >= nrows read no scale (their output is dropped). Returns nonzero iff a group
+     * scale it read is NaN or infinite. */
+    int (*dot_i8_groups)(const void *a, const uint64_t *panels, int64_t pstride, int np,
+                         int64_t kw, int64_t gw, const takane_gscales *gs, int64_t nrows,
+                         float *out);
 } takane_ternary_ukernel;
 
 extern const takane_ternary_ukernel takane_ternary_ukernel_scalar;
