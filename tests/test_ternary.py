@@ -190,6 +190,30 @@ def test_integer_sums_exact(on_isa, isa_name):
         np.testing.assert_array_equal(y, want.astype(np.float32), err_msg=mode)
 
 
+def test_int8_row_bit_identical_to_scalar(on_isa, isa_name):
+    """The int8_row quantizer (SIMD in the AVX-512 set) rounds like the portable one: the
+    integer sums are exact, so without group scales every ISA gives the scalar set's bits —
+    with in_scale, halfway products (x = 0.5 + j at amax 127: round half to even) and tails
+    of every length mod 16."""
+    rng = np.random.default_rng(9)
+    for k in (1, 15, 16, 17, 100, 64 * 5 + 7):
+        t = rng.integers(-1, 2, (11, k))
+        sign, nz = _dense_planes(t)
+        tw = tk.TernaryWeights(sign, nz, k, in_scale=rng.uniform(0.5, 2, k).astype(np.float32))
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        x[2] = (np.arange(k) % 20 - 10 + 0.5).astype(np.float32)
+        x[2, 0] = 127.0
+        tw2 = tk.TernaryWeights(sign, nz, k)
+        for w in (tw, tw2):
+            y = tk.binary_weight_matmul(x, w, activations="int8_row")
+            assert_ran(isa_name)
+            with tk.isa.force("scalar"):
+                y0 = tk.binary_weight_matmul(x, w, activations="int8_row")
+            np.testing.assert_array_equal(y, y0, err_msg=str(k))
+            assert np.all(np.abs(y - ref.binary_weight_matmul(x, w, activations="int8_row"))
+                          <= ref.binary_weight_matmul_error_bound(x, w, activations="int8_row"))
+
+
 @pytest.mark.parametrize("group_size", [64, 128, 256, 64 * 13])
 def test_grouped_integer_sums_exact(on_isa, isa_name, group_size):
     """int8_row with group scales (TQ2_0-style groups; the AVX-512 set applies them in the

@@ -339,7 +339,11 @@ takane_status takane_ternary_matmul_prepacked(
         int32_t *nq = (int32_t *)(d + (size_t)m * kw * 2);
         float *tmp = (float *)(nq + (size_t)m * kw * 2);
         for (int64_t i = 0; i < m && st == TAKANE_OK; i++) {
-            if (activations == TAKANE_ACTIVATIONS_INT8_ROW)
+            if (activations == TAKANE_ACTIVATIONS_INT8_ROW && uk->quantize_i8_row) {
+                if (uk->quantize_i8_row(x + i * x_row_stride, in_scale, k, kw, q + i * row_bytes, d + i))
+                    /* the portable loop names the error (NaN before inf) */
+                    st = quantize_int8_row(x + i * x_row_stride, in_scale, k, kw, tmp, q + i * row_bytes, d + i);
+            } else if (activations == TAKANE_ACTIVATIONS_INT8_ROW)
                 st = quantize_int8_row(x + i * x_row_stride, in_scale, k, kw, tmp, q + i * row_bytes, d + i);
             else
                 st = ks->q8->quantize_row(x + i * x_row_stride, in_scale, k, kw, q + i * row_bytes,

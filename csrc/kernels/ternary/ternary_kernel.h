@@ -52,6 +52,13 @@ typedef struct takane_ternary_ukernel {
     int (*dot_i8_groups)(const void *a, const uint64_t *panels, int64_t pstride, int np,
                          int64_t kw, int64_t gw, const takane_gscales *gs, int64_t nrows,
                          float *out);
+    /* BitNet's per-row int8 quantizer (NULL: the framework's portable loop): xs = x * in_scale
+     * (in_scale NULL: x) for the k floats of x, then exactly as takane.h defines
+     * TAKANE_ACTIVATIONS_INT8_ROW (each float32 step rounded once, round half to even): q
+     * (kw * 64 bytes, zero past k) and *d. Returns nonzero iff some xs is NaN or infinite
+     * (q and *d then unspecified; the framework names the error). */
+    int (*quantize_i8_row)(const float *x, const float *in_scale, int64_t k, int64_t kw, int8_t *q,
+                           float *d);
 } takane_ternary_ukernel;
 
 extern const takane_ternary_ukernel takane_ternary_ukernel_scalar;
