@@ -190,6 +190,56 @@ def test_integer_sums_exact(on_isa, isa_name):
         np.testing.assert_array_equal(y, want.astype(np.float32), err_msg=mode)
 
 
+def test_int8_row_bit_identical_to_scalar(on_isa, isa_name):
+    """The int8_row quantizer (SIMD in the AVX-512 set) rounds like the portable one: the
+    integer sums are exact, so without group scales every ISA gives the scalar set's bits —
+    with in_scale, halfway products (x = 0.5 + j at amax 127: round half to even) and tails
+    of every length mod 16."""
+    rng = np.random.default_rng(9)
+    for k in (1, 15, 16, 17, 100, 64 * 5 + 7):
+        t = rng.integers(-1, 2, (11, k))
+        sign, nz = _dense_planes(t)
+        tw = tk.TernaryWeights(sign, nz, k, in_scale=rng.uniform(0.5, 2, k).astype(np.float32))
+        x = rng.standard_normal((3, k)).astype(np.float32)
+        x[2] = (np.arange(k) % 20 - 10 + 0.5).astype(np.float32)
+        x[2, 0] = 127.0
+        tw2 = tk.TernaryWeights(sign, nz, k)
+        for w in (tw, tw2):
+            y = tk.binary_weight_matmul(x, w, activations="int8_row")
+            assert_ran(isa_name)
+            with tk.isa.force("scalar"):
+                y0 = tk.binary_weight_matmul(x, w, activations="int8_row")
+            np.testing.assert_array_equal(y, y0, err_msg=str(k))
+            assert np.all(np.abs(y - ref.binary_weight_matmul(x, w, activations="int8_row"))
+                          <= ref.binary_weight_matmul_error_bound(x, w, activations="int8_row"))
+
+
+@pytest.mark.parametrize("group_size", [64, 128, 256, 64 * 13])
+def test_grouped_integer_sums_exact(on_isa, isa_name, group_size):
+    """int8_row with group scales (TQ2_0-style groups; the AVX-512 set applies them in the
+    kernel): power-of-two scales and q = x make every product and partial sum exact, so
+    y = sum_g g[j][g] * D_g exactly — rows past the last full panel (n = 37) and a partial
+    last group (k = 64 * 13 + 5) included."""
+    rng = np.random.default_rng(group_size)
+    n, k = 37, 64 * 13 + 5
+    t = rng.integers(-1, 2, (n, k))
+    sign, nz = _dense_planes(t)
+    ng = -(-k // group_size)
+    gs = (2.0 ** rng.integers(-2, 3, (n, ng))).astype(np.float32)
+    tw = tk.TernaryWeights(sign, nz, k, group_scale=gs, group_size=group_size)
+    x = rng.integers(-127, 128, (3, k)).astype(np.float32)
+    x[:, 0] = 127  # max |x| = 127: d = 1, q = x
+    want = np.zeros((3, n))
+    for g in range(ng):
+        sl = slice(g * group_size, (g + 1) * group_size)
+        want += (x[:, sl].astype(np.int64) @ t[:, sl].T) * gs[:, g]
+    y = tk.binary_weight_matmul(x, tw, activations="int8_row")
+    assert_ran(isa_name)
+    np.testing.assert_array_equal(y, want.astype(np.float32))
+    y2 = tk.binary_weight_matmul(x, tw, activations="int8_row", threads=2)
+    np.testing.assert_array_equal(y2, y)
+
+
 @pytest.mark.parametrize("k", [2**20, 2**21 + 64 * 3 + 1])
 def test_no_overflow_at_large_k(on_isa, isa_name, k):
     """Extreme int8 activations (every q = ±127, matching the weight's sign) at K = 2^20 and
@@ -208,11 +258,20 @@ def test_no_overflow_at_large_k(on_isa, isa_name, k):
     x = np.full((1, k), 127.0, np.float32)
     x[0, ::2] = -127.0  # row 1's signs: every product +127 * 127 / 127
     x2 = np.where(np.arange(k) % 2 == 0, -127.0, 127.0).astype(np.float32)
+    d0 = int((x2 > 0).sum() - (x2 < 0).sum()) * 127
     for mode in ("int8_row", "q8_0"):
         y = tk.binary_weight_matmul(x, tw, activations=mode)
         assert_ran(isa_name)
-        d0 = int((x2 > 0).sum() - (x2 < 0).sum()) * 127
         np.testing.assert_array_equal(y[0], np.float32([d0, 127 * k]), err_msg=mode)
+    # group scales of 1: groups of 2^20 columns (one int32 sum per group in the kernel) and
+    # one group of all words (past one int32 chunk at the larger k: the chunked path); the
+    # group sums 127 * 2^20 are exact in float32, so only the last add rounds, as above
+    for group_size in (2**20, words * 64):
+        tg = tk.TernaryWeights(sign, nz, k, group_scale=np.ones((2, -(-k // group_size)), np.float32),
+                               group_size=group_size)
+        y = tk.binary_weight_matmul(x, tg, activations="int8_row")
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(y[0], np.float32([d0, 127 * k]), err_msg=str(group_size))
 
 
 def test_nan_and_inf(on_isa, isa_name):

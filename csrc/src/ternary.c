@@ -38,17 +38,17 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 takane_status takane_ternary_weights_create(int64_t n, int64_t k, const uint64_t *sign,
                                             const uint64_t *nonzero, int64_t row_stride,
                                             takane_ternary_weights **out) {
+    /* the checks of takane_weights_create (api.c), in its order, plus the second plane and
+     * the row stride the two planes share (validate.c / internal.h) */
     if (!out) return TAKANE_ERR_NULL_POINTER;
     *out = NULL;
-    if (n < 0 || k < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (k > TAKANE_MAX_K) return TAKANE_ERR_K_TOO_LARGE;
-    if (row_stride < 0) return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_dims(n, 0, k));
+    TAKANE_TRY(takane_check_in_strides(row_stride, 0));
     const int64_t kw = takane_words_for(k);
     if (n > 0 && kw > 0 && (!sign || !nonzero)) return TAKANE_ERR_NULL_POINTER;
-    if (n > 1 && row_stride < kw) return TAKANE_ERR_BAD_STRIDE;
-    takane_status st = takane_check_padding(n, k, sign, row_stride);
-    if (st == TAKANE_OK) st = takane_check_padding(n, k, nonzero, row_stride);
-    if (st != TAKANE_OK) return st;
+    TAKANE_TRY(takane_check_stride(n, kw, row_stride));
+    TAKANE_TRY(takane_check_padding(n, k, sign, row_stride));
+    TAKANE_TRY(takane_check_padding(n, k, nonzero, row_stride));
     takane_ternary_weights *h = (takane_ternary_weights *)calloc(1, sizeof *h);
     if (!h) return TAKANE_ERR_OUT_OF_MEMORY;
     h->n = n, h->k = k, h->kw = kw;
@@ -177,6 +177,11 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
         for (int j = 0; j < outs; j++) v[j] = (float)acc[j];
         return 0;
     }
+    if (job->mode == TAKANE_ACTIVATIONS_INT8_ROW && uk->dot_i8_groups &&
+        2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS) { /* group scales in the kernel */
+        const takane_gscales g = {gs + j0 * ng, TAKANE_PANEL_ROWS * ng, ng, 1};
+        return uk->dot_i8_groups(job->a + i * job->astride, pan, pstride, np, kw, gw, &g, nrows, v);
+    }
     float tot[OUTS], grp[OUTS];
     for (int j = 0; j < outs; j++) tot[j] = 0.0f;
     for (int64_t g = 0; g < ng; g++) {
@@ -254,33 +259,26 @@ static void tern_task(void *ctx, int64_t task) {
 /* Below this many MACs the call stays on the calling thread. */
 #define MIN_PARALLEL_MACS (1 << 20)
 
-static takane_status check_finite_vec(const float *v, int64_t len) {
-    for (int64_t i = 0; v && i < len; i++)
-        if (!(fabsf(v[i]) <= 3.4028234663852886e38f)) return TAKANE_ERR_NOT_FINITE;
-    return TAKANE_OK;
-}
-
 takane_status takane_ternary_matmul_prepacked(
     const takane_ternary_weights *w, int64_t m, const float *x, int64_t x_row_stride,
     const float *in_scale, const float *scale, const float *group_scale, int64_t group_size,
     const float *bias, int32_t activations, float *y, int64_t y_row_stride, int32_t threads) {
+    /* the shared validators (internal.h), in the order of the 1-bit handle entry points */
     if (!w) return TAKANE_ERR_NULL_POINTER;
     if (m < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
-    if (threads < 0) return TAKANE_ERR_BAD_THREADS;
+    TAKANE_TRY(takane_check_threads(threads));
     const int64_t n = w->n, k = w->k, kw = w->kw;
-    if (x_row_stride < 0 || y_row_stride < 0 || (m > 1 && n > 0 && y_row_stride < n))
-        return TAKANE_ERR_BAD_STRIDE;
+    TAKANE_TRY(takane_check_in_strides(x_row_stride, 0));
+    TAKANE_TRY(takane_check_stride(m, n, y_row_stride));
     if (activations != TAKANE_ACTIVATIONS_F32 && activations != TAKANE_ACTIVATIONS_Q8_0 &&
         activations != TAKANE_ACTIVATIONS_INT8_ROW)
         return TAKANE_ERR_BAD_ACTIVATIONS;
-    if (group_scale ? (group_size <= 0 || group_size % 64 != 0) : group_size != 0)
-        return TAKANE_ERR_BAD_GROUP_SIZE;
+    TAKANE_TRY(takane_check_group_size(group_scale, group_size));
     if (m == 0 || n == 0) return TAKANE_OK;
-    if (!y || (k > 0 && !x)) return TAKANE_ERR_NULL_POINTER;
+    TAKANE_TRY(takane_check_operands(k, x, w, y));
+    TAKANE_TRY(takane_check_finite(in_scale, k));
+    TAKANE_TRY(takane_check_scale_bias(scale, bias, n));
     takane_status st;
-    if ((st = check_finite_vec(in_scale, k)) != TAKANE_OK) return st;
-    if ((st = check_finite_vec(scale, n)) != TAKANE_OK) return st;
-    if ((st = check_finite_vec(bias, n)) != TAKANE_OK) return st;
     const takane_kernel_set *ks;
     if ((st = takane_select_kernels(&ks)) != TAKANE_OK) return st;
     if (k == 0) { /* every sum is empty: y = 0 * scale + bias */
@@ -334,7 +332,11 @@ takane_status takane_ternary_matmul_prepacked(
         int32_t *nq = (int32_t *)(d + (size_t)m * kw * 2);
         float *tmp = (float *)(nq + (size_t)m * kw * 2);
         for (int64_t i = 0; i < m && st == TAKANE_OK; i++) {
-            if (activations == TAKANE_ACTIVATIONS_INT8_ROW)
+            if (activations == TAKANE_ACTIVATIONS_INT8_ROW && uk->quantize_i8_row) {
+                if (uk->quantize_i8_row(x + i * x_row_stride, in_scale, k, kw, q + i * row_bytes, d + i))
+                    /* the portable loop names the error (NaN before inf) */
+                    st = quantize_int8_row(x + i * x_row_stride, in_scale, k, kw, tmp, q + i * row_bytes, d + i);
+            } else if (activations == TAKANE_ACTIVATIONS_INT8_ROW)
                 st = quantize_int8_row(x + i * x_row_stride, in_scale, k, kw, tmp, q + i * row_bytes, d + i);
             else
                 st = ks->q8->quantize_row(x + i * x_row_stride, in_scale, k, kw, q + i * row_bytes,

@@ -93,6 +93,20 @@ static void exact(takane_isa isa) {
                               (double)y[i * n + j], want);
                     }
             }
+            /* int8_row with group scales of 1 (groups of 64: the kernel's grouped path where a
+             * set has one): the same exact sums; one infinite scale of the last live row ->
+             * TAKANE_ERR_NOT_FINITE */
+            float *gsc = malloc((size_t)(n * kw) * 4), *y2 = malloc((size_t)(m * n) * 4);
+            for (int64_t i = 0; i < n * kw; i++) gsc[i] = 1.0f;
+            CHECK(takane_ternary_matmul_prepacked(h, m, x, k, NULL, NULL, gsc, 64, NULL, 2, y2, n, 2) ==
+                      TAKANE_OK, "grouped run");
+            CHECK(memcmp(y, y2, (size_t)(m * n) * 4) == 0, "%s grouped n=%lld k=%lld differs",
+                  takane_isa_name(isa), (long long)n, (long long)k);
+            gsc[n * kw - 1] = 1.0f / 0.0f;
+            CHECK(takane_ternary_matmul_prepacked(h, m, x, k, NULL, NULL, gsc, 64, NULL, 2, y2, n, 1) ==
+                      TAKANE_ERR_NOT_FINITE, "%s grouped inf n=%lld k=%lld", takane_isa_name(isa),
+                  (long long)n, (long long)k);
+            free(gsc), free(y2);
             takane_ternary_weights_free(h);
             free(t), free(s), free(z), free(x), free(y);
         }

@@ -33,29 +33,8 @@
 
 #include "takane/takane.h"
 
-#define CHECK(cond)                                                              \
-    do {                                                                         \
-        if (!(cond)) {                                                           \
-            fprintf(stderr, "fuzz_packed: check failed at line %d: %s\n", __LINE__, #cond); \
-            abort();                                                             \
-        }                                                                        \
-    } while (0)
-
-/* A cursor over the fuzzer's bytes: reads past the end yield zeros. */
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} cursor;
-
-static uint64_t take(cursor *c, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) {
-        uint64_t b = 0;
-        if (c->n) b = *c->p++, c->n--;
-        v |= b << (8 * i);
-    }
-    return v;
-}
+#define FUZZ_NAME "fuzz_packed"
+#include "fuzz_input.h"
 
 static int64_t words_for(int64_t k) { return (k + 63) / 64; }
 

@@ -24,28 +24,8 @@
 
 #include "takane/takane.h"
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "fuzz_ternary: check failed at line %d: %s\n", __LINE__, #cond); \
-            abort();                                                                   \
-        }                                                                              \
-    } while (0)
-
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} cursor;
-
-static uint64_t take(cursor *c, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++) {
-        uint64_t b = 0;
-        if (c->n) b = *c->p++, c->n--;
-        v |= b << (8 * i);
-    }
-    return v;
-}
+#define FUZZ_NAME "fuzz_ternary"
+#include "fuzz_input.h"
 
 /* A float from the input: mostly small values with ties after scaling, sometimes raw bits. */
 static float take_float(cursor *c, float lo_scale) {

@@ -41,6 +41,24 @@ typedef struct takane_ternary_ukernel {
      *   t = 0 not added (a NaN or inf there does not propagate). */
     void (*dot_f32)(const float *xs, const uint64_t *panels, int64_t pstride, int np,
                     int64_t q0, int64_t q1, float *out);
+    /* int8 activations with group scales, all kw words in one call (NULL if the set has
+     * none: the framework then calls dot_i8 once per group). Groups of gw words
+     * (2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS, so a group's sum is exact in int32; the last
+     * group may end at kw); for t < np, r < 8, j = t * 8 + r, in group order g = 0, 1, ...:
+     *   out[j] = fl(out[j] + fl(float(S_g) * takane_gs_at(gs, j, g)))   (or one FMA)
+     * from out[j] = 0, S_g the exact sum over group g's words as dot_i8 gives it. Rows
+     * j >= nrows read no scale (their output is dropped). Returns nonzero iff a group
+     * scale it read is NaN or infinite. */
+    int (*dot_i8_groups)(const void *a, const uint64_t *panels, int64_t pstride, int np,
+                         int64_t kw, int64_t gw, const takane_gscales *gs, int64_t nrows,
+                         float *out);
+    /* BitNet's per-row int8 quantizer (NULL: the framework's portable loop): xs = x * in_scale
+     * (in_scale NULL: x) for the k floats of x, then exactly as takane.h defines
+     * TAKANE_ACTIVATIONS_INT8_ROW (each float32 step rounded once, round half to even): q
+     * (kw * 64 bytes, zero past k) and *d. Returns nonzero iff some xs is NaN or infinite
+     * (q and *d then unspecified; the framework names the error). */
+    int (*quantize_i8_row)(const float *x, const float *in_scale, int64_t k, int64_t kw, int8_t *q,
+                           float *d);
 } takane_ternary_ukernel;
 
 extern const takane_ternary_ukernel takane_ternary_ukernel_scalar;
