@@ -136,6 +136,9 @@ fuzz)
   for f in tests/fuzz/packed_regressions/*; do
     if [ -e "$f" ]; then build/fuzz/fuzz_packed "$f"; fi
   done
+  for f in tests/fuzz/ternary_regressions/*; do
+    if [ -e "$f" ]; then build/fuzz/fuzz_ternary "$f"; fi
+  done
   .venv/bin/python tests/fuzz/fuzz_load.py --make-seeds build/fuzz/load-corpus >/dev/null
   .venv/bin/python tests/fuzz/fuzz_gguf.py --make-seeds build/fuzz/gguf-corpus >/dev/null
   (cd build/fuzz && ./fuzz_packed -max_total_time="$secs" -print_final_stats=1 packed-corpus 2>&1 |

@@ -702,6 +702,11 @@ TAKANE_API void takane_ternary_weights_free(takane_ternary_weights *weights);
  *     * d * sum_g |g * D_g| + gamma(2) |bias[j]|, ng = ceil(k / group_size) (1 without
  *     group scales). NaN in xs gives TAKANE_ERR_NAN, an infinite xs TAKANE_ERR_NOT_FINITE,
  *     before y is written.
+ * The bounds hold barring overflow and underflow, of y and of the intermediates: the q8_0
+ * and int8_row epilogues form sum_g g * S (D_g) before the activation scale, and scale[j]
+ * comes last, so y may be infinite or NaN where |g * S| summed over the groups, or the
+ * sum before scale[j], exceeds FLT_MAX although the exact y is finite
+ * (tests/fuzz/ternary_regressions/ hold such inputs).
  * Runs on up to `threads` threads. */
 TAKANE_API takane_status takane_ternary_matmul_prepacked(
     const takane_ternary_weights *weights, int64_t m, const float *x, int64_t x_row_stride,
