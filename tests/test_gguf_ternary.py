@@ -1,6 +1,6 @@
 """GGUF ternary formats (issue 23): TQ2_0 / TQ1_0 import bit-exactly, TQ2_0 export, and the
-refusal of types that cannot be decoded faithfully (I2_S, PrismML's rotated PQ2_0 / PTQ1_0,
-unknown). Blocks are built by hand and decoded by the reference's element-by-element
+refusal of types that cannot be decoded faithfully (PrismML's rotated PQ2_0 / PTQ1_0,
+unknown; I2_S is read: tests/test_gguf_i2_s.py). Blocks are built by hand and decoded by the reference's element-by-element
 decoders and, as a third source, the gguf package's own dequantizer."""
 
 import struct
@@ -143,7 +143,7 @@ def test_loaded_weights_run(tmp_path, on_isa):
                       <= ref.binary_weight_matmul_error_bound(x, tw, activations=mode))
 
 
-@pytest.mark.parametrize("raw_type,what", [(142, "PQ2_0.*Hadamard"), (143, "PTQ1_0.*Hadamard"), (36, "I2_S"),
+@pytest.mark.parametrize("raw_type,what", [(142, "PQ2_0.*Hadamard"), (143, "PTQ1_0.*Hadamard"),
                                            (200, "does not know")])
 def test_foreign_types_refused_by_name(tmp_path, raw_type, what):
     raw = _tq2_0_bytes(np.random.default_rng(3), 2, 1)
