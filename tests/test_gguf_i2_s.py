@@ -5,12 +5,15 @@ The layout, from /work/shared/research/onebit_llm_2026.md §4 (bitnet.cpp's quan
 x86 with ACT_PARALLEL): the N*K codes of the tensor, row-major, in blocks of 128 codes in
 32 bytes — element 32g + j of a block at bits 6-2g..7-2g of byte j, code 0/1/2 = -1/0/+1 —
 then a 32-byte tail whose first 4 bytes are the float32 scale. The gguf package cannot
-write (or read) type 36, so the files here come from a GGUF writer of this test's own
-(struct, from the GGUF v3 spec), the codes from a numpy encoder of the layout above, and
+write (or read) type 36, so the files here come from a GGUF writer written from the GGUF v3
+spec with struct and a numpy encoder of the layout above (tests/fuzz/fuzz_gguf.py, shared
+with the fuzz target's seeds and oracle), and
 the expected values from an element-by-element decoder; neither shares code with the
 library."""
 
+import pathlib
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -21,36 +24,10 @@ import takane_kernels as tk  # noqa: E402
 from takane_kernels import gguf as tg  # noqa: E402
 from takane_kernels import reference as ref  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "fuzz"))
+from fuzz_gguf import encode_i2_s, write_gguf  # noqa: E402  (test code: the spec's writer and encoder)
+
 I2_S, F32 = 36, 0
-ALIGN = 32  # general.alignment's default
-
-
-def _gguf_string(s: bytes) -> bytes:
-    return struct.pack("<Q", len(s)) + s
-
-
-def write_gguf(path, tensors):
-    """A GGUF v3 file: general.architecture = "bitnet-25" and ``tensors``: a list of
-    (name, dims ne (GGUF order: ne[0] = K), ggml type, raw bytes)."""
-    kv = _gguf_string(b"general.architecture") + struct.pack("<I", 8) + _gguf_string(b"bitnet-25")
-    infos, data = b"", b""
-    for name, dims, gtype, raw in tensors:
-        data += b"\0" * (-len(data) % ALIGN)
-        infos += (_gguf_string(name.encode()) + struct.pack("<I", len(dims))
-                  + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", gtype, len(data)))
-        data += bytes(raw)
-    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 1) + kv + infos
-    head += b"\0" * (-len(head) % ALIGN)
-    with open(path, "wb") as f:
-        f.write(head + data)
-
-
-def encode_i2_s(codes: np.ndarray, scale: float, tail_fill: int = 0xA5) -> bytes:
-    """codes (N, K) in {0, 1, 2} -> I2_S bytes (layout in the module docstring)."""
-    blocks = codes.reshape(-1, 4, 32).astype(np.uint8)  # (block, g, j)
-    packed = (blocks[:, 0] << 6) | (blocks[:, 1] << 4) | (blocks[:, 2] << 2) | blocks[:, 3]
-    tail = struct.pack("<f", scale) + bytes([tail_fill]) * 28  # the padding is never read
-    return packed.astype(np.uint8).tobytes() + tail
 
 
 def decode_i2_s_slowly(raw: bytes, n: int, k: int) -> tuple[np.ndarray, float]:
