@@ -1,14 +1,16 @@
 """GGUF files (llama.cpp's model format) in and out (extra ``gguf``).
 
 ``load(path)`` returns ``{name: tensor}``: Q1_0 tensors (GGUF type 41, llama.cpp's 1-bit
-format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, the bits copied
-unchanged, see :func:`takane_kernels.from_q1_0`), the ternary TQ2_0 (35) and TQ1_0 (34)
-tensors as :class:`takane_kernels.TernaryWeights` (``group_size=256``, bit-exact; see
-docs/guide/ternary.md), F32 and F16 tensors as numpy arrays
-(shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``). Tensors of
-types this module cannot decode faithfully — bitnet.cpp's I2_S (36), PrismML's
-Hadamard-rotated PQ2_0 (142) / PTQ1_0 (143), any type the ``gguf`` package does not know —
-make the file a ``ValueError`` naming the tensor and the type, never garbage.
+format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, equal to
+:func:`takane_kernels.from_q1_0` of the bytes; built straight into the kernels' layout, so a
+loaded model is held once), the ternary TQ2_0 (35) and TQ1_0 (34) tensors as
+:class:`takane_kernels.TernaryWeights` (``group_size=256``, bit-exact), bitnet.cpp's I2_S
+(36, its x86 layout) as TernaryWeights with the per-tensor float32 scale as
+``tensor_scale`` (bit-exact; docs/guide/ternary.md for the layouts), F32 and F16 tensors as
+numpy arrays (shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``).
+Tensors of types this module cannot decode faithfully — PrismML's Hadamard-rotated PQ2_0
+(142) / PTQ1_0 (143), any type the ``gguf`` package does not know — make the file a
+``ValueError`` naming the tensor and the type, never garbage.
 ``load_metadata(path)`` returns the key/value metadata. ``save(path, tensors, arch=...,
 metadata=...)`` writes a GGUF file that llama.cpp reads: PackedWeights become Q1_0
 (:func:`takane_kernels.to_q1_0`), TernaryWeights TQ2_0, float32 / float16 arrays F32 / F16.
@@ -59,9 +61,8 @@ _FOREIGN_TYPES = {
 }
 _KNOWN_TYPES = frozenset(int(t) for t in GGMLQuantizationType)
 # bitnet.cpp's I2_S is not in the gguf package's table (llama.cpp retired 36 as IQ4_NL_4_4,
-# research/onebit_llm_2026.md §3), so the reader builds its tensors itself (_CheckedReader).
-if I2_S_GGML_TYPE in _KNOWN_TYPES:  # pragma: no cover - a gguf release reusing 36
-    raise ImportError("takane_kernels.gguf: this gguf package gives type 36 a meaning; I2_S would be ambiguous")
+# research/onebit_llm_2026.md §3): _CheckedReader builds those tensors itself, before the
+# stock reader would look the type up, so 36 means I2_S whatever the package's table says.
 
 # the tensor types load() converts (the others are refused or skipped)
 _READ_TYPES = frozenset({int(GGMLQuantizationType.Q1_0), int(GGMLQuantizationType.TQ2_0), int(GGMLQuantizationType.TQ1_0),
@@ -279,15 +280,21 @@ def _check_tensors(reader: _CheckedReader, name: str) -> None:
 
 def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, PackedWeights | TernaryWeights | np.ndarray]:
     """Read the tensors of a GGUF file: Q1_0 -> PackedWeights (N, K), TQ2_0 / TQ1_0 ->
-    TernaryWeights (N, K) with group_size=256, F32 / F16 -> numpy arrays (owned copies,
-    numpy axis order).
+    TernaryWeights (N, K) with group_size=256, I2_S -> TernaryWeights (N, K) with
+    ``tensor_scale``, F32 / F16 -> numpy arrays (owned copies, numpy axis order).
+
+    The file is read through a memory map, one tensor at a time (its pages read ahead, then
+    dropped once converted). A Q1_0 tensor becomes the kernels' prepared layout directly
+    (``takane_weights_from_q1_0``), which is then its only storage (``bits`` and
+    ``group_scale`` are rebuilt from it on access, see :class:`~takane_kernels.PackedWeights`):
+    peak memory stays near the result's size (~1.11x the Q1_0 bytes), with no second copy.
 
     ``unsupported``: what to do with tensors of other types (Q4_0, BF16, ...):
     ``"error"`` (``ValueError`` naming the tensor and type) or ``"skip"`` (left out).
     Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file (metadata
     included: it is decoded and checked too) -> ``ValueError``; so is a file holding a type
-    the ``gguf`` package does not know, I2_S (36) or PrismML's rotated PQ2_0 (142) / PTQ1_0
-    (143), whatever ``unsupported`` says (the message names the tensor and the type).
+    the ``gguf`` package does not know (other than I2_S) or PrismML's rotated PQ2_0 (142) /
+    PTQ1_0 (143), whatever ``unsupported`` says (the message names the tensor and the type).
     """
     if unsupported not in ("error", "skip"):
         raise ValueError(f"unsupported must be 'error' or 'skip', got {unsupported!r}")
@@ -295,6 +302,9 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
     reader = _open(path)
     try:
         _metadata(reader, name, False)  # a file whose metadata does not decode is corrupt
+        # checked, and not needed again: a tokenizer's 10^5 strings are ~2 x 10^5 small
+        # arrays (~50 MB); freed before the tensors are converted, not held through the load
+        reader.fields.clear()
         _check_tensors(reader, name)
         out: dict[str, PackedWeights | np.ndarray] = {}
         for t in reader.tensors:
@@ -341,7 +351,7 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
                 _release(reader, int(t.data_offset), int(t.n_bytes))
             elif unsupported == "error":
                 raise ValueError(f"{name}: tensor {t.name!r} has type {tt.name}, which takane_kernels.gguf "
-                                 f"does not read (Q1_0, TQ2_0, TQ1_0, F32, F16); pass unsupported='skip' to "
+                                 f"does not read (Q1_0, TQ2_0, TQ1_0, I2_S, F32, F16); pass unsupported='skip' to "
                                  f"leave it out")
         return out
     finally:
