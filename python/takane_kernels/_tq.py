@@ -20,8 +20,8 @@ followed by a 32-byte tail whose first 4 bytes are the one float32 scale of the 
 (little-endian; the rest is padding). Weight = (code - 1) * scale: ``tensor_scale``. The
 file does not record the build: an ARM build (64 codes in 16 bytes) or one without
 ACT_PARALLEL (a 4-row interleave) writes the same type id with other layouts, which this
-decoder cannot tell apart; files people download (microsoft/bitnet-b1.58-2B-4T-gguf) are
-the x86 layout.
+decoder cannot tell apart (whether a given published file is the x86 layout has not been
+checked against the file itself here: no such file is stored on this machine).
 """
 
 from __future__ import annotations
