@@ -124,6 +124,8 @@ def to_tq2_0(w: TernaryWeights) -> np.ndarray:
     if not np.all(np.abs(d) < _FP16_OVERFLOW):
         r, b = np.argwhere(~(np.abs(d) < _FP16_OVERFLOW))[0]
         raise ValueError(f"to_tq2_0: row {r}, block {b}: scale {d[r, b]} overflows fp16 (|d| >= 65520)")
+    if n == 0:  # no rows: no bytes (to_dense() would still cost O(K) for nothing)
+        return np.empty((0, nb * TQ2_0_BYTES), np.uint8)
     codes = (w.to_dense().astype(np.int16) + 1).astype(np.uint8).reshape(n, nb, 2, 4, 32)
     qs = np.zeros((n, nb, 2, 32), np.uint8)
     for lane in range(4):
