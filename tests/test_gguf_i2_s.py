@@ -136,3 +136,17 @@ def test_i2_s_duplicate_name_refused(tmp_path):
     raw = encode_i2_s(np.ones((1, 128), np.int64), 1.0)
     _refused(tmp_path, [("w", [128, 1], I2_S, raw), ("w", [128, 1], I2_S, raw)], "duplicated tensor")
     _refused(tmp_path, [("w", [4], F32, bytes(16)), ("w", [128, 1], I2_S, raw)], "duplicated tensor")
+
+
+@pytest.mark.parametrize("gtype,raw", [(F32, bytes(32)), (I2_S, encode_i2_s(np.ones((1, 128), np.int64), 1.0))])
+def test_tensor_offset_that_wraps_64_bits_refused(tmp_path, gtype, raw):
+    """Offset 2**64 - 32 wraps (in the stock reader's uint64 sum) to 32 bytes before the
+    data section, an aligned place inside the header: refused, not read as tensor bytes."""
+    dims = [8] if gtype == F32 else [128, 1]
+    write_gguf(tmp_path / "w.gguf", [("w", dims, gtype, raw)])
+    data = bytearray((tmp_path / "w.gguf").read_bytes())
+    at = data.index(b"w" + struct.pack("<I", len(dims))) + 1 + 4 + 8 * len(dims) + 4
+    struct.pack_into("<Q", data, at, 2**64 - 32)
+    (tmp_path / "w.gguf").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="past the end"):
+        tg.load(tmp_path / "w.gguf")

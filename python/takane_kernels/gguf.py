@@ -144,7 +144,7 @@ class _CheckedReader(_gguf.GGUFReader):
             names.add(tname)
             n_elems = math.prod(int(d) for d in dims)
             nbytes = i2_s_nbytes(n_elems)
-            offs = int(start_offs + offset_tensor[0])
+            offs = int(start_offs) + int(offset_tensor[0])  # Python ints: a uint64 sum would wrap
             self.tensors.append(_gguf.ReaderTensor(
                 name=tname, tensor_type=I2_S_GGML_TYPE, shape=dims, n_elements=n_elems, n_bytes=nbytes,
                 data_offset=offs, data=self._get(offs, np.uint8, nbytes), field=field))
@@ -251,6 +251,11 @@ def _check_tensors(reader: _CheckedReader, name: str) -> None:
     """Shapes, offsets and sizes of every tensor agree with each other and the file."""
     spans = []
     for t in reader.tensors:
+        # the stock reader adds the declared offset to the data start in uint64, which wraps
+        # for a lying offset near 2**64 and would read some other tensor's bytes
+        if int(t.data_offset) != int(reader.data_offset) + int(t.field.parts[-1][0]):
+            raise ValueError(f"{name}: tensor {t.name!r} declares data offset {int(t.field.parts[-1][0])}, "
+                             f"past the end of the file")
         dims = [int(d) for d in t.shape]
         if not 1 <= len(dims) <= GGML_MAX_DIMS:
             raise ValueError(f"{name}: tensor {t.name!r} has {len(dims)} dimensions (1..{GGML_MAX_DIMS})")
