@@ -1,6 +1,6 @@
 """GGUF ternary formats (issue 23): TQ2_0 / TQ1_0 import bit-exactly, TQ2_0 export, and the
-refusal of types that cannot be decoded faithfully (I2_S, PrismML's rotated PQ2_0 / PTQ1_0,
-unknown). Blocks are built by hand and decoded by the reference's element-by-element
+refusal of types that cannot be decoded faithfully (PrismML's rotated PQ2_0 / PTQ1_0,
+unknown; I2_S is read: tests/test_gguf_i2_s.py). Blocks are built by hand and decoded by the reference's element-by-element
 decoders and, as a third source, the gguf package's own dequantizer."""
 
 import struct
@@ -143,7 +143,7 @@ def test_loaded_weights_run(tmp_path, on_isa):
                       <= ref.binary_weight_matmul_error_bound(x, tw, activations=mode))
 
 
-@pytest.mark.parametrize("raw_type,what", [(142, "PQ2_0.*Hadamard"), (143, "PTQ1_0.*Hadamard"), (36, "I2_S"),
+@pytest.mark.parametrize("raw_type,what", [(142, "PQ2_0.*Hadamard"), (143, "PTQ1_0.*Hadamard"),
                                            (200, "does not know")])
 def test_foreign_types_refused_by_name(tmp_path, raw_type, what):
     raw = _tq2_0_bytes(np.random.default_rng(3), 2, 1)
@@ -183,3 +183,21 @@ def test_llama_cpp_runs_a_tq2_0_model_we_wrote(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     runs = json.loads(r.stdout)
     assert all(x["avg_ts"] > 0 for x in runs) and all("TQ2_0" in x["model_type"] for x in runs), runs
+
+
+def test_tq2_0_of_an_empty_matrix_costs_nothing_for_any_k():
+    """A file's (0, K) TQ tensor loads in O(1) memory; writing it back must not cost O(K)
+    either (the fuzz target found to_tq2_0 allocating 4.4 GB for K = 587202816, N = 0)."""
+    import tracemalloc
+
+    k = 587202816
+    tw = tk.TernaryWeights(np.zeros((0, k // 64), np.uint64), np.zeros((0, k // 64), np.uint64), k,
+                           group_scale=np.zeros((0, k // 256), np.float32), group_size=256)
+    tracemalloc.start()
+    try:
+        q = tk._tq.to_tq2_0(tw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert q.shape == (0, k // 256 * 66) and peak < 1 << 20
+

@@ -29,6 +29,36 @@ def _check_k128(k: int, what: str) -> int:
     return k // Q1_0_BLOCK
 
 
+def _checked_rows(data: object, k: int, what: str) -> tuple[np.ndarray, int]:
+    """``data`` as C-contiguous uint8 Q1_0 rows (N, k/128·18) and N; TypeError / ValueError
+    as :func:`from_q1_0` documents."""
+    if not isinstance(data, np.ndarray):
+        raise TypeError(f"data must be a numpy uint8 array of Q1_0 rows, got {type(data).__name__}")
+    if data.dtype != np.uint8:
+        raise TypeError(f"data must have dtype uint8 (Q1_0 block bytes), got {data.dtype}")
+    nb = _check_k128(k, what)
+    if data.ndim != 2 or data.shape[1] != nb * Q1_0_BLOCK_BYTES:
+        raise ValueError(
+            f"data has shape {data.shape}: expected (N, {nb * Q1_0_BLOCK_BYTES}) "
+            f"(k/128 = {nb} blocks of {Q1_0_BLOCK_BYTES} bytes per row for k={k})"
+        )
+    if not data.flags.c_contiguous:  # cffi hands C contiguous buffers only: one copy
+        data = np.ascontiguousarray(data)
+    return data, data.shape[0]
+
+
+def _raise_q1_0_status(st: int, data: np.ndarray, what: str) -> None:
+    """Raise for a failed C conversion of the Q1_0 rows ``data``; a non-finite d is named."""
+    if st == lib.TAKANE_ERR_NOT_FINITE:
+        n, nb = data.shape[0], data.shape[1] // Q1_0_BLOCK_BYTES
+        d = data.reshape(n, nb, Q1_0_BLOCK_BYTES)[:, :, :2].copy().view("<f2")[..., 0]
+        r, b = np.argwhere(~np.isfinite(d))[0]
+        raise ValueError(f"{what}: block scale d of row {r}, block {b} is {d[r, b]} (not finite)")
+    if st == lib.TAKANE_ERR_OUT_OF_MEMORY:
+        raise MemoryError(f"{what}: out of memory")
+    raise_status(st, what)
+
+
 def from_q1_0(data: object, k: int) -> PackedWeights:
     """Q1_0 rows ``data`` uint8 (N, k/128·18) -> :class:`PackedWeights` (N, k) with
     ``group_size=128`` and ``group_scale`` = float32(d) (exact).
@@ -37,19 +67,8 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
     bytes or an infinite / NaN ``d`` -> ``ValueError``; not a uint8 array -> ``TypeError``.
     """
     k = check_k(k)
-    if not isinstance(data, np.ndarray):
-        raise TypeError(f"data must be a numpy uint8 array of Q1_0 rows, got {type(data).__name__}")
-    if data.dtype != np.uint8:
-        raise TypeError(f"data must have dtype uint8 (Q1_0 block bytes), got {data.dtype}")
     nb = _check_k128(k, "from_q1_0")
-    if data.ndim != 2 or data.shape[1] != nb * Q1_0_BLOCK_BYTES:
-        raise ValueError(
-            f"data has shape {data.shape}: expected (N, {nb * Q1_0_BLOCK_BYTES}) "
-            f"(k/128 = {nb} blocks of {Q1_0_BLOCK_BYTES} bytes per row for k={k})"
-        )
-    if not data.flags.c_contiguous:  # cffi hands C contiguous buffers only: one copy
-        data = np.ascontiguousarray(data)
-    n = data.shape[0]
+    data, n = _checked_rows(data, k, "from_q1_0")
     bits = np.empty((n, k // 64), dtype=np.uint64)
     gs = np.empty((n, nb), dtype=np.float32)
     if n and nb:
@@ -58,14 +77,29 @@ def from_q1_0(data: object, k: int) -> PackedWeights:
             ffi.from_buffer("uint64_t[]", bits, require_writable=True), bits.shape[1],
             ffi.from_buffer("float[]", gs, require_writable=True), nb,
         )
-        if st == lib.TAKANE_ERR_NOT_FINITE:
-            d = data.reshape(n, nb, Q1_0_BLOCK_BYTES)[:, :, :2].copy().view("<f2")[..., 0]
-            r, b = np.argwhere(~np.isfinite(d))[0]
-            raise ValueError(f"from_q1_0: block scale d of row {r}, block {b} is {d[r, b]} (not finite)")
-        raise_status(st, "from_q1_0")
+        _raise_q1_0_status(st, data, "from_q1_0")
     if not (n and nb):  # empty: the constructor's checks and shapes
         return PackedWeights(bits, k, group_scale=gs, group_size=Q1_0_BLOCK)
     return PackedWeights._adopt(bits, k, gs, Q1_0_BLOCK)  # made and checked by the C call above
+
+
+def _from_q1_0_prepacked(data: object, k: int) -> PackedWeights:
+    """As :func:`from_q1_0` (same checks, equal result), but the weights hold only the C
+    handle, built straight from the Q1_0 bytes (``takane_weights_from_q1_0``: panels plus
+    float32 block scales, ~1.11x the Q1_0 bytes): no canonical rows or row-major scales
+    exist at any time, so loading a model never holds a second full copy of it (``bits`` /
+    ``group_scale`` are rebuilt from the handle on access, as for any prepared weights).
+    ``data`` may be a read-only view of a memory-mapped file: it is only read."""
+    k = check_k(k)
+    data, n = _checked_rows(data, k, "from_q1_0")
+    if not (n and k):  # empty: no handle to carry the scales (see PackedWeights' invariant)
+        return from_q1_0(data, k)
+    out = ffi.new("takane_weights **")
+    st = lib.takane_weights_from_q1_0(n, k, ffi.from_buffer("uint8_t[]", data), data.shape[1], ffi.NULL, 0, out)
+    _raise_q1_0_status(st, data, "from_q1_0")
+    # the handle carries the signs and the group scales: PackedWeights' invariant holds
+    # with no rows or row-major scales at all (what _prepacked() leaves behind)
+    return PackedWeights._adopt(None, k, None, Q1_0_BLOCK, handle=ffi.gc(out[0], lib.takane_weights_free), n=n)
 
 
 def _block_scales(w: PackedWeights, nb: int) -> np.ndarray | None:

@@ -1,4 +1,5 @@
-"""llama.cpp's ternary GGUF formats TQ2_0 (type 35) and TQ1_0 (type 34) <-> TernaryWeights.
+"""llama.cpp's ternary GGUF formats TQ2_0 (type 35) and TQ1_0 (type 34) <-> TernaryWeights,
+and bitnet.cpp's I2_S (type 36) -> TernaryWeights.
 
 Both hold a row of K weights (K a multiple of 256) as blocks of 256 ternary codes and one
 fp16 scale d (the block's last 2 bytes), weight = (code - 1) * d. The codes map to the
@@ -10,6 +11,17 @@ is exact). Layouts (llama.cpp ggml-common.h; docs/guide/ternary.md):
 - TQ1_0, 54 bytes: ``qs[48]``, ``qh[4]``, d. Trit n (n = 0 most significant) of a byte b is
   ((b * 3^n) mod 256) * 3 >> 8. Elements 0..159: byte m < 32, trit n -> 32n + m; 160..239:
   byte 32 + m (m < 16), trit n -> 160 + 16n + m; 240..255: qh[j], trit n -> 240 + 4n + j.
+
+I2_S (bitnet.cpp's ``quantize_i2_s``, x86 build with ACT_PARALLEL, the default of its
+``gemm-config.h``; /work/shared/research/onebit_llm_2026.md §4) is not per row: the N*K codes
+of the whole tensor, row-major, are blocks of 128 in 32 bytes — element 32g + j of a block
+at bits 6-2g..7-2g of byte j (MSB first, the opposite of TQ2_0), code 0/1/2 = -1/0/+1 —
+followed by a 32-byte tail whose first 4 bytes are the one float32 scale of the tensor
+(little-endian; the rest is padding). Weight = (code - 1) * scale: ``tensor_scale``. The
+file does not record the build: an ARM build (64 codes in 16 bytes) or one without
+ACT_PARALLEL (a 4-row interleave) writes the same type id with other layouts, which this
+decoder cannot tell apart (whether a given published file is the x86 layout has not been
+checked against the file itself here: no such file is stored on this machine).
 """
 
 from __future__ import annotations
@@ -21,6 +33,8 @@ from ._ternary import TernaryWeights
 TQ_BLOCK = 256
 TQ2_0_BYTES, TQ1_0_BYTES = 66, 54
 TQ1_0_GGML_TYPE, TQ2_0_GGML_TYPE = 34, 35
+I2_S_GGML_TYPE = 36  # bitnet.cpp's GGML_TYPE_I2_S
+I2_S_BLOCK, I2_S_BLOCK_BYTES, I2_S_TAIL = 128, 32, 32  # x86: 128 codes in 32 bytes; fp32 scale + padding
 _FP16_OVERFLOW = 65520.0
 
 
@@ -110,6 +124,8 @@ def to_tq2_0(w: TernaryWeights) -> np.ndarray:
     if not np.all(np.abs(d) < _FP16_OVERFLOW):
         r, b = np.argwhere(~(np.abs(d) < _FP16_OVERFLOW))[0]
         raise ValueError(f"to_tq2_0: row {r}, block {b}: scale {d[r, b]} overflows fp16 (|d| >= 65520)")
+    if n == 0:  # no rows: no bytes (to_dense() would still cost O(K) for nothing)
+        return np.empty((0, nb * TQ2_0_BYTES), np.uint8)
     codes = (w.to_dense().astype(np.int16) + 1).astype(np.uint8).reshape(n, nb, 2, 4, 32)
     qs = np.zeros((n, nb, 2, 32), np.uint8)
     for lane in range(4):
@@ -118,3 +134,33 @@ def to_tq2_0(w: TernaryWeights) -> np.ndarray:
     out[:, :, :64] = qs.reshape(n, nb, 64)
     out[:, :, 64:] = d.astype("<f2").view(np.uint8).reshape(n, nb, 2)
     return out.reshape(n, nb * TQ2_0_BYTES)
+
+
+def i2_s_nbytes(n_elements: int) -> int:
+    """Bytes of an I2_S tensor of ``n_elements`` weights: 2 bits each plus the 32-byte tail
+    (bitnet.cpp's ggml_nbytes for the type)."""
+    return n_elements // 4 + I2_S_TAIL
+
+
+def from_i2_s(raw: np.ndarray, n: int, k: int) -> TernaryWeights:
+    """The bytes of an I2_S tensor of N rows of K weights (1-D uint8, N*K/4 + 32) ->
+    TernaryWeights (N, K) with ``tensor_scale`` = the stored float32 scale (module docstring
+    for the layout). K % 128 != 0, a wrong length, a code 3 or a scale that is not finite ->
+    ``ValueError``."""
+    if k % I2_S_BLOCK:
+        raise ValueError(f"I2_S: K={k} is not a multiple of {I2_S_BLOCK} (the x86 I2_S block)")
+    raw = np.asarray(raw, dtype=np.uint8)
+    ncodes = n * k // 4
+    if raw.shape != (ncodes + I2_S_TAIL,):
+        raise ValueError(f"I2_S: a ({n}, {k}) tensor is {ncodes + I2_S_TAIL} bytes, got shape {raw.shape}")
+    scale = float(raw[ncodes:ncodes + 4].view("<f4")[0])
+    if not np.isfinite(scale):
+        raise ValueError(f"I2_S: the tensor scale is {scale} (not finite)")
+    blocks = raw[:ncodes].reshape(-1, 1, I2_S_BLOCK_BYTES)  # (blocks, group g, byte j)
+    codes = (blocks >> np.array([6, 4, 2, 0], np.uint8).reshape(1, 4, 1)) & np.uint8(3)
+    codes = codes.reshape(n, k)
+    if np.any(codes == 3):
+        r, c = np.argwhere(codes == 3)[0]
+        raise ValueError(f"I2_S: row {r}, column {c} has code 3, which is not a ternary weight")
+    sign, nz = _planes(codes)
+    return TernaryWeights(sign, nz, k, tensor_scale=scale)

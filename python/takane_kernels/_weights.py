@@ -163,17 +163,21 @@ class PackedWeights:
         self._bound = {}  # bound ops of the module-level functions (_capi.bound_op)
 
     @classmethod
-    def _adopt(cls, bits: np.ndarray, k: int, group_scale: np.ndarray, group_size: int) -> "PackedWeights":
+    def _adopt(cls, bits: np.ndarray | None, k: int, group_scale: np.ndarray | None, group_size: int, *,
+               handle=None, n: int | None = None) -> "PackedWeights":
         """Take ownership of arrays the library just made and validated in C (from_q1_0:
         canonical bits of a k % 128 == 0 row, finite float32 group scales), without the
-        constructor's private copies: loading a model then holds one copy, not two."""
+        constructor's private copies: loading a model then holds one copy, not two. Or
+        (bits and group_scale None) of a handle that carries both, for n rows (the
+        invariant above: the handle alone is a complete copy)."""
         self = cls.__new__(cls)
-        bits.flags.writeable = False
-        group_scale.flags.writeable = False
-        self._bits, self._k, self._n = bits, k, bits.shape[0]
+        for a in (bits, group_scale):
+            if a is not None:
+                a.flags.writeable = False
+        self._bits, self._k, self._n = bits, k, bits.shape[0] if n is None else n
         self._scale = self._in_scale = None
         self._group_scale, self._group_size = group_scale, group_size
-        self._handle = None
+        self._handle = handle
         self._bound = {}
         return self
 

@@ -1,14 +1,16 @@
 """GGUF files (llama.cpp's model format) in and out (extra ``gguf``).
 
 ``load(path)`` returns ``{name: tensor}``: Q1_0 tensors (GGUF type 41, llama.cpp's 1-bit
-format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, the bits copied
-unchanged, see :func:`takane_kernels.from_q1_0`), the ternary TQ2_0 (35) and TQ1_0 (34)
-tensors as :class:`takane_kernels.TernaryWeights` (``group_size=256``, bit-exact; see
-docs/guide/ternary.md), F32 and F16 tensors as numpy arrays
-(shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``). Tensors of
-types this module cannot decode faithfully — bitnet.cpp's I2_S (36), PrismML's
-Hadamard-rotated PQ2_0 (142) / PTQ1_0 (143), any type the ``gguf`` package does not know —
-make the file a ``ValueError`` naming the tensor and the type, never garbage.
+format) as :class:`takane_kernels.PackedWeights` (``group_size=128``, equal to
+:func:`takane_kernels.from_q1_0` of the bytes; built straight into the kernels' layout, so a
+loaded model is held once), the ternary TQ2_0 (35) and TQ1_0 (34) tensors as
+:class:`takane_kernels.TernaryWeights` (``group_size=256``, bit-exact), bitnet.cpp's I2_S
+(36, its x86 layout) as TernaryWeights with the per-tensor float32 scale as
+``tensor_scale`` (bit-exact; docs/guide/ternary.md for the layouts), F32 and F16 tensors as
+numpy arrays (shape in numpy order: a GGUF tensor with ``ne = [K, N]`` is ``(N, K)``).
+Tensors of types this module cannot decode faithfully — PrismML's Hadamard-rotated PQ2_0
+(142) / PTQ1_0 (143), any type the ``gguf`` package does not know — make the file a
+``ValueError`` naming the tensor and the type, never garbage.
 ``load_metadata(path)`` returns the key/value metadata. ``save(path, tensors, arch=...,
 metadata=...)`` writes a GGUF file that llama.cpp reads: PackedWeights become Q1_0
 (:func:`takane_kernels.to_q1_0`), TernaryWeights TQ2_0, float32 / float16 arrays F32 / F16.
@@ -38,9 +40,10 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "takane_kernels.gguf needs the gguf package: pip install 'takane-kernels[gguf]' (or pip install gguf)"
     ) from e
 
-from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, from_q1_0, to_q1_0
+from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, _from_q1_0_prepacked, to_q1_0
 from ._ternary import TernaryWeights
-from ._tq import TQ1_0_BYTES, TQ1_0_GGML_TYPE, TQ2_0_BYTES, TQ2_0_GGML_TYPE, TQ_BLOCK, from_tq1_0, from_tq2_0, to_tq2_0
+from ._tq import (I2_S_BLOCK, I2_S_GGML_TYPE, TQ1_0_BYTES, TQ1_0_GGML_TYPE, TQ2_0_BYTES, TQ2_0_GGML_TYPE, TQ_BLOCK,
+                  from_i2_s, from_tq1_0, from_tq2_0, i2_s_nbytes, to_tq2_0)
 from ._weights import PackedWeights
 
 __all__ = ["load", "load_metadata", "save", "GGUFValueType"]
@@ -53,12 +56,17 @@ if (int(GGMLQuantizationType.TQ1_0), int(GGMLQuantizationType.TQ2_0)) != (TQ1_0_
 # Tensor types outside the gguf package's table that ternary-model files carry: named in the
 # error, never decoded (a rotated basis or an unknown layout would be garbage).
 _FOREIGN_TYPES = {
-    36: "bitnet.cpp's I2_S (ternary, layout depends on the converter's build target), which "
-        "takane_kernels.gguf does not read",
     142: "PrismML's PQ2_0 (ternary weights in a Hadamard-rotated basis: not plain ternary)",
     143: "PrismML's PTQ1_0 (ternary weights in a Hadamard-rotated basis: not plain ternary)",
 }
 _KNOWN_TYPES = frozenset(int(t) for t in GGMLQuantizationType)
+# bitnet.cpp's I2_S is not in the gguf package's table (llama.cpp retired 36 as IQ4_NL_4_4,
+# research/onebit_llm_2026.md §3): _CheckedReader builds those tensors itself, before the
+# stock reader would look the type up, so 36 means I2_S whatever the package's table says.
+
+# the tensor types load() converts (the others are refused or skipped)
+_READ_TYPES = frozenset({int(GGMLQuantizationType.Q1_0), int(GGMLQuantizationType.TQ2_0), int(GGMLQuantizationType.TQ1_0),
+                         I2_S_GGML_TYPE, int(GGMLQuantizationType.F32), int(GGMLQuantizationType.F16)})
 
 GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 GGML_MAX_NAME = 64  # tensor names are at most 63 bytes (plus the C string's NUL)
@@ -112,13 +120,35 @@ class _CheckedReader(_gguf.GGUFReader):
         return plain[offset:offset + itemsize * count].view(dtype.newbyteorder(order))
 
     def _build_tensors(self, start_offs, fields):
+        i2s = []
         for field in fields:  # the stock reader would fail on GGMLQuantizationType(raw) unnamed
             raw = int(field.parts[4][0])
-            if raw not in _KNOWN_TYPES:
+            if raw == I2_S_GGML_TYPE:
+                i2s.append(field)
+            elif raw not in _KNOWN_TYPES:
                 tname = bytes(field.parts[1]).decode("utf-8", "replace")
                 what = _FOREIGN_TYPES.get(raw, "a type the gguf package does not know")
                 raise _RefusedType(f"tensor {tname!r} has GGML type {raw}: {what}; refused")
-        return super()._build_tensors(start_offs, fields)
+        if not i2s:
+            return super()._build_tensors(start_offs, fields)
+        super()._build_tensors(start_offs, [f for f in fields if int(f.parts[4][0]) != I2_S_GGML_TYPE])
+        # I2_S: a ReaderTensor of its raw bytes (codes + the 32-byte tail), tensor_type the
+        # plain int 36; shapes and sizes are checked again by _check_tensors like any other
+        names = {t.name for t in self.tensors}
+        order = {id(f): i for i, f in enumerate(fields)}
+        for field in i2s:
+            _nl, name_data, _nd, dims, _raw, offset_tensor = field.parts
+            tname = str(bytes(name_data), encoding="utf-8")
+            if tname in names:
+                raise ValueError(f"Found duplicated tensor with name {tname}")
+            names.add(tname)
+            n_elems = math.prod(int(d) for d in dims)
+            nbytes = i2_s_nbytes(n_elems)
+            offs = int(start_offs) + int(offset_tensor[0])  # Python ints: a uint64 sum would wrap
+            self.tensors.append(_gguf.ReaderTensor(
+                name=tname, tensor_type=I2_S_GGML_TYPE, shape=dims, n_elements=n_elems, n_bytes=nbytes,
+                data_offset=offs, data=self._get(offs, np.uint8, nbytes), field=field))
+        self.tensors.sort(key=lambda t: order[id(t.field)])  # file order, as the stock reader keeps it
 
     def _get_field_parts(self, orig_offs, raw_type):
         if int(raw_type) == GGUFValueType.ARRAY:
@@ -188,40 +218,58 @@ def _open(path) -> _CheckedReader:
     return reader
 
 
+def _madvise(reader: _CheckedReader, start: int, end: int, advice: str) -> None:
+    """madvise(advice) on the file pages [start, end) (page-aligned by the caller) of the
+    reader's mapping; best effort: a platform without it (or the advice) does nothing."""
+    mm = getattr(reader.data, "_mmap", None)
+    value = getattr(mmap, advice, None)
+    if mm is None or value is None or end <= start:
+        return
+    try:
+        mm.madvise(value, start, end - start)
+    except (OSError, ValueError):  # pragma: no cover - e.g. a mapping with an offset
+        pass
+
+
+def _prefetch(reader: _CheckedReader, offset: int, nbytes: int) -> None:
+    """Ask the kernel to read a tensor's pages ahead (MADV_WILLNEED) before it is converted:
+    one readahead per tensor instead of a page fault per few pages."""
+    page = mmap.PAGESIZE
+    _madvise(reader, offset // page * page, offset + nbytes, "MADV_WILLNEED")
+
+
 def _release(reader: _CheckedReader, offset: int, nbytes: int) -> None:
     """Drop the file pages of a tensor already converted from the process's memory: the
     mapping is read-only, so the kernel can reread them, and the loader's resident memory
-    stays near the result's size instead of the result plus the whole file. Best effort
-    (a platform without madvise keeps the pages until the mapping is closed)."""
-    mm = getattr(reader.data, "_mmap", None)
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if mm is None or advice is None:
-        return
+    stays near the result's size instead of the result plus the whole file."""
     page = mmap.PAGESIZE
     start = (offset + page - 1) // page * page  # whole pages inside the tensor only
-    end = (offset + nbytes) // page * page
-    if end > start:
-        try:
-            mm.madvise(advice, start, end - start)
-        except (OSError, ValueError):  # pragma: no cover - e.g. a mapping with an offset
-            pass
+    _madvise(reader, start, (offset + nbytes) // page * page, "MADV_DONTNEED")
 
 
 def _check_tensors(reader: _CheckedReader, name: str) -> None:
     """Shapes, offsets and sizes of every tensor agree with each other and the file."""
     spans = []
     for t in reader.tensors:
+        # the stock reader adds the declared offset to the data start in uint64, which wraps
+        # for a lying offset near 2**64 and would read some other tensor's bytes
+        if int(t.data_offset) != int(reader.data_offset) + int(t.field.parts[-1][0]):
+            raise ValueError(f"{name}: tensor {t.name!r} declares data offset {int(t.field.parts[-1][0])}, "
+                             f"past the end of the file")
         dims = [int(d) for d in t.shape]
         if not 1 <= len(dims) <= GGML_MAX_DIMS:
             raise ValueError(f"{name}: tensor {t.name!r} has {len(dims)} dimensions (1..{GGML_MAX_DIMS})")
         n = math.prod(dims)
         if any(d >= 2**63 for d in dims) or n >= 2**63:
             raise ValueError(f"{name}: tensor {t.name!r} declares an impossible shape {dims}")
-        block, type_size = _gguf.GGML_QUANT_SIZES[t.tensor_type]
+        if t.tensor_type == I2_S_GGML_TYPE:  # codes of the whole tensor + a 32-byte tail
+            block, nbytes = I2_S_BLOCK, i2_s_nbytes(n)
+        else:
+            block, type_size = _gguf.GGML_QUANT_SIZES[t.tensor_type]
+            nbytes = n // block * type_size
         if dims[0] % block:
             raise ValueError(f"{name}: tensor {t.name!r} has ne0={dims[0]}, not a multiple of its "
                              f"type's block of {block}")
-        nbytes = n // block * type_size
         if t.data.nbytes != nbytes or t.n_bytes != nbytes:
             raise ValueError(f"{name}: tensor {t.name!r}: shape {dims} needs {nbytes} bytes, "
                              f"the file maps {t.data.nbytes}")
@@ -237,15 +285,21 @@ def _check_tensors(reader: _CheckedReader, name: str) -> None:
 
 def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, PackedWeights | TernaryWeights | np.ndarray]:
     """Read the tensors of a GGUF file: Q1_0 -> PackedWeights (N, K), TQ2_0 / TQ1_0 ->
-    TernaryWeights (N, K) with group_size=256, F32 / F16 -> numpy arrays (owned copies,
-    numpy axis order).
+    TernaryWeights (N, K) with group_size=256, I2_S -> TernaryWeights (N, K) with
+    ``tensor_scale``, F32 / F16 -> numpy arrays (owned copies, numpy axis order).
+
+    The file is read through a memory map, one tensor at a time (its pages read ahead, then
+    dropped once converted). A Q1_0 tensor becomes the kernels' prepared layout directly
+    (``takane_weights_from_q1_0``), which is then its only storage (``bits`` and
+    ``group_scale`` are rebuilt from it on access, see :class:`~takane_kernels.PackedWeights`):
+    peak memory stays near the result's size (~1.11x the Q1_0 bytes), with no second copy.
 
     ``unsupported``: what to do with tensors of other types (Q4_0, BF16, ...):
     ``"error"`` (``ValueError`` naming the tensor and type) or ``"skip"`` (left out).
     Q1_0 tensors must be 2-D (``ne = [K, N]``). A corrupt or hostile file (metadata
     included: it is decoded and checked too) -> ``ValueError``; so is a file holding a type
-    the ``gguf`` package does not know, I2_S (36) or PrismML's rotated PQ2_0 (142) / PTQ1_0
-    (143), whatever ``unsupported`` says (the message names the tensor and the type).
+    the ``gguf`` package does not know (other than I2_S) or PrismML's rotated PQ2_0 (142) /
+    PTQ1_0 (143), whatever ``unsupported`` says (the message names the tensor and the type).
     """
     if unsupported not in ("error", "skip"):
         raise ValueError(f"unsupported must be 'error' or 'skip', got {unsupported!r}")
@@ -253,18 +307,23 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
     reader = _open(path)
     try:
         _metadata(reader, name, False)  # a file whose metadata does not decode is corrupt
+        # checked, and not needed again: a tokenizer's 10^5 strings are ~2 x 10^5 small
+        # arrays (~50 MB); freed before the tensors are converted, not held through the load
+        reader.fields.clear()
         _check_tensors(reader, name)
         out: dict[str, PackedWeights | np.ndarray] = {}
         for t in reader.tensors:
             tt = t.tensor_type
+            if tt in _READ_TYPES:
+                _prefetch(reader, int(t.data_offset), int(t.n_bytes))
             if tt == GGMLQuantizationType.Q1_0:
                 dims = [int(d) for d in t.shape]
                 if len(dims) != 2:
                     raise ValueError(f"{name}: Q1_0 tensor {t.name!r} has shape {dims}: a weight "
                                      f"matrix must be 2-D [K, N]")
                 k, n = dims
-                try:
-                    out[t.name] = from_q1_0(np.asarray(t.data).reshape(n, k // Q1_0_BLOCK * Q1_0_BLOCK_BYTES), k)
+                try:  # the kernels' handle straight from the mapped bytes: no canonical copy
+                    out[t.name] = _from_q1_0_prepacked(np.asarray(t.data).reshape(n, k // Q1_0_BLOCK * Q1_0_BLOCK_BYTES), k)
                 except ValueError as e:
                     raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
                 _release(reader, int(t.data_offset), int(t.n_bytes))
@@ -281,11 +340,23 @@ def load(path: str | os.PathLike, *, unsupported: str = "error") -> dict[str, Pa
                 except ValueError as e:
                     raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
                 _release(reader, int(t.data_offset), int(t.n_bytes))
+            elif tt == I2_S_GGML_TYPE:
+                dims = [int(d) for d in t.shape]
+                if len(dims) != 2:
+                    raise ValueError(f"{name}: I2_S tensor {t.name!r} has shape {dims}: a weight "
+                                     f"matrix must be 2-D [K, N]")
+                k, n = dims
+                try:
+                    out[t.name] = from_i2_s(np.asarray(t.data), n, k)
+                except ValueError as e:
+                    raise ValueError(f"{name}: tensor {t.name!r}: {e}") from e
+                _release(reader, int(t.data_offset), int(t.n_bytes))
             elif tt in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
                 out[t.name] = np.array(t.data, dtype=np.float32 if tt == GGMLQuantizationType.F32 else np.float16)
+                _release(reader, int(t.data_offset), int(t.n_bytes))
             elif unsupported == "error":
                 raise ValueError(f"{name}: tensor {t.name!r} has type {tt.name}, which takane_kernels.gguf "
-                                 f"does not read (Q1_0, TQ2_0, TQ1_0, F32, F16); pass unsupported='skip' to "
+                                 f"does not read (Q1_0, TQ2_0, TQ1_0, I2_S, F32, F16); pass unsupported='skip' to "
                                  f"leave it out")
         return out
     finally:

@@ -3,7 +3,9 @@
 The contract under test (README, "bad input"): for any file, ``load`` either returns valid
 tensors — PackedWeights with finite group scales (group_size 128) that convert back to the
 same Q1_0 bytes, float32/float16 arrays — or raises ``ValueError``; the same for
-``load_metadata``. Any other exception (MemoryError, IndexError, KeyError, ...), a hang or a
+``load_metadata``; bitnet.cpp's I2_S tensors (files from this module's own GGUF writer among
+the seeds) decode to TernaryWeights that this module's own encoder turns back into the
+tensor's bytes. Any other exception (MemoryError, IndexError, KeyError, ...), a hang or a
 crash is a finding.
 
     python tests/fuzz/fuzz_gguf.py -max_total_time=30 CORPUS_DIR   # atheris/libFuzzer flags
@@ -16,8 +18,44 @@ through :func:`check_gguf_bytes` (pure Python, no atheris needed).
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import tempfile
+
+I2_S_TYPE, GGUF_ALIGN = 36, 32  # bitnet.cpp's GGML_TYPE_I2_S; general.alignment's default
+
+
+def _gguf_string(s: bytes) -> bytes:
+    return struct.pack("<Q", len(s)) + s
+
+
+def write_gguf(path: str, tensors) -> None:
+    """A GGUF v3 file written with struct from the spec (the gguf package cannot write type
+    36): general.architecture = "bitnet-25" and ``tensors``, a list of (name, dims ne (GGUF
+    order: ne[0] = K), ggml type, raw bytes), each at the next 32-byte aligned offset."""
+    kv = _gguf_string(b"general.architecture") + struct.pack("<I", 8) + _gguf_string(b"bitnet-25")
+    infos, data = b"", b""
+    for name, dims, gtype, raw in tensors:
+        data += b"\0" * (-len(data) % GGUF_ALIGN)
+        infos += (_gguf_string(name.encode()) + struct.pack("<I", len(dims))
+                  + struct.pack(f"<{len(dims)}Q", *dims) + struct.pack("<IQ", gtype, len(data)))
+        data += bytes(raw)
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), 1) + kv + infos
+    head += b"\0" * (-len(head) % GGUF_ALIGN)
+    with open(path, "wb") as f:
+        f.write(head + data)
+
+
+def encode_i2_s(codes, scale: float, tail_fill: int = 0xA5) -> bytes:
+    """codes (N, K) in {0, 1, 2} (K % 128 == 0) -> the bytes of an I2_S tensor, written
+    from the layout in /work/shared/research/onebit_llm_2026.md §4 (bitnet.cpp x86): the
+    codes of the whole tensor in blocks of 128 in 32 bytes, element 32g + j of a block at
+    bits 6-2g..7-2g of byte j; then the float32 scale and 28 bytes of padding (never read)."""
+    import numpy as np
+
+    blocks = np.asarray(codes).reshape(-1, 4, 32).astype(np.uint8)  # (block, g, j)
+    packed = (blocks[:, 0] << 6) | (blocks[:, 1] << 4) | (blocks[:, 2] << 2) | blocks[:, 3]
+    return packed.astype(np.uint8).tobytes() + struct.pack("<f", scale) + bytes([tail_fill]) * 28
 
 
 def check_gguf_bytes(data: bytes, path: str) -> str:
@@ -45,6 +83,16 @@ def check_gguf_bytes(data: bytes, path: str) -> str:
             assert t.group_size == 128 and t.k % 128 == 0 and t.scale is None and t.in_scale is None
             assert t.group_scale.dtype == np.float32 and np.all(np.isfinite(t.group_scale))
             assert tk.from_q1_0(tk.to_q1_0(t), t.k) == t  # fp16 values convert back exactly
+        elif isinstance(t, tk.TernaryWeights) and t.tensor_scale is not None:  # I2_S (issue 23)
+            assert t.group_size is None and t.k % 128 == 0 and t.scale is None and t.in_scale is None
+            assert np.isfinite(t.tensor_scale) and not np.any(t.sign & ~t.nonzero)
+            # re-encoded by this file's own encoder: the tensor's bytes in the file exactly
+            # (the 28 padding bytes of the tail aside)
+            raw = _tensor_bytes(data, name)
+            # (no rows: the empty matrix directly, as to_dense() costs O(K) even then)
+            dense = t.to_dense() if t.n else np.zeros((0, t.k), np.int8)
+            mine = encode_i2_s(dense.astype(np.int16) + 1, t.tensor_scale)
+            assert raw[:-28] == mine[:-28], "I2_S decoded into something that does not encode back"
         elif isinstance(t, tk.TernaryWeights):  # TQ2_0 / TQ1_0 (issue 23)
             assert t.group_size == 256 and t.k % 256 == 0 and t.scale is None and t.in_scale is None
             assert t.group_scale.dtype == np.float32 and np.all(np.isfinite(t.group_scale))
@@ -53,6 +101,57 @@ def check_gguf_bytes(data: bytes, path: str) -> str:
         else:
             assert isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float16) and 1 <= t.ndim <= 4
     return "ok"
+
+
+def _tensor_bytes(data: bytes, name: str) -> bytes:
+    """The bytes of tensor ``name`` of a GGUF file that loaded: its offset and size from the
+    tensor infos, parsed here with struct (v3, little-endian, string-free metadata values
+    skipped by type), not by the library."""
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    _magic, _version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", data, 0)
+    at = 24
+    align = GGUF_ALIGN
+
+    def string(at):
+        n = struct.unpack_from("<Q", data, at)[0]
+        return data[at + 8:at + 8 + n], at + 8 + n
+
+    def value(at, vtype):
+        if vtype == 8:
+            return string(at)
+        if vtype == 9:
+            sub, count = struct.unpack_from("<IQ", data, at)
+            at += 12
+            out = []
+            for _ in range(count):
+                v, at = value(at, sub)
+                out.append(v)
+            return out, at
+        return data[at:at + sizes[vtype]], at + sizes[vtype]
+
+    for _ in range(n_kv):
+        key, at = string(at)
+        vtype = struct.unpack_from("<I", data, at)[0]
+        v, at = value(at + 4, vtype)
+        if key == b"general.alignment":
+            align = struct.unpack("<I", v)[0]
+    infos = []
+    for _ in range(n_tensors):
+        tname, at = string(at)
+        n_dims = struct.unpack_from("<I", data, at)[0]
+        dims = struct.unpack_from(f"<{n_dims}Q", data, at + 4)
+        gtype, offset = struct.unpack_from("<IQ", data, at + 4 + 8 * n_dims)
+        at += 4 + 8 * n_dims + 12
+        infos.append((tname.decode(), dims, gtype, offset))
+    start = at + (-at % align)
+    for tname, dims, gtype, offset in infos:
+        if tname == name:
+            assert gtype == I2_S_TYPE
+            n_elems = 1
+            for d in dims:
+                n_elems *= d
+            return data[start + offset:start + offset + n_elems // 4 + 32]
+    raise AssertionError(f"tensor {name!r} loaded but is not in the file")
 
 
 def make_seeds(directory: str) -> list[str]:
@@ -87,6 +186,12 @@ def make_seeds(directory: str) -> list[str]:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    paths.append(p)
+    # I2_S (bitnet.cpp, type 36): two tensors and an F32 one, from this file's own writer
+    p = os.path.join(directory, "seed-i2_s.gguf")
+    write_gguf(p, [("a", [128, 2], I2_S_TYPE, encode_i2_s(rng.integers(0, 3, (2, 128)), 0.5)),
+                   ("n", [3], 0, np.ones(3, "<f4").tobytes()),
+                   ("b", [256, 1], I2_S_TYPE, encode_i2_s(rng.integers(0, 3, (1, 256)), -1.25))])
     paths.append(p)
     return paths
 
