@@ -99,6 +99,35 @@ def test_int8_row_quantizer_ties_round_half_to_even():
 
 # ---- straight-through gradients -----------------------------------------------------------
 
+def _rows_where_one_rounding_of_127_over_a_moves_q():
+    """Rows [a, v] (max |x| = a) where fl(127 / a) and fl(fl(1 / a) * 127) differ and
+    x * inv lands on different sides of a half: q differs by one unless 127 / a is the
+    correctly rounded quotient (PyTorch computes `number / tensor` as reciprocal * number)."""
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0.05, 50.0, 20000).astype(np.float32)
+    inv = np.float32(127) / a
+    two = (np.float32(1) / a) * np.float32(127)
+    rows = []
+    for ai, i1, i2 in zip(a[inv != two], inv[inv != two], two[inv != two]):
+        for n in range(1, 120):
+            v0 = np.float32((n + 0.5) / float(i1))
+            for v in (v0, np.nextafter(v0, np.float32(0)), np.nextafter(v0, np.float32(np.inf))):
+                if v < ai and np.rint(v * i1) != np.rint(v * i2):
+                    rows.append((ai, v))
+        if len(rows) >= 64:
+            break
+    return np.array(rows, dtype=np.float32)
+
+
+def test_int8_row_quantizer_divides_127_by_a_correctly_rounded():
+    x = _rows_where_one_rounding_of_127_over_a_moves_q()
+    assert len(x) >= 16  # the construction found rows that separate the two roundings
+    q, d = Int8RowQuantizer().quantize(torch.from_numpy(x))
+    rq, rd = ref.quantize_int8_row(x)
+    assert np.array_equal(d.numpy(), rd)
+    assert np.array_equal(q.numpy(), rq)
+
+
 def test_ternary_weight_gradient_is_straight_through():
     torch.manual_seed(0)
     q = QuantLinear(16, 4, bias=False, scale="ternary")

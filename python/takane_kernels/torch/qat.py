@@ -153,7 +153,12 @@ class Int8RowQuantizer(nn.Module):
             a = x.detach().abs().amax(dim=-1).clamp_min(INT8_ROW_FLOOR)
         else:
             a = x.new_full(x.shape[:-1], INT8_ROW_FLOOR)
-        q = _RoundClipSTE.apply(x * (127.0 / a).unsqueeze(-1), -128.0, 127.0, "identity")
+        # fl(127 / a) correctly rounded, as the kernels and the reference compute it: a Python
+        # number divided by a tensor is reciprocal(a) * 127 in PyTorch (two roundings, a
+        # different float32 for ~1 row in 4), which moves q by one wherever x * inv lies
+        # next to a half -- a tensor numerator gives the true division.
+        inv = torch.full_like(a, 127.0) / a
+        q = _RoundClipSTE.apply(x * inv.unsqueeze(-1), -128.0, 127.0, "identity")
         return q, a / 127.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
