@@ -503,22 +503,8 @@ class BinaryConv2d(KernelModule):
                          threads=self.threads)
         return y.permute(0, 3, 1, 2)
 
-    # Version 3 is TernaryWeights ("sign", "nonzero", "tensor_scale"; no "bits"); a
-    # PackedWeights layer still writes version 2, so older readers load it.
     def get_extra_state(self) -> dict:
-        w = self.weights
-        if isinstance(w, tk.TernaryWeights):
-            def opt(a):
-                return None if a is None else torch.from_numpy(a.copy())
-
-            return {
-                "format": "takane_kernels.BinaryLinear", "version": 3, "mode": self.mode, "k": w.k,
-                "sign": torch.from_numpy(w.sign.view(np.int64).copy()),
-                "nonzero": torch.from_numpy(w.nonzero.view(np.int64).copy()),
-                "scale": opt(w.scale), "in_scale": opt(w.in_scale), "group_scale": opt(w.group_scale),
-                "group_size": w.group_size,
-                "tensor_scale": None if w.tensor_scale is None else torch.tensor(w.tensor_scale, dtype=torch.float32),
-            }
+        w = self.weights  # always PackedConvWeights (checked in __init__)
         return {
             "format": "takane_kernels.BinaryConv2d", "version": 1, "in_channels": w.in_channels,
             "bits": torch.from_numpy(w.bits.view(np.int64).copy()),
