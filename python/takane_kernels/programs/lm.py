@@ -590,7 +590,10 @@ def run(cfg: Config = Config(), variants=None, timing: bool = True, log=print, r
             losses["fp32"].append(train(fp32, train_data, cfg, cfg.steps, cfg.lr, seed, log=log, tag=f"seed {seed} fp32"))
             train_s["fp32"].append(time.perf_counter() - t0)
             trained = {}
-            for i, v in enumerate(chosen):
+            for v in chosen:
+                # each fine-tune's seed from the variant's place in the full list, not in the
+                # chosen subset: `--variants X` reproduces X's row of a full run exactly
+                i = VARIANTS.index(v)
                 t0 = time.perf_counter()
                 if v.key == "fp32":
                     q, deployed = fp32, fp32
