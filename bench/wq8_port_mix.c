@@ -47,11 +47,14 @@ static void run(const char *name, void (*f)(long)) {
     }
     printf("%-26s %.2f per cycle\n", name, 8e7 / (best * GHZ * 1e9));
 }
+static __attribute__((aligned(64))) unsigned char lbuf[64];
 #define LOOP(fn, body)                                                                     \
     static void fn(long n) {                                                               \
         __asm__ volatile("vpxord %%zmm30,%%zmm30,%%zmm30\n vpxord %%zmm31,%%zmm31,%%zmm31\n" \
                          "1:\n" body "dec %0\n jnz 1b\n"                                   \
-                         : "+r"(n)::"xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",         \
+                         : "+r"(n)                                                   \
+                         : "r"(lbuf)                                               \
+                         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5",         \
                            "xmm6", "xmm7", "xmm30", "xmm31");                               \
     }
 LOOP(perm, PAIR("vpermt2b", "vpermt2b"))
@@ -64,6 +67,17 @@ LOOP(perm_dp, PAIR("vpermt2b", "vpdpbusd"))
 LOOP(perm_fma, PAIR("vpermt2b", "vfmadd231ps"))
 LOOP(shufb_dp, PAIR("vpshufb", "vpdpbusd"))
 LOOP(tern_dp, PAIR("vpternlogd $0xEA,", "vpdpbusd"))
+/* VPERMT2B on ymm (a 64-byte table), alone and 2 : 1 beside VPDPBUSD on zmm */
+#define Y(x) "vpermt2b %%ymm30, %%ymm31, %%ymm" #x "\n"
+LOOP(perm_ymm, Y(0) Y(1) Y(2) Y(3) Y(4) Y(5) Y(6) Y(7))
+LOOP(perm_ymm_dp, Y(0) Y(1) I("vpdpbusd", 2) Y(3) Y(4) I("vpdpbusd", 5) Y(6) Y(7))
+/* register moves and L1 loads (zmm6/zmm7 as destinations, of the 8 ops) */
+#define MOV(x) "vmovdqa64 %%zmm30, %%zmm" #x "\n"
+#define LD(x) "vmovdqa64 (%1), %%zmm" #x "\n"
+LOOP(moves, MOV(0) MOV(1) MOV(2) MOV(3) MOV(4) MOV(5) MOV(6) MOV(7))
+LOOP(loads, LD(0) LD(1) LD(2) LD(3) LD(4) LD(5) LD(6) LD(7))
+LOOP(perm_dp_loads, I("vpermt2b", 0) I("vpdpbusd", 1) I("vpermt2b", 2) I("vpdpbusd", 3)
+                        LD(6) I("vpermt2b", 4) I("vpdpbusd", 5) LD(7))
 
 static __attribute__((aligned(64))) unsigned char wbuf[NPAN][64 * 64], tbuf[64 * 512];
 
@@ -78,6 +92,11 @@ int main(void) {
     run("vpermt2b + vfmadd231ps", perm_fma);
     run("vpshufb + vpdpbusd", shufb_dp);
     run("vpternlogd + vpdpbusd", tern_dp);
+    run("vpermt2b ymm", perm_ymm);
+    run("vpermt2b ymm 2 : vpdpbusd 1", perm_ymm_dp);
+    run("zmm register moves", moves);
+    run("zmm loads (L1)", loads);
+    run("3 vpermt2b + 3 vpdpbusd + 2 loads", perm_dp_loads);
 
     __m512i w[NPAN], t[8];
     __m512 acc[NPAN], gz[NPAN];
