@@ -302,8 +302,8 @@ def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.
     call, or canonical packed uint64 (..., ceil(K/64)). ``w``: a :class:`PackedWeights`
     (fast path: re-tiled once for the kernels, kept with the object) or a canonical
     uint64 (N, ceil(K/64)) array with ``k=``, or a :class:`TernaryWeights` (W1.58A1: the
-    exact int32 sums ``sign(x) @ t.T`` for t in {-1, 0, +1}, scales not applied; see
-    :class:`TernaryMatmul`). Leading dims of x are kept.
+    exact int32 sums ``sign(x) @ t.T`` for t in {-1, 0, +1}, scales not applied; run by the
+    W1A1 kernels on 2N rows, see the ternary guide). Leading dims of x are kept.
     ``threads``: at most this many threads (default: env TAKANE_NUM_THREADS, else the
     CPUs available); small problems run on the calling thread. For many calls with the
     same weights and threshold, bind them once: :class:`Matmul`.
