@@ -62,43 +62,51 @@ def _scales(raw: np.ndarray, n: int, nb: int, what: str) -> np.ndarray:
     return d
 
 
-def from_tq2_0(q: np.ndarray, k: int) -> TernaryWeights:
-    """TQ2_0 rows (N, K/256 * 66) uint8 -> TernaryWeights (group_size 256)."""
-    nb = _check_k(k, "TQ2_0")
+def _import(q: np.ndarray, k: int, what: str, nbytes: int, decode) -> TernaryWeights:
+    """TQ rows (N, K/256 * nbytes) uint8 -> TernaryWeights (group_size 256): the shape checks
+    and the scales (the last 2 bytes of a block in both formats) shared by TQ2_0 and TQ1_0;
+    ``decode(blocks (N, nb, nbytes))`` gives the codes (N, nb, 256) in {0, 1, 2}."""
+    nb = _check_k(k, what)
     q = np.asarray(q, dtype=np.uint8)
     n = q.shape[0]
-    if q.shape != (n, nb * TQ2_0_BYTES):
-        raise ValueError(f"TQ2_0: rows must be (N, {nb * TQ2_0_BYTES}) bytes for K={k}, got {q.shape}")
-    blocks = q.reshape(n, nb, TQ2_0_BYTES)
+    if q.shape != (n, nb * nbytes):
+        raise ValueError(f"{what}: rows must be (N, {nb * nbytes}) bytes for K={k}, got {q.shape}")
+    blocks = q.reshape(n, nb, nbytes)
+    sign, nz = _planes(decode(blocks).reshape(n, k))
+    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, -2:], n, nb, what), group_size=TQ_BLOCK)
+
+
+def _tq2_0_decode(blocks: np.ndarray) -> np.ndarray:
+    n, nb = blocks.shape[:2]
     qs = blocks[:, :, :64].reshape(n, nb, 2, 1, 32)
-    codes = (qs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & np.uint8(3)
-    codes = codes.reshape(n, k)
+    codes = ((qs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & np.uint8(3)).reshape(n, nb * TQ_BLOCK)
     if np.any(codes == 3):
         r, c = np.argwhere(codes == 3)[0]
         raise ValueError(f"TQ2_0: row {r}, column {c} has code 3 (+2), which is not a ternary weight")
-    sign, nz = _planes(codes)
-    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 64:], n, nb, "TQ2_0"), group_size=TQ_BLOCK)
+    return codes
 
 
-def from_tq1_0(q: np.ndarray, k: int) -> TernaryWeights:
-    """TQ1_0 rows (N, K/256 * 54) uint8 -> TernaryWeights (group_size 256)."""
-    nb = _check_k(k, "TQ1_0")
-    q = np.asarray(q, dtype=np.uint8)
-    n = q.shape[0]
-    if q.shape != (n, nb * TQ1_0_BYTES):
-        raise ValueError(f"TQ1_0: rows must be (N, {nb * TQ1_0_BYTES}) bytes for K={k}, got {q.shape}")
-    blocks = q.reshape(n, nb, TQ1_0_BYTES)
+def _tq1_0_decode(blocks: np.ndarray) -> np.ndarray:
+    n, nb = blocks.shape[:2]
 
     def trits(b, count):  # (..., bytes) -> (..., count, bytes): trit n of every byte
         pw = np.array([1, 3, 9, 27, 81][:count], np.uint8).reshape((1,) * (b.ndim - 1) + (count, 1))
         v = (b[..., None, :] * pw).astype(np.uint8)  # mod 256
         return (v.astype(np.uint16) * 3 >> 8).astype(np.uint8)
 
-    codes = np.concatenate([trits(blocks[:, :, :32], 5).reshape(n, nb, 160),
-                            trits(blocks[:, :, 32:48], 5).reshape(n, nb, 80),
-                            trits(blocks[:, :, 48:52], 4).reshape(n, nb, 16)], axis=-1).reshape(n, k)
-    sign, nz = _planes(codes)
-    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 52:], n, nb, "TQ1_0"), group_size=TQ_BLOCK)
+    return np.concatenate([trits(blocks[:, :, :32], 5).reshape(n, nb, 160),
+                           trits(blocks[:, :, 32:48], 5).reshape(n, nb, 80),
+                           trits(blocks[:, :, 48:52], 4).reshape(n, nb, 16)], axis=-1)
+
+
+def from_tq2_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ2_0 rows (N, K/256 * 66) uint8 -> TernaryWeights (group_size 256)."""
+    return _import(q, k, "TQ2_0", TQ2_0_BYTES, _tq2_0_decode)
+
+
+def from_tq1_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ1_0 rows (N, K/256 * 54) uint8 -> TernaryWeights (group_size 256)."""
+    return _import(q, k, "TQ1_0", TQ1_0_BYTES, _tq1_0_decode)
 
 
 def _block_scales(w: TernaryWeights, what: str) -> np.ndarray:
