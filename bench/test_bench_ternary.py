@@ -152,3 +152,36 @@ def test_ternary_gemv_cold(benchmark, request, shape, member):
     benchmark.extra_info.update(isa=isa_name, threads=threads, layers=len(stack), stack_bytes=total,
                                 us_per_layer=sec / len(stack) * 1e6 if sec else None, GBps=gbps, dram_GBps=dram,
                                 pct_of_dram=100 * gbps / dram if gbps else None)
+
+
+# ---- W1.58A1: ternary weights, ±1 activations (binary_matmul with TernaryWeights) -------------
+#
+# Beside the W1A1 product on the same shape (1-bit weights) and the W1.58A8 one (int8_row),
+# 1 thread, M = 1 (decode) and 128 (prefill), warm. W1.58A1 runs the W1A1 kernels on 2N rows
+# (docs/guide/ternary.md), so about 2x W1A1 is the expectation. For load-independent figures
+# time the calling thread's CPU: --benchmark-timer time.thread_time (threads=1 runs on it).
+
+W1_58A1_SHAPES = [(1, 2560, 2560), (128, 2560, 2560), (1, 6912, 2560), (128, 6912, 2560)]  # (M, N, K)
+W1_58A1_MEMBERS = ["W1.58A1 real", "W1.58A1 packed", "W1A1 real", "W1A1 packed", "W1.58A8 int8_row"]
+
+
+@pytest.mark.parametrize("member", W1_58A1_MEMBERS)
+@pytest.mark.parametrize("shape", W1_58A1_SHAPES, ids=[f"{m}x{n}x{k}" for m, n, k in W1_58A1_SHAPES])
+def test_ternary_w1a1(benchmark, shape, member):
+    m, n, k = shape
+    benchmark.group = f"W1.58A1 vs W1A1 vs W1.58A8 {m}x{n}x{k} 1 thread"
+    x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
+    tw = layers("ternary", n, k, 1)[0]
+    if member.startswith("W1.58A1"):
+        tw._w1a1_planes()._prepacked()  # built once, as a bound op keeps it
+        arg = tk.pack_bits(x) if member.endswith("packed") else x
+        y = benchmark(tk.binary_matmul, arg, tw, threads=1)
+        sub = tk.TernaryWeights(tw.sign[:16], tw.nonzero[:16], k)
+        np.testing.assert_array_equal(y[:, :16], ref.binary_matmul(x, sub))
+    elif member.startswith("W1A1"):
+        pw = layers("binary", n, k, 1)[0]
+        op = tk.Matmul(pw, threads=1)
+        benchmark(op, tk.pack_bits(x) if member.endswith("packed") else x)
+    else:
+        benchmark(tk.Linear(tw, activations="int8_row", threads=1), x)
+    benchmark.extra_info.update(isa=BEST, threads=1, m=m, weight_bytes=nbytes(tw))

@@ -192,6 +192,7 @@ OPS = {
         x, ws["tern_full"], bias=ws["bias"], activations="int8_row", threads=threads), "int8_row"),
     "Linear ternary int8_row": (lambda x, ws, threads: tk.Linear(ws["tern"], activations="int8_row",
                                                                  threads=threads)(x), "int8_row"),
+    "W1.58A1 binary_matmul": (lambda x, ws, threads: tk.binary_matmul(x, ws["tern_full"], threads=threads), "binary"),
     "binary_conv2d": (lambda x, ws, threads: tk.binary_conv2d(_img(x), ws["conv"], padding=(1, 0), bias=ws["bias"],
                                                               threads=threads), "binary"),
     "binary_conv2d bits": (lambda x, ws, threads: tk.binary_conv2d(_img(x), ws["conv"], padding=(1, 0),
@@ -228,6 +229,8 @@ def op_reference(name: str, x, ws):
     if name == "Linear ternary int8_row":
         return (ref.binary_weight_matmul(x, ws["tern"], activations="int8_row"),
                 ref.binary_weight_matmul_error_bound(x, ws["tern"], activations="int8_row"))
+    if name == "W1.58A1 binary_matmul":
+        return ref.binary_matmul(x, ws["tern_full"]), None
     if name == "binary_conv2d":
         return ref.binary_conv2d(_img(x), ws["conv"], padding=(1, 0), bias=ws["bias"]), None
     if name == "binary_conv2d bits":

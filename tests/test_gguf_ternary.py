@@ -1,4 +1,4 @@
-"""GGUF ternary formats (issue 23): TQ2_0 / TQ1_0 import bit-exactly, TQ2_0 export, and the
+"""GGUF ternary formats (issue 23): TQ2_0 / TQ1_0 import bit-exactly, TQ2_0 / TQ1_0 export, and the
 refusal of types that cannot be decoded faithfully (PrismML's rotated PQ2_0 / PTQ1_0,
 unknown; I2_S is read: tests/test_gguf_i2_s.py). Blocks are built by hand and decoded by the reference's element-by-element
 decoders and, as a third source, the gguf package's own dequantizer."""
@@ -159,9 +159,10 @@ def test_foreign_types_refused_by_name(tmp_path, raw_type, what):
             tg.load(tmp_path / "m.gguf", unsupported=skip)
 
 
-def test_llama_cpp_runs_a_tq2_0_model_we_wrote(tmp_path):
-    """llama.cpp loads and runs a tiny Llama whose projections we wrote as TQ2_0 (runs when
-    TAKANE_LLAMA_CPP names a llama.cpp build; skipped with that reason otherwise)."""
+@pytest.mark.parametrize("fmt,ftype", [("TQ2_0", 37), ("TQ1_0", 36)])  # LLAMA_FTYPE_MOSTLY_TQ2_0 / _TQ1_0
+def test_llama_cpp_runs_a_tq_model_we_wrote(tmp_path, fmt, ftype):
+    """llama.cpp loads and runs a tiny Llama whose projections we wrote as TQ2_0 / TQ1_0 (runs
+    when TAKANE_LLAMA_CPP names a llama.cpp build; skipped with that reason otherwise)."""
     import json
     import subprocess
 
@@ -174,15 +175,73 @@ def test_llama_cpp_runs_a_tq2_0_model_we_wrote(tmp_path):
         if isinstance(w, tk.PackedWeights):  # same shapes, ternary weights with fp16 block scales
             tw = tk.pack_ternary(rng.standard_normal((w.n, w.k)), group_size=256)
             t[name] = tk._tq.from_tq2_0(tk._tq.to_tq2_0(tw), w.k)
-    meta["general.file_type"] = 37  # LLAMA_FTYPE_MOSTLY_TQ2_0
-    path = tmp_path / "tiny-tq2_0.gguf"
-    tg.save(path, t, arch="llama", metadata=meta)
+    meta["general.file_type"] = ftype
+    path = tmp_path / f"tiny-{fmt.lower()}.gguf"
+    tg.save(path, t, arch="llama", metadata=meta, ternary=fmt)
     assert tg.load(path)["blk.0.ffn_up.weight"] == t["blk.0.ffn_up.weight"]
     r = subprocess.run([str(bench), "-m", str(path), "-p", "16", "-n", "4", "-t", "1", "-r", "1", "-o", "json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = json.loads(r.stdout)
-    assert all(x["avg_ts"] > 0 for x in runs) and all("TQ2_0" in x["model_type"] for x in runs), runs
+    assert all(x["avg_ts"] > 0 for x in runs) and all(fmt in x["model_type"] for x in runs), runs
+
+
+def _fp16_blocks(rng, n, k):
+    """Ternary weights whose block scales are fp16 values (what a TQ file can hold exactly)."""
+    tw = tk.pack_ternary(rng.standard_normal((n, k)), group_size=256)
+    gs16 = tw.group_scale.astype(np.float16).astype(np.float32)
+    return tk.TernaryWeights(tw.sign, tw.nonzero, k, group_scale=gs16, group_size=256)
+
+
+def test_tq1_0_export_round_trip(tmp_path):
+    """to_tq1_0 -> our importer is the identity; the gguf package's own TQ1_0 dequantizer reads
+    the same weights and its quantizer writes the same bytes from them (an independent
+    implementation of llama.cpp's quantize_row_tq1_0_ref / dequantize_row_tq1_0)."""
+    from gguf import quants
+
+    rng = np.random.default_rng(11)
+    tw = _fp16_blocks(rng, 6, 768)
+    tw = tk.TernaryWeights(tw.sign, tw.nonzero, 768, group_scale=tw.group_scale, group_size=256)
+    raw = tk._tq.to_tq1_0(tw)
+    assert raw.shape == (6, 3 * 54) and raw.dtype == np.uint8
+    assert tk._tq.from_tq1_0(raw, 768) == tw
+    dense = tw.to_dense() * np.repeat(tw.group_scale, 256, axis=1)
+    np.testing.assert_array_equal(quants.dequantize(raw, T.TQ1_0), dense)
+    np.testing.assert_array_equal(quants.quantize(dense.astype(np.float32), T.TQ1_0), raw)
+    for r in range(6):  # and the reference's independent decoder
+        t, d = ref.decode_tq1_0(raw[r], 768)
+        np.testing.assert_array_equal(t, tw.to_dense()[r])
+        np.testing.assert_array_equal(d, tw.group_scale[r])
+    # every code in every position: all-zero, all -1, all +1 rows and a row cycling -1, 0, +1
+    codes = np.stack([np.zeros(256), -np.ones(256), np.ones(256), np.arange(256) % 3 - 1]).astype(np.int8)
+    tw = tk.pack_ternary(codes.astype(np.float32), threshold=0.5)
+    assert np.array_equal(tw.to_dense(), codes)
+    assert tk._tq.from_tq1_0(tk._tq.to_tq1_0(tw), 256).to_dense().tolist() == codes.tolist()
+    # through gguf.save / load, with a per-tensor scale folded into the blocks' d
+    tt = tk.pack_ternary(rng.standard_normal((3, 512)))
+    tg.save(tmp_path / "m.gguf", {"w": tt}, arch="llama", ternary="TQ1_0")
+    back = tg.load(tmp_path / "m.gguf")["w"]
+    assert back.k == 512 and np.array_equal(back.to_dense(), tt.to_dense())
+    np.testing.assert_array_equal(back.group_scale, np.float32(np.float16(tt.tensor_scale)))
+    assert tg.load_metadata(tmp_path / "m.gguf")["general.architecture"] == "llama"
+
+
+def test_tq1_0_export_errors_and_empty():
+    rng = np.random.default_rng(12)
+    with pytest.raises(ValueError, match="to_tq1_0.*multiple of 256"):
+        tk._tq.to_tq1_0(tk.pack_ternary(rng.standard_normal((2, 320))))
+    tw = _fp16_blocks(rng, 2, 512)
+    with pytest.raises(ValueError, match="TQ1_0 has no per-input-column scale"):
+        tk._tq.to_tq1_0(tk.TernaryWeights(tw.sign, tw.nonzero, 512, in_scale=np.ones(512)))
+    with pytest.raises(ValueError, match="overflows fp16"):
+        tk._tq.to_tq1_0(tk.TernaryWeights(tw.sign, tw.nonzero, 512, group_scale=tw.group_scale * 1e5, group_size=256))
+    with pytest.raises(TypeError, match="TernaryWeights"):
+        tk._tq.to_tq1_0(tk.pack_weights(rng.standard_normal((2, 256))))
+    with pytest.raises(ValueError, match="ternary must be 'TQ2_0' or 'TQ1_0'"):
+        tg.save("unused.gguf", {"w": tw}, arch="llama", ternary="Q2_0")
+    k = 587202816  # no rows: no bytes, in O(1) memory for any K (as to_tq2_0)
+    empty = tk.TernaryWeights(np.zeros((0, k // 64), np.uint64), np.zeros((0, k // 64), np.uint64), k)
+    assert tk._tq.to_tq1_0(empty).shape == (0, k // 256 * 54)
 
 
 def test_tq2_0_of_an_empty_matrix_costs_nothing_for_any_k():

@@ -73,7 +73,8 @@ class Linear:
                             f"(from pack_ternary), got {type(w).__name__}")
         if ternary and mode == "w1a1":
             raise ValueError(f"{_op}: TernaryWeights need a weight-only mode: activations='float32', 'q8_0' "
-                             "or 'int8_row' (a ternary W1A1 layer is not implemented)")
+                             "or 'int8_row' (a ternary W1A1 layer is not implemented; binary_matmul(x, w) gives its "
+                             "exact integer sums, W1.58A1)")
         if mode == "int8_row" and not ternary:
             raise ValueError(f"{_op}: activations='int8_row' (BitNet b1.58's per-row int8) takes TernaryWeights "
                              "(pack_ternary); 1-bit weights take 'float32' or 'q8_0'")

@@ -13,9 +13,10 @@ import numpy as np
 
 from . import _capi as C
 from ._capi import F32, I32, U64, Threshold, ffi, lib
+from ._ternary import TernaryWeights
 from ._weights import PackedWeights
 
-__all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul", "Matmul"]
+__all__ = ["pack_bits", "unpack_bits", "pack_weights", "binary_matmul", "Matmul", "TernaryMatmul"]
 
 
 def pack_bits(a: object, threshold: object = 0.0) -> np.ndarray:
@@ -261,17 +262,58 @@ class Matmul:
         C.raise_status(status, "binary_matmul: x" if status == lib.TAKANE_ERR_NAN else "binary_matmul")
 
 
+class TernaryMatmul:
+    """``binary_matmul`` with :class:`TernaryWeights` (W1.58A1): int32 (..., N), the exact
+    sums ``sum_c t[n, c] * sign(x)[c]`` for t in {-1, 0, +1}.
+
+    It falls out of the W1A1 kernels: with u = (t >= 0) and v = (t > 0) as ±1 rows,
+    t = (u + v) / 2, so one W1A1 product against the 2N rows [u; v]
+    (``TernaryWeights._w1a1_planes``) gives ``(u.a + v.a) / 2`` — both terms have the
+    parity of K, so the halving is exact and is done without forming the sum (no overflow
+    for any K the W1A1 op accepts). Scales are not applied, as ``binary_matmul`` does not
+    apply a PackedWeights' scales."""
+
+    __slots__ = ("weights", "k", "n", "_op")
+
+    def __init__(self, w, *, threshold=0.0, k=None, threads=None):
+        if k is not None and C.check_k(k) != w.k:
+            raise ValueError(f"k={k} does not match the TernaryWeights' k={w.k}")
+        self.weights, self.k, self.n = w, w.k, w.n
+        self._op = Matmul(w._w1a1_planes(), threshold=threshold, threads=threads)
+
+    def __repr__(self) -> str:
+        return f"TernaryMatmul(n={self.n}, k={self.k})"
+
+    def __call__(self, x, out=None) -> np.ndarray:
+        r = self._op(x)  # (..., 2N): u.a then v.a
+        n = self.n
+        y = C.out_array(out, r.shape[:-1] + (n,), I32)
+        a, b = r[..., :n], r[..., n:]
+        np.right_shift(a, 1, out=y)  # floor halves: a + b = 2 (a >> 1) + 2 (b >> 1) + 2 (a & 1)
+        y += b >> 1
+        y += a & 1
+        return y
+
+
 def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None) -> np.ndarray:
     """Exact ±1 products ``sign(x) @ sign(w).T`` as int32 (..., N) via XOR + popcount.
 
     ``x``: real (..., K), binarized as ``x >= threshold`` (scalar or (K,)) inside the
     call, or canonical packed uint64 (..., ceil(K/64)). ``w``: a :class:`PackedWeights`
     (fast path: re-tiled once for the kernels, kept with the object) or a canonical
-    uint64 (N, ceil(K/64)) array with ``k=``. Leading dims of x are kept.
+    uint64 (N, ceil(K/64)) array with ``k=``, or a :class:`TernaryWeights` (W1.58A1: the
+    exact int32 sums ``sign(x) @ t.T`` for t in {-1, 0, +1}, scales not applied; run by the
+    W1A1 kernels on 2N rows, see the ternary guide). Leading dims of x are kept.
     ``threads``: at most this many threads (default: env TAKANE_NUM_THREADS, else the
     CPUs available); small problems run on the calling thread. For many calls with the
     same weights and threshold, bind them once: :class:`Matmul`.
     """
+    if w.__class__ is TernaryWeights:
+        if threshold.__class__ in _SCALARS and (threads is None or threads.__class__ is int):
+            key = ("w1.58a1", threshold, threads, k)
+            op = w._bound.get(key) or C.bound_op(w, key, TernaryMatmul, w, threshold=threshold, k=k, threads=threads)
+            return op.__call__(x, out)
+        return TernaryMatmul(w, threshold=threshold, k=k, threads=threads)(x, out)
     if k is None and w.__class__ is PackedWeights and threshold.__class__ in _SCALARS and (
             threads is None or threads.__class__ is int):
         key = ("matmul", threshold, threads)

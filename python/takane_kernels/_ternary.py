@@ -16,7 +16,7 @@ import threading
 import numpy as np
 
 from ._capi import check_k, check_packed, owned_vector, real_scalar, ternary_handle
-from ._weights import (_check_group_scale, format_arrays, loaded_bits, loaded_int, read_npz,
+from ._weights import (PackedWeights, _check_group_scale, format_arrays, loaded_bits, loaded_int, read_npz,
                        save_npz_atomic)
 
 __all__ = ["TernaryWeights", "pack_ternary"]
@@ -105,6 +105,24 @@ class TernaryWeights:
                     self._handle = ternary_handle(self._sign, self._nonzero, self._k)
                 handle = self._handle
         return handle
+
+    def _w1a1_planes(self):
+        """W1A1 weights (2N, K) whose products give this matrix's with ±1 activations: rows
+        u_n (bit = t >= 0) then v_n (bit = t > 0). Since t = (u + v) / 2 for the ±1 values
+        (+1: u = v = +1; -1: u = v = -1; 0: u = +1, v = -1), sum_c t[c] a[c] =
+        (u.a + v.a) / 2 exactly, two XOR + popcount products in one W1A1 call.
+        Built on first use and kept (2 more bits per weight, plus the W1A1 kernels' re-tiled copy)."""
+        planes = self._bound.get("w1a1_planes")
+        if planes is None:
+            k, kw = self._k, self._sign.shape[1]
+            mask = np.full(kw, ~np.uint64(0), np.uint64)
+            if k % 64:  # padding bits stay 0
+                mask[-1] = np.uint64((1 << (k % 64)) - 1)
+            u = ~(self._nonzero & ~self._sign) & mask
+            planes = PackedWeights(np.concatenate([u, self._sign]), k, scale=None)
+            with _HANDLE_LOCK:
+                planes = self._bound.setdefault("w1a1_planes", planes)
+        return planes
 
     sign = property(lambda self: self._sign, doc="(N, ceil(K/64)) uint64 sign plane (1 = +1), read-only")
     nonzero = property(lambda self: self._nonzero, doc="(N, ceil(K/64)) uint64 nonzero plane, read-only")

@@ -62,43 +62,112 @@ def _scales(raw: np.ndarray, n: int, nb: int, what: str) -> np.ndarray:
     return d
 
 
-def from_tq2_0(q: np.ndarray, k: int) -> TernaryWeights:
-    """TQ2_0 rows (N, K/256 * 66) uint8 -> TernaryWeights (group_size 256)."""
-    nb = _check_k(k, "TQ2_0")
+def _import(q: np.ndarray, k: int, what: str, nbytes: int, decode) -> TernaryWeights:
+    """TQ rows (N, K/256 * nbytes) uint8 -> TernaryWeights (group_size 256): the shape checks
+    and the scales (the last 2 bytes of a block in both formats) shared by TQ2_0 and TQ1_0;
+    ``decode(blocks (N, nb, nbytes))`` gives the codes (N, nb, 256) in {0, 1, 2}."""
+    nb = _check_k(k, what)
     q = np.asarray(q, dtype=np.uint8)
     n = q.shape[0]
-    if q.shape != (n, nb * TQ2_0_BYTES):
-        raise ValueError(f"TQ2_0: rows must be (N, {nb * TQ2_0_BYTES}) bytes for K={k}, got {q.shape}")
-    blocks = q.reshape(n, nb, TQ2_0_BYTES)
+    if q.shape != (n, nb * nbytes):
+        raise ValueError(f"{what}: rows must be (N, {nb * nbytes}) bytes for K={k}, got {q.shape}")
+    blocks = q.reshape(n, nb, nbytes)
+    sign, nz = _planes(decode(blocks).reshape(n, k))
+    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, -2:], n, nb, what), group_size=TQ_BLOCK)
+
+
+def _tq2_0_decode(blocks: np.ndarray) -> np.ndarray:
+    n, nb = blocks.shape[:2]
     qs = blocks[:, :, :64].reshape(n, nb, 2, 1, 32)
-    codes = (qs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & np.uint8(3)
-    codes = codes.reshape(n, k)
+    codes = ((qs >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 1, 4, 1)) & np.uint8(3)).reshape(n, nb * TQ_BLOCK)
     if np.any(codes == 3):
         r, c = np.argwhere(codes == 3)[0]
         raise ValueError(f"TQ2_0: row {r}, column {c} has code 3 (+2), which is not a ternary weight")
-    sign, nz = _planes(codes)
-    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 64:], n, nb, "TQ2_0"), group_size=TQ_BLOCK)
+    return codes
 
 
-def from_tq1_0(q: np.ndarray, k: int) -> TernaryWeights:
-    """TQ1_0 rows (N, K/256 * 54) uint8 -> TernaryWeights (group_size 256)."""
-    nb = _check_k(k, "TQ1_0")
-    q = np.asarray(q, dtype=np.uint8)
-    n = q.shape[0]
-    if q.shape != (n, nb * TQ1_0_BYTES):
-        raise ValueError(f"TQ1_0: rows must be (N, {nb * TQ1_0_BYTES}) bytes for K={k}, got {q.shape}")
-    blocks = q.reshape(n, nb, TQ1_0_BYTES)
+def _tq1_0_decode(blocks: np.ndarray) -> np.ndarray:
+    n, nb = blocks.shape[:2]
 
     def trits(b, count):  # (..., bytes) -> (..., count, bytes): trit n of every byte
         pw = np.array([1, 3, 9, 27, 81][:count], np.uint8).reshape((1,) * (b.ndim - 1) + (count, 1))
         v = (b[..., None, :] * pw).astype(np.uint8)  # mod 256
         return (v.astype(np.uint16) * 3 >> 8).astype(np.uint8)
 
-    codes = np.concatenate([trits(blocks[:, :, :32], 5).reshape(n, nb, 160),
-                            trits(blocks[:, :, 32:48], 5).reshape(n, nb, 80),
-                            trits(blocks[:, :, 48:52], 4).reshape(n, nb, 16)], axis=-1).reshape(n, k)
-    sign, nz = _planes(codes)
-    return TernaryWeights(sign, nz, k, group_scale=_scales(blocks[:, :, 52:], n, nb, "TQ1_0"), group_size=TQ_BLOCK)
+    return np.concatenate([trits(blocks[:, :, :32], 5).reshape(n, nb, 160),
+                           trits(blocks[:, :, 32:48], 5).reshape(n, nb, 80),
+                           trits(blocks[:, :, 48:52], 4).reshape(n, nb, 16)], axis=-1)
+
+
+def from_tq2_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ2_0 rows (N, K/256 * 66) uint8 -> TernaryWeights (group_size 256)."""
+    return _import(q, k, "TQ2_0", TQ2_0_BYTES, _tq2_0_decode)
+
+
+def from_tq1_0(q: np.ndarray, k: int) -> TernaryWeights:
+    """TQ1_0 rows (N, K/256 * 54) uint8 -> TernaryWeights (group_size 256)."""
+    return _import(q, k, "TQ1_0", TQ1_0_BYTES, _tq1_0_decode)
+
+
+def _block_scales(w: TernaryWeights, what: str) -> np.ndarray:
+    """float32 (N, K/256): the fp16-to-be scale d of each 256-block of ``w`` (the checks and
+    the folding of scales shared by TQ2_0 and TQ1_0, whose blocks carry the same d)."""
+    if not isinstance(w, TernaryWeights):
+        raise TypeError(f"w must be a takane_kernels.TernaryWeights, got {type(w).__name__}")
+    nb = _check_k(w.k, what)
+    if w.in_scale is not None:
+        raise ValueError(f"{what}: {what[3:].upper()} has no per-input-column scale; these weights have an in_scale")
+    d = np.ones((w.n, nb), np.float32)
+    if w.group_scale is not None:
+        if w.group_size % TQ_BLOCK:
+            raise ValueError(f"{what}: group_size={w.group_size} is not a multiple of {TQ_BLOCK}")
+        d = np.repeat(w.group_scale, w.group_size // TQ_BLOCK, axis=1)[:, :nb].astype(np.float32)
+    if w._row_scale is not None:  # fl(scale * tensor_scale), as the kernels use it
+        d = (d * w._row_scale[:, None]).astype(np.float32)
+    if not np.all(np.abs(d) < _FP16_OVERFLOW):
+        r, b = np.argwhere(~(np.abs(d) < _FP16_OVERFLOW))[0]
+        raise ValueError(f"{what}: row {r}, block {b}: scale {d[r, b]} overflows fp16 (|d| >= 65520)")
+    return d
+
+
+def _export(w: TernaryWeights, what: str, nbytes: int, code_bytes) -> np.ndarray:
+    """(N, K/256 * nbytes) uint8: per block, ``code_bytes(codes (N, nb, 256) in {0, 1, 2})``
+    (N, nb, nbytes - 2) then d as little-endian fp16 (both formats put d last)."""
+    d = _block_scales(w, what)
+    n, nb = d.shape
+    if n == 0:  # no rows: no bytes (to_dense() would still cost O(K) for nothing)
+        return np.empty((0, nb * nbytes), np.uint8)
+    codes = (w.to_dense().astype(np.int16) + 1).astype(np.uint8).reshape(n, nb, TQ_BLOCK)
+    out = np.empty((n, nb, nbytes), np.uint8)
+    out[:, :, :-2] = code_bytes(codes)
+    out[:, :, -2:] = d.astype("<f2").view(np.uint8).reshape(n, nb, 2)
+    return out.reshape(n, nb * nbytes)
+
+
+def _tq2_0_codes(codes: np.ndarray) -> np.ndarray:
+    n, nb = codes.shape[:2]
+    c = codes.reshape(n, nb, 2, 4, 32)  # chunk, lane l (bits 2l..2l+1), byte m
+    qs = np.zeros((n, nb, 2, 32), np.uint8)
+    for lane in range(4):
+        qs |= c[:, :, :, lane, :] << np.uint8(2 * lane)
+    return qs.reshape(n, nb, 64)
+
+
+def _tq1_0_codes(codes: np.ndarray) -> np.ndarray:
+    """The 52 code bytes of TQ1_0 blocks (llama.cpp's quantize_row_tq1_0_ref): a byte holds
+    trits c_0..c_4 (c_0 first in the block's element order) as v = sum c_n 3^(4-n) < 243,
+    stored as ceil(v * 256 / 243) so that trit n is ((byte * 3^n) mod 256) * 3 >> 8; the
+    last 4 bytes hold 4 trits each, v = 3 * sum c_n 3^(3-n) (the fifth trit 0)."""
+    n, nb = codes.shape[:2]
+    pw = np.array([81, 27, 9, 3, 1], np.uint16)
+
+    def pack(c, count):  # (n, nb, count trits, bytes) -> (n, nb, bytes)
+        v = np.einsum("abtj,t->abj", c.astype(np.uint16), pw[5 - count:]) * (3 if count == 4 else 1)
+        return ((v * 256 + 242) // 243).astype(np.uint8)
+
+    return np.concatenate([pack(codes[:, :, :160].reshape(n, nb, 5, 32), 5),
+                           pack(codes[:, :, 160:240].reshape(n, nb, 5, 16), 5),
+                           pack(codes[:, :, 240:].reshape(n, nb, 4, 4), 4)], axis=-1)
 
 
 def to_tq2_0(w: TernaryWeights) -> np.ndarray:
@@ -108,32 +177,13 @@ def to_tq2_0(w: TernaryWeights) -> np.ndarray:
     and ``tensor_scale`` when present (the float32 product), rounded to fp16 (to nearest,
     ties to even); 1 when there is no scale. K % 256 != 0, a group size that is not a
     multiple of 256, an ``in_scale`` or a scale that overflows fp16 -> ``ValueError``."""
-    if not isinstance(w, TernaryWeights):
-        raise TypeError(f"w must be a takane_kernels.TernaryWeights, got {type(w).__name__}")
-    nb = _check_k(w.k, "to_tq2_0")
-    if w.in_scale is not None:
-        raise ValueError("to_tq2_0: TQ2_0 has no per-input-column scale; these weights have an in_scale")
-    n = w.n
-    d = np.ones((n, nb), np.float32)
-    if w.group_scale is not None:
-        if w.group_size % TQ_BLOCK:
-            raise ValueError(f"to_tq2_0: group_size={w.group_size} is not a multiple of {TQ_BLOCK}")
-        d = np.repeat(w.group_scale, w.group_size // TQ_BLOCK, axis=1)[:, :nb].astype(np.float32)
-    if w._row_scale is not None:  # fl(scale * tensor_scale), as the kernels use it
-        d = (d * w._row_scale[:, None]).astype(np.float32)
-    if not np.all(np.abs(d) < _FP16_OVERFLOW):
-        r, b = np.argwhere(~(np.abs(d) < _FP16_OVERFLOW))[0]
-        raise ValueError(f"to_tq2_0: row {r}, block {b}: scale {d[r, b]} overflows fp16 (|d| >= 65520)")
-    if n == 0:  # no rows: no bytes (to_dense() would still cost O(K) for nothing)
-        return np.empty((0, nb * TQ2_0_BYTES), np.uint8)
-    codes = (w.to_dense().astype(np.int16) + 1).astype(np.uint8).reshape(n, nb, 2, 4, 32)
-    qs = np.zeros((n, nb, 2, 32), np.uint8)
-    for lane in range(4):
-        qs |= codes[:, :, :, lane, :] << np.uint8(2 * lane)
-    out = np.empty((n, nb, TQ2_0_BYTES), np.uint8)
-    out[:, :, :64] = qs.reshape(n, nb, 64)
-    out[:, :, 64:] = d.astype("<f2").view(np.uint8).reshape(n, nb, 2)
-    return out.reshape(n, nb * TQ2_0_BYTES)
+    return _export(w, "to_tq2_0", TQ2_0_BYTES, _tq2_0_codes)
+
+
+def to_tq1_0(w: TernaryWeights) -> np.ndarray:
+    """TernaryWeights (N, K) -> TQ1_0 rows uint8 (N, K/256 * 54) (1.6875 bits per weight),
+    the block scale and the errors as :func:`to_tq2_0`."""
+    return _export(w, "to_tq1_0", TQ1_0_BYTES, _tq1_0_codes)
 
 
 def i2_s_nbytes(n_elements: int) -> int:

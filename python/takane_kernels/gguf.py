@@ -13,7 +13,7 @@ Tensors of types this module cannot decode faithfully — PrismML's Hadamard-rot
 ``ValueError`` naming the tensor and the type, never garbage.
 ``load_metadata(path)`` returns the key/value metadata. ``save(path, tensors, arch=...,
 metadata=...)`` writes a GGUF file that llama.cpp reads: PackedWeights become Q1_0
-(:func:`takane_kernels.to_q1_0`), TernaryWeights TQ2_0, float32 / float16 arrays F32 / F16.
+(:func:`takane_kernels.to_q1_0`), TernaryWeights TQ2_0 (or TQ1_0: ``ternary="TQ1_0"``), float32 / float16 arrays F32 / F16.
 
 The file format itself is read and written by the ``gguf`` package (llama.cpp's own Python
 library: ``GGUFReader`` / ``GGUFWriter``); this module adds the conversions and makes the
@@ -43,7 +43,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, _from_q1_0_prepacked, to_q1_0
 from ._ternary import TernaryWeights
 from ._tq import (I2_S_BLOCK, I2_S_GGML_TYPE, TQ1_0_BYTES, TQ1_0_GGML_TYPE, TQ2_0_BYTES, TQ2_0_GGML_TYPE, TQ_BLOCK,
-                  from_i2_s, from_tq1_0, from_tq2_0, i2_s_nbytes, to_tq2_0)
+                  from_i2_s, from_tq1_0, from_tq2_0, i2_s_nbytes, to_tq1_0, to_tq2_0)
 from ._weights import PackedWeights
 
 __all__ = ["load", "load_metadata", "save", "GGUFValueType"]
@@ -478,14 +478,14 @@ def _typed(key: str, value) -> tuple[object, GGUFValueType, GGUFValueType | None
 
 
 def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarray], *, arch: str,
-         metadata: Mapping[str, object] | None = None) -> None:
+         metadata: Mapping[str, object] | None = None, ternary: str = "TQ2_0") -> None:
     """Write ``tensors`` and ``metadata`` as a GGUF file (version 3, little-endian) that
     llama.cpp can load; atomically (a temporary file renamed into place).
 
     ``tensors``: name -> :class:`~takane_kernels.PackedWeights` (written as Q1_0 via :func:`~takane_kernels.to_q1_0`:
     K % 128 == 0, see there for scales), :class:`~takane_kernels.TernaryWeights` (written as
-    TQ2_0: K % 256 == 0, block scale = group_scale (G a multiple of 256) x scale x
-    tensor_scale rounded to fp16, no in_scale) or a float32 / float16 numpy array (F32 / F16,
+    TQ2_0, or TQ1_0 with ``ternary="TQ1_0"``: K % 256 == 0, block scale = group_scale (G a
+    multiple of 256) x scale x tensor_scale rounded to fp16, no in_scale) or a float32 / float16 numpy array (F32 / F16,
     1 to 4 dims, numpy axis order: an (N, K) array is GGUF ``ne = [K, N]``). Names are at
     most 63 UTF-8 bytes. ``arch`` is ``general.architecture`` (e.g. ``"llama"``).
 
@@ -497,6 +497,10 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
     """
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"arch must be a non-empty str (general.architecture), got {arch!r}")
+    if ternary not in ("TQ2_0", "TQ1_0"):
+        raise ValueError(f"ternary must be 'TQ2_0' or 'TQ1_0' (the GGUF type TernaryWeights are written as), got {ternary!r}")
+    to_tq, tq_type = ((to_tq2_0, GGMLQuantizationType.TQ2_0) if ternary == "TQ2_0"
+                      else (to_tq1_0, GGMLQuantizationType.TQ1_0))
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must be a mapping name -> PackedWeights | ndarray, got {type(tensors).__name__}")
     metadata = {} if metadata is None else metadata
@@ -520,7 +524,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, PackedWeights | np.ndarr
             q = to_q1_0(t)
             items.append((tname, q, GGMLQuantizationType.Q1_0))
         elif isinstance(t, TernaryWeights):
-            items.append((tname, to_tq2_0(t), GGMLQuantizationType.TQ2_0))
+            items.append((tname, to_tq(t), tq_type))
         elif isinstance(t, np.ndarray):
             if t.dtype not in (np.float32, np.float16):
                 raise TypeError(f"tensor {tname!r}: arrays must be float32 or float16, got {t.dtype}")

@@ -124,7 +124,21 @@ def matmul_popcount(xbits, wbits, k):
 
 
 def binary_matmul(x, w, *, threshold=0.0, k=None, out=None, threads=None):
-    """sign(x) @ sign(w).T exactly, int32 (..., N); see takane_kernels.binary_matmul."""
+    """sign(x) @ sign(w).T exactly, int32 (..., N); see takane_kernels.binary_matmul. With
+    TernaryWeights (W1.58A1): the ±1 activations times the {-1, 0, +1} values, float64 BLAS
+    (exact for K < 2**53), no scales."""
+    if isinstance(w, TernaryWeights):
+        if k is not None and k != w.k:
+            raise ValueError("k does not match the TernaryWeights")
+        x = np.asarray(x)
+        xbits = x if x.dtype == np.uint64 else pack_bits(x, threshold)
+        batch = xbits.shape[:-1]
+        xs = unpack_bits(xbits.reshape(-1, xbits.shape[-1]), w.k, np.float64)
+        y = np.rint(xs @ unpack_ternary(w).T).astype(np.int32).reshape(batch + (w.n,))
+        if out is not None:
+            out[...] = y
+            return out
+        return y
     if isinstance(w, PackedWeights):
         wbits, k = w.bits, w.k
     else:

@@ -98,6 +98,7 @@ def check_gguf_bytes(data: bytes, path: str) -> str:
             assert t.group_scale.dtype == np.float32 and np.all(np.isfinite(t.group_scale))
             assert not np.any(t.sign & ~t.nonzero)  # canonical planes
             assert tk._tq.from_tq2_0(tk._tq.to_tq2_0(t), t.k) == t  # fp16 scales convert back exactly
+            assert tk._tq.from_tq1_0(tk._tq.to_tq1_0(t), t.k) == t  # and through TQ1_0's trits
         else:
             assert isinstance(t, np.ndarray) and t.dtype in (np.float32, np.float16) and 1 <= t.ndim <= 4
     return "ok"

@@ -51,7 +51,8 @@ def test_table_structure_and_results_match_reference():
     assert rep["params"] == sum(n * k for _, n, k in shapes)
     # 2 bits per weight (K padded to 64) and one float32 tensor scale per matrix
     assert rep["weight_bytes"] == sum(2 * n * -(-k // 64) * 8 + 4 for _, n, k in shapes)
-    assert rep["tq2_0_bytes"] == sum(n * k // 256 * 66 for _, n, k in shapes)
+    assert rep["tq_bytes"] == {"TQ2_0": sum(n * k // 256 * 66 for _, n, k in shapes),
+                               "TQ1_0": sum(n * k // 256 * 54 for _, n, k in shapes)}
     assert [(r["mode"], r["threads"]) for r in rep["results"]] == [
         (m, t) for m in llm_ternary.MODES for t in (1, 2)]
     for r in rep["results"]:
@@ -93,11 +94,12 @@ def test_llm_ternary_flag_dispatch_json():
     assert "prefill_tok_s" not in rep["results"][0]
 
 
-def test_tq2_0_model_file(tmp_path):
+@pytest.mark.parametrize("fmt", ["TQ2_0", "TQ1_0"])
+def test_tq_model_file(tmp_path, fmt):
     pytest.importorskip("gguf")
     from takane_kernels import gguf
 
-    path = llm_ternary.write_tq2_0_model(TINY, str(tmp_path / "m.gguf"))
+    path = llm_ternary.write_tq_model(TINY, str(tmp_path / "m.gguf"), fmt=fmt)
     tensors = gguf.load(path)
     meta = gguf.load_metadata(path)
     assert meta["general.architecture"] == "llama" and meta["llama.block_count"] == 1
@@ -109,8 +111,14 @@ def test_tq2_0_model_file(tmp_path):
     assert "output.weight" not in tensors  # tied: llama.cpp uses token_embd as the output projection
     w = mats["blk.0.ffn_up.weight"]
     assert w.group_size == 256 and np.all(w.group_scale == np.float32(np.float16(1 / np.sqrt(256))))
+    assert meta["general.file_type"] == {"TQ1_0": 36, "TQ2_0": 37}[fmt]
+    if fmt == "TQ1_0":  # the same weights in both formats
+        other = gguf.load(llm_ternary.write_tq_model(TINY, str(tmp_path / "m2.gguf"), fmt="TQ2_0"))
+        assert all(other[n] == w for n, w in mats.items())
     with pytest.raises(ValueError, match="256"):
-        llm_ternary.write_tq2_0_model({**TINY, "ffn": 320}, str(tmp_path / "bad.gguf"))
+        llm_ternary.write_tq_model({**TINY, "ffn": 320}, str(tmp_path / "bad.gguf"), fmt=fmt)
+    with pytest.raises(ValueError, match="fmt must be"):
+        llm_ternary.write_tq_model(TINY, str(tmp_path / "bad.gguf"), fmt="Q2_0")
 
 
 def test_llama_cpp_side_by_side_with_a_stand_in(tmp_path):
@@ -126,12 +134,15 @@ def test_llama_cpp_side_by_side_with_a_stand_in(tmp_path):
     rep = llm_ternary.run(TINY, threads_list=(1,), modes=("int8_row",), tokens=2, prefill=4, budget_s=0.1,
                           dram_mb=8, llama_cpp=str(tmp_path / "llama"), workdir=str(tmp_path / "w"), log=lambda *a: None)
     lc = rep["llama_cpp"]
-    assert lc["available"] and lc["bench"]["command"].endswith("--repack 0")
-    assert lc["bench"]["results"] == [{"threads": 1, "kind": "pp", "tok_s": 40.0, "stddev": 1.0},
-                                      {"threads": 1, "kind": "tg", "tok_s": 20.0, "stddev": 1.0}]
-    assert "cpu_s_per_token" in lc["cpu_1_thread"]
+    assert lc["available"] and list(lc["formats"]) == ["TQ2_0", "TQ1_0"]
+    for fmt, rec in lc["formats"].items():
+        assert rec["bench"]["command"].endswith("--repack 0") and rec["model"].endswith(f"{fmt.lower()}.gguf")
+        assert rec["bench"]["results"] == [{"threads": 1, "kind": "pp", "tok_s": 40.0, "stddev": 1.0},
+                                           {"threads": 1, "kind": "tg", "tok_s": 20.0, "stddev": 1.0}]
+        assert "cpu_s_per_token" in rec["cpu_1_thread"]
     out = io.StringIO()
     llm_ternary.print_report(rep, file=out)
     ours = rep["results"][0]
-    assert f"decode {ours['decode_tok_s'] / 20.0:.2f}x per token, prefill {ours['prefill_tok_s'] / 40.0:.2f}x" \
-        in out.getvalue()
+    for fmt in ("TQ2_0", "TQ1_0"):
+        assert (f"int8_row vs llama.cpp {fmt}, 1 thread(s): decode {ours['decode_tok_s'] / 20.0:.2f}x per token, "
+                f"prefill {ours['prefill_tok_s'] / 40.0:.2f}x") in out.getvalue()

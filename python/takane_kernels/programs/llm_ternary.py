@@ -14,9 +14,9 @@ DRAM read bandwidth measured in the same run with the same thread count (the pro
 uses, ``takane_kernels.isa.dram_bandwidth``), and the prefill's int8 MAC rate against the
 int8 peak probe (``takane_kernels.isa.peak_int8``, one core, times the thread count).
 
-With a llama.cpp build (``--llama-cpp DIR`` with ``bin/llama-bench``), the same shapes as a
-GGUF model with every matrix TQ2_0 (written by ``takane_kernels.gguf.save``) run by
-``llama-bench`` (tg and pp128), side by side. The model is the ``llama`` architecture: its
+With a llama.cpp build (``--llama-cpp DIR`` with ``bin/llama-bench``), the same shapes as two
+GGUF models, every matrix TQ2_0 in one and TQ1_0 in the other (the same weights, written by
+``takane_kernels.gguf.save``), run by ``llama-bench`` (tg and pp128), side by side. The model is the ``llama`` architecture: its
 linear layers are exactly these seven matrices per layer plus the tied output projection,
 which llama.cpp multiplies once per token; BitNet's own architecture adds only elementwise
 work (sub-norms, squared ReLU) that llama.cpp does outside the matmuls. llama-bench times
@@ -43,7 +43,7 @@ from takane_kernels.programs import llm
 
 MODES = ("int8_row", "q8_0", "float32")
 BITNET_2B4T = dict(hidden=2560, ffn=6912, layers=30, heads=20, kv_heads=5, vocab=128256)
-TQ2_0_BYTES_PER_256 = 66
+TQ_FORMATS = {"TQ2_0": 66, "TQ1_0": 54}  # llama.cpp's ternary types: bytes per 256 weights
 CHECK_ROWS = 4096  # the reference check runs on at most this many rows of a matrix
 
 
@@ -144,12 +144,12 @@ def int8_peak() -> float | None:
         return None
 
 
-# ---- llama.cpp: the same shapes as a TQ2_0 model -------------------------------------------
+# ---- llama.cpp: the same shapes as a TQ2_0 / TQ1_0 model---------------------------------------
 
 class _Model(Mapping):
     """name -> tensor of a llama-architecture GGUF model, each made when written (seeded by its
     index): the token embedding (tied: also the output projection) and every layer matrix as
-    TernaryWeights (written TQ2_0), the norms float32."""
+    TernaryWeights (written TQ2_0 or TQ1_0), the norms float32."""
 
     def __init__(self, cfg: dict, seed: int):
         self.cfg, self.seed = cfg, seed
@@ -171,23 +171,27 @@ class _Model(Mapping):
         if name in self.mats:
             n, k = self.mats[name]
             w = random_ternary(n, k, rng)
-            # TQ2_0 has one fp16 scale per 256 weights: the per-tensor scale in every block
+            # TQ2_0 / TQ1_0 have one fp16 scale per 256 weights: the per-tensor scale in every block
             return tk.TernaryWeights(w.sign, w.nonzero, k, group_scale=np.full((n, k // 256), w.tensor_scale,
                                                                                np.float32), group_size=256)
         return rng.uniform(0.8, 1.2, self.cfg["hidden"]).astype(np.float32)
 
 
-def write_tq2_0_model(cfg: dict, out: str, seed: int = 0) -> str:
-    """A llama-architecture GGUF of shapes `cfg` with TQ2_0 matrices and tied embeddings."""
+def write_tq_model(cfg: dict, out: str, seed: int = 0, fmt: str = "TQ2_0") -> str:
+    """A llama-architecture GGUF of shapes `cfg` with `fmt` (TQ2_0 or TQ1_0) matrices and tied
+    embeddings; the same weights for either format (the same seed)."""
     from takane_kernels import gguf
     from takane_kernels.programs.llamacpp import vocabulary
 
+    if fmt not in TQ_FORMATS:
+        raise ValueError(f"fmt must be one of {sorted(TQ_FORMATS)}, got {fmt!r}")
     if cfg["hidden"] % 256 or cfg["ffn"] % 256:
-        raise ValueError("TQ2_0 needs hidden and ffn multiples of 256 (its block)")
+        raise ValueError(f"{fmt} needs hidden and ffn multiples of 256 (its block)")
     tokens, scores, types = vocabulary(cfg["vocab"])
     a = "llama"
     meta = {
-        "general.name": "takane synthetic ternary (random TQ2_0 weights, BitNet-2B4T-style shapes)",
+        "general.name": f"takane synthetic ternary (random {fmt} weights, BitNet-2B4T-style shapes)",
+        "general.file_type": {"TQ1_0": 36, "TQ2_0": 37}[fmt],  # LLAMA_FTYPE_MOSTLY_TQ1_0 / _TQ2_0
         f"{a}.block_count": cfg["layers"], f"{a}.context_length": 4096, f"{a}.embedding_length": cfg["hidden"],
         f"{a}.feed_forward_length": cfg["ffn"], f"{a}.attention.head_count": cfg["heads"],
         f"{a}.attention.head_count_kv": cfg["kv_heads"], f"{a}.rope.freq_base": 500000.0,
@@ -198,14 +202,14 @@ def write_tq2_0_model(cfg: dict, out: str, seed: int = 0) -> str:
         "tokenizer.ggml.unknown_token_id": 0, "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    gguf.save(out, _Model(cfg, seed), arch=a, metadata=meta)
+    gguf.save(out, _Model(cfg, seed), arch=a, metadata=meta, ternary=fmt)
     return out
 
 
 def run_llama_bench(path: str, model: str, threads, *, prefill: int, tokens: int, reps: int = 2,
                     timeout: float = 3600.0) -> dict:
     """llama-bench tg`tokens` (and pp`prefill`) of `model` at each thread count, stock CPU
-    path (``--repack 0`` where the build knows the option: TQ2_0 has no repacked layout)."""
+    path (``--repack 0`` where the build knows the option: TQ2_0 / TQ1_0 have no repacked layout)."""
     exe = os.path.join(path, "bin", "llama-bench")
     cmd = [exe, "-m", model, "-p", str(prefill), "-n", str(tokens), "-t", ",".join(map(str, threads)),
            "-r", str(reps), "-o", "json"]
@@ -257,7 +261,7 @@ def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill
     peak = int8_peak() if prefill else None
     report = {"isa": tk.isa.active(), "shapes": dict(cfg), "matrices": len(shapes), "params": params,
               "weight_bytes": sum(w.nbytes for w in ws),
-              "tq2_0_bytes": sum(n * k // 256 * TQ2_0_BYTES_PER_256 for _, n, k in shapes),
+              "tq_bytes": {f: sum(n * k // 256 * b for _, n, k in shapes) for f, b in TQ_FORMATS.items()},
               "tokens": tokens, "prefill_m": prefill, "int8_peak_macs_per_s": peak, "dram": {}, "results": []}
     buf = np.ones(dram_mb * 2**20 // 8, dtype=np.int64)
     for mode in modes:
@@ -282,19 +286,22 @@ def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill
     elif not os.access(os.path.join(llama_cpp, "bin", "llama-bench"), os.X_OK):
         lc["reason"] = f"{os.path.join(llama_cpp, 'bin', 'llama-bench')} not found"
     elif cfg["hidden"] % 256 or cfg["ffn"] % 256:
-        lc["reason"] = "TQ2_0 needs hidden and ffn multiples of 256"
+        lc["reason"] = "TQ2_0 / TQ1_0 need hidden and ffn multiples of 256"
     else:
         lc["available"] = True
-        model = os.path.join(workdir, "ternary-{layers}x{hidden}-{ffn}-{heads}-{kv_heads}-{vocab}-tq2_0.gguf"
-                             .format(**cfg))
-        if not os.path.exists(model):
-            log(f"  writing {model} ...")
-            write_tq2_0_model(cfg, model)
-        lc["model"] = model
-        lc["bench"] = run_llama_bench(llama_cpp, model, threads_list, prefill=prefill, tokens=llama_tokens)
-        if 1 in threads_list:
-            lc["cpu_1_thread"] = llama_cpu_per_token(llama_cpp, model)
-        log("  llama.cpp TQ2_0: done")
+        lc["formats"] = {}
+        for fmt in TQ_FORMATS:  # the same weights in both of llama.cpp's ternary types
+            model = os.path.join(workdir, "ternary-{layers}x{hidden}-{ffn}-{heads}-{kv_heads}-{vocab}-".format(**cfg)
+                                 + f"{fmt.lower()}.gguf")
+            if not os.path.exists(model):
+                log(f"  writing {model} ...")
+                write_tq_model(cfg, model, fmt=fmt)
+            rec = {"model": model,
+                   "bench": run_llama_bench(llama_cpp, model, threads_list, prefill=prefill, tokens=llama_tokens)}
+            if 1 in threads_list:
+                rec["cpu_1_thread"] = llama_cpu_per_token(llama_cpp, model)
+            lc["formats"][fmt] = rec
+            log(f"  llama.cpp {fmt}: done")
     report["llama_cpp"] = lc
     return report
 
@@ -305,7 +312,7 @@ def print_report(report: dict, file=None) -> None:
     p(f"\nTernary LLM linear layers on {report['isa']}: {c['layers']} layers, hidden {c['hidden']}, FFN {c['ffn']}, "
       f"heads {c['heads']}/{c['kv_heads']}, vocab {c['vocab']} (output projection timed): {report['matrices']} "
       f"matrices, {report['params'] / 1e6:.1f}M weights; {report['weight_bytes'] / 1e6:.1f} MB as 2-bit planes + "
-      f"scales (TQ2_0: {report['tq2_0_bytes'] / 1e6:.1f} MB)")
+      f"scales (" + ", ".join(f"{f}: {b / 1e6:.1f} MB" for f, b in report["tq_bytes"].items()) + ")")
     head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
             f"{'% DRAM':>7s} {'prefill tok/s':>13s} {'% int8 peak':>11s} {'CPU ms/token':>12s} {'% DRAM (CPU)':>12s}")
     p(head)
@@ -319,38 +326,13 @@ def print_report(report: dict, file=None) -> None:
     lc = report["llama_cpp"]
     if not lc["available"]:
         p(f"  llama.cpp: skipped: {lc['reason']}")
-    elif "error" in lc["bench"]:
-        p(f"  llama.cpp TQ2_0: error: {lc['bench']['error']}")
-    else:
-        res = lc["bench"]["results"]
-        ours = {r["threads"]: r for r in report["results"] if r["mode"] == "int8_row"}
-        for threads in sorted({r["threads"] for r in res}):
-            tg = next((r for r in res if r["threads"] == threads and r["kind"] == "tg"), None)
-            pp = next((r for r in res if r["threads"] == threads and r["kind"] == "pp"), None)
-            if tg is None:
-                continue
-            dram = report["dram"].get(str(threads))
-            gbs = report["tq2_0_bytes"] * tg["tok_s"]
-            pre = f"{pp['tok_s']:13.1f}" if pp else f"{'-':>13s}"
-            p(f"  {'llama.cpp TQ2_0':16s} {threads:3d} {1e3 / tg['tok_s']:9.2f} {tg['tok_s']:7.2f} {gbs / 1e9:12.1f} "
-              f"{dram / 1e9:9.1f} {100 * gbs / dram:6.0f}% {pre} {'-':>11s}")
-            if threads in ours:
-                p(f"    int8_row vs llama.cpp TQ2_0, {threads} thread(s): decode "
-                  f"{ours[threads]['decode_tok_s'] / tg['tok_s']:.2f}x per token"
-                  + (f", prefill {ours[threads]['prefill_tok_s'] / pp['tok_s']:.2f}x"
-                     if pp and "prefill_tok_s" in ours[threads] else ""))
-        cpu = lc.get("cpu_1_thread", {})
-        if cpu.get("cpu_s_per_token", 0) > 0 and 1 in ours:
-            lt = cpu["cpu_s_per_token"]
-            p(f"  llama.cpp TQ2_0, 1 thread, CPU time: {lt * 1e3:.2f} ms/token = "
-              f"{100 * report['tq2_0_bytes'] / lt / report['dram']['1']:.0f}% DRAM (CPU); int8_row vs llama.cpp "
-              f"TQ2_0 by CPU time: {lt / ours[1]['decode_cpu_s']:.2f}x per token")
-        elif "error" in cpu:
-            p(f"  llama.cpp CPU time: error: {cpu['error']}")
-        p(f"  llama.cpp: {lc['bench']['command']}")
-        p("  llama.cpp: llama-bench of a llama-architecture model of the same shapes, every matrix TQ2_0 (token "
-          "embedding tied as the output projection); its time covers the whole model (attention, norms, RoPE "
-          "too), so the ratios above are upper bounds for ours vs its linear layers alone")
+    for fmt, rec in lc.get("formats", {}).items():
+        _print_llama_cpp(report, fmt, rec, p)
+    if lc.get("formats"):
+        p("  llama.cpp: llama-bench of a llama-architecture model of the same shapes, every matrix "
+          f"{' / '.join(lc['formats'])} (the same weights; token embedding tied as the output projection); its "
+          "time covers the whole model (attention, norms, RoPE too), so the ratios above are upper bounds for "
+          "ours vs its linear layers alone")
     if report.get("int8_peak_macs_per_s"):
         p(f"  int8 peak (tk.isa.peak_int8, one core): {report['int8_peak_macs_per_s'] / 1e9:.0f} GMAC/s; "
           "% int8 peak = prefill MAC/s / (peak x threads)")
@@ -359,6 +341,41 @@ def print_report(report: dict, file=None) -> None:
       "other processes does not distort")
     p("  weights GB/s counts both bit planes (2 bits per weight) and the scales; % DRAM against "
       "tk.isa.dram_bandwidth measured just before each row with the same thread count")
+
+
+def _print_llama_cpp(report: dict, fmt: str, rec: dict, p) -> None:
+    """The rows of one llama.cpp format: per thread count its tg / pp rates, GB/s of its own
+    bytes (TQ2_0 2.06, TQ1_0 1.69 bits per weight) and int8_row's ratio to it."""
+    if "error" in rec["bench"]:
+        p(f"  llama.cpp {fmt}: error: {rec['bench']['error']}")
+        return
+    nbytes = report["tq_bytes"][fmt]
+    res = rec["bench"]["results"]
+    ours = {r["threads"]: r for r in report["results"] if r["mode"] == "int8_row"}
+    for threads in sorted({r["threads"] for r in res}):
+        tg = next((r for r in res if r["threads"] == threads and r["kind"] == "tg"), None)
+        pp = next((r for r in res if r["threads"] == threads and r["kind"] == "pp"), None)
+        if tg is None:
+            continue
+        dram = report["dram"].get(str(threads))
+        gbs = nbytes * tg["tok_s"]
+        pre = f"{pp['tok_s']:13.1f}" if pp else f"{'-':>13s}"
+        p(f"  {'llama.cpp ' + fmt:16s} {threads:3d} {1e3 / tg['tok_s']:9.2f} {tg['tok_s']:7.2f} {gbs / 1e9:12.1f} "
+          f"{dram / 1e9:9.1f} {100 * gbs / dram:6.0f}% {pre} {'-':>11s}")
+        if threads in ours:
+            p(f"    int8_row vs llama.cpp {fmt}, {threads} thread(s): decode "
+              f"{ours[threads]['decode_tok_s'] / tg['tok_s']:.2f}x per token"
+              + (f", prefill {ours[threads]['prefill_tok_s'] / pp['tok_s']:.2f}x"
+                 if pp and "prefill_tok_s" in ours[threads] else ""))
+    cpu = rec.get("cpu_1_thread", {})
+    if cpu.get("cpu_s_per_token", 0) > 0 and 1 in ours:
+        lt = cpu["cpu_s_per_token"]
+        p(f"  llama.cpp {fmt}, 1 thread, CPU time: {lt * 1e3:.2f} ms/token = "
+          f"{100 * nbytes / lt / report['dram']['1']:.0f}% DRAM (CPU); int8_row vs llama.cpp "
+          f"{fmt} by CPU time: {lt / ours[1]['decode_cpu_s']:.2f}x per token")
+    elif "error" in cpu:
+        p(f"  llama.cpp {fmt} CPU time: error: {cpu['error']}")
+    p(f"  llama.cpp {fmt}: {rec['bench']['command']}")
 
 
 def main(argv=None) -> int:
@@ -375,9 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, default=128, help="prefill rows M (0: none)")
     p.add_argument("--budget", type=float, default=3.0, help="seconds per mode and phase at most (>= 2 runs)")
     p.add_argument("--dram-mb", type=int, default=256)
-    p.add_argument("--llama-cpp", metavar="DIR", help="a llama.cpp build with bin/llama-bench: TQ2_0 side by side")
+    p.add_argument("--llama-cpp", metavar="DIR", help="a llama.cpp build with bin/llama-bench: TQ2_0 and TQ1_0 side by side")
     p.add_argument("--llama-tokens", type=int, default=16, help="llama-bench tg tokens")
-    p.add_argument("--workdir", default="build/llm-ternary", help="where the TQ2_0 model file is written (kept)")
+    p.add_argument("--workdir", default="build/llm-ternary", help="where the TQ2_0 / TQ1_0 model files are written (kept)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     cfg = {k: getattr(a, k) for k in BITNET_2B4T}
