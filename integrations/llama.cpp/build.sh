@@ -4,8 +4,8 @@
 # the current Python (its CMake package; never a copy of our sources).
 #
 #   bash integrations/llama.cpp/build.sh DEST          llama-bench, llama-perplexity,
-#                                                       llama-completion (and llama-cli, see
-#                                                       below) in DEST/bin
+#                                                       llama-completion, llama-quantize (and
+#                                                       llama-cli, see below) in DEST/bin
 #   bash integrations/llama.cpp/build.sh DEST --wheel  also a llama-cpp-python wheel with the
 #                                                       same patch, in DEST/wheel
 #
@@ -82,7 +82,7 @@ export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$dest}
 generator=()
 if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
 cli=()
-targets=(llama-bench llama-perplexity llama-completion)
+targets=(llama-bench llama-perplexity llama-completion llama-quantize)
 if [ "${LLAMA_CLI:-0}" = 1 ]; then
     cli=(-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF)
     targets+=(llama-cli)
