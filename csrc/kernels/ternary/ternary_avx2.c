@@ -10,6 +10,8 @@
  * f32: per 8 columns and plane, VPSLLVD moves column bit i of a broadcast 32-bit half-word
  *   to the sign of lane i and VBLENDVPS picks x there (+0.0 elsewhere: a NaN next to a zero
  *   weight is not added) into a plus / minus accumulator; out = sum(plus) - sum(minus).
+ * Group scales (dot_i8_groups): per panel and group, the 8 rows' int32 lanes reduced into
+ *   one vector (VPHADDD tree), converted, times the 8 rows' scales, one FMA into 8 floats.
  * Tile: one panel (8 rows) at a time.
  */
 #include <immintrin.h>
