@@ -339,3 +339,55 @@ def test_threads_give_the_same_result(on_isa):
             np.testing.assert_array_equal(tk.binary_weight_matmul(x, tw, activations=mode, threads=threads), y1)
         # a row's result does not depend on the batch
         np.testing.assert_array_equal(tk.binary_weight_matmul(x[2:3], tw, activations=mode), y1[2:3])
+
+
+# ---- group scales in the kernel on every set (dot_i8_groups: scalar, AVX2, AVX-512, NEON) ----
+
+@pytest.mark.parametrize("n,k,group_size", [(37, 64 * 13 + 5, 256), (8, 256, 64), (21, 2560, 256),
+                                            (9, 700, 192), (3, 100, 1024)])
+def test_grouped_int8_row_order_and_scales_exact(on_isa, isa_name, n, k, group_size):
+    """int8_row with group scales, where every product float(S_g) * g is exact (scales of
+    8 significant bits, |S_g| < 2^16): the kernel's result is then the float32 sum of the
+    products in group order from 0, whatever the set (one FMA or two roundings give the
+    same bits) — so this checks the order, each row's and group's scale (rows past N in
+    the last panel, a partial last group) and the row factor d bit for bit on every ISA."""
+    rng = np.random.default_rng(n * 1000 + k + group_size)
+    t = rng.integers(-1, 2, (n, k))
+    sign, nz = _dense_planes(t)
+    ng = -(-k // group_size)
+    gs = (rng.integers(-255, 256, (n, ng)) * 2.0 ** rng.integers(-12, -4, (n, ng))).astype(np.float32)
+    tw = tk.TernaryWeights(sign, nz, k, group_scale=gs, group_size=group_size)
+    x = rng.integers(-127, 128, (4, k)).astype(np.float32)
+    x[:, 0] = 127  # max |x| = 127: d = 1, q = x
+    want = np.zeros((4, n), np.float32)
+    for g in range(ng):
+        sl = slice(g * group_size, (g + 1) * group_size)
+        s = x[:, sl].astype(np.int64) @ t[:, sl].T
+        assert np.all(np.abs(s) < 2**16)
+        want = (want + (s * gs[:, g].astype(np.float64)).astype(np.float32)).astype(np.float32)
+    for threads in (1, 2):
+        y = tk.binary_weight_matmul(x, tw, activations="int8_row", threads=threads)
+        assert_ran(isa_name)
+        np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32), err_msg=f"threads={threads}")
+
+
+def test_grouped_int8_row_simd_sets_agree(on_isa, isa_name):
+    """Full-precision group scales: within the reference's bound on every ISA, and the SIMD
+    sets' kernels (one FMA per group: AVX2, AVX-512, NEON) give each other's bits."""
+    rng = np.random.default_rng(4)
+    n, k = 45, 2560
+    tw = tk.pack_ternary(rng.standard_normal((n, k)), group_size=256)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    simd = [i for i in ("avx512", "avx2", "neon") if i in tk.isa.supported()]
+    others = {}
+    if isa_name in simd:
+        for other in simd:
+            with tk.isa.force(other):
+                others[other] = tk.binary_weight_matmul(x, tw, activations="int8_row")
+    y = tk.binary_weight_matmul(x, tw, activations="int8_row")
+    assert_ran(isa_name)
+    assert np.all(np.abs(y - ref.binary_weight_matmul(x, tw, activations="int8_row"))
+                  <= ref.binary_weight_matmul_error_bound(x, tw, activations="int8_row"))
+    for other, y2 in others.items():
+        np.testing.assert_array_equal(y.view(np.uint32), y2.view(np.uint32), err_msg=other)
+

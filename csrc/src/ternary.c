@@ -87,6 +87,33 @@ void takane_ternary_weights_free(takane_ternary_weights *weights) {
     free(weights);
 }
 
+takane_status takane_ternary_weights_get_planes(const takane_ternary_weights *w, int64_t r0,
+                                                int64_t r1, uint64_t *sign, uint64_t *nonzero,
+                                                int64_t row_stride) {
+    /* the checks of takane_weights_get_bits (byot.c), in its order */
+    if (!w) return TAKANE_ERR_NULL_POINTER;
+    if (r0 < 0 || r1 < 0) return TAKANE_ERR_NEGATIVE_DIMENSION;
+    if (r0 > r1 || r1 > w->n) return TAKANE_ERR_BAD_STRIDE;
+    const int64_t kw = w->kw;
+    TAKANE_TRY(takane_check_stride(r1 - r0, kw, row_stride));
+    if (r0 == r1 || kw == 0) return TAKANE_OK;
+    if (!sign || !nonzero) return TAKANE_ERR_NULL_POINTER;
+    /* the inverse of create's split: plus = s & z, minus = ~s & z, never both set, so
+     * nonzero = plus | minus and sign = plus (canonical: a zero weight has sign 0) */
+    for (int64_t r = r0; r < r1; r++) {
+        const uint64_t *panel = w->panels + (r / TAKANE_PANEL_ROWS) * kw * 2 * TAKANE_PANEL_ROWS;
+        const int lane = (int)(r % TAKANE_PANEL_ROWS);
+        uint64_t *s = sign + (r - r0) * row_stride, *z = nonzero + (r - r0) * row_stride;
+        for (int64_t q = 0; q < kw; q++) {
+            const uint64_t plus = panel[(2 * q) * TAKANE_PANEL_ROWS + lane];
+            const uint64_t minus = panel[(2 * q + 1) * TAKANE_PANEL_ROWS + lane];
+            s[q] = plus;
+            z[q] = plus | minus;
+        }
+    }
+    return TAKANE_OK;
+}
+
 /* ---- BitNet b1.58 per-row int8 quantizer ---------------------------------------------- */
 
 /* round half to even for |v| < 2^22 (default rounding mode): adding and removing 1.5 * 2^23

@@ -470,6 +470,18 @@ def ternary_handle(sign: np.ndarray, nonzero: np.ndarray, k: int):
     return ffi.gc(out[0], lib.takane_ternary_weights_free)
 
 
+def ternary_handle_planes(handle, n: int, kw: int) -> tuple[np.ndarray, np.ndarray]:
+    """New read-only (n, kw) uint64 sign and nonzero planes of a ternary handle
+    (``takane_ternary_weights_get_planes``: the inverse of :func:`ternary_handle`)."""
+    sign, nonzero = np.empty((n, kw), np.uint64), np.empty((n, kw), np.uint64)
+    if sign.size:
+        raise_status(lib.takane_ternary_weights_get_planes(
+            handle, 0, n, from_buffer("uint64_t[]", sign, require_writable=True),
+            from_buffer("uint64_t[]", nonzero, require_writable=True), kw), "takane_ternary_weights_get_planes")
+    sign.flags.writeable = nonzero.flags.writeable = False
+    return sign, nonzero
+
+
 def conv_weights_handle(bits: np.ndarray, cin: int, groups: int):
     """The C library's prepared convolution weights for one ``groups`` value."""
     cout, kh, kw, _ = bits.shape

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 
-from ._capi import check_k, check_packed, owned_vector, real_scalar, ternary_handle
+from ._capi import check_k, check_packed, owned_vector, real_scalar, ternary_handle, ternary_handle_planes
 from ._weights import (PackedWeights, _check_group_scale, format_arrays, loaded_bits, loaded_int, read_npz,
                        save_npz_atomic)
 
@@ -52,9 +52,20 @@ class TernaryWeights:
     ``t[n, k] * scale[n] * in_scale[k] * group_scale[n, k // group_size] * tensor_scale``,
     each factor 1 when absent. Immutable (private read-only copies). Made by
     :func:`pack_ternary`; see docs/guide/ternary.md.
+
+    One resident copy of the planes (as :class:`~takane_kernels.PackedWeights` keeps one of
+    its signs): once a kernel has built the C library's re-tiled layout (the handle, on the
+    first op call), the canonical planes are dropped and ``sign`` / ``nonzero`` rebuild them
+    from the handle on each access (new read-only arrays, exact — hold on to them rather
+    than reading them in a loop). Saving, pickling, equality, ``to_dense``, the GGUF export
+    and the torch state dict go through them and are unchanged.
     """
 
-    __slots__ = ("_sign", "_nonzero", "_k", "_scale", "_in_scale", "_group_scale", "_group_size",
+    # Invariant: _sign and _nonzero (canonical planes, owned, read-only; both or neither) or
+    # _handle (the re-tiled C copy) is set, possibly both. _prepacked() sets _handle before it
+    # clears the planes, and none is set back, so a reader that finds the planes None always
+    # finds the handle.
+    __slots__ = ("_sign", "_nonzero", "_k", "_n", "_scale", "_in_scale", "_group_scale", "_group_size",
                  "_tensor_scale", "_row_scale", "_handle", "_bound", "__weakref__")
 
     def __init__(self, sign: np.ndarray, nonzero: np.ndarray, k: int, *, scale: object = None,
@@ -68,7 +79,7 @@ class TernaryWeights:
         if np.any(s & ~z):
             raise ValueError("sign has a bit set where nonzero is 0: a zero weight has sign 0 (canonical planes)")
         self._sign, self._nonzero, self._k = s, z, k
-        n = s.shape[0]
+        n = self._n = s.shape[0]
         self._scale = owned_vector(scale, n, "scale", "one per output row N")
         self._in_scale = owned_vector(in_scale, k, "in_scale", "one per input column K")
         self._group_scale, self._group_size = _check_group_scale(group_scale, n, k, group_size)
@@ -87,7 +98,7 @@ class TernaryWeights:
         counted in the documented bounds), scale, tensor_scale broadcast, or None."""
         if self._tensor_scale is None:
             return self._scale
-        n = self._sign.shape[0]
+        n = self._n
         base = self._scale if self._scale is not None else np.ones(n, np.float32)
         with np.errstate(over="ignore"):
             r = (base * np.float32(self._tensor_scale)).astype(np.float32)
@@ -97,12 +108,15 @@ class TernaryWeights:
         return r
 
     def _prepacked(self):
-        """The C library's re-tiled copy of the planes (built once, on first use)."""
+        """The C library's re-tiled copy of the planes (built once, on first use); from then
+        on it is the only copy the weights keep (the canonical planes are dropped)."""
         handle = self._handle
         if handle is None:
             with _HANDLE_LOCK:
                 if self._handle is None:
                     self._handle = ternary_handle(self._sign, self._nonzero, self._k)
+                    # after the handle is set: see the invariant above
+                    self._sign = self._nonzero = None
                 handle = self._handle
         return handle
 
@@ -114,20 +128,38 @@ class TernaryWeights:
         Built on first use and kept (2 more bits per weight, plus the W1A1 kernels' re-tiled copy)."""
         planes = self._bound.get("w1a1_planes")
         if planes is None:
-            k, kw = self._k, self._sign.shape[1]
+            sign, nonzero = self._planes()  # the kept planes or a rebuild (one resident copy)
+            k, kw = self._k, sign.shape[1]
             mask = np.full(kw, ~np.uint64(0), np.uint64)
             if k % 64:  # padding bits stay 0
                 mask[-1] = np.uint64((1 << (k % 64)) - 1)
-            u = ~(self._nonzero & ~self._sign) & mask
-            planes = PackedWeights(np.concatenate([u, self._sign]), k, scale=None)
+            u = ~(nonzero & ~sign) & mask
+            planes = PackedWeights(np.concatenate([u, sign]), k, scale=None)
             with _HANDLE_LOCK:
                 planes = self._bound.setdefault("w1a1_planes", planes)
         return planes
 
-    sign = property(lambda self: self._sign, doc="(N, ceil(K/64)) uint64 sign plane (1 = +1), read-only")
-    nonzero = property(lambda self: self._nonzero, doc="(N, ceil(K/64)) uint64 nonzero plane, read-only")
+    def _planes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sign, nonzero): the kept planes, or both rebuilt from the handle that replaced
+        them (one C call for the pair; the invariant above: the handle is set first)."""
+        s, z = self._sign, self._nonzero
+        if s is not None and z is not None:
+            return s, z
+        h = self._handle
+        if h is None:  # unreachable with ordered stores; the lock makes it so everywhere
+            with _HANDLE_LOCK:
+                s, z, h = self._sign, self._nonzero, self._handle
+            if s is not None:
+                return s, z
+        return ternary_handle_planes(h, self._n, -(-self._k // 64))
+
+    sign = property(lambda self: self._planes()[0],
+                    doc="(N, ceil(K/64)) uint64 sign plane (1 = +1), read-only (rebuilt from the C "
+                        "library's copy, a new array, once the kernels have prepared the weights)")
+    nonzero = property(lambda self: self._planes()[1],
+                       doc="(N, ceil(K/64)) uint64 nonzero plane, read-only (rebuilt like sign)")
     k = property(lambda self: self._k, doc="K, the number of inputs")
-    n = property(lambda self: self._sign.shape[0], doc="N, the number of outputs")
+    n = property(lambda self: self._n, doc="N, the number of outputs")
     scale = property(lambda self: self._scale, doc="(N,) float32 per-row scale, or None")
     in_scale = property(lambda self: self._in_scale, doc="(K,) float32 per-column scale, or None")
     group_scale = property(lambda self: self._group_scale,
@@ -138,16 +170,30 @@ class TernaryWeights:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of both planes plus scales."""
-        return sum(a.nbytes for a in (self._sign, self._nonzero, self._scale, self._in_scale, self._group_scale)
-                   if a is not None) + (4 if self._tensor_scale is not None else 0)
+        """Bytes of both canonical planes plus scales (the logical size, however stored)."""
+        return 2 * self._n * -(-self._k // 64) * 8 + sum(
+            a.nbytes for a in (self._scale, self._in_scale, self._group_scale)
+            if a is not None) + (4 if self._tensor_scale is not None else 0)
+
+    def _resident_nbytes(self) -> int:
+        """Bytes these weights hold now: the canonical planes while kept, the C handle once
+        built (its panels: N rounded up to the panel height 8, two words per row and
+        weight word; the layout of csrc/kernels/ternary/ternary_kernel.h), the scales. The
+        accounting behind "one resident copy", for tests and the llm program."""
+        with _HANDLE_LOCK:  # one consistent snapshot while _prepacked() may be releasing
+            s, z, h = self._sign, self._nonzero, self._handle
+        kw = -(-self._k // 64)
+        handle = 0 if h is None or not kw else -(-self._n // 8) * 8 * kw * 2 * 8
+        return handle + sum(a.nbytes for a in (s, z, self._scale, self._in_scale, self._group_scale)
+                            if a is not None) + (4 if self._tensor_scale is not None else 0)
 
     def to_dense(self) -> np.ndarray:
         """The ternary values t as an int8 (N, K) array (scales not applied)."""
         idx = np.arange(self._k)
         word, bit = idx // 64, (idx % 64).astype(np.uint64)
-        s = (self._sign[:, word] >> bit) & np.uint64(1)
-        z = (self._nonzero[:, word] >> bit) & np.uint64(1)
+        sign, nonzero = self._planes()
+        s = (sign[:, word] >> bit) & np.uint64(1)
+        z = (nonzero[:, word] >> bit) & np.uint64(1)
         return (z.astype(np.int8) * (2 * s.astype(np.int8) - 1)).astype(np.int8)
 
     def __repr__(self) -> str:
@@ -162,15 +208,20 @@ class TernaryWeights:
         def same(a, b):
             return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
-        return (self._k == other._k and np.array_equal(self._sign, other._sign)
-                and np.array_equal(self._nonzero, other._nonzero) and same(self._scale, other._scale)
+        if self is other:
+            return True
+        if self._k != other._k or self._n != other._n:
+            return False
+        (s, z), (os_, oz) = self._planes(), other._planes()
+        return (np.array_equal(s, os_) and np.array_equal(z, oz) and same(self._scale, other._scale)
                 and same(self._in_scale, other._in_scale) and self._group_size == other._group_size
                 and same(self._group_scale, other._group_scale) and self._tensor_scale == other._tensor_scale)
 
     __hash__ = None
 
     def __reduce__(self):
-        return (_rebuild, (self._sign, self._nonzero, self._k, self._scale, self._in_scale, self._group_scale,
+        # the arrays only: the C handle is a cache, rebuilt on first use
+        return (_rebuild, (*self._planes(), self._k, self._scale, self._in_scale, self._group_scale,
                            self._group_size, self._tensor_scale))
 
     # ---- persistence ------------------------------------------------------------------
@@ -185,9 +236,10 @@ class TernaryWeights:
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` exactly (no extension is added), atomically."""
         grouped = self._group_scale is not None
+        sign, nonzero = self._planes()
         ts = None if self._tensor_scale is None else np.array(self._tensor_scale, dtype=np.float32)
         arrays = format_arrays(FORMAT_NAME, FORMAT_VERSION, k=np.array(self._k, dtype=np.int64),
-                               sign=self._sign, nonzero=self._nonzero, scale=self._scale,
+                               sign=sign, nonzero=nonzero, scale=self._scale,
                                in_scale=self._in_scale,
                                group_size=np.array(self._group_size, dtype=np.int64) if grouped else None,
                                group_scale=self._group_scale, tensor_scale=ts)

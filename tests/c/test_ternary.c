@@ -112,8 +112,57 @@ static void exact(takane_isa isa) {
         }
 }
 
+/* takane_ternary_weights_get_planes: the canonical planes back, bit for bit, at panel-edge
+ * shapes, into a padded stride (the padding untouched), sub-ranges; and its statuses. */
+static void planes(void) {
+    static const int64_t shapes[][2] = {{1, 1}, {7, 64}, {8, 65}, {9, 130}, {17, 200}, {3, 0}, {0, 64}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const int64_t n = shapes[i][0], k = shapes[i][1], kw = (k + 63) / 64, st = kw + 1;
+        uint64_t *s = calloc((size_t)(n * kw + 1), 8), *z = calloc((size_t)(n * kw + 1), 8);
+        uint64_t *bs = malloc((size_t)(n * st + 1) * 8), *bz = malloc((size_t)(n * st + 1) * 8);
+        for (int64_t j = 0; j < n * kw; j++) {
+            const int64_t c = (j % kw) * 64;
+            uint64_t live = k - c >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << (k - c)) - 1;
+            z[j] = next() & live, s[j] = next() & z[j];
+        }
+        takane_ternary_weights *h = NULL;
+        CHECK(takane_ternary_weights_create(n, k, s, z, kw, &h) == TAKANE_OK, "planes create n=%ld k=%ld",
+              (long)n, (long)k);
+        for (int64_t j = 0; j < n * st + 1; j++) bs[j] = bz[j] = UINT64_C(0xABCD);
+        CHECK(takane_ternary_weights_get_planes(h, 0, n, bs, bz, st) == TAKANE_OK, "get_planes n=%ld k=%ld",
+              (long)n, (long)k);
+        int same = 1;
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t q = 0; q < st; q++) {
+                const uint64_t ws = q < kw ? s[r * kw + q] : UINT64_C(0xABCD);
+                const uint64_t wz = q < kw ? z[r * kw + q] : UINT64_C(0xABCD);
+                same &= bs[r * st + q] == ws && bz[r * st + q] == wz;
+            }
+        CHECK(same, "get_planes bits n=%ld k=%ld", (long)n, (long)k);
+        if (n > 2 && kw > 0) { /* rows [1, n - 1) only */
+            CHECK(takane_ternary_weights_get_planes(h, 1, n - 1, bs, bz, kw) == TAKANE_OK, "sub-range");
+            CHECK(!memcmp(bs, s + kw, (size_t)((n - 2) * kw) * 8) && !memcmp(bz, z + kw, (size_t)((n - 2) * kw) * 8),
+                  "sub-range bits n=%ld k=%ld", (long)n, (long)k);
+        }
+        free(s), free(z), free(bs), free(bz);
+        takane_ternary_weights_free(h);
+    }
+    uint64_t s[4] = {1, 0, 0, 0}, z[4] = {1, 0, 0, 0}, o[4], p[4];
+    takane_ternary_weights *h = NULL;
+    CHECK(takane_ternary_weights_create(2, 64, s, z, 1, &h) == TAKANE_OK, "create");
+    CHECK(takane_ternary_weights_get_planes(NULL, 0, 1, o, p, 1) == TAKANE_ERR_NULL_POINTER, "NULL handle");
+    CHECK(takane_ternary_weights_get_planes(h, -1, 1, o, p, 1) == TAKANE_ERR_NEGATIVE_DIMENSION, "r0 < 0");
+    CHECK(takane_ternary_weights_get_planes(h, 1, 0, o, p, 1) == TAKANE_ERR_BAD_STRIDE, "r0 > r1");
+    CHECK(takane_ternary_weights_get_planes(h, 0, 3, o, p, 1) == TAKANE_ERR_BAD_STRIDE, "r1 > n");
+    CHECK(takane_ternary_weights_get_planes(h, 0, 2, o, p, 0) == TAKANE_ERR_BAD_STRIDE, "stride < kw");
+    CHECK(takane_ternary_weights_get_planes(h, 0, 2, o, NULL, 1) == TAKANE_ERR_NULL_POINTER, "nonzero NULL");
+    CHECK(takane_ternary_weights_get_planes(h, 1, 1, NULL, NULL, 1) == TAKANE_OK, "empty range");
+    takane_ternary_weights_free(h);
+}
+
 int main(void) {
     errors();
+    planes();
     const uint32_t supported = takane_isa_supported();
     for (int isa = 0; isa < 8; isa++) {
         if (!(supported & (1u << isa))) continue;

@@ -756,6 +756,20 @@ TAKANE_API takane_status takane_weights_get_group_scales(const takane_weights *w
                                                          float *group_scale,
                                                          int64_t group_scale_row_stride);
 
+/* Canonical planes of ternary weight rows [r0, r1) of a ternary handle (the inverse of
+ * takane_ternary_weights_create): row r - r0 at sign + (r - r0) * row_stride and nonzero +
+ * (r - r0) * row_stride, ceil(k/64) words each, padding bits 0, sign set only where
+ * nonzero is (the canonical planes, exactly as given to create). Lets a caller keep only
+ * the handle (one resident copy of the weights) and rebuild the planes when it needs them
+ * (saving, exporting). Statuses, checked in this order: weights NULL
+ * TAKANE_ERR_NULL_POINTER; r0 or r1 negative TAKANE_ERR_NEGATIVE_DIMENSION; r0 > r1 or
+ * r1 > n TAKANE_ERR_BAD_STRIDE; a negative row_stride, or one below ceil(k/64) for more
+ * than one row, TAKANE_ERR_BAD_STRIDE; sign or nonzero NULL for a non-empty range (and
+ * k > 0) TAKANE_ERR_NULL_POINTER. Calling thread only. */
+TAKANE_API takane_status takane_ternary_weights_get_planes(const takane_ternary_weights *weights,
+                                                           int64_t r0, int64_t r1, uint64_t *sign,
+                                                           uint64_t *nonzero, int64_t row_stride);
+
 #ifdef __cplusplus
 }
 #endif

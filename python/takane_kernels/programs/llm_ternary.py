@@ -8,6 +8,8 @@ from DRAM, the stack is ~0.6 GB) and as a prefill (M = 128 tokens per call) in t
 activation modes the library has for ternary weights: ``int8_row`` (BitNet's per-token
 absmax int8, W1.58A8), ``q8_0`` (llama.cpp's Q8_0 blocks) and ``float32``.
 
+The model's resident memory is measured as the RSS growth once every C handle is built
+(``TernaryWeights`` then hold their planes once, in the handles), as the 1-bit table does.
 Reported per mode and thread count: tokens/s of the linear-layer work alone, the weight GB/s
 (2 bits per weight, both planes, plus the scales: ``TernaryWeights.nbytes``) against the
 DRAM read bandwidth measured in the same run with the same thread count (the probe ``llm``
@@ -255,14 +257,19 @@ def run(cfg: dict, *, threads_list=(1, 2), modes=MODES, tokens: int = 8, prefill
         prefill_modes=("int8_row",), budget_s: float = 3.0, dram_mb: int = 256, llama_cpp: str | None = None,
         workdir: str = "build/llm-ternary", llama_tokens: int = 16, log=print) -> dict:
     shapes = ternary_shapes(**cfg)
+    rss_before = llm.rss_bytes()
     weights = random_weights(shapes)
     ws = [w for _, w in weights]
+    # resident memory, measured like the 1-bit table's: RSS growth of the model once every
+    # handle is built (the planes then live only in the handles: TernaryWeights keeps one copy)
+    resident = llm.resident("BitNet-2B4T shapes, prepared", ws, rss_before)
     params = sum(n * k for _, n, k in shapes)
     peak = int8_peak() if prefill else None
     report = {"isa": tk.isa.active(), "shapes": dict(cfg), "matrices": len(shapes), "params": params,
               "weight_bytes": sum(w.nbytes for w in ws),
               "tq_bytes": {f: sum(n * k // 256 * b for _, n, k in shapes) for f, b in TQ_FORMATS.items()},
-              "tokens": tokens, "prefill_m": prefill, "int8_peak_macs_per_s": peak, "dram": {}, "results": []}
+              "tokens": tokens, "prefill_m": prefill, "int8_peak_macs_per_s": peak, "resident": resident,
+              "dram": {}, "results": []}
     buf = np.ones(dram_mb * 2**20 // 8, dtype=np.int64)
     for mode in modes:
         for threads in threads_list:
@@ -313,6 +320,13 @@ def print_report(report: dict, file=None) -> None:
       f"heads {c['heads']}/{c['kv_heads']}, vocab {c['vocab']} (output projection timed): {report['matrices']} "
       f"matrices, {report['params'] / 1e6:.1f}M weights; {report['weight_bytes'] / 1e6:.1f} MB as 2-bit planes + "
       f"scales (" + ", ".join(f"{f}: {b / 1e6:.1f} MB" for f, b in report["tq_bytes"].items()) + ")")
+    r = report.get("resident")
+    if r:
+        grown = ("not measured (no /proc/self/statm)" if r["rss_growth"] is None else
+                 f"{llm._fmt_bytes(r['rss_growth'])} = {r['ratio']:.2f}x its 2-bit planes + scale bytes "
+                 f"({llm._fmt_bytes(r['bytes_1bit_scales'])}); held by the weights "
+                 f"{llm._fmt_bytes(r['held_bytes'])}")
+        p(f"  resident, measured (RSS growth), {r['model']}: {grown}")
     head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
             f"{'% DRAM':>7s} {'prefill tok/s':>13s} {'% int8 peak':>11s} {'CPU ms/token':>12s} {'% DRAM (CPU)':>12s}")
     p(head)
