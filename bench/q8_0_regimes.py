@@ -2,7 +2,7 @@
 vs numpy float32, batched decode from a cold stack, and the machine limits, in one run.
 
     python bench/q8_0_regimes.py prefill [--rounds 4]
-    python bench/q8_0_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3]
+    python bench/q8_0_regimes.py batched [--ms 1,2,4,8,16] [--rounds 3] [--modes q8_0,float32,w1a1]
     python bench/q8_0_regimes.py gemv [--rounds 4]
     python bench/q8_0_regimes.py decode [--rounds 3]     (1 and 2 threads, every mode)
 
@@ -104,27 +104,46 @@ def prefill(rounds):
         print(line, flush=True)
 
 
-def batched(ms, rounds, threads):
+def batched(ms, rounds, threads, modes=("q8_0",)):
+    """Batched decode from a cold stack (>= 256 MB): M activation rows share each weight
+    load. q8_0 and float32 on 4096 x 4096 layers with G = 128 scales; W1A1 (binary_matmul,
+    M packed activation rows) on a stack of its own of the same signs without scales (1 bit
+    per weight). Each mode's ratios are against its own first M."""
     rng = np.random.default_rng(0)
     n = k = 4096
     dram, _ = limits()
     one = n * k // 8 + n * (k // G) * 4
     layers = [layer(rng, n, k) for _ in range(-(-256 * 2**20 // one))]
+    w1a1 = []
+    if "w1a1" in modes:
+        w1a1 = [tk.PackedWeights(layers[i % len(layers)].bits, k) for i in range(-(-256 * 2**20 // (n * k // 8)))]
+        for w in w1a1:
+            w._prepacked()
     xs = {m: rng.standard_normal((m, k)).astype(np.float32) for m in ms}
+    xbs = {m: tk.pack_bits(x) for m, x in xs.items()}
     outs = {m: np.empty((m, n), np.float32) for m in ms}
+    outi = {m: np.empty((m, n), np.int32) for m in ms}
     best = {}
     for _ in range(rounds):
+        for mode in modes:
+            for m in ms:
+                def token():
+                    if mode == "w1a1":
+                        for w in w1a1:
+                            tk.binary_matmul(xbs[m], w, out=outi[m], threads=threads)
+                    else:
+                        for pw in layers:
+                            tk.binary_weight_matmul(xs[m], pw, activations=mode, out=outs[m], threads=threads)
+                best[mode, m] = min(best.get((mode, m), 1e9), timed(token, wall=threads > 1))
+    for mode in modes:
+        count, nbytes = (len(w1a1), n * k // 8) if mode == "w1a1" else (len(layers), one)
+        total = nbytes * count
         for m in ms:
-            def token():
-                for pw in layers:
-                    tk.binary_weight_matmul(xs[m], pw, activations="q8_0", out=outs[m], threads=threads)
-            best[m] = min(best.get(m, 1e9), timed(token, wall=threads > 1))
-    total = one * len(layers)
-    for m in ms:
-        s = best[m]
-        print(f"cold stack of {len(layers)} x {n}x{k} (G={G}), {threads} thread(s), M={m}: "
-              f"{s / len(layers) * 1e6:.0f} us/layer, {total / s / 1e9:.1f} GB/s = "
-              f"{100 * total / s / dram[threads]:.0f}% of DRAM, {s / best[ms[0]]:.2f}x M={ms[0]}", flush=True)
+            s = best[mode, m]
+            print(f"cold stack of {count} x {n}x{k} ({'no scales' if mode == 'w1a1' else f'G={G}'}), {mode}, "
+                  f"{threads} thread(s), M={m}: {s / count * 1e6:.0f} us/layer, {total / s / 1e9:.1f} GB/s = "
+                  f"{100 * total / s / dram[threads]:.0f}% of DRAM, {s / best[mode, ms[0]]:.2f}x M={ms[0]}",
+                  flush=True)
 
 
 def q1_0_handle(pw):
@@ -251,6 +270,7 @@ def main():
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--ms", default="1,2,4,8,16")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--modes", default="q8_0", help="batched: comma-separated, of q8_0, float32, w1a1")
     a = p.parse_args()
     if a.what == "prefill":
         prefill(a.rounds)
@@ -259,7 +279,11 @@ def main():
     elif a.what == "decode":
         decode(a.rounds)
     else:
-        batched([int(v) for v in a.ms.split(",")], a.rounds, a.threads)
+        modes = a.modes.split(",")
+        bad = set(modes) - {"q8_0", "float32", "w1a1"}
+        if bad:
+            p.error(f"--modes: unknown {sorted(bad)} (q8_0, float32, w1a1)")
+        batched([int(v) for v in a.ms.split(",")], a.rounds, a.threads, modes)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,14 @@
 #define NR 16
 #define GROUPS 8              /* lookups per 32-column chunk, 4 columns each */
 #define CHUNK_FLOATS (GROUPS * 16)
+/* gemv_groups_pair's software prefetches (session 8, the cold stack): the weights two
+ * calls on into L2 (FAR_HINT: PREFETCHT1 fills L2 on Zen 4, not L1, so the far stream
+ * neither evicts the 64 KiB table's lines from L1 nor holds L1 miss buffers for a DRAM
+ * latency), and this call's own words NEAR_WORDS on from L2 into L1 (a backstop: T1
+ * prefetches are reported to be dropped now and then on Zen 4). */
+#define FAR_HINT _MM_HINT_T1
+#define FAR_CALLS 2
+#define NEAR_WORDS 8
 
 static int64_t table_len(int64_t k) { return takane_words_for(k) * 2 * CHUNK_FLOATS; }
 
@@ -339,8 +347,9 @@ static int gemv_groups_pair(const float *table, const uint64_t *const pan[2],
     const __m512 fmax = _mm512_set1_ps(3.4028234663852886e38f);
     const int pm0 = takane_gs_panel_major(&gs[0]), pm1 = takane_gs_panel_major(&gs[1]);
     const uint64_t *a0 = pan[0], *b0 = pan[0] + pstr[0], *a1 = pan[1], *b1 = pan[1] + pstr[1];
-    /* the next call's first panel: 2 tiles on (prefetch never faults past the end) */
-    const int64_t ahead = 4 * pstr[0];
+    /* the first panel FAR_CALLS calls on (a call reads 4 panels; prefetch never faults
+     * past the end) */
+    const int64_t ahead = FAR_CALLS * 4 * pstr[0];
     __m512 gv0[8], gv1[8];
     __mmask16 bad = 0;
     __m512 total0 = _mm512_loadu_ps(acc_out[0]), total1 = _mm512_loadu_ps(acc_out[1]);
@@ -349,10 +358,17 @@ static int gemv_groups_pair(const float *table, const uint64_t *const pan[2],
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
         for (int64_t q = a; q < b; q++) {
             const int64_t o = q * TAKANE_PANEL_ROWS;
-            _mm_prefetch((const char *)(a0 + ahead + o), _MM_HINT_T0);
-            _mm_prefetch((const char *)(a0 + ahead + pstr[0] + o), _MM_HINT_T0);
-            _mm_prefetch((const char *)(a0 + ahead + 2 * pstr[0] + o), _MM_HINT_T0);
-            _mm_prefetch((const char *)(a0 + ahead + 3 * pstr[0] + o), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a0 + ahead + o), FAR_HINT);
+            _mm_prefetch((const char *)(a0 + ahead + pstr[0] + o), FAR_HINT);
+            _mm_prefetch((const char *)(a0 + ahead + 2 * pstr[0] + o), FAR_HINT);
+            _mm_prefetch((const char *)(a0 + ahead + 3 * pstr[0] + o), FAR_HINT);
+            /* this call's own words NEAR_WORDS on, from L2 into L1 (past a panel's last
+             * word: the next panel's first words, read soon after or never; no fault) */
+            const int64_t on = o + NEAR_WORDS * TAKANE_PANEL_ROWS;
+            _mm_prefetch((const char *)(a0 + on), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b0 + on), _MM_HINT_T0);
+            _mm_prefetch((const char *)(a1 + on), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b1 + on), _MM_HINT_T0);
             const __m512i wa0 = _mm512_load_si512((const void *)(a0 + o));
             const __m512i wb0 = _mm512_load_si512((const void *)(b0 + o));
             const __m512i wa1 = _mm512_load_si512((const void *)(a1 + o));
@@ -369,11 +385,12 @@ static int gemv_groups_pair(const float *table, const uint64_t *const pan[2],
             }
         }
         const int64_t grp = a / gw;
-        if (pm0) /* the next call's scales (4 panels on; panel-major: a 32-byte run per
-                  * panel and group, 1 KiB apart, too short for the hardware prefetcher) */
+        if (pm0) /* the next call's scales into L2 (4 panels on; panel-major: a 32-byte
+                  * run per panel and group, 1 KiB apart, too short for the hardware
+                  * prefetcher) */
             for (int u = 4; u < 8; u++)
                 _mm_prefetch((const char *)(gs[0].p + u * gs[0].ps + grp * TAKANE_PANEL_ROWS),
-                             _MM_HINT_T0);
+                             FAR_HINT);
         const __m512 g0 = tile_scales(&gs[0], pm0, nrows[0], grp, a == q0, gv0);
         const __m512 g1 = tile_scales(&gs[1], pm1, nrows[1], grp, a == q0, gv1);
         bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(g0), fmax, _CMP_NLE_UQ);
