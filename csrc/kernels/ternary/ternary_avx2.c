@@ -95,4 +95,4 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
     }
 }
 
-const takane_ternary_ukernel takane_ternary_ukernel_avx2 = {NULL, NULL, dot_i8, dot_f32, NULL, NULL};
+const takane_ternary_ukernel takane_ternary_ukernel_avx2 = {NULL, NULL, dot_i8, dot_f32, NULL, NULL, NULL};
