@@ -1,5 +1,5 @@
 """The ternary int8_row prefill GEMM (issue 23; csrc/kernels/ternary/ternary_gemm_<isa>.c,
-the loops in csrc/src/ternary.c): from M = 16 rows a set with a GEMM (AVX-512) expands the
+the loops in csrc/src/ternary.c): from M = 8 rows a set with a GEMM (AVX-512) expands the
 weights to bytes once per strip and runs a VPDPBUSD register tile; below it, and on the other
 sets, the panel kernels run. Every row's quantization is independent of the other rows, so
 one call on M rows must give bit for bit what M one-row calls (the panel kernels) give — on
@@ -13,9 +13,9 @@ import takane_kernels as tk
 from conftest import assert_ran
 from takane_kernels import reference as ref
 
-# at or past the GEMM's crossover (min_m = 16 on AVX-512), past one row block (96) and ragged
+# at or past the GEMM's crossover (min_m = 8 on AVX-512), past one row block (96) and ragged
 # against the tile's 4 rows
-MS = (16, 19, 101)
+MS = (8, 19, 101)
 
 
 def _rows_one_by_one(x, tw, **kw):
