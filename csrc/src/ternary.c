@@ -239,7 +239,8 @@ static void gemm_task(tern_job *job, int64_t i0, int64_t i1, int64_t c0, int64_t
     const int64_t kw = w->kw, n = w->n, pstride = kw * 2 * TAKANE_PANEL_ROWS, ng = job->ngroups;
     const int mr = g->mr, nr = g->nr, npp = nr / TAKANE_PANEL_ROWS;
     const size_t plen = (size_t)(g->pack_len(kw, job->gs ? ng : 1) + 63) / 64 * 64;
-    char *scratch = (char *)aligned_alloc(64, plen + (size_t)mr * (size_t)nr * sizeof(float));
+    /* aligned_alloc's size a multiple of the alignment (C11) */
+    char *scratch = (char *)aligned_alloc(64, plen + ((size_t)mr * (size_t)nr * sizeof(float) + 63) / 64 * 64);
     if (!scratch) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         return;
