@@ -10,6 +10,9 @@ of tk.isa.dram_bandwidth measured in the same session with the same thread count
 
     python -m pytest bench/test_bench_ternary.py --benchmark-only --benchmark-columns=median,iqr,rounds
 
+Prefill (``test_ternary_prefill``): M = 32 .. 256 rows of int8_row activations against one
+BitNet-2B4T matrix, warm; ``extra_info`` records G MAC/s and % of ``tk.isa.peak_int8()``.
+
 With --benchmark-disable (CI) every member runs once on a 16 MB stack, as a smoke test.
 """
 
@@ -185,3 +188,43 @@ def test_ternary_w1a1(benchmark, shape, member):
     else:
         benchmark(tk.Linear(tw, activations="int8_row", threads=1), x)
     benchmark.extra_info.update(isa=BEST, threads=1, m=m, weight_bytes=nbytes(tw))
+
+
+# ---- prefill: M activation rows at once (the int8_row GEMM from M = 8 on AVX-512) ---------
+
+# BitNet-2B4T's matrices (N, K): q / o, k / v, FFN gate / up, FFN down
+PREFILL_SHAPES = [(2560, 2560), (640, 2560), (6912, 2560), (2560, 6912)]
+PREFILL = [(m, s) for s in PREFILL_SHAPES for m in ((32, 64, 128, 256) if s in PREFILL_SHAPES[::2] else (128,))]
+PREFILL_MEMBERS = [f"ternary int8_row {isa} 1" for isa in tk.isa.supported()]
+PREFILL_MEMBERS += [f"ternary int8_row {BEST} {t}" for t in THREADS if t > 1]
+
+
+def int8_peak():
+    if "peak" not in _cache:
+        _cache["peak"] = tk.isa.peak_int8()
+    return _cache["peak"]
+
+
+@pytest.mark.parametrize("member", PREFILL_MEMBERS)
+@pytest.mark.parametrize("m,shape", PREFILL, ids=[f"{m}x{n}x{k}" for m, (n, k) in PREFILL])
+def test_ternary_prefill(benchmark, m, shape, member):
+    """M x N x K int8_row (BitNet's per-token int8) against one ternary layer, warm;
+    extra_info: G MAC/s and % of the int8 peak (tk.isa.peak_int8, one core, x threads)."""
+    n, k = shape
+    benchmark.group = f"ternary prefill {m}x{n}x{k} int8_row"
+    _, act, isa_name, threads = member.split()
+    threads = int(threads)
+    w = layers("ternary", n, k, 1)[0]
+    x = np.random.default_rng(3).standard_normal((m, k)).astype(np.float32)
+    op = tk.Linear(w, activations=act, threads=threads)
+    with tk.isa.force(isa_name):
+        y = benchmark(op, x)
+        assert tk.isa.last_used() == isa_name
+    sub = tk.TernaryWeights(w.sign[:16], w.nonzero[:16], k, tensor_scale=w.tensor_scale)
+    assert np.all(np.abs(y[:, :16] - ref.binary_weight_matmul(x, sub, activations=act))
+                  <= ref.binary_weight_matmul_error_bound(x, sub, activations=act))
+    sec = median(benchmark)
+    peak = int8_peak()
+    gmacs = m * n * k / sec / 1e9 if sec else None
+    benchmark.extra_info.update(isa=isa_name, threads=threads, GMACps=gmacs,
+                                pct_int8_peak=100 * gmacs * 1e9 / (peak * threads) if gmacs and peak else None)

@@ -175,6 +175,8 @@ typedef struct tern_job {
     float *y;
     int64_t ys;
     int64_t m_chunk, p_chunk, p_tasks;
+    const takane_ternary_gemm_ukernel *gemm; /* int8_row prefill GEMM, or NULL: panels */
+    const int32_t *nqg;                      /* GEMM: m rows of ngroups negated group sums */
     int failed; /* atomic */
 } tern_job;
 
@@ -250,6 +252,64 @@ static int row_run(const tern_job *job, int64_t i, const uint64_t *pan, int np, 
     return bad;
 }
 
+/* Activation rows per GEMM row block (96 rows of K = 6912: 648 KiB of q in L2 while the
+ * strips pass; each strip is expanded once per row block), as wq8_gemm.c. */
+#define GEMM_MC 96
+
+/* The int8_row prefill GEMM on rows [i0, i1) and output columns [c0, c1) (BLIS, as
+ * wq8_gemm.c): strip by strip (nr columns), the strip is expanded once per row block into
+ * task-local scratch, then every tile of mr rows runs over all of K against it; columns of
+ * a strip outside [c0, c1) are computed and dropped. The epilogue is tern_task's. */
+static void gemm_task(tern_job *job, int64_t i0, int64_t i1, int64_t c0, int64_t c1) {
+    const takane_ternary_gemm_ukernel *g = job->gemm;
+    const takane_ternary_weights *w = job->w;
+    const int64_t kw = w->kw, n = w->n, pstride = kw * 2 * TAKANE_PANEL_ROWS, ng = job->ngroups;
+    const int mr = g->mr, nr = g->nr, npp = nr / TAKANE_PANEL_ROWS;
+    const size_t plen = (size_t)(g->pack_len(kw, job->gs ? ng : 1) + 63) / 64 * 64;
+    /* aligned_alloc's size a multiple of the alignment (C11) */
+    char *scratch = (char *)aligned_alloc(64, plen + ((size_t)mr * (size_t)nr * sizeof(float) + 63) / 64 * 64);
+    if (!scratch) {
+        __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
+        return;
+    }
+    float *out = (float *)(scratch + plen);
+    const int8_t *qp[16];
+    const int32_t *nqp[16];
+    int bad = 0;
+    for (int64_t r0 = i0; r0 < i1; r0 += GEMM_MC) {
+        const int64_t r1 = min64(i1, r0 + GEMM_MC);
+        for (int64_t sp = c0 / TAKANE_PANEL_ROWS; sp * TAKANE_PANEL_ROWS < c1; sp += npp) {
+            const int np = (int)min64(npp, w->npanels - sp);
+            const int64_t j0 = sp * TAKANE_PANEL_ROWS, nrows = min64(nr, n - j0);
+            const takane_gscales gsj = {job->gs ? job->gs + j0 * ng : NULL, TAKANE_PANEL_ROWS * ng, ng, 1};
+            bad |= g->pack(w->panels + sp * pstride, pstride, np, kw, job->gw, job->gs ? &gsj : NULL,
+                           nrows, scratch);
+            const int64_t ja = c0 > j0 ? c0 : j0, jb = min64(c1, j0 + nrows);
+            for (int64_t t0 = r0; t0 < r1; t0 += mr) {
+                const int mi = (int)min64(mr, r1 - t0);
+                for (int i = 0; i < mi; i++) {
+                    qp[i] = (const int8_t *)job->a + (t0 + i) * job->astride;
+                    nqp[i] = job->nqg + (t0 + i) * ng;
+                }
+                g->tile(qp, nqp, mi, scratch, kw, job->gw, job->gs != NULL, out, nr);
+                for (int i = 0; i < mi; i++) {
+                    const float d = job->d[t0 + i];
+                    float *yrow = job->y + (t0 + i) * job->ys;
+                    const float *oi = out + i * nr - j0;
+                    for (int64_t j = ja; j < jb; j++) {
+                        float t = oi[j] * d;
+                        if (job->scale) t = t * job->scale[j];
+                        if (job->bias) t = t + job->bias[j];
+                        yrow[j] = t;
+                    }
+                }
+            }
+        }
+    }
+    free(scratch);
+    if (bad) __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+}
+
 static void tern_task(void *ctx, int64_t task) {
     tern_job *job = (tern_job *)ctx;
     const takane_ternary_weights *w = job->w;
@@ -259,6 +319,11 @@ static void tern_task(void *ctx, int64_t task) {
     const int64_t r_begin = (task % job->p_tasks) * job->p_chunk;
     const int64_t nruns = (w->npanels + NP - 1) / NP;
     const int64_t r_end = min64(nruns, r_begin + job->p_chunk);
+    if (job->gemm) {
+        if (r_begin < r_end)
+            gemm_task(job, i_begin, i_end, r_begin * OUTS, min64(w->n, r_end * OUTS));
+        return;
+    }
     float v[OUTS];
     int bad = 0;
     for (int64_t run = r_begin; run < r_end; run++) {
@@ -329,7 +394,7 @@ takane_status takane_ternary_matmul_prepacked(
                  row_bytes * sizeof(float) + 64;
     /* the kernel's per-row tables (64-byte aligned rows), after the quantized rows */
     const takane_ternary_ukernel *uk = ks->ternary;
-    const int64_t tlen = activations != TAKANE_ACTIVATIONS_F32 && uk->table_len_i8
+    int64_t tlen = activations != TAKANE_ACTIVATIONS_F32 && uk->table_len_i8
                              ? (uk->table_len_i8(kw) + 63) / 64 * 64 : 0;
     if (tlen && (uint64_t)m > (uint64_t)(SIZE_MAX / 4 - bytes) / (uint64_t)tlen) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t tab_off = (bytes + 63) / 64 * 64;
@@ -370,6 +435,24 @@ takane_status takane_ternary_matmul_prepacked(
                                           d + i * 2 * kw, nq + i * 2 * kw);
         }
         job.a = (const char *)q, job.astride = (int64_t)row_bytes, job.d = d;
+        /* the prefill GEMM: int8_row, M at the kernel's crossover, and every group (all of K
+         * without groups) within one exact int32 chunk; otherwise the panel kernels */
+        const takane_ternary_gemm_ukernel *gm = uk->gemm;
+        if (gm && activations == TAKANE_ACTIVATIONS_INT8_ROW && m >= gm->min_m &&
+            2 * job.gw <= TAKANE_TERNARY_CHUNK_BLOCKS && st == TAKANE_OK) {
+            /* nq reuses the Q8_0 path's block-sum array (m * 2 kw int32 >= m * ngroups) */
+            for (int64_t i = 0; i < m; i++) {
+                const int8_t *qi = q + i * row_bytes;
+                for (int64_t g = 0; g < job.ngroups; g++) {
+                    const int64_t e = min64(kw, (g + 1) * job.gw) * 64;
+                    int32_t sum = 0;
+                    for (int64_t c = g * job.gw * 64; c < e; c++) sum += qi[c];
+                    nq[i * job.ngroups + g] = -sum;
+                }
+            }
+            job.gemm = gm, job.nqg = nq;
+            tlen = 0; /* no per-row tables */
+        }
         if (tlen && st == TAKANE_OK) {
             for (int64_t i = 0; i < m; i++) uk->build_i8(q + i * row_bytes, kw, buf + tab_off + i * tlen);
             job.a = buf + tab_off, job.astride = tlen;

@@ -161,7 +161,9 @@ static int dot_i8_groups(const void *a, const uint64_t *panels, int64_t pstride,
                 gv = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), gq, idx, _mm256_castsi256_ps(live), 4);
             /* dead lanes hold 0.0: only a live NaN / inf scale sets a bit */
             bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(gv, absmask), fmax, _CMP_NLE_UQ));
-            tot = _mm256_add_ps(tot, _mm256_mul_ps(s, gv));
+            /* one FMA, written out (not left to contraction): the prefill GEMM
+             * (ternary_gemm_avx512.c) rounds the same way, bit for bit */
+            tot = _mm256_fmadd_ps(s, gv, tot);
         }
         _mm256_storeu_ps(out + t * R, tot);
     }
@@ -256,4 +258,5 @@ static int quantize_i8_row(const float *x, const float *in_scale, int64_t k, int
 }
 
 const takane_ternary_ukernel takane_ternary_ukernel_avx512 = {table_len_i8, build_i8, dot_i8, dot_f32,
-                                                             dot_i8_groups, quantize_i8_row};
+                                                             dot_i8_groups, quantize_i8_row,
+                                                             &takane_ternary_gemm_ukernel_avx512};

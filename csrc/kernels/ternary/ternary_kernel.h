@@ -22,6 +22,33 @@
  * below 2^31 in every int32 accumulator (here <= 2^21 columns: 2.7e8). */
 #define TAKANE_TERNARY_CHUNK_BLOCKS ((int64_t)1 << 16)
 
+/* The int8_row prefill GEMM (BLIS structure, csrc/kernels/ternary/ternary_gemm_<isa>.c; the
+ * loops in csrc/src/ternary.c). The weights of one strip of nr output columns (nr / 8
+ * consecutive panels) are expanded once into a kernel-specific packed buffer, which the tile
+ * reuses for every activation row:
+ * pack: panels of the strip (panel t at panels + t * pstride words; only np <= nr / 8 exist,
+ *   the missing ones are zero rows), kw words each, group scales gs (row j, group g at
+ *   takane_gs_at(gs, j, g), groups of gw words; NULL: none) for rows j < nrows (rows past
+ *   nrows read no scale) into packed (pack_len(kw, ngroups) bytes, 64-byte aligned).
+ *   Returns nonzero iff a group scale it read is NaN or infinite.
+ * tile: for i < mr (1 <= mr <= the kernel's mr) activation rows (q[i]: kw * 64 int8, zero
+ *   past k, 64-byte aligned; nq[i][g] = -(sum of q[i] over group g's 64 gw columns), one
+ *   entry without groups) and j < nr, with S_g the exact sum over group g of q * t
+ *   (2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS; without groups gw = kw and the same bound):
+ *     out[i * ldo + j] = float(S_0)                                   (!has_gs)
+ *     out[i * ldo + j] = the panel path's sum over g of float(S_g) * g[j][g], rounded
+ *                        exactly as this ISA's dot_i8_groups rounds it  (has_gs)
+ *   so the GEMM and the panel kernels give the same bits. */
+typedef struct takane_ternary_gemm_ukernel {
+    int mr, nr;
+    int64_t min_m; /* smallest M for which the GEMM beats the panel kernels (measured) */
+    int64_t (*pack_len)(int64_t kw, int64_t ngroups);
+    int (*pack)(const uint64_t *panels, int64_t pstride, int np, int64_t kw, int64_t gw,
+                const takane_gscales *gs, int64_t nrows, void *packed);
+    void (*tile)(const int8_t *const *q, const int32_t *const *nq, int mr, const void *packed,
+                 int64_t kw, int64_t gw, int has_gs, float *out, int64_t ldo);
+} takane_ternary_gemm_ukernel;
+
 typedef struct takane_ternary_ukernel {
     /* int8 activations: q holds kw * 64 int8 (zero past k, values in [-127, 127], 64-byte
      * aligned). Optionally the set turns each activation row into a table once per call:
@@ -59,11 +86,14 @@ typedef struct takane_ternary_ukernel {
      * (q and *d then unspecified; the framework names the error). */
     int (*quantize_i8_row)(const float *x, const float *in_scale, int64_t k, int64_t kw, int8_t *q,
                            float *d);
+    /* The int8_row prefill GEMM (NULL: the panel kernels serve every M). */
+    const takane_ternary_gemm_ukernel *gemm;
 } takane_ternary_ukernel;
 
 extern const takane_ternary_ukernel takane_ternary_ukernel_scalar;
 extern const takane_ternary_ukernel takane_ternary_ukernel_avx2;
 extern const takane_ternary_ukernel takane_ternary_ukernel_avx512;
 extern const takane_ternary_ukernel takane_ternary_ukernel_neon;
+extern const takane_ternary_gemm_ukernel takane_ternary_gemm_ukernel_avx512;
 
 #endif /* TAKANE_TERNARY_KERNEL_H */

@@ -116,4 +116,4 @@ static void dot_f32(const float *xs, const uint64_t *panels, int64_t pstride, in
 }
 
 const takane_ternary_ukernel takane_ternary_ukernel_neon = {NULL, NULL, dot_i8, dot_f32,
-                                                           dot_i8_groups, NULL};
+                                                           dot_i8_groups, NULL, NULL};
