@@ -168,3 +168,25 @@ def test_long_rows(isa_name, k):
     for m in (1, 2, 3, 4, 5, 7):
         np.testing.assert_array_equal(tk.binary_matmul(x[:m], pw), expected[:m])
         assert_ran(isa_name)
+
+
+@pytest.mark.parametrize("k", (1, 63, 64, 65, 130, 1000, 4097))
+def test_small_batch_decode_exact(isa_name, k):
+    """M = 1..17 activation rows against prepacked weights (the small-batch decode path,
+    gemv_m on AVX-512, which streams each weight panel once for up to 8 rows and splits
+    9..16 rows into two chunks; 17 rows go back to the panel tile): ragged N across the
+    64-panel call and the L2 block, threads 1 and 2, exact against the oracle."""
+    rng = np.random.default_rng(k + 7)
+    x = rng.standard_normal((17, k)).astype(np.float32)
+    xbits = tk.pack_bits(x)
+    for n in (1, 7, 9, 65, 600):
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        pw = tk.pack_weights(w)
+        expected = ref.binary_matmul(x, ref.pack_weights(w))
+        for m in range(1, 18):
+            for threads in (1, 2):
+                y = tk.binary_matmul(xbits[:m], pw, threads=threads)
+                np.testing.assert_array_equal(y, expected[:m], err_msg=f"m={m} n={n} k={k} t={threads}")
+                yf = tk.binary_matmul(x[:m], pw, threads=threads)
+                np.testing.assert_array_equal(yf, expected[:m], err_msg=f"float m={m} n={n} k={k} t={threads}")
+    assert_ran(isa_name)

@@ -104,6 +104,14 @@ typedef struct takane_matmul_ukernel {
      *   pc[t * TAKANE_PANEL_ROWS + r] = popcount(x[0..kw) XOR row r of panel t).
      * kw >= 1; 1 <= np <= TAKANE_MAX_PANEL_NP. */
     void (*gemv)(const uint64_t *x, const uint64_t *panels, int np, int64_t kw, uint32_t *pc);
+    /* Small-batch decode GEMM (may be NULL, with gemv_m_max = 0: the framework then uses
+     * panel_tile). mr activation rows x[0..mr) against np consecutive panels read as one
+     * stream, front to back, every weight line loaded once for all mr rows:
+     *   pc[i * ldc + t * TAKANE_PANEL_ROWS + r] = popcount(x[i][0..kw) XOR row r of panel t).
+     * 2 <= mr <= gemv_m_max <= TAKANE_MAX_MR; kw >= 1; 1 <= np <= TAKANE_MAX_PANEL_NP. */
+    void (*gemv_m)(const uint64_t *const *x, int mr, const uint64_t *panels, int np, int64_t kw,
+                   uint32_t *pc, int ldc);
+    int gemv_m_max;
 } takane_matmul_ukernel;
 
 /*

@@ -123,6 +123,23 @@ typedef struct gemm_job {
     int failed;                        /* atomic: a takane_status != OK, first one wins */
 } gemm_job;
 
+/* Tasks of at most this many rows take the kernel's gemv_m path (when it has one): the
+ * weights then stream once per gemv_m_max rows instead of once per panel_mr rows. Larger
+ * tasks (prefill) keep the panel tile, which reuses each loaded line across 4 panels. */
+#define GEMV_M_ROWS 16
+
+/* y[i0 + i][p * PANEL_ROWS + j] = k - 2 * count, for the mr rows and np panels' columns
+ * (clipped at n) of a count buffer with row stride ldc. */
+static inline void store_counts(const gemm_job *job, const uint32_t *pc, int ldc, int64_t i0,
+                                int mr, int64_t p, int np) {
+    const int64_t c0 = p * TAKANE_PANEL_ROWS, k = job->w->k;
+    const int64_t cols = min64((int64_t)np * TAKANE_PANEL_ROWS, job->w->n - c0);
+    for (int i = 0; i < mr; i++) {
+        int32_t *yrow = job->y + (i0 + i) * job->ys + c0;
+        for (int64_t j = 0; j < cols; j++) yrow[j] = (int32_t)(k - 2 * (int64_t)pc[i * ldc + j]);
+    }
+}
+
 /* Rows [i_begin, i_end) x panels [p_begin, p_end); x points at packed row i_begin. */
 static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64_t i_begin,
                        int64_t i_end, int64_t p_begin, int64_t p_end) {
@@ -136,9 +153,35 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
     const uint64_t *xr[TAKANE_MAX_MR];
     enum { LDC = TAKANE_MAX_PANEL_NP * TAKANE_PANEL_ROWS };
     uint32_t pc[TAKANE_MAX_MR * LDC];
-    const int gemv = i_end - i_begin == 1 && uk->gemv != NULL;
+    const int64_t rows = i_end - i_begin;
+    const int gemv = rows == 1 && uk->gemv != NULL;
+    /* Small batch: rows split into near-equal chunks of <= gemv_m_max, each chunk one
+     * pass over the block's panels as a single stream (the first from DRAM, the others
+     * from L2) */
+    const int gemv_m = rows >= 2 && rows <= GEMV_M_ROWS && uk->gemv_m != NULL;
+    int64_t gm_chunk = rows;
+    if (gemv_m) {
+        const int64_t nchunks = (rows + uk->gemv_m_max - 1) / uk->gemv_m_max;
+        gm_chunk = (rows + nchunks - 1) / nchunks;
+    }
     for (int64_t jb = p_begin; jb < p_end; jb += ncp) {
         const int64_t je = min64(p_end, jb + ncp);
+        if (gemv_m) {
+            for (int64_t i0 = i_begin; i0 < i_end; i0 += gm_chunk) {
+                const int mr = (int)min64(gm_chunk, i_end - i0);
+                for (int i = 0; i < mr; i++) xr[i] = x + (i0 - i_begin + i) * xs;
+                for (int64_t p = jb; p < je;) {
+                    const int np = (int)min64(TAKANE_MAX_PANEL_NP, je - p);
+                    uk->gemv_m(xr, mr, w->panels + p * pstride, np, kw, pc, LDC);
+                    store_counts(job, pc, LDC, i0, mr, p, np);
+                    p += np;
+                }
+            }
+            if (job->epi)
+                job->epi(job->epi_ctx, i_begin, i_end, jb * TAKANE_PANEL_ROWS,
+                         min64(n, je * TAKANE_PANEL_ROWS));
+            continue;
+        }
         if (gemv) { /* decode: one row, the block's panels as one sequential stream */
             for (int64_t p = jb; p < je;) {
                 const int np = (int)min64(TAKANE_MAX_PANEL_NP, je - p);
@@ -160,13 +203,7 @@ static void gemm_block(const gemm_job *job, const uint64_t *x, int64_t xs, int64
             for (int64_t p = jb; p < je;) {
                 const int np = (int)min64(uk->panel_np[mr], je - p);
                 uk->panel_tile(xr, mr, w->panels + p * pstride, pstride, np, kw, pc, LDC);
-                const int64_t c0 = p * TAKANE_PANEL_ROWS;
-                const int64_t cols = min64((int64_t)np * TAKANE_PANEL_ROWS, n - c0);
-                for (int i = 0; i < mr; i++) {
-                    int32_t *yrow = job->y + (i0 + i) * job->ys + c0;
-                    for (int64_t j = 0; j < cols; j++)
-                        yrow[j] = (int32_t)(k - 2 * (int64_t)pc[i * LDC + j]);
-                }
+                store_counts(job, pc, LDC, i0, mr, p, np);
                 p += np;
             }
         }

@@ -337,5 +337,5 @@ static uint64_t probe(uint64_t iters, uint64_t *sink) {
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_avx2 = {
-    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe, gemv,
+    MR, NR, popcount_tile, panel_tile, 4, {0, 64, 64, 64, 64}, probe, gemv, NULL, 0,
 };

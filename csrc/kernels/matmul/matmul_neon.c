@@ -201,5 +201,5 @@ static uint64_t probe(uint64_t iters, uint64_t *sink) {
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_neon = {
-    MR, NR, popcount_tile, panel_tile, 3, {0, 3, 1, 1}, probe, NULL,
+    MR, NR, popcount_tile, panel_tile, 3, {0, 3, 1, 1}, probe, NULL, NULL, 0,
 };

@@ -68,5 +68,5 @@ static uint64_t probe(uint64_t iters, uint64_t *sink) {
 }
 
 const takane_matmul_ukernel takane_matmul_ukernel_scalar = {
-    MR, NR, popcount_tile, panel_tile, 2, {0, 64, 64}, probe, NULL,
+    MR, NR, popcount_tile, panel_tile, 2, {0, 64, 64}, probe, NULL, NULL, 0,
 };
