@@ -217,6 +217,9 @@ def test_cli_json_report():
         assert r["bytes_1bit_scales"] > 0 and r["held_bytes"] < 1.1 * r["bytes_1bit_scales"]
         if sys.platform.startswith("linux"):  # RSS from /proc (a number, never asserted against)
             assert isinstance(r["rss_growth"], int)
+        if r["rss_growth_trimmed"] is not None:  # glibc: the growth once its free heap went back
+            assert isinstance(r["rss_growth_trimmed"], int)
+            assert r["ratio_trimmed"] == pytest.approx(r["rss_growth_trimmed"] / r["bytes_1bit_scales"])
 
 
 def test_llama_cpp_needs_whole_q1_0_blocks(tmp_path):

@@ -322,11 +322,7 @@ def print_report(report: dict, file=None) -> None:
       f"scales (" + ", ".join(f"{f}: {b / 1e6:.1f} MB" for f, b in report["tq_bytes"].items()) + ")")
     r = report.get("resident")
     if r:
-        grown = ("not measured (no /proc/self/statm)" if r["rss_growth"] is None else
-                 f"{llm._fmt_bytes(r['rss_growth'])} = {r['ratio']:.2f}x its 2-bit planes + scale bytes "
-                 f"({llm._fmt_bytes(r['bytes_1bit_scales'])}); held by the weights "
-                 f"{llm._fmt_bytes(r['held_bytes'])}")
-        p(f"  resident, measured (RSS growth), {r['model']}: {grown}")
+        p(f"  resident, measured (RSS growth), {r['model']}: {llm._fmt_resident(r, '2-bit planes + scale bytes')}")
     head = (f"  {'mode':16s} {'thr':>3s} {'ms/token':>9s} {'tok/s':>7s} {'weights GB/s':>12s} {'DRAM GB/s':>9s} "
             f"{'% DRAM':>7s} {'prefill tok/s':>13s} {'% int8 peak':>11s} {'CPU ms/token':>12s} {'% DRAM (CPU)':>12s}")
     p(head)
