@@ -379,6 +379,11 @@ def test_grouped_int8_row_simd_sets_agree(on_isa, isa_name):
     tw = tk.pack_ternary(rng.standard_normal((n, k)), group_size=256)
     x = rng.standard_normal((3, k)).astype(np.float32)
     simd = [i for i in ("avx512", "avx2", "neon") if i in tk.isa.supported()]
+    if "emulated with SIMDe" in tk.version_info():
+        # the SIMDe test build compiles the avx512 file without -mfma, so its FMA intrinsic
+        # rounds twice (a multiply, then an add): the contract allows that, bit identity with
+        # the hardware FMA of the avx2 set is a property of real AVX-512 builds only
+        simd = [i for i in simd if i != "avx512"]
     others = {}
     if isa_name in simd:
         for other in simd:
