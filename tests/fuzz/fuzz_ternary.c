@@ -1,6 +1,7 @@
 /*
  * fuzz_ternary.c — libFuzzer target for the ternary entry points (issue 23):
- * takane_ternary_weights_create (raw planes: padding bits, sign bits on zero weights) and
+ * takane_ternary_weights_create (raw planes: padding bits, sign bits on zero weights), its
+ * inverse takane_ternary_weights_get_planes (a row range with a stride gap) and
  * takane_ternary_matmul_prepacked (raw float bits in x, in_scale, scale, group scales and
  * bias; any mode, group_size, stride, ISA and thread count).
  *
@@ -113,6 +114,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         goto done;
     }
     CHECK(cst == TAKANE_OK && h != NULL);
+    {
+        /* takane_ternary_weights_get_planes: rows [r0, r1) with a stride gap give back the
+         * canonical planes (sign only where nonzero: a zero weight's sign bit is dropped) */
+        const int64_t r0 = n ? (int64_t)(sel >> 10 & 7) % (n + 1) : 0, r1 = n;
+        const int64_t rs = kw + (int64_t)(sel >> 13 & 1);
+        const size_t words = (size_t)((r1 - r0) * rs + 1);
+        uint64_t *gs_ = (uint64_t *)malloc(words * sizeof *gs_), *gz = (uint64_t *)malloc(words * sizeof *gz);
+        CHECK(gs_ && gz);
+        memset(gs_, 0xA5, words * sizeof *gs_), memset(gz, 0xA5, words * sizeof *gz);
+        CHECK(takane_ternary_weights_get_planes(h, r0, r1, gs_, gz, rs) == TAKANE_OK);
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t q = 0; q < rs; q++) {
+                const uint64_t *a = gs_ + (r - r0) * rs + q, *b = gz + (r - r0) * rs + q;
+                if (q < kw) CHECK(*a == (sign[r * kw + q] & nz[r * kw + q]) && *b == nz[r * kw + q]);
+                else CHECK(*a == UINT64_C(0xA5A5A5A5A5A5A5A5) && *b == UINT64_C(0xA5A5A5A5A5A5A5A5));
+            }
+        free(gs_), free(gz);
+    }
     const float *pin = with_in ? ins : NULL, *psc = with_scale ? sc : NULL, *pb = with_bias ? bias : NULL;
     /* the model's status, in the order the entry point checks */
     takane_status want = TAKANE_OK;
