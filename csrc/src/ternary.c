@@ -394,7 +394,16 @@ takane_status takane_ternary_matmul_prepacked(
                  row_bytes * sizeof(float) + 64;
     /* the kernel's per-row tables (64-byte aligned rows), after the quantized rows */
     const takane_ternary_ukernel *uk = ks->ternary;
-    int64_t tlen = activations != TAKANE_ACTIVATIONS_F32 && uk->table_len_i8
+    /* the prefill GEMM: int8_row, M at the kernel's crossover, and every group (all of K
+     * without groups) within one exact int32 chunk; otherwise the panel kernels, which read
+     * per-row tables the GEMM does not need (so none are allocated for it) */
+    const int64_t gw = group_scale ? group_size / 64 : kw;
+    const takane_ternary_gemm_ukernel *gm =
+        uk->gemm && activations == TAKANE_ACTIVATIONS_INT8_ROW && m >= uk->gemm->min_m &&
+                2 * gw <= TAKANE_TERNARY_CHUNK_BLOCKS
+            ? uk->gemm
+            : NULL;
+    const int64_t tlen = activations != TAKANE_ACTIVATIONS_F32 && uk->table_len_i8 && !gm
                              ? (uk->table_len_i8(kw) + 63) / 64 * 64 : 0;
     if (tlen && (uint64_t)m > (uint64_t)(SIZE_MAX / 4 - bytes) / (uint64_t)tlen) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t tab_off = (bytes + 63) / 64 * 64;
@@ -405,7 +414,7 @@ takane_status takane_ternary_matmul_prepacked(
     memset(&job, 0, sizeof job);
     job.uk = uk, job.w = w, job.m = m, job.mode = activations;
     job.scale = scale, job.gs = group_scale, job.bias = bias, job.y = y, job.ys = y_row_stride;
-    job.gw = group_scale ? group_size / 64 : kw;
+    job.gw = gw;
     job.ngroups = (kw + job.gw - 1) / job.gw;
     job.failed = TAKANE_OK;
     st = TAKANE_OK;
@@ -435,11 +444,7 @@ takane_status takane_ternary_matmul_prepacked(
                                           d + i * 2 * kw, nq + i * 2 * kw);
         }
         job.a = (const char *)q, job.astride = (int64_t)row_bytes, job.d = d;
-        /* the prefill GEMM: int8_row, M at the kernel's crossover, and every group (all of K
-         * without groups) within one exact int32 chunk; otherwise the panel kernels */
-        const takane_ternary_gemm_ukernel *gm = uk->gemm;
-        if (gm && activations == TAKANE_ACTIVATIONS_INT8_ROW && m >= gm->min_m &&
-            2 * job.gw <= TAKANE_TERNARY_CHUNK_BLOCKS && st == TAKANE_OK) {
+        if (gm && st == TAKANE_OK) { /* the prefill GEMM (chosen above) */
             /* nq reuses the Q8_0 path's block-sum array (m * 2 kw int32 >= m * ngroups) */
             for (int64_t i = 0; i < m; i++) {
                 const int8_t *qi = q + i * row_bytes;
@@ -451,7 +456,6 @@ takane_status takane_ternary_matmul_prepacked(
                 }
             }
             job.gemm = gm, job.nqg = nq;
-            tlen = 0; /* no per-row tables */
         }
         if (tlen && st == TAKANE_OK) {
             for (int64_t i = 0; i < m; i++) uk->build_i8(q + i * row_bytes, kw, buf + tab_off + i * tlen);
