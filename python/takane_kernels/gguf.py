@@ -40,6 +40,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "takane_kernels.gguf needs the gguf package: pip install 'takane-kernels[gguf]' (or pip install gguf)"
     ) from e
 
+from ._capi import MAX_K
 from ._q1_0 import Q1_0_BLOCK, Q1_0_BLOCK_BYTES, Q1_0_GGML_TYPE, _from_q1_0_prepacked, to_q1_0
 from ._ternary import TernaryWeights
 from ._tq import (I2_S_BLOCK, I2_S_GGML_TYPE, TQ1_0_BYTES, TQ1_0_GGML_TYPE, TQ2_0_BYTES, TQ2_0_GGML_TYPE, TQ_BLOCK,
@@ -68,6 +69,9 @@ _KNOWN_TYPES = frozenset(int(t) for t in GGMLQuantizationType)
 _READ_TYPES = frozenset({int(GGMLQuantizationType.Q1_0), int(GGMLQuantizationType.TQ2_0), int(GGMLQuantizationType.TQ1_0),
                          I2_S_GGML_TYPE, int(GGMLQuantizationType.F32), int(GGMLQuantizationType.F16)})
 
+# the quantized weight-matrix types load() decodes ([K, N] = N rows of K weights)
+_MATRIX_TYPES = frozenset({int(GGMLQuantizationType.Q1_0), int(GGMLQuantizationType.TQ2_0),
+                           int(GGMLQuantizationType.TQ1_0), I2_S_GGML_TYPE})
 GGML_MAX_DIMS = 4  # ggml tensors have at most 4 dimensions
 GGML_MAX_NAME = 64  # tensor names are at most 63 bytes (plus the C string's NUL)
 
@@ -262,6 +266,12 @@ def _check_tensors(reader: _CheckedReader, name: str) -> None:
         n = math.prod(dims)
         if any(d >= 2**63 for d in dims) or n >= 2**63:
             raise ValueError(f"{name}: tensor {t.name!r} declares an impossible shape {dims}")
+        # a weight matrix's rows each get a scale or an output: more than 2^31 - 1 of them (the
+        # library's limit on K too) is no real model — an empty one (K = 0) with N = 2^59 rows
+        # would otherwise ask for exabytes of row scales
+        if t.tensor_type in _MATRIX_TYPES and len(dims) == 2 and dims[1] > MAX_K:
+            raise ValueError(f"{name}: tensor {t.name!r} declares {dims[1]} rows, more than "
+                             f"{MAX_K} (the library's limit)")
         if t.tensor_type == I2_S_GGML_TYPE:  # codes of the whole tensor + a 32-byte tail
             block, nbytes = I2_S_BLOCK, i2_s_nbytes(n)
         else:
