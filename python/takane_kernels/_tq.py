@@ -195,10 +195,12 @@ def i2_s_nbytes(n_elements: int) -> int:
 def from_i2_s(raw: np.ndarray, n: int, k: int) -> TernaryWeights:
     """The bytes of an I2_S tensor of N rows of K weights (1-D uint8, N*K/4 + 32) ->
     TernaryWeights (N, K) with ``tensor_scale`` = the stored float32 scale (module docstring
-    for the layout). K % 128 != 0, a wrong length, a code 3 or a scale that is not finite ->
-    ``ValueError``."""
+    for the layout). K % 128 != 0, K = 0 with rows, a wrong length, a code 3 or a scale that is
+    not finite -> ``ValueError``."""
     if k % I2_S_BLOCK:
         raise ValueError(f"I2_S: K={k} is not a multiple of {I2_S_BLOCK} (the x86 I2_S block)")
+    if k == 0 and n:  # its rows would cost memory (a row scale each) that no byte of the file pays for
+        raise ValueError(f"I2_S: a tensor of {n} rows and K=0 holds no weights")
     raw = np.asarray(raw, dtype=np.uint8)
     ncodes = n * k // 4
     if raw.shape != (ncodes + I2_S_TAIL,):
