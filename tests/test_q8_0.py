@@ -177,6 +177,33 @@ def test_batch_and_thread_invariant(isa_name, regime, monkeypatch):
                 np.testing.assert_array_equal(y, full[i])
 
 
+@pytest.mark.parametrize("m,n,k,group_size", [(1, 1030, 1100, None), (3, 520, 2048, 128), (8, 300, 1536, 64)])
+def test_decode_split_over_threads_same_bits(isa_name, m, n, k, group_size, monkeypatch):
+    """Decode and small batches big enough (m*n*k >= 2^20 MACs) that threads > 1 split the
+    weights over several tasks, each covering every row: the rows' activation tables are
+    then built once by the caller and shared by the tasks (wq8.c / wfloat.c). The results
+    are those of one thread bit for bit, row by row alone too, with in_scale, row and group
+    scales, and within the reference's bound. (The invariance test above stays below the
+    parallel cut-off.)"""
+    monkeypatch.setenv("TAKANE_Q8_GEMM_MIN_M", "1000000")  # the panel kernels at every m
+    assert m * n * k >= 2**20
+    rng = np.random.default_rng(m + n)
+    pw = make_weights(rng, n, k, group_size)
+    x = (rng.standard_normal((m, k)) * 2).astype(np.float32)
+    for activations in ("q8_0", "float32"):
+        one = tk.binary_weight_matmul(x, pw, activations=activations, threads=1)
+        assert_ran(isa_name)
+        check(one, x, pw, None, activations, f"{activations} m={m}")
+        for threads in (2, 3, 8):
+            np.testing.assert_array_equal(tk.binary_weight_matmul(x, pw, activations=activations, threads=threads),
+                                          one, err_msg=f"{activations} threads={threads}")
+            assert_ran(isa_name)
+        if activations == "q8_0":  # a row alone: the float path's K blocking depends on the row tile
+            for i in range(m):
+                np.testing.assert_array_equal(tk.binary_weight_matmul(x[i], pw, activations=activations, threads=2),
+                                              one[i], err_msg=f"row {i} alone")
+
+
 def test_large_shape_threads(isa_name):
     """A GEMV and a prefill big enough for the threaded grid (weights split, rows split)."""
     rng = np.random.default_rng(6)

@@ -96,6 +96,10 @@ takane_status takane_wfloat_run(const takane_kernel_set *ks, int64_t m, int64_t 
 /* Below this many float MACs (m*n*k) the call stays on the calling thread: waking a
  * worker costs ~10-50 us, about what 2^20 table MACs take on one core. */
 #define MIN_PARALLEL_MACS (1 << 20)
+/* Rows whose tables the caller builds once for all tasks when the weights are split (each
+ * task used to build them itself: for one 4096-column row ~3 us, 8 tasks per call on two
+ * threads -> ~12 us of each thread's ~90 us). 8 rows of K = 4096 are 512 KiB of scratch. */
+#define SHARED_TABLE_ROWS 8
 
 typedef struct wf_job {
     const takane_kernel_set *ks;
@@ -109,8 +113,24 @@ typedef struct wf_job {
     float *y;
     int64_t ys;
     takane_grid grid;                  /* rows x groups of nr weight rows */
+    /* The tables of every row, built once by the caller (row i at shared_tables + i * tlen),
+     * or NULL: each task builds its rows' tables itself (SHARED_TABLE_ROWS) */
+    const float *shared_tables;
     int failed;                        /* atomic: a takane_status != OK, first one wins */
 } wf_job;
+
+/* Row `row`'s table: xs = x * in_scale (each product rounded to float32) into xbuf (kpad
+ * floats whose tail past k is zero and stays zero), then the kernel's table. The one
+ * place a table is built, so a row's table is the same bits whoever builds it. */
+static void build_row_table(const wf_job *job, int64_t row, float *xbuf, float *table) {
+    const int64_t k = job->w->k;
+    const float *x = job->x + row * job->xs;
+    if (job->in_scale)
+        for (int64_t c = 0; c < k; c++) xbuf[c] = x[c] * job->in_scale[c];
+    else
+        memcpy(xbuf, x, (size_t)k * sizeof(float));
+    job->ks->wfloat->build_table(xbuf, k, table);
+}
 
 /* Rows j0 .. j0+nr-1 of the handle, copied out of the panels into canonical rows
  * (rows past n repeat row n-1, as the canonical framework does). */
@@ -153,13 +173,14 @@ static void wf_task(void *ctx, int64_t task) {
     const int64_t i_begin = r.i0, i_end = r.i1, g_begin = r.b0, g_end = r.b1;
     const int64_t tlen = uk->table_len(k), gcount = g_end - g_begin;
     const int packed = uk->panel_packed != NULL;
+    const int shared = job->shared_tables != NULL;
     /* acc: group g's mr x nr sums at acc + (g - g_begin) * mr * nr */
     /* +1: never a zero-size allocation (k == 0: empty tables, every sum 0) */
-    float *xbuf = (float *)calloc((size_t)kpad + 1, sizeof(float)); /* zero past k, always */
-    float *tables = (float *)malloc(((size_t)(mr * tlen) + 1) * sizeof(float));
+    float *xbuf = shared ? NULL : (float *)calloc((size_t)kpad + 1, sizeof(float)); /* zero past k, always */
+    float *tables = shared ? NULL : (float *)malloc(((size_t)(mr * tlen) + 1) * sizeof(float));
     float *acc = (float *)malloc((size_t)(gcount * mr * nr) * sizeof(float));
     uint64_t *rows = packed ? NULL : (uint64_t *)malloc(((size_t)(nr * kw) + 1) * sizeof(uint64_t));
-    if (!xbuf || !tables || !acc || (!packed && !rows)) {
+    if ((!shared && (!xbuf || !tables)) || !acc || (!packed && !rows)) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
         goto done;
     }
@@ -170,14 +191,13 @@ static void wf_task(void *ctx, int64_t task) {
     for (int64_t i0 = i_begin; i0 < i_end; i0 += mr) {
         const int mi = (int)min64(mr, i_end - i0);
         for (int i = 0; i < mi; i++) {
+            if (shared) {
+                tp[i] = job->shared_tables + (i0 + i) * tlen;
+                continue;
+            }
             tp[i] = tables + i * tlen;
             if (k == 0) continue; /* x may be NULL; empty tables, every sum is 0 */
-            const float *row = job->x + (i0 + i) * job->xs;
-            if (job->in_scale)
-                for (int64_t c = 0; c < k; c++) xbuf[c] = row[c] * job->in_scale[c];
-            else
-                memcpy(xbuf, row, (size_t)k * sizeof(float));
-            uk->build_table(xbuf, k, tables + i * tlen);
+            build_row_table(job, i0 + i, xbuf, tables + i * tlen);
         }
         if (packed) {
             /* K blocks outermost: a block's tables stay in L1 while all panels pass. The
@@ -308,7 +328,18 @@ takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const tak
     /* when the weights are split, each task builds the (few) rows' tables itself:
      * O(k) against O(k * n / tasks) */
     const takane_grid grid = takane_plan_grid(nthreads, m, mr, ngroups, 1);
-    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk, y, ys, grid, TAKANE_OK};
+    wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk, y, ys, grid, NULL, TAKANE_OK};
+    if (nthreads > 1 && grid.m_chunk >= m && grid.ntasks > 1 && m <= SHARED_TABLE_ROWS && w->k > 0) {
+        /* every task covers every row: build the rows' tables once here, not once per task */
+        const int64_t tlen = uk->table_len(w->k), kpad = w->kw * 64;
+        const size_t tbytes = (size_t)(m * tlen) * sizeof(float);
+        float *buf = (float *)takane_scratch_get(TAKANE_SCRATCH_CALL, tbytes + (size_t)kpad * sizeof(float));
+        if (!buf) return TAKANE_ERR_OUT_OF_MEMORY;
+        float *xbuf = buf + m * tlen; /* 64-byte aligned: tlen is whole 64-column words */
+        memset(xbuf + w->k, 0, (size_t)(kpad - w->k) * sizeof(float));
+        for (int64_t i = 0; i < m; i++) build_row_table(&job, i, xbuf, buf + i * tlen);
+        job.shared_tables = buf;
+    }
     takane_parallel_run(nthreads, grid.ntasks, wf_task, &job);
     return (takane_status)job.failed;
 }

@@ -59,6 +59,11 @@ typedef struct q8_job {
     int64_t ys;
     takane_grid grid;                  /* rows x units of unit_cols columns */
     int64_t unit_cols;                 /* np panels' rows (panel kernels), a GEMM strip */
+    /* Panel path with every task covering all m rows (m <= table_rows): the rows' tables,
+     * built once by the caller (row i at shared_tables + i * tlen), else NULL (each task
+     * builds its own, SHARED_TABLES) */
+    const char *shared_tables;
+    int64_t tlen;
     int failed;                        /* atomic: first failing takane_status */
 } q8_job;
 
@@ -106,6 +111,49 @@ int64_t takane_wq8_block_scratch(const takane_kernel_set *ks, int64_t kw, int64_
     return bytes;
 }
 
+/* One pass of the panel kernels over the columns [c0, c1) for mc rows whose tables are
+ * built (tp[i], with dp[i] / qp[i] the row's block scales and negated block sums; mc <=
+ * TABLE_ROWS): every run of np panels loaded once for all mc rows, mr at a time; y points
+ * at the first row's outputs. Returns nonzero iff a group scale read was NaN or infinite. */
+static int panel_pass(const takane_q8_ukernel *uk, const takane_weights *w, int64_t mc,
+                      const void *const *tp, const float *const *dp, const int32_t *const *qp,
+                      const float *scale, const takane_gscales *gs, int64_t gw, const float *bias,
+                      float *y, int64_t ys, int64_t c0, int64_t c1) {
+    const int mr = uk->mr, np = uk->np;
+    const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
+    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
+    /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
+    const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
+    const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += np) {
+        const int npi = (int)min64(np, p_end - p0);
+        const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
+        const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, w->n - j0);
+        /* only columns [c0, c1) are written: neighbours may belong to another thread */
+        const int64_t ja = j0 < c0 ? c0 - j0 : 0;
+        const int64_t jb = min64(nj, c1 - j0);
+        const takane_gscales gsj = gs ? takane_gs_from(gs, j0) : (takane_gscales){0};
+        for (int64_t i0 = 0; i0 < mc; i0 += mr) {
+            const int mi = (int)min64(mr, mc - i0);
+            if (uk->panels(tp + i0, dp + i0, qp + i0, mi, w->panels + p0 * pstride, pstride, npi,
+                           kw, gw, gs ? &gsj : NULL, nj, out))
+                return 1;
+            for (int i = 0; i < mi; i++) {
+                float *yrow = y + (i0 + i) * ys + j0;
+                const float *oi = out + i * prows;
+                for (int64_t j = ja; j < jb; j++) {
+                    float v = oi[j];
+                    if (scale) v = v * scale[j0 + j];
+                    if (bias) v = v + bias[j0 + j];
+                    yrow[j] = v;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64_t m,
                      const int8_t *q, const float *d, const int32_t *nq, const float *scale,
                      const takane_gscales *gs, int64_t gw, int64_t ngroups, const float *bias,
@@ -115,18 +163,12 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
     if (takane_wq8_uses_gemm(ks, m))
         return takane_wq8_gemm_cols(uk->gemm, w, m, q, d, nq, c0, c1, scale, gs, gw, ngroups,
                                     bias, y, ys, tables) != TAKANE_OK;
-    const int mr = uk->mr, np = uk->np;
-    const int64_t kw = w->kw, pstride = kw * TAKANE_PANEL_ROWS;
+    const int64_t kw = w->kw;
     const int64_t tlen = takane_wq8_table_stride(uk, kw);
-    const int64_t prows = (int64_t)np * TAKANE_PANEL_ROWS;
     char *buf = (char *)tables;
-    float out[TAKANE_Q8_MAX_MR * TAKANE_Q8_MAX_NP * TAKANE_PANEL_ROWS];
     const void *tp[TABLE_ROWS];
     const float *dp[TABLE_ROWS];
     const int32_t *qp[TABLE_ROWS];
-    /* panels [p_begin, p_end) hold the columns; runs of np panels start at p_begin */
-    const int64_t p_begin = c0 / TAKANE_PANEL_ROWS;
-    const int64_t p_end = (c1 + TAKANE_PANEL_ROWS - 1) / TAKANE_PANEL_ROWS;
     const int64_t chunk = table_rows(uk, kw);
     /* decode and batched decode: the tables of up to `chunk` rows, then every run of
      * panels once, for all those rows in tiles of mr (the run stays in L1/L2 between
@@ -139,31 +181,8 @@ int takane_wq8_block(const takane_kernel_set *ks, const takane_weights *w, int64
             dp[i] = d + (c + i) * 2 * kw;
             qp[i] = nq + (c + i) * 2 * kw;
         }
-        for (int64_t p0 = p_begin; p0 < p_end; p0 += np) {
-            const int npi = (int)min64(np, p_end - p0);
-            const int64_t j0 = p0 * TAKANE_PANEL_ROWS;
-            const int64_t nj = min64((int64_t)npi * TAKANE_PANEL_ROWS, w->n - j0);
-            /* only columns [c0, c1) are written: neighbours may belong to another thread */
-            const int64_t ja = j0 < c0 ? c0 - j0 : 0;
-            const int64_t jb = min64(nj, c1 - j0);
-            const takane_gscales gsj = gs ? takane_gs_from(gs, j0) : (takane_gscales){0};
-            for (int64_t i0 = 0; i0 < mc; i0 += mr) {
-                const int mi = (int)min64(mr, mc - i0);
-                if (uk->panels(tp + i0, dp + i0, qp + i0, mi, w->panels + p0 * pstride, pstride,
-                               npi, kw, gw, gs ? &gsj : NULL, nj, out))
-                    return 1;
-                for (int i = 0; i < mi; i++) {
-                    float *yrow = y + (c + i0 + i) * ys + j0;
-                    const float *oi = out + i * prows;
-                    for (int64_t j = ja; j < jb; j++) {
-                        float v = oi[j];
-                        if (scale) v = v * scale[j0 + j];
-                        if (bias) v = v + bias[j0 + j];
-                        yrow[j] = v;
-                    }
-                }
-            }
-        }
+        if (panel_pass(uk, w, mc, tp, dp, qp, scale, gs, gw, bias, y + c * ys, ys, c0, c1))
+            return 1;
     }
     return 0;
 }
@@ -177,6 +196,20 @@ static void q8_task(void *ctx, int64_t task) {
     if (!takane_grid_task(&job->grid, task, job->m, (w->n + unit - 1) / unit, &r)) return;
     const int64_t i_begin = r.i0, i_end = r.i1;
     const int64_t c_begin = r.b0 * unit, c_end = min64(w->n, r.b1 * unit);
+    if (job->shared_tables) { /* i_begin = 0, i_end = m <= TABLE_ROWS */
+        const void *tp[TABLE_ROWS];
+        const float *dp[TABLE_ROWS];
+        const int32_t *qp[TABLE_ROWS];
+        for (int64_t i = 0; i < job->m; i++) {
+            tp[i] = job->shared_tables + i * job->tlen;
+            dp[i] = job->d + i * 2 * kw;
+            qp[i] = job->nq + i * 2 * kw;
+        }
+        if (panel_pass(job->ks->q8, w, job->m, tp, dp, qp, job->scale, job->gs, job->gw,
+                       job->bias, job->y, job->ys, c_begin, c_end))
+            __atomic_store_n(&job->failed, TAKANE_ERR_NOT_FINITE, __ATOMIC_RELAXED);
+        return;
+    }
     void *buf = takane_scratch_get(TAKANE_SCRATCH_TASK,
                                    (size_t)takane_wq8_block_scratch(job->ks, kw, i_end - i_begin));
     if (!buf) {
@@ -192,6 +225,9 @@ static void q8_task(void *ctx, int64_t task) {
 
 /* Below this many MACs the call stays on the calling thread (waking a worker costs more). */
 #define MIN_PARALLEL_MACS (1 << 20)
+/* SHARED_TABLES: decode split over threads used to build every row's table once per task
+ * (8 tasks per call on two threads), where the table is the same for every task; the
+ * caller now builds them once. */
 
 takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
                                        int64_t m, const float *x, int64_t xs,
@@ -210,12 +246,25 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
             }
         return TAKANE_OK;
     }
-    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes);
-     * a size that does not fit is out of memory, never a wrapped product */
-    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 2) / ((uint64_t)kw * 80)) return TAKANE_ERR_OUT_OF_MEMORY;
+    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
+    const int nthreads = takane_plan_threads(threads, (double)m * (double)n * (double)k,
+                                             (double)MIN_PARALLEL_MACS);
+    const int gemm = takane_wq8_uses_gemm(ks, m);
+    const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
+    /* the panel path with the weights split over several tasks, each covering every row:
+     * the rows' tables are built once here instead of once per task (SHARED_TABLES) */
+    const int shared = !gemm && nthreads > 1 && grid.m_chunk >= m && grid.ntasks > 1 &&
+                       m <= table_rows(uk, kw);
+    const int64_t tlen = takane_wq8_table_stride(uk, kw);
+    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes), then
+     * (shared) the tables, 64-byte aligned; a size that does not fit is out of memory,
+     * never a wrapped product */
+    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 4) / ((uint64_t)kw * 80 + (uint64_t)tlen)) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t qbytes = (size_t)m * (size_t)kw * 64;
     const size_t dbytes = (size_t)m * (size_t)kw * 2 * sizeof(float);
-    char *buf = (char *)takane_scratch_get(TAKANE_SCRATCH_CALL, qbytes + 2 * dbytes);
+    const size_t tables_at = (qbytes + 2 * dbytes + 63) / 64 * 64;
+    char *buf = (char *)takane_scratch_get(TAKANE_SCRATCH_CALL,
+                                           tables_at + (shared ? (size_t)(m * tlen) : 0));
     if (!buf) return TAKANE_ERR_OUT_OF_MEMORY;
     int8_t *q = (int8_t *)buf;
     float *d = (float *)(buf + qbytes);
@@ -234,20 +283,21 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
     job.gsv = takane_gscales_for(w, group_scale, job.ngroups);
     job.gs = group_scale ? &job.gsv : NULL;
     job.failed = TAKANE_OK;
-    const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
-    const int nthreads = takane_plan_threads(threads, (double)m * (double)n * (double)k,
-                                             (double)MIN_PARALLEL_MACS);
-    if (takane_wq8_uses_gemm(ks, m)) {
+    if (gemm) {
         /* the GEMM: split the weights only (each task expands its strips once and sweeps
          * every row against them); whole strips are the tasks' unit */
         const int64_t nstrips = (n + uk->gemm->nr - 1) / uk->gemm->nr;
-        const takane_grid grid = takane_plan_grid(nthreads, 1, 1, nstrips, 1);
-        job.grid = grid, job.grid.m_chunk = m;
+        const takane_grid sgrid = takane_plan_grid(nthreads, 1, 1, nstrips, 1);
+        job.grid = sgrid, job.grid.m_chunk = m;
         job.unit_cols = uk->gemm->nr;
-        takane_parallel_run(nthreads, grid.p_tasks, q8_task, &job);
+        takane_parallel_run(nthreads, sgrid.p_tasks, q8_task, &job);
         return (takane_status)job.failed;
     }
-    const takane_grid grid = takane_plan_grid(nthreads, m, uk->mr, nruns, 1);
+    if (shared) {
+        char *tables = buf + tables_at;
+        for (int64_t i = 0; i < m; i++) uk->build_table(q + i * kw * 64, kw, tables + i * tlen);
+        job.shared_tables = tables, job.tlen = tlen;
+    }
     job.grid = grid;
     job.unit_cols = (int64_t)uk->np * TAKANE_PANEL_ROWS;
     takane_parallel_run(nthreads, grid.ntasks, q8_task, &job);
