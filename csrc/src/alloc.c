@@ -5,19 +5,21 @@
  * pages each 4 KiB of panels costs a TLB entry (and page walks once the STLB is full: a
  * 1B-class model is ~150 MB = ~37,000 pages). Backing the panels with 2 MiB transparent
  * huge pages measured 3-5% faster per decoded token (docs/performance.md). Most handles of
- * an LLM are below 2 MiB (a 2048 x 2048 matrix is 512 KB of signs), so a huge page per
- * handle would waste up to 2 MiB each; instead small blocks are packed into shared slabs.
+ * an LLM are below 2 MiB (a 2048 x 2048 matrix is 512 KB of signs) and others just above
+ * (a fused gate/up pair, 2.9-3.5 MB), so a huge page per handle would waste up to 2 MiB
+ * each, and a mapping per handle would leave each one's last partial 2 MiB in small pages
+ * (30% of a 2.9 MB block); instead blocks are packed into shared huge-page slabs.
  *
  * Linux (the one place transparent huge pages exist and can be asked for):
- *   - a block below 2 MiB (after rounding to 64 bytes) is sub-allocated from a slab: an
- *     anonymous mapping, 2 MiB-aligned, a multiple of 2 MiB long and advised
- *     MADV_HUGEPAGE as a whole. A new slab is as large as all slabs mapped so far, at
- *     least 4 MiB and at most 64 MiB (few mappings for a big model, little address space
- *     for a small program). Blocks may straddle 2 MiB boundaries: every page of a slab is
- *     a huge page alike, so only where a block starts within the slab matters for packing.
- *   - a block of 2 MiB or more gets its own mapping: 2 MiB-aligned, its whole 2 MiB
- *     pages advised MADV_HUGEPAGE, the tail (< 2 MiB) left in base pages, so no physical
- *     memory is wasted on it.
+ *   - a block below SLAB_BLOCK_MAX (16 MiB, after rounding to 64 bytes) is sub-allocated
+ *     from a slab: an anonymous mapping, 2 MiB-aligned, a multiple of 2 MiB long and
+ *     advised MADV_HUGEPAGE as a whole. A new slab is as large as all slabs mapped so far,
+ *     at least 4 MiB and at most 64 MiB (few mappings for a big model, little address
+ *     space for a small program), and at least the block. Blocks straddle 2 MiB
+ *     boundaries freely: every page of a slab is a huge page alike.
+ *   - a larger block gets its own mapping: 2 MiB-aligned, its whole 2 MiB pages advised
+ *     MADV_HUGEPAGE, the tail (< 2 MiB, under 1/8 of the block) left in base pages, so no
+ *     physical memory is wasted on it.
  *   Placement: each slab keeps its used extents (offset, length) sorted by offset; an
  *   allocation takes the first gap large enough, trying slabs in the order they were
  *   mapped (first fit). Free gaps are implicit (the space between used extents), so
@@ -43,7 +45,7 @@
  *     first and last page may be only partly used). First fit packs blocks from the start
  *     of each slab, so for blocks allocated and never freed that is one partly used page
  *     at the end of the used part of each slab (plus, in a slab that had no room left for
- *     the next block, a gap smaller than that block: below 2 MiB, at most one page).
+ *     the next block, a gap smaller than that block, never touched so not resident).
  *   - address space: a slab's unused pages (never touched, not resident), and for a big
  *     block its length rounded up to the base page size.
  *   - time: allocation and free scan the regions and a slab's extents linearly. Handle
@@ -101,6 +103,7 @@ static void *plain_alloc(size_t bytes) {
 #define HUGE_BYTES ((size_t)2 << 20)
 #define SLAB_MIN_BYTES ((size_t)4 << 20)
 #define SLAB_MAX_BYTES ((size_t)64 << 20)
+#define SLAB_BLOCK_MAX ((size_t)16 << 20) /* blocks this large or larger: a mapping each */
 
 typedef struct {
     size_t off, len; /* bytes from the slab's base; multiples of 64 */
@@ -212,6 +215,7 @@ static void *slab_alloc(size_t bytes) {
     /* a new slab, as large as the slabs so far: few slabs for a big model */
     size_t len = mapped < SLAB_MIN_BYTES ? SLAB_MIN_BYTES : mapped > SLAB_MAX_BYTES ? SLAB_MAX_BYTES : mapped;
     len = len / HUGE_BYTES * HUGE_BYTES;
+    if (len < bytes) len = (bytes + HUGE_BYTES - 1) / HUGE_BYTES * HUGE_BYTES; /* < SLAB_BLOCK_MAX */
     if (!reserve_region()) return NULL;
     region nr = {0};
     nr.slab = 1, nr.len = len;
@@ -266,7 +270,7 @@ void *takane_panels_alloc(size_t bytes) {
     if (bytes == 0) return NULL; /* the rounding wrapped: no such block exists */
     if (!slabs_enabled()) return plain_alloc(bytes);
     lock_allocator();
-    void *p = bytes < HUGE_BYTES ? slab_alloc(bytes) : big_alloc(bytes);
+    void *p = bytes < SLAB_BLOCK_MAX ? slab_alloc(bytes) : big_alloc(bytes);
     pthread_mutex_unlock(&lock);
     return p;
 }

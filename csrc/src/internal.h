@@ -94,7 +94,7 @@ float takane_fp16_to_f32(uint16_t h);
 uint16_t takane_f32_to_fp16(float f, int *ok);
 
 /* alloc.c: memory for a handle's panels (or a whole handle block), 64-byte aligned; on
- * Linux in transparent huge pages: blocks below 2 MiB share 2 MiB-aligned slabs, larger
+ * Linux in transparent huge pages: blocks below 16 MiB share 2 MiB-aligned slabs, larger
  * ones get a 2 MiB-aligned mapping of their own (alloc.c says when plain aligned_alloc is
  * used instead). NULL when out of memory. Released ONLY by takane_panels_free (never
  * free()), which accepts NULL. Thread-safe. */
@@ -106,7 +106,7 @@ void takane_panels_free(void *p);
 typedef struct {
     int64_t slabs, slab_bytes;           /* slab mappings and their mapped bytes */
     int64_t slab_blocks, slab_used_bytes; /* blocks live in slabs, their (rounded) bytes */
-    int64_t big_blocks, big_bytes;       /* blocks of 2 MiB or more, their mapped bytes */
+    int64_t big_blocks, big_bytes;       /* blocks of 16 MiB or more, their mapped bytes */
     int slabs_built;
 } takane_alloc_stats_t;
 void takane_alloc_stats(takane_alloc_stats_t *s);

@@ -2,7 +2,8 @@
  * test_alloc.c — the handle memory allocator (csrc/src/alloc.c): takane_panels_alloc /
  * takane_panels_free, white-box through the internal takane_alloc_stats hook.
  *
- * Checked: 64-byte alignment of every block and 2 MiB alignment of blocks >= 2 MiB; reuse
+ * Checked: 64-byte alignment of every block, 2 MiB alignment of those with a mapping of
+ * their own (>= 16 MiB) and of a fresh slab's first block, blocks packed in a slab; reuse
  * of freed space (first fit: a freed block's place is the next block's); many sizes in
  * random alloc/free order with every block filled with its own byte and verified before it
  * is freed (any overlap between live blocks shows); the stats (blocks and bytes live)
@@ -27,6 +28,7 @@
 #include "../../csrc/src/internal.h"
 
 #define MIB ((size_t)1 << 20)
+#define SLAB_BLOCK_MAX (16 * MIB) /* alloc.c: blocks this large or larger get a mapping each */
 
 static long checks, failures;
 #define CHECK(cond, ...)                                                                 \
@@ -45,8 +47,10 @@ static uint64_t next(uint64_t *s) {
     return *s;
 }
 
-/* log-uniform sizes from 1 byte to ~3 MiB: most below 2 MiB (slab blocks), some above */
+/* log-uniform sizes from 1 byte to ~3 MiB (slab blocks, some straddling 2 MiB pages), and
+ * one in 64 from 14 to 20 MiB (around SLAB_BLOCK_MAX: slab blocks and big ones) */
 static size_t random_size(uint64_t *s) {
+    if (next(s) % 64 == 0) return 14 * MIB + (size_t)(next(s) % (6 * MIB));
     const int bits = (int)(next(s) % 22); /* 2^0 .. 2^21 */
     return 1 + (size_t)(next(s) % ((size_t)3 << bits >> 1));
 }
@@ -94,7 +98,7 @@ static void check_stats(const block *live, int n) {
     if (!slabs) return;
     int64_t small = 0, small_bytes = 0, big = 0;
     for (int i = 0; i < n; i++) {
-        if (rounded(live[i].size) < 2 * MIB) small++, small_bytes += (int64_t)rounded(live[i].size);
+        if (rounded(live[i].size) < SLAB_BLOCK_MAX) small++, small_bytes += (int64_t)rounded(live[i].size);
         else big++;
     }
     takane_alloc_stats_t s;
@@ -114,7 +118,7 @@ static int alloc_block(block *b, size_t size, unsigned char tag) {
     CHECK(b->p != NULL, "takane_panels_alloc(%zu) failed", size);
     if (!b->p) return 0;
     CHECK(((uintptr_t)b->p & 63) == 0, "block of %zu bytes at %p: not 64-byte aligned", size, (void *)b->p);
-    if (slabs && rounded(size) >= 2 * MIB)
+    if (slabs && rounded(size) >= SLAB_BLOCK_MAX)
         CHECK(((uintptr_t)b->p & (2 * MIB - 1)) == 0, "big block of %zu bytes at %p: not 2 MiB-aligned",
               size, (void *)b->p);
     fill(b);
@@ -152,11 +156,12 @@ static void test_random_order(uint64_t seed, int steps) {
     check_empty("after the random order");
 }
 
-/* Every 64-byte size class boundary around small sizes and the 2 MiB threshold. */
+/* The 64-byte rounding around small sizes, 2 MiB (a huge page), SLAB_BLOCK_MAX. */
 static void test_sizes(void) {
     static const size_t sizes[] = {0, 1, 63, 64, 65, 127, 128, 4095, 4096, 4097, 65536, 1400832,
                                    2 * MIB - 65, 2 * MIB - 64, 2 * MIB - 1, 2 * MIB, 2 * MIB + 1,
-                                   3 * MIB + 4096, 5 * MIB};
+                                   3 * MIB + 4096, 5 * MIB, 16 * MIB - 64, 16 * MIB, 16 * MIB + 1,
+                                   20 * MIB + 4096};
     const int n = (int)(sizeof sizes / sizeof *sizes);
     block b[sizeof sizes / sizeof *sizes];
     for (int i = 0; i < n; i++) {
