@@ -7,11 +7,15 @@ scales; ``python -m takane_kernels llm``) twice per mode, as that program decode
 q/k/v and gate/up matrices stacked into one call each: 88 calls per token): one copy's
 handles made with TAKANE_HUGE_SLABS=0 (every handle a malloc block of its own, 4 KiB
 pages), the other's with the slabs on (csrc/src/alloc.c: every handle in 2 MiB-aligned
-MADV_HUGEPAGE memory). Then decodes tokens alternating between the copies (which goes first
-alternates too) and prints, per mode and thread count, the median ms per token of each,
-the median of the paired ratios slabs / plain, the huge-page bytes each copy's handles got
-(AnonHugePages growth while it was built) and the load average before and after. One JSON
-line per (mode, threads) with ``--json``.
+MADV_HUGEPAGE memory), and a third, "big2m", as the library was before the slabs: huge
+pages only for handles of 2 MiB or more (here the fused gate/up ones; built with the slabs
+on for those and off for the rest — before, such a handle had a mapping of its own with its
+last partial 2 MiB in 4 KiB pages, here it is all huge pages). Then decodes tokens rotating
+between the copies (which goes first rotates too) and prints, per mode and thread count, the
+median ms per token of each, the medians of the paired ratios slabs / plain and slabs /
+big2m, the huge-page bytes each copy's handles got (AnonHugePages growth while it was
+built) and the load average before and after. One JSON line per (mode, threads) with
+``--json``.
 """
 
 from __future__ import annotations
@@ -47,15 +51,20 @@ def _clone(w: tk.PackedWeights) -> tk.PackedWeights:
                             group_size=w.group_size)
 
 
-def build_copy(mode: str, names, weights, slabs: bool):
-    """The decode plan of one copy, every handle built with TAKANE_HUGE_SLABS set for it."""
-    os.environ["TAKANE_HUGE_SLABS"] = "1" if slabs else "0"
+POLICIES = {"plain": lambda nbytes: False, "big2m": lambda nbytes: nbytes >= 2 << 20,
+            "slabs": lambda nbytes: True}
+
+
+def build_copy(mode: str, names, weights, policy: str):
+    """The decode plan of one copy, each handle built with TAKANE_HUGE_SLABS set by the
+    policy for its size (the handle's bytes: the weights' nbytes, within its panel padding)."""
     try:
         huge0 = anon_huge_bytes()
         ws, _ = llm.prepare_mode(mode, list(zip(names, weights)))
         ws = [_clone(w) for w in ws] if mode != "w1a1" else ws  # w1a1's are new already
         calls = llm.fuse_plan(names, ws)
         for w, _ in calls:
+            os.environ["TAKANE_HUGE_SLABS"] = "1" if POLICIES[policy](w.nbytes) else "0"
             w._prepacked()
         return calls, anon_huge_bytes() - huge0
     finally:
@@ -76,31 +85,30 @@ def token_fn(mode: str, threads: int, calls):
 
 
 def ab(mode: str, threads_list, tokens: int, names, weights) -> list[dict]:
-    plain, huge_plain = build_copy(mode, names, weights, slabs=False)
-    slab, huge_slab = build_copy(mode, names, weights, slabs=True)
+    copies = {p: build_copy(mode, names, weights, p) for p in POLICIES}
+    labels = list(copies)
     out = []
     for threads in threads_list:
-        runs = {"plain": token_fn(mode, threads, plain), "slabs": token_fn(mode, threads, slab)}
+        runs = {p: token_fn(mode, threads, calls) for p, (calls, _) in copies.items()}
         for f in runs.values():  # warm-up: pages faulted, pool started
             f(), f()
         load0 = os.getloadavg()
-        times = {"plain": [], "slabs": []}
+        times = {p: [] for p in labels}
         for i in range(tokens):
-            order = ("plain", "slabs") if i % 2 == 0 else ("slabs", "plain")
-            for label in order:
+            for label in labels[i % 3:] + labels[:i % 3]:
                 t0 = time.perf_counter()
                 runs[label]()
                 times[label].append(time.perf_counter() - t0)
-        ratios = [s / p for s, p in zip(times["slabs"], times["plain"])]
-        rec = {"mode": mode, "threads": threads, "tokens_each": tokens,
-               "plain_ms": 1e3 * statistics.median(times["plain"]),
-               "slabs_ms": 1e3 * statistics.median(times["slabs"]),
-               "paired_ratio_median": statistics.median(ratios),
-               "huge_bytes_plain": huge_plain, "huge_bytes_slabs": huge_slab,
-               "load_before": load0, "load_after": os.getloadavg(), "isa": tk.isa.active()}
-        rec["faster_pct"] = 100.0 * (1.0 - rec["slabs_ms"] / rec["plain_ms"])
+        rec = {"mode": mode, "threads": threads, "tokens_each": tokens, "isa": tk.isa.active()}
+        for p in labels:
+            rec[f"{p}_ms"] = 1e3 * statistics.median(times[p])
+            rec[f"huge_bytes_{p}"] = copies[p][1]
+        for p in ("plain", "big2m"):
+            rec[f"slabs_vs_{p}_paired_median"] = statistics.median(s / b for s, b in zip(times["slabs"], times[p]))
+            rec[f"faster_than_{p}_pct"] = 100.0 * (1.0 - rec["slabs_ms"] / rec[f"{p}_ms"])
+        rec.update(load_before=load0, load_after=os.getloadavg())
         out.append(rec)
-    del plain, slab
+    del copies, runs
     gc.collect()
     return out
 
@@ -119,11 +127,13 @@ def main() -> None:
             if a.json:
                 print(json.dumps(r))
                 continue
-            print(f"{r['mode']:8s} {r['threads']} thread(s): plain {r['plain_ms']:.2f} ms/token, slabs "
-                  f"{r['slabs_ms']:.2f} ms/token ({r['faster_pct']:+.1f}% faster; paired ratio median "
-                  f"{r['paired_ratio_median']:.3f}); huge pages: plain {r['huge_bytes_plain'] / 1e6:.0f} MB, "
-                  f"slabs {r['huge_bytes_slabs'] / 1e6:.0f} MB; load {r['load_before'][0]:.2f} -> "
-                  f"{r['load_after'][0]:.2f}; {r['tokens_each']} tokens each, {r['isa']}", flush=True)
+            print(f"{r['mode']:8s} {r['threads']} thread(s), ms/token: plain {r['plain_ms']:.2f}, big2m "
+                  f"{r['big2m_ms']:.2f}, slabs {r['slabs_ms']:.2f}; slabs {r['faster_than_plain_pct']:+.1f}% "
+                  f"faster than plain (paired ratio median {r['slabs_vs_plain_paired_median']:.3f}), "
+                  f"{r['faster_than_big2m_pct']:+.1f}% than big2m ({r['slabs_vs_big2m_paired_median']:.3f}); "
+                  f"huge pages MB: " + "/".join(f"{r[f'huge_bytes_{p}'] / 1e6:.0f}" for p in POLICIES)
+                  + f"; load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}; {r['tokens_each']} tokens "
+                  f"each, {r['isa']}", flush=True)
 
 
 if __name__ == "__main__":
