@@ -24,28 +24,41 @@
  *   allocation takes the first gap large enough, trying slabs in the order they were
  *   mapped (first fit). Free gaps are implicit (the space between used extents), so
  *   freeing is coalescing: removing the extent joins its neighbours' gaps. After a free,
- *   the whole 2 MiB pages of the joined gap are given back to the OS (MADV_DONTNEED;
- *   the mapping stays, a later block there faults fresh pages in), and a slab with no
- *   used extent left is unmapped. The metadata lives outside the slabs (malloc), so a
- *   slab is all payload and none of our bookkeeping touches its pages.
+ *   the whole 2 MiB pages of the joined gap that may be resident (below the slab's
+ *   high-water mark `touched`) are given back to the OS (MADV_DONTNEED; the mapping stays,
+ *   a later block there faults fresh pages in) when there are at least RELEASE_MIN_PAGES
+ *   (2) of them: a block made and freed on every call (takane_binary_weight_matmul_ex's
+ *   temporary handle) then does not fault in and zero a 2 MiB page per call (measured:
+ *   +35-90 us on a 2048 x 2048 call), while freeing a model gives its memory back. A slab
+ *   with no used extent left is unmapped, except one: the spare, kept with its first
+ *   2 MiB page resident (the rest released), so a process whose only handles are such
+ *   temporaries does not map, fault and unmap a slab per call (0.7 -> 71 us for a 64 x
+ *   256 call). The metadata lives outside the slabs (malloc), so a slab is all payload
+ *   and none of our bookkeeping touches its pages.
  *
  * Invariants (under `lock`):
  *   - regions[0, nregions) are disjoint mappings; a slab's extents are sorted, disjoint,
  *     each inside [0, len), offsets and lengths multiples of 64 (so every block is 64-byte
  *     aligned, as one aligned 512-bit load per panel word-group needs), used_bytes is
- *     their sum, and a slab has at least one extent (an empty one is unmapped at once).
- *   - no whole 2 MiB page inside a slab's free gap is resident (released on every free
- *     that forms or widens the gap; never touched by us otherwise).
+ *     their sum; at most one slab has no extent (the spare; another empty one is
+ *     unmapped at once), and only its first 2 MiB page may be resident.
+ *   - a slab's pages at or past `touched` (a multiple of 2 MiB) are not resident: no
+ *     extent reached them since they were mapped or last released.
+ *   - in a free gap of a slab, fewer than RELEASE_MIN_PAGES whole 2 MiB pages are
+ *     resident (checked on every free that forms or widens a gap; gaps never grow
+ *     otherwise).
  *   - a pointer this file returned is either the start of exactly one extent or big
  *     block, or (no slabs: see below) a plain aligned_alloc block found in no region.
  *
  * Worst-case waste:
- *   - resident memory of a slab is at most the 2 MiB pages its used extents overlap: at
- *     most the used bytes plus 2 x 2 MiB per maximal run of adjacent used extents (a run's
- *     first and last page may be only partly used). First fit packs blocks from the start
- *     of each slab, so for blocks allocated and never freed that is one partly used page
- *     at the end of the used part of each slab (plus, in a slab that had no room left for
- *     the next block, a gap smaller than that block, never touched so not resident).
+ *   - resident memory of a slab is at most the 2 MiB pages its used extents overlap plus
+ *     one whole free page per gap: at most the used bytes plus 3 x 2 MiB per maximal run
+ *     of adjacent used extents (a run's first and last page may be only partly used, and
+ *     the gap after it may keep one page); plus the spare's one page. First fit packs
+ *     blocks from the start of each slab, so for blocks allocated and never freed that is
+ *     one partly used page at the end of the used part of each slab (a slab that had no
+ *     room left for the next block ends in a gap smaller than that block, never touched so
+ *     not resident).
  *   - address space: a slab's unused pages (never touched, not resident), and for a big
  *     block its length rounded up to the base page size.
  *   - time: allocation and free scan the regions and a slab's extents linearly. Handle
@@ -104,6 +117,7 @@ static void *plain_alloc(size_t bytes) {
 #define SLAB_MIN_BYTES ((size_t)4 << 20)
 #define SLAB_MAX_BYTES ((size_t)64 << 20)
 #define SLAB_BLOCK_MAX ((size_t)16 << 20) /* blocks this large or larger: a mapping each */
+#define RELEASE_MIN_PAGES 2 /* whole free 2 MiB pages in a gap worth a MADV_DONTNEED */
 
 typedef struct {
     size_t off, len; /* bytes from the slab's base; multiples of 64 */
@@ -115,6 +129,7 @@ typedef struct {
     int slab;        /* 1: a slab of sub-allocated blocks; 0: one big block at base */
     extent *used;    /* slab: used extents, sorted by offset */
     size_t nused, capused, used_bytes;
+    size_t touched;  /* slab: pages at or past this offset (a multiple of 2 MiB) are not resident */
 } region;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -182,10 +197,22 @@ static int reserve_extent(region *r) {
     return 1;
 }
 
+static size_t round_up_huge(size_t b) { return (b + HUGE_BYTES - 1) / HUGE_BYTES * HUGE_BYTES; }
+
 static void insert_extent(region *r, size_t at, size_t off, size_t len) {
     memmove(r->used + at + 1, r->used + at, (r->nused - at) * sizeof *r->used);
     r->used[at].off = off, r->used[at].len = len;
     r->nused++, r->used_bytes += len;
+    if (round_up_huge(off + len) > r->touched) r->touched = round_up_huge(off + len);
+}
+
+/* Give the slab's pages [a, b) (multiples of 2 MiB) back to the OS, as far as they may
+ * be resident (below `touched`); `touched` drops to a when the range reaches it. */
+static void release_pages(region *r, size_t a, size_t b) {
+    if (b > r->touched) b = r->touched;
+    if (a >= b) return;
+    (void)madvise(r->base + a, b - a, MADV_DONTNEED);
+    if (b == r->touched) r->touched = a;
 }
 
 /* First fit inside one slab: the block's offset, or SIZE_MAX if no gap holds `bytes`;
@@ -215,7 +242,7 @@ static void *slab_alloc(size_t bytes) {
     /* a new slab, as large as the slabs so far: few slabs for a big model */
     size_t len = mapped < SLAB_MIN_BYTES ? SLAB_MIN_BYTES : mapped > SLAB_MAX_BYTES ? SLAB_MAX_BYTES : mapped;
     len = len / HUGE_BYTES * HUGE_BYTES;
-    if (len < bytes) len = (bytes + HUGE_BYTES - 1) / HUGE_BYTES * HUGE_BYTES; /* < SLAB_BLOCK_MAX */
+    if (len < bytes) len = round_up_huge(bytes); /* < SLAB_BLOCK_MAX */
     if (!reserve_region()) return NULL;
     region nr = {0};
     nr.slab = 1, nr.len = len;
@@ -249,20 +276,27 @@ static void remove_region(size_t i) {
 }
 
 /* Free the extent at index e of slab i; give the whole 2 MiB pages of the gap it joins
- * back to the OS, or unmap the slab if it is now empty. */
+ * back to the OS if there are enough of them; an empty slab becomes the spare or is
+ * unmapped. */
 static void slab_free(size_t i, size_t e) {
     region *r = &regions[i];
     r->used_bytes -= r->used[e].len;
     memmove(r->used + e, r->used + e + 1, (r->nused - e - 1) * sizeof *r->used);
     r->nused--;
     if (r->nused == 0) {
-        remove_region(i);
+        for (size_t j = 0; j < nregions; j++)
+            if (j != i && regions[j].slab && regions[j].nused == 0) { /* a spare exists */
+                remove_region(i);
+                return;
+            }
+        release_pages(r, HUGE_BYTES, r->len); /* the spare keeps its first page */
         return;
     }
     const size_t lo = e > 0 ? r->used[e - 1].off + r->used[e - 1].len : 0;
     const size_t hi = e < r->nused ? r->used[e].off : r->len;
-    const size_t a = (lo + HUGE_BYTES - 1) / HUGE_BYTES * HUGE_BYTES, b = hi / HUGE_BYTES * HUGE_BYTES;
-    if (a < b) (void)madvise(r->base + a, b - a, MADV_DONTNEED);
+    const size_t a = round_up_huge(lo), b0 = hi / HUGE_BYTES * HUGE_BYTES;
+    const size_t b = b0 < r->touched ? b0 : r->touched;
+    if (a < b && b - a >= RELEASE_MIN_PAGES * HUGE_BYTES) release_pages(r, a, b);
 }
 
 void *takane_panels_alloc(size_t bytes) {
@@ -311,6 +345,8 @@ void takane_alloc_stats(takane_alloc_stats_t *s) {
         const region *r = &regions[i];
         if (r->slab) {
             s->slabs++, s->slab_bytes += (int64_t)r->len;
+            s->spare_slabs += r->nused == 0;
+            s->slab_touched_bytes += (int64_t)r->touched;
             s->slab_blocks += (int64_t)r->nused, s->slab_used_bytes += (int64_t)r->used_bytes;
         } else {
             s->big_blocks++, s->big_bytes += (int64_t)r->len;

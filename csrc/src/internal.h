@@ -105,6 +105,8 @@ void takane_panels_free(void *p);
  * when this build has no slabs (AddressSanitizer, not Linux): everything else is 0 too. */
 typedef struct {
     int64_t slabs, slab_bytes;           /* slab mappings and their mapped bytes */
+    int64_t spare_slabs;                 /* of them with no block (the kept spare: 0 or 1) */
+    int64_t slab_touched_bytes;          /* sum of the slabs' high-water marks (alloc.c) */
     int64_t slab_blocks, slab_used_bytes; /* blocks live in slabs, their (rounded) bytes */
     int64_t big_blocks, big_bytes;       /* blocks of 16 MiB or more, their mapped bytes */
     int slabs_built;

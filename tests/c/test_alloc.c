@@ -8,10 +8,10 @@
  * random alloc/free order with every block filled with its own byte and verified before it
  * is freed (any overlap between live blocks shows); the stats (blocks and bytes live)
  * after every step; the whole 2 MiB pages of a freed gap released (they read zero again);
- * concurrent threads; a fork() while another thread allocates (the child allocates and
+ * the spare slab serving a block made and freed again and again; concurrent threads; a fork() while another thread allocates (the child allocates and
  * frees too: a lock inherited held would hang it, caught by alarm()); TAKANE_HUGE_SLABS=0
  * giving plain blocks, and a block freed after the variable changed; and after all frees,
- * no slab and no big block left mapped. In a build without slabs (AddressSanitizer, not
+ * no big block and no slab left mapped but the spare, with at most one 2 MiB page resident. In a build without slabs (AddressSanitizer, not
  * Linux) the same calls run and the checks of the slab layout are left out, saying so.
  */
 #define _GNU_SOURCE
@@ -83,13 +83,16 @@ static int dontneed_works; /* the platform honours MADV_DONTNEED (not every emul
 
 static void stats_now(takane_alloc_stats_t *s) { takane_alloc_stats(s); }
 
+/* Everything freed: no block, no big mapping, and of the slabs only the spare (at most
+ * one, alloc.c keeps it for the next block) with at most its first 2 MiB page resident. */
 static void check_empty(const char *when) {
     takane_alloc_stats_t s;
     stats_now(&s);
-    CHECK(s.slabs == 0 && s.slab_bytes == 0 && s.slab_blocks == 0 && s.slab_used_bytes == 0 &&
-              s.big_blocks == 0 && s.big_bytes == 0,
-          "%s: still mapped: %lld slabs (%lld bytes, %lld blocks), %lld big blocks", when,
-          (long long)s.slabs, (long long)s.slab_bytes, (long long)s.slab_blocks,
+    CHECK(s.slab_blocks == 0 && s.slab_used_bytes == 0 && s.big_blocks == 0 && s.big_bytes == 0 &&
+              s.slabs == s.spare_slabs && s.spare_slabs <= 1 && s.slab_touched_bytes <= (int64_t)(2 * MIB),
+          "%s: still mapped: %lld slabs (%lld spare, %lld bytes, %lld blocks, %lld bytes below the "
+          "high-water marks), %lld big blocks", when, (long long)s.slabs, (long long)s.spare_slabs,
+          (long long)s.slab_bytes, (long long)s.slab_blocks, (long long)s.slab_touched_bytes,
           (long long)s.big_blocks);
 }
 
@@ -191,19 +194,53 @@ static void test_reuse(void) {
     if (!alloc_block(&c, MIB - 4096, 20)) return;
     if (slabs) CHECK(c.p == old1, "the freed place was not reused: %p, not %p", (void *)c.p, (void *)old1);
     free_block(&c);
-    /* a[2] and a[3] (the slab's second 2 MiB page) freed with a[0] still live: that whole
-     * page goes back to the OS and reads zero again (white-box: our own mapping, still
-     * mapped since a[0] is live) */
-    unsigned char *const page = a[2].p;
-    free_block(&a[2]);
-    free_block(&a[3]);
+    for (int i = 0; i < 4; i++)
+        if (i != 1) free_block(&a[i]);
+    /* a gap of 3 whole 2 MiB pages (>= RELEASE_MIN_PAGES) with a block still live after it:
+     * they go back to the OS and read zero again (white-box: our own mapping, still mapped
+     * since `tail` is live). The only slab now is the spare: `plug` fills it, so `big`
+     * starts a new slab (of at least 8 MiB) and `tail` follows it there. */
+    takane_alloc_stats_t st;
+    stats_now(&st);
+    block plug, big, tail;
+    const size_t plug_bytes = slabs ? (size_t)st.slab_bytes : 64;
+    if (slabs) CHECK(st.slabs == 1 && st.spare_slabs == 1, "%lld slabs, %lld spare: not just the spare",
+                     (long long)st.slabs, (long long)st.spare_slabs);
+    if (!alloc_block(&plug, plug_bytes, 23) || !alloc_block(&big, 7 * MIB, 21) || !alloc_block(&tail, 64, 22))
+        return;
+    if (slabs) CHECK(tail.p == big.p + 7 * MIB, "a block after 7 MiB at +%td, not packed", tail.p - big.p);
+    unsigned char *const page = big.p;
+    free_block(&plug); /* its slab becomes the spare */
+    free_block(&big);
     if (slabs && dontneed_works) {
         size_t nonzero = 0;
-        for (size_t i = 0; i < 2 * MIB; i += 512) nonzero += page[i] != 0;
-        CHECK(nonzero == 0, "a freed whole 2 MiB page was not released (%zu of 4096 probes nonzero)", nonzero);
+        for (size_t i = 0; i < 6 * MIB; i += 512) nonzero += page[i] != 0;
+        CHECK(nonzero == 0, "3 freed whole 2 MiB pages were not released (%zu of 12288 probes nonzero)", nonzero);
     }
-    free_block(&a[0]);
+    free_block(&tail); /* its slab is unmapped: there is a spare already */
     check_empty("after the reuse test");
+}
+
+/* A block made and freed again and again (a per-call temporary handle) while nothing else
+ * is live: the spare slab serves it every time, at the same place, no page released. */
+static void test_spare(void) {
+    block first;
+    if (!alloc_block(&first, 512 * 1024, 51)) return;
+    unsigned char *const where = first.p;
+    takane_alloc_stats_t s0, s;
+    stats_now(&s0);
+    free_block(&first);
+    for (int i = 0; i < 200; i++) {
+        block b;
+        if (!alloc_block(&b, 512 * 1024 - 64 * (size_t)(i % 7), (unsigned char)(52 + i % 100))) return;
+        if (slabs) CHECK(b.p == where, "round %d: the temporary moved (%p, not %p)", i, (void *)b.p, (void *)where);
+        free_block(&b);
+    }
+    stats_now(&s);
+    if (slabs)
+        CHECK(s.slabs == s0.slabs && s.slabs == 1 && s.spare_slabs == 1, "slabs %lld (spare %lld), before %lld",
+              (long long)s.slabs, (long long)s.spare_slabs, (long long)s0.slabs);
+    check_empty("after the spare test");
 }
 
 /* TAKANE_HUGE_SLABS=0: plain blocks, never in a slab; blocks freed after the variable
@@ -354,8 +391,9 @@ int main(void) {
     else if (!dontneed_works)
         printf("test_alloc: MADV_DONTNEED is not honoured here (an emulator?): the page release check is left out\n");
     check_empty("at start");
-    test_sizes();
     test_reuse();
+    test_sizes();
+    test_spare();
     test_env_switch();
     test_random_order(0x2545F4914F6CDD1Du, 4000);
     test_random_order(42, 4000);
