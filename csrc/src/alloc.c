@@ -3,8 +3,9 @@
  *
  * Why: a decode step streams every weight panel from DRAM once per token, and with 4 KiB
  * pages each 4 KiB of panels costs a TLB entry (and page walks once the STLB is full: a
- * 1B-class model is ~150 MB = ~37,000 pages). Backing the panels with 2 MiB transparent
- * huge pages measured 3-5% faster per decoded token (docs/performance.md). Most handles of
+ * 1B-class model is ~150 MB = ~37,000 pages). Backing every handle with 2 MiB transparent
+ * huge pages measured 2-13% less time per decoded token than huge pages for the handles
+ * of 2 MiB or more only (bench/huge_slabs_ab.py, docs/guide/llm.md). Most handles of
  * an LLM are below 2 MiB (a 2048 x 2048 matrix is 512 KB of signs) and others just above
  * (a fused gate/up pair, 2.9-3.5 MB), so a huge page per handle would waste up to 2 MiB
  * each, and a mapping per handle would leave each one's last partial 2 MiB in small pages
@@ -28,8 +29,9 @@
  *   high-water mark `touched`) are given back to the OS (MADV_DONTNEED; the mapping stays,
  *   a later block there faults fresh pages in) when there are at least RELEASE_MIN_PAGES
  *   (2) of them: a block made and freed on every call (takane_binary_weight_matmul_ex's
- *   temporary handle) then does not fault in and zero a 2 MiB page per call (measured:
- *   +35-90 us on a 2048 x 2048 call), while freeing a model gives its memory back. A slab
+ *   temporary handle, placed where the used part of a slab ends) then does not fault in
+ *   and zero a fresh 2 MiB page on every call, while freeing a model gives its memory
+ *   back. A slab
  *   with no used extent left is unmapped, except one: the spare, kept with its first
  *   2 MiB page resident (the rest released), so a process whose only handles are such
  *   temporaries does not map, fault and unmap a slab per call (0.7 -> 71 us for a 64 x
