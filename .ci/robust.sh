@@ -105,7 +105,9 @@ valgrind)
   # --fair-sched=yes: valgrind runs one thread at a time, and the pool's workers spin
   # briefly (threads.c) before sleeping; with the default scheduler a spinning thread
   # keeps the CPU for whole timeslices and the 8-thread tests crawl.
-  PYTHONMALLOC=malloc TAKANE_ISA=avx2 TAKANE_TEST_ISAS=avx2,scalar HYPOTHESIS_PROFILE=emulated \
+  # TAKANE_HUGE_SLABS=0: every weight handle a malloc block of its own (csrc/src/alloc.c),
+  # so memcheck sees each one's bounds (inside a slab an overrun reads a neighbour).
+  TAKANE_HUGE_SLABS=0 PYTHONMALLOC=malloc TAKANE_ISA=avx2 TAKANE_TEST_ISAS=avx2,scalar HYPOTHESIS_PROFILE=emulated \
     valgrind --suppressions=tests/valgrind-python.supp --error-exitcode=99 --num-callers=30 \
     --fair-sched=yes --log-file=build/valgrind/memcheck.%p.log \
     .venv/bin/python -m pytest "${VALGRIND_TESTS[@]}" -k "$VALGRIND_DESELECT" -q -p no:cacheprovider \

@@ -171,8 +171,12 @@ takane_status takane_weights_create(int64_t n, int64_t k, const uint64_t *w,
 void takane_weights_free(takane_weights *weights) {
     if (!weights) return;
     if (weights->storage == TAKANE_STORAGE_CALLER) return; /* the caller owns the memory */
-    if (weights->storage == TAKANE_STORAGE_SEPARATE) free(weights->panels);
-    free(weights); /* TAKANE_STORAGE_BLOCK: panels and scales live in the same block */
+    if (weights->storage == TAKANE_STORAGE_SEPARATE) {
+        takane_panels_free(weights->panels);
+        free(weights); /* calloc'd apart */
+    } else {
+        takane_panels_free(weights); /* TAKANE_STORAGE_BLOCK: struct, panels and scales */
+    }
 }
 
 takane_status takane_weights_info(const takane_weights *weights, int64_t *n, int64_t *k,

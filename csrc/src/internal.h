@@ -93,9 +93,25 @@ float takane_fp16_to_f32(uint16_t h);
  * NaN, infinities and |f| >= 65520 (the returned bits are then NaN or a signed infinity). */
 uint16_t takane_f32_to_fp16(float f, int *ok);
 
-/* matmul.c: memory for a handle's panels (free() releases it): 64-byte aligned; large
- * blocks are also 2 MiB-aligned and advised as huge pages on Linux. */
+/* alloc.c: memory for a handle's panels (or a whole handle block), 64-byte aligned; on
+ * Linux in transparent huge pages: blocks below 16 MiB share 2 MiB-aligned slabs, larger
+ * ones get a 2 MiB-aligned mapping of their own (alloc.c says when plain aligned_alloc is
+ * used instead). NULL when out of memory. Released ONLY by takane_panels_free (never
+ * free()), which accepts NULL. Thread-safe. */
 void *takane_panels_alloc(size_t bytes);
+void takane_panels_free(void *p);
+
+/* alloc.c, for tests/c/test_alloc.c: what the slab allocator holds now. slabs_built = 0
+ * when this build has no slabs (AddressSanitizer, not Linux): everything else is 0 too. */
+typedef struct {
+    int64_t slabs, slab_bytes;           /* slab mappings and their mapped bytes */
+    int64_t spare_slabs;                 /* of them with no block (the kept spare: 0 or 1) */
+    int64_t slab_touched_bytes;          /* sum of the slabs' high-water marks (alloc.c) */
+    int64_t slab_blocks, slab_used_bytes; /* blocks live in slabs, their (rounded) bytes */
+    int64_t big_blocks, big_bytes;       /* blocks of 16 MiB or more, their mapped bytes */
+    int slabs_built;
+} takane_alloc_stats_t;
+void takane_alloc_stats(takane_alloc_stats_t *s);
 
 /* The layer kernels (binary_linear, W1A-float) of each ISA. */
 #define TAKANE_DECLARE_LAYER_KERNELS(isa)                                                  \

@@ -7,31 +7,8 @@
  * k - 2*pc lies in [-k, k] and fits int32.
  */
 #include <stdlib.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "internal.h"
-
-/* Huge-page granule: a panel block this large or larger is 2 MiB-aligned and marked
- * MADV_HUGEPAGE (Linux), see takane_panels_alloc. */
-#define HUGE_PAGE_BYTES ((size_t)2 << 20)
-
-void *takane_panels_alloc(size_t bytes) {
-    bytes = (bytes + 63) / 64 * 64;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (bytes >= HUGE_PAGE_BYTES) {
-        void *p = NULL;
-        if (posix_memalign(&p, HUGE_PAGE_BYTES, bytes) == 0) {
-            /* only the whole 2 MiB pages: the tail stays in 4 KiB pages, so no physical
-             * memory is wasted; the advice may fail (THP off), then it is all 4 KiB */
-            (void)madvise(p, bytes / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES, MADV_HUGEPAGE);
-            return p;
-        }
-    }
-#endif
-    return aligned_alloc(64, bytes);
-}
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 

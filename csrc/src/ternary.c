@@ -83,7 +83,7 @@ takane_status takane_ternary_weights_create(int64_t n, int64_t k, const uint64_t
 
 void takane_ternary_weights_free(takane_ternary_weights *weights) {
     if (!weights) return;
-    free(weights->panels);
+    takane_panels_free(weights->panels);
     free(weights);
 }
 

@@ -6,6 +6,7 @@ checks the format (shape, dtype, zero padding), it computes nothing.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import zipfile
@@ -22,6 +23,33 @@ READ_VERSIONS = (1, 2)
 
 _HANDLE_LOCK = threading.Lock()
 
+# The canonical rows and row-major group scales a PackedWeights owns live only until the C
+# handle replaces them (_prepacked). From the C library's heap (numpy's malloc), glibc keeps
+# such freed blocks resident: after the first large free it raises its mmap threshold to
+# that size, so later arrays of a model's sizes come from the brk heap, whose free holes
+# (pinned by small live allocations between them) stay in RSS until malloc_trim. A loaded
+# 1B-class model then measured 1.56x its bytes in RSS growth instead of ~1.0x. Arrays of
+# at least this size therefore get an anonymous private memory map of their own, unmapped
+# the moment the array is released: resident memory follows what the weights hold.
+_RELEASABLE_MIN_BYTES = 64 * 1024
+
+
+def _releasable_copy(a: np.ndarray, dtype) -> np.ndarray:
+    """An owned C-contiguous copy of ``a`` as ``dtype`` (numpy's unsafe cast, as
+    ``np.array(a, dtype)``), in memory returned to the OS when the copy is freed: its own
+    anonymous mapping when it has at least _RELEASABLE_MIN_BYTES (page-aligned; at most one
+    page of rounding) and the platform has mmap.MAP_PRIVATE, else a plain numpy copy."""
+    dtype = np.dtype(dtype)
+    nbytes = a.size * dtype.itemsize
+    if nbytes < _RELEASABLE_MIN_BYTES or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.array(a, dtype=dtype, order="C")
+    # fileno -1: an anonymous mapping (CPython adds MAP_ANONYMOUS); MAP_PRIVATE so a forked
+    # child gets a copy-on-write copy, as with heap memory (the default would be shared)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    out = np.frombuffer(buf, dtype=dtype, count=a.size).reshape(a.shape)  # keeps buf alive
+    np.copyto(out, a, casting="unsafe")
+    return out
+
 
 def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[np.ndarray | None, int | None]:
     if v is None and group_size is None:
@@ -36,7 +64,7 @@ def _check_group_scale(v: object, n: int, k: int, group_size: object) -> tuple[n
     if a.shape != shape:
         raise ValueError(f"group_scale must have shape {shape} (N, ceil(K/group_size)) for "
                          f"N={n}, K={k}, group_size={g}; got {a.shape}")
-    a = np.array(a, dtype=np.float32, order="C")  # owned copy
+    a = _releasable_copy(a, np.float32)  # owned copy
     if not np.all(np.isfinite(a)):
         raise ValueError("group_scale must be finite")
     a.flags.writeable = False
@@ -152,7 +180,7 @@ class PackedWeights:
         bits = check_packed(bits, k, "bits")
         if bits.ndim != 2:
             raise ValueError(f"bits must be 2-D (N, ceil(K/64)), got shape {bits.shape}")
-        owned = np.array(bits, dtype=np.uint64, order="C")
+        owned = _releasable_copy(bits, np.uint64)
         owned.flags.writeable = False
         self._bits = owned
         self._k, self._n = k, owned.shape[0]
