@@ -174,16 +174,26 @@ static void wf_task(void *ctx, int64_t task) {
     const int64_t tlen = uk->table_len(k), gcount = g_end - g_begin;
     const int packed = uk->panel_packed != NULL;
     const int shared = job->shared_tables != NULL;
-    /* acc: group g's mr x nr sums at acc + (g - g_begin) * mr * nr */
-    /* +1: never a zero-size allocation (k == 0: empty tables, every sum 0) */
-    float *xbuf = shared ? NULL : (float *)calloc((size_t)kpad + 1, sizeof(float)); /* zero past k, always */
-    float *tables = shared ? NULL : (float *)malloc(((size_t)(mr * tlen) + 1) * sizeof(float));
-    float *acc = (float *)malloc((size_t)(gcount * mr * nr) * sizeof(float));
-    uint64_t *rows = packed ? NULL : (uint64_t *)malloc(((size_t)(nr * kw) + 1) * sizeof(uint64_t));
-    if ((!shared && (!xbuf || !tables)) || !acc || (!packed && !rows)) {
+    /* The task's buffers, in this thread's task scratch (kept between calls: a decode loop
+     * allocates nothing per call; a per-call malloc of the ~136 KiB here cost 30-40 us a
+     * call in a C program whose glibc heap shrank and regrew around it): xbuf (kpad
+     * floats, zero past k), the tables of mr rows (unless shared), acc (group g's mr x nr
+     * sums at acc + (g - g_begin) * mr * nr), rows (canonical copies, sets without
+     * panel_packed); each part 64-byte aligned. */
+    const size_t xbytes = shared ? 0 : ((size_t)kpad * sizeof(float) + 63) / 64 * 64;
+    const size_t tbytes = shared ? 0 : ((size_t)(mr * tlen) * sizeof(float) + 63) / 64 * 64;
+    const size_t abytes = ((size_t)(gcount * mr * nr) * sizeof(float) + 63) / 64 * 64;
+    const size_t rbytes = packed ? 0 : (size_t)(nr * kw) * sizeof(uint64_t);
+    char *scratch = (char *)takane_scratch_get(TAKANE_SCRATCH_TASK, xbytes + tbytes + abytes + rbytes);
+    if (!scratch) {
         __atomic_store_n(&job->failed, TAKANE_ERR_OUT_OF_MEMORY, __ATOMIC_RELAXED);
-        goto done;
+        return;
     }
+    float *xbuf = shared ? NULL : (float *)scratch;
+    float *tables = shared ? NULL : (float *)(scratch + xbytes);
+    float *acc = (float *)(scratch + xbytes + tbytes);
+    uint64_t *rows = packed ? NULL : (uint64_t *)(scratch + xbytes + tbytes + abytes);
+    if (xbuf) memset(xbuf + k, 0, (size_t)(kpad - k) * sizeof(float)); /* zero past k */
     const float *tp[TAKANE_WFLOAT_MAX_MR];
     const uint64_t *wr[TAKANE_WFLOAT_MAX_NR];
     float tmp[TAKANE_WFLOAT_MAX_MR * TAKANE_WFLOAT_MAX_NR]; /* one scale group's sums */
@@ -303,11 +313,6 @@ static void wf_task(void *ctx, int64_t task) {
             }
         }
     }
-done:
-    free(xbuf);
-    free(tables);
-    free(acc);
-    free(rows);
 }
 
 takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const takane_weights *w,
