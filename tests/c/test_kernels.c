@@ -46,19 +46,7 @@ static const int64_t TEST_N_PANEL[] = {0, 1, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25,
 #define BIG 17    /* largest TEST_MN */
 #define WROWS 33  /* largest TEST_N_PANEL: weight rows made per K */
 
-static long checks, failures;
-
-#define CHECK(cond, ...)                                                                   \
-    do {                                                                                   \
-        checks++;                                                                          \
-        if (!(cond)) {                                                                     \
-            if (failures++ < 25) {                                                         \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                       \
-                fprintf(stderr, __VA_ARGS__);                                              \
-                fputc('\n', stderr);                                                       \
-            }                                                                              \
-        }                                                                                  \
-    } while (0)
+#include "check.h"
 
 /* ---- deterministic inputs ------------------------------------------------------------- */
 

@@ -10,17 +10,7 @@
 
 #include "takane/takane.h"
 
-static long checks, failures;
-#define CHECK(cond, ...)                                                                 \
-    do {                                                                                 \
-        checks++;                                                                        \
-        if (!(cond)) {                                                                   \
-            failures++;                                                                  \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                         \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-        }                                                                                \
-    } while (0)
+#include "check.h"
 
 static uint64_t state = 0x2545F4914F6CDD1Du;
 static uint64_t next(void) {
