@@ -55,10 +55,17 @@ static float plain_fp16(float f) { /* as fuzz_packed.c: the fp16 value of f >= 0
  * overflow float32 although the exact result is finite: takane.h's bound holds "barring
  * overflow", which covers those intermediates. Modelled, not excluded: a non-finite y is
  * accepted only when mag or imag (times the bound's slack) reaches FLT_MAX. */
-static int result_ok(float y, double exact, double mag, double imag, double terms, double gam) {
+/* amp >= 1: how much the factors applied after a rounding (a group scale, then the column
+ * scale) can magnify its absolute error. Underflow errors are absolute (half the subnormal
+ * spacing, 2^-150, per rounding), so one made in a group sum or a product with the group
+ * scale reaches y multiplied by |g| and |scale| (found by this target: k = 1, a subnormal
+ * x * t * g = 1.5e-40 times a column scale of ~16 ended 8 half-spacings from the exact
+ * value, over the unscaled allowance of 5). */
+static int result_ok(float y, double exact, double mag, double imag, double terms, double gam,
+                     double amp) {
     const double flt_max = 3.4028234663852886e38;
     if (isnan(y) || isinf(y)) return (mag > imag ? mag : imag) * (1 + gam) >= flt_max;
-    const double tiny = ldexp(1.0, -150) * (2 * terms + 8);
+    const double tiny = ldexp(1.0, -150) * (2 * terms + 8) * amp;
     return fabs((double)y - exact) <= gam * mag + tiny;
 }
 
@@ -191,11 +198,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         const float a = amax > 1e-5f ? amax : 1e-5f, inv = 127.0f / a, drow = a / 127.0f;
         for (int64_t j = 0; j < n; j++) {
-            double exact = 0, mag = 0, terms = 0, imag = 0, gsum = 0;
+            double exact = 0, mag = 0, terms = 0, imag = 0, gsum = 0, gmax = 1;
             int64_t nt;
             for (int64_t grp = 0; grp < (k ? ng : 0); grp++) {
                 const int64_t c0 = with_gs ? grp * gsize : 0, c1 = with_gs && c0 + gsize < k ? c0 + gsize : k;
                 const double gv = with_gs ? g[j * ng + grp] : 1.0;
+                if (fabs(gv) > gmax) gmax = fabs(gv);
                 for (int64_t b0 = c0; b0 < c1; b0 = mode == TAKANE_ACTIVATIONS_Q8_0 ? b0 + 32 : c1) {
                     const int64_t b1 = mode == TAKANE_ACTIVATIONS_Q8_0 && b0 + 32 < c1 ? b0 + 32 : c1;
                     float bamax = 0.0f;
@@ -242,7 +250,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 exact += pb[j];
                 bound_mag += fabs((double)pb[j]); /* gamma(2) |bias| <= gam |bias| */
             }
-            CHECK(result_ok(y[i * ys + j], exact, bound_mag, imag, terms, gam));
+            const double amp = gmax * (fabs(s) > 1 ? fabs(s) : 1);
+            CHECK(result_ok(y[i * ys + j], exact, bound_mag, imag, terms, gam, amp));
         }
     }
 done:
