@@ -246,6 +246,12 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
             }
         return TAKANE_OK;
     }
+    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes), then
+     * (shared, below) the tables, 64-byte aligned; a size that does not fit is out of
+     * memory, never a wrapped product — checked first: the task grid below computes with m
+     * too (m = 2^62 overflowed it) */
+    const int64_t tlen = takane_wq8_table_stride(uk, kw);
+    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 4) / ((uint64_t)kw * 80 + (uint64_t)tlen)) return TAKANE_ERR_OUT_OF_MEMORY;
     const int64_t nruns = (w->npanels + uk->np - 1) / uk->np;
     const int nthreads = takane_plan_threads(threads, (double)m * (double)n * (double)k,
                                              (double)MIN_PARALLEL_MACS);
@@ -255,11 +261,6 @@ takane_status takane_wq8_prepacked_run(const takane_kernel_set *ks, const takane
      * the rows' tables are built once here instead of once per task (SHARED_TABLES) */
     const int shared = !gemm && nthreads > 1 && grid.m_chunk >= m && grid.ntasks > 1 &&
                        m <= table_rows(uk, kw);
-    const int64_t tlen = takane_wq8_table_stride(uk, kw);
-    /* quantized rows: q, then d, then nq (each row kw * 64 bytes + 2 * kw * 8 bytes), then
-     * (shared) the tables, 64-byte aligned; a size that does not fit is out of memory,
-     * never a wrapped product */
-    if ((uint64_t)m > (uint64_t)(SIZE_MAX / 4) / ((uint64_t)kw * 80 + (uint64_t)tlen)) return TAKANE_ERR_OUT_OF_MEMORY;
     const size_t qbytes = (size_t)m * (size_t)kw * 64;
     const size_t dbytes = (size_t)m * (size_t)kw * 2 * sizeof(float);
     const size_t tables_at = (qbytes + 2 * dbytes + 63) / 64 * 64;
