@@ -26,7 +26,8 @@
  *
  * Invariants: api_layers.c validated everything (m, n > 0, k <= TAKANE_MAX_K, weight
  * padding zero, in_scale/scale/bias finite). Scratch is O(mr * k) on the canonical path,
- * O(mr * (k + n)) per task on the prepacked one, independent of m.
+ * O(mr * (k + n)) per task on the prepacked one (the thread's task scratch, kept between
+ * calls), plus O(m * k) call scratch for shared tables when m <= SHARED_TABLE_ROWS.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -330,8 +331,8 @@ takane_status takane_wfloat_prepacked_run(const takane_kernel_set *ks, const tak
     const int64_t ngroups = (w->n + nr - 1) / nr;
     const int nthreads = takane_plan_threads(threads, (double)m * (double)w->n * (double)w->k,
                                              (double)MIN_PARALLEL_MACS);
-    /* when the weights are split, each task builds the (few) rows' tables itself:
-     * O(k) against O(k * n / tasks) */
+    /* when the weights are split (few rows, every task covering all of them), the rows'
+     * tables are built once below and shared; otherwise each task builds its own rows' */
     const takane_grid grid = takane_plan_grid(nthreads, m, mr, ngroups, 1);
     wf_job job = {ks, w, m, x, xs, in_scale, scale, bias, gs, gw, ngk, y, ys, grid, NULL, TAKANE_OK};
     if (nthreads > 1 && grid.m_chunk >= m && grid.ntasks > 1 && m <= SHARED_TABLE_ROWS && w->k > 0) {
